@@ -1,0 +1,1 @@
+//! Communication backends behind one interface: single process, MPI (CPU), NCCL (CUDA).

@@ -1,0 +1,9 @@
+//! Validation metrics and `trainer eval`.
+
+/// Arguments (filled in by this module's implementation).
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {}
+
+pub fn run(_args: EvalArgs) -> anyhow::Result<()> {
+    anyhow::bail!("not implemented yet")
+}

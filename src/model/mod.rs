@@ -1,0 +1,1 @@
+//! Networks: ResNet backbones (torchvision names), FR/ArcFace, Gender and Age heads.

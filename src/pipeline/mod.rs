@@ -1,0 +1,1 @@
+//! The input pipeline: rank's records → sampler → decode workers → batched NCHW f32.
