@@ -1,0 +1,69 @@
+//! Helpers for integration tests that drive the real `trainer` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn trainer() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// Runs `trainer args...`, panicking with its output when it fails.
+pub fn run_ok(args: &[&str]) -> Output {
+    let out = trainer().args(args).output().expect("spawn trainer");
+    assert!(out.status.success(), "trainer {args:?} failed:\n{}", text(&out));
+    out
+}
+
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A synthetic dataset packed into `shards` shards: returns the `DIR/NAME` spec.
+pub fn packed_synth(dir: &Path, name: &str, identities: u32, per_identity: u32, shards: u32, seed: u32) -> PathBuf {
+    let img = dir.join(format!("{name}-img"));
+    let (ids, per, sd, sh) = (identities.to_string(), per_identity.to_string(), seed.to_string(), shards.to_string());
+    run_ok(&["synth", "--out", s(&img), "--identities", &ids, "--per-identity", &per, "--size", "32", "--seed", &sd]);
+    let out = dir.join("shards");
+    let list = img.join("list.tsv");
+    run_ok(&["pack", s(&img), "--list", s(&list), "--name", name, "--shards", &sh, "--out", s(&out)]);
+    out.join(name)
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// `mpirun` when installed; tests that need it say so loudly instead of passing quietly.
+pub fn mpirun() -> Option<PathBuf> {
+    let found = std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join("mpirun")).find(|p| p.exists());
+    if found.is_none() {
+        eprintln!("NOTICE: mpirun not found; install MPICH (launch/setup.sh does) to run this test");
+    }
+    found
+}
+
+/// JSON lines of a run's log.txt.
+pub fn log_lines(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("log.txt"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("log.txt line is JSON"))
+        .collect()
+}
+
+/// The per-step losses written to loss_debug/<task>_loss.txt.
+pub fn losses(run: &Path, task: &str) -> Vec<f64> {
+    std::fs::read_to_string(run.join("loss_debug").join(format!("{task}_loss.txt")))
+        .unwrap_or_default()
+        .split(',')
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| t.trim().parse().expect("loss is a number"))
+        .collect()
+}
+
+pub fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}

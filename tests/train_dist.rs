@@ -1,0 +1,160 @@
+//! `mpirun -n 2 trainer train ...` on CPU: end to end, replica agreement, decays on
+//! every rank, equivalence with one rank at twice the batch, failures.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn mpi_train(np: usize, args: &[&str]) -> Option<Output> {
+    let mpirun = mpirun()?;
+    let out = Command::new(mpirun)
+        .arg("-n")
+        .arg(np.to_string())
+        .arg(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("spawn mpirun");
+    Some(out)
+}
+
+fn tiny<'a>(task: &'a str, train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
+    vec![
+        "train", task, "--arch", "tiny", "--size", "32", "--batch-size", "16", "--train-sets", s(train), "--out", s(out),
+        "--run-id", run, "--threads", "1", "--workers", "1", "--emb-dim", "32", "--arc-s", "16", "--arc-m", "0.2", "--log-every", "5",
+    ]
+}
+
+fn rank_log(run: &Path, rank: usize) -> String {
+    std::fs::read_to_string(run.join(format!("rank{rank}.log"))).unwrap_or_default()
+}
+
+/// `step N param_hash H` lines of one rank.
+fn hashes(run: &Path, rank: usize) -> Vec<String> {
+    rank_log(run, rank).lines().filter_map(|l| l.split_once("step ").map(|(_, r)| r.to_string())).filter(|r| r.contains("param_hash")).collect()
+}
+
+#[test]
+fn two_ranks_train_fr_and_gender_with_identical_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 16, 12, 4, 1);
+    let valid = packed_synth(dir.path(), "valid", 6, 8, 1, 2);
+    let out = dir.path().join("Model");
+    for task in ["FR", "Gender"] {
+        let mut a = tiny(task, &train, &out, task);
+        a.extend(["--max-steps", "20", "--save-every", "10", "--valid-sets", s(&valid), "--valid-every", "20", "--valid-pairs", "200"]);
+        let Some(res) = mpi_train(2, &a) else { return };
+        assert!(res.status.success(), "{task}: {}", text(&res));
+        let run = out.join(task);
+        let (h0, h1) = (hashes(&run, 0), hashes(&run, 1));
+        assert!(h0.len() >= 2, "{task}: no param_hash lines in rank0.log");
+        assert_eq!(h0, h1, "{task}: replicas diverged");
+        let r0 = rank_log(&run, 0);
+        assert!(r0.contains("train-00000-of-00004") && r0.contains("train-00002-of-00004") && !r0.contains("train-00001-of-00004"), "rank 0 must read shards 0 and 2:\n{r0}");
+        let log = log_lines(&run);
+        let step = log.iter().find(|e| e.get("world_size").is_some()).expect("a progress line");
+        assert_eq!(step["world_size"], 2);
+        assert_eq!(step["effective_batch"], 32);
+        assert!(log.iter().any(|e| e["event"] == "valid"));
+    }
+}
+
+#[test]
+fn plateau_decays_reach_every_rank_at_the_same_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 8, 8, 2, 1);
+    let out = dir.path().join("Model");
+    // A learning rate of ~0 keeps the loss flat, so the plateau rule fires every 8 steps.
+    let mut a = tiny("FR", &train, &out, "flat");
+    a.extend(["--lr", "1e-12", "--plateau-steps", "8", "--min-lr", "1e-40", "--max-steps", "40"]);
+    let Some(res) = mpi_train(2, &a) else { return };
+    assert!(res.status.success(), "{}", text(&res));
+    let run = out.join("flat");
+    let decays = |r| rank_log(&run, r).lines().filter(|l| l.contains("lr decay at step")).map(|l| l.split("rank").nth(1).unwrap().to_string().split_off(2)).collect::<Vec<_>>();
+    let (d0, d1) = (decays(0), decays(1));
+    assert!(!d0.is_empty(), "no decay on a flat loss");
+    assert_eq!(d0, d1);
+}
+
+/// With no BatchNorm, no dropout, no augmentation and no shuffling, 2 ranks × batch B
+/// see exactly the samples of 1 rank × batch 2B, so the weights must agree.
+#[test]
+fn two_ranks_at_batch_b_equal_one_rank_at_batch_2b() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 8, 8, 1, 1);
+    let out = dir.path().join("Model");
+    let common = ["--arch", "tiny-nobn", "--size", "32", "--train-sets", s(&train), "--out", s(&out), "--threads", "1", "--workers", "1",
+        "--emb-dim", "16", "--arc-s", "16", "--arc-m", "0.2", "--max-steps", "6", "--save-every", "6", "--no-shuffle", "--no-augment",
+        "--fr-dropout", "0", "--stripe-records", "--lr", "0.05"];
+    let mut one = vec!["train", "FR", "--batch-size", "16", "--run-id", "one"];
+    one.extend(common);
+    let mut two = vec!["train", "FR", "--batch-size", "8", "--run-id", "two"];
+    two.extend(common);
+    run_ok(&one);
+    let Some(res) = mpi_train(2, &two) else { return };
+    assert!(res.status.success(), "{}", text(&res));
+    let load = |run: &str| {
+        let mut w = tch::Tensor::read_safetensors(out.join(run).join("checkpoints/step-000000006/model.safetensors")).unwrap();
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        w
+    };
+    let (a, b) = (load("one"), load("two"));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f64;
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        let d = (x - y).abs().max().double_value(&[]);
+        worst = worst.max(d);
+        assert!(d < 1e-4, "{n}: max |diff| {d}");
+    }
+    eprintln!("largest weight difference: {worst:e}");
+}
+
+#[test]
+fn fewer_shards_than_ranks_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 4, 4, 1, 1);
+    let out = dir.path().join("Model");
+    let mut a = tiny("FR", &train, &out, "few");
+    a.extend(["--max-steps", "2"]);
+    let Some(res) = mpi_train(2, &a) else { return };
+    assert!(!res.status.success());
+    let msg = text(&res);
+    assert!(msg.contains("1 shard") && msg.contains("2 ranks") && msg.contains("--stripe-records"), "{msg}");
+}
+
+#[test]
+fn a_killed_rank_ends_the_whole_job_with_an_error() {
+    let Some(mpirun) = mpirun() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 8, 8, 2, 1);
+    let out = dir.path().join("Model");
+    let mut a = tiny("FR", &train, &out, "dies");
+    a.extend(["--max-steps", "1000000", "--save-every", "1000000"]);
+    let mut job = Command::new(mpirun).args(["-n", "2", env!("CARGO_BIN_EXE_trainer")]).args(&a).spawn().unwrap();
+    let run = out.join("dies");
+    let t = Instant::now();
+    let pid = loop {
+        if let Some(pid) = rank_log(&run, 1).lines().find_map(|l| l.split("pid ").nth(1)).and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok()) {
+            break pid;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "rank 1 never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let killed_at = Instant::now();
+    let status = loop {
+        if let Some(st) = job.try_wait().unwrap() {
+            break st;
+        }
+        if killed_at.elapsed() > Duration::from_secs(90) {
+            job.kill().ok();
+            panic!("job still running 90 s after a rank died");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    assert!(killed_at.elapsed() < Duration::from_secs(60), "took {:?}", killed_at.elapsed());
+}

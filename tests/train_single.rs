@@ -1,0 +1,196 @@
+//! `trainer train` as one process: learning, resume after a kill, rollback, recipes,
+//! seed flags, every task, stop conditions and `trainer eval`.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Train and validation sets shared by the tests of this file.
+fn data(dir: &Path) -> (PathBuf, PathBuf) {
+    (packed_synth(dir, "train", 24, 16, 2, 1), packed_synth(dir, "valid", 8, 10, 1, 2))
+}
+
+fn base_args<'a>(task: &'a str, train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
+    vec![
+        "train", task, "--arch", "tiny", "--size", "32", "--batch-size", "32", "--train-sets", s(train),
+        "--out", s(out), "--run-id", run, "--threads", "1", "--workers", "1", "--seed", "3",
+        "--lr", "0.1", "--emb-dim", "32", "--arc-s", "16", "--arc-m", "0.2", "--log-every", "5",
+    ]
+}
+
+#[test]
+fn fr_loss_falls_and_held_out_identities_beat_chance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, valid) = data(dir.path());
+    let out = dir.path().join("Model");
+    let mut args = base_args("FR", &train, &out, "fr");
+    args.extend(["--max-steps", "150", "--valid-sets", s(&valid), "--valid-every", "150", "--save-every", "50", "--valid-pairs", "600"]);
+    run_ok(&args);
+    let run = out.join("fr");
+    let l = losses(&run, "FR");
+    assert_eq!(l.len(), 150);
+    let (first, last) = (mean(&l[..20]), mean(&l[l.len() - 20..]));
+    assert!(last < 0.8 * first, "loss did not fall: first 20 {first:.3}, last 20 {last:.3}");
+    let valid_events: Vec<_> = log_lines(&run).into_iter().filter(|e| e["event"] == "valid").collect();
+    let acc = valid_events.last().expect("a validation event")["valid_verif_acc"].as_f64().unwrap();
+    assert!(acc > 0.65, "held-out verification accuracy {acc} is near chance (0.5)");
+    assert!(run.join("best/model.safetensors").exists());
+    assert!(run.join("config.json").exists());
+    let ev = run_ok(&["eval", s(&run), "--valid-sets", s(&valid), "--device", "cpu", "--pairs", "600"]);
+    assert!(text(&ev).contains("valid_verif_acc"), "{}", text(&ev));
+}
+
+/// A run killed with SIGKILL and resumed ends with exactly the losses and weights of a
+/// run that was never interrupted.
+#[test]
+fn resume_after_kill_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = data(dir.path());
+    let out = dir.path().join("Model");
+    let mut a = base_args("FR", &train, &out, "straight");
+    a.extend(["--max-steps", "40", "--save-every", "10"]);
+    run_ok(&a);
+
+    let mut b = base_args("FR", &train, &out, "killed");
+    b.extend(["--max-steps", "100000", "--save-every", "10"]);
+    let mut child = trainer().args(&b).spawn().unwrap();
+    let ckpt = out.join("killed/checkpoints/step-000000020/state.json");
+    let t = Instant::now();
+    while !ckpt.exists() {
+        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint at step 20");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run = out.join("killed");
+    run_ok(&["train", "--resume", s(&run), "--max-steps", "40"]);
+
+    let (la, lb) = (losses(&out.join("straight"), "FR"), losses(&run, "FR"));
+    assert_eq!(la.len(), 40);
+    assert_eq!(la, lb, "resumed losses differ from the uninterrupted run");
+    let wa = weights(&out.join("straight/checkpoints/step-000000040"));
+    let wb = weights(&run.join("checkpoints/step-000000040"));
+    assert_eq!(wa.len(), wb.len());
+    for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs after resume");
+    }
+}
+
+fn weights(ckpt: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut w = tch::Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap();
+    w.sort_by(|x, y| x.0.cmp(&y.0));
+    w
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_named_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = data(dir.path());
+    let out = dir.path().join("Model");
+    let mut a = base_args("FR", &train, &out, "c");
+    a.extend(["--max-steps", "5", "--save-every", "5"]);
+    run_ok(&a);
+    let model = out.join("c/checkpoints/step-000000005/model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&model, bytes).unwrap();
+    let res = trainer().args(["train", "--resume", s(&out.join("c")), "--max-steps", "10"]).output().unwrap();
+    assert!(!res.status.success());
+    let msg = text(&res);
+    assert!(msg.contains("corrupt") && msg.contains("model.safetensors"), "{msg}");
+}
+
+#[test]
+fn an_injected_nan_rolls_back_to_the_last_good_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = data(dir.path());
+    let out = dir.path().join("Model");
+    let mut a = base_args("FR", &train, &out, "nan");
+    a.extend(["--max-steps", "30", "--save-every", "10", "--inject-nan-at", "15"]);
+    run_ok(&a);
+    let log = log_lines(&out.join("nan"));
+    let rb = log.iter().find(|e| e["event"] == "rollback").expect("a rollback event");
+    assert_eq!(rb["to_step"], 10);
+    let end = log.iter().find(|e| e["event"] == "end").expect("an end event");
+    assert_eq!(end["step"], 30);
+    let l = losses(&out.join("nan"), "FR");
+    assert!(l.last().unwrap().is_finite(), "training did not recover: {:?}", &l[l.len() - 3..]);
+}
+
+#[test]
+fn seed_flags_and_recipe_resolve_into_config_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = data(dir.path());
+    let out = dir.path().join("Model");
+    run_ok(&[
+        "train", "FR", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/training/demo-tiny.toml"), "-train_sets", s(&train),
+        "-img_w", "32", "-s", "77", "-fr_dim", "16", "--max-steps", "3", "--out", s(&out), "--run-id", "seed", "--threads", "1",
+    ]);
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("seed/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["size"], 32);
+    assert_eq!(cfg["plateau_steps"], 77);
+    assert_eq!(cfg["heads"]["emb_dim"], 16);
+    assert_eq!(cfg["arch"], "tiny", "the recipe's arch is kept");
+}
+
+#[test]
+fn gender_age_and_multi_train_and_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, valid) = data(dir.path());
+    let out = dir.path().join("Model");
+    for (task, extra) in [("Gender", vec![]), ("Age", vec![]), ("Multi", vec!["--alternate"])] {
+        let mut a = base_args(task, &train, &out, task);
+        a.extend(["--max-steps", "12", "--valid-sets", s(&valid), "--valid-every", "12", "--valid-pairs", "200"]);
+        a.extend(extra);
+        run_ok(&a);
+        let log = log_lines(&out.join(task));
+        let v = log.iter().find(|e| e["event"] == "valid").unwrap_or_else(|| panic!("{task}: no validation"));
+        let key = if task == "Multi" { "valid_gender_acc" } else { "valid_acc" };
+        let acc = v[key].as_f64().unwrap_or_else(|| panic!("{task}: no {key} in {v}"));
+        assert!((0.0..=1.0).contains(&acc));
+    }
+    let multi = out.join("Multi");
+    for task in ["FR", "Gender", "Age"] {
+        // Alternating: each task trained on every third step.
+        assert_eq!(losses(&multi, task).len(), 4, "{task}");
+    }
+}
+
+#[test]
+fn time_limit_and_sigterm_stop_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = data(dir.path());
+    let out = dir.path().join("Model");
+    let mut a = base_args("FR", &train, &out, "timed");
+    a.extend(["--max-steps", "1000000", "--time-limit", "3", "--save-every", "1000000"]);
+    run_ok(&a);
+    let end = log_lines(&out.join("timed")).into_iter().find(|e| e["event"] == "end").unwrap();
+    assert_eq!(end["reason"], "TimeLimit");
+    let step = end["step"].as_u64().unwrap();
+    assert!(out.join(format!("timed/checkpoints/step-{step:09}/model.safetensors")).exists());
+
+    let mut b = base_args("FR", &train, &out, "term");
+    b.extend(["--max-steps", "1000000", "--save-every", "10"]);
+    let mut child = trainer().args(&b).spawn().unwrap();
+    let first = out.join("term/checkpoints/step-000000010/state.json");
+    let t = Instant::now();
+    while !first.exists() {
+        assert!(t.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    send_signal(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM should stop cleanly, got {status}");
+    let end = log_lines(&out.join("term")).into_iter().find(|e| e["event"] == "end").unwrap();
+    assert_eq!(end["reason"], "Signal");
+    let step = end["step"].as_u64().unwrap();
+    assert!(out.join(format!("term/checkpoints/step-{step:09}/state.json")).exists());
+}
+
+fn send_signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
+    assert!(st.success());
+}
