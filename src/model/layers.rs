@@ -1,0 +1,67 @@
+//! The two building blocks the ResNets need, initialised and named as torchvision does, so
+//! a saved VarStore is a valid torchvision `state_dict` (including `num_batches_tracked`).
+
+use tch::nn::{self, Init, ModuleT};
+use tch::{Kind, Tensor};
+
+/// Bias-free convolution with torchvision's init: Kaiming normal, fan-out, ReLU gain.
+pub fn conv2d(p: nn::Path, c_in: i64, c_out: i64, ksize: i64, stride: i64) -> nn::Conv2D {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding: ksize / 2,
+        bias: false,
+        ws_init: Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Normal,
+            fan: nn::init::FanInOut::FanOut,
+            non_linearity: nn::init::NonLinearity::ReLU,
+        },
+        ..Default::default()
+    };
+    nn::conv2d(p, c_in, c_out, ksize, cfg)
+}
+
+/// BatchNorm (1d or 2d by input rank) with PyTorch's momentum 0.1 and eps 1e-5, weight 1,
+/// bias 0, and a `num_batches_tracked` counter so PyTorch loads the weights strictly.
+#[derive(Debug)]
+pub struct BatchNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub num_batches_tracked: Tensor,
+}
+
+impl BatchNorm {
+    pub fn new(p: nn::Path, channels: i64) -> BatchNorm {
+        let tracked = Tensor::zeros([], (Kind::Int64, p.device()));
+        BatchNorm {
+            weight: p.var("weight", &[channels], Init::Const(1.)),
+            bias: p.var("bias", &[channels], Init::Const(0.)),
+            running_mean: p.zeros_no_train("running_mean", &[channels]),
+            running_var: p.ones_no_train("running_var", &[channels]),
+            num_batches_tracked: p.add("num_batches_tracked", tracked, false),
+        }
+    }
+}
+
+impl ModuleT for BatchNorm {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        if train {
+            tch::no_grad(|| {
+                let mut n = self.num_batches_tracked.shallow_clone();
+                let _ = n.g_add_scalar_(1);
+            });
+        }
+        Tensor::batch_norm(
+            xs,
+            Some(&self.weight),
+            Some(&self.bias),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            train,
+            0.1,
+            1e-5,
+            true,
+        )
+    }
+}
