@@ -1,1 +1,6 @@
 //! The input pipeline: rank's records → sampler → decode workers → batched NCHW f32.
+
+pub mod decode;
+pub mod sampler;
+
+pub use sampler::{SamplerKind, SamplerPosition};
