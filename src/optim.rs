@@ -19,12 +19,14 @@ pub struct Sgd {
     momentum: f64,
     /// Parallel to `groups[g].params`; `None` until that parameter's first step.
     buffers: Vec<Vec<Option<Tensor>>>,
+    /// Product of every `scale_lr` factor so far.
+    lr_scale: f64,
 }
 
 impl Sgd {
     pub fn new(groups: Vec<ParamGroup>, momentum: f64) -> Sgd {
         let buffers = groups.iter().map(|g| g.params.iter().map(|_| None).collect()).collect();
-        Sgd { groups, momentum, buffers }
+        Sgd { groups, momentum, buffers, lr_scale: 1.0 }
     }
 
     pub fn zero_grad(&mut self) {
@@ -65,6 +67,22 @@ impl Sgd {
         for g in &mut self.groups {
             g.lr *= factor;
         }
+        self.lr_scale *= factor;
+    }
+
+    /// Sets every group's learning rate to its initial value × `scale` (rollback, resume).
+    pub fn set_lr_scale(&mut self, scale: f64) {
+        self.scale_lr(scale / self.lr_scale);
+    }
+
+    /// The largest learning rate of any group: training stops once it is below min-lr.
+    pub fn max_lr(&self) -> f64 {
+        self.groups.iter().map(|g| g.lr).fold(0.0, f64::max)
+    }
+
+    /// The gradients to all-reduce: those of parameters that received one.
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.groups.iter().flat_map(|g| &g.params).map(|p| p.grad()).filter(|g| g.defined()).collect()
     }
 
     pub fn set_lr(&mut self, group: &str, lr: f64) -> Result<()> {

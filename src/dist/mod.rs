@@ -118,6 +118,17 @@ pub fn init(device: tch::Device, opts: CommOptions) -> anyhow::Result<Box<dyn Co
     }
 }
 
+/// Ends the whole job from anywhere, before or without a `Comm`: MPI_Abort under a
+/// launcher (so no rank waits forever in a collective), exit(1) alone.
+pub fn abort_job(reason: &str) -> ! {
+    #[cfg(feature = "mpi")]
+    if env_launcher().is_some() {
+        mpi::abort_world(reason)
+    }
+    eprintln!("{reason}");
+    std::process::exit(1)
+}
+
 /// Ends MPI cleanly at the end of a successful run (idempotent; no-op when single).
 pub fn finalize() {
     #[cfg(feature = "mpi")]

@@ -25,12 +25,12 @@ pub enum Task {
     #[value(name = "FR", alias = "fr")]
     #[serde(rename = "FR")]
     Fr,
-    #[value(alias = "gender")]
+    #[value(name = "Gender", alias = "gender")]
     Gender,
-    #[value(alias = "age")]
+    #[value(name = "Age", alias = "age")]
     Age,
     /// All three heads on the shared backbone, losses summed with weights.
-    #[value(alias = "multi")]
+    #[value(name = "Multi", alias = "multi")]
     Multi,
 }
 

@@ -6,21 +6,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+pub use crate::model::Task;
 use crate::model::{Arch, HeadConfig};
-
-/// Which heads train, and on which labels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-pub enum Task {
-    #[value(name = "FR", alias = "fr")]
-    #[serde(rename = "FR")]
-    Fr,
-    #[value(name = "Gender", alias = "gender")]
-    Gender,
-    #[value(name = "Age", alias = "age")]
-    Age,
-    #[value(name = "Multi", alias = "multi")]
-    Multi,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

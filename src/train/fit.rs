@@ -131,7 +131,7 @@ impl Session {
                 *acc += p.double_value(&[]) / self.cfg.accum as f64;
             }
         }
-        let grads: Vec<Tensor> = self.opt.params_with_grad();
+        let grads = self.opt.grads();
         tch::no_grad(|| self.comm.all_reduce_mean(&grads))?;
         self.opt.step();
 

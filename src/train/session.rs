@@ -95,7 +95,7 @@ impl Session {
         if let Some(init) = &cfg.init {
             load_init(&mut vs, init)?;
         }
-        if resume.is_some() && rank == 0 {
+        if resume.is_some() {
             let ckpt = checkpoint::latest(&run_dir)?;
             let file = checkpoint::load_state(&ckpt)?;
             state = file.state;
@@ -106,8 +106,8 @@ impl Session {
             tracing::info!("resuming {} at step {}", ckpt.display(), state.step);
         }
         state = broadcast_state(&*comm, state)?;
-        opt.scale_lr(state.lr_scale);
-        sync_tensors(&*comm, &vs, &opt)?;
+        opt.set_lr_scale(state.lr_scale);
+        sync_params(&*comm, &vs)?;
 
         let task_names: Vec<&str> = tasks_for_step(&TrainConfig { alternate: false, ..cfg.clone() }, 0).into_iter().map(task_name).collect();
         let mut log = RunLog::open(&run_dir, rank, &task_names, resume.map(|_| state.step))?;
@@ -182,17 +182,17 @@ fn broadcast_state(comm: &dyn Comm, state: TrainState) -> Result<TrainState> {
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-/// Rank 0's parameters, buffers and optimiser state to every rank (start and resume).
-fn sync_tensors(comm: &dyn Comm, vs: &VarStore, opt: &Sgd) -> Result<()> {
+/// Rank 0's parameters and buffers to every rank, so replicas start identical (as DDP
+/// does). On resume every rank has read the checkpoint (a shared filesystem, as with
+/// DDP), so the momentum buffers already agree.
+fn sync_params(comm: &dyn Comm, vs: &VarStore) -> Result<()> {
     if comm.world() == 1 {
         return Ok(());
     }
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let tensors: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
-    tch::no_grad(|| comm.broadcast(&tensors, 0))?;
-    let state: Vec<Tensor> = opt.state().into_iter().map(|(_, t)| t).collect();
-    tch::no_grad(|| comm.broadcast(&state, 0))
+    tch::no_grad(|| comm.broadcast(&tensors, 0))
 }
 
 /// All ranks run the same steps per epoch: the smallest rank's share sets it.

@@ -1,6 +1,7 @@
 //! One batch forward: the task losses of a batch, as the loop and the validator need them.
 
 use anyhow::{bail, Result};
+use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
 use super::config::{Task, TrainConfig};

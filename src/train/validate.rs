@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tch::nn::ModuleT;
 use tch::{Device, Tensor};
 
 use super::config::TrainConfig;
