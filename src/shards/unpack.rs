@@ -1,9 +1,84 @@
 //! `trainer unpack`: records back to byte-identical files at their original paths.
 
-/// Arguments (filled in by this module's implementation).
-#[derive(clap::Args, Debug)]
-pub struct UnpackArgs {}
+use super::Dataset;
+use anyhow::{bail, Context, Result};
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
 
-pub fn run(_args: UnpackArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+/// Write every record back to its original relative path under --out.
+#[derive(clap::Args, Debug)]
+pub struct UnpackArgs {
+    /// `<dir>/<name>` (all shards) or a legacy `<dir>/<name>` .bin/.idx pair.
+    pub dataset: PathBuf,
+    /// Directory to recreate the files in (created if missing; existing files are replaced).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(args: UnpackArgs) -> Result<()> {
+    let ds = Dataset::open(&args.dataset)?;
+    check_paths(&ds)?;
+    let mut seen = HashSet::new();
+    let mut made_dirs = HashSet::new();
+    let (mut written, mut duplicates, mut bytes) = (0usize, 0usize, 0u64);
+    for shard in &ds.shards {
+        for i in 0..shard.len() {
+            let rel = shard.path_of(i);
+            if !seen.insert(rel) {
+                duplicates += 1;
+                eprintln!("warning: {}: record {i} repeats path {rel:?}; the first copy was kept", shard.bin_path().display());
+                continue;
+            }
+            let payload = shard.payload(i)?;
+            if let Some(want) = shard.checksum(i) {
+                if crc32c::crc32c(payload) != want {
+                    bail!("{}: record {i} ({rel}): crc32c mismatch; the shard is corrupt (run `trainer verify`)", shard.bin_path().display());
+                }
+            }
+            write_file(&args.out.join(rel), payload, &mut made_dirs)?;
+            written += 1;
+            bytes += payload.len() as u64;
+        }
+    }
+    println!("unpacked {written} files ({:.1} MB) into {}{}", bytes as f64 / 1e6, args.out.display(), if duplicates > 0 { format!("; {duplicates} duplicate paths skipped") } else { String::new() });
+    Ok(())
+}
+
+/// Refuses the whole unpack before writing anything if any path would land outside --out.
+fn check_paths(ds: &Dataset) -> Result<()> {
+    for shard in &ds.shards {
+        for i in 0..shard.len() {
+            let rel = shard.path_of(i);
+            if !stays_inside(rel) {
+                bail!("{}: record {i} has path {rel:?}, which is absolute or escapes the output directory; refusing to unpack", shard.idx_path().display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn stays_inside(rel: &str) -> bool {
+    !rel.is_empty() && !rel.contains('\0') && Path::new(rel).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+fn write_file(path: &Path, bytes: &[u8], made_dirs: &mut HashSet<PathBuf>) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        if made_dirs.insert(parent.to_path_buf()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+    }
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_plain_relative_paths_stay_inside() {
+        for ok in ["a/b.jpg", "x (1)/é.png", "./a"] {
+            assert!(super::stays_inside(ok), "{ok}");
+        }
+        for bad in ["../x", "a/../../x", "/etc/passwd", "", "a/\0b"] {
+            assert!(!super::stays_inside(bad), "{bad}");
+        }
+    }
 }
