@@ -1,0 +1,302 @@
+//! Batches from a rank's view: a planner thread turns sampler positions into jobs, decode
+//! workers build whole batches, and `next_batch` hands them out in order through a bounded
+//! prefetch queue. Every random choice (order, flip, replacement of a corrupt record) is a
+//! function of (seed, epoch, slot), so thread timing never changes a batch.
+
+use super::decode::Decoder;
+use super::partition::RankView;
+use super::sampler::{Sampler, SamplerKind, SamplerPosition};
+use crate::rng::{mix, Rng};
+use anyhow::{anyhow, bail, Result};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Replacement draws per slot before a batch fails (only if nearly everything is corrupt).
+const MAX_REPLACEMENTS: usize = 64;
+const FLIP_SALT: u64 = 0xF11F_F11F;
+const REPLACE_SALT: u64 = 0x5EE1_AC3D;
+
+pub struct LoaderConfig {
+    pub size: usize,
+    pub batch_size: usize,
+    pub workers: usize,
+    /// Batches decoded ahead of the consumer.
+    pub prefetch: usize,
+    pub seed: u64,
+    pub sampler: SamplerKind,
+    /// Random horizontal flip.
+    pub augment: bool,
+    /// All ranks agree: trim/pad every epoch to this.
+    pub steps_per_epoch: Option<u64>,
+}
+
+impl LoaderConfig {
+    /// Uniform sampling with flips, one worker per core, two batches ahead per worker.
+    pub fn new(size: usize, batch_size: usize) -> LoaderConfig {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        LoaderConfig { size, batch_size, workers, prefetch: 2 * workers, seed: 0, sampler: SamplerKind::Uniform,
+            augment: true, steps_per_epoch: None }
+    }
+}
+
+/// N images as one NCHW f32 buffer plus their labels.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// N×3×S×S, (x-127.5)/127.5, RGB.
+    pub images: Vec<f32>,
+    pub labels: Vec<i64>,
+    /// -1 unknown.
+    pub genders: Vec<i64>,
+    /// Clipped to 6, -1 unknown.
+    pub ages: Vec<i64>,
+    pub n: usize,
+    pub size: usize,
+    /// Corrupt records met while building this batch (replaced, or dropped in sequential mode).
+    pub skipped: usize,
+    /// View record index of each image (after replacements).
+    pub records: Vec<u32>,
+    /// Encoded payload bytes read for this batch.
+    pub bytes: usize,
+}
+
+struct Job {
+    seq: u64,
+    epoch: u64,
+    /// Index of the batch's first slot within its epoch.
+    first_slot: u64,
+    records: Vec<u32>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    view: Arc<RankView>,
+    size: usize,
+    seed: u64,
+    augment: bool,
+    /// Sequential passes drop corrupt records instead of replacing them.
+    replace: bool,
+    by_label: Arc<HashMap<u32, Vec<u32>>>,
+    stop: Arc<AtomicBool>,
+}
+
+pub struct Loader {
+    results: Option<Receiver<(u64, Result<Batch>)>>,
+    pending: BTreeMap<u64, Result<Batch>>,
+    next_seq: u64,
+    pos: SamplerPosition,
+    sampler: Option<Sampler>,
+    steps: u64,
+    skipped: u64,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Loader {
+    /// Infinite, deterministic from (seed, epoch, rank), starting at `start`.
+    pub fn train(view: Arc<RankView>, cfg: LoaderConfig, start: SamplerPosition) -> Result<Loader> {
+        let sampler = Sampler::new(cfg.sampler, &view.labels, cfg.batch_size, cfg.seed, view.rank, cfg.steps_per_epoch)?;
+        if start.batch >= sampler.steps_per_epoch() {
+            bail!("resume position batch {} is past the epoch's {} steps", start.batch, sampler.steps_per_epoch());
+        }
+        let shared = Shared::new(view, cfg.size, cfg.seed, cfg.augment, true);
+        let plan = sampler.clone();
+        let planner = move |tx: Sender<Job>, stop: Arc<AtomicBool>| plan_train(&plan, start, tx, &stop);
+        let steps = sampler.steps_per_epoch();
+        Loader::spawn(shared, cfg.workers, cfg.prefetch, planner, start, Some(sampler), steps)
+    }
+
+    /// One ordered pass, no augmentation, last batch partial; corrupt records are dropped.
+    pub fn sequential(view: Arc<RankView>, size: usize, batch_size: usize, workers: usize) -> Result<Loader> {
+        if batch_size == 0 {
+            bail!("batch size must be > 0");
+        }
+        let n = view.len();
+        let steps = n.div_ceil(batch_size) as u64;
+        let shared = Shared::new(view, size, 0, false, false);
+        let planner = move |tx: Sender<Job>, stop: Arc<AtomicBool>| plan_sequential(n, batch_size, tx, &stop);
+        Loader::spawn(shared, workers, 2 * workers.max(1), planner, SamplerPosition::START, None, steps)
+    }
+
+    fn spawn(shared: Shared, workers: usize, prefetch: usize, planner: impl FnOnce(Sender<Job>, Arc<AtomicBool>) + Send + 'static,
+             start: SamplerPosition, sampler: Option<Sampler>, steps: u64) -> Result<Loader> {
+        let workers = workers.max(1);
+        let (job_tx, job_rx) = bounded::<Job>(prefetch.max(1));
+        let (res_tx, res_rx) = bounded(prefetch.max(1) + workers);
+        let stop = shared.stop.clone();
+        let mut threads = Vec::with_capacity(workers + 1);
+        let planner_stop = stop.clone();
+        threads.push(named("loader-plan", move || planner(job_tx, planner_stop))?);
+        for w in 0..workers {
+            let (rx, tx, sh) = (job_rx.clone(), res_tx.clone(), shared.clone());
+            threads.push(named(&format!("loader-{w}"), move || work(sh, rx, tx))?);
+        }
+        Ok(Loader { results: Some(res_rx), pending: BTreeMap::new(), next_seq: 0, pos: start, sampler, steps, skipped: 0, stop, threads })
+    }
+
+    /// The next batch in order; `None` only at the end of a sequential pass.
+    pub fn next_batch(&mut self) -> Result<Option<Batch>> {
+        if self.sampler.is_none() && self.next_seq >= self.steps {
+            return Ok(None);
+        }
+        let rx = self.results.as_ref().ok_or_else(|| anyhow!("loader is shut down"))?;
+        while !self.pending.contains_key(&self.next_seq) {
+            let (seq, batch) = rx.recv().map_err(|_| anyhow!("loader workers stopped before batch {}", self.next_seq))?;
+            self.pending.insert(seq, batch);
+        }
+        let batch = self.pending.remove(&self.next_seq).expect("checked above")?;
+        self.next_seq += 1;
+        self.skipped += batch.skipped as u64;
+        self.pos = match &self.sampler {
+            Some(s) => s.advance(self.pos),
+            None => SamplerPosition { epoch: 0, batch: self.pos.batch + 1 },
+        };
+        Ok(Some(batch))
+    }
+
+    /// Position of the batch the next `next_batch()` returns (save it to resume exactly).
+    pub fn position(&self) -> SamplerPosition {
+        self.pos
+    }
+
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.steps
+    }
+
+    /// Corrupt records met so far by batches already returned.
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.results = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn named(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.to_string()).spawn(f).map_err(|e| anyhow!("spawning {name}: {e}"))
+}
+
+fn plan_train(sampler: &Sampler, start: SamplerPosition, tx: Sender<Job>, stop: &AtomicBool) {
+    let b = sampler.batch_size();
+    let mut pos = start;
+    let mut epoch_plan: Option<(u64, Vec<u32>)> = None;
+    for seq in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        if epoch_plan.as_ref().is_none_or(|(e, _)| *e != pos.epoch) {
+            epoch_plan = Some((pos.epoch, sampler.epoch(pos.epoch)));
+        }
+        let plan = &epoch_plan.as_ref().expect("set above").1;
+        let first = pos.batch as usize * b;
+        let job = Job { seq, epoch: pos.epoch, first_slot: first as u64, records: plan[first..first + b].to_vec() };
+        if tx.send(job).is_err() {
+            return;
+        }
+        pos = sampler.advance(pos);
+    }
+}
+
+fn plan_sequential(n: usize, batch_size: usize, tx: Sender<Job>, stop: &AtomicBool) {
+    for (seq, first) in (0..n).step_by(batch_size).enumerate() {
+        let records = (first as u32..(first + batch_size).min(n) as u32).collect();
+        if stop.load(Ordering::Relaxed) || tx.send(Job { seq: seq as u64, epoch: 0, first_slot: first as u64, records }).is_err() {
+            return;
+        }
+    }
+}
+
+fn work(shared: Shared, jobs: Receiver<Job>, results: Sender<(u64, Result<Batch>)>) {
+    let mut decoder = Decoder::new();
+    while let Ok(job) = jobs.recv() {
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let seq = job.seq;
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.build(&job, &mut decoder)))
+            .unwrap_or_else(|_| Err(anyhow!("decode worker panicked on batch {seq}")));
+        if results.send((seq, built)).is_err() {
+            return;
+        }
+    }
+}
+
+impl Shared {
+    fn new(view: Arc<RankView>, size: usize, seed: u64, augment: bool, replace: bool) -> Shared {
+        let mut by_label: HashMap<u32, Vec<u32>> = HashMap::new();
+        if replace {
+            for (i, &l) in view.labels.iter().enumerate() {
+                by_label.entry(l).or_default().push(i as u32);
+            }
+        }
+        Shared { view, size, seed, augment, replace, by_label: Arc::new(by_label), stop: Arc::new(AtomicBool::new(false)) }
+    }
+
+    fn build(&self, job: &Job, decoder: &mut Decoder) -> Result<Batch> {
+        let slot_len = 3 * self.size * self.size;
+        let mut b = Batch { images: vec![0.0; job.records.len() * slot_len], labels: Vec::new(), genders: Vec::new(),
+            ages: Vec::new(), n: 0, size: self.size, skipped: 0, records: Vec::new(), bytes: 0 };
+        for (i, &first_choice) in job.records.iter().enumerate() {
+            let slot = job.first_slot + i as u64;
+            let flip = self.augment && Rng::derive(self.seed ^ FLIP_SALT, job.epoch, slot).next_u64() & 1 == 1;
+            let out = &mut b.images[b.n * slot_len..(b.n + 1) * slot_len];
+            let mut rec = first_choice;
+            let mut attempt = 0;
+            let decoded = loop {
+                match self.view.bytes(rec as usize).and_then(|bytes| decoder.decode_into(bytes, self.size, flip, out).map(|_| bytes.len())) {
+                    Ok(len) => break Some(len),
+                    Err(e) => {
+                        b.skipped += 1;
+                        let what = self.view.describe_record(rec as usize);
+                        if !self.replace {
+                            tracing::warn!("skipping corrupt {what}: {e:#}");
+                            break None;
+                        }
+                        tracing::warn!("skipping corrupt {what} (rank {}): {e:#}; replaced by another sample", self.view.rank);
+                        attempt += 1;
+                        if attempt > MAX_REPLACEMENTS {
+                            bail!("rank {}: {MAX_REPLACEMENTS} replacements for slot {slot} of epoch {} were all corrupt; last: {what}", self.view.rank, job.epoch);
+                        }
+                        rec = self.replacement(rec, job.epoch, slot, attempt);
+                    }
+                }
+            };
+            if let Some(len) = decoded {
+                self.push_labels(&mut b, rec, len);
+            }
+        }
+        b.images.truncate(b.n * slot_len);
+        Ok(b)
+    }
+
+    /// Another record of the same identity when there is one (keeps P×K batches), else any.
+    fn replacement(&self, rec: u32, epoch: u64, slot: u64, attempt: usize) -> u32 {
+        let mut r = Rng::derive(self.seed ^ REPLACE_SALT ^ mix(attempt as u64), epoch, slot);
+        let same = &self.by_label[&self.view.labels[rec as usize]];
+        if same.len() > 1 && attempt <= MAX_REPLACEMENTS / 2 {
+            same[r.below(same.len())]
+        } else {
+            r.below(self.view.len()) as u32
+        }
+    }
+
+    fn push_labels(&self, b: &mut Batch, rec: u32, len: usize) {
+        let i = rec as usize;
+        let v = &self.view;
+        b.labels.push(v.labels[i] as i64);
+        b.genders.push(if v.genders[i] < 0 { -1 } else { v.genders[i] as i64 });
+        b.ages.push(if v.ages[i] < 0 { -1 } else { (v.ages[i] as i64).min(6) });
+        b.records.push(rec);
+        b.bytes += len;
+        b.n += 1;
+    }
+}
