@@ -1,11 +1,15 @@
 //! `trainer bench ...`: throughput benchmarks printed side by side with their baselines.
 
+pub mod train;
+
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Placeholder until the benchmarks land.
-    None,
+    /// Images/s of the full training step (forward, ArcFace loss, backward, SGD) on synthetic batches.
+    Train(train::TrainBenchArgs),
 }
 
-pub fn run(_cmd: BenchCommand) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Train(a) => train::run(a),
+    }
 }

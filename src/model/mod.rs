@@ -179,3 +179,82 @@ fn checked(what: &str, labels: &[i64], classes: usize, device: Device) -> Result
     }
     Ok(Tensor::from_slice(labels).to_device(device))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{groups_by_prefix, Sgd};
+    use tch::Kind;
+
+    fn tiny_cfg() -> HeadConfig {
+        HeadConfig { emb_dim: 32, gender_hidden: vec![16], age_hidden: vec![16, 16], ..Default::default() }
+    }
+
+    #[test]
+    fn heads_follow_the_task() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Net::new(&vs.root(), Arch::Tiny, &tiny_cfg(), 5, Task::Gender.into());
+        assert_eq!(net.tasks(), Tasks { fr: false, gender: true, age: false });
+        let vars = vs.variables();
+        assert!(vars.contains_key("backbone.layer2.0.downsample.0.weight"));
+        assert!(vars.contains_key("gender.hidden.0.fc.weight") && vars.contains_key("gender.out.bias"));
+        assert!(!vars.keys().any(|k| k.starts_with("arcface") || k.starts_with("age")));
+    }
+
+    #[test]
+    fn targets_reject_out_of_range_and_clip_ages() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Net::new(&vs.root(), Arch::Tiny, &tiny_cfg(), 5, Task::Multi.into());
+        assert!(net.targets(&[0, 5], &[0, 1], &[0, 1], Device::Cpu).is_err());
+        assert!(net.targets(&[0, 1], &[0, 2], &[0, 1], Device::Cpu).is_err());
+        let t = net.targets(&[0, -1], &[-1, 1], &[9, -1], Device::Cpu).unwrap();
+        assert_eq!(Vec::<i64>::try_from(t.age.unwrap()).unwrap(), vec![6, -1]);
+    }
+
+    /// A tiny Multi net memorises two fixed batches: every task's loss falls well below
+    /// where it started.
+    #[test]
+    fn tiny_multi_net_overfits_fixed_batches() {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = HeadConfig { s: 16.0, m: 0.2, fr_dropout: 0.0, gender_dropout: 0.0, age_dropout: 0.0, ..tiny_cfg() };
+        let net = Net::new(&vs.root(), Arch::Tiny, &cfg, 4, Task::Multi.into());
+        let spec = [("backbone.", 0.05, 5e-4), ("fr.", 0.05, 5e-4), ("arcface.", 0.05, 5e-4), ("gender.", 0.05, 5e-4), ("age.", 0.05, 5e-4)];
+        let mut opt = Sgd::new(groups_by_prefix(&vs, &spec), 0.9);
+        let batches: Vec<(Tensor, Targets)> = (0..2)
+            .map(|b| {
+                let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+                let labels: Vec<i64> = (0..8).map(|i| (i + b) % 4).collect();
+                let genders: Vec<i64> = (0..8).map(|i| if i == 3 { -1 } else { i % 2 }).collect();
+                let ages: Vec<i64> = (0..8).map(|i| (i * 3 + b) % 7).collect();
+                (x, net.targets(&labels, &genders, &ages, Device::Cpu).unwrap())
+            })
+            .collect();
+        let losses = |net: &Net| -> Vec<f64> {
+            let mut sum = vec![0.0; 3];
+            for (x, t) in &batches {
+                let l = tch::no_grad(|| net.losses(x, t, false));
+                for (s, v) in sum.iter_mut().zip([&l.fr, &l.gender, &l.age]) {
+                    *s += v.as_ref().unwrap().double_value(&[]);
+                }
+            }
+            sum
+        };
+        let before = losses(&net);
+        for step in 0..60 {
+            let (x, t) = &batches[step % 2];
+            opt.zero_grad();
+            let total = net.losses(x, t, true).weighted_sum(1.0, 1.0, 1.0).unwrap();
+            total.backward();
+            opt.step();
+        }
+        let after = losses(&net);
+        // Soft targets cannot go below their own entropy (summed over the two batches).
+        let entropy = |c: f64| -(0.9f64 * 0.9f64.ln() + 0.1 * (0.1 / (c - 1.0)).ln()) * 2.0;
+        let floors = [0.0, entropy(2.0), entropy(7.0)];
+        for (i, task) in ["fr", "gender", "age"].iter().enumerate() {
+            let (b, a) = (before[i] - floors[i], after[i] - floors[i]);
+            assert!(a < 0.5 * b, "{task}: loss above its floor {b} -> {a}");
+        }
+    }
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""The training step of `trainer bench train`, in PyTorch: torchvision ResNet minus fc,
+dropout 0.4 + linear to 512 + L2 normalisation, ArcFace (s=64, m=0.5, insightface's
+fallback), cross-entropy, backward, SGD (momentum 0.9, weight decay 5e-4) on one fixed
+synthetic batch. Prints the median images/s over the timed steps, in the same format as
+the Rust benchmark.
+
+    python benches/pytorch_train.py --arch resnet50 --size 112 --batch-size 16 --threads 2
+"""
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torchvision_resnet import resnet  # noqa: E402
+
+
+class FrModel(torch.nn.Module):
+    def __init__(self, arch, classes, emb_dim=512, s=64.0, m=0.5):
+        super().__init__()
+        self.backbone = resnet(arch)
+        out_dim = 2048 if arch in ("resnet50", "resnet101") else 512
+        self.dropout = torch.nn.Dropout(0.4)
+        self.fc = torch.nn.Linear(out_dim, emb_dim)
+        self.arcface = torch.nn.Parameter(torch.normal(0, 0.01, (classes, emb_dim)))
+        self.s, self.m = s, m
+
+    def forward(self, x, labels):
+        emb = F.normalize(self.fc(self.dropout(self.backbone(x))))
+        cos = (emb @ F.normalize(self.arcface).t()).clamp(-1, 1)
+        target = cos.gather(1, labels[:, None])
+        sin = (1 - target * target).clamp_min(1e-12).sqrt()
+        with_margin = target * math.cos(self.m) - sin * math.sin(self.m)
+        fallback = target - self.m * math.sin(self.m)
+        margin = torch.where(target > math.cos(math.pi - self.m), with_margin, fallback)
+        logits = cos.scatter_add(1, labels[:, None], margin - target) * self.s
+        return F.cross_entropy(logits, labels)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", default="resnet50")
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", action="store_true", help="CUDA autocast fp16")
+    a = ap.parse_args()
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    dev = torch.device(a.device)
+    model = FrModel(a.arch, a.classes).to(dev).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(a.batch_size, 3, a.size, a.size, device=dev)
+    labels = (torch.arange(a.batch_size) % a.classes).to(dev)
+    times, loss_value = [], float("nan")
+    for i in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        with torch.autocast("cuda", enabled=a.amp and dev.type == "cuda"):
+            loss = model(x, labels)
+        loss.backward()
+        opt.step()
+        loss_value = loss.item()  # also waits for the device
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    med = statistics.median_high(times)
+    print(f"bench train (pytorch {torch.__version__}): arch={a.arch} size={a.size} batch={a.batch_size} "
+          f"classes={a.classes} device={a.device} threads={a.threads} amp={a.amp}")
+    print(f"median step {med * 1e3:.1f} ms over {len(times)} steps ({a.warmup} warm-up), "
+          f"{a.batch_size / med:.2f} images/s, last loss {loss_value:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Training-step throughput, trainer (tch) vs PyTorch (Python), side by side: the same model
+# (ResNet minus fc + dropout/linear 512 + L2 norm + ArcFace s=64 m=0.5 + CE, SGD momentum
+# 0.9 wd 5e-4) on a fixed synthetic batch, same thread count, runs alternated, medians.
+#   benches/train.sh                     # ResNet-50, 112px, batch 16, CPU, 2 threads
+#   DEVICE=cuda:0 BATCH=128 AMP=1 benches/train.sh
+# Settings: ARCH SIZE BATCH THREADS STEPS WARMUP REPEATS DEVICE CLASSES AMP (1 = on),
+# TRAINER (binary, default target/release/trainer), PYTHON (default python3 on PATH).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ARCH=${ARCH:-resnet50} SIZE=${SIZE:-112} BATCH=${BATCH:-16} THREADS=${THREADS:-2}
+STEPS=${STEPS:-8} WARMUP=${WARMUP:-3} REPEATS=${REPEATS:-3} DEVICE=${DEVICE:-cpu}
+CLASSES=${CLASSES:-1000} AMP=${AMP:-0}
+TRAINER=${TRAINER:-target/release/trainer} PYTHON=${PYTHON:-python3}
+common=(--arch "$ARCH" --size "$SIZE" --batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP"
+        --classes "$CLASSES" --threads "$THREADS" --device "$DEVICE")
+[ "$AMP" = 1 ] && common+=(--amp)
+
+rate() { sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p'; }
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+
+rust=() py=()
+for i in $(seq "$REPEATS"); do
+  r=$("$TRAINER" bench train "${common[@]}" | rate)
+  p=$("$PYTHON" benches/pytorch_train.py "${common[@]}" | rate)
+  echo "run $i: trainer $r images/s, pytorch $p images/s"
+  rust+=("$r") py+=("$p")
+done
+mr=$(printf '%s\n' "${rust[@]}" | median)
+mp=$(printf '%s\n' "${py[@]}" | median)
+echo "$ARCH ${SIZE}px batch $BATCH on $DEVICE, $THREADS threads, amp=$AMP: trainer $mr images/s, pytorch $mp images/s, ratio $(awk -v a="$mr" -v b="$mp" 'BEGIN {printf "%.3f", a / b}') (median of $REPEATS alternated runs, $STEPS timed steps each)"

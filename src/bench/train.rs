@@ -1,0 +1,143 @@
+//! `trainer bench train`: images/s of the full training step (backbone, FR head, ArcFace,
+//! cross-entropy, backward, SGD) on a fixed synthetic batch, so only the model is timed.
+//! `benches/pytorch_train.py` is the same step in PyTorch; `benches/train.sh` runs both.
+
+use crate::model::{Arch, HeadConfig, Net, Tasks};
+use crate::optim::{groups_by_prefix, Sgd};
+use anyhow::{bail, Context, Result};
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+#[derive(clap::Args, Debug)]
+pub struct TrainBenchArgs {
+    /// Backbone architecture.
+    #[arg(long, value_enum, default_value = "resnet50")]
+    pub arch: Arch,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 112)]
+    pub size: i64,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: i64,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Untimed steps first (allocator and kernel warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Identities of the ArcFace layer.
+    #[arg(long, default_value_t = 1000)]
+    pub classes: usize,
+    /// auto, cpu or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+    /// libtorch intra-op threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Mixed precision (CUDA autocast, fp16); ignored on CPU.
+    #[arg(long)]
+    pub amp: bool,
+    /// NHWC memory format for the images and weights.
+    #[arg(long)]
+    pub channels_last: bool,
+}
+
+/// `auto` (first GPU if any, else CPU), `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(Device::Cuda(n)),
+            _ => bail!("device {s:?} is not auto, cpu, cuda or cuda:N"),
+        },
+    }
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Step timings of one benchmark run.
+pub struct TrainBench {
+    pub step_secs: Vec<f64>,
+    pub last_loss: f64,
+}
+
+impl TrainBench {
+    pub fn median_secs(&self) -> f64 {
+        let mut v = self.step_secs.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+}
+
+pub fn run(a: TrainBenchArgs) -> Result<()> {
+    let threads = a.threads.unwrap_or_else(default_threads);
+    tch::set_num_threads(threads as i32);
+    if let Device::Cuda(n) = a.device {
+        if n >= tch::Cuda::device_count() as usize {
+            bail!("cuda:{n} requested but {} CUDA device(s) are visible", tch::Cuda::device_count());
+        }
+    }
+    let r = measure(&a).with_context(|| format!("training benchmark {:?} at {}px", a.arch, a.size))?;
+    let med = r.median_secs();
+    println!(
+        "bench train: arch={:?} size={} batch={} classes={} device={:?} threads={} amp={} channels_last={}",
+        a.arch, a.size, a.batch_size, a.classes, a.device, threads, a.amp, a.channels_last
+    );
+    println!(
+        "median step {:.1} ms over {} steps ({} warm-up), {:.2} images/s, last loss {:.3}",
+        med * 1e3,
+        r.step_secs.len(),
+        a.warmup,
+        a.batch_size as f64 / med,
+        r.last_loss
+    );
+    Ok(())
+}
+
+/// Builds the FR model and times `warmup + steps` full training steps.
+pub fn measure(a: &TrainBenchArgs) -> Result<TrainBench> {
+    if a.steps == 0 || a.batch_size == 0 {
+        bail!("--steps and --batch-size must be positive");
+    }
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(a.device);
+    let cfg = HeadConfig::default();
+    let net = Net::new(&vs.root(), a.arch, &cfg, a.classes, Tasks { fr: true, gender: false, age: false });
+    let spec = [("backbone.", 0.01, 5e-4), ("fr.", 0.01, 5e-4), ("arcface.", 0.01, 5e-4)];
+    let mut opt = Sgd::new(groups_by_prefix(&vs, &spec), 0.9);
+    let mut x = Tensor::randn([a.batch_size, 3, a.size, a.size], (Kind::Float, a.device));
+    if a.channels_last {
+        x = to_channels_last(&x);
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                if v.dim() == 4 {
+                    let nhwc = to_channels_last(&v);
+                    v.set_data(&nhwc);
+                }
+            }
+        });
+    }
+    let labels: Vec<i64> = (0..a.batch_size).map(|i| i % a.classes as i64).collect();
+    let targets = net.targets(&labels, &[], &[], a.device)?;
+    let mut step_secs = Vec::with_capacity(a.steps);
+    let mut last_loss = f64::NAN;
+    for i in 0..a.warmup + a.steps {
+        let t0 = Instant::now();
+        opt.zero_grad();
+        let loss = tch::autocast(a.amp, || net.losses(&x, &targets, true).fr.expect("FR head"));
+        loss.backward();
+        opt.step();
+        last_loss = loss.double_value(&[]); // also waits for the device
+        if i >= a.warmup {
+            step_secs.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(TrainBench { step_secs, last_loss })
+}
+
+fn to_channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
