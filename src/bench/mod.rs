@@ -1,11 +1,15 @@
 //! `trainer bench ...`: throughput benchmarks printed side by side with their baselines.
 
+pub mod plateau;
+
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Placeholder until the benchmarks land.
-    None,
+    /// dlib's plateau check at n losses, and the schedule's cost per step.
+    Plateau(plateau::PlateauBenchArgs),
 }
 
-pub fn run(_cmd: BenchCommand) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Plateau(a) => plateau::run(a),
+    }
 }
