@@ -1,5 +1,7 @@
 //! Validation metrics and `trainer eval`.
 
+pub mod metrics;
+
 /// Arguments (filled in by this module's implementation).
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {}
