@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference implementations of dlib's plateau counts, for agreement tests and timing.
 
-  seed_plateau.py count FILE [--p 0.51] [--quantile 0.1] [--impl exact|seed]
+  seed_plateau.py count FILE... [--p 0.51] [--quantile 0.1] [--impl exact|seed]
   seed_plateau.py time FILE [--runs 5] [--impl exact|seed]
 
 --impl seed (default): the seed's straightforward approach: for every suffix of the loss
@@ -9,7 +9,8 @@
 --impl exact: dlib's running_gradient (recursive least squares, 1e6 prior) in one
   backward pass, written term by term like dlib's matrix expressions, so its doubles are
   bit-identical to dlib's (and to `trainer plateau`).
-Output of `count` matches `trainer plateau`'s first line: steps_without_decrease=N robust=M
+Output of `count` is, per file, `trainer plateau`'s two lines: steps_without_decrease=N
+robust=M, then losses=K.
 """
 import argparse
 import math
@@ -122,18 +123,20 @@ def counts(losses, p, quantile, impl):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["count", "time"])
-    ap.add_argument("file")
+    ap.add_argument("files", nargs="+")
     ap.add_argument("--p", type=float, default=0.51)
     ap.add_argument("--quantile", type=float, default=0.1)
     ap.add_argument("--impl", choices=["exact", "seed"], default="seed")
     ap.add_argument("--runs", type=int, default=5)
     a = ap.parse_args()
-    losses = read_losses(a.file)
     if a.mode == "count":
-        plain, robust = counts(losses, a.p, a.quantile, a.impl)
-        print(f"steps_without_decrease={plain} robust={robust}")
-        print(f"losses={len(losses)}")
+        for f in a.files:
+            losses = read_losses(f)
+            plain, robust = counts(losses, a.p, a.quantile, a.impl)
+            print(f"steps_without_decrease={plain} robust={robust}")
+            print(f"losses={len(losses)}")
         return
+    losses = read_losses(a.files[0])
     # One check = what dlib's trainer does when the plain count reaches the threshold:
     # the plain count plus the robust count.
     times = []

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args, Debug)]
 pub struct PlateauArgs {
     /// Loss file: numbers separated by commas and/or white space (as loss_debug writes them).
-    pub file: PathBuf,
+    /// With several files, each gets its lines in turn.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
     /// Probability of decrease below which a step counts as "without decrease" (0.5 < p < 1).
     #[arg(long, default_value_t = DEFAULT_PROBABILITY_OF_DECREASE)]
     pub p: f64,
@@ -40,16 +42,23 @@ pub fn run(args: PlateauArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.quantile) {
         bail!("--quantile must be in [0, 1], got {}", args.quantile);
     }
-    let losses = read_losses(&args.file)?;
-    let plain = count_steps_without_decrease(&losses, args.p);
-    let robust = count_steps_without_decrease_robust(&losses, args.p, args.quantile);
+    let mut report = String::new();
+    for file in &args.files {
+        report += &file_report(&read_losses(file)?, &args);
+    }
+    print_ignoring_closed_pipe(&report)
+}
+
+fn file_report(losses: &[f64], args: &PlateauArgs) -> String {
+    let plain = count_steps_without_decrease(losses, args.p);
+    let robust = count_steps_without_decrease_robust(losses, args.p, args.quantile);
     let mut report = format!("steps_without_decrease={plain} robust={robust}\nlosses={}\n", losses.len());
     if let Some(t) = args.threshold {
         let window = &losses[losses.len().saturating_sub(t)..];
         let shrink = if would_shrink(window, t, args.p, args.quantile) { "yes" } else { "no" };
         report += &format!("shrink={shrink} (threshold={t}, window={})\n", window.len());
     }
-    print_ignoring_closed_pipe(&report)
+    report
 }
 
 /// `trainer plateau f | head -1` is a normal use: a closed pipe is not an error.

@@ -203,3 +203,156 @@ pub fn probability_values_are_increasing_robust(values: &[f64], quantile_discard
         0.5
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: f64 = DEFAULT_PROBABILITY_OF_DECREASE;
+    const Q: f64 = DEFAULT_QUANTILE_DISCARD;
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn fit_matches_ordinary_least_squares_worked_by_hand() {
+        // y = 1, 3, 2, 5 at x = 0..3: x̄ = 1.5, ȳ = 2.75, Sxy = 5.5, Sxx = 5, so slope 1.1,
+        // intercept 2.75 - 1.1·1.5 = 1.1; residuals -0.1, 0.8, -1.3, 0.6 give RSS 2.7 and
+        // se = sqrt(2.7 / 2 / 5). dlib's 1e6 prior moves these only around 1e-7.
+        let mut g = RunningGradient::new();
+        for y in [1.0, 3.0, 2.0, 5.0] {
+            g.add(y);
+        }
+        assert_eq!(g.current_n(), 4.0);
+        assert!(close(g.gradient(), 1.1, 1e-6), "{}", g.gradient());
+        assert!(close(g.intercept(), 1.1, 1e-6), "{}", g.intercept());
+        assert!(close(g.standard_error(), (0.27f64).sqrt(), 1e-6), "{}", g.standard_error());
+        let z = 1.1 / 0.27f64.sqrt();
+        assert!(close(g.probability_gradient_greater_than(0.0), normal_cdf(z, 0.0, 1.0), 1e-6));
+    }
+
+    #[test]
+    fn normal_cdf_ties_and_values() {
+        // Zero spread is a step function, with exactly 0.5 on the tie.
+        assert_eq!(normal_cdf(1.0, 2.0, 0.0), 0.0);
+        assert_eq!(normal_cdf(3.0, 2.0, 0.0), 1.0);
+        assert_eq!(normal_cdf(2.0, 2.0, 0.0), 0.5);
+        assert_eq!(normal_cdf(0.0, 0.0, 1.0), 0.5);
+        assert!(close(normal_cdf(1.959963984540054, 0.0, 1.0), 0.975, 1e-12));
+        assert!(close(normal_cdf(-1.0, 0.0, 1.0), 0.15865525393145707, 1e-12));
+    }
+
+    #[test]
+    fn fewer_than_three_values_never_count() {
+        // dlib only tests once the fit holds more than 2 values.
+        for series in [&[][..], &[1.0], &[1.0, 2.0]] {
+            assert_eq!(count_steps_without_decrease(series, P), 0);
+            assert_eq!(count_steps_without_decrease_robust(series, P, Q), 0);
+        }
+        // Three increasing values: the first test (j = 3) already fails to see a decrease.
+        assert_eq!(count_steps_without_decrease(&[1.0, 2.0, 3.0], P), 3);
+    }
+
+    #[test]
+    fn straight_lines() {
+        // Strictly decreasing: every suffix fits slope -1 with (almost) no residual, so
+        // P(decrease) is 1 for every j and no step counts.
+        let down: Vec<f64> = (0..50).map(|i| 100.0 - i as f64).collect();
+        assert_eq!(count_steps_without_decrease(&down, P), 0);
+        assert_eq!(count_steps_without_decrease_robust(&down, P, Q), 0);
+        // Strictly increasing: P(decrease) is 0 for every j ≥ 3, so the count is the
+        // largest j, the whole length.
+        let up: Vec<f64> = down.iter().rev().copied().collect();
+        assert_eq!(count_steps_without_decrease(&up, P), 50);
+    }
+
+    #[test]
+    fn exact_ties_count_as_no_decrease() {
+        // All zeros: the fit stays exactly w = 0 with zero residual, so the spread is 0 and
+        // dlib's CDF returns its tie value 0.5 < 0.51: every step counts.
+        assert_eq!(count_steps_without_decrease(&[0.0; 7], P), 7);
+        assert_eq!(count_steps_without_decrease_robust(&[0.0; 7], P, Q), 7);
+    }
+
+    #[test]
+    fn flat_tail_after_a_descent() {
+        // Backwards the series is 0,0,0,0,1,2,3,4. j = 3, 4 see only zeros (tie, 0.5:
+        // counted). At j = 5 the fit of 0,0,0,0,1 has slope 0.2 and se sqrt(0.4/3/10),
+        // z = 1.73, P(decrease) = 0.958: not counted, and longer suffixes slope up more.
+        let s = [4.0, 3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0];
+        assert_eq!(count_steps_without_decrease(&s, P), 4);
+        assert_eq!(count_steps_without_decrease_robust(&s, P, Q), 4);
+    }
+
+    #[test]
+    fn a_final_spike_fools_only_the_plain_count() {
+        // Backwards: 9,0,0,0,1,2,3,4. With the 9 first every suffix slopes down in
+        // reverse (slopes -1.6, -0.91, -0.46, -0.15 for j = 5..8), so all 8 count.
+        // The robust threshold is sorted[round(7·0.9) = 6] = 4, so the 9 is skipped (it
+        // still advances j): j = 4 fits 0,0,0 (tie, counted), j = 5 fits 0,0,0,1 with
+        // slope 0.3, se sqrt(0.15/5), P(decrease) = 0.958, not counted: robust = 4.
+        let s = [4.0, 3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 9.0];
+        assert_eq!(count_steps_without_decrease(&s, P), 8);
+        assert_eq!(count_steps_without_decrease_robust(&s, P, Q), 4);
+    }
+
+    #[test]
+    fn nan_poisons_the_plain_fit_and_is_skipped_by_the_robust_one() {
+        // Newest value NaN: the plain fit is NaN from the start, NaN < p is false, count 0.
+        // The robust quantile sorts NaN last: with 11 zeros before it, index
+        // round(11·0.9) = 10 is a zero, `NaN <= 0` is false, and the zeros tie (0.5): 12.
+        let mut s = vec![0.0; 11];
+        s.push(f64::NAN);
+        assert_eq!(count_steps_without_decrease(&s, P), 0);
+        assert_eq!(count_steps_without_decrease_robust(&s, P, Q), 12);
+        // With fewer values the quantile index lands on the NaN itself: nothing is kept.
+        assert_eq!(count_steps_without_decrease_robust(&s[6..], P, Q), 0);
+    }
+
+    #[test]
+    fn upper_quantile_picks_dlibs_index() {
+        // 5 values: round(4·0.9) = round(3.6) = 4, the maximum; round(4·0.75) = 3.
+        assert_eq!(find_upper_quantile(&[5.0, 1.0, 4.0, 2.0, 3.0], 0.1), Some(5.0));
+        assert_eq!(find_upper_quantile(&[5.0, 1.0, 4.0, 2.0, 3.0], 0.25), Some(4.0));
+        // 6 values, q = 0.5: round(2.5) = 3 (halves away from zero, as std::round).
+        assert_eq!(find_upper_quantile(&[6.0, 5.0, 4.0, 3.0, 2.0, 1.0], 0.5), Some(4.0));
+        assert_eq!(find_upper_quantile(&[2.0, 1.0], 1.0), Some(1.0));
+        assert_eq!(find_upper_quantile(&[], 0.1), None);
+    }
+
+    #[test]
+    fn robust_without_discard_equals_plain() {
+        // quantile_discard = 0 keeps values up to the maximum, i.e. all of them.
+        let mut rng = crate::rng::Rng::new(11);
+        for _ in 0..20 {
+            let s: Vec<f64> = (0..200).map(|i| 1.0 / (1.0 + i as f64 * 0.01) + rng.unit()).collect();
+            assert_eq!(count_steps_without_decrease_robust(&s, P, 0.0), count_steps_without_decrease(&s, P));
+        }
+    }
+
+    #[test]
+    fn probability_values_are_increasing_cases() {
+        assert_eq!(probability_values_are_increasing(&[]), 0.5);
+        assert_eq!(probability_values_are_increasing(&[1.0, 9.0]), 0.5);
+        assert_eq!(probability_values_are_increasing(&[0.0, 0.0, 0.0]), 0.5);
+        assert!(probability_values_are_increasing(&[1.0, 2.0, 3.0, 4.0]) > 0.99);
+        assert!(probability_values_are_increasing(&[4.0, 3.0, 2.0, 1.0]) < 0.01);
+        // A single huge outlier at the end drags the plain fit up; the robust one drops it.
+        let s = [5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.4, 0.3, 0.2, 100.0];
+        assert!(probability_values_are_increasing(&s) > 0.5);
+        assert!(probability_values_are_increasing_robust(&s, 0.1) < 0.01);
+    }
+
+    #[test]
+    fn serde_round_trip_continues_identically() {
+        let mut a = RunningGradient::new();
+        for y in [3.0, 1.0, 4.0, 1.0, 5.0] {
+            a.add(y);
+        }
+        let mut b: RunningGradient = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        a.add(9.0);
+        b.add(9.0);
+        assert_eq!(a, b);
+    }
+}

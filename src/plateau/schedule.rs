@@ -220,3 +220,143 @@ impl RollbackGuard {
         self.steps_since_save
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pushes `n` losses from `f(step)`; returns the 1-based steps that shrank.
+    fn shrink_steps(p: &mut Plateau, from: usize, n: usize, f: impl Fn(usize) -> f64) -> Vec<usize> {
+        (from..from + n).filter(|&i| p.push(f(i)).is_some()).collect()
+    }
+
+    #[test]
+    fn flat_losses_shrink_once_the_window_is_full() {
+        // threshold 10 < 200: the budget passes it every step, so every step is checked.
+        // Zeros tie (P = 0.5 < 0.51), so the count is the window length; it reaches 10 at
+        // step 10. The shrink then drops min(400 + 1, 10) = all 10 losses, so the next
+        // shrink needs 10 new ones: step 20.
+        let mut p = Plateau::new(10, 0.1);
+        assert_eq!(shrink_steps(&mut p, 1, 25, |_| 0.0), vec![10, 20]);
+        assert_eq!(p.decays(), 2);
+        assert_eq!(p.losses().len(), 5);
+        assert_eq!(p.steps_without_progress(), 5);
+    }
+
+    #[test]
+    fn the_budget_spaces_checks_as_dlib_does() {
+        // threshold 1000: +200 per step passes 1000 at the 6th step, so checks run at
+        // steps 6, 12, …; the first with 1000 zeros in the window is 1002. The shrink drops
+        // 400 + 100 = 500 losses; the window is full again at step 1502 and the next check
+        // after it (1002 + 6k) is 1506.
+        let mut p = Plateau::new(1000, 0.1);
+        assert_eq!(shrink_steps(&mut p, 1, 1600, |_| 0.0), vec![1002, 1506]);
+        // Between checks the reported count is the one from the last check.
+        assert_eq!(p.steps_without_progress(), 1596 - 1506 + 500);
+    }
+
+    #[test]
+    fn a_steady_descent_never_shrinks() {
+        let mut p = Plateau::new(100, 0.1);
+        assert!(shrink_steps(&mut p, 1, 3000, |i| 10.0 - 0.001 * i as f64).is_empty());
+        assert_eq!(p.steps_without_progress(), 0);
+        assert_eq!(p.losses().len(), 100);
+    }
+
+    #[test]
+    fn a_noisy_plateau_shrinks_after_a_descent() {
+        let mut rng = crate::rng::Rng::new(3);
+        let noise: Vec<f64> = (0..4000).map(|_| rng.unit() - 0.5).collect();
+        let mut p = Plateau::new(500, 0.1);
+        let loss = |i: usize| (2000usize.saturating_sub(i)) as f64 * 0.01 + 0.1 * noise[i];
+        let shrinks = shrink_steps(&mut p, 0, 4000, loss);
+        // Nothing can shrink while the loss is still clearly falling, and the flat part
+        // (from step 2000) gives 2000 steps for at least one shrink.
+        assert!(!shrinks.is_empty() && shrinks[0] > 2000, "{shrinks:?}");
+    }
+
+    #[test]
+    fn shrink_factor_one_disables_the_rule() {
+        let mut p = Plateau::new(10, 1.0);
+        assert!(shrink_steps(&mut p, 1, 100, |_| 0.0).is_empty());
+    }
+
+    #[test]
+    fn serde_round_trip_resumes_identically() {
+        let mut rng = crate::rng::Rng::new(5);
+        let series: Vec<f64> = (0..3000).map(|i| 1.0 / (1.0 + i as f64 * 0.01) + 0.05 * rng.unit()).collect();
+        let mut a = Plateau::new(300, 0.1);
+        shrink_steps(&mut a, 0, 1500, |i| series[i]);
+        let mut b: Plateau = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(a, b);
+        let sa = shrink_steps(&mut a, 1500, 1500, |i| series[i]);
+        let sb = shrink_steps(&mut b, 1500, 1500, |i| series[i]);
+        assert_eq!(sa, sb);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn rollback_on_non_finite_losses_in_the_window() {
+        let mut recent = vec![1.0; 10];
+        recent.push(f64::NAN);
+        // NaN counts at once, even one step after the save.
+        assert!(loss_clearly_rose(&recent, 1, DEFAULT_RISE_PROBABILITY));
+        recent[10] = f64::INFINITY;
+        assert!(loss_clearly_rose(&recent, 1, DEFAULT_RISE_PROBABILITY));
+        // A NaN older than the window (2 × steps since save) is ignored.
+        let mut old = vec![f64::NAN];
+        old.extend([1.0; 10]);
+        assert!(!loss_clearly_rose(&old, 5, DEFAULT_RISE_PROBABILITY));
+    }
+
+    #[test]
+    fn rollback_when_the_loss_clearly_rose() {
+        let rising: Vec<f64> = (0..60).map(|i| 1.0 + 0.01 * i as f64 + 0.001 * (i % 3) as f64).collect();
+        let falling: Vec<f64> = rising.iter().rev().copied().collect();
+        assert!(loss_clearly_rose(&rising, 30, DEFAULT_RISE_PROBABILITY));
+        assert!(!loss_clearly_rose(&falling, 30, DEFAULT_RISE_PROBABILITY));
+        // Under 30 steps since the save dlib does not judge the trend.
+        assert!(!loss_clearly_rose(&rising, 29, DEFAULT_RISE_PROBABILITY));
+    }
+
+    #[test]
+    fn guard_tightens_on_repeated_rollbacks_then_shrinks() {
+        let mut g = RollbackGuard::new();
+        let rise = |g: &mut RollbackGuard, base: f64| {
+            for i in 0..40 {
+                g.record(base + 0.01 * i as f64 + 0.002 * (i % 2) as f64);
+            }
+        };
+        rise(&mut g, 1.0);
+        // Without a saved state there is nothing to reload.
+        assert_eq!(g.at_save_point(false), SaveDecision::Save);
+        // Each rollback moves the threshold 90% of the way to 1 (0.999, 0.9999), capped at
+        // 0.99999; reaching the cap means the learning rate should shrink too.
+        rise(&mut g, 2.0);
+        assert_eq!(g.at_save_point(true), SaveDecision::Reload);
+        assert!((g.rise_probability() - 0.999).abs() < 1e-12);
+        // The reload restores the history as saved: the 40 losses before the save.
+        assert_eq!(g.history.len(), 40);
+        rise(&mut g, 2.0);
+        assert_eq!(g.at_save_point(true), SaveDecision::Reload);
+        rise(&mut g, 2.0);
+        assert_eq!(g.at_save_point(true), SaveDecision::ReloadAndShrink);
+        // A good stretch saves, trims to 2 × 40 values, and relaxes the threshold (t^10).
+        for i in 0..40 {
+            g.record(1.0 - 0.01 * i as f64);
+        }
+        assert_eq!(g.at_save_point(true), SaveDecision::Save);
+        assert_eq!(g.history.len(), 80);
+        assert!(g.rise_probability() < 0.99999 && g.rise_probability() >= DEFAULT_RISE_PROBABILITY);
+    }
+
+    #[test]
+    fn guard_record_flags_non_finite_losses() {
+        let mut g = RollbackGuard::new();
+        assert!(!g.record(1.0));
+        assert!(g.record(f64::NAN));
+        assert_eq!(g.at_save_point(true), SaveDecision::Reload);
+        // The NaN came after the save, so the reload drops it.
+        assert!(g.history.iter().all(|v| v.is_finite()));
+    }
+}

@@ -71,6 +71,7 @@ impl Session {
         let mut snapshot = self.snapshot();
         let mut window = Instant::now();
         let (mut window_steps, mut window_wait) = (0u64, 0f64);
+        let bar = self.progress_bar();
         let reason = loop {
             let stats = self.train_step(signal, clock)?;
             self.state.step += 1;
@@ -79,6 +80,8 @@ impl Session {
             }
             window_steps += 1;
             window_wait += stats.data_wait;
+            bar.set_position(self.state.step);
+            bar.set_message(format!("loss {:.4} lr {:.2e}", stats.loss, self.cfg.lr * self.state.lr_scale));
             match self.decide(stats.loss)? {
                 d @ (Decision::RollBack | Decision::RollBackAndShrink) => {
                     self.roll_back(&snapshot, stats.loss, d == Decision::RollBackAndShrink)?;
@@ -104,8 +107,26 @@ impl Session {
                 snapshot = self.snapshot();
             }
         };
+        bar.finish_and_clear();
         self.finish(reason, clock)?;
         Ok(reason)
+    }
+
+    /// Rank 0's bar on a terminal (indicatif hides it elsewhere); the log says the rest.
+    fn progress_bar(&self) -> indicatif::ProgressBar {
+        if self.comm.rank() != 0 {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(self.cfg.max_steps.unwrap_or(0)).with_position(self.state.step);
+        let template = if self.cfg.max_steps.is_some() {
+            "{elapsed_precise} [{bar:30}] step {pos}/{len} ({per_sec}, eta {eta}) {msg}"
+        } else {
+            "{elapsed_precise} step {pos} ({per_sec}) {msg}"
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
     }
 
     fn train_step(&mut self, signal: &AtomicBool, clock: Instant) -> Result<StepStats> {

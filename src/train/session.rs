@@ -121,6 +121,9 @@ impl Session {
             view.dataset.shards.iter().map(|s| s.bin_path().display().to_string()).collect::<Vec<_>>(),
             view.records.len()
         ))?;
+        if cfg.amp && !device.is_cuda() {
+            log.rank_note("--amp applies to CUDA devices only; training in f32 on the CPU")?;
+        }
         if state.world_size != world {
             log.rank_note(&format!("resumed with world size {world}, checkpoint had {}: data order differs from an uninterrupted run", state.world_size))?;
         }

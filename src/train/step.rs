@@ -57,12 +57,12 @@ pub fn task_name(t: Task) -> &'static str {
 }
 
 /// Forward pass and losses. A frozen backbone runs without autograd and in eval mode.
+/// With `--amp` on CUDA the backbone runs under autocast; heads and losses stay f32, as
+/// insightface does, because s·cos θ with s = 64 overflows half precision.
 pub fn losses(net: &Net, cfg: &TrainConfig, b: &DeviceBatch, tasks: &[Task], train: bool) -> Result<Losses> {
-    let feats = if cfg.freeze_backbone {
-        tch::no_grad(|| net.features(&b.images, false))
-    } else {
-        net.features(&b.images, train)
-    };
+    let amp = cfg.amp && b.images.device().is_cuda();
+    let backbone = |train| tch::autocast(amp, || net.features(&b.images, train)).to_kind(Kind::Float);
+    let feats = if cfg.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(train) };
     let mut parts = vec![];
     let mut total: Option<Tensor> = None;
     for &task in tasks {

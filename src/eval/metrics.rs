@@ -1,0 +1,522 @@
+//! Validation metrics as pure functions over row-major f32 embeddings and labels.
+//!
+//! For face verification the caller passes, per image, embedding(image) +
+//! embedding(horizontal mirror), as insightface does; both functions L2-normalise each
+//! row themselves, so the sum need not be re-normalised first (doing so changes nothing).
+//! Labels below 0 mean "unknown" and are left out.
+
+use crate::rng::Rng;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+/// With at most this many labelled embeddings the Gap uses every pair (about 2M pairs).
+pub const GAP_ALL_PAIRS_MAX_N: usize = 2000;
+/// Above it, the Gap samples this many same-identity and as many different-identity pairs.
+pub const GAP_SAMPLED_PAIRS: usize = 1_000_000;
+const GAP_SEED: u64 = 0x6A9;
+
+/// The seed's separation score: (diff_mean - same_mean) / diff_std of the Euclidean
+/// distances between normalised embeddings; higher is better, NaN when undefined.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Gap {
+    pub value: f64,
+    pub same_mean: f64,
+    pub diff_mean: f64,
+    /// Population standard deviation (numpy's default).
+    pub diff_std: f64,
+    pub same_pairs: usize,
+    pub diff_pairs: usize,
+    /// Whether pairs were sampled (more than `GAP_ALL_PAIRS_MAX_N` embeddings).
+    pub sampled: bool,
+}
+
+pub fn gap(emb: &[f32], dim: usize, labels: &[i64]) -> Gap {
+    gap_with(emb, dim, labels, GAP_ALL_PAIRS_MAX_N, GAP_SAMPLED_PAIRS, GAP_SEED)
+}
+
+/// [`gap`] with its limits explicit: all pairs up to `max_n` labelled embeddings, else
+/// `pairs_per_kind` same and different pairs drawn with `seed` (the means are per kind,
+/// so sampling the kinds separately keeps them unbiased).
+pub fn gap_with(emb: &[f32], dim: usize, labels: &[i64], max_n: usize, pairs_per_kind: usize, seed: u64) -> Gap {
+    let rows = normalised_rows(emb, dim);
+    let known: Vec<usize> = (0..labels.len().min(rows.len())).filter(|&i| labels[i] >= 0).collect();
+    let mut same = Moments::default();
+    let mut diff = Moments::default();
+    let sampled = known.len() > max_n;
+    if !sampled {
+        for (a, &i) in known.iter().enumerate() {
+            for &j in &known[a + 1..] {
+                let d = dist(&rows[i], &rows[j]);
+                if labels[i] == labels[j] { same.add(d) } else { diff.add(d) }
+            }
+        }
+    } else {
+        for (i, j) in sample_same(labels, &known, pairs_per_kind, seed) {
+            same.add(dist(&rows[i], &rows[j]));
+        }
+        for (i, j) in sample_diff(labels, &known, pairs_per_kind, seed ^ 1) {
+            diff.add(dist(&rows[i], &rows[j]));
+        }
+    }
+    let (same_mean, diff_mean, diff_std) = (same.mean(), diff.mean(), diff.std());
+    let value = if diff_std > 0.0 { (diff_mean - same_mean) / diff_std } else { f64::NAN };
+    Gap { value, same_mean, diff_mean, diff_std, same_pairs: same.n, diff_pairs: diff.n, sampled }
+}
+
+/// Balanced verification pairs `(i, j, same_identity)`, shuffled so contiguous folds
+/// mix both kinds: `n_pairs / 2` distinct same-identity pairs (fewer if the labels do not
+/// allow them) and exactly as many distinct different-identity pairs.
+pub fn draw_pairs(labels: &[i64], n_pairs: usize, seed: u64) -> Vec<(usize, usize, bool)> {
+    let known: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] >= 0).collect();
+    let mut same = sample_same(labels, &known, n_pairs / 2, seed);
+    let diff = sample_diff(labels, &known, same.len(), seed ^ 1);
+    same.truncate(diff.len());
+    let mut pairs: Vec<_> = same.into_iter().map(|(i, j)| (i, j, true)).collect();
+    pairs.extend(diff.into_iter().map(|(i, j)| (i, j, false)));
+    Rng::derive(seed, 2, 0).shuffle(&mut pairs);
+    pairs
+}
+
+/// insightface's verification result: accuracy mean and std over the folds, and the
+/// mean chosen threshold on the *squared* distance of normalised embeddings (0 to 4).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Verification {
+    pub accuracy: f64,
+    pub accuracy_std: f64,
+    pub threshold: f64,
+    pub folds: usize,
+    pub pairs: usize,
+}
+
+/// insightface's protocol: contiguous folds (sklearn KFold without shuffling); on the
+/// other folds pick the first best threshold of 0, 0.01, …, 3.99 (predict "same" when
+/// the squared distance is below it), then score the held-out fold with it. `folds` is
+/// clamped to [2, pairs]; fewer than 2 pairs give NaN accuracy. Pairs naming a row past
+/// the embeddings are left out (`pairs` reports how many were used).
+pub fn verification_accuracy(emb: &[f32], dim: usize, pairs: &[(usize, usize, bool)], folds: usize) -> Verification {
+    let rows = normalised_rows(emb, dim);
+    let pairs: Vec<_> = pairs.iter().filter(|p| p.0 < rows.len() && p.1 < rows.len()).collect();
+    let sq: Vec<f64> = pairs.iter().map(|&&(i, j, _)| dist(&rows[i], &rows[j]).powi(2)).collect();
+    let same: Vec<bool> = pairs.iter().map(|p| p.2).collect();
+    let n = pairs.len();
+    if n < 2 {
+        let nan = f64::NAN;
+        return Verification { accuracy: nan, accuracy_std: nan, threshold: nan, folds: 0, pairs: n };
+    }
+    let k = folds.clamp(2, n);
+    let thresholds: Vec<f64> = (0..400).map(|t| t as f64 * 0.01).collect();
+    let mut accs = Vec::with_capacity(k);
+    let mut chosen = Vec::with_capacity(k);
+    for f in 0..k {
+        let test = fold_range(n, k, f);
+        let train: Vec<usize> = (0..n).filter(|i| !test.contains(i)).collect();
+        let correct = |idx: &mut dyn Iterator<Item = usize>, t: f64| idx.filter(|&i| (sq[i] < t) == same[i]).count();
+        let mut best = (0, thresholds[0]);
+        for &t in &thresholds {
+            let c = correct(&mut train.iter().copied(), t);
+            if c > best.0 {
+                best = (c, t);
+            }
+        }
+        chosen.push(best.1);
+        accs.push(correct(&mut test.clone(), best.1) as f64 / test.len() as f64);
+    }
+    let (mean, std) = mean_std(&accs);
+    Verification { accuracy: mean, accuracy_std: std, threshold: mean_std(&chosen).0, folds: k, pairs: n }
+}
+
+/// Rows `[start, end)` of fold `f` of `k` over `n` items: the first n % k folds get one more.
+fn fold_range(n: usize, k: usize, f: usize) -> std::ops::Range<usize> {
+    let (base, extra) = (n / k, n % k);
+    let start = f * base + f.min(extra);
+    start..start + base + usize::from(f < extra)
+}
+
+/// Counts of (true class, predicted class) for Gender/Age validation.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Confusion {
+    pub classes: usize,
+    /// Row-major `classes × classes`: row = true class, column = predicted.
+    pub counts: Vec<u64>,
+    /// Optional row/column names for the printout.
+    pub names: Vec<String>,
+}
+
+impl Confusion {
+    pub fn new(classes: usize) -> Confusion {
+        Confusion { classes, counts: vec![0; classes * classes], names: Vec::new() }
+    }
+
+    pub fn with_names(mut self, names: &[&str]) -> Confusion {
+        self.names = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Adds predictions; true labels below 0 (unknown) are skipped, others must be < classes.
+    pub fn add(&mut self, truth: &[i64], predicted: &[i64]) -> anyhow::Result<()> {
+        anyhow::ensure!(truth.len() == predicted.len(), "{} labels but {} predictions", truth.len(), predicted.len());
+        for (k, (&t, &p)) in truth.iter().zip(predicted).enumerate() {
+            if t < 0 {
+                continue;
+            }
+            let c = self.classes as i64;
+            anyhow::ensure!(t < c && (0..c).contains(&p), "sample {k}: class {t} predicted {p}, outside 0..{c}");
+            self.counts[t as usize * self.classes + p as usize] += 1;
+        }
+        Ok(())
+    }
+
+    /// Adds another confusion's counts (e.g. from another rank).
+    pub fn merge(&mut self, other: &Confusion) -> anyhow::Result<()> {
+        anyhow::ensure!(self.classes == other.classes, "merging {} classes with {}", self.classes, other.classes);
+        self.counts.iter_mut().zip(&other.counts).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    pub fn count(&self, truth: usize, predicted: usize) -> u64 {
+        self.counts[truth * self.classes + predicted]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Fraction on the diagonal; NaN when empty.
+    pub fn accuracy(&self) -> f64 {
+        let right: u64 = (0..self.classes).map(|c| self.count(c, c)).sum();
+        right as f64 / self.total() as f64
+    }
+
+    /// Recall per true class; None for a class with no samples.
+    pub fn per_class_accuracy(&self) -> Vec<Option<f64>> {
+        (0..self.classes)
+            .map(|c| {
+                let row: u64 = self.matrix_row(c).iter().sum();
+                (row > 0).then(|| self.count(c, c) as f64 / row as f64)
+            })
+            .collect()
+    }
+
+    pub fn matrix(&self) -> Vec<Vec<u64>> {
+        (0..self.classes).map(|c| self.matrix_row(c).to_vec()).collect()
+    }
+
+    fn matrix_row(&self, c: usize) -> &[u64] {
+        &self.counts[c * self.classes..(c + 1) * self.classes]
+    }
+
+    fn name(&self, c: usize) -> String {
+        self.names.get(c).cloned().unwrap_or_else(|| c.to_string())
+    }
+}
+
+/// A table with true classes down, predictions across, and each row's accuracy.
+impl fmt::Display for Confusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = (0..self.classes)
+            .map(|c| self.name(c).len())
+            .chain(self.counts.iter().map(|n| n.to_string().len()))
+            .max()
+            .unwrap_or(1)
+            .max(5);
+        write!(f, "{:>w$} ", "true\\pred", w = width.max(9))?;
+        for c in 0..self.classes {
+            write!(f, " {:>width$}", self.name(c))?;
+        }
+        writeln!(f, " | acc")?;
+        for (c, acc) in self.per_class_accuracy().into_iter().enumerate() {
+            write!(f, "{:>w$} ", self.name(c), w = width.max(9))?;
+            for n in self.matrix_row(c) {
+                write!(f, " {n:>width$}")?;
+            }
+            match acc {
+                Some(a) => writeln!(f, " | {a:.3}")?,
+                None => writeln!(f, " | -")?,
+            }
+        }
+        write!(f, "accuracy {:.4} over {} samples", self.accuracy(), self.total())
+    }
+}
+
+fn normalised_rows(emb: &[f32], dim: usize) -> Vec<Vec<f32>> {
+    emb.chunks_exact(dim.max(1))
+        .map(|row| {
+            let norm = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+            let scale = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
+            row.iter().map(|&x| x * scale).collect()
+        })
+        .collect()
+}
+
+/// Euclidean distance; eight partial sums let the compiler vectorise it.
+fn dist(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| (x - y) * (x - y)).sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += (x[k] - y[k]) * (x[k] - y[k]);
+        }
+    }
+    (f64::from(acc.iter().sum::<f32>() + tail)).max(0.0).sqrt()
+}
+
+/// Up to `n` distinct same-identity pairs (i < j): all of them shuffled when there are
+/// few, else identities drawn uniformly and two of their images.
+fn sample_same(labels: &[i64], known: &[usize], n: usize, seed: u64) -> Vec<(usize, usize)> {
+    let mut groups: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for &i in known {
+        groups.entry(labels[i]).or_default().push(i);
+    }
+    let groups: Vec<Vec<usize>> = groups.into_values().filter(|g| g.len() > 1).collect();
+    let total: usize = groups.iter().map(|g| g.len() * (g.len() - 1) / 2).sum();
+    let mut rng = Rng::derive(seed, 0, 0);
+    if total <= 4 * n {
+        let mut all: Vec<(usize, usize)> = groups
+            .iter()
+            .flat_map(|g| (0..g.len()).flat_map(move |a| (a + 1..g.len()).map(move |b| (g[a], g[b]))))
+            .collect();
+        rng.shuffle(&mut all);
+        all.truncate(n);
+        return all;
+    }
+    distinct_pairs(n, &mut rng, |rng| {
+        let g = &groups[rng.below(groups.len())];
+        Some((g[rng.below(g.len())], g[rng.below(g.len())]))
+    })
+}
+
+/// Up to `n` distinct different-identity pairs (i < j), drawn uniformly.
+fn sample_diff(labels: &[i64], known: &[usize], n: usize, seed: u64) -> Vec<(usize, usize)> {
+    let mut rng = Rng::derive(seed, 1, 0);
+    let m = known.len();
+    let same_pairs: usize = {
+        let mut sizes: BTreeMap<i64, usize> = BTreeMap::new();
+        known.iter().for_each(|&i| *sizes.entry(labels[i]).or_default() += 1);
+        sizes.values().map(|c| c * c.saturating_sub(1) / 2).sum()
+    };
+    let total = (m * m.saturating_sub(1) / 2).saturating_sub(same_pairs);
+    if total <= 4 * n {
+        let mut all: Vec<(usize, usize)> = (0..m)
+            .flat_map(|a| (a + 1..m).map(move |b| (known[a], known[b])))
+            .filter(|&(i, j)| labels[i] != labels[j])
+            .collect();
+        rng.shuffle(&mut all);
+        all.truncate(n);
+        return all;
+    }
+    distinct_pairs(n, &mut rng, |rng| {
+        let (i, j) = (known[rng.below(m)], known[rng.below(m)]);
+        (labels[i] != labels[j]).then_some((i, j))
+    })
+}
+
+/// Draws until `n` distinct unordered pairs of different indices (bounded attempts; the
+/// callers only use this when at least 4n valid pairs exist, so it finishes quickly).
+fn distinct_pairs(n: usize, rng: &mut Rng, mut draw: impl FnMut(&mut Rng) -> Option<(usize, usize)>) -> Vec<(usize, usize)> {
+    let mut seen = HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.saturating_mul(50).max(1000) {
+        if out.len() == n {
+            break;
+        }
+        let Some((i, j)) = draw(rng) else { continue };
+        if i != j && seen.insert((i.min(j), i.max(j))) {
+            out.push((i.min(j), i.max(j)));
+        }
+    }
+    out
+}
+
+/// Welford's running mean and variance.
+#[derive(Default)]
+struct Moments {
+    n: usize,
+    mean: f64,
+    m2: f64,
+}
+
+impl Moments {
+    fn add(&mut self, x: f64) {
+        self.n += 1;
+        let delta = x - self.mean;
+        self.mean += delta / self.n as f64;
+        self.m2 += delta * (x - self.mean);
+    }
+
+    fn mean(&self) -> f64 {
+        if self.n == 0 { f64::NAN } else { self.mean }
+    }
+
+    /// Population standard deviation.
+    fn std(&self) -> f64 {
+        (self.m2 / self.n as f64).sqrt()
+    }
+}
+
+fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+    let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / xs.len() as f64;
+    (mean, var.sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unit vectors at the given angles (radians), as 2-d embeddings.
+    fn on_circle(angles: &[f64]) -> Vec<f32> {
+        angles.iter().flat_map(|a| [a.cos() as f32, a.sin() as f32]).collect()
+    }
+
+    /// `classes` tight clusters around random unit directions in `dim` dimensions.
+    fn clusters(classes: usize, per: usize, dim: usize, spread: f32, seed: u64) -> (Vec<f32>, Vec<i64>) {
+        let mut rng = Rng::new(seed);
+        let centres: Vec<Vec<f32>> =
+            (0..classes).map(|_| (0..dim).map(|_| rng.unit() as f32 - 0.5).collect()).collect();
+        let mut emb = Vec::new();
+        let mut labels = Vec::new();
+        for (c, centre) in centres.iter().enumerate() {
+            for _ in 0..per {
+                emb.extend(centre.iter().map(|x| x + spread * (rng.unit() as f32 - 0.5)));
+                labels.push(c as i64);
+            }
+        }
+        (emb, labels)
+    }
+
+    #[test]
+    fn gap_on_four_points_worked_by_hand() {
+        // a = (1, 0), b = (0.6, 0.8) are class 0; c = (-1, 0), d = (-0.6, 0.8) class 1.
+        // Same pairs ab, cd: both sqrt(0.4² + 0.8²) = sqrt(0.8).
+        // Different pairs: ac = 2, ad = bc = sqrt(1.6² + 0.8²) = sqrt(3.2), bd = 1.2.
+        let emb = [1.0, 0.0, 0.6, 0.8, -1.0, 0.0, -0.6, 0.8];
+        // Scaling rows must not matter: the metric normalises them.
+        let scaled: Vec<f32> = emb.iter().enumerate().map(|(i, x)| x * (1 + i / 2) as f32).collect();
+        let g = gap(&scaled, 2, &[0, 0, 1, 1]);
+        let diffs = [2.0, 3.2f64.sqrt(), 3.2f64.sqrt(), 1.2];
+        let diff_mean = diffs.iter().sum::<f64>() / 4.0;
+        let diff_std = (diffs.iter().map(|d| (d - diff_mean).powi(2)).sum::<f64>() / 4.0).sqrt();
+        assert!((g.same_mean - 0.8f64.sqrt()).abs() < 1e-6, "{g:?}");
+        assert!((g.diff_mean - diff_mean).abs() < 1e-6, "{g:?}");
+        assert!((g.diff_std - diff_std).abs() < 1e-6, "{g:?}");
+        assert!((g.value - (diff_mean - 0.8f64.sqrt()) / diff_std).abs() < 1e-5, "{g:?}");
+        assert!((g.value - 2.6829).abs() < 1e-3);
+        assert_eq!((g.same_pairs, g.diff_pairs, g.sampled), (2, 4, false));
+        // Labelled the other way round (a with c, b with d) the same pairs are the far
+        // ones (2 and 1.2) and the Gap turns negative.
+        let swapped = gap(&emb, 2, &[0, 1, 0, 1]);
+        assert!(swapped.value < 0.0, "{swapped:?}");
+    }
+
+    #[test]
+    fn gap_ignores_unknown_labels_and_is_nan_without_pairs() {
+        let emb = on_circle(&[0.0, 0.1, 3.0, 3.1, 1.5]);
+        let with_unknown = gap(&emb, 2, &[0, 0, 1, 1, -1]);
+        let without = gap(&emb[..8], 2, &[0, 0, 1, 1]);
+        assert_eq!(with_unknown, without);
+        assert!(gap(&emb[..4], 2, &[0, 0]).value.is_nan());
+    }
+
+    #[test]
+    fn sampled_gap_estimates_the_full_one() {
+        let (emb, labels) = clusters(20, 15, 16, 0.6, 1);
+        let full = gap(&emb, 16, &labels);
+        let sampled = gap_with(&emb, 16, &labels, 100, 3000, 9);
+        assert!(!full.sampled && sampled.sampled);
+        assert_eq!((sampled.same_pairs, sampled.diff_pairs), (2100, 3000));
+        assert!((full.value - sampled.value).abs() < 0.05 * full.value.abs(), "{full:?} {sampled:?}");
+    }
+
+    #[test]
+    fn pairs_are_balanced_distinct_valid_and_seeded() {
+        let (_, labels) = clusters(30, 4, 2, 0.1, 2);
+        let pairs = draw_pairs(&labels, 200, 5);
+        assert_eq!(pairs.len(), 200);
+        assert_eq!(pairs.iter().filter(|p| p.2).count(), 100);
+        for &(i, j, same) in &pairs {
+            assert!(i < j);
+            assert_eq!(labels[i] == labels[j], same);
+        }
+        let distinct: HashSet<_> = pairs.iter().map(|p| (p.0, p.1)).collect();
+        assert_eq!(distinct.len(), 200);
+        assert_eq!(pairs, draw_pairs(&labels, 200, 5));
+        assert_ne!(pairs, draw_pairs(&labels, 200, 6));
+        // Shuffled: the first tenth (one fold) holds both kinds.
+        assert!(pairs[..20].iter().any(|p| p.2) && pairs[..20].iter().any(|p| !p.2));
+        // 30 classes of 4 allow only 30·6 = 180 same pairs: balance caps the total.
+        let capped = draw_pairs(&labels, 1000, 5);
+        assert_eq!(capped.len(), 360);
+        // Unknown labels never appear.
+        let mut masked = labels.clone();
+        masked[..60].iter_mut().for_each(|l| *l = -1);
+        assert!(draw_pairs(&masked, 100, 1).iter().all(|p| p.0 >= 60 && p.1 >= 60));
+    }
+
+    #[test]
+    fn separable_embeddings_verify_perfectly() {
+        let (emb, labels) = clusters(40, 5, 32, 0.05, 3);
+        let pairs = draw_pairs(&labels, 600, 1);
+        let v = verification_accuracy(&emb, 32, &pairs, 10);
+        assert_eq!((v.accuracy, v.accuracy_std, v.folds, v.pairs), (1.0, 0.0, 10, 600));
+        assert!(v.threshold > 0.0 && v.threshold < 4.0);
+    }
+
+    #[test]
+    fn random_embeddings_verify_at_chance() {
+        let mut rng = Rng::new(4);
+        let emb: Vec<f32> = (0..400 * 16).map(|_| rng.unit() as f32 - 0.5).collect();
+        let labels: Vec<i64> = (0..400).map(|_| rng.below(50) as i64).collect();
+        let pairs = draw_pairs(&labels, 2000, 1);
+        let v = verification_accuracy(&emb, 16, &pairs, 10);
+        assert!((v.accuracy - 0.5).abs() < 0.06, "{v:?}");
+    }
+
+    #[test]
+    fn verification_folds_worked_by_hand() {
+        // Four pairs with squared distances 0.1 (same), 3.0 (diff), 0.2 (same), 2.5 (diff)
+        // (unit vectors with cos = 1 - d²/2), two folds of two pairs.
+        // Fold 1 is tested with the threshold learnt on fold 2: the first threshold with
+        // "0.2 same, 2.5 different" right is about 0.21, and on fold 1 it gets 0.1 (same)
+        // and 3.0 (diff) right: 1.0. Fold 2 is tested with about 0.11 from fold 1, which
+        // calls the 0.2 pair different: 0.5. Mean 0.75, std 0.25.
+        let ang = |d2: f64| (1.0 - d2 / 2.0).acos();
+        let emb = on_circle(&[0.0, ang(0.1), 0.0, ang(3.0), 0.0, ang(0.2), 0.0, ang(2.5)]);
+        let pairs = [(0, 1, true), (2, 3, false), (4, 5, true), (6, 7, false)];
+        let v = verification_accuracy(&emb, 2, &pairs, 2);
+        assert_eq!((v.accuracy, v.accuracy_std, v.folds), (0.75, 0.25, 2));
+        assert!((v.threshold - 0.16).abs() <= 0.011, "{v:?}");
+        // Out-of-range pairs are dropped; fewer than two pairs are undefined.
+        let v = verification_accuracy(&emb, 2, &[(0, 1, true), (0, 99, false)], 10);
+        assert!(v.accuracy.is_nan() && v.pairs == 1);
+    }
+
+    #[test]
+    fn folds_split_like_sklearn() {
+        // 10 items in 3 folds: sizes 4, 3, 3.
+        assert_eq!(fold_range(10, 3, 0), 0..4);
+        assert_eq!(fold_range(10, 3, 1), 4..7);
+        assert_eq!(fold_range(10, 3, 2), 7..10);
+    }
+
+    #[test]
+    fn confusion_counts_and_accuracies() {
+        let mut c = Confusion::new(3).with_names(&["young", "mid", "old"]);
+        // Class 0: 2 right, 1 called class 1. Class 1: 1 right. Class 2: none seen.
+        c.add(&[0, 0, 0, 1, -1], &[0, 1, 0, 1, 2]).unwrap();
+        assert_eq!(c.matrix(), vec![vec![2, 1, 0], vec![0, 1, 0], vec![0, 0, 0]]);
+        assert_eq!(c.total(), 4);
+        assert_eq!(c.accuracy(), 0.75);
+        assert_eq!(c.per_class_accuracy(), vec![Some(2.0 / 3.0), Some(1.0), None]);
+        let text = c.to_string();
+        assert!(text.contains("young") && text.contains("0.667") && text.contains("accuracy 0.7500 over 4"), "{text}");
+        let mut other = Confusion::new(3);
+        other.add(&[2], &[2]).unwrap();
+        c.merge(&other).unwrap();
+        assert_eq!((c.count(2, 2), c.total()), (1, 5));
+        assert!(c.add(&[3], &[0]).is_err());
+        assert!(c.add(&[0], &[3]).is_err());
+        assert!(c.add(&[0, 1], &[0]).is_err());
+        assert!(c.merge(&Confusion::new(2)).is_err());
+    }
+}
