@@ -1,11 +1,15 @@
 //! `trainer bench ...`: throughput benchmarks printed side by side with their baselines.
 
+pub mod allreduce;
+
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Placeholder until the benchmarks land.
-    None,
+    /// Gradient all-reduce time and bandwidth vs the ring bound (run under mpirun -n N).
+    Allreduce(allreduce::AllreduceArgs),
 }
 
-pub fn run(_cmd: BenchCommand) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Allreduce(a) => allreduce::run(a),
+    }
 }

@@ -8,6 +8,7 @@ pub mod bucket;
 pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+pub mod selftest;
 pub mod single;
 pub mod watchdog;
 
@@ -116,6 +117,17 @@ pub fn init(device: tch::Device, opts: CommOptions) -> anyhow::Result<Box<dyn Co
         let _ = (device, opts);
         unreachable!("world > 1 requires the mpi feature")
     }
+}
+
+/// Ends the whole job with `reason` on stderr: MPI_Abort under a launcher, exit(1) alone.
+/// For errors that happen where no `Comm` is at hand.
+pub fn abort_job(reason: &str) -> ! {
+    #[cfg(feature = "mpi")]
+    if env_launcher().is_some() {
+        mpi::abort_world(reason);
+    }
+    eprintln!("{reason}");
+    std::process::exit(1)
 }
 
 /// Ends MPI cleanly at the end of a successful run (idempotent; no-op when single).

@@ -128,6 +128,33 @@ impl Mpi {
     }
 }
 
+impl Mpi {
+    /// Seconds per one-way transfer of `bytes` between ranks 0 and 1 (half a round trip),
+    /// one figure per iteration; the link bandwidth a ring all-reduce is bounded by.
+    pub fn ping_pong(&self, bytes: usize, iters: usize) -> Vec<f64> {
+        use mpi::point_to_point::{Destination, Source};
+        let mut buf = vec![1u8; bytes];
+        let mut out = Vec::with_capacity(iters);
+        self.world.barrier();
+        for _ in 0..iters {
+            let t0 = std::time::Instant::now();
+            match self.info.rank {
+                0 => {
+                    self.world.process_at_rank(1).send(&buf[..]);
+                    self.world.process_at_rank(1).receive_into(&mut buf[..]);
+                }
+                1 => {
+                    self.world.process_at_rank(0).receive_into(&mut buf[..]);
+                    self.world.process_at_rank(0).send(&buf[..]);
+                }
+                _ => {}
+            }
+            out.push(t0.elapsed().as_secs_f64() / 2.0);
+        }
+        out
+    }
+}
+
 fn f16_sum(x: mpi::datatype::DynBuffer, y: mpi::datatype::DynBufferMut) {
     use half::f16;
     let (Some(x), Some(y)) = (x.downcast::<u16>(), y.downcast::<u16>()) else {
