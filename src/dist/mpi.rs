@@ -54,6 +54,8 @@ pub fn finalize() {
 /// Ends every rank of the job. A backstop kills this process if MPI_Abort itself hangs.
 pub fn abort_world(message: &str) -> ! {
     eprintln!("{message}");
+    // Let the launcher forward the message before MPI_Abort tears the job down.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     std::thread::spawn(|| {
         std::thread::sleep(std::time::Duration::from_secs(10));
         std::process::abort();
