@@ -135,3 +135,18 @@ fn bench_reports_bandwidths() {
     assert!(stdout.contains("bucketed (2.5 MiB, 2 buckets)") && stdout.contains("per-tensor (3 all-reduces)"), "{}", text(&out));
     assert!(stdout.contains("ring bound"), "{}", text(&out));
 }
+
+#[test]
+fn nccl_check_passes_on_a_gpu_or_fails_clearly() {
+    let mut cmd = Command::new(TRAINER);
+    cmd.args(["bench", "allreduce", "--check", "--device", "cuda"]);
+    let out = run_bounded(cmd, "cuda check");
+    let all = text(&out);
+    assert!(!all.contains("panicked"), "a missing GPU or NCCL must not panic: {all}");
+    if out.status.success() {
+        assert!(all.contains("checks passed (backend nccl"), "{all}");
+    } else {
+        let clear = all.contains("is not available (libtorch sees") || all.contains("NCCL not found (tried:");
+        assert!(clear, "the error must say what is missing: {all}");
+    }
+}

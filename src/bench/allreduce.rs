@@ -44,6 +44,9 @@ pub struct AllreduceArgs {
 
 pub fn run(a: AllreduceArgs) -> Result<()> {
     let info = dist::launch_info();
+    // One core's share per rank: libtorch's copies must not fight MPI for the cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tch::set_num_threads((cores / info.local_world).max(1) as i32);
     let device = match a.device.as_str() {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(info.local_rank),
@@ -56,7 +59,7 @@ pub fn run(a: AllreduceArgs) -> Result<()> {
     };
     let result = if a.check {
         let faults = selftest::Faults { die_rank: a.die_rank, hang_rank: a.hang_rank };
-        selftest::run(device, &opts, faults).map(|line| println!("{line}"))
+        selftest::run(device, &opts, faults, |o| comm(device, &info, o)).map(|line| println!("{line}"))
     } else {
         bench(&a, &info, device, &opts)
     };
@@ -153,6 +156,11 @@ fn bench(a: &AllreduceArgs, info: &LaunchInfo, device: Device, opts: &CommOption
         say(format!("  {name:<34} time {:8.2} ms   algbw {:6.2} GB/s   busbw {:6.2} GB/s",
             t * 1e3, algbw / 1e9, algbw * 2.0 * (n - 1.0) / n / 1e9));
     }
+    if let Some(t) = raw_mpi(info, device, opts, &grads, a.iters)? {
+        let algbw = bytes / t;
+        say(format!("  {:<34} time {:8.2} ms   algbw {:6.2} GB/s   busbw {:6.2} GB/s",
+            "raw MPI_Allreduce (no flatten/copy)", t * 1e3, algbw / 1e9, algbw * 2.0 * (n - 1.0) / n / 1e9));
+    }
     let copy = memcpy_bandwidth(opts.bucket_bytes.max(1 << 20), a.iters);
     say(format!("  baseline: local memcpy of one bucket {:.2} GB/s", copy / 1e9));
     if let Some(p2p) = point_to_point(info, device, opts, a.iters)? {
@@ -161,6 +169,32 @@ fn bench(a: &AllreduceArgs, info: &LaunchInfo, device: Device, opts: &CommOption
         say(format!("  ring bound 2(N-1)/N x bytes / p2p = {:.2} ms; the faster variant reaches {:.0}% of it", ring * 1e3, 100.0 * ring / best));
     }
     Ok(())
+}
+
+/// The same bytes as pre-flattened bucket buffers through MPI alone: the communication
+/// share of the bucketed time (the rest is flatten, copy back and the division).
+fn raw_mpi(info: &LaunchInfo, device: Device, opts: &CommOptions, grads: &[Tensor], iters: usize) -> Result<Option<f64>> {
+    #[cfg(feature = "mpi")]
+    if info.world > 1 && !device.is_cuda() {
+        let mpi = dist::mpi::Mpi::new(info.clone(), opts.clone())?;
+        let plan = dist::bucket::plan(&dist::bucket::numels(grads), opts.bucket_bytes);
+        let flats: Vec<Tensor> = plan.into_iter().map(|r| dist::bucket::flatten(&grads[r])).collect::<Result<_>>()?;
+        let mut times = Vec::with_capacity(iters);
+        for i in 0..iters + 2 {
+            mpi.barrier()?;
+            let t0 = Instant::now();
+            for f in &flats {
+                let _ = mpi.sum_f32(f);
+            }
+            if i >= 2 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        mpi.all_reduce_f64(&mut times, ReduceOp::Max)?;
+        return Ok(Some(median(times)));
+    }
+    let _ = (info, device, opts, grads, iters);
+    Ok(None)
 }
 
 /// Rank 0 <-> 1 bandwidth over MPI (bytes/s, the same on every rank), or None when the

@@ -63,6 +63,8 @@ pub struct LaunchInfo {
     pub world: usize,
     /// Rank among the processes on this machine (MPI shared-memory split): the GPU index.
     pub local_rank: usize,
+    /// Ranks on this machine: split the cores (libtorch threads, decoders) between them.
+    pub local_world: usize,
     /// "mpirun", "srun" or "single".
     pub launcher: &'static str,
 }
@@ -91,7 +93,7 @@ pub fn launch_info() -> LaunchInfo {
             return info;
         }
     }
-    LaunchInfo { rank: 0, world: 1, local_rank: 0, launcher: "single" }
+    LaunchInfo { rank: 0, world: 1, local_rank: 0, local_world: 1, launcher: "single" }
 }
 
 /// Single process when not under a launcher, world is 1, or the mpi feature is off; MPI

@@ -34,6 +34,7 @@ pub fn launch_info(launcher: &'static str) -> Option<LaunchInfo> {
         rank: world.rank() as usize,
         world: world.size() as usize,
         local_rank: local.rank() as usize,
+        local_world: local.size() as usize,
         launcher,
     })
 }
@@ -83,7 +84,7 @@ impl Mpi {
     }
 
     /// Sums a contiguous CPU f32 tensor over ranks into a new tensor.
-    fn sum_f32(&self, flat: &Tensor) -> Tensor {
+    pub fn sum_f32(&self, flat: &Tensor) -> Tensor {
         let out = Tensor::empty([flat.numel() as i64], (Kind::Float, Device::Cpu));
         unsafe {
             self.world.all_reduce_into(as_slice::<f32>(flat), as_mut_slice::<f32>(&out), SystemOperation::sum());

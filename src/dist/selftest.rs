@@ -2,7 +2,7 @@
 //! predict (rank r contributes r + 1, so the mean is (N + 1) / 2), plus injected faults
 //! (a rank that dies, a rank that hangs) for the failure tests.
 
-use super::{init, Comm, CommOptions, ReduceOp};
+use super::{Comm, CommOptions, ReduceOp};
 use anyhow::{ensure, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -14,11 +14,16 @@ pub struct Faults {
     pub hang_rank: Option<usize>,
 }
 
-/// Runs every check; returns the line to print.
-pub fn run(device: Device, opts: &CommOptions, faults: Faults) -> Result<String> {
+/// Runs every check on communicators from `init`; returns the line to print.
+pub fn run(
+    device: Device,
+    opts: &CommOptions,
+    faults: Faults,
+    init: impl Fn(CommOptions) -> Result<Box<dyn Comm>>,
+) -> Result<String> {
     // 1001 floats per bucket: bucket boundaries fall inside odd-sized tensors.
     let small = CommOptions { bucket_bytes: 1001 * 4, ..opts.clone() };
-    let comm = init(device, CommOptions { fp16: false, ..small.clone() })?;
+    let comm = init(CommOptions { fp16: false, ..small.clone() })?;
     check_mean(&*comm, device)?;
     inject(&faults, comm.rank());
     for root in [0, comm.world() - 1] {
@@ -27,7 +32,7 @@ pub fn run(device: Device, opts: &CommOptions, faults: Faults) -> Result<String>
     }
     check_f64(&*comm)?;
     comm.barrier()?;
-    let half = init(device, CommOptions { fp16: true, ..small })?;
+    let half = init(CommOptions { fp16: true, ..small })?;
     check_mean_fp16(&*half, device)?;
     Ok(format!(
         "rank {}/{}: all collective checks passed (backend {}, local rank {})",
