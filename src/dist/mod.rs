@@ -93,6 +93,10 @@ pub fn launch_info() -> LaunchInfo {
             return info;
         }
     }
+    #[cfg(not(feature = "mpi"))]
+    if let Some(launcher) = env_launcher() {
+        tracing::warn!("started by {launcher}, but built without the mpi feature: every process runs alone");
+    }
     LaunchInfo { rank: 0, world: 1, local_rank: 0, local_world: 1, launcher: "single" }
 }
 
