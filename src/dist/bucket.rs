@@ -24,13 +24,28 @@ pub fn plan(numels: &[usize], bucket_bytes: usize) -> Vec<Range<usize>> {
     out
 }
 
-/// The f32 tensors of one bucket as one contiguous 1-D tensor on their device.
-pub fn flatten(tensors: &[Tensor]) -> Result<Tensor> {
+pub fn check_f32(tensors: &[Tensor]) -> Result<()> {
     for (i, t) in tensors.iter().enumerate() {
         ensure!(t.kind() == Kind::Float, "all-reduce takes f32 gradients; tensor {i} is {:?}", t.kind());
     }
+    Ok(())
+}
+
+/// The f32 tensors of one bucket as one contiguous 1-D tensor on their device.
+pub fn flatten(tensors: &[Tensor]) -> Result<Tensor> {
+    check_f32(tensors)?;
     let views: Vec<Tensor> = tensors.iter().map(|t| t.reshape([-1])).collect();
     Ok(Tensor::cat(&views, 0))
+}
+
+/// Copies the tensors into consecutive slices of `flat` (converting dtype and device).
+pub fn pack_into(flat: &Tensor, tensors: &[Tensor]) {
+    let mut offset = 0;
+    for t in tensors {
+        let n = t.numel() as i64;
+        flat.narrow(0, offset, n).copy_(&t.reshape([-1]));
+        offset += n;
+    }
 }
 
 /// Copies slices of `flat` back into the bucket's tensors (any layout, any device).
@@ -42,6 +57,27 @@ pub fn unflatten(flat: &Tensor, tensors: &[Tensor]) {
         dst.copy_(&flat.narrow(0, offset, n).view_as(t).to_device(t.device()));
         offset += n;
     }
+}
+
+/// `unflatten` and a division in one pass: writes `flat`'s slices / `divisor` straight into
+/// the tensors (in their f32, also when `flat` holds f16).
+pub fn unflatten_divided(flat: &Tensor, tensors: &[Tensor], divisor: f64) -> Result<()> {
+    let mut offset = 0;
+    for t in tensors {
+        let n = t.numel() as i64;
+        let src = flat.narrow(0, offset, n).view_as(t);
+        // div_out wants matching dtypes, and tch panics (in Scalar's drop) when a scalar
+        // op fails, so anything else takes the copy-then-divide path.
+        if src.device() == t.device() && src.kind() == t.kind() {
+            let _ = src.f_div_scalar_out(t, divisor)?;
+        } else {
+            let mut dst = t.shallow_clone();
+            dst.copy_(&src.to_device(t.device()));
+            let _ = dst.f_div_scalar_(divisor)?;
+        }
+        offset += n;
+    }
+    Ok(())
 }
 
 pub fn numels(tensors: &[Tensor]) -> Vec<usize> {
@@ -76,6 +112,14 @@ mod tests {
         unflatten(&twice, &[a.shallow_clone(), b.shallow_clone()]);
         assert_eq!(Vec::<f32>::try_from(a.reshape([-1])).unwrap(), vec![0., 2., 4., 6., 8., 10.]);
         assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![20., 22., 24., 26., 28.]);
+        let packed = Tensor::zeros([11], (Kind::Half, tch::Device::Cpu));
+        pack_into(&packed, &[a.tr(), b.shallow_clone()]);
+        let want = [0., 6., 2., 8., 4., 10., 20., 22., 24., 26., 28.];
+        assert_eq!(Vec::<f32>::try_from(packed.to_kind(Kind::Float)).unwrap(), want);
+        let view = a.tr(); // non-contiguous destination
+        unflatten_divided(&packed, &[view, b.shallow_clone()], 2.0).unwrap();
+        assert_eq!(Vec::<f32>::try_from(a.reshape([-1])).unwrap(), vec![0., 1., 2., 3., 4., 5.]);
+        assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![10., 11., 12., 13., 14.]);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod bucket;
 pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+pub mod selftest;
 pub mod single;
 pub mod watchdog;
 
@@ -62,6 +63,8 @@ pub struct LaunchInfo {
     pub world: usize,
     /// Rank among the processes on this machine (MPI shared-memory split): the GPU index.
     pub local_rank: usize,
+    /// Ranks on this machine: split the cores (libtorch threads, decoders) between them.
+    pub local_world: usize,
     /// "mpirun", "srun" or "single".
     pub launcher: &'static str,
 }
@@ -90,7 +93,11 @@ pub fn launch_info() -> LaunchInfo {
             return info;
         }
     }
-    LaunchInfo { rank: 0, world: 1, local_rank: 0, launcher: "single" }
+    #[cfg(not(feature = "mpi"))]
+    if let Some(launcher) = env_launcher() {
+        tracing::warn!("started by {launcher}, but built without the mpi feature: every process runs alone");
+    }
+    LaunchInfo { rank: 0, world: 1, local_rank: 0, local_world: 1, launcher: "single" }
 }
 
 /// Single process when not under a launcher, world is 1, or the mpi feature is off; MPI
@@ -118,12 +125,12 @@ pub fn init(device: tch::Device, opts: CommOptions) -> anyhow::Result<Box<dyn Co
     }
 }
 
-/// Ends the whole job from anywhere, before or without a `Comm`: MPI_Abort under a
-/// launcher (so no rank waits forever in a collective), exit(1) alone.
+/// Ends the whole job with `reason` on stderr: MPI_Abort under a launcher, exit(1) alone.
+/// For errors that happen where no `Comm` is at hand.
 pub fn abort_job(reason: &str) -> ! {
     #[cfg(feature = "mpi")]
     if env_launcher().is_some() {
-        mpi::abort_world(reason)
+        mpi::abort_world(reason);
     }
     eprintln!("{reason}");
     std::process::exit(1)

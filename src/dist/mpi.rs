@@ -34,6 +34,7 @@ pub fn launch_info(launcher: &'static str) -> Option<LaunchInfo> {
         rank: world.rank() as usize,
         world: world.size() as usize,
         local_rank: local.rank() as usize,
+        local_world: local.size() as usize,
         launcher,
     })
 }
@@ -54,6 +55,8 @@ pub fn finalize() {
 /// Ends every rank of the job. A backstop kills this process if MPI_Abort itself hangs.
 pub fn abort_world(message: &str) -> ! {
     eprintln!("{message}");
+    // Let the launcher forward the message before MPI_Abort tears the job down.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     std::thread::spawn(|| {
         std::thread::sleep(std::time::Duration::from_secs(10));
         std::process::abort();
@@ -70,6 +73,7 @@ pub struct Mpi {
     world: SimpleCommunicator,
     watchdog: Watchdog,
     f16_sum: UserOperation<'static>,
+    buffers: std::cell::RefCell<Vec<(Tensor, Tensor)>>,
 }
 
 impl Mpi {
@@ -77,11 +81,11 @@ impl Mpi {
         let world = universe().context("MPI is not initialised (not started by a launcher?)")?.world();
         ensure!(world.rank() as usize == info.rank, "rank changed between launch_info and init");
         let watchdog = Watchdog::start(info.rank, opts.timeout, |m: &str| abort_world(m));
-        Ok(Mpi { info, opts, world, watchdog, f16_sum: UserOperation::commutative(f16_sum) })
+        Ok(Mpi { info, opts, world, watchdog, f16_sum: UserOperation::commutative(f16_sum), buffers: Default::default() })
     }
 
     /// Sums a contiguous CPU f32 tensor over ranks into a new tensor.
-    fn sum_f32(&self, flat: &Tensor) -> Tensor {
+    pub fn sum_f32(&self, flat: &Tensor) -> Tensor {
         let out = Tensor::empty([flat.numel() as i64], (Kind::Float, Device::Cpu));
         unsafe {
             self.world.all_reduce_into(as_slice::<f32>(flat), as_mut_slice::<f32>(&out), SystemOperation::sum());
@@ -89,13 +93,19 @@ impl Mpi {
         out
     }
 
-    fn sum_f16(&self, flat: &Tensor) -> Tensor {
-        let half = flat.to_kind(Kind::Half);
-        let out = Tensor::empty([flat.numel() as i64], (Kind::Half, Device::Cpu));
-        unsafe {
-            self.world.all_reduce_into(as_slice::<u16>(&half), as_mut_slice::<u16>(&out), &self.f16_sum);
+    /// The send and receive buffers of bucket `b`, kept between steps (fresh 25 MiB
+    /// allocations every step cost page faults): f32, or f16 when compressing.
+    fn bucket_buffers(&self, b: usize, numel: usize) -> (Tensor, Tensor) {
+        let kind = if self.opts.fp16 { Kind::Half } else { Kind::Float };
+        let mut bufs = self.buffers.borrow_mut();
+        if bufs.len() <= b {
+            bufs.resize_with(b + 1, || (Tensor::new(), Tensor::new()));
         }
-        out.to_kind(Kind::Float)
+        if bufs[b].0.numel() != numel {
+            let make = || Tensor::empty([numel as i64], (kind, Device::Cpu));
+            bufs[b] = (make(), make());
+        }
+        (bufs[b].0.shallow_clone(), bufs[b].1.shallow_clone())
     }
 
     fn broadcast_one(&self, t: &Tensor, root: usize) {
@@ -125,6 +135,33 @@ impl Mpi {
             if mine == theirs { "matches root" } else { "differs from root" }
         );
         Ok(())
+    }
+}
+
+impl Mpi {
+    /// Seconds per one-way transfer of `bytes` between ranks 0 and 1 (half a round trip),
+    /// one figure per iteration; the link bandwidth a ring all-reduce is bounded by.
+    pub fn ping_pong(&self, bytes: usize, iters: usize) -> Vec<f64> {
+        use mpi::point_to_point::{Destination, Source};
+        let mut buf = vec![1u8; bytes];
+        let mut out = Vec::with_capacity(iters);
+        self.world.barrier();
+        for _ in 0..iters {
+            let t0 = std::time::Instant::now();
+            match self.info.rank {
+                0 => {
+                    self.world.process_at_rank(1).send(&buf[..]);
+                    self.world.process_at_rank(1).receive_into(&mut buf[..]);
+                }
+                1 => {
+                    self.world.process_at_rank(0).receive_into(&mut buf[..]);
+                    self.world.process_at_rank(0).send(&buf[..]);
+                }
+                _ => {}
+            }
+            out.push(t0.elapsed().as_secs_f64() / 2.0);
+        }
+        out
     }
 }
 
@@ -191,14 +228,20 @@ impl Comm for Mpi {
     fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<()> {
         let _armed = self.watchdog.arm(Op::AllReduceMean);
         let _no_grad = tch::no_grad_guard();
-        for range in bucket::plan(&bucket::numels(tensors), self.opts.bucket_bytes) {
+        bucket::check_f32(tensors).with_context(|| format!("rank {}: all_reduce_mean", self.info.rank))?;
+        let n = self.info.world as f64;
+        for (b, range) in bucket::plan(&bucket::numels(tensors), self.opts.bucket_bytes).into_iter().enumerate() {
             let group = &tensors[range];
-            let flat = bucket::flatten(group)
-                .with_context(|| format!("rank {}: all_reduce_mean", self.info.rank))?
-                .to_device(Device::Cpu)
-                .contiguous();
-            let sum = if self.opts.fp16 { self.sum_f16(&flat) } else { self.sum_f32(&flat) };
-            bucket::unflatten(&(sum / self.info.world as f64), group);
+            let (send, recv) = self.bucket_buffers(b, group.iter().map(|t| t.numel()).sum());
+            bucket::pack_into(&send, group);
+            unsafe {
+                if self.opts.fp16 {
+                    self.world.all_reduce_into(as_slice::<u16>(&send), as_mut_slice::<u16>(&recv), &self.f16_sum);
+                } else {
+                    self.world.all_reduce_into(as_slice::<f32>(&send), as_mut_slice::<f32>(&recv), SystemOperation::sum());
+                }
+            }
+            bucket::unflatten_divided(&recv, group, n)?;
         }
         Ok(())
     }

@@ -181,8 +181,7 @@ impl Nccl {
         let ptr = buf.data_ptr();
         let r = unsafe { (self.lib.all_reduce)(ptr, ptr, buf.numel(), dtype, ncclRedOp_t::ncclSum, self.comm, std::ptr::null_mut()) };
         self.lib.check(r, "ncclAllReduce", self.rank())?;
-        bucket::unflatten(&(buf.to_kind(Kind::Float) / self.world() as f64), group);
-        Ok(())
+        bucket::unflatten_divided(&buf, group, self.world() as f64)
     }
 
     fn broadcast_one(&self, t: &Tensor, root: usize) -> Result<()> {
