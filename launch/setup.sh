@@ -2,8 +2,9 @@
 # Installs what building and testing `trainer` needs, idempotently:
 # MPICH + libclang (rsmpi's bindgen) from Debian, and PyTorch 2.11.0 (the libtorch
 # tch 0.24 expects) into a virtualenv cached outside the clone.
-# Source it (`. launch/setup.sh`) to get LIBTORCH_USE_PYTORCH and PATH set.
-set -euo pipefail
+# Source it (`. launch/setup.sh`) to get LIBTORCH_USE_PYTORCH and PATH set; sourcing
+# leaves the caller's shell options alone.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] && set -euo pipefail
 
 TORCH_VERSION=2.11.0
 TRAINER_CACHE=${TRAINER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trainer}

@@ -12,6 +12,8 @@ pub enum SamplerKind {
     /// Each batch holds P distinct identities × K images of each (with replacement
     /// within an identity that has fewer than K).
     Balanced { p: usize, k: usize },
+    /// Records in stored order every epoch (debugging and equivalence tests).
+    Sequential,
 }
 
 /// The next batch to produce: `batch` counts from 0 within `epoch`.
@@ -96,6 +98,7 @@ impl Sampler {
         match self.kind {
             SamplerKind::Uniform => uniform_epoch(&mut rng, self.n, total),
             SamplerKind::Balanced { p, k } => balanced_epoch(&mut rng, &self.classes, p, k, self.steps as usize),
+            SamplerKind::Sequential => (0..total).map(|i| (i % self.n) as u32).collect(),
         }
     }
 }

@@ -169,6 +169,10 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_checkpoints: Option<usize>,
+    /// Same/different pairs drawn from each validation set for verification accuracy.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_pairs: Option<usize>,
     /// Mixed precision (bf16) on CUDA GPUs of compute capability >= 8.0; ignored on CPU.
     #[arg(long)]
     #[serde(skip_serializing_if = "is_false")]

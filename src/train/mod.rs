@@ -30,6 +30,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     match result {
         Ok(reason) => {
             tracing::info!("rank {}: finished ({reason:?})", launch.rank);
+            crate::dist::finalize();
             Ok(())
         }
         // One rank's error must end the whole job, not leave the others in a collective.

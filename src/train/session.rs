@@ -204,6 +204,7 @@ fn make_loader(comm: &dyn Comm, cfg: &TrainConfig, view: Arc<RankView>, state: &
     let mut steps = [(view.records.len() / batch).max(1) as f64];
     comm.all_reduce_f64(&mut steps, ReduceOp::Min)?;
     let sampler = match cfg.sampler {
+        _ if !cfg.shuffle => SamplerKind::Sequential,
         super::config::SamplerChoice::Uniform => SamplerKind::Uniform,
         super::config::SamplerChoice::Pk => SamplerKind::Balanced { p: cfg.pk[0], k: cfg.pk[1] },
     };
@@ -215,7 +216,6 @@ fn make_loader(comm: &dyn Comm, cfg: &TrainConfig, view: Arc<RankView>, state: &
         seed: cfg.seed,
         sampler,
         augment: cfg.augment,
-        shuffle: cfg.shuffle,
         steps_per_epoch: Some(steps[0] as u64),
     };
     Loader::train(view, lc, state.position)

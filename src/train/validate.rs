@@ -58,9 +58,9 @@ impl Validator {
                 let g = gap(&out.emb, out.dim, &out.labels);
                 let pairs = draw_pairs(&out.labels, cfg.valid_pairs, cfg.seed);
                 let v = verification_accuracy(&out.emb, out.dim, &pairs, 10);
-                m.values.insert(key("valid_gap"), g.gap);
+                m.values.insert(key("valid_gap"), g.value);
                 m.values.insert(key("valid_verif_acc"), v.accuracy);
-                m.reports.push(format!("{name}: verification {:.4} ± {:.4} (threshold {:.3}), gap {:.3}", v.accuracy, v.std, v.threshold, g.gap));
+                m.reports.push(format!("{name}: verification {:.4} ± {:.4} (threshold {:.3}), gap {:.3}", v.accuracy, v.accuracy_std, v.threshold, g.value));
                 if i == 0 {
                     m.primary = Some(v.accuracy);
                 }
@@ -69,7 +69,8 @@ impl Validator {
                 if !on {
                     continue;
                 }
-                let c = Confusion::new(classes, pred, truth);
+                let mut c = Confusion::new(classes);
+                c.add(truth, pred)?;
                 let acc_key = if cfg.task == super::config::Task::Multi { format!("valid_{task}_acc") } else { "valid_acc".to_string() };
                 m.values.insert(key(&acc_key), c.accuracy());
                 m.reports.push(format!("{name} {task}:\n{c}"));
