@@ -82,7 +82,15 @@ fn test_series() -> Vec<(String, Vec<f64>)> {
         out.push((format!("noisy{k}"), s));
     }
     let mut walk = 5.0;
-    out.push(("walk".into(), (0..1000).map(|_| { walk += rng.unit() - 0.5; walk }).collect()));
+    out.push((
+        "walk".into(),
+        (0..1000)
+            .map(|_| {
+                walk += rng.unit() - 0.5;
+                walk
+            })
+            .collect(),
+    ));
     out
 }
 

@@ -37,7 +37,14 @@ pub fn gap(emb: &[f32], dim: usize, labels: &[i64]) -> Gap {
 /// [`gap`] with its limits explicit: all pairs up to `max_n` labelled embeddings, else
 /// `pairs_per_kind` same and different pairs drawn with `seed` (the means are per kind,
 /// so sampling the kinds separately keeps them unbiased).
-pub fn gap_with(emb: &[f32], dim: usize, labels: &[i64], max_n: usize, pairs_per_kind: usize, seed: u64) -> Gap {
+pub fn gap_with(
+    emb: &[f32],
+    dim: usize,
+    labels: &[i64],
+    max_n: usize,
+    pairs_per_kind: usize,
+    seed: u64,
+) -> Gap {
     let rows = normalised_rows(emb, dim);
     let known: Vec<usize> = (0..labels.len().min(rows.len())).filter(|&i| labels[i] >= 0).collect();
     let mut same = Moments::default();
@@ -47,7 +54,11 @@ pub fn gap_with(emb: &[f32], dim: usize, labels: &[i64], max_n: usize, pairs_per
         for (a, &i) in known.iter().enumerate() {
             for &j in &known[a + 1..] {
                 let d = dist(&rows[i], &rows[j]);
-                if labels[i] == labels[j] { same.add(d) } else { diff.add(d) }
+                if labels[i] == labels[j] {
+                    same.add(d)
+                } else {
+                    diff.add(d)
+                }
             }
         }
     } else {
@@ -93,7 +104,12 @@ pub struct Verification {
 /// the squared distance is below it), then score the held-out fold with it. `folds` is
 /// clamped to [2, pairs]; fewer than 2 pairs give NaN accuracy. Pairs naming a row past
 /// the embeddings are left out (`pairs` reports how many were used).
-pub fn verification_accuracy(emb: &[f32], dim: usize, pairs: &[(usize, usize, bool)], folds: usize) -> Verification {
+pub fn verification_accuracy(
+    emb: &[f32],
+    dim: usize,
+    pairs: &[(usize, usize, bool)],
+    folds: usize,
+) -> Verification {
     let rows = normalised_rows(emb, dim);
     let pairs: Vec<_> = pairs.iter().filter(|p| p.0 < rows.len() && p.1 < rows.len()).collect();
     let sq: Vec<f64> = pairs.iter().map(|&&(i, j, _)| dist(&rows[i], &rows[j]).powi(2)).collect();
@@ -110,7 +126,8 @@ pub fn verification_accuracy(emb: &[f32], dim: usize, pairs: &[(usize, usize, bo
     for f in 0..k {
         let test = fold_range(n, k, f);
         let train: Vec<usize> = (0..n).filter(|i| !test.contains(i)).collect();
-        let correct = |idx: &mut dyn Iterator<Item = usize>, t: f64| idx.filter(|&i| (sq[i] < t) == same[i]).count();
+        let correct =
+            |idx: &mut dyn Iterator<Item = usize>, t: f64| idx.filter(|&i| (sq[i] < t) == same[i]).count();
         let mut best = (0, thresholds[0]);
         for &t in &thresholds {
             let c = correct(&mut train.iter().copied(), t);
@@ -154,13 +171,21 @@ impl Confusion {
 
     /// Adds predictions; true labels below 0 (unknown) are skipped, others must be < classes.
     pub fn add(&mut self, truth: &[i64], predicted: &[i64]) -> anyhow::Result<()> {
-        anyhow::ensure!(truth.len() == predicted.len(), "{} labels but {} predictions", truth.len(), predicted.len());
+        anyhow::ensure!(
+            truth.len() == predicted.len(),
+            "{} labels but {} predictions",
+            truth.len(),
+            predicted.len()
+        );
         for (k, (&t, &p)) in truth.iter().zip(predicted).enumerate() {
             if t < 0 {
                 continue;
             }
             let c = self.classes as i64;
-            anyhow::ensure!(t < c && (0..c).contains(&p), "sample {k}: class {t} predicted {p}, outside 0..{c}");
+            anyhow::ensure!(
+                t < c && (0..c).contains(&p),
+                "sample {k}: class {t} predicted {p}, outside 0..{c}"
+            );
             self.counts[t as usize * self.classes + p as usize] += 1;
         }
         Ok(())
@@ -168,7 +193,12 @@ impl Confusion {
 
     /// Adds another confusion's counts (e.g. from another rank).
     pub fn merge(&mut self, other: &Confusion) -> anyhow::Result<()> {
-        anyhow::ensure!(self.classes == other.classes, "merging {} classes with {}", self.classes, other.classes);
+        anyhow::ensure!(
+            self.classes == other.classes,
+            "merging {} classes with {}",
+            self.classes,
+            other.classes
+        );
         self.counts.iter_mut().zip(&other.counts).for_each(|(a, b)| *a += b);
         Ok(())
     }
@@ -313,7 +343,11 @@ fn sample_diff(labels: &[i64], known: &[usize], n: usize, seed: u64) -> Vec<(usi
 
 /// Draws until `n` distinct unordered pairs of different indices (bounded attempts; the
 /// callers only use this when at least 4n valid pairs exist, so it finishes quickly).
-fn distinct_pairs(n: usize, rng: &mut Rng, mut draw: impl FnMut(&mut Rng) -> Option<(usize, usize)>) -> Vec<(usize, usize)> {
+fn distinct_pairs(
+    n: usize,
+    rng: &mut Rng,
+    mut draw: impl FnMut(&mut Rng) -> Option<(usize, usize)>,
+) -> Vec<(usize, usize)> {
     let mut seen = HashSet::with_capacity(n);
     let mut out = Vec::with_capacity(n);
     for _ in 0..n.saturating_mul(50).max(1000) {
@@ -345,7 +379,11 @@ impl Moments {
     }
 
     fn mean(&self) -> f64 {
-        if self.n == 0 { f64::NAN } else { self.mean }
+        if self.n == 0 {
+            f64::NAN
+        } else {
+            self.mean
+        }
     }
 
     /// Population standard deviation.
@@ -509,7 +547,10 @@ mod tests {
         assert_eq!(c.accuracy(), 0.75);
         assert_eq!(c.per_class_accuracy(), vec![Some(2.0 / 3.0), Some(1.0), None]);
         let text = c.to_string();
-        assert!(text.contains("young") && text.contains("0.667") && text.contains("accuracy 0.7500 over 4"), "{text}");
+        assert!(
+            text.contains("young") && text.contains("0.667") && text.contains("accuracy 0.7500 over 4"),
+            "{text}"
+        );
         let mut other = Confusion::new(3);
         other.add(&[2], &[2]).unwrap();
         c.merge(&other).unwrap();

@@ -5,9 +5,9 @@ mod running_gradient;
 mod schedule;
 
 pub use running_gradient::{
-    count_steps_without_decrease, count_steps_without_decrease_robust, find_upper_quantile,
-    normal_cdf, probability_values_are_increasing, probability_values_are_increasing_robust,
-    RunningGradient, DEFAULT_PROBABILITY_OF_DECREASE, DEFAULT_QUANTILE_DISCARD,
+    count_steps_without_decrease, count_steps_without_decrease_robust, find_upper_quantile, normal_cdf,
+    probability_values_are_increasing, probability_values_are_increasing_robust, RunningGradient,
+    DEFAULT_PROBABILITY_OF_DECREASE, DEFAULT_QUANTILE_DISCARD,
 };
 pub use schedule::{
     loss_clearly_rose, Plateau, RollbackGuard, SaveDecision, DEFAULT_RISE_PROBABILITY,
@@ -79,8 +79,8 @@ pub fn would_shrink(window: &[f64], threshold: usize, p: f64, quantile: f64) -> 
 
 /// Reads losses separated by commas and/or any white space; empty fields are skipped.
 pub fn read_losses(path: &Path) -> anyhow::Result<Vec<f64>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading loss file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading loss file {}", path.display()))?;
     parse_losses(&text).with_context(|| format!("parsing loss file {}", path.display()))
 }
 
@@ -88,9 +88,6 @@ pub fn parse_losses(text: &str) -> anyhow::Result<Vec<f64>> {
     text.split(|c: char| c == ',' || c.is_whitespace())
         .filter(|t| !t.is_empty())
         .enumerate()
-        .map(|(i, t)| {
-            t.parse::<f64>()
-                .with_context(|| format!("token {} ({t:?}) is not a number", i + 1))
-        })
+        .map(|(i, t)| t.parse::<f64>().with_context(|| format!("token {} ({t:?}) is not a number", i + 1)))
         .collect()
 }
