@@ -1,5 +1,17 @@
 //! dlib's plateau test (`running_gradient`) and the learning-rate schedule built on it,
 //! plus `trainer plateau FILE`, which runs the test on a `loss_debug` file.
+//!
+//! In a train loop (dlib's `dnn_trainer` order):
+//! - every step: `if let Some(f) = plateau.push(loss) { sgd.scale_lr(f) }`, and
+//!   `guard.record(loss)` (true on a NaN/inf loss: go to the save point at once);
+//! - at each save point: `guard.at_save_point(have_saved)`: `Save` → write the checkpoint
+//!   (with the `Plateau` in it); `Reload` → load the last checkpoint (its `Plateau` too);
+//!   `ReloadAndShrink` → load it, then `sgd.scale_lr(plateau.shrink_now())`.
+//!   The guard itself stays out of checkpoints (dlib keeps its threshold across reloads).
+//!
+//! Cost: `push` is O(1) except on check steps, one every `threshold / 200 + 1` steps as in
+//! dlib, where the O(threshold) count runs (about 2 ms at 15000 losses here, so ~25 µs a
+//! step amortised; the seed's per-suffix Python refit took seconds per check).
 
 mod running_gradient;
 mod schedule;
