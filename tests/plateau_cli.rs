@@ -82,7 +82,15 @@ fn test_series() -> Vec<(String, Vec<f64>)> {
         out.push((format!("noisy{k}"), s));
     }
     let mut walk = 5.0;
-    out.push(("walk".into(), (0..1000).map(|_| { walk += rng.unit() - 0.5; walk }).collect()));
+    out.push((
+        "walk".into(),
+        (0..1000)
+            .map(|_| {
+                walk += rng.unit() - 0.5;
+                walk
+            })
+            .collect(),
+    ));
     out
 }
 
@@ -133,4 +141,15 @@ fn agrees_with_python_reference() {
         }
     }
     assert!(nontrivial >= 8, "too few informative series: {nontrivial}");
+}
+
+#[test]
+fn bench_writes_a_loss_file_trainer_plateau_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bench_losses.txt");
+    let out = trainer(&["bench", "plateau", "--n", "500", "--runs", "1", "--write-losses", f.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && stdout.contains("rust_check n=500"), "{stdout}");
+    let out = trainer(&["plateau", f.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("losses=500"));
 }

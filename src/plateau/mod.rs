@@ -1,13 +1,25 @@
 //! dlib's plateau test (`running_gradient`) and the learning-rate schedule built on it,
 //! plus `trainer plateau FILE`, which runs the test on a `loss_debug` file.
+//!
+//! In a train loop (dlib's `dnn_trainer` order):
+//! - every step: `if let Some(f) = plateau.push(loss) { sgd.scale_lr(f) }`, and
+//!   `guard.record(loss)` (true on a NaN/inf loss: go to the save point at once);
+//! - at each save point: `guard.at_save_point(have_saved)`: `Save` → write the checkpoint
+//!   (with the `Plateau` in it); `Reload` → load the last checkpoint (its `Plateau` too);
+//!   `ReloadAndShrink` → load it, then `sgd.scale_lr(plateau.shrink_now())`.
+//!   The guard itself stays out of checkpoints (dlib keeps its threshold across reloads).
+//!
+//! Cost: `push` is O(1) except on check steps, one every `threshold / 200 + 1` steps as in
+//! dlib, where the O(threshold) count runs (about 2 ms at 15000 losses here, so ~25 µs a
+//! step amortised; the seed's per-suffix Python refit took seconds per check).
 
 mod running_gradient;
 mod schedule;
 
 pub use running_gradient::{
-    count_steps_without_decrease, count_steps_without_decrease_robust, find_upper_quantile,
-    normal_cdf, probability_values_are_increasing, probability_values_are_increasing_robust,
-    RunningGradient, DEFAULT_PROBABILITY_OF_DECREASE, DEFAULT_QUANTILE_DISCARD,
+    count_steps_without_decrease, count_steps_without_decrease_robust, find_upper_quantile, normal_cdf,
+    probability_values_are_increasing, probability_values_are_increasing_robust, RunningGradient,
+    DEFAULT_PROBABILITY_OF_DECREASE, DEFAULT_QUANTILE_DISCARD,
 };
 pub use schedule::{
     loss_clearly_rose, Plateau, RollbackGuard, SaveDecision, DEFAULT_RISE_PROBABILITY,
@@ -79,8 +91,8 @@ pub fn would_shrink(window: &[f64], threshold: usize, p: f64, quantile: f64) -> 
 
 /// Reads losses separated by commas and/or any white space; empty fields are skipped.
 pub fn read_losses(path: &Path) -> anyhow::Result<Vec<f64>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading loss file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading loss file {}", path.display()))?;
     parse_losses(&text).with_context(|| format!("parsing loss file {}", path.display()))
 }
 
@@ -88,9 +100,6 @@ pub fn parse_losses(text: &str) -> anyhow::Result<Vec<f64>> {
     text.split(|c: char| c == ',' || c.is_whitespace())
         .filter(|t| !t.is_empty())
         .enumerate()
-        .map(|(i, t)| {
-            t.parse::<f64>()
-                .with_context(|| format!("token {} ({t:?}) is not a number", i + 1))
-        })
+        .map(|(i, t)| t.parse::<f64>().with_context(|| format!("token {} ({t:?}) is not a number", i + 1)))
         .collect()
 }

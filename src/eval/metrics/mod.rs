@@ -5,9 +5,12 @@
 //! row themselves, so the sum need not be re-normalised first (doing so changes nothing).
 //! Labels below 0 mean "unknown" and are left out.
 
+mod confusion;
+
+pub use confusion::Confusion;
+
 use crate::rng::Rng;
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 
 /// With at most this many labelled embeddings the Gap uses every pair (about 2M pairs).
 pub const GAP_ALL_PAIRS_MAX_N: usize = 2000;
@@ -37,7 +40,14 @@ pub fn gap(emb: &[f32], dim: usize, labels: &[i64]) -> Gap {
 /// [`gap`] with its limits explicit: all pairs up to `max_n` labelled embeddings, else
 /// `pairs_per_kind` same and different pairs drawn with `seed` (the means are per kind,
 /// so sampling the kinds separately keeps them unbiased).
-pub fn gap_with(emb: &[f32], dim: usize, labels: &[i64], max_n: usize, pairs_per_kind: usize, seed: u64) -> Gap {
+pub fn gap_with(
+    emb: &[f32],
+    dim: usize,
+    labels: &[i64],
+    max_n: usize,
+    pairs_per_kind: usize,
+    seed: u64,
+) -> Gap {
     let rows = normalised_rows(emb, dim);
     let known: Vec<usize> = (0..labels.len().min(rows.len())).filter(|&i| labels[i] >= 0).collect();
     let mut same = Moments::default();
@@ -47,7 +57,11 @@ pub fn gap_with(emb: &[f32], dim: usize, labels: &[i64], max_n: usize, pairs_per
         for (a, &i) in known.iter().enumerate() {
             for &j in &known[a + 1..] {
                 let d = dist(&rows[i], &rows[j]);
-                if labels[i] == labels[j] { same.add(d) } else { diff.add(d) }
+                if labels[i] == labels[j] {
+                    same.add(d)
+                } else {
+                    diff.add(d)
+                }
             }
         }
     } else {
@@ -93,7 +107,12 @@ pub struct Verification {
 /// the squared distance is below it), then score the held-out fold with it. `folds` is
 /// clamped to [2, pairs]; fewer than 2 pairs give NaN accuracy. Pairs naming a row past
 /// the embeddings are left out (`pairs` reports how many were used).
-pub fn verification_accuracy(emb: &[f32], dim: usize, pairs: &[(usize, usize, bool)], folds: usize) -> Verification {
+pub fn verification_accuracy(
+    emb: &[f32],
+    dim: usize,
+    pairs: &[(usize, usize, bool)],
+    folds: usize,
+) -> Verification {
     let rows = normalised_rows(emb, dim);
     let pairs: Vec<_> = pairs.iter().filter(|p| p.0 < rows.len() && p.1 < rows.len()).collect();
     let sq: Vec<f64> = pairs.iter().map(|&&(i, j, _)| dist(&rows[i], &rows[j]).powi(2)).collect();
@@ -110,7 +129,8 @@ pub fn verification_accuracy(emb: &[f32], dim: usize, pairs: &[(usize, usize, bo
     for f in 0..k {
         let test = fold_range(n, k, f);
         let train: Vec<usize> = (0..n).filter(|i| !test.contains(i)).collect();
-        let correct = |idx: &mut dyn Iterator<Item = usize>, t: f64| idx.filter(|&i| (sq[i] < t) == same[i]).count();
+        let correct =
+            |idx: &mut dyn Iterator<Item = usize>, t: f64| idx.filter(|&i| (sq[i] < t) == same[i]).count();
         let mut best = (0, thresholds[0]);
         for &t in &thresholds {
             let c = correct(&mut train.iter().copied(), t);
@@ -130,112 +150,6 @@ fn fold_range(n: usize, k: usize, f: usize) -> std::ops::Range<usize> {
     let (base, extra) = (n / k, n % k);
     let start = f * base + f.min(extra);
     start..start + base + usize::from(f < extra)
-}
-
-/// Counts of (true class, predicted class) for Gender/Age validation.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Confusion {
-    pub classes: usize,
-    /// Row-major `classes × classes`: row = true class, column = predicted.
-    pub counts: Vec<u64>,
-    /// Optional row/column names for the printout.
-    pub names: Vec<String>,
-}
-
-impl Confusion {
-    pub fn new(classes: usize) -> Confusion {
-        Confusion { classes, counts: vec![0; classes * classes], names: Vec::new() }
-    }
-
-    pub fn with_names(mut self, names: &[&str]) -> Confusion {
-        self.names = names.iter().map(|s| s.to_string()).collect();
-        self
-    }
-
-    /// Adds predictions; true labels below 0 (unknown) are skipped, others must be < classes.
-    pub fn add(&mut self, truth: &[i64], predicted: &[i64]) -> anyhow::Result<()> {
-        anyhow::ensure!(truth.len() == predicted.len(), "{} labels but {} predictions", truth.len(), predicted.len());
-        for (k, (&t, &p)) in truth.iter().zip(predicted).enumerate() {
-            if t < 0 {
-                continue;
-            }
-            let c = self.classes as i64;
-            anyhow::ensure!(t < c && (0..c).contains(&p), "sample {k}: class {t} predicted {p}, outside 0..{c}");
-            self.counts[t as usize * self.classes + p as usize] += 1;
-        }
-        Ok(())
-    }
-
-    /// Adds another confusion's counts (e.g. from another rank).
-    pub fn merge(&mut self, other: &Confusion) -> anyhow::Result<()> {
-        anyhow::ensure!(self.classes == other.classes, "merging {} classes with {}", self.classes, other.classes);
-        self.counts.iter_mut().zip(&other.counts).for_each(|(a, b)| *a += b);
-        Ok(())
-    }
-
-    pub fn count(&self, truth: usize, predicted: usize) -> u64 {
-        self.counts[truth * self.classes + predicted]
-    }
-
-    pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// Fraction on the diagonal; NaN when empty.
-    pub fn accuracy(&self) -> f64 {
-        let right: u64 = (0..self.classes).map(|c| self.count(c, c)).sum();
-        right as f64 / self.total() as f64
-    }
-
-    /// Recall per true class; None for a class with no samples.
-    pub fn per_class_accuracy(&self) -> Vec<Option<f64>> {
-        (0..self.classes)
-            .map(|c| {
-                let row: u64 = self.matrix_row(c).iter().sum();
-                (row > 0).then(|| self.count(c, c) as f64 / row as f64)
-            })
-            .collect()
-    }
-
-    pub fn matrix(&self) -> Vec<Vec<u64>> {
-        (0..self.classes).map(|c| self.matrix_row(c).to_vec()).collect()
-    }
-
-    fn matrix_row(&self, c: usize) -> &[u64] {
-        &self.counts[c * self.classes..(c + 1) * self.classes]
-    }
-
-    fn name(&self, c: usize) -> String {
-        self.names.get(c).cloned().unwrap_or_else(|| c.to_string())
-    }
-}
-
-/// A table with true classes down, predictions across, and each row's accuracy.
-impl fmt::Display for Confusion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let width = (0..self.classes)
-            .map(|c| self.name(c).len())
-            .chain(self.counts.iter().map(|n| n.to_string().len()))
-            .max()
-            .unwrap_or(1)
-            .max(5);
-        write!(f, "{:>w$} ", "true\\pred", w = width.max(9))?;
-        for c in 0..self.classes {
-            write!(f, " {:>width$}", self.name(c))?;
-        }
-        writeln!(f, " | acc")?;
-        for (c, acc) in self.per_class_accuracy().into_iter().enumerate() {
-            write!(f, "{:>w$} ", self.name(c), w = width.max(9))?;
-            for n in self.matrix_row(c) {
-                write!(f, " {n:>width$}")?;
-            }
-            match acc {
-                Some(a) => writeln!(f, " | {a:.3}")?,
-                None => writeln!(f, " | -")?,
-            }
-        }
-        write!(f, "accuracy {:.4} over {} samples", self.accuracy(), self.total())
-    }
 }
 
 fn normalised_rows(emb: &[f32], dim: usize) -> Vec<Vec<f32>> {
@@ -313,7 +227,11 @@ fn sample_diff(labels: &[i64], known: &[usize], n: usize, seed: u64) -> Vec<(usi
 
 /// Draws until `n` distinct unordered pairs of different indices (bounded attempts; the
 /// callers only use this when at least 4n valid pairs exist, so it finishes quickly).
-fn distinct_pairs(n: usize, rng: &mut Rng, mut draw: impl FnMut(&mut Rng) -> Option<(usize, usize)>) -> Vec<(usize, usize)> {
+fn distinct_pairs(
+    n: usize,
+    rng: &mut Rng,
+    mut draw: impl FnMut(&mut Rng) -> Option<(usize, usize)>,
+) -> Vec<(usize, usize)> {
     let mut seen = HashSet::with_capacity(n);
     let mut out = Vec::with_capacity(n);
     for _ in 0..n.saturating_mul(50).max(1000) {
@@ -345,7 +263,11 @@ impl Moments {
     }
 
     fn mean(&self) -> f64 {
-        if self.n == 0 { f64::NAN } else { self.mean }
+        if self.n == 0 {
+            f64::NAN
+        } else {
+            self.mean
+        }
     }
 
     /// Population standard deviation.
@@ -497,26 +419,5 @@ mod tests {
         assert_eq!(fold_range(10, 3, 0), 0..4);
         assert_eq!(fold_range(10, 3, 1), 4..7);
         assert_eq!(fold_range(10, 3, 2), 7..10);
-    }
-
-    #[test]
-    fn confusion_counts_and_accuracies() {
-        let mut c = Confusion::new(3).with_names(&["young", "mid", "old"]);
-        // Class 0: 2 right, 1 called class 1. Class 1: 1 right. Class 2: none seen.
-        c.add(&[0, 0, 0, 1, -1], &[0, 1, 0, 1, 2]).unwrap();
-        assert_eq!(c.matrix(), vec![vec![2, 1, 0], vec![0, 1, 0], vec![0, 0, 0]]);
-        assert_eq!(c.total(), 4);
-        assert_eq!(c.accuracy(), 0.75);
-        assert_eq!(c.per_class_accuracy(), vec![Some(2.0 / 3.0), Some(1.0), None]);
-        let text = c.to_string();
-        assert!(text.contains("young") && text.contains("0.667") && text.contains("accuracy 0.7500 over 4"), "{text}");
-        let mut other = Confusion::new(3);
-        other.add(&[2], &[2]).unwrap();
-        c.merge(&other).unwrap();
-        assert_eq!((c.count(2, 2), c.total()), (1, 5));
-        assert!(c.add(&[3], &[0]).is_err());
-        assert!(c.add(&[0], &[3]).is_err());
-        assert!(c.add(&[0, 1], &[0]).is_err());
-        assert!(c.merge(&Confusion::new(2)).is_err());
     }
 }
