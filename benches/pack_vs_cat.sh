@@ -102,7 +102,7 @@ RATE=$(med "${RATES[@]}")
 CPU_RATE=$(med "${CPU_RATES[@]}")
 T_INSPECT=$(median "$TRAINER" inspect "$WORK/big/big")
 PY_RATE=$("$PY" - "$WORK/big/big-00000-of-00001.idx" "$RUNS" <<'PYEOF'
-import sys, time, statistics  # wall time (one thread); process_time below for CPU
+import sys, time, statistics
 path, runs = sys.argv[1], int(sys.argv[2])
 def load():  # the seed's way: split each line into lists
     paths, labels, starts, ends = [], [], [], []
@@ -113,13 +113,15 @@ def load():  # the seed's way: split each line into lists
             paths.append(c[0]); labels.append(int(c[1])); starts.append(int(c[2])); ends.append(int(c[3]))
     return len(paths)
 load()
-times = []
+wall, cpu = [], []
 for _ in range(runs):
-    t = time.perf_counter(); n = load(); times.append(time.perf_counter() - t)
-print(f"{n / statistics.median(times) / 1e6:.2f}")
+    t, c = time.perf_counter(), time.process_time()
+    n = load()
+    wall.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
+print(f"{n / statistics.median(wall) / 1e6:.2f} {n / statistics.median(cpu) / 1e6:.2f}")
 PYEOF
 )
 printf '   %-44s %7s M records/s  (idx %s MB, load average %s)\n' "trainer index load (Dataset::open), wall" "$RATE" "$IDX_MB" "$(cut -d' ' -f1 /proc/loadavg)"
 printf '   %-44s %7s M records per CPU-second (all threads)\n' "trainer index load, CPU time" "$CPU_RATE"
-printf '   %-44s %7s M records/s\n' "Python line.split, seed-style (4 columns)" "$PY_RATE"
+printf '   %-44s %7s M records/s wall, %s M records per CPU-second\n' "Python line.split, seed-style (4 columns)" "${PY_RATE% *}" "${PY_RATE#* }"
 printf '   %-44s %7.3f s\n' "whole 'trainer inspect' process" "$T_INSPECT"
