@@ -26,9 +26,14 @@ pub fn prepare(bytes: Vec<u8>, t: &Transcode) -> Result<Vec<u8>, String> {
         return Err("empty file".into());
     }
     let format = image::guess_format(&bytes).map_err(|_| "not an image (unknown signature)".to_string())?;
-    check_header(&bytes, format)?;
     if t.encoding == Encoding::Keep && t.size.is_none() {
-        check_complete(&bytes, format)?;
+        match format {
+            ImageFormat::Jpeg => check_jpeg(&bytes)?,
+            _ => {
+                check_header(&bytes, format)?;
+                check_complete(&bytes, format)?;
+            }
+        }
         return Ok(bytes);
     }
     reencode(&bytes, format, t)
@@ -44,28 +49,29 @@ fn check_header(bytes: &[u8], format: ImageFormat) -> Result<(), String> {
     }
 }
 
-/// Catches truncation without a full decode: a JPEG must have an end-of-image marker after
-/// its first scan, a PNG an IEND chunk.
+/// Catches a truncated PNG without a full decode: it must end with an IEND chunk.
 fn check_complete(bytes: &[u8], format: ImageFormat) -> Result<(), String> {
     let complete = match format {
-        ImageFormat::Jpeg => jpeg_complete(bytes),
-        ImageFormat::Png => contains(&bytes[8.min(bytes.len())..], b"IEND"),
+        ImageFormat::Png => rfind(&bytes[8.min(bytes.len())..], b"IEND"),
         _ => true,
     };
     if complete { Ok(()) } else { Err(format!("truncated {format:?} (no end marker)")) }
 }
 
-/// Walks the marker segments (so an EXIF thumbnail's EOI does not count) to the first SOS,
-/// then looks for EOI in the entropy-coded data, where byte stuffing keeps FF D9 from
+/// A JPEG's frame header and completeness from its marker segments alone (no Huffman
+/// tables are built): walking segment lengths skips an EXIF thumbnail's own markers; a
+/// frame header (SOFn) must give non-zero dimensions before the first scan, and an
+/// end-of-image marker must follow the scan, where byte stuffing keeps FF D9 from
 /// appearing by chance.
-fn jpeg_complete(b: &[u8]) -> bool {
+fn check_jpeg(b: &[u8]) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("bad JPEG: {why}"));
     if !b.starts_with(&[0xFF, 0xD8]) {
-        return false;
+        return bad("no start-of-image marker");
     }
-    let mut i = 2;
+    let (mut i, mut frame) = (2, false);
     while i + 4 <= b.len() {
         if b[i] != 0xFF {
-            return false;
+            return bad("corrupt marker segment");
         }
         let marker = b[i + 1];
         if marker == 0xFF {
@@ -77,19 +83,31 @@ fn jpeg_complete(b: &[u8]) -> bool {
             continue;
         }
         let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+        let is_sof = (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
+        if is_sof {
+            let dims = b.get(i + 5..i + 9).map(|d| (u16::from_be_bytes([d[0], d[1]]), u16::from_be_bytes([d[2], d[3]])));
+            match dims {
+                Some((h, w)) if h > 0 && w > 0 => frame = true,
+                _ => return bad("empty or cut frame header"),
+            }
+        }
         if marker == 0xDA {
-            return contains(b.get(i + 2 + len..).unwrap_or(&[]), &[0xFF, 0xD9]);
+            if !frame {
+                return bad("scan before any frame header");
+            }
+            return if rfind(b.get(i + 2 + len..).unwrap_or(&[]), &[0xFF, 0xD9]) { Ok(()) } else { Err("truncated Jpeg (no end-of-image marker)".into()) };
         }
         if marker == 0xD9 {
-            return false;
+            return bad("end of image before any scan");
         }
         i += 2 + len;
     }
-    false
+    bad("cut before the first scan")
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+/// Searches from the end, where end markers are.
+fn rfind(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).rev().any(|w| w == needle)
 }
 
 fn reencode(bytes: &[u8], format: ImageFormat, t: &Transcode) -> Result<Vec<u8>, String> {
@@ -127,9 +145,12 @@ mod tests {
         assert_eq!(prepare(good.clone(), &KEEP).unwrap(), good);
         assert!(prepare(Vec::new(), &KEEP).unwrap_err().contains("empty"));
         assert!(prepare(b"hello, not an image".to_vec(), &KEEP).unwrap_err().contains("not an image"));
-        let truncated = good[..good.len() / 2].to_vec();
-        assert!(prepare(truncated, &KEEP).is_err());
-        assert!(prepare(good[..4].to_vec(), &KEEP).is_err());
+        for cut in [4, 20, 200, good.len() / 2, good.len() - 2] {
+            assert!(prepare(good[..cut].to_vec(), &KEEP).is_err(), "cut at {cut}");
+        }
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(&[0u8; 5000]);
+        assert!(prepare(trailing, &KEEP).is_ok(), "bytes after the end marker are allowed");
     }
 
     #[test]

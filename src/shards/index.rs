@@ -3,6 +3,7 @@
 
 use super::format::{self, Version};
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use std::path::Path;
 
 #[derive(Debug, Clone, Default)]
@@ -19,6 +20,9 @@ pub struct Columns {
     pub crcs: Vec<u32>,
 }
 
+/// Below this many bytes an idx is parsed on the calling thread.
+const PARALLEL_BYTES: usize = 4 << 20;
+
 #[derive(Debug, Clone)]
 pub struct Index {
     pub version: Version,
@@ -28,11 +32,16 @@ pub struct Index {
 impl Index {
     /// Reads and parses an idx file; errors name the file and the line.
     pub fn load(path: &Path) -> Result<Index> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading index {}", path.display()))?;
-        Index::parse(&bytes).with_context(|| format!("parsing index {}", path.display()))
+        let file = std::fs::File::open(path).with_context(|| format!("opening index {}", path.display()))?;
+        let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(false);
+        // SAFETY: read-only map of a file we only read; an idx rewritten underneath us can at
+        // worst produce a parse error, since every byte is validated.
+        let map = if empty { None } else { Some(unsafe { memmap2::MmapOptions::new().populate().map(&file) }.with_context(|| format!("mapping index {}", path.display()))?) };
+        Index::parse(map.as_deref().unwrap_or(&[])).with_context(|| format!("parsing index {}", path.display()))
     }
 
     /// Parses idx text: a `#` header line selects v1, no header means the seed's format.
+    /// Large files are parsed in parallel chunks split at line ends.
     pub fn parse(bytes: &[u8]) -> Result<Index> {
         let text = match std::str::from_utf8(bytes) {
             Ok(t) => t,
@@ -41,28 +50,31 @@ impl Index {
                 bail!("line {line}: not valid UTF-8");
             }
         };
-        let mut lines = text.split('\n').enumerate().peekable();
-        let version = match lines.peek() {
-            Some((_, first)) if first.starts_with('#') => {
-                let v = format::parse_header(first.trim_end_matches('\r')).map_err(|e| anyhow::anyhow!("line 1: {e}"))?;
-                lines.next();
-                v
+        let (version, body, first_line) = match text.strip_prefix('#') {
+            Some(_) => {
+                let (header, body) = text.split_once('\n').unwrap_or((text, ""));
+                let v = format::parse_header(header.trim_end_matches('\r')).map_err(|e| anyhow::anyhow!("line 1: {e}"))?;
+                (v, body, 2)
             }
-            _ => Version::Legacy,
+            None => (Version::Legacy, text, 1),
         };
-        let mut cols = Columns::with_capacity(estimate_records(bytes), version);
-        for (n, line) in lines {
-            let line = line.strip_suffix('\r').unwrap_or(line);
-            if line.is_empty() {
-                continue;
+        let chunks = split_chunks(body, if body.len() < PARALLEL_BYTES { 1 } else { rayon::current_num_threads() * 2 });
+        let parts: Vec<Result<Columns, (usize, String)>> = chunks.par_iter().map(|c| parse_chunk(c, version)).collect();
+        let mut cols: Option<Columns> = None;
+        for (j, part) in parts.into_iter().enumerate() {
+            match part {
+                Ok(p) => match cols.as_mut() {
+                    None => cols = Some(p),
+                    Some(c) => c.append(p),
+                },
+                Err((local, e)) => {
+                    let before: usize = chunks[..j].iter().map(|c| c.bytes().filter(|&b| b == b'\n').count()).sum();
+                    let hint = if version == Version::Legacy { " (no `# trainer-shard` header, so read as the seed's 4-column format)" } else { "" };
+                    bail!("line {}: {e}{hint}", first_line + before + local);
+                }
             }
-            let fields = format::parse_line(line, version).map_err(|e| {
-                let hint = if version == Version::Legacy { " (no `# trainer-shard` header, so read as the seed's 4-column format)" } else { "" };
-                anyhow::anyhow!("line {}: {e}{hint}", n + 1)
-            })?;
-            cols.push(&fields);
         }
-        Ok(Index { version, cols })
+        Ok(Index { version, cols: cols.unwrap_or_default() })
     }
 
     pub fn len(&self) -> usize {
@@ -92,10 +104,57 @@ impl Index {
     }
 }
 
+/// Splits `body` into about `n` pieces, each ending at a line end.
+fn split_chunks(body: &str, n: usize) -> Vec<&str> {
+    let mut out = Vec::with_capacity(n);
+    let mut rest = body;
+    let target = body.len() / n.max(1) + 1;
+    while !rest.is_empty() {
+        let cut = match rest.get(target..).and_then(|tail| tail.find('\n')) {
+            Some(i) => target + i + 1,
+            None => rest.len(),
+        };
+        let (head, tail) = rest.split_at(cut);
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
+
+/// Parses whole lines; an error carries its 0-based line number within the chunk.
+fn parse_chunk(chunk: &str, version: Version) -> Result<Columns, (usize, String)> {
+    let mut cols = Columns::with_capacity(chunk.len(), version);
+    for (n, line) in chunk.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let fields = format::parse_line(line, version).map_err(|e| (n, e))?;
+        cols.push(&fields);
+    }
+    Ok(cols)
+}
+
 impl Columns {
-    fn with_capacity(n: usize, version: Version) -> Columns {
+    /// Moves `other`'s records after this one's.
+    fn append(&mut self, other: Columns) {
+        let base = self.paths.len();
+        self.paths.push_str(&other.paths);
+        self.path_ends.extend(other.path_ends.iter().map(|e| e + base));
+        self.starts.extend_from_slice(&other.starts);
+        self.ends.extend_from_slice(&other.ends);
+        self.labels.extend_from_slice(&other.labels);
+        self.genders.extend_from_slice(&other.genders);
+        self.ages.extend_from_slice(&other.ages);
+        self.crcs.extend_from_slice(&other.crcs);
+    }
+
+    /// Reserves for the most records `text_len` bytes can hold (a v1 line is at least 24
+    /// bytes, a seed line 8); pages never written are never touched, so this costs no memory.
+    fn with_capacity(text_len: usize, version: Version) -> Columns {
+        let n = text_len / if version == Version::V1 { 24 } else { 8 } + 1;
         Columns {
-            paths: String::with_capacity(n * 48),
+            paths: String::with_capacity(text_len),
             path_ends: Vec::with_capacity(n),
             starts: Vec::with_capacity(n),
             ends: Vec::with_capacity(n),
@@ -118,10 +177,6 @@ impl Columns {
             self.crcs.push(c);
         }
     }
-}
-
-fn estimate_records(bytes: &[u8]) -> usize {
-    bytes.iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 #[cfg(test)]
@@ -170,6 +225,37 @@ mod tests {
         assert!(format!("{err:#}").contains("line 3"), "{err:#}");
         let err = Index::parse(b"a\t0\t0\t1\n\xff\xfe\t0\t1\t2\n").unwrap_err();
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+    }
+
+    #[test]
+    fn chunked_parse_matches_and_counts_lines_across_chunks() {
+        let lines: Vec<String> = (0..5000).map(|i| format!("p{i}/x y.jpg\t{}\t{}\t{}\t-1\t{}\t{:08x}", i % 7, i * 3, i * 3 + 3, i % 5, i)).collect();
+        let text = v1(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let whole = std::str::from_utf8(&text).unwrap();
+        let body = whole.split_once('\n').unwrap().1;
+        let pieces = split_chunks(body, 7);
+        assert!(pieces.len() > 1 && pieces.iter().all(|p| p.ends_with('\n')));
+        assert_eq!(pieces.concat(), body);
+        let mut merged = parse_chunk(pieces[0], Version::V1).unwrap();
+        for p in &pieces[1..] {
+            merged.append(parse_chunk(p, Version::V1).unwrap());
+        }
+        let idx = Index::parse(&text).unwrap();
+        assert_eq!(idx.len(), 5000);
+        assert_eq!(merged.path_ends, idx.cols.path_ends);
+        assert_eq!(merged.paths, idx.cols.paths);
+        let merged = Index { version: Version::V1, cols: merged };
+        assert_eq!((merged.path(4321), merged.range(4321), merged.checksum(4321)), ("p4321/x y.jpg", (12963, 12966), Some(4321)));
+    }
+
+    #[test]
+    fn error_line_is_right_in_a_parallel_parse() {
+        let good = "some/path (1).jpg\t1\t0\t0\t-1\t-1\t00000000";
+        let n = PARALLEL_BYTES / good.len() + 1000;
+        let mut lines = vec![good; n];
+        lines[n - 3] = "oops";
+        let err = Index::parse(&v1(&lines)).unwrap_err();
+        assert!(format!("{err:#}").starts_with(&format!("line {}:", n - 3 + 2)), "{err:#}");
     }
 
     /// Garbage of every shape (random bytes, shuffled fields, near-valid lines) is an error
