@@ -7,11 +7,16 @@ use super::layers::{conv2d, BatchNorm};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-/// Backbone architecture (`--arch`). `tiny` is two small stages for tests and demos.
+/// Backbone architecture (`--arch`). `tiny` is two small stages for tests and demos;
+/// `tiny-nobn` is the same without BatchNorm, whose per-rank statistics would otherwise
+/// keep a 2-rank run from equalling a 1-rank run at twice the batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     Tiny,
+    #[value(name = "tiny-nobn")]
+    #[serde(rename = "tiny-nobn")]
+    TinyNobn,
     Resnet18,
     Resnet34,
     Resnet50,
@@ -32,21 +37,23 @@ struct Layout {
     stem_width: i64,
     /// torchvision's 7×7/2 conv + 3×3/2 max-pool; Tiny uses a 3×3/2 conv and no pool.
     full_stem: bool,
+    norm: bool,
 }
 
 impl Arch {
     fn layout(self) -> Layout {
         const W: &[i64] = &[64, 128, 256, 512];
         let (kind, blocks): (BlockKind, &'static [usize]) = match self {
-            Arch::Tiny => {
-                return Layout { kind: BlockKind::Basic, blocks: &[1, 1], widths: &[16, 32], stem_width: 16, full_stem: false }
+            Arch::Tiny | Arch::TinyNobn => {
+                let norm = self == Arch::Tiny;
+                return Layout { kind: BlockKind::Basic, blocks: &[1, 1], widths: &[16, 32], stem_width: 16, full_stem: false, norm };
             }
             Arch::Resnet18 => (BlockKind::Basic, &[2, 2, 2, 2]),
             Arch::Resnet34 => (BlockKind::Basic, &[3, 4, 6, 3]),
             Arch::Resnet50 => (BlockKind::Bottleneck, &[3, 4, 6, 3]),
             Arch::Resnet101 => (BlockKind::Bottleneck, &[3, 4, 23, 3]),
         };
-        Layout { kind, blocks, widths: W, stem_width: 64, full_stem: true }
+        Layout { kind, blocks, widths: W, stem_width: 64, full_stem: true, norm: true }
     }
 
     /// Width of the pooled feature vector.
@@ -70,34 +77,41 @@ impl BlockKind {
 #[derive(Debug)]
 struct Downsample {
     conv: nn::Conv2D,
-    bn: BatchNorm,
+    bn: Option<BatchNorm>,
 }
 
 impl Downsample {
-    fn new(p: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Option<Downsample> {
+    fn new(p: nn::Path, c_in: i64, c_out: i64, stride: i64, norm: bool) -> Option<Downsample> {
         (stride != 1 || c_in != c_out).then(|| Downsample {
             conv: conv2d(&p / "0", c_in, c_out, 1, stride),
-            bn: BatchNorm::new(&p / "1", c_out),
+            bn: norm.then(|| BatchNorm::new(&p / "1", c_out)),
         })
     }
 
     fn shortcut(this: &Option<Downsample>, xs: &Tensor, train: bool) -> Tensor {
         match this {
-            Some(d) => xs.apply(&d.conv).apply_t(&d.bn, train),
+            Some(d) => norm_t(xs.apply(&d.conv), &d.bn, train),
             None => xs.shallow_clone(),
         }
+    }
+}
+
+fn norm_t(xs: Tensor, bn: &Option<BatchNorm>, train: bool) -> Tensor {
+    match bn {
+        Some(bn) => xs.apply_t(bn, train),
+        None => xs,
     }
 }
 
 /// One residual block: convs+BNs in torchvision order (3×3,3×3 or 1×1,3×3/s,1×1).
 #[derive(Debug)]
 struct Block {
-    convs: Vec<(nn::Conv2D, BatchNorm)>,
+    convs: Vec<(nn::Conv2D, Option<BatchNorm>)>,
     downsample: Option<Downsample>,
 }
 
 impl Block {
-    fn new(p: nn::Path, kind: BlockKind, c_in: i64, width: i64, stride: i64) -> Block {
+    fn new(p: nn::Path, kind: BlockKind, c_in: i64, width: i64, stride: i64, norm: bool) -> Block {
         let c_out = width * kind.expansion();
         let shapes: Vec<(i64, i64, i64, i64)> = match kind {
             BlockKind::Basic => vec![(c_in, width, 3, stride), (width, width, 3, 1)],
@@ -110,10 +124,10 @@ impl Block {
             .enumerate()
             .map(|(i, (ci, co, k, s))| {
                 let n = i + 1;
-                (conv2d(&p / format!("conv{n}"), ci, co, k, s), BatchNorm::new(&p / format!("bn{n}"), co))
+                (conv2d(&p / format!("conv{n}"), ci, co, k, s), norm.then(|| BatchNorm::new(&p / format!("bn{n}"), co)))
             })
             .collect();
-        Block { convs, downsample: Downsample::new(&p / "downsample", c_in, c_out, stride) }
+        Block { convs, downsample: Downsample::new(&p / "downsample", c_in, c_out, stride, norm) }
     }
 }
 
@@ -122,7 +136,7 @@ impl ModuleT for Block {
         let last = self.convs.len() - 1;
         let mut ys = xs.shallow_clone();
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            ys = ys.apply(conv).apply_t(bn, train);
+            ys = norm_t(ys.apply(conv), bn, train);
             if i < last {
                 ys = ys.relu_();
             }
@@ -136,7 +150,7 @@ impl ModuleT for Block {
 pub struct Backbone {
     arch: Arch,
     conv1: nn::Conv2D,
-    bn1: BatchNorm,
+    bn1: Option<BatchNorm>,
     full_stem: bool,
     stages: Vec<Vec<Block>>,
 }
@@ -146,7 +160,7 @@ impl Backbone {
         let l = arch.layout();
         let stem_k = if l.full_stem { 7 } else { 3 };
         let conv1 = conv2d(p / "conv1", 3, l.stem_width, stem_k, 2);
-        let bn1 = BatchNorm::new(p / "bn1", l.stem_width);
+        let bn1 = l.norm.then(|| BatchNorm::new(p / "bn1", l.stem_width));
         let mut c_in = l.stem_width;
         let mut stages = Vec::new();
         for (s, (&n, &width)) in l.blocks.iter().zip(l.widths).enumerate() {
@@ -154,7 +168,7 @@ impl Backbone {
             let mut blocks = Vec::new();
             for b in 0..n {
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(Block::new(&sp / b.to_string(), l.kind, c_in, width, stride));
+                blocks.push(Block::new(&sp / b.to_string(), l.kind, c_in, width, stride, l.norm));
                 c_in = width * l.kind.expansion();
             }
             stages.push(blocks);
@@ -173,7 +187,7 @@ impl Backbone {
 
 impl ModuleT for Backbone {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut ys = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu_();
+        let mut ys = norm_t(xs.apply(&self.conv1), &self.bn1, train).relu_();
         if self.full_stem {
             ys = ys.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }

@@ -43,8 +43,6 @@ pub struct TrainConfig {
     pub loss_weights: [f64; 3],
     /// Multi: train one task per step in turn (the seed's mode) instead of the weighted sum.
     pub alternate: bool,
-    /// Soft one-hot target for the Gender and Age heads (the seed's 0.9).
-    pub soft_target: f64,
     pub heads: HeadConfig,
     pub plateau_steps: usize,
     pub shrink: f64,
@@ -104,7 +102,6 @@ impl Default for TrainConfig {
             wd_age: 5e-4,
             loss_weights: [1.0, 1.0, 1.0],
             alternate: false,
-            soft_target: 0.9,
             heads: HeadConfig::default(),
             plateau_steps: 15000,
             shrink: 0.1,

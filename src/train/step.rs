@@ -70,11 +70,11 @@ pub fn losses(net: &Net, cfg: &TrainConfig, b: &DeviceBatch, tasks: &[Task], tra
             Task::Fr => (fr_loss(net, &feats, &b.labels, train)?, cfg.loss_weights[0]),
             Task::Gender => {
                 let head = net.gender.as_ref().ok_or_else(|| anyhow::anyhow!("model has no Gender head"))?;
-                (soft_cross_entropy(&head.forward_t(&feats, train), &b.genders, cfg.soft_target), cfg.loss_weights[1])
+                (soft_cross_entropy(&head.forward_t(&feats, train), &b.genders, cfg.heads.soft_target), cfg.loss_weights[1])
             }
             Task::Age => {
                 let head = net.age.as_ref().ok_or_else(|| anyhow::anyhow!("model has no Age head"))?;
-                (soft_cross_entropy(&head.forward_t(&feats, train), &b.ages, cfg.soft_target), cfg.loss_weights[2])
+                (soft_cross_entropy(&head.forward_t(&feats, train), &b.ages, cfg.heads.soft_target), cfg.loss_weights[2])
             }
             Task::Multi => bail!("Multi is a set of tasks, not one"),
         };
