@@ -132,7 +132,14 @@ fn a_killed_rank_ends_the_whole_job_with_an_error() {
     let out = dir.path().join("Model");
     let mut a = tiny("FR", &train, &out, "dies");
     a.extend(["--max-steps", "1000000", "--save-every", "1000000"]);
-    let mut job = Command::new(mpirun).args(["-n", "2", env!("CARGO_BIN_EXE_trainer")]).args(&a).spawn().unwrap();
+    let mut job = Command::new(mpirun)
+        .args(["-n", "2", env!("CARGO_BIN_EXE_trainer")])
+        .args(&a)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let run = out.join("dies");
     let t = Instant::now();
     let pid = loop {
