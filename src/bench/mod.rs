@@ -1,11 +1,15 @@
 //! `trainer bench ...`: throughput benchmarks printed side by side with their baselines.
 
+pub mod data;
+
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Placeholder until the benchmarks land.
-    None,
+    /// Input pipeline throughput (images/s, MB/s) on a packed dataset.
+    Data(data::DataArgs),
 }
 
-pub fn run(_cmd: BenchCommand) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Data(a) => data::run(a),
+    }
 }
