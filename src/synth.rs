@@ -227,6 +227,9 @@ impl Pose {
 
 /// Coverage of an ellipse at (u, v), antialiased over about one pixel (`px` face units).
 fn ellipse(u: f32, v: f32, cx: f32, cy: f32, rx: f32, ry: f32, px: f32) -> f32 {
+    if (u - cx).abs() > rx + px || (v - cy).abs() > ry + px {
+        return 0.0;
+    }
     let (du, dv) = ((u - cx) / rx, (v - cy) / ry);
     let d = (du * du + dv * dv).sqrt();
     ((1.0 - d) * rx.min(ry) / px + 0.5).clamp(0.0, 1.0)
@@ -336,9 +339,13 @@ pub fn render(id: &Identity, pose: &Pose, size: usize) -> Vec<u8> {
             let c = paint(id, u, v, px);
             let light = pose.gain * (1.0 + pose.gradient.0 * gx + pose.gradient.1 * gy);
             let o = (y * size + x) * 3;
+            // Six 10-bit uniforms from one draw: a triangular (sum of two) per channel.
+            let bits = noise.next_u64();
             for ch in 0..3 {
-                let n = (noise.unit() + noise.unit() + noise.unit() - 1.5) as f32 * 2.0 * pose.noise;
-                out[o + ch] = (c[ch] * light + n).round().clamp(0.0, 255.0) as u8;
+                let a = (bits >> (20 * ch)) & 1023;
+                let b = (bits >> (20 * ch + 10)) & 1023;
+                let n = (a + b) as f32 / 1023.0 - 1.0;
+                out[o + ch] = ((c[ch] * light + n * 2.4 * pose.noise).clamp(0.0, 255.0) + 0.5) as u8;
             }
         }
     }

@@ -12,8 +12,11 @@ const MAX_SIDE: usize = 16384;
 pub struct Decoder {
     resizer: Resizer,
     options: ResizeOptions,
+    rgb: Vec<u8>,
     resized: Vec<u8>,
     lut: [f32; 256],
+    /// Normalised mean of a 2×2 block, by the block's sum.
+    lut4: [f32; 1021],
 }
 
 impl Default for Decoder {
@@ -28,25 +31,41 @@ impl Decoder {
         for (i, v) in lut.iter_mut().enumerate() {
             *v = (i as f32 - 127.5) / 127.5;
         }
+        let mut lut4 = [0f32; 1021];
+        for (i, v) in lut4.iter_mut().enumerate() {
+            *v = (i as f32 / 4.0 - 127.5) / 127.5;
+        }
         Decoder {
             resizer: Resizer::new(),
             options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+            rgb: Vec::new(),
             resized: Vec::new(),
             lut,
+            lut4,
         }
     }
 
     /// Decodes `bytes` into `out` (3×size×size, channel-major RGB), mirrored when `flip`.
     pub fn decode_into(&mut self, bytes: &[u8], size: usize, flip: bool, out: &mut [f32]) -> Result<()> {
         anyhow::ensure!(out.len() == 3 * size * size, "output slot holds {} floats, need 3×{size}×{size}", out.len());
-        let (rgb, w, h) = decode_rgb(bytes)?;
-        let pixels = if w == size && h == size {
-            &rgb
+        let (w, h) = decode_rgb_into(bytes, &mut self.rgb)?;
+        let rgb = std::mem::take(&mut self.rgb);
+        let done = self.from_rgb(&rgb, w, h, size, flip, out);
+        self.rgb = rgb;
+        done
+    }
+
+    /// Interleaved RGB8 (w×h) → the normalised 3×size×size slot.
+    pub fn from_rgb(&mut self, rgb: &[u8], w: usize, h: usize, size: usize, flip: bool, out: &mut [f32]) -> Result<()> {
+        anyhow::ensure!(rgb.len() == w * h * 3 && out.len() == 3 * size * size, "pixel buffers do not match {w}x{h} → {size}");
+        if w == size && h == size {
+            write_chw(rgb, size, flip, &self.lut, out);
+        } else if w == 2 * size && h == 2 * size {
+            area2_chw(rgb, size, flip, &self.lut4, out);
         } else {
-            self.resize(&rgb, w, h, size)?;
-            &self.resized
-        };
-        write_chw(pixels, size, flip, &self.lut, out);
+            self.resize(rgb, w, h, size)?;
+            write_chw(&self.resized, size, flip, &self.lut, out);
+        }
         Ok(())
     }
 
@@ -76,29 +95,61 @@ fn write_chw(rgb: &[u8], size: usize, flip: bool, lut: &[f32; 256], out: &mut [f
     }
 }
 
+/// An exact 2× downscale (e.g. 224 → 112) as the mean of 2×2 blocks (area
+/// interpolation), fused with normalise and flip: one pass, no resize buffer.
+fn area2_chw(rgb: &[u8], size: usize, flip: bool, lut: &[f32; 1021], out: &mut [f32]) {
+    let (plane, row_bytes) = (size * size, size * 6);
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for y in 0..size {
+        let top = &rgb[2 * y * row_bytes..(2 * y + 1) * row_bytes];
+        let bottom = &rgb[(2 * y + 1) * row_bytes..(2 * y + 2) * row_bytes];
+        let rows = (&mut r[y * size..(y + 1) * size], &mut g[y * size..(y + 1) * size], &mut b[y * size..(y + 1) * size]);
+        for (x, (t, u)) in top.chunks_exact(6).zip(bottom.chunks_exact(6)).enumerate() {
+            let o = if flip { size - 1 - x } else { x };
+            let sum = |c: usize| t[c] as usize + t[c + 3] as usize + u[c] as usize + u[c + 3] as usize;
+            rows.0[o] = lut[sum(0)];
+            rows.1[o] = lut[sum(1)];
+            rows.2[o] = lut[sum(2)];
+        }
+    }
+}
+
 /// Decodes to interleaved RGB8; returns (pixels, width, height).
 pub fn decode_rgb(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
+    let mut rgb = Vec::new();
+    let (w, h) = decode_rgb_into(bytes, &mut rgb)?;
+    Ok((rgb, w, h))
+}
+
+/// Decodes into a reused buffer (no fresh allocation per image on the hot path).
+fn decode_rgb_into(bytes: &[u8], rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
     if bytes.is_empty() {
         bail!("empty record");
     }
     if bytes.starts_with(&[0xFF, 0xD8]) {
-        decode_jpeg(bytes)
+        decode_jpeg(bytes, rgb)
     } else {
-        decode_other(bytes)
+        let (pixels, w, h) = decode_other(bytes)?;
+        *rgb = pixels;
+        Ok((w, h))
     }
 }
 
-fn decode_jpeg(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
+fn decode_jpeg(bytes: &[u8], rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
     let options = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::RGB)
         .set_max_width(MAX_SIDE)
         .set_max_height(MAX_SIDE);
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    let rgb = dec.decode().map_err(|e| anyhow!("JPEG decode: {e:?}"))?;
+    dec.decode_headers().map_err(|e| anyhow!("JPEG header: {e:?}"))?;
     let info = dec.info().context("JPEG decode: no header")?;
     let (w, h) = (info.width as usize, info.height as usize);
-    anyhow::ensure!(rgb.len() == w * h * 3, "JPEG decode: {} bytes for {w}x{h} RGB", rgb.len());
-    Ok((rgb, w, h))
+    let need = dec.output_buffer_size().context("JPEG decode: image too large")?;
+    anyhow::ensure!(need == w * h * 3, "JPEG decode: {need} bytes for {w}x{h} RGB");
+    rgb.resize(need, 0);
+    dec.decode_into(rgb).map_err(|e| anyhow!("JPEG decode: {e:?}"))?;
+    Ok((w, h))
 }
 
 fn decode_other(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
@@ -182,6 +233,21 @@ mod tests {
         assert!(out[31] - out[0] > 1.5, "{} {}", out[0], out[31]);
         let (_, w, h) = decode_rgb(&jpeg(&rgb, 64, 48)).unwrap();
         assert_eq!((w, h), (64, 48));
+    }
+
+    #[test]
+    fn integer_downscale_averages_blocks() {
+        // 4×4 → 2×2: each output pixel is the mean of a 2×2 block.
+        let rgb: Vec<u8> = (0..16u8).flat_map(|i| [i * 10, 255 - i * 10, 7]).collect();
+        let mut out = vec![0.0; 3 * 4];
+        Decoder::new().decode_into(&png(&rgb, 4, 4), 2, false, &mut out).unwrap();
+        let mean = |idx: [u8; 4]| idx.iter().map(|&i| i as f32 * 10.0).sum::<f32>() / 4.0;
+        let norm = |v: f32| (v - 127.5) / 127.5;
+        let want = [norm(mean([0, 1, 4, 5])), norm(mean([2, 3, 6, 7])), norm(mean([8, 9, 12, 13])), norm(mean([10, 11, 14, 15]))];
+        for (got, want) in out[..4].iter().zip(want) {
+            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        }
+        assert!(out[8..].iter().all(|&v| (v - norm(7.0)).abs() < 1e-5));
     }
 
     #[test]

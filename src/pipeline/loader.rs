@@ -300,3 +300,165 @@ impl Shared {
         b.n += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::testdata::{faces, write_shards, Rec};
+    use std::collections::{BTreeSet, HashMap};
+
+    const S: usize = 16;
+
+    fn view_of(recs: &[Rec], shards: usize) -> (tempfile::TempDir, Arc<RankView>) {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = write_shards(dir.path(), "d", shards, recs);
+        let view = RankView::open(&[spec], 0, 1, false).unwrap();
+        (dir, Arc::new(view))
+    }
+
+    fn cfg(batch: usize, workers: usize, sampler: SamplerKind) -> LoaderConfig {
+        LoaderConfig { size: S, batch_size: batch, workers, prefetch: 3, seed: 42, sampler, augment: true, steps_per_epoch: None }
+    }
+
+    fn take(l: &mut Loader, n: usize) -> Vec<Batch> {
+        (0..n).map(|_| l.next_batch().unwrap().expect("train loaders never end")).collect()
+    }
+
+    fn same(a: &[Batch], b: &[Batch]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!((&x.records, &x.labels), (&y.records, &y.labels));
+            assert!(x.images == y.images, "images differ");
+        }
+    }
+
+    #[test]
+    fn batches_are_nchw_in_range_with_clipped_ages() {
+        let (_d, v) = view_of(&faces(9, 3, 24), 2);
+        let mut l = Loader::train(v.clone(), cfg(5, 2, SamplerKind::Uniform), SamplerPosition::START).unwrap();
+        for b in take(&mut l, 6) {
+            assert_eq!((b.n, b.size, b.images.len()), (5, S, 5 * 3 * S * S));
+            assert!(b.images.iter().all(|x| (-1.0..=1.0).contains(x)));
+            assert!(b.images.iter().any(|&x| x != b.images[0]));
+            for (i, &r) in b.records.iter().enumerate() {
+                assert_eq!(b.labels[i], v.labels[r as usize] as i64);
+                assert_eq!(b.ages[i], (v.ages[r as usize] as i64).min(6));
+            }
+            assert!(b.ages.iter().all(|&a| (0..=6).contains(&a)));
+        }
+    }
+
+    #[test]
+    fn output_does_not_depend_on_worker_count() {
+        let (_d, v) = view_of(&faces(6, 4, 20), 1);
+        let one = take(&mut Loader::train(v.clone(), cfg(4, 1, SamplerKind::Uniform), SamplerPosition::START).unwrap(), 9);
+        let three = take(&mut Loader::train(v, cfg(4, 3, SamplerKind::Uniform), SamplerPosition::START).unwrap(), 9);
+        same(&one, &three);
+    }
+
+    #[test]
+    fn resuming_from_a_saved_position_replays_exactly() {
+        let (_d, v) = view_of(&faces(7, 3, 16), 1);
+        let kind = SamplerKind::Balanced { p: 3, k: 2 };
+        let mut l = Loader::train(v.clone(), cfg(6, 2, kind), SamplerPosition::START).unwrap();
+        assert_eq!(l.steps_per_epoch(), 4);
+        let head = take(&mut l, 5);
+        let saved = l.position();
+        assert_eq!(saved, SamplerPosition { epoch: 1, batch: 1 });
+        let tail = take(&mut l, 6);
+        drop(l);
+        let mut resumed = Loader::train(v, cfg(6, 1, kind), saved).unwrap();
+        same(&tail, &take(&mut resumed, 6));
+        assert_ne!(head[1].records, tail[0].records);
+    }
+
+    #[test]
+    fn balanced_batches_hold_p_identities_times_k() {
+        let (_d, v) = view_of(&faces(8, 3, 16), 2);
+        let mut l = Loader::train(v, cfg(8, 2, SamplerKind::Balanced { p: 4, k: 2 }), SamplerPosition::START).unwrap();
+        for b in take(&mut l, 5) {
+            let mut counts: HashMap<i64, usize> = HashMap::new();
+            b.labels.iter().for_each(|&l| *counts.entry(l).or_default() += 1);
+            assert_eq!(counts.len(), 4);
+            assert!(counts.values().all(|&c| c == 2));
+        }
+    }
+
+    #[test]
+    fn flips_vary_and_can_be_turned_off() {
+        let (_d, v) = view_of(&faces(1, 1, 16), 1);
+        let mut c = cfg(1, 1, SamplerKind::Uniform);
+        let flipped = take(&mut Loader::train(v.clone(), c, SamplerPosition::START).unwrap(), 16);
+        assert!(flipped.iter().any(|b| b.images != flipped[0].images), "some of 16 samples must differ by a flip");
+        c = cfg(1, 1, SamplerKind::Uniform);
+        c.augment = false;
+        let plain = take(&mut Loader::train(v, c, SamplerPosition::START).unwrap(), 4);
+        assert!(plain.iter().all(|b| b.images == plain[0].images));
+    }
+
+    fn with_corrupt(recs: &mut [Rec], which: &[usize]) {
+        for &i in which {
+            recs[i].3 = b"\xFF\xD8 this is not really a jpeg".to_vec();
+        }
+    }
+
+    #[test]
+    fn corrupt_records_are_replaced_and_counted() {
+        let mut recs = faces(4, 3, 16);
+        with_corrupt(&mut recs, &[1, 7]);
+        let (_d, v) = view_of(&recs, 1);
+        let mut l = Loader::train(v.clone(), cfg(4, 2, SamplerKind::Balanced { p: 2, k: 2 }), SamplerPosition::START).unwrap();
+        let batches = take(&mut l, 12);
+        assert!(batches.iter().all(|b| b.n == 4));
+        let bad: BTreeSet<u32> = [1, 7].into();
+        assert!(batches.iter().all(|b| b.records.iter().all(|r| !bad.contains(r))));
+        let skipped: usize = batches.iter().map(|b| b.skipped).sum();
+        assert!(skipped >= 2, "12 batches of 4 from 12 records must meet the corrupt ones");
+        assert_eq!(l.skipped_total(), skipped as u64);
+        // Replacement keeps the identity, so P×K holds.
+        for b in &batches {
+            let ids: BTreeSet<i64> = b.labels.iter().copied().collect();
+            assert_eq!(ids.len(), 2);
+        }
+    }
+
+    #[test]
+    fn sequential_is_one_ordered_pass_dropping_corrupt_records() {
+        let mut recs = faces(5, 2, 16);
+        with_corrupt(&mut recs, &[3]);
+        let (_d, v) = view_of(&recs, 1);
+        let mut l = Loader::sequential(v, S, 4, 2).unwrap();
+        assert_eq!(l.steps_per_epoch(), 3);
+        let mut seen = Vec::new();
+        let mut ns = Vec::new();
+        while let Some(b) = l.next_batch().unwrap() {
+            seen.extend(b.records.iter().copied());
+            ns.push(b.n);
+            assert_eq!(b.images.len(), b.n * 3 * S * S);
+        }
+        assert_eq!(ns, vec![3, 4, 2]);
+        assert_eq!(seen, vec![0, 1, 2, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(l.skipped_total(), 1);
+        assert!(l.next_batch().unwrap().is_none());
+    }
+
+    #[test]
+    fn all_corrupt_is_an_error_not_a_hang() {
+        let mut recs = faces(2, 2, 16);
+        with_corrupt(&mut recs, &[0, 1, 2, 3]);
+        let (_d, v) = view_of(&recs, 1);
+        let mut l = Loader::train(v, cfg(2, 1, SamplerKind::Uniform), SamplerPosition::START).unwrap();
+        let err = format!("{:#}", l.next_batch().unwrap_err());
+        assert!(err.contains("all corrupt"), "{err}");
+    }
+
+    #[test]
+    fn steps_per_epoch_override_is_honoured() {
+        let (_d, v) = view_of(&faces(3, 3, 16), 1);
+        let mut c = cfg(2, 1, SamplerKind::Uniform);
+        c.steps_per_epoch = Some(2);
+        let mut l = Loader::train(v, c, SamplerPosition::START).unwrap();
+        take(&mut l, 3);
+        assert_eq!(l.position(), SamplerPosition { epoch: 1, batch: 1 });
+    }
+}
