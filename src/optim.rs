@@ -87,10 +87,11 @@ impl Sgd {
     }
 
     pub fn set_lr(&mut self, group: &str, lr: f64) -> Result<()> {
-        match self.groups.iter_mut().find(|g| g.name == group) {
-            Some(g) => Ok(g.lr = lr),
-            None => bail!("no parameter group named {group:?}"),
-        }
+        let Some(g) = self.groups.iter_mut().find(|g| g.name == group) else {
+            bail!("no parameter group named {group:?}")
+        };
+        g.lr = lr;
+        Ok(())
     }
 
     pub fn lrs(&self) -> Vec<(String, f64)> {
