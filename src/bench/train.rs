@@ -16,6 +16,7 @@ pub struct TrainBenchArgs {
     /// Input side in pixels.
     #[arg(long, default_value_t = 112)]
     pub size: i64,
+    /// Images per step.
     #[arg(long, default_value_t = 16)]
     pub batch_size: i64,
     /// Timed steps (the median is reported).
