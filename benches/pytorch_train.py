@@ -63,22 +63,37 @@ def main():
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(a.batch_size, 3, a.size, a.size, device=dev)
     labels = (torch.arange(a.batch_size) % a.classes).to(dev)
-    times, loss_value = [], float("nan")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times, phases, loss_value = [], ([], [], []), float("nan")
     for i in range(a.warmup + a.steps):
+        if i == a.warmup:
+            cpu0 = time.process_time()
         t0 = time.perf_counter()
         opt.zero_grad()
         with torch.autocast("cuda", enabled=a.amp and dev.type == "cuda"):
             loss = model(x, labels)
+        sync()
+        t1 = time.perf_counter()
         loss.backward()
+        sync()
+        t2 = time.perf_counter()
         opt.step()
         loss_value = loss.item()  # also waits for the device
         if i >= a.warmup:
-            times.append(time.perf_counter() - t0)
+            t3 = time.perf_counter()
+            times.append(t3 - t0)
+            for v, d in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+                v.append(d)
+    cpu = time.process_time() - cpu0
     med = statistics.median_high(times)
     print(f"bench train (pytorch {torch.__version__}): arch={a.arch} size={a.size} batch={a.batch_size} "
           f"classes={a.classes} device={a.device} threads={a.threads} amp={a.amp}")
     print(f"median step {med * 1e3:.1f} ms over {len(times)} steps ({a.warmup} warm-up), "
           f"{a.batch_size / med:.2f} images/s, last loss {loss_value:.3f}")
+    images = a.batch_size * len(times)
+    print(f"cpu time {cpu / images * 1e3:.1f} ms per image ({images / cpu:.2f} images per cpu-second)")
+    f, b, s = (statistics.median_high(v) * 1e3 for v in phases)
+    print(f"median forward {f:.1f} ms, backward {b:.1f} ms, sgd {s:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 //! step); `p -= lr·buf`. Weight decay applies to every parameter of a group, BN and biases
 //! included, as PyTorch's default and insightface do. The momentum buffers are tensors we
 //! own, named `<group>.<index>`, so a checkpoint restores the optimiser exactly.
+//!
+//! tch cannot reset a gradient to "none", so `zero_grad` zeroes it (PyTorch's
+//! `set_to_none=False`): a parameter with a zero gradient still decays and keeps its
+//! momentum. Where a step trains only some heads (the seed's alternating Multi mode), use
+//! `step_groups` so the other groups stay untouched, as `set_to_none=True` would leave them.
 
 use anyhow::{bail, Result};
 use tch::Tensor;
@@ -40,23 +45,37 @@ impl Sgd {
 
     /// One update of every parameter that has a gradient.
     pub fn step(&mut self) {
+        self.update(|_| true);
+    }
+
+    /// Updates only the named groups (e.g. `["backbone", "gender"]`).
+    pub fn step_groups(&mut self, names: &[&str]) {
+        self.update(|g| names.contains(&g.name.as_str()));
+    }
+
+    /// Three fused passes per parameter (`addcmul` with 0-dim factors), each rounding
+    /// exactly as PyTorch's `add(.., alpha=..)` does.
+    fn update(&mut self, selected: impl Fn(&ParamGroup) -> bool) {
+        let momentum = self.momentum;
         tch::no_grad(|| {
             for (group, bufs) in self.groups.iter_mut().zip(&mut self.buffers) {
+                let Some(first) = group.params.first() else { continue };
+                if !selected(group) {
+                    continue;
+                }
+                let factor = |v: f64| Tensor::from(v).to_kind(first.kind()).to_device(first.device());
+                let (wd, m, neg_lr) = (factor(group.weight_decay), factor(momentum), factor(-group.lr));
                 for (p, buf) in group.params.iter_mut().zip(bufs.iter_mut()) {
                     let grad = p.grad();
                     if !grad.defined() {
                         continue;
                     }
-                    let d = if group.weight_decay != 0.0 { grad + &*p * group.weight_decay } else { grad };
-                    let b = match buf.take() {
-                        Some(mut b) if self.momentum != 0.0 => {
-                            let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
-                            b
-                        }
-                        _ => d.detach().copy(),
-                    };
-                    let _ = p.g_sub_(&(&b * group.lr));
-                    *buf = Some(b);
+                    let mut d = if group.weight_decay != 0.0 { grad.addcmul(p, &wd) } else { grad.copy() };
+                    if let (Some(b), true) = (buf.as_ref(), momentum != 0.0) {
+                        let _ = d.addcmul_(b, &m);
+                    }
+                    let _ = p.addcmul_(&d, &neg_lr);
+                    *buf = Some(d);
                 }
             }
         });
@@ -86,10 +105,11 @@ impl Sgd {
     }
 
     pub fn set_lr(&mut self, group: &str, lr: f64) -> Result<()> {
-        match self.groups.iter_mut().find(|g| g.name == group) {
-            Some(g) => Ok(g.lr = lr),
-            None => bail!("no parameter group named {group:?}"),
-        }
+        let Some(g) = self.groups.iter_mut().find(|g| g.name == group) else {
+            bail!("no parameter group named {group:?}")
+        };
+        g.lr = lr;
+        Ok(())
     }
 
     pub fn lrs(&self) -> Vec<(String, f64)> {
@@ -224,6 +244,20 @@ mod tests {
         assert_eq!(opt.state().len(), 1);
         opt.zero_grad();
         assert_eq!(values(&p.grad()), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn step_groups_leaves_other_groups_alone() {
+        let p = param(&[1.0]);
+        let q = param(&[1.0]);
+        let group = |name: &str, t: &Tensor| ParamGroup { name: name.into(), params: vec![t.shallow_clone()], lr: 0.5, weight_decay: 0.1 };
+        let mut opt = Sgd::new(vec![group("a", &p), group("b", &q)], 0.9);
+        backward_linear(&p, &[1.0]);
+        backward_linear(&q, &[1.0]);
+        opt.step_groups(&["b"]);
+        assert_eq!(values(&p), vec![1.0]);
+        assert!((values(&q)[0] - (1.0 - 0.5 * 1.1)).abs() < 1e-6);
+        assert_eq!(opt.state().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), vec!["b.0"]);
     }
 
     #[test]

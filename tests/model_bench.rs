@@ -18,9 +18,10 @@ fn bench_train_reports_images_per_second() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no images/s in {stdout}"));
     assert!(rate > 0.0 && rate.is_finite(), "{stdout}");
-    let loss: f64 = stdout.rsplit("last loss ").next().unwrap().trim().parse().unwrap();
+    let loss: f64 = stdout.split("last loss ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap();
     assert!(loss.is_finite() && loss > 0.0, "{stdout}");
     assert!(stdout.contains("arch=Tiny size=32 batch=4 classes=10"), "{stdout}");
+    assert!(stdout.contains("images per cpu-second") && stdout.contains("median forward"), "{stdout}");
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub struct TrainBenchArgs {
     /// Input side in pixels.
     #[arg(long, default_value_t = 112)]
     pub size: i64,
+    /// Images per step.
     #[arg(long, default_value_t = 16)]
     pub batch_size: i64,
     /// Timed steps (the median is reported).
@@ -58,17 +59,26 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Step timings of one benchmark run.
+/// Timings of one benchmark run: whole steps and their forward / backward / SGD parts.
 pub struct TrainBench {
     pub step_secs: Vec<f64>,
+    /// Process CPU time (all threads) of the timed steps: steadier than wall time on a
+    /// machine shared with other jobs. `None` off Linux.
+    pub cpu_secs: Option<f64>,
+    pub phase_secs: [Vec<f64>; 3],
     pub last_loss: f64,
+}
+
+/// Upper median, as Python's `statistics.median_high`.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 impl TrainBench {
     pub fn median_secs(&self) -> f64 {
-        let mut v = self.step_secs.clone();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        median(&self.step_secs)
     }
 }
 
@@ -94,6 +104,12 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
         a.batch_size as f64 / med,
         r.last_loss
     );
+    if let Some(cpu) = r.cpu_secs {
+        let images = (a.batch_size as usize * r.step_secs.len()) as f64;
+        println!("cpu time {:.1} ms per image ({:.2} images per cpu-second)", cpu / images * 1e3, images / cpu);
+    }
+    let [f, b, s] = r.phase_secs.each_ref().map(|v| median(v) * 1e3);
+    println!("median forward {f:.1} ms, backward {b:.1} ms, sgd {s:.1} ms");
     Ok(())
 }
 
@@ -122,20 +138,45 @@ pub fn measure(a: &TrainBenchArgs) -> Result<TrainBench> {
     }
     let labels: Vec<i64> = (0..a.batch_size).map(|i| i % a.classes as i64).collect();
     let targets = net.targets(&labels, &[], &[], a.device)?;
-    let mut step_secs = Vec::with_capacity(a.steps);
-    let mut last_loss = f64::NAN;
+    let mut r = TrainBench { step_secs: Vec::new(), cpu_secs: None, phase_secs: Default::default(), last_loss: f64::NAN };
+    let mut cpu_start = None;
+    let sync = || {
+        if let Device::Cuda(n) = a.device {
+            tch::Cuda::synchronize(n as i64);
+        }
+    };
     for i in 0..a.warmup + a.steps {
+        if i == a.warmup {
+            cpu_start = process_cpu_secs();
+        }
         let t0 = Instant::now();
         opt.zero_grad();
         let loss = tch::autocast(a.amp, || net.losses(&x, &targets, true).fr.expect("FR head"));
+        sync();
+        let t1 = Instant::now();
         loss.backward();
+        sync();
+        let t2 = Instant::now();
         opt.step();
-        last_loss = loss.double_value(&[]); // also waits for the device
+        r.last_loss = loss.double_value(&[]); // also waits for the device
         if i >= a.warmup {
-            step_secs.push(t0.elapsed().as_secs_f64());
+            let t3 = Instant::now();
+            r.step_secs.push((t3 - t0).as_secs_f64());
+            for (v, d) in r.phase_secs.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2]) {
+                v.push(d.as_secs_f64());
+            }
         }
     }
-    Ok(TrainBench { step_secs, last_loss })
+    r.cpu_secs = cpu_start.zip(process_cpu_secs()).map(|(s, e)| e - s);
+    Ok(r)
+}
+
+/// utime + stime of this process from `/proc/self/stat`, in seconds (USER_HZ = 100).
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn to_channels_last(t: &Tensor) -> Tensor {

@@ -46,6 +46,24 @@ impl Default for HeadConfig {
     }
 }
 
+impl HeadConfig {
+    /// Rejects settings that would fail deep inside libtorch (from a recipe or flags).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let dropouts = [("fr_dropout", self.fr_dropout), ("gender_dropout", self.gender_dropout), ("age_dropout", self.age_dropout)];
+        for (name, p) in dropouts {
+            anyhow::ensure!((0.0..1.0).contains(&p), "{name} = {p}: a dropout probability is in [0, 1)");
+        }
+        anyhow::ensure!(self.emb_dim > 0, "emb_dim must be positive");
+        anyhow::ensure!(self.s > 0.0, "ArcFace scale s = {} must be positive", self.s);
+        anyhow::ensure!((0.0..std::f64::consts::PI).contains(&self.m), "ArcFace margin m = {} must be in [0, π)", self.m);
+        anyhow::ensure!(self.gender_classes >= 2 && self.age_classes >= 2, "Gender and Age need at least 2 classes");
+        anyhow::ensure!(self.soft_target > 0.0 && self.soft_target <= 1.0, "soft_target = {} must be in (0, 1]", self.soft_target);
+        let hidden = self.gender_hidden.iter().chain(&self.age_hidden);
+        anyhow::ensure!(hidden.into_iter().all(|&h| h > 0), "hidden layer widths must be positive");
+        Ok(())
+    }
+}
+
 /// Dropout → `fc` (out_dim → emb_dim) → optional `bn` → L2 normalisation.
 #[derive(Debug)]
 pub struct FrHead {
@@ -109,5 +127,27 @@ impl ModuleT for ClassifierHead {
             x = x.apply(fc).apply_t(bn, train).relu_();
         }
         x.apply(&self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        HeadConfig::default().validate().unwrap();
+        let bad = HeadConfig { fr_dropout: 1.0, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("fr_dropout"));
+        let bad = HeadConfig { m: 4.0, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("margin"));
+        let bad = HeadConfig { age_hidden: vec![512, 0], ..Default::default() };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn toml_overrides_only_what_it_names() {
+        let cfg: HeadConfig = toml::from_str("emb_dim = 128\nage_hidden = [64]").unwrap();
+        assert_eq!((cfg.emb_dim, cfg.age_hidden.clone(), cfg.s), (128, vec![64], 64.0));
     }
 }
