@@ -7,6 +7,7 @@
 [[ "${BASH_SOURCE[0]}" == "$0" ]] && set -euo pipefail
 
 TORCH_VERSION=2.11.0
+TORCHVISION_VERSION=0.26.0
 TRAINER_CACHE=${TRAINER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trainer}
 TORCH_VENV=${TORCH_VENV:-$TRAINER_CACHE/torch-$TORCH_VERSION}
 
@@ -27,6 +28,10 @@ if [ -z "${LIBTORCH:-}" ]; then
     mkdir -p "$TRAINER_CACHE"
     python3 -m venv "$TORCH_VENV"
     "$TORCH_VENV/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy pillow
+  fi
+  # torchvision only for the interchange test (our safetensors load into its ResNets).
+  if ! "$TORCH_VENV/bin/python" -c "import torchvision" 2>/dev/null; then
+    "$TORCH_VENV/bin/pip" install -q --disable-pip-version-check --no-deps "torchvision==$TORCHVISION_VERSION"
   fi
   export LIBTORCH_USE_PYTORCH=1
   export PATH="$TORCH_VENV/bin:$PATH"

@@ -102,7 +102,7 @@ impl Session {
             if self.state.step % self.cfg.valid_every == 0 {
                 self.validate_and_keep_best(clock)?;
             }
-            if self.state.step % self.cfg.save_every == 0 {
+            if self.state.step % self.cfg.save_every == 0 && self.state.saved_step != Some(self.state.step) {
                 self.checkpoint(clock)?;
                 snapshot = self.snapshot();
             }
