@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU checks, as one short call on a machine with a GPU but no cargo or MPI:
+#   cargo build --release --no-default-features --features nccl   (here)
+#   carry target/release/trainer, run `bash launch/gpu-check.sh` there.
+# Measures: ResNet-50 112px training images/s with and without --amp beside PyTorch on the
+# same GPU; a 1-rank NCCL all-reduce (correctness and bandwidth); a short FR run on the GPU;
+# and the CPU trainer-vs-PyTorch comparison on that machine's idle cores.
+# Uses that machine's PyTorch (TORCH_PY, default /opt/torch/.venv). Log: $OUT/gpu_check.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+TORCH_PY=${TORCH_PY:-/opt/torch/.venv/bin/python}
+export LD_LIBRARY_PATH=$("$TORCH_PY" -c "import torch, os; print(os.path.dirname(torch.__file__) + '/lib')")
+T=${TRAINER:-target/release/trainer}
+exec > >(tee "${OUT:-.}/gpu_check.log") 2>&1
+export RUST_LOG=warn
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+"$TORCH_PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+$T bench train --arch tiny --size 32 --batch-size 4 --steps 2 --warmup 1 --device cuda:0 || { echo "trainer cannot use the GPU"; exit 1; }
+
+echo "== ResNet-50 112px batch 128, GPU fp32 (trainer vs PyTorch)"
+TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 REPEATS=2 timeout 110 bash benches/train.sh
+echo "== same with --amp"
+TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 REPEATS=2 AMP=1 timeout 110 bash benches/train.sh
+
+echo "== NCCL, 1 rank"
+timeout 40 $T bench allreduce --device cuda --check
+timeout 40 $T bench allreduce --device cuda --iters 20
+
+echo "== short FR run on the GPU"
+work=$(mktemp -d)
+timeout 40 $T synth --out "$work/img" --identities 200 --per-identity 20 --size 112 --seed 1
+timeout 40 $T synth --out "$work/vimg" --identities 50 --per-identity 10 --size 112 --seed 2
+$T pack "$work/img" --list "$work/img/list.tsv" --name fr --shards 4 --out "$work/shards" | tail -1
+$T pack "$work/vimg" --list "$work/vimg/list.tsv" --name frv --shards 1 --out "$work/shards" | tail -1
+RUST_LOG=info timeout 130 $T train FR --arch resnet50 --size 112 --batch-size 128 --lr 0.1 --device cuda:0 \
+  --train-sets "$work/shards/fr" --valid-sets "$work/shards/frv" --workers 12 --max-steps 200 --log-every 25 \
+  --valid-every 200 --save-every 200 --out "$work/Model" --run-id gpu 2>&1 | grep -E "step|verification|error"
+grep -E '"images_per_s"|"valid"' "$work/Model/gpu/log.txt" | tail -4
+
+echo "== ResNet-50 112px batch 16, CPU 2 threads (trainer vs PyTorch, idle cores)"
+TRAINER=$T PYTHON=$TORCH_PY DEVICE=cpu BATCH=16 THREADS=2 STEPS=6 WARMUP=2 REPEATS=3 timeout 120 bash benches/train.sh
