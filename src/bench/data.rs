@@ -29,6 +29,14 @@ pub struct DataArgs {
     pub reps: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Time rank R's view of a WORLD-rank job (its shards, or its record stripe).
+    #[arg(long, default_value_t = 0)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 1)]
+    pub world: usize,
+    /// Split records instead of shards across ranks (for fewer shards than ranks).
+    #[arg(long)]
+    pub stripe_records: bool,
     /// Also print the median as one JSON line (for scripts).
     #[arg(long)]
     pub json: bool,
@@ -36,11 +44,11 @@ pub struct DataArgs {
 
 pub fn run(args: DataArgs) -> Result<()> {
     anyhow::ensure!(args.batches > 0 && args.reps > 0 && args.batch_size > 0, "--batches, --reps and --batch-size must be > 0");
-    let view = Arc::new(RankView::open(&args.train_sets, 0, 1, false)?);
+    let view = Arc::new(RankView::open(&args.train_sets, args.rank, args.world, args.stripe_records)?);
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     println!(
-        "bench data: {} ({} records), size {}, batch {}, {} worker(s), {} batches × {} reps",
-        view.dataset.name, view.len(), args.size, args.batch_size, workers, args.batches, args.reps
+        "bench data: {} (rank {}/{}: {} records in {} shard file(s)), size {}, batch {}, {} worker(s), {} batches × {} reps",
+        view.dataset.name, args.rank, args.world, view.len(), view.dataset.shards.len(), args.size, args.batch_size, workers, args.batches, args.reps
     );
     let mut rates = Vec::with_capacity(args.reps);
     for rep in 0..args.reps {
