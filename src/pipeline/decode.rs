@@ -259,6 +259,6 @@ mod tests {
         assert!(d.decode_into(b"not an image at all", 16, false, &mut out).is_err());
         assert!(d.decode_into(&good[..20], 16, false, &mut out).is_err());
         assert!(d.decode_into(&[0xFF, 0xD8, 0xFF, 0xFF, 0, 1, 2], 16, false, &mut out).is_err());
-        assert!(d.decode_into(&good, 16, false, &mut vec![0.0; 5]).is_err());
+        assert!(d.decode_into(&good, 16, false, &mut [0.0; 5]).is_err());
     }
 }
