@@ -78,6 +78,7 @@ fn time_once(view: &Arc<RankView>, args: &DataArgs, workers: usize, seed: u64) -
         let b = loader.next_batch()?.expect("a training loader never ends");
         images += b.n;
         bytes += b.bytes;
+        loader.recycle(b.images);
     }
     let secs = start.elapsed().as_secs_f64();
     Ok((images as f64 / secs, bytes as f64 / secs / 1e6, loader.skipped_total()))
