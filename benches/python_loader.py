@@ -59,7 +59,7 @@ def time_once(records, args, seed):
     order = list(range(len(records)))
     rng.shuffle(order)
     files = {p: open(p, "rb") for p in {r[0] for r in records}}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     images = nbytes = 0
     pos = 0
     for _ in range(args.batches):
@@ -71,9 +71,10 @@ def time_once(records, args, seed):
         images += batch.shape[0]
         nbytes += b
     secs = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     for f in files.values():
         f.close()
-    return images / secs, nbytes / secs / 1e6
+    return images / secs, nbytes / secs / 1e6, cpu * 1e3 / images
 
 
 def main():
@@ -93,14 +94,15 @@ def main():
           f"{args.batches} batches x {args.reps} reps")
     rates = []
     for rep in range(args.reps):
-        img_s, mb_s = time_once(records, args, args.seed + rep)
-        print(f"  rep {rep + 1}: {img_s:8.1f} img/s {mb_s:7.1f} MB/s")
-        rates.append((img_s, mb_s))
+        img_s, mb_s, cpu_ms = time_once(records, args, args.seed + rep)
+        print(f"  rep {rep + 1}: {img_s:8.1f} img/s {mb_s:7.1f} MB/s {cpu_ms:6.3f} CPU ms/img")
+        rates.append((img_s, mb_s, cpu_ms))
     img_s = statistics.median(r[0] for r in rates)
     mb_s = statistics.median(r[1] for r in rates)
-    print(f"median: {img_s:.1f} img/s, {mb_s:.1f} MB/s (python, 1 process)")
+    cpu_ms = statistics.median(r[2] for r in rates)
+    print(f"median: {img_s:.1f} img/s, {mb_s:.1f} MB/s, {cpu_ms:.3f} CPU ms/img (python, 1 process)")
     if args.json:
-        print(json.dumps({"bench": "python_loader", "images_per_s": img_s, "mb_per_s": mb_s,
+        print(json.dumps({"bench": "python_loader", "images_per_s": img_s, "mb_per_s": mb_s, "cpu_ms_per_image": cpu_ms,
                           "size": args.size, "batch_size": args.batch_size, "reps": args.reps}))
 
 

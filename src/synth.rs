@@ -192,7 +192,7 @@ impl Identity {
             mouth: (range(&mut r, 0.33, 0.45), range(&mut r, 0.12, 0.22), range(&mut r, -0.12, 0.12), range(&mut r, 0.015, 0.04)),
             lips,
             hair,
-            hairline: (range(&mut r, -0.55, -0.35), range(&mut r, 0.0, 0.06), range(&mut r, 0.0, 6.28)),
+            hairline: (range(&mut r, -0.55, -0.35), range(&mut r, 0.0, 0.06), range(&mut r, 0.0, std::f32::consts::TAU)),
             marks,
         }
     }

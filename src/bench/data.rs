@@ -29,6 +29,14 @@ pub struct DataArgs {
     pub reps: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Time rank R's view of a WORLD-rank job (its shards, or its record stripe).
+    #[arg(long, default_value_t = 0)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 1)]
+    pub world: usize,
+    /// Split records instead of shards across ranks (for fewer shards than ranks).
+    #[arg(long)]
+    pub stripe_records: bool,
     /// Also print the median as one JSON line (for scripts).
     #[arg(long)]
     pub json: bool,
@@ -36,43 +44,68 @@ pub struct DataArgs {
 
 pub fn run(args: DataArgs) -> Result<()> {
     anyhow::ensure!(args.batches > 0 && args.reps > 0 && args.batch_size > 0, "--batches, --reps and --batch-size must be > 0");
-    let view = Arc::new(RankView::open(&args.train_sets, 0, 1, false)?);
+    let view = Arc::new(RankView::open(&args.train_sets, args.rank, args.world, args.stripe_records)?);
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     println!(
-        "bench data: {} ({} records), size {}, batch {}, {} worker(s), {} batches × {} reps",
-        view.dataset.name, view.len(), args.size, args.batch_size, workers, args.batches, args.reps
+        "bench data: {} (rank {}/{}: {} records in {} shard file(s)), size {}, batch {}, {} worker(s), {} batches × {} reps",
+        view.dataset.name, args.rank, args.world, view.len(), view.dataset.shards.len(), args.size, args.batch_size, workers, args.batches, args.reps
     );
-    let mut rates = Vec::with_capacity(args.reps);
+    let mut reps = Vec::with_capacity(args.reps);
     for rep in 0..args.reps {
-        let (img_s, mb_s, skipped) = time_once(&view, &args, workers, args.seed + rep as u64)?;
-        println!("  rep {}: {img_s:8.1} img/s {mb_s:7.1} MB/s{}", rep + 1, if skipped > 0 { format!(" ({skipped} corrupt skipped)") } else { String::new() });
-        rates.push((img_s, mb_s));
+        let r = time_once(&view, &args, workers, args.seed + rep as u64)?;
+        let skipped = if r.skipped > 0 { format!(" ({} corrupt skipped)", r.skipped) } else { String::new() };
+        println!("  rep {}: {:8.1} img/s {:7.1} MB/s {:6.3} CPU ms/img{skipped}", rep + 1, r.img_s, r.mb_s, r.cpu_ms);
+        reps.push(r);
     }
-    let img_s = median(rates.iter().map(|r| r.0).collect());
-    let mb_s = median(rates.iter().map(|r| r.1).collect());
-    println!("median: {img_s:.1} img/s, {mb_s:.1} MB/s ({workers} worker(s))");
+    let img_s = median(reps.iter().map(|r| r.img_s).collect());
+    let mb_s = median(reps.iter().map(|r| r.mb_s).collect());
+    let cpu_ms = median(reps.iter().map(|r| r.cpu_ms).collect());
+    println!("median: {img_s:.1} img/s, {mb_s:.1} MB/s, {cpu_ms:.3} CPU ms/img ({workers} worker(s))");
     if args.json {
         let line = serde_json::json!({"bench": "data", "workers": workers, "size": args.size, "batch_size": args.batch_size,
-            "images_per_s": img_s, "mb_per_s": mb_s, "reps": args.reps});
+            "images_per_s": img_s, "mb_per_s": mb_s, "cpu_ms_per_image": cpu_ms, "reps": args.reps});
         println!("{line}");
     }
     Ok(())
 }
 
+struct Rep {
+    img_s: f64,
+    mb_s: f64,
+    /// Process CPU time per image: robust to other load on a shared machine.
+    cpu_ms: f64,
+    skipped: u64,
+}
+
 /// One repetition: a fresh loader (so start-up and queue fill are paid) for `batches` batches.
-fn time_once(view: &Arc<RankView>, args: &DataArgs, workers: usize, seed: u64) -> Result<(f64, f64, u64)> {
+fn time_once(view: &Arc<RankView>, args: &DataArgs, workers: usize, seed: u64) -> Result<Rep> {
     let cfg = LoaderConfig { size: args.size, batch_size: args.batch_size, workers, prefetch: 2 * workers, seed,
         sampler: SamplerKind::Uniform, augment: true, steps_per_epoch: None };
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
     let mut loader = Loader::train(view.clone(), cfg, SamplerPosition::START)?;
     let (mut images, mut bytes) = (0usize, 0usize);
     for _ in 0..args.batches {
         let b = loader.next_batch()?.expect("a training loader never ends");
         images += b.n;
         bytes += b.bytes;
+        loader.recycle(b.images);
     }
     let secs = start.elapsed().as_secs_f64();
-    Ok((images as f64 / secs, bytes as f64 / secs / 1e6, loader.skipped_total()))
+    let cpu = cpu_seconds() - cpu_start;
+    Ok(Rep { img_s: images as f64 / secs, mb_s: bytes as f64 / secs / 1e6, cpu_ms: cpu * 1e3 / images as f64, skipped: loader.skipped_total() })
+}
+
+/// User + system CPU seconds of this process (Linux `/proc/self/stat`, USER_HZ = 100);
+/// NaN elsewhere.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    match (f.get(11).and_then(|v| v.parse::<f64>().ok()), f.get(12).and_then(|v| v.parse::<f64>().ok())) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

@@ -80,6 +80,8 @@ struct Shared {
     replace: bool,
     by_label: Arc<HashMap<u32, Vec<u32>>>,
     stop: Arc<AtomicBool>,
+    /// Image buffers handed back by `Loader::recycle`, reused to skip allocation and zeroing.
+    spare: Receiver<Vec<f32>>,
 }
 
 pub struct Loader {
@@ -92,6 +94,7 @@ pub struct Loader {
     skipped: u64,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    spare: Sender<Vec<f32>>,
 }
 
 impl Loader {
@@ -101,11 +104,11 @@ impl Loader {
         if start.batch >= sampler.steps_per_epoch() {
             bail!("resume position batch {} is past the epoch's {} steps", start.batch, sampler.steps_per_epoch());
         }
-        let shared = Shared::new(view, cfg.size, cfg.seed, cfg.augment, true);
+        let (spare_tx, shared) = Shared::new(view, cfg.size, cfg.seed, cfg.augment, true);
         let plan = sampler.clone();
         let planner = move |tx: Sender<Job>, stop: Arc<AtomicBool>| plan_train(&plan, start, tx, &stop);
         let steps = sampler.steps_per_epoch();
-        Loader::spawn(shared, cfg.workers, cfg.prefetch, planner, start, Some(sampler), steps)
+        Loader::spawn(shared, spare_tx, cfg.workers, cfg.prefetch, planner, start, Some(sampler), steps)
     }
 
     /// One ordered pass, no augmentation, last batch partial; corrupt records are dropped.
@@ -115,12 +118,13 @@ impl Loader {
         }
         let n = view.len();
         let steps = n.div_ceil(batch_size) as u64;
-        let shared = Shared::new(view, size, 0, false, false);
+        let (spare_tx, shared) = Shared::new(view, size, 0, false, false);
         let planner = move |tx: Sender<Job>, stop: Arc<AtomicBool>| plan_sequential(n, batch_size, tx, &stop);
-        Loader::spawn(shared, workers, 2 * workers.max(1), planner, SamplerPosition::START, None, steps)
+        Loader::spawn(shared, spare_tx, workers, 2 * workers.max(1), planner, SamplerPosition::START, None, steps)
     }
 
-    fn spawn(shared: Shared, workers: usize, prefetch: usize, planner: impl FnOnce(Sender<Job>, Arc<AtomicBool>) + Send + 'static,
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(shared: Shared, spare: Sender<Vec<f32>>, workers: usize, prefetch: usize, planner: impl FnOnce(Sender<Job>, Arc<AtomicBool>) + Send + 'static,
              start: SamplerPosition, sampler: Option<Sampler>, steps: u64) -> Result<Loader> {
         let workers = workers.max(1);
         let (job_tx, job_rx) = bounded::<Job>(prefetch.max(1));
@@ -133,7 +137,7 @@ impl Loader {
             let (rx, tx, sh) = (job_rx.clone(), res_tx.clone(), shared.clone());
             threads.push(named(&format!("loader-{w}"), move || work(sh, rx, tx))?);
         }
-        Ok(Loader { results: Some(res_rx), pending: BTreeMap::new(), next_seq: 0, pos: start, sampler, steps, skipped: 0, stop, threads })
+        Ok(Loader { results: Some(res_rx), pending: BTreeMap::new(), next_seq: 0, pos: start, sampler, steps, skipped: 0, stop, threads, spare })
     }
 
     /// The next batch in order; `None` only at the end of a sequential pass.
@@ -163,6 +167,11 @@ impl Loader {
 
     pub fn steps_per_epoch(&self) -> u64 {
         self.steps
+    }
+
+    /// Hands a used `Batch::images` back for reuse (optional; saves an allocation per batch).
+    pub fn recycle(&self, images: Vec<f32>) {
+        let _ = self.spare.try_send(images);
     }
 
     /// Corrupt records met so far by batches already returned.
@@ -231,19 +240,22 @@ fn work(shared: Shared, jobs: Receiver<Job>, results: Sender<(u64, Result<Batch>
 }
 
 impl Shared {
-    fn new(view: Arc<RankView>, size: usize, seed: u64, augment: bool, replace: bool) -> Shared {
+    fn new(view: Arc<RankView>, size: usize, seed: u64, augment: bool, replace: bool) -> (Sender<Vec<f32>>, Shared) {
         let mut by_label: HashMap<u32, Vec<u32>> = HashMap::new();
         if replace {
             for (i, &l) in view.labels.iter().enumerate() {
                 by_label.entry(l).or_default().push(i as u32);
             }
         }
-        Shared { view, size, seed, augment, replace, by_label: Arc::new(by_label), stop: Arc::new(AtomicBool::new(false)) }
+        let (spare_tx, spare) = bounded(8);
+        (spare_tx, Shared { view, size, seed, augment, replace, by_label: Arc::new(by_label), stop: Arc::new(AtomicBool::new(false)), spare })
     }
 
     fn build(&self, job: &Job, decoder: &mut Decoder) -> Result<Batch> {
         let slot_len = 3 * self.size * self.size;
-        let mut b = Batch { images: vec![0.0; job.records.len() * slot_len], labels: Vec::new(), genders: Vec::new(),
+        let mut images = self.spare.try_recv().unwrap_or_default();
+        images.resize(job.records.len() * slot_len, 0.0);
+        let mut b = Batch { images, labels: Vec::new(), genders: Vec::new(),
             ages: Vec::new(), n: 0, size: self.size, skipped: 0, records: Vec::new(), bytes: 0 };
         for (i, &first_choice) in job.records.iter().enumerate() {
             let slot = job.first_slot + i as u64;
@@ -354,6 +366,20 @@ mod tests {
         let one = take(&mut Loader::train(v.clone(), cfg(4, 1, SamplerKind::Uniform), SamplerPosition::START).unwrap(), 9);
         let three = take(&mut Loader::train(v, cfg(4, 3, SamplerKind::Uniform), SamplerPosition::START).unwrap(), 9);
         same(&one, &three);
+    }
+
+    #[test]
+    fn recycled_dirty_buffers_do_not_leak_into_batches() {
+        let (_d, v) = view_of(&faces(4, 3, 24), 1);
+        let fresh = take(&mut Loader::train(v.clone(), cfg(3, 1, SamplerKind::Uniform), SamplerPosition::START).unwrap(), 8);
+        let mut l = Loader::train(v, cfg(3, 1, SamplerKind::Uniform), SamplerPosition::START).unwrap();
+        let mut reused = Vec::new();
+        for _ in 0..8 {
+            let b = l.next_batch().unwrap().unwrap();
+            l.recycle(vec![9.0; b.images.len() + 17]);
+            reused.push(b);
+        }
+        same(&fresh, &reused);
     }
 
     #[test]
