@@ -61,7 +61,11 @@ pub fn task_name(t: Task) -> &'static str {
 /// insightface does, because s·cos θ with s = 64 overflows half precision.
 pub fn losses(net: &Net, cfg: &TrainConfig, b: &DeviceBatch, tasks: &[Task], train: bool) -> Result<Losses> {
     let amp = cfg.amp && b.images.device().is_cuda();
-    let backbone = |train| tch::autocast(amp, || net.features(&b.images, train)).to_kind(Kind::Float);
+    // libtorch 2.11 warns on every autocast toggle, so toggle only when asked to.
+    let backbone = |train| match amp {
+        true => tch::autocast(true, || net.features(&b.images, train)).to_kind(Kind::Float),
+        false => net.features(&b.images, train),
+    };
     let feats = if cfg.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(train) };
     let mut parts = vec![];
     let mut total: Option<Tensor> = None;
