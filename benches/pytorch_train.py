@@ -90,6 +90,8 @@ def main():
           f"classes={a.classes} device={a.device} threads={a.threads} amp={a.amp}")
     print(f"median step {med * 1e3:.1f} ms over {len(times)} steps ({a.warmup} warm-up), "
           f"{a.batch_size / med:.2f} images/s, last loss {loss_value:.3f}")
+    best = min(times)
+    print(f"best step {best * 1e3:.1f} ms, {a.batch_size / best:.2f} images/s")
     images = a.batch_size * len(times)
     print(f"cpu time {cpu / images * 1e3:.1f} ms per image ({images / cpu:.2f} images per cpu-second)")
     f, b, s = (statistics.median_high(v) * 1e3 for v in phases)

@@ -16,21 +16,26 @@ common=(--arch "$ARCH" --size "$SIZE" --batch-size "$BATCH" --steps "$STEPS" --w
         --classes "$CLASSES" --threads "$THREADS" --device "$DEVICE")
 [ "$AMP" = 1 ] && common+=(--amp)
 
-rate() { sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p'; }
+rate() { sed -n 's/^median step.*, \([0-9.]*\) images\/s.*/\1/p'; }
+best() { sed -n 's/^best step.*, \([0-9.]*\) images\/s.*/\1/p'; }
 cpurate() { sed -n 's/.*(\([0-9.]*\) images per cpu-second).*/\1/p'; }
 median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
-rust=() py=() rust_cpu=() py_cpu=()
+rust=() py=() rust_cpu=() py_cpu=() rust_best=() py_best=()
 for i in $(seq "$REPEATS"); do
   ro=$("$TRAINER" bench train "${common[@]}")
   po=$("$PYTHON" benches/pytorch_train.py "${common[@]}")
   r=$(rate <<<"$ro") p=$(rate <<<"$po") rc=$(cpurate <<<"$ro") pc=$(cpurate <<<"$po")
-  echo "run $i: trainer $r images/s ($rc per cpu-second), pytorch $p images/s ($pc per cpu-second)"
-  rust+=("$r") py+=("$p") rust_cpu+=("$rc") py_cpu+=("$pc")
+  rb=$(best <<<"$ro") pb=$(best <<<"$po")
+  echo "run $i: trainer $r images/s (best step $rb, $rc per cpu-second), pytorch $p images/s (best step $pb, $pc per cpu-second)"
+  rust+=("$r") py+=("$p") rust_cpu+=("$rc") py_cpu+=("$pc") rust_best+=("$rb") py_best+=("$pb")
 done
 mr=$(printf '%s\n' "${rust[@]}" | median)
 mp=$(printf '%s\n' "${py[@]}" | median)
 mrc=$(printf '%s\n' "${rust_cpu[@]}" | median)
 mpc=$(printf '%s\n' "${py_cpu[@]}" | median)
 echo "$ARCH ${SIZE}px batch $BATCH on $DEVICE, $THREADS threads, amp=$AMP: trainer $mr images/s, pytorch $mp images/s, ratio $(awk -v a="$mr" -v b="$mp" 'BEGIN {printf "%.3f", a / b}') (median of $REPEATS alternated runs, $STEPS timed steps each)"
+mrb=$(printf '%s\n' "${rust_best[@]}" | sort -g | tail -1)
+mpb=$(printf '%s\n' "${py_best[@]}" | sort -g | tail -1)
+echo "best single step of all runs: trainer $mrb images/s, pytorch $mpb images/s, ratio $(awk -v a="$mrb" -v b="$mpb" 'BEGIN {printf "%.3f", a / b}')"
 echo "per cpu-second: trainer $mrc images, pytorch $mpc images, ratio $(awk -v a="$mrc" -v b="$mpc" 'BEGIN {printf "%.3f", a / b}')"

@@ -108,6 +108,8 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
         let images = (a.batch_size as usize * r.step_secs.len()) as f64;
         println!("cpu time {:.1} ms per image ({:.2} images per cpu-second)", cpu / images * 1e3, images / cpu);
     }
+    let best = r.step_secs.iter().copied().fold(f64::INFINITY, f64::min);
+    println!("best step {:.1} ms, {:.2} images/s", best * 1e3, a.batch_size as f64 / best);
     let [f, b, s] = r.phase_secs.each_ref().map(|v| median(v) * 1e3);
     println!("median forward {f:.1} ms, backward {b:.1} ms, sgd {s:.1} ms");
     Ok(())
