@@ -4,7 +4,6 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 /// Train and validation sets shared by the tests of this file.
 fn data(dir: &Path) -> (PathBuf, PathBuf) {
@@ -55,12 +54,7 @@ fn resume_after_kill_matches_an_uninterrupted_run() {
     let mut b = base_args("FR", &train, &out, "killed");
     b.extend(["--max-steps", "100000", "--save-every", "10"]);
     let mut child = trainer().args(&b).spawn().unwrap();
-    let ckpt = out.join("killed/checkpoints/step-000000020/state.json");
-    let t = Instant::now();
-    while !ckpt.exists() {
-        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint at step 20");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&out.join("killed/checkpoints/step-000000020/state.json"));
     child.kill().unwrap();
     child.wait().unwrap();
     let run = out.join("killed");
@@ -175,12 +169,7 @@ fn time_limit_and_sigterm_stop_with_a_checkpoint() {
     let mut b = base_args("FR", &train, &out, "term");
     b.extend(["--max-steps", "1000000", "--save-every", "10"]);
     let mut child = trainer().args(&b).spawn().unwrap();
-    let first = out.join("term/checkpoints/step-000000010/state.json");
-    let t = Instant::now();
-    while !first.exists() {
-        assert!(t.elapsed() < Duration::from_secs(120));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&out.join("term/checkpoints/step-000000010/state.json"));
     send_signal(child.id(), "TERM");
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM should stop cleanly, got {status}");

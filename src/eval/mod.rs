@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use tch::nn::VarStore;
 
-use crate::model::{Net, Tasks};
+use crate::model::Net;
 use crate::train::{checkpoint, validate::Validator};
 
 #[derive(clap::Args, Debug)]
@@ -52,8 +52,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let device = crate::train::resolve_device(&args.device, &crate::dist::launch_info())?;
     let mut vs = VarStore::new(device);
-    let tasks = Tasks { fr: cfg.has_fr(), gender: cfg.has_gender(), age: cfg.has_age() };
-    let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, saved.num_classes, tasks);
+    let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, saved.num_classes, cfg.task.into());
     let model = ckpt.join(checkpoint::MODEL_FILE);
     vs.load(&model).with_context(|| format!("loading {}", model.display()))?;
     let metrics = Validator::open(&cfg)?.run(&net, &cfg, device)?;

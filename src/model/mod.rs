@@ -147,7 +147,13 @@ impl Net {
     /// Forward through the backbone once and every head that has a target: ArcFace +
     /// cross-entropy for FR, soft cross-entropy (seed's 0.9 one-hot) for Gender and Age.
     pub fn forward_tasks(&self, x: &Tensor, targets: &Targets, train: bool) -> TaskOutputs {
-        let feats = self.features(x, train);
+        self.heads(&self.features(x, train), targets, train)
+    }
+
+    /// The heads that have a target, on features computed by the caller (a frozen or
+    /// autocast backbone).
+    pub fn heads(&self, feats: &Tensor, targets: &Targets, train: bool) -> TaskOutputs {
+        let feats = feats.shallow_clone();
         let mut out = TaskOutputs { losses: PerTask::default(), logits: PerTask::default() };
         if let (Some((head, arc)), Some(y)) = (&self.fr, &targets.fr) {
             let logits = arc.logits(&head.forward_t(&feats, train), y);

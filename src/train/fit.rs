@@ -11,7 +11,7 @@ use tch::{Device, Tensor};
 use super::checkpoint;
 use super::session::Session;
 use super::state::TrainState;
-use super::step::{losses, tasks_for_step, DeviceBatch};
+use super::step::{losses, tasks_for_step};
 use crate::dist::ReduceOp;
 use crate::plateau::SaveDecision;
 
@@ -62,7 +62,6 @@ struct StepStats {
     signalled: bool,
     out_of_time: bool,
     data_wait: f64,
-    skipped: f64,
 }
 
 impl Session {
@@ -95,9 +94,8 @@ impl Session {
                 self.log_progress(&stats, window_steps, secs, window_wait)?;
                 (window, window_steps, window_wait) = (Instant::now(), 0, 0.0);
             }
-            let stop = self.stop_reason(&stats);
-            if stop.is_some() {
-                break stop.unwrap();
+            if let Some(stop) = self.stop_reason(&stats) {
+                break stop;
             }
             if self.state.step % self.cfg.valid_every == 0 {
                 self.validate_and_keep_best(clock)?;
@@ -136,6 +134,7 @@ impl Session {
         self.opt.zero_grad();
         let (mut wait, mut loss_sum, mut skipped) = (0.0, 0.0, 0.0);
         let mut parts = vec![0.0; tasks.len()];
+        let names: Vec<&'static str> = tasks.iter().map(|t| super::step::task_name(*t)).collect();
         let inject = self.cfg.inject_nan_at == Some(step + 1) && !self.nan_injected;
         self.nan_injected |= inject;
         for _ in 0..self.cfg.accum {
@@ -143,8 +142,7 @@ impl Session {
             let batch = self.loader.next_batch()?.context("training loader ended")?;
             wait += t.elapsed().as_secs_f64();
             skipped += batch.skipped as f64;
-            let b = DeviceBatch::new(&batch, self.device);
-            let l = losses(&self.net, &self.cfg, &b, &tasks, true)?;
+            let l = losses(&self.net, &self.cfg, &batch, &tasks, self.device)?;
             let total = if inject { l.total * f64::NAN } else { l.total };
             (&total / self.cfg.accum as f64).backward();
             loss_sum += total.double_value(&[]) / self.cfg.accum as f64;
@@ -167,9 +165,8 @@ impl Session {
             loss: v[0] / world,
             signalled: v[1] > 0.0,
             out_of_time: v[2] > 0.0,
-            skipped: v[3],
             data_wait: wait,
-            parts: tasks.iter().zip(&v[4..]).map(|(t, p)| (super::step::task_name(*t), p / world)).collect(),
+            parts: names.iter().zip(&v[4..]).map(|(t, p)| (*t, p / world)).collect(),
         })
     }
 
@@ -282,7 +279,6 @@ impl Session {
         for (task, l) in &stats.parts {
             ev[format!("loss_{task}")] = json!(l);
         }
-        let _ = stats.skipped;
         tracing::info!(
             "step {} loss {:.4} lr {:.2e} {:.1} img/s data-wait {:.0}%",
             self.state.step, stats.loss, self.cfg.lr * self.state.lr_scale, ev["images_per_s"].as_f64().unwrap_or(0.0), 100.0 * wait / secs.max(1e-9)

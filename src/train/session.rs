@@ -10,10 +10,10 @@ use super::checkpoint;
 use super::config::TrainConfig;
 use super::runlog::{utc_stamp, RunLog};
 use super::state::TrainState;
-use super::step::{task_name, tasks_for_step};
+use super::step::{run_tasks, task_name};
 use super::validate::Validator;
 use crate::dist::{self, Comm, CommOptions, LaunchInfo, ReduceOp};
-use crate::model::{Net, Tasks};
+use crate::model::Net;
 use crate::optim::{groups_by_prefix, Sgd};
 use crate::plateau::RollbackGuard;
 use crate::pipeline::{Loader, LoaderConfig, RankView, SamplerKind};
@@ -87,8 +87,7 @@ impl Session {
         }
         tch::manual_seed(cfg.seed as i64);
         let mut vs = VarStore::new(device);
-        let tasks = Tasks { fr: cfg.has_fr(), gender: cfg.has_gender(), age: cfg.has_age() };
-        let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, num_classes, tasks);
+        let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, num_classes, cfg.task.into());
         let mut opt = Sgd::new(param_groups(&vs, &cfg), cfg.momentum);
 
         let mut state = TrainState::new(&cfg, world, num_classes);
@@ -109,7 +108,7 @@ impl Session {
         opt.set_lr_scale(state.lr_scale);
         sync_params(&*comm, &vs)?;
 
-        let task_names: Vec<&str> = tasks_for_step(&TrainConfig { alternate: false, ..cfg.clone() }, 0).into_iter().map(task_name).collect();
+        let task_names: Vec<&str> = run_tasks(&cfg).into_iter().map(task_name).collect();
         let mut log = RunLog::open(&run_dir, rank, &task_names, resume.map(|_| state.step))?;
         if rank == 0 && resume.is_none() {
             checkpoint::write_synced(&run_dir.join("config.json"), &serde_json::to_vec_pretty(&cfg)?)?;

@@ -1,28 +1,16 @@
-//! One batch forward: the task losses of a batch, as the loop and the validator need them.
+//! One batch forward: the task losses of a batch, as the loop needs them.
 
-use anyhow::{bail, Result};
-use tch::nn::ModuleT;
+use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use super::config::{Task, TrainConfig};
-use crate::model::{soft_cross_entropy, Net};
+use crate::model::Net;
 use crate::pipeline::Batch;
 
-/// A batch moved to the device.
-pub struct DeviceBatch {
-    pub images: Tensor,
-    pub labels: Tensor,
-    pub genders: Tensor,
-    pub ages: Tensor,
-}
-
-impl DeviceBatch {
-    pub fn new(b: &Batch, device: Device) -> DeviceBatch {
-        let s = b.size as i64;
-        let images = Tensor::from_slice(&b.images).view([b.n as i64, 3, s, s]).to_device(device);
-        let col = |v: &[i64]| Tensor::from_slice(v).to_device(device);
-        DeviceBatch { images, labels: col(&b.labels), genders: col(&b.genders), ages: col(&b.ages) }
-    }
+/// A batch's images as an NCHW tensor on `device`.
+pub fn images(b: &Batch, device: Device) -> Tensor {
+    let s = b.size as i64;
+    Tensor::from_slice(&b.images).view([b.n as i64, 3, s, s]).to_device(device)
 }
 
 /// The weighted total to backpropagate and each task's own loss (for logs).
@@ -31,15 +19,17 @@ pub struct Losses {
     pub parts: Vec<(&'static str, Tensor)>,
 }
 
+/// Every task the run trains, in FR, Gender, Age order.
+pub fn run_tasks(cfg: &TrainConfig) -> Vec<Task> {
+    [(cfg.has_fr(), Task::Fr), (cfg.has_gender(), Task::Gender), (cfg.has_age(), Task::Age)]
+        .into_iter()
+        .filter_map(|(on, t)| on.then_some(t))
+        .collect()
+}
+
 /// Which tasks this step trains: all of the run's, or one in turn with `alternate`.
 pub fn tasks_for_step(cfg: &TrainConfig, step: u64) -> Vec<Task> {
-    let all: Vec<Task> = match cfg.task {
-        Task::Multi => [(cfg.has_fr(), Task::Fr), (cfg.has_gender(), Task::Gender), (cfg.has_age(), Task::Age)]
-            .into_iter()
-            .filter_map(|(on, t)| on.then_some(t))
-            .collect(),
-        t => vec![t],
-    };
+    let all = run_tasks(cfg);
     if cfg.alternate && all.len() > 1 {
         vec![all[(step % all.len() as u64) as usize]]
     } else {
@@ -56,45 +46,31 @@ pub fn task_name(t: Task) -> &'static str {
     }
 }
 
-/// Forward pass and losses. A frozen backbone runs without autograd and in eval mode.
-/// With `--amp` on CUDA the backbone runs under autocast; heads and losses stay f32, as
-/// insightface does, because s·cos θ with s = 64 overflows half precision.
-pub fn losses(net: &Net, cfg: &TrainConfig, b: &DeviceBatch, tasks: &[Task], train: bool) -> Result<Losses> {
-    let amp = cfg.amp && b.images.device().is_cuda();
+/// Forward pass and losses for `tasks`. Labels are range-checked first (an out-of-range
+/// one would abort inside libtorch). A frozen backbone runs without autograd in eval mode;
+/// with `--amp` on CUDA it runs under autocast, while heads and losses stay f32 as in
+/// insightface, because s·cos θ with s = 64 overflows half precision.
+pub fn losses(net: &Net, cfg: &TrainConfig, b: &Batch, tasks: &[Task], device: Device) -> Result<Losses> {
+    let x = images(b, device);
+    let mut targets = net.targets(&b.labels, &b.genders, &b.ages, device)?;
+    for (task, slot) in [(Task::Fr, &mut targets.fr), (Task::Gender, &mut targets.gender), (Task::Age, &mut targets.age)] {
+        if !tasks.contains(&task) {
+            *slot = None;
+        }
+    }
+    let amp = cfg.amp && device.is_cuda();
     // libtorch 2.11 warns on every autocast toggle, so toggle only when asked to.
     let backbone = |train| match amp {
-        true => tch::autocast(true, || net.features(&b.images, train)).to_kind(Kind::Float),
-        false => net.features(&b.images, train),
+        true => tch::autocast(true, || net.features(&x, train)).to_kind(Kind::Float),
+        false => net.features(&x, train),
     };
-    let feats = if cfg.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(train) };
-    let mut parts = vec![];
-    let mut total: Option<Tensor> = None;
-    for &task in tasks {
-        let (loss, weight) = match task {
-            Task::Fr => (fr_loss(net, &feats, &b.labels, train)?, cfg.loss_weights[0]),
-            Task::Gender => {
-                let head = net.gender.as_ref().ok_or_else(|| anyhow::anyhow!("model has no Gender head"))?;
-                (soft_cross_entropy(&head.forward_t(&feats, train), &b.genders, cfg.heads.soft_target), cfg.loss_weights[1])
-            }
-            Task::Age => {
-                let head = net.age.as_ref().ok_or_else(|| anyhow::anyhow!("model has no Age head"))?;
-                (soft_cross_entropy(&head.forward_t(&feats, train), &b.ages, cfg.heads.soft_target), cfg.loss_weights[2])
-            }
-            Task::Multi => bail!("Multi is a set of tasks, not one"),
-        };
-        let weighted = if tasks.len() > 1 { &loss * weight } else { loss.shallow_clone() };
-        total = Some(match total {
-            Some(t) => t + weighted,
-            None => weighted,
-        });
-        parts.push((task_name(task), loss));
-    }
-    let total = total.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, b.images.device())));
+    let feats = if cfg.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(true) };
+    let l = net.heads(&feats, &targets, true).losses;
+    let [w_fr, w_gender, w_age] = if tasks.len() > 1 { cfg.loss_weights } else { [1.0; 3] };
+    let total = l.weighted_sum(w_fr, w_gender, w_age).unwrap_or_else(|| Tensor::zeros([], (Kind::Float, device)));
+    let parts = [("FR", l.fr), ("Gender", l.gender), ("Age", l.age)]
+        .into_iter()
+        .filter_map(|(name, t)| t.map(|t| (name, t)))
+        .collect();
     Ok(Losses { total, parts })
-}
-
-fn fr_loss(net: &Net, feats: &Tensor, labels: &Tensor, train: bool) -> Result<Tensor> {
-    let (head, arcface) = net.fr.as_ref().ok_or_else(|| anyhow::anyhow!("model has no FR head"))?;
-    let emb = head.forward_t(feats, train);
-    Ok(arcface.logits(&emb, labels).cross_entropy_for_logits(labels))
 }

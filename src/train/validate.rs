@@ -9,7 +9,6 @@ use tch::nn::ModuleT;
 use tch::{Device, Tensor};
 
 use super::config::TrainConfig;
-use super::step::DeviceBatch;
 use crate::eval::metrics::{draw_pairs, gap, verification_accuracy, Confusion};
 use crate::model::Net;
 use crate::pipeline::{Loader, RankView};
@@ -91,10 +90,10 @@ fn infer(net: &Net, cfg: &TrainConfig, device: Device, view: &Arc<RankView>) -> 
     let mut loader = Loader::sequential(Arc::clone(view), cfg.size, cfg.batch_size.max(1), cfg.workers)?;
     let mut out = Outputs::default();
     while let Some(batch) = loader.next_batch()? {
-        let b = DeviceBatch::new(&batch, device);
-        let feats = net.features(&b.images, false);
+        let x = super::step::images(&batch, device);
+        let feats = net.features(&x, false);
         if let Some((head, _)) = &net.fr {
-            let flipped = net.features(&b.images.flip([3]), false);
+            let flipped = net.features(&x.flip([3]), false);
             let e = head.forward_t(&feats, false) + head.forward_t(&flipped, false);
             let e = &e / e.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
             out.dim = e.size()[1] as usize;

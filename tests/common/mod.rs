@@ -67,3 +67,12 @@ pub fn losses(run: &Path, task: &str) -> Vec<f64> {
 pub fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len().max(1) as f64
 }
+
+/// Waits until `path` exists (a checkpoint a running process is about to write).
+pub fn wait_for(path: &Path) {
+    let t = std::time::Instant::now();
+    while !path.exists() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(120), "{} never appeared", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
