@@ -64,7 +64,10 @@ pub fn run(a: AllreduceArgs) -> Result<()> {
         bench(&a, &info, device, &opts)
     };
     match result {
-        Ok(()) => Ok(dist::finalize()),
+        Ok(()) => {
+            dist::finalize();
+            Ok(())
+        }
         Err(e) if info.world > 1 => dist::abort_job(&format!("error: {e:#}")),
         Err(e) => Err(e),
     }

@@ -168,6 +168,9 @@ impl TrainConfig {
         if self.batch_size == 0 || self.accum == 0 || self.size < 16 {
             bail!("batch_size and accum must be > 0 and size >= 16");
         }
+        if self.save_every == 0 || self.valid_every == 0 || self.log_every == 0 {
+            bail!("save_every, valid_every and log_every must be at least 1");
+        }
         if !(0.0..1.0).contains(&self.shrink) || self.shrink == 0.0 {
             bail!("shrink must be in (0, 1), got {}", self.shrink);
         }

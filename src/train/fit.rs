@@ -89,7 +89,7 @@ impl Session {
                 Decision::Decay => self.apply_decay()?,
                 Decision::Continue => {}
             }
-            if self.state.step % self.cfg.log_every == 0 {
+            if self.state.step.is_multiple_of(self.cfg.log_every) {
                 let secs = window.elapsed().as_secs_f64();
                 self.log_progress(&stats, window_steps, secs, window_wait)?;
                 (window, window_steps, window_wait) = (Instant::now(), 0, 0.0);
@@ -97,10 +97,10 @@ impl Session {
             if let Some(stop) = self.stop_reason(&stats) {
                 break stop;
             }
-            if self.state.step % self.cfg.valid_every == 0 {
+            if self.state.step.is_multiple_of(self.cfg.valid_every) {
                 self.validate_and_keep_best(clock)?;
             }
-            if self.state.step % self.cfg.save_every == 0 && self.state.saved_step != Some(self.state.step) {
+            if self.state.step.is_multiple_of(self.cfg.save_every) && self.state.saved_step != Some(self.state.step) {
                 self.checkpoint(clock)?;
                 snapshot = self.snapshot();
             }
@@ -185,7 +185,7 @@ impl Session {
             return Decision::RollBack;
         }
         let decayed = loss.is_finite() && self.state.plateau.push(loss).is_some();
-        if self.cfg.rollback && self.state.step % self.cfg.save_every == 0 {
+        if self.cfg.rollback && self.state.step.is_multiple_of(self.cfg.save_every) {
             match self.guard.at_save_point(true) {
                 SaveDecision::Save => {}
                 SaveDecision::Reload => return Decision::RollBack,
