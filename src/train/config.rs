@@ -184,16 +184,6 @@ impl TrainConfig {
             SamplerChoice::Pk => self.pk[0] * self.pk[1],
         }
     }
-
-    pub fn has_fr(&self) -> bool {
-        matches!(self.task, Task::Fr | Task::Multi)
-    }
-    pub fn has_gender(&self) -> bool {
-        matches!(self.task, Task::Gender | Task::Multi)
-    }
-    pub fn has_age(&self) -> bool {
-        matches!(self.task, Task::Age | Task::Multi)
-    }
 }
 
 /// Recursive table overlay: values in `over` replace those in `base`; tables merge.

@@ -4,7 +4,7 @@ use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use super::config::{Task, TrainConfig};
-use crate::model::Net;
+use crate::model::{Net, Tasks};
 use crate::pipeline::Batch;
 
 /// A batch's images as an NCHW tensor on `device`.
@@ -21,7 +21,8 @@ pub struct Losses {
 
 /// Every task the run trains, in FR, Gender, Age order.
 pub fn run_tasks(cfg: &TrainConfig) -> Vec<Task> {
-    [(cfg.has_fr(), Task::Fr), (cfg.has_gender(), Task::Gender), (cfg.has_age(), Task::Age)]
+    let on = Tasks::from(cfg.task);
+    [(on.fr, Task::Fr), (on.gender, Task::Gender), (on.age, Task::Age)]
         .into_iter()
         .filter_map(|(on, t)| on.then_some(t))
         .collect()

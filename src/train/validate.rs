@@ -10,7 +10,7 @@ use tch::{Device, Tensor};
 
 use super::config::TrainConfig;
 use crate::eval::metrics::{draw_pairs, gap, verification_accuracy, Confusion};
-use crate::model::Net;
+use crate::model::{Net, Tasks};
 use crate::pipeline::{Loader, RankView};
 
 pub struct Validator {
@@ -49,11 +49,12 @@ impl Validator {
 
     pub fn run(&self, net: &Net, cfg: &TrainConfig, device: Device) -> Result<Metrics> {
         let mut m = Metrics { values: BTreeMap::new(), primary: None, reports: vec![] };
+        let tasks = Tasks::from(cfg.task);
         for (i, (name, view)) in self.sets.iter().enumerate() {
             let out = tch::no_grad(|| infer(net, cfg, device, view))?;
             // The first set names the plain keys; others get a suffix.
             let key = |k: &str| if i == 0 { k.to_string() } else { format!("{k}_{name}") };
-            if cfg.has_fr() && out.dim > 0 {
+            if tasks.fr && out.dim > 0 {
                 let g = gap(&out.emb, out.dim, &out.labels);
                 let pairs = draw_pairs(&out.labels, cfg.valid_pairs, cfg.seed);
                 let v = verification_accuracy(&out.emb, out.dim, &pairs, 10);
@@ -64,7 +65,8 @@ impl Validator {
                     m.primary = Some(v.accuracy);
                 }
             }
-            for (task, (pred, truth), classes, on) in [("gender", &out.gender, 2, cfg.has_gender()), ("age", &out.age, 7, cfg.has_age())] {
+            let heads = [("gender", &out.gender, cfg.heads.gender_classes, tasks.gender), ("age", &out.age, cfg.heads.age_classes, tasks.age)];
+            for (task, (pred, truth), classes, on) in heads {
                 if !on {
                     continue;
                 }
