@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing `trainer` needs, idempotently:
-# MPICH + libclang (rsmpi's bindgen) from Debian, and PyTorch 2.11.0 (the libtorch
+# MPICH + libclang (rsmpi's bindgen), cmake + nasm (libjpeg-turbo, built from the
+# turbojpeg crate's bundled source with its SIMD code) from Debian, and PyTorch 2.11.0 (the libtorch
 # tch 0.24 expects) into a virtualenv cached outside the clone.
 # Source it (`. launch/setup.sh`) to get LIBTORCH_USE_PYTORCH and PATH set; sourcing
 # leaves the caller's shell options alone.
@@ -12,7 +13,7 @@ TRAINER_CACHE=${TRAINER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trainer}
 TORCH_VENV=${TORCH_VENV:-$TRAINER_CACHE/torch-$TORCH_VERSION}
 
 need_apt=()
-for pkg in mpich libmpich-dev libclang-dev; do
+for pkg in mpich libmpich-dev libclang-dev cmake nasm; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,15 +1,24 @@
-//! One image's bytes → a normalised NCHW slot: decode (zune-jpeg for JPEG, `image` for
-//! the rest), resize to the training size when it differs, optional flip, (x-127.5)/127.5.
+//! One image's bytes → a normalised NCHW slot: decode, resize to the training size when it
+//! differs, optional flip, (x-127.5)/127.5.
+//!
+//! JPEGs go through libjpeg-turbo at the smallest DCT scale (n/8) that still covers the
+//! training size, as PIL's `draft` and DALI do: a 224px face packed for 112px training is
+//! decoded straight to 112px, skipping most of the inverse DCT, colour conversion and the
+//! resize. Anything libjpeg-turbo refuses (CMYK, damaged data) and every other format goes
+//! through the `image` crate.
 
 use anyhow::{anyhow, bail, Context, Result};
 use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use zune_jpeg::zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
+use turbojpeg::{Decompressor, PixelFormat, ScalingFactor};
 
 /// Corrupt headers must not make us allocate gigabytes.
 const MAX_SIDE: usize = 16384;
 
-/// Per-worker decoder: owns the resizer and scratch buffers so the hot path reuses memory.
+/// Per-worker decoder: owns the JPEG decompressor, the resizer and scratch buffers so the
+/// hot path reuses memory.
 pub struct Decoder {
+    /// `None` only if libjpeg-turbo could not allocate a handle; JPEGs then use `image`.
+    jpeg: Option<Decompressor>,
     resizer: Resizer,
     options: ResizeOptions,
     rgb: Vec<u8>,
@@ -32,6 +41,7 @@ impl Decoder {
             *v = (i as f32 - 127.5) / 127.5;
         }
         Decoder {
+            jpeg: Decompressor::new().ok(),
             resizer: Resizer::new(),
             options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
             rgb: Vec::new(),
@@ -44,7 +54,7 @@ impl Decoder {
     /// Decodes `bytes` into `out` (3×size×size, channel-major RGB), mirrored when `flip`.
     pub fn decode_into(&mut self, bytes: &[u8], size: usize, flip: bool, out: &mut [f32]) -> Result<()> {
         anyhow::ensure!(out.len() == 3 * size * size, "output slot holds {} floats, need 3×{size}×{size}", out.len());
-        let (w, h) = decode_rgb_into(bytes, &mut self.rgb)?;
+        let (w, h) = self.decode_rgb(bytes, size)?;
         let rgb = std::mem::take(&mut self.rgb);
         let done = self.from_rgb(&rgb, w, h, size, flip, out);
         self.rgb = rgb;
@@ -121,40 +131,43 @@ fn area2_chw(rgb: &[u8], size: usize, flip: bool, sums: &mut Vec<u16>, out: &mut
     }
 }
 
-/// Decodes to interleaved RGB8; returns (pixels, width, height).
-pub fn decode_rgb(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
-    let mut rgb = Vec::new();
-    let (w, h) = decode_rgb_into(bytes, &mut rgb)?;
-    Ok((rgb, w, h))
-}
-
-/// Decodes into a reused buffer (no fresh allocation per image on the hot path).
-fn decode_rgb_into(bytes: &[u8], rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
-    if bytes.is_empty() {
-        bail!("empty record");
-    }
-    if bytes.starts_with(&[0xFF, 0xD8]) {
-        decode_jpeg(bytes, rgb)
-    } else {
+impl Decoder {
+    /// Decodes into `self.rgb` at a size no smaller than `min_side` on either axis where the
+    /// format allows (JPEG), else at full size; returns (width, height).
+    fn decode_rgb(&mut self, bytes: &[u8], min_side: usize) -> Result<(usize, usize)> {
+        if bytes.is_empty() {
+            bail!("empty record");
+        }
+        if bytes.starts_with(&[0xFF, 0xD8]) {
+            if let Some(tj) = self.jpeg.as_mut() {
+                if let Ok(dims) = decode_jpeg_scaled(tj, bytes, min_side, &mut self.rgb) {
+                    return Ok(dims);
+                }
+            }
+        }
         let (pixels, w, h) = decode_other(bytes)?;
-        *rgb = pixels;
+        self.rgb = pixels;
         Ok((w, h))
     }
 }
 
-fn decode_jpeg(bytes: &[u8], rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
-    let options = DecoderOptions::default()
-        .jpeg_set_out_colorspace(ColorSpace::RGB)
-        .set_max_width(MAX_SIDE)
-        .set_max_height(MAX_SIDE);
-    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    dec.decode_headers().map_err(|e| anyhow!("JPEG header: {e:?}"))?;
-    let info = dec.info().context("JPEG decode: no header")?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    let need = dec.output_buffer_size().context("JPEG decode: image too large")?;
-    anyhow::ensure!(need == w * h * 3, "JPEG decode: {need} bytes for {w}x{h} RGB");
-    rgb.resize(need, 0);
-    dec.decode_into(rgb).map_err(|e| anyhow!("JPEG decode: {e:?}"))?;
+/// The smallest n/8 (n = 1..=8) at which a `w`×`h` JPEG still covers `min_side`×`min_side`.
+fn covering_scale(w: usize, h: usize, min_side: usize) -> ScalingFactor {
+    (1..=8)
+        .map(|n| ScalingFactor::new(n, 8))
+        .find(|f| f.scale(w) >= min_side && f.scale(h) >= min_side)
+        .unwrap_or(ScalingFactor::ONE)
+}
+
+fn decode_jpeg_scaled(tj: &mut Decompressor, bytes: &[u8], min_side: usize, rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
+    let header = tj.read_header(bytes)?;
+    anyhow::ensure!(header.width <= MAX_SIDE && header.height <= MAX_SIDE, "JPEG of {}x{} is too large", header.width, header.height);
+    let scale = if header.is_lossless { ScalingFactor::ONE } else { covering_scale(header.width, header.height, min_side) };
+    tj.set_scaling_factor(scale)?;
+    let (w, h) = (scale.scale(header.width), scale.scale(header.height));
+    rgb.resize(w * h * 3, 0);
+    let image = turbojpeg::Image { pixels: rgb.as_mut_slice(), width: w, pitch: w * 3, height: h, format: PixelFormat::RGB };
+    tj.decompress(bytes, image)?;
     Ok((w, h))
 }
 
@@ -237,8 +250,23 @@ mod tests {
         assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));
         // Red still rises left to right after the resize.
         assert!(out[31] - out[0] > 1.5, "{} {}", out[0], out[31]);
-        let (_, w, h) = decode_rgb(&jpeg(&rgb, 64, 48)).unwrap();
-        assert_eq!((w, h), (64, 48));
+        // 64×48 covers 32×32 at 6/8 (48×36), not at 5/8 (40×30).
+        assert_eq!(Decoder::new().decode_rgb(&jpeg(&rgb, 64, 48), 32).unwrap(), (48, 36));
+    }
+
+    #[test]
+    fn dct_scaled_jpeg_matches_a_full_decode_then_area_downscale() {
+        let (big, s) = (64, 32);
+        let bytes = jpeg(&gradient(big, big), big, big);
+        let mut d = Decoder::new();
+        assert_eq!(d.decode_rgb(&bytes, s).unwrap(), (s, s), "64px covers 32px at 1/2");
+        let mut scaled = vec![0.0; 3 * s * s];
+        d.decode_into(&bytes, s, false, &mut scaled).unwrap();
+        let (full, w, h) = decode_other(&bytes).unwrap();
+        let mut reference = vec![0.0; 3 * s * s];
+        d.from_rgb(&full, w, h, s, false, &mut reference).unwrap();
+        let worst = scaled.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 0.05, "DCT-scaled decode differs from full decode + 2×2 mean by {worst}");
     }
 
     #[test]
