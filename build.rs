@@ -1,4 +1,5 @@
-//! Link-time fixes so `target/release/trainer` runs without LD_LIBRARY_PATH and sees CUDA.
+//! Link-time fixes so `target/release/trainer-torch` runs without LD_LIBRARY_PATH and
+//! sees CUDA. (`trainer` itself links no libtorch.)
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
@@ -10,8 +11,8 @@ fn main() {
     // The linker drops libtorch_cuda (nothing references it by symbol), which silently
     // leaves CUDA unavailable; keep it when the libtorch has one.
     if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+        for arg in ["-Wl,--no-as-needed", "-ltorch_cuda", "-Wl,--as-needed"] {
+            println!("cargo:rustc-link-arg-bin=trainer-torch={arg}");
+        }
     }
 }

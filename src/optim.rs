@@ -104,21 +104,7 @@ impl Sgd {
         self.groups.iter().flat_map(|g| &g.params).map(|p| p.grad()).filter(|g| g.defined()).collect()
     }
 
-    pub fn set_lr(&mut self, group: &str, lr: f64) -> Result<()> {
-        let Some(g) = self.groups.iter_mut().find(|g| g.name == group) else {
-            bail!("no parameter group named {group:?}")
-        };
-        g.lr = lr;
-        Ok(())
-    }
 
-    pub fn lrs(&self) -> Vec<(String, f64)> {
-        self.groups.iter().map(|g| (g.name.clone(), g.lr)).collect()
-    }
-
-    pub fn groups(&self) -> &[ParamGroup] {
-        &self.groups
-    }
 
     /// Momentum buffers that exist, by `<group>.<index>`.
     pub fn state(&self) -> Vec<(String, Tensor)> {
@@ -315,7 +301,6 @@ mod tests {
         assert_eq!(sizes, vec![("backbone".to_string(), 1), ("fr".to_string(), 1)]);
         let mut opt = Sgd::new(groups, 0.9);
         opt.scale_lr(0.1);
-        let lrs = opt.lrs();
-        assert!((lrs[0].1 - 0.01).abs() < 1e-12 && (lrs[1].1 - 0.02).abs() < 1e-12);
+        assert!((opt.groups[0].lr - 0.01).abs() < 1e-12 && (opt.groups[1].lr - 0.02).abs() < 1e-12);
     }
 }

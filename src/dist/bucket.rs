@@ -48,19 +48,8 @@ pub fn pack_into(flat: &Tensor, tensors: &[Tensor]) {
     }
 }
 
-/// Copies slices of `flat` back into the bucket's tensors (any layout, any device).
-pub fn unflatten(flat: &Tensor, tensors: &[Tensor]) {
-    let mut offset = 0;
-    for t in tensors {
-        let n = t.numel() as i64;
-        let mut dst = t.shallow_clone();
-        dst.copy_(&flat.narrow(0, offset, n).view_as(t).to_device(t.device()));
-        offset += n;
-    }
-}
-
-/// `unflatten` and a division in one pass: writes `flat`'s slices / `divisor` straight into
-/// the tensors (in their f32, also when `flat` holds f16).
+/// Copies slices of `flat`, divided by `divisor`, straight back into the bucket's tensors
+/// (any layout, any device; in their f32, also when `flat` holds f16).
 pub fn unflatten_divided(flat: &Tensor, tensors: &[Tensor], divisor: f64) -> Result<()> {
     let mut offset = 0;
     for t in tensors {
@@ -109,7 +98,7 @@ mod tests {
         let flat = flatten(&[a.shallow_clone(), b.shallow_clone()]).unwrap();
         assert_eq!(flat.size(), vec![11]);
         let twice = &flat * 2.0;
-        unflatten(&twice, &[a.shallow_clone(), b.shallow_clone()]);
+        unflatten_divided(&twice, &[a.shallow_clone(), b.shallow_clone()], 1.0).unwrap();
         assert_eq!(Vec::<f32>::try_from(a.reshape([-1])).unwrap(), vec![0., 2., 4., 6., 8., 10.]);
         assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![20., 22., 24., 26., 28.]);
         let packed = Tensor::zeros([11], (Kind::Half, tch::Device::Cpu));

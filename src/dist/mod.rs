@@ -3,6 +3,7 @@
 //! `launch_info()` reads rank/world/local rank before tch touches a device; `init()` then
 //! builds the backend. Both share one MPI initialisation (MPI allows only one per process).
 
+pub mod bench;
 pub mod bucket;
 #[cfg(feature = "mpi")]
 pub mod mpi;

@@ -33,17 +33,6 @@ fn masked_mean(values: &Tensor, valid: &Tensor) -> Tensor {
     zeroed.sum(Kind::Float) / w.sum(Kind::Float).clamp_min(1.0)
 }
 
-/// Fraction of valid rows whose arg-max is the label (NaN when there is none).
-pub fn accuracy(logits: &Tensor, labels: &Tensor) -> f64 {
-    let valid = labels.ge(0);
-    let n = valid.sum(Kind::Int64).int64_value(&[]);
-    if n == 0 {
-        return f64::NAN;
-    }
-    let hits = logits.argmax(1, false).eq_tensor(labels).logical_and(&valid);
-    hits.sum(Kind::Int64).int64_value(&[]) as f64 / n as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,12 +73,5 @@ mod tests {
         let logits = Tensor::from_slice(&[0.0f32, 2f32.ln(), 0.0, 9.0, 9.0, 9.0]).view([2, 3]);
         let loss = cross_entropy(&logits, &Tensor::from_slice(&[0i64, -1]));
         assert!((value(&loss) - 4f64.ln()).abs() < 1e-5);
-    }
-
-    #[test]
-    fn accuracy_counts_valid_rows_only() {
-        let logits = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, 1.0, 0.0]).view([3, 2]);
-        let acc = accuracy(&logits, &Tensor::from_slice(&[0i64, 0, -1]));
-        assert_eq!(acc, 0.5);
     }
 }

@@ -7,12 +7,14 @@
 pub mod arcface;
 pub mod heads;
 mod layers;
+#[cfg(test)]
+mod torchvision_test;
 pub mod loss;
 pub mod resnet;
 
-pub use arcface::{arcface_logits, normalize_rows, ArcFace};
+pub use arcface::ArcFace;
 pub use heads::{ClassifierHead, FrHead, HeadConfig};
-pub use loss::{accuracy, cross_entropy, soft_cross_entropy};
+pub use loss::{cross_entropy, soft_cross_entropy};
 pub use resnet::{Arch, Backbone};
 
 use anyhow::{bail, Result};
@@ -107,22 +109,6 @@ impl Net {
     /// Pooled backbone features `[N, out_dim]`.
     pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
         self.backbone.forward_t(x, train)
-    }
-
-    /// L2-normalised FR embedding; without an FR head, the normalised backbone features.
-    pub fn embed(&self, feats: &Tensor, train: bool) -> Tensor {
-        match &self.fr {
-            Some((head, _)) => head.forward_t(feats, train),
-            None => normalize_rows(feats),
-        }
-    }
-
-    pub fn gender_logits(&self, feats: &Tensor, train: bool) -> Option<Tensor> {
-        self.gender.as_ref().map(|h| h.forward_t(feats, train))
-    }
-
-    pub fn age_logits(&self, feats: &Tensor, train: bool) -> Option<Tensor> {
-        self.age.as_ref().map(|h| h.forward_t(feats, train))
     }
 
     /// Checks label ranges on the host (an out-of-range index would abort inside libtorch)

@@ -176,10 +176,6 @@ impl Backbone {
         Backbone { arch, conv1, bn1, full_stem: l.full_stem, stages }
     }
 
-    pub fn arch(&self) -> Arch {
-        self.arch
-    }
-
     pub fn out_dim(&self) -> usize {
         self.arch.out_dim()
     }

@@ -174,7 +174,7 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.shrink) || self.shrink == 0.0 {
             bail!("shrink must be in (0, 1), got {}", self.shrink);
         }
-        Ok(())
+        self.heads.validate()
     }
 
     /// Images per rank per optimiser step (before accumulation).

@@ -152,7 +152,7 @@ impl Session {
         }
         let grads = self.opt.grads();
         tch::no_grad(|| self.comm.all_reduce_mean(&grads))?;
-        self.opt.step();
+        self.opt.step_groups(&super::step::param_groups_for(&tasks));
 
         let out_of_time = self.cfg.time_limit.is_some_and(|t| self.state.elapsed_secs + clock.elapsed().as_secs_f64() >= t);
         let flag = |b: bool| if b { 1.0 } else { 0.0 };

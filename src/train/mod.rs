@@ -4,6 +4,7 @@
 //! the same code runs as a single rank.
 
 mod args;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 mod fit;
@@ -18,8 +19,7 @@ pub mod validate;
 use anyhow::{Context, Result};
 
 pub use args::TrainArgs;
-pub use config::{Task, TrainConfig};
-pub use fit::StopReason;
+pub use config::TrainConfig;
 pub use session::{resolve_device, Session};
 
 pub fn run(args: TrainArgs) -> Result<()> {

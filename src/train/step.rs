@@ -38,6 +38,22 @@ pub fn tasks_for_step(cfg: &TrainConfig, step: u64) -> Vec<Task> {
     }
 }
 
+/// The optimiser groups a step over `tasks` updates: the backbone and those tasks' heads.
+/// With `--alternate` the other heads keep their weights and momentum, as PyTorch leaves
+/// parameters whose gradient is None.
+pub fn param_groups_for(tasks: &[Task]) -> Vec<&'static str> {
+    let mut groups = vec!["backbone"];
+    for t in tasks {
+        groups.extend_from_slice(match t {
+            Task::Fr => &["fr", "arcface"][..],
+            Task::Gender => &["gender"],
+            Task::Age => &["age"],
+            Task::Multi => &["fr", "arcface", "gender", "age"],
+        });
+    }
+    groups
+}
+
 pub fn task_name(t: Task) -> &'static str {
     match t {
         Task::Fr => "FR",
@@ -74,4 +90,18 @@ pub fn losses(net: &Net, cfg: &TrainConfig, b: &Batch, tasks: &[Task], device: D
         .filter_map(|(name, t)| t.map(|t| (name, t)))
         .collect();
     Ok(Losses { total, parts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alternate_steps_update_only_the_backbone_and_that_steps_head() {
+        let cfg = TrainConfig { task: Task::Multi, alternate: true, ..TrainConfig::default() };
+        let per_step: Vec<Vec<&str>> = (0..3).map(|s| param_groups_for(&tasks_for_step(&cfg, s))).collect();
+        assert_eq!(per_step, vec![vec!["backbone", "fr", "arcface"], vec!["backbone", "gender"], vec!["backbone", "age"]]);
+        let together = TrainConfig { alternate: false, ..cfg };
+        assert_eq!(param_groups_for(&tasks_for_step(&together, 0)), vec!["backbone", "fr", "arcface", "gender", "age"]);
+    }
 }

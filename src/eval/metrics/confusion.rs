@@ -8,18 +8,11 @@ pub struct Confusion {
     pub classes: usize,
     /// Row-major `classes × classes`: row = true class, column = predicted.
     pub counts: Vec<u64>,
-    /// Optional row/column names for the printout.
-    pub names: Vec<String>,
 }
 
 impl Confusion {
     pub fn new(classes: usize) -> Confusion {
-        Confusion { classes, counts: vec![0; classes * classes], names: Vec::new() }
-    }
-
-    pub fn with_names(mut self, names: &[&str]) -> Confusion {
-        self.names = names.iter().map(|s| s.to_string()).collect();
-        self
+        Confusion { classes, counts: vec![0; classes * classes] }
     }
 
     /// Adds predictions; true labels below 0 (unknown) are skipped, others must be < classes.
@@ -41,18 +34,6 @@ impl Confusion {
             );
             self.counts[t as usize * self.classes + p as usize] += 1;
         }
-        Ok(())
-    }
-
-    /// Adds another confusion's counts (e.g. from another rank).
-    pub fn merge(&mut self, other: &Confusion) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.classes == other.classes,
-            "merging {} classes with {}",
-            self.classes,
-            other.classes
-        );
-        self.counts.iter_mut().zip(&other.counts).for_each(|(a, b)| *a += b);
         Ok(())
     }
 
@@ -80,16 +61,8 @@ impl Confusion {
             .collect()
     }
 
-    pub fn matrix(&self) -> Vec<Vec<u64>> {
-        (0..self.classes).map(|c| self.matrix_row(c).to_vec()).collect()
-    }
-
     fn matrix_row(&self, c: usize) -> &[u64] {
         &self.counts[c * self.classes..(c + 1) * self.classes]
-    }
-
-    fn name(&self, c: usize) -> String {
-        self.names.get(c).cloned().unwrap_or_else(|| c.to_string())
     }
 }
 
@@ -97,18 +70,18 @@ impl Confusion {
 impl fmt::Display for Confusion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let width = (0..self.classes)
-            .map(|c| self.name(c).len())
+            .map(|c| c.to_string().len())
             .chain(self.counts.iter().map(|n| n.to_string().len()))
             .max()
             .unwrap_or(1)
             .max(5);
         write!(f, "{:>w$} ", "true\\pred", w = width.max(9))?;
         for c in 0..self.classes {
-            write!(f, " {:>width$}", self.name(c))?;
+            write!(f, " {c:>width$}")?;
         }
         writeln!(f, " | acc")?;
         for (c, acc) in self.per_class_accuracy().into_iter().enumerate() {
-            write!(f, "{:>w$} ", self.name(c), w = width.max(9))?;
+            write!(f, "{c:>w$} ", w = width.max(9))?;
             for n in self.matrix_row(c) {
                 write!(f, " {n:>width$}")?;
             }
@@ -127,25 +100,20 @@ mod tests {
 
     #[test]
     fn confusion_counts_and_accuracies() {
-        let mut c = Confusion::new(3).with_names(&["young", "mid", "old"]);
+        let mut c = Confusion::new(3);
         // Class 0: 2 right, 1 called class 1. Class 1: 1 right. Class 2: none seen.
         c.add(&[0, 0, 0, 1, -1], &[0, 1, 0, 1, 2]).unwrap();
-        assert_eq!(c.matrix(), vec![vec![2, 1, 0], vec![0, 1, 0], vec![0, 0, 0]]);
+        assert_eq!(c.counts, vec![2, 1, 0, 0, 1, 0, 0, 0, 0]);
         assert_eq!(c.total(), 4);
         assert_eq!(c.accuracy(), 0.75);
         assert_eq!(c.per_class_accuracy(), vec![Some(2.0 / 3.0), Some(1.0), None]);
         let text = c.to_string();
         assert!(
-            text.contains("young") && text.contains("0.667") && text.contains("accuracy 0.7500 over 4"),
+            text.contains("true\\pred") && text.contains("0.667") && text.contains("accuracy 0.7500 over 4"),
             "{text}"
         );
-        let mut other = Confusion::new(3);
-        other.add(&[2], &[2]).unwrap();
-        c.merge(&other).unwrap();
-        assert_eq!((c.count(2, 2), c.total()), (1, 5));
         assert!(c.add(&[3], &[0]).is_err());
         assert!(c.add(&[0], &[3]).is_err());
         assert!(c.add(&[0, 1], &[0]).is_err());
-        assert!(c.merge(&Confusion::new(2)).is_err());
     }
 }

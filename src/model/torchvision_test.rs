@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
-use trainer::model::{Arch, Backbone};
+use super::{Arch, Backbone};
 
 fn python() -> Option<PathBuf> {
     let venv = std::env::var_os("TORCH_VENV")?;
