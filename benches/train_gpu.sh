@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The training benchmarks on the GPU machine (no cargo there): carry target/release/trainer,
+# The training benchmarks on the GPU machine (no cargo there): carry target/release/trainer and trainer-torch,
 # then `bash benches/train_gpu.sh`. Uses that machine's PyTorch in /opt/torch/.venv for both
 # the baseline and libtorch. ResNet-50 112px: batch 128 fp32 and AMP on the GPU, then the
 # CPU comparison (batch 16, 2 threads) on its idle cores. Log: $OUT/train_gpu.log.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, as one short call on a machine with a GPU but no cargo or MPI:
 #   cargo build --release --no-default-features --features nccl   (here)
-#   carry target/release/trainer, run `bash launch/gpu-check.sh` there.
+#   carry target/release/trainer and trainer-torch, run `bash launch/gpu-check.sh` there.
 # Measures: ResNet-50 112px training images/s with and without --amp beside PyTorch on the
 # same GPU; a 1-rank NCCL all-reduce (correctness and bandwidth); a short FR run on the GPU;
 # and the CPU trainer-vs-PyTorch comparison on that machine's idle cores.
