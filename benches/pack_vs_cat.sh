@@ -66,7 +66,7 @@ printf '   %-44s %7.3f s\n' "cat + fsync of the result (pack fsyncs)" "$T_CAT_SY
 printf '   %-44s %7.3f s  (%.2fx cat, %.2fx cat+fsync)\n' "trainer pack --shards 8 (all cores)" "$T_PACK" "$(echo "$T_PACK / $T_CAT" | bc -l)" "$(echo "$T_PACK / $T_CAT_SYNC" | bc -l)"
 printf '   %-44s %7.3f s  (%.2fx cat)\n' "trainer pack --shards 8 --workers 1" "$T_PACK_1" "$(echo "$T_PACK_1 / $T_CAT" | bc -l)"
 T_START=$(median "$TRAINER" --version)
-printf '   %-44s %7.3f s  (included in the pack times above)\n' "trainer process start-up alone (libtorch)" "$T_START"
+printf '   %-44s %7.3f s  (included in the pack times above)\n' "trainer process start-up alone (--version)" "$T_START"
 IN_PROC=()
 for _ in $(seq "$RUNS"); do
   IN_PROC+=("$(pack_keep 2>/dev/null | sed -n 's/.* in \([0-9.]*\) s (.*/\1/p')")
