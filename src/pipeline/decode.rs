@@ -75,6 +75,24 @@ impl Decoder {
         Ok(())
     }
 
+    /// Decodes into `self.rgb` at a size no smaller than `min_side` on either axis where the
+    /// format allows (JPEG), else at full size; returns (width, height).
+    fn decode_rgb(&mut self, bytes: &[u8], min_side: usize) -> Result<(usize, usize)> {
+        if bytes.is_empty() {
+            bail!("empty record");
+        }
+        if bytes.starts_with(&[0xFF, 0xD8]) {
+            if let Some(tj) = self.jpeg.as_mut() {
+                if let Ok(dims) = decode_jpeg_scaled(tj, bytes, min_side, &mut self.rgb) {
+                    return Ok(dims);
+                }
+            }
+        }
+        let (pixels, w, h) = decode_other(bytes)?;
+        self.rgb = pixels;
+        Ok((w, h))
+    }
+
     fn resize(&mut self, rgb: &[u8], w: usize, h: usize, size: usize) -> Result<()> {
         let src = ImageRef::new(w as u32, h as u32, rgb, PixelType::U8x3).map_err(|e| anyhow!("resize source: {e}"))?;
         self.resized.resize(size * size * 3, 0);
@@ -128,26 +146,6 @@ fn area2_chw(rgb: &[u8], size: usize, flip: bool, sums: &mut Vec<u16>, out: &mut
         } else {
             px.zip(rows.0.iter_mut().zip(rows.1.iter_mut()).zip(rows.2.iter_mut())).for_each(&mut put);
         }
-    }
-}
-
-impl Decoder {
-    /// Decodes into `self.rgb` at a size no smaller than `min_side` on either axis where the
-    /// format allows (JPEG), else at full size; returns (width, height).
-    fn decode_rgb(&mut self, bytes: &[u8], min_side: usize) -> Result<(usize, usize)> {
-        if bytes.is_empty() {
-            bail!("empty record");
-        }
-        if bytes.starts_with(&[0xFF, 0xD8]) {
-            if let Some(tj) = self.jpeg.as_mut() {
-                if let Ok(dims) = decode_jpeg_scaled(tj, bytes, min_side, &mut self.rgb) {
-                    return Ok(dims);
-                }
-            }
-        }
-        let (pixels, w, h) = decode_other(bytes)?;
-        self.rgb = pixels;
-        Ok((w, h))
     }
 }
 
