@@ -61,9 +61,13 @@ pub fn run(args: DataArgs) -> Result<()> {
     let mb_s = median(reps.iter().map(|r| r.mb_s).collect());
     let cpu_ms = median(reps.iter().map(|r| r.cpu_ms).collect());
     println!("median: {img_s:.1} img/s, {mb_s:.1} MB/s, {cpu_ms:.3} CPU ms/img ({workers} worker(s))");
+    let anon_mb = reps.iter().map(|r| r.anon_mb).fold(f64::NAN, f64::max);
+    let file_mb = reps.iter().map(|r| r.file_mb).fold(f64::NAN, f64::max);
+    println!("memory with the loader running: {anon_mb:.1} MB anonymous, {file_mb:.1} MB file-backed (mapped shards: page cache the kernel can drop)");
     if args.json {
         let line = serde_json::json!({"bench": "data", "workers": workers, "size": args.size, "batch_size": args.batch_size,
-            "images_per_s": img_s, "mb_per_s": mb_s, "cpu_ms_per_image": cpu_ms, "reps": args.reps});
+            "images_per_s": img_s, "mb_per_s": mb_s, "cpu_ms_per_image": cpu_ms, "reps": args.reps,
+            "rss_anon_mb": anon_mb, "rss_file_mb": file_mb});
         println!("{line}");
     }
     Ok(())
@@ -75,6 +79,9 @@ struct Rep {
     /// Process CPU time per image: robust to other load on a shared machine.
     cpu_ms: f64,
     skipped: u64,
+    /// Resident memory (MB) at the end of the repetition, with the loader and its queue live.
+    anon_mb: f64,
+    file_mb: f64,
 }
 
 /// One repetition: a fresh loader (so start-up and queue fill are paid) for `batches` batches.
@@ -92,7 +99,14 @@ fn time_once(view: &Arc<RankView>, args: &DataArgs, workers: usize, seed: u64) -
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_start;
-    Ok(Rep { img_s: images as f64 / secs, mb_s: bytes as f64 / secs / 1e6, cpu_ms: cpu * 1e3 / images as f64, skipped: loader.skipped_total() })
+    Ok(Rep {
+        img_s: images as f64 / secs,
+        mb_s: bytes as f64 / secs / 1e6,
+        cpu_ms: cpu * 1e3 / images as f64,
+        skipped: loader.skipped_total(),
+        anon_mb: status_mb("RssAnon"),
+        file_mb: status_mb("RssFile"),
+    })
 }
 
 /// User + system CPU seconds of this process (Linux `/proc/self/stat`, USER_HZ = 100);
@@ -106,6 +120,13 @@ fn cpu_seconds() -> f64 {
         (Some(u), Some(s)) => (u + s) / 100.0,
         _ => f64::NAN,
     }
+}
+
+/// A `/proc/self/status` size field in MB (NaN where there is none).
+fn status_mb(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse::<f64>().ok());
+    kb.map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

@@ -14,6 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// Random-access read hints for training loaders (no readahead, each batch's records
+/// prefetched) unless `TRAINER_READ_HINTS=0`, for storage where the kernel's readahead wins.
+fn read_hints_enabled() -> bool {
+    std::env::var_os("TRAINER_READ_HINTS").is_none_or(|v| v != "0")
+}
+
 /// Replacement draws per slot before a batch fails (only if nearly everything is corrupt).
 const MAX_REPLACEMENTS: usize = 64;
 const FLIP_SALT: u64 = 0xF11F_F11F;
@@ -79,6 +85,8 @@ struct Shared {
     /// Sequential passes drop corrupt records instead of replacing them.
     replace: bool,
     by_label: Arc<HashMap<u32, Vec<u32>>>,
+    /// Ask the kernel for a batch's records before decoding them (random access only).
+    prefetch: bool,
     stop: Arc<AtomicBool>,
     /// Image buffers handed back by `Loader::recycle`, reused to skip allocation and zeroing.
     spare: Receiver<Vec<f32>>,
@@ -104,7 +112,12 @@ impl Loader {
         if start.batch >= sampler.steps_per_epoch() {
             bail!("resume position batch {} is past the epoch's {} steps", start.batch, sampler.steps_per_epoch());
         }
-        let (spare_tx, shared) = Shared::new(view, cfg.size, cfg.seed, cfg.augment, true);
+        let hints = read_hints_enabled();
+        if hints {
+            view.dataset.shards.iter().for_each(|s| s.advise_random_access());
+        }
+        let (spare_tx, mut shared) = Shared::new(view, cfg.size, cfg.seed, cfg.augment, true);
+        shared.prefetch = hints;
         let plan = sampler.clone();
         let planner = move |tx: Sender<Job>, stop: Arc<AtomicBool>| plan_train(&plan, start, tx, &stop);
         let steps = sampler.steps_per_epoch();
@@ -248,7 +261,7 @@ impl Shared {
             }
         }
         let (spare_tx, spare) = bounded(8);
-        (spare_tx, Shared { view, size, seed, augment, replace, by_label: Arc::new(by_label), stop: Arc::new(AtomicBool::new(false)), spare })
+        (spare_tx, Shared { view, size, seed, augment, replace, by_label: Arc::new(by_label), prefetch: false, stop: Arc::new(AtomicBool::new(false)), spare })
     }
 
     fn build(&self, job: &Job, decoder: &mut Decoder) -> Result<Batch> {
@@ -257,6 +270,10 @@ impl Shared {
         images.resize(job.records.len() * slot_len, 0.0);
         let mut b = Batch { images, labels: Vec::new(), genders: Vec::new(),
             ages: Vec::new(), n: 0, size: self.size, skipped: 0, records: Vec::new(), bytes: 0 };
+        if self.prefetch {
+            // The whole batch's reads go out at once, instead of one page fault at a time.
+            job.records.iter().for_each(|&r| self.view.prefetch(r as usize));
+        }
         for (i, &first_choice) in job.records.iter().enumerate() {
             let slot = job.first_slot + i as u64;
             let flip = self.augment && Rng::derive(self.seed ^ FLIP_SALT, job.epoch, slot).next_u64() & 1 == 1;

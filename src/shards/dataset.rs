@@ -62,6 +62,28 @@ impl Shard {
         self.index.len()
     }
 
+    /// Tells the kernel reads will be random (`MADV_RANDOM`): no readahead, so a shuffled
+    /// epoch over a bin that is not in the page cache reads each record's pages, not the
+    /// 128 KiB around them. `prefetch` then asks for exactly the records a batch needs.
+    /// Both are hints; a kernel that refuses them changes nothing.
+    pub fn advise_random_access(&self) {
+        if let Some(map) = &self.map {
+            if let Err(e) = map.advise(memmap2::Advice::Random) {
+                tracing::debug!("madvise(RANDOM) on {}: {e}", self.bin_path.display());
+            }
+        }
+    }
+
+    /// Starts reading record `i`'s pages in the background (`MADV_WILLNEED`).
+    pub fn prefetch(&self, i: usize) {
+        if let (Some(map), true) = (&self.map, i < self.len()) {
+            let (start, end) = self.index.range(i);
+            if end <= map.len() as u64 && end > start {
+                let _ = map.advise_range(memmap2::Advice::WillNeed, start as usize, (end - start) as usize);
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
@@ -372,6 +394,10 @@ mod tests {
         let err = format!("{:#}", Dataset::open(&dir.path().join("ds")).err().unwrap());
         assert!(err.contains("ds-00000-of-00002.bin is 5 bytes but record 0 (x.jpg)"), "{err}");
         let lenient = Dataset::open_with(&dir.path().join("ds"), |_, _| true, false).unwrap();
+        assert!(lenient.shards[0].record(0).is_err());
+        // Read hints on a record past the bin's end, or past the index, are no-ops.
+        lenient.shards[0].advise_random_access();
+        (0..3).for_each(|i| lenient.shards[0].prefetch(i));
         assert!(lenient.shards[0].record(0).is_err());
     }
 
