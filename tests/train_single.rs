@@ -183,3 +183,32 @@ fn send_signal(pid: u32, sig: &str) {
     let st = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
     assert!(st.success());
 }
+
+/// `--amp`'s loss scaling (on CPU it is the only part of --amp that runs): with a power-of-
+/// two scale the weights end bit-identical to an unscaled run; a scale that overflows makes
+/// the steps skip and the scale back off until training proceeds.
+#[test]
+fn amp_loss_scaling_is_exact_and_backs_off_on_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = data(dir.path());
+    let out = dir.path().join("Model");
+    for (run, extra) in [("plain", vec![]), ("amp", vec!["--amp"]), ("overflow", vec!["--amp", "--amp-init-scale", "1e38"])] {
+        let mut a = base_args("FR", &train, &out, run);
+        a.extend(["--max-steps", "30", "--save-every", "30"]);
+        a.extend(extra);
+        run_ok(&a);
+    }
+    let (plain, amp) = (weights(&out.join("plain/checkpoints/step-000000030")), weights(&out.join("amp/checkpoints/step-000000030")));
+    for ((name, a), (_, b)) in plain.iter().zip(&amp) {
+        assert!(a.equal(b), "{name} differs between the unscaled and the loss-scaled run");
+    }
+    let steps: Vec<serde_json::Value> = log_lines(&out.join("overflow")).into_iter().filter(|e| e.get("loss_scale").is_some()).collect();
+    let (first, last) = (&steps[0], steps.last().unwrap());
+    assert!(first["amp_skipped_steps"].as_u64().unwrap() >= 1, "{first}");
+    let skipped = last["amp_skipped_steps"].as_u64().unwrap();
+    assert!((1..30).contains(&skipped), "{skipped} of 30 steps skipped");
+    assert!(last["loss_scale"].as_f64().unwrap() < 1e38 / 2.0, "{last}");
+    let (l, o) = (losses(&out.join("plain"), "FR"), losses(&out.join("overflow"), "FR"));
+    assert!(o.iter().all(|v| v.is_finite()), "losses stay finite: {o:?}");
+    assert_ne!(l, o, "skipped steps must change the trajectory");
+}

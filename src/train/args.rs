@@ -173,10 +173,16 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_pairs: Option<usize>,
-    /// Mixed precision (bf16) on CUDA GPUs of compute capability >= 8.0; ignored on CPU.
+    /// Mixed precision: fp16 autocast of the backbone on CUDA (heads and losses stay f32)
+    /// with dynamic loss scaling, as PyTorch's autocast + GradScaler. On CPU only the loss
+    /// scaling runs, which changes no result. No speed-up on GPUs without tensor cores.
     #[arg(long)]
     #[serde(skip_serializing_if = "is_false")]
     pub amp: bool,
+    /// First loss scale of --amp (default 65536; halved on overflow, doubled after 2000 good steps).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amp_init_scale: Option<f64>,
     /// Where run directories go (default Model).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -62,6 +62,8 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     pub valid_pairs: usize,
     pub amp: bool,
+    /// First loss scale of `--amp`'s dynamic loss scaling (a power of two).
+    pub amp_init_scale: f64,
     pub out: PathBuf,
     pub run_id: Option<String>,
     pub accum: usize,
@@ -121,6 +123,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             valid_pairs: 3000,
             amp: false,
+            amp_init_scale: super::scaler::INIT_SCALE,
             out: PathBuf::from("Model"),
             run_id: None,
             accum: 1,
@@ -173,6 +176,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.shrink) || self.shrink == 0.0 {
             bail!("shrink must be in (0, 1), got {}", self.shrink);
+        }
+        if !(self.amp_init_scale >= 1.0 && self.amp_init_scale.is_finite()) {
+            bail!("amp_init_scale must be a finite number >= 1, got {}", self.amp_init_scale);
         }
         self.heads.validate()
     }

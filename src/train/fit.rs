@@ -11,6 +11,7 @@ use tch::{Device, Tensor};
 use super::checkpoint;
 use super::session::Session;
 use super::state::TrainState;
+use super::scaler::scaled_loss;
 use super::step::{losses, tasks_for_step};
 use crate::dist::ReduceOp;
 use crate::plateau::SaveDecision;
@@ -144,7 +145,7 @@ impl Session {
             skipped += batch.skipped as f64;
             let l = losses(&self.net, &self.cfg, &batch, &tasks, self.device)?;
             let total = if inject { l.total * f64::NAN } else { l.total };
-            (&total / self.cfg.accum as f64).backward();
+            scaled_loss(&total, self.cfg.accum, self.state.loss_scale.as_ref()).backward();
             loss_sum += total.double_value(&[]) / self.cfg.accum as f64;
             for (acc, (_, p)) in parts.iter_mut().zip(&l.parts) {
                 *acc += p.double_value(&[]) / self.cfg.accum as f64;
@@ -152,7 +153,9 @@ impl Session {
         }
         let grads = self.opt.grads();
         tch::no_grad(|| self.comm.all_reduce_mean(&grads))?;
-        self.opt.step_groups(&super::step::param_groups_for(&tasks));
+        if self.unscale(&grads) {
+            self.opt.step_groups(&super::step::param_groups_for(&tasks));
+        }
 
         let out_of_time = self.cfg.time_limit.is_some_and(|t| self.state.elapsed_secs + clock.elapsed().as_secs_f64() >= t);
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
@@ -168,6 +171,18 @@ impl Session {
             data_wait: wait,
             parts: names.iter().zip(&v[4..]).map(|(t, p)| (*t, p / world)).collect(),
         })
+    }
+
+    /// With `--amp`: true (and the gradients unscaled) when they are finite; otherwise the
+    /// step is skipped and the scale backs off. Without: always true.
+    fn unscale(&mut self, grads: &[Tensor]) -> bool {
+        let Some(scale) = self.state.loss_scale.as_mut() else { return true };
+        let finite = scale.unscale(grads);
+        scale.update(finite);
+        if !finite {
+            tracing::warn!("step {}: inf/NaN gradients under --amp; step skipped, loss scale now {:e}", self.state.step + 1, scale.scale);
+        }
+        finite
     }
 
     /// Rank 0 runs the plateau rule and dlib's rollback test on the mean loss; all obey.
@@ -276,6 +291,10 @@ impl Session {
             "steps_without_decrease": self.state.plateau.steps_without_progress(),
             "skipped_records": self.state.skipped_records,
         });
+        if let Some(s) = &self.state.loss_scale {
+            ev["loss_scale"] = json!(s.scale);
+            ev["amp_skipped_steps"] = json!(s.skipped);
+        }
         for (task, l) in &stats.parts {
             ev[format!("loss_{task}")] = json!(l);
         }

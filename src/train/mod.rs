@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 mod fit;
 pub mod runlog;
+pub mod scaler;
 pub mod seed_flags;
 mod session;
 pub mod state;

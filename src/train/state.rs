@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::TrainConfig;
+use super::scaler::LossScale;
 use crate::pipeline::SamplerPosition;
 use crate::plateau::Plateau;
 
@@ -24,6 +25,9 @@ pub struct TrainState {
     pub world_size: usize,
     /// Identities the ArcFace layer was built for (over all ranks' shards).
     pub num_classes: usize,
+    /// `--amp`'s dynamic loss scale (absent in checkpoints from before it existed).
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
     /// The step of the newest checkpoint written.
     pub saved_step: Option<u64>,
     pub config: TrainConfig,
@@ -43,6 +47,7 @@ impl TrainState {
             skipped_records: 0,
             world_size,
             num_classes,
+            loss_scale: config.amp.then(|| LossScale::new(config.amp_init_scale)),
             saved_step: None,
             config: config.clone(),
         }
