@@ -1,8 +1,12 @@
 //! Turning an input file into the payload to store: kept as-is after a cheap validity check,
-//! or decoded, resized/centre-cropped and re-encoded.
+//! or decoded, centre-cropped and resized, and re-encoded. JPEGs are decoded by
+//! libjpeg-turbo at the smallest DCT scale that still covers `--size` (as the training
+//! loader does), resized with fast_image_resize and encoded by libjpeg-turbo (4:2:0).
 
-use image::{codecs::jpeg::JpegEncoder, codecs::png::PngEncoder, imageops::FilterType, ImageEncoder, ImageFormat};
+use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{codecs::png::PngEncoder, ImageEncoder, ImageFormat};
 use std::io::Cursor;
+use turbojpeg::{Compressor, Decompressor, PixelFormat, Subsamp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -110,25 +114,67 @@ fn rfind(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).rev().any(|w| w == needle)
 }
 
+/// An RGB8 picture: pixels, width, height.
+type Rgb = (Vec<u8>, usize, usize);
+
 fn reencode(bytes: &[u8], format: ImageFormat, t: &Transcode) -> Result<Vec<u8>, String> {
-    let mut img = image::load_from_memory_with_format(bytes, format).map_err(|e| format!("cannot decode {format:?}: {e}"))?;
-    if let Some(s) = t.size {
-        img = img.resize_to_fill(s, s, FilterType::Triangle);
-    }
-    let rgb = img.to_rgb8();
-    let (w, h) = rgb.dimensions();
-    let mut out = Vec::with_capacity(bytes.len());
-    let result = match t.encoding {
-        Encoding::Png => PngEncoder::new(&mut out).write_image(&rgb, w, h, image::ExtendedColorType::Rgb8),
-        Encoding::Jpeg | Encoding::Keep => JpegEncoder::new_with_quality(&mut out, t.quality).write_image(&rgb, w, h, image::ExtendedColorType::Rgb8),
+    let min_side = t.size.map_or(usize::MAX, |s| s as usize);
+    let (rgb, w, h) = decode(bytes, format, min_side)?;
+    let (rgb, w, h) = match t.size {
+        Some(s) => fill_square(&rgb, w, h, s as usize)?,
+        None => (rgb, w, h),
     };
-    result.map_err(|e| format!("cannot encode: {e}"))?;
-    Ok(out)
+    match t.encoding {
+        Encoding::Png => {
+            let mut out = Vec::with_capacity(bytes.len());
+            PngEncoder::new(&mut out)
+                .write_image(&rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+                .map_err(|e| format!("cannot encode PNG: {e}"))?;
+            Ok(out)
+        }
+        Encoding::Jpeg | Encoding::Keep => encode_jpeg(&rgb, w, h, t.quality),
+    }
+}
+
+/// JPEGs at the smallest DCT scale covering `min_side` (full size when none does); the rest, and
+/// JPEGs libjpeg-turbo refuses (CMYK), through `image`.
+fn decode(bytes: &[u8], format: ImageFormat, min_side: usize) -> Result<Rgb, String> {
+    if format == ImageFormat::Jpeg {
+        let mut rgb = Vec::new();
+        let scaled = Decompressor::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|mut tj| crate::pipeline::decode::decode_jpeg_scaled(&mut tj, bytes, min_side, &mut rgb));
+        if let Ok((w, h)) = scaled {
+            return Ok((rgb, w, h));
+        }
+    }
+    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| format!("cannot decode {format:?}: {e}"))?;
+    let rgb = img.to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    Ok((rgb.into_raw(), w, h))
+}
+
+/// Centre crop to a square, resized to `s`×`s` (bilinear).
+fn fill_square(rgb: &[u8], w: usize, h: usize, s: usize) -> Result<Rgb, String> {
+    let src = ImageRef::new(w as u32, h as u32, rgb, PixelType::U8x3).map_err(|e| format!("resize source: {e}"))?;
+    let mut dst = Image::new(s as u32, s as u32, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).fit_into_destination(Some((0.5, 0.5)));
+    Resizer::new().resize(&src, &mut dst, &options).map_err(|e| format!("resize {w}x{h} to {s}: {e}"))?;
+    Ok((dst.into_vec(), s, s))
+}
+
+fn encode_jpeg(rgb: &[u8], w: usize, h: usize, quality: u8) -> Result<Vec<u8>, String> {
+    let fail = |e: turbojpeg::Error| format!("cannot encode JPEG: {e}");
+    let mut c = Compressor::new().map_err(fail)?;
+    c.set_quality(quality as i32).map_err(fail)?;
+    c.set_subsamp(Subsamp::Sub2x2).map_err(fail)?;
+    c.compress_to_vec(turbojpeg::Image { pixels: rgb, width: w, pitch: w * 3, height: h, format: PixelFormat::RGB }).map_err(fail)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::codecs::jpeg::JpegEncoder;
 
     fn jpeg(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 90]));
@@ -159,6 +205,12 @@ mod tests {
         let out = prepare(jpeg(40, 30), &t).unwrap();
         let img = image::load_from_memory(&out).unwrap();
         assert_eq!((img.width(), img.height()), (16, 16));
+        let rgb = img.to_rgb8();
+        // Red rises along x, green along y in the source; the crop keeps both.
+        assert!(rgb.get_pixel(15, 8)[0] > rgb.get_pixel(0, 8)[0] + 60 && rgb.get_pixel(8, 15)[1] > rgb.get_pixel(8, 0)[1] + 40);
+        let same_size = prepare(jpeg(40, 30), &Transcode { encoding: Encoding::Jpeg, size: None, quality: 90 }).unwrap();
+        let img = image::load_from_memory(&same_size).unwrap();
+        assert_eq!((img.width(), img.height()), (40, 30), "no --size: re-encoded at full size");
         let png = prepare(jpeg(40, 30), &Transcode { encoding: Encoding::Png, size: Some(8), quality: 90 }).unwrap();
         assert_eq!(image::guess_format(&png).unwrap(), ImageFormat::Png);
     }

@@ -157,7 +157,9 @@ fn covering_scale(w: usize, h: usize, min_side: usize) -> ScalingFactor {
         .unwrap_or(ScalingFactor::ONE)
 }
 
-fn decode_jpeg_scaled(tj: &mut Decompressor, bytes: &[u8], min_side: usize, rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
+/// Decodes a JPEG into `rgb` at the smallest DCT scale covering `min_side` (full size when
+/// none does, e.g. for `usize::MAX`).
+pub(crate) fn decode_jpeg_scaled(tj: &mut Decompressor, bytes: &[u8], min_side: usize, rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
     let header = tj.read_header(bytes)?;
     anyhow::ensure!(header.width <= MAX_SIDE && header.height <= MAX_SIDE, "JPEG of {}x{} is too large", header.width, header.height);
     let scale = if header.is_lossless { ScalingFactor::ONE } else { covering_scale(header.width, header.height, min_side) };
