@@ -211,4 +211,9 @@ fn amp_loss_scaling_is_exact_and_backs_off_on_overflow() {
     let (l, o) = (losses(&out.join("plain"), "FR"), losses(&out.join("overflow"), "FR"));
     assert!(o.iter().all(|v| v.is_finite()), "losses stay finite: {o:?}");
     assert_ne!(l, o, "skipped steps must change the trajectory");
+    // --amp given on resume starts scaling from there.
+    run_ok(&["train", "--resume", s(&out.join("plain")), "--max-steps", "35", "--amp"]);
+    let resumed = log_lines(&out.join("plain"));
+    let scaled: Vec<_> = resumed.iter().filter(|e| e.get("loss_scale").is_some()).collect();
+    assert!(!scaled.is_empty() && scaled.iter().all(|e| e["step"].as_u64().unwrap() > 30), "{resumed:?}");
 }

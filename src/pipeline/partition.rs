@@ -97,14 +97,14 @@ impl RankView {
         self.records.is_empty()
     }
 
-    /// The payload of view record `i`, checked against its crc32c when the idx has one
-    /// (a flipped bit can still decode); errors name the shard file, record and path.
     /// Starts reading record `i` in the background (see `Shard::prefetch`).
     pub fn prefetch(&self, i: usize) {
         let id = self.records[i];
         self.dataset.shards[id.shard as usize].prefetch(id.index as usize);
     }
 
+    /// The payload of view record `i`, checked against its crc32c when the idx has one
+    /// (a flipped bit can still decode); errors name the shard file, record and path.
     pub fn bytes(&self, i: usize) -> Result<&[u8]> {
         let id = self.records[i];
         let shard = &self.dataset.shards[id.shard as usize];

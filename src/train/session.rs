@@ -102,6 +102,11 @@ impl Session {
             let named = Tensor::read_safetensors(ckpt.join(checkpoint::OPTIM_FILE))
                 .with_context(|| format!("loading {}", ckpt.join(checkpoint::OPTIM_FILE).display()))?;
             opt.load_state(&named)?;
+            // --amp given or dropped on resume: the flag wins; a running scale carries on.
+            state.loss_scale = match (cfg.amp, state.loss_scale.take()) {
+                (true, kept) => kept.or_else(|| Some(super::scaler::LossScale::new(cfg.amp_init_scale))),
+                (false, _) => None,
+            };
             tracing::info!("resuming {} at step {}", ckpt.display(), state.step);
         }
         state = broadcast_state(&*comm, state)?;
