@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train FR, Gender, Age or Multi (single process, or one rank per process under mpirun).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Evaluate a run's checkpoint on validation sets.
     Eval(eval::EvalArgs),
     /// Benchmarks that need libtorch: training step, all-reduce.
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     trainer::cli::init_tracing();
     trainer::cli::finish(match cli.command {
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(Bench::Train(a)) => train::bench::run(a),
         Command::Bench(Bench::Allreduce(a)) => dist::bench::run(a),

@@ -99,13 +99,15 @@ fn time_once(view: &Arc<RankView>, args: &DataArgs, workers: usize, seed: u64) -
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_start;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let (anon_mb, file_mb) = (status_mb(&status, "RssAnon"), status_mb(&status, "RssFile"));
     Ok(Rep {
         img_s: images as f64 / secs,
         mb_s: bytes as f64 / secs / 1e6,
         cpu_ms: cpu * 1e3 / images as f64,
         skipped: loader.skipped_total(),
-        anon_mb: status_mb("RssAnon"),
-        file_mb: status_mb("RssFile"),
+        anon_mb,
+        file_mb,
     })
 }
 
@@ -122,9 +124,8 @@ fn cpu_seconds() -> f64 {
     }
 }
 
-/// A `/proc/self/status` size field in MB (NaN where there is none).
-fn status_mb(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// A size field of `/proc/self/status` text in MB (NaN where there is none).
+fn status_mb(status: &str, field: &str) -> f64 {
     let kb = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse::<f64>().ok());
     kb.map_or(f64::NAN, |kb| kb / 1024.0)
 }

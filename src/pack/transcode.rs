@@ -8,6 +8,8 @@ use image::{codecs::png::PngEncoder, ImageEncoder, ImageFormat};
 use std::io::Cursor;
 use turbojpeg::{Compressor, Decompressor, PixelFormat, Subsamp};
 
+use crate::pipeline::decode::decode_rgb_into;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
@@ -119,7 +121,9 @@ type Rgb = (Vec<u8>, usize, usize);
 
 fn reencode(bytes: &[u8], format: ImageFormat, t: &Transcode) -> Result<Vec<u8>, String> {
     let min_side = t.size.map_or(usize::MAX, |s| s as usize);
-    let (rgb, w, h) = decode(bytes, format, min_side)?;
+    let mut rgb = Vec::new();
+    let (w, h) = decode_rgb_into(Decompressor::new().ok().as_mut(), bytes, min_side, &mut rgb)
+        .map_err(|e| format!("cannot decode {format:?}: {e:#}"))?;
     let (rgb, w, h) = match t.size {
         Some(s) => fill_square(&rgb, w, h, s as usize)?,
         None => (rgb, w, h),
@@ -134,24 +138,6 @@ fn reencode(bytes: &[u8], format: ImageFormat, t: &Transcode) -> Result<Vec<u8>,
         }
         Encoding::Jpeg | Encoding::Keep => encode_jpeg(&rgb, w, h, t.quality),
     }
-}
-
-/// JPEGs at the smallest DCT scale covering `min_side` (full size when none does); the rest, and
-/// JPEGs libjpeg-turbo refuses (CMYK), through `image`.
-fn decode(bytes: &[u8], format: ImageFormat, min_side: usize) -> Result<Rgb, String> {
-    if format == ImageFormat::Jpeg {
-        let mut rgb = Vec::new();
-        let scaled = Decompressor::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|mut tj| crate::pipeline::decode::decode_jpeg_scaled(&mut tj, bytes, min_side, &mut rgb));
-        if let Ok((w, h)) = scaled {
-            return Ok((rgb, w, h));
-        }
-    }
-    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| format!("cannot decode {format:?}: {e}"))?;
-    let rgb = img.to_rgb8();
-    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    Ok((rgb.into_raw(), w, h))
 }
 
 /// Centre crop to a square, resized to `s`×`s` (bilinear).

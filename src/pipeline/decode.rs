@@ -78,19 +78,7 @@ impl Decoder {
     /// Decodes into `self.rgb` at a size no smaller than `min_side` on either axis where the
     /// format allows (JPEG), else at full size; returns (width, height).
     fn decode_rgb(&mut self, bytes: &[u8], min_side: usize) -> Result<(usize, usize)> {
-        if bytes.is_empty() {
-            bail!("empty record");
-        }
-        if bytes.starts_with(&[0xFF, 0xD8]) {
-            if let Some(tj) = self.jpeg.as_mut() {
-                if let Ok(dims) = decode_jpeg_scaled(tj, bytes, min_side, &mut self.rgb) {
-                    return Ok(dims);
-                }
-            }
-        }
-        let (pixels, w, h) = decode_other(bytes)?;
-        self.rgb = pixels;
-        Ok((w, h))
+        decode_rgb_into(self.jpeg.as_mut(), bytes, min_side, &mut self.rgb)
     }
 
     fn resize(&mut self, rgb: &[u8], w: usize, h: usize, size: usize) -> Result<()> {
@@ -149,6 +137,23 @@ fn area2_chw(rgb: &[u8], size: usize, flip: bool, sums: &mut Vec<u16>, out: &mut
     }
 }
 
+/// Decodes `bytes` to interleaved RGB8 in `rgb`: JPEGs through `tj` at the smallest DCT
+/// scale covering `min_side` (full size when none does, e.g. for `usize::MAX`); every other
+/// format, and JPEGs libjpeg-turbo refuses, through `image`. Returns (width, height).
+pub(crate) fn decode_rgb_into(tj: Option<&mut Decompressor>, bytes: &[u8], min_side: usize, rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
+    if bytes.is_empty() {
+        bail!("empty record");
+    }
+    if let (true, Some(tj)) = (bytes.starts_with(&[0xFF, 0xD8]), tj) {
+        if let Ok(dims) = decode_jpeg_scaled(tj, bytes, min_side, rgb) {
+            return Ok(dims);
+        }
+    }
+    let (pixels, w, h) = decode_other(bytes)?;
+    *rgb = pixels;
+    Ok((w, h))
+}
+
 /// The smallest n/8 (n = 1..=8) at which a `w`×`h` JPEG still covers `min_side`×`min_side`.
 fn covering_scale(w: usize, h: usize, min_side: usize) -> ScalingFactor {
     (1..=8)
@@ -157,9 +162,7 @@ fn covering_scale(w: usize, h: usize, min_side: usize) -> ScalingFactor {
         .unwrap_or(ScalingFactor::ONE)
 }
 
-/// Decodes a JPEG into `rgb` at the smallest DCT scale covering `min_side` (full size when
-/// none does, e.g. for `usize::MAX`).
-pub(crate) fn decode_jpeg_scaled(tj: &mut Decompressor, bytes: &[u8], min_side: usize, rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
+fn decode_jpeg_scaled(tj: &mut Decompressor, bytes: &[u8], min_side: usize, rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
     let header = tj.read_header(bytes)?;
     anyhow::ensure!(header.width <= MAX_SIDE && header.height <= MAX_SIDE, "JPEG of {}x{} is too large", header.width, header.height);
     let scale = if header.is_lossless { ScalingFactor::ONE } else { covering_scale(header.width, header.height, min_side) };
