@@ -85,7 +85,7 @@ def main():
             for v, d in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
                 v.append(d)
     cpu = time.process_time() - cpu0
-    med = statistics.median_high(times)
+    med = statistics.median(times)
     print(f"bench train (pytorch {torch.__version__}): arch={a.arch} size={a.size} batch={a.batch_size} "
           f"classes={a.classes} device={a.device} threads={a.threads} amp={a.amp}")
     print(f"median step {med * 1e3:.1f} ms over {len(times)} steps ({a.warmup} warm-up), "
@@ -94,7 +94,7 @@ def main():
     print(f"best step {best * 1e3:.1f} ms, {a.batch_size / best:.2f} images/s")
     images = a.batch_size * len(times)
     print(f"cpu time {cpu / images * 1e3:.1f} ms per image ({images / cpu:.2f} images per cpu-second)")
-    f, b, s = (statistics.median_high(v) * 1e3 for v in phases)
+    f, b, s = (statistics.median(v) * 1e3 for v in phases)
     print(f"median forward {f:.1f} ms, backward {b:.1f} ms, sgd {s:.1f} ms")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks, as one short call on a machine with a GPU but no cargo or MPI:
-#   cargo build --release --no-default-features --features nccl   (here)
+#   cargo build --release -p trainer -p trainer-torch --no-default-features --features trainer-torch/nccl   (here)
 #   carry target/release/trainer and trainer-torch, run `bash launch/gpu-check.sh` there.
 # Measures: ResNet-50 112px training images/s with and without --amp beside PyTorch on the
 # same GPU; a 1-rank NCCL all-reduce (correctness and bandwidth); a short FR run on the GPU;

@@ -1,5 +1,110 @@
-//! `trainer`: the command-line shell over the library; every command lives in its module.
+//! `trainer`: the command line. Each data command calls `trainer_data` with its typed
+//! options and prints what comes back; the libtorch commands are handed to `trainer-torch`.
 
-fn main() -> std::process::ExitCode {
-    trainer::cli::main()
+mod handover;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use handover::Forwarded;
+use std::process::ExitCode;
+use trainer_data::{bench, pack, plateau, synth, term, tools};
+
+#[derive(Parser, Debug)]
+#[command(name = "trainer", version, about = "Distributed face-recognition trainer over sharded bin/idx datasets",
+    long_about = "Pack images into bin/idx shards, then train ResNet + ArcFace (FR), Gender and Age models \
+on them, on one CPU/GPU or across MPI ranks (`mpirun -n 4 trainer train FR ...`).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pack a folder of class subfolders (or a list table) into bin/idx shards.
+    Pack(pack::PackArgs),
+    /// Print a dataset's records, labels, per-shard counts and format version.
+    Inspect(tools::inspect::InspectArgs),
+    /// Check checksums and offsets (and with --decode, decode every image).
+    Verify(tools::verify::VerifyArgs),
+    /// Write every record back to its original relative path.
+    Unpack(tools::unpack::UnpackArgs),
+    /// Generate a learnable synthetic face-like dataset in class folders.
+    Synth(synth::SynthArgs),
+    /// Train FR, Gender, Age or Multi (single process, or one rank per process under mpirun).
+    #[command(disable_help_flag = true, long_about = "Train FR, Gender, Age or Multi. Runs in trainer-torch: \
+see `trainer train --help` for its flags.")]
+    Train(Forwarded),
+    /// Evaluate a run's checkpoint on validation sets.
+    #[command(disable_help_flag = true, long_about = "Evaluate a run's checkpoint. Runs in trainer-torch: \
+see `trainer eval --help` for its flags.")]
+    Eval(Forwarded),
+    /// Run dlib's plateau test on a loss file: steps_without_decrease and the robust count.
+    Plateau(plateau::PlateauArgs),
+    /// Benchmarks: data pipeline, training step, all-reduce.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Input pipeline throughput (images/s, MB/s) on a packed dataset.
+    Data(bench::data::DataArgs),
+    /// Images/s of the full training step (forward, ArcFace loss, backward, SGD) on synthetic batches.
+    #[command(disable_help_flag = true, long_about = "Images/s of the full training step. Runs in trainer-torch: \
+see `trainer bench train --help` for its flags.")]
+    Train(Forwarded),
+    /// dlib's plateau check at n losses, and the schedule's cost per step.
+    Plateau(bench::plateau::PlateauBenchArgs),
+    /// All-reduce time and bus bandwidth against the ring bound (run under mpirun).
+    #[command(disable_help_flag = true, long_about = "All-reduce time and bus bandwidth. Runs in trainer-torch: \
+see `trainer bench allreduce --help` for its flags.")]
+    Allreduce(Forwarded),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    term::init_tracing();
+    term::finish(run(cli.command))
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Pack(a) => term::print(&pack::pack(&a)?.to_string()),
+        Command::Inspect(a) => term::print(&tools::inspect::inspect(&a)?),
+        Command::Verify(a) => verify(&a),
+        Command::Unpack(a) => term::print(&tools::unpack::unpack(&a)?),
+        Command::Synth(a) => synth::synth(&a),
+        Command::Plateau(a) => term::print(&plateau::report(&a)?),
+        Command::Bench(BenchCommand::Data(a)) => bench_data(&a),
+        Command::Bench(BenchCommand::Plateau(a)) => term::print(&bench::plateau::run(&a)?.to_string()),
+        Command::Train(_) | Command::Eval(_) | Command::Bench(BenchCommand::Train(_) | BenchCommand::Allreduce(_)) => handover::exec_torch(),
+    }
+}
+
+/// Problems go to stderr (the first `--max-errors` in full), the verdict to stdout.
+fn verify(args: &tools::verify::VerifyArgs) -> Result<()> {
+    let report = tools::verify::verify(args)?;
+    for p in report.problems.iter().take(args.max_errors) {
+        eprintln!("FAIL {p}");
+    }
+    if report.problems.len() > args.max_errors {
+        eprintln!("... and {} more", report.problems.len() - args.max_errors);
+    }
+    term::print(&report.verdict(&args.dataset)?)
+}
+
+fn bench_data(args: &bench::data::DataArgs) -> Result<()> {
+    let (view, header) = bench::data::describe(args)?;
+    term::print(&format!("{header}\n"))?;
+    let report = bench::data::run(&view, args, |i, r| {
+        let skipped = if r.skipped > 0 { format!(" ({} corrupt skipped)", r.skipped) } else { String::new() };
+        let _ = term::print(&format!("  rep {}: {:8.1} img/s {:7.1} MB/s {:6.3} CPU ms/img{skipped}\n", i + 1, r.img_s, r.mb_s, r.cpu_ms));
+    })?;
+    term::print(&report.to_string())?;
+    if args.json {
+        let mut line = serde_json::to_value(&report)?;
+        line["bench"] = "data".into();
+        term::print(&format!("{line}\n"))?;
+    }
+    Ok(())
 }

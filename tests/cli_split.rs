@@ -2,7 +2,7 @@
 //! commands that need libtorch must reach `trainer-torch` with their arguments intact.
 
 mod common;
-use common::{run_ok, text};
+use common::{run_ok, text, torch_binary};
 use std::process::Command;
 
 fn needed_libraries(binary: &str) -> String {
@@ -18,7 +18,7 @@ fn trainer_links_no_libtorch_and_trainer_torch_does() {
     for heavy in ["libtorch", "libc10", "libmpi"] {
         assert!(!light.contains(heavy), "trainer needs {heavy}:\n{light}");
     }
-    let torch = needed_libraries(env!("CARGO_BIN_EXE_trainer-torch"));
+    let torch = needed_libraries(torch_binary().to_str().unwrap());
     assert!(torch.contains("libtorch_cpu"), "{torch}");
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use trainer::rng::Rng;
+use trainer_data::rng::Rng;
 
 fn trainer(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("run trainer")

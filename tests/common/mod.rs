@@ -10,6 +10,13 @@ pub fn trainer() -> Command {
     c
 }
 
+/// `trainer-torch`, which cargo builds beside `trainer` (`cargo build --workspace`).
+pub fn torch_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_trainer")).with_file_name("trainer-torch");
+    assert!(path.is_file(), "{} is missing: build the whole workspace (cargo build --release --workspace)", path.display());
+    path
+}
+
 /// Runs `trainer args...`, panicking with its output when it fails.
 pub fn run_ok(args: &[&str]) -> Output {
     let out = trainer().args(args).output().expect("spawn trainer");
@@ -75,4 +82,29 @@ pub fn wait_for(path: &Path) {
         assert!(t.elapsed() < std::time::Duration::from_secs(120), "{} never appeared", path.display());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// The tensors of a `.safetensors` file by name: dtype and raw little-endian bytes (the
+/// format is an 8-byte header length, a JSON header, then the data), sorted by name.
+pub fn safetensors(path: &Path) -> Vec<(String, String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors header is JSON");
+    let data = &bytes[8 + n..];
+    let mut out: Vec<(String, String, Vec<u8>)> = header
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, v)| {
+            let off = &v["data_offsets"];
+            let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+            (name, v["dtype"].as_str().unwrap().to_string(), data[a..b].to_vec())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// An F32 tensor's values from `safetensors`' raw bytes.
+pub fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
 }

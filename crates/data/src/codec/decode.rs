@@ -1,0 +1,301 @@
+//! One image's bytes → a normalised NCHW slot: decode, resize to the training size when it
+//! differs, optional flip, (x-127.5)/127.5.
+//!
+//! JPEGs go through libjpeg-turbo at the smallest DCT scale (n/8) that still covers the
+//! training size, as PIL's `draft` and DALI do: a 224px face packed for 112px training is
+//! decoded straight to 112px, skipping most of the inverse DCT, colour conversion and the
+//! resize. Anything libjpeg-turbo refuses (CMYK, damaged data) and every other format goes
+//! through the `image` crate.
+
+use anyhow::{anyhow, bail, Context, Result};
+use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use turbojpeg::{Decompressor, PixelFormat, ScalingFactor};
+
+/// Corrupt headers must not make us allocate gigabytes.
+const MAX_SIDE: usize = 16384;
+
+/// Per-worker decoder: owns the JPEG decompressor, the resizer and scratch buffers so the
+/// hot path reuses memory.
+pub struct Decoder {
+    /// `None` only if libjpeg-turbo could not allocate a handle; JPEGs then use `image`.
+    jpeg: Option<Decompressor>,
+    resizer: Resizer,
+    options: ResizeOptions,
+    rgb: Vec<u8>,
+    resized: Vec<u8>,
+    lut: [f32; 256],
+    /// Row of vertical pair sums for the 2× area downscale.
+    sums: Vec<u16>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        let mut lut = [0f32; 256];
+        for (i, v) in lut.iter_mut().enumerate() {
+            *v = (i as f32 - 127.5) / 127.5;
+        }
+        Decoder {
+            jpeg: Decompressor::new().ok(),
+            resizer: Resizer::new(),
+            options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+            rgb: Vec::new(),
+            resized: Vec::new(),
+            lut,
+            sums: Vec::new(),
+        }
+    }
+
+    /// Decodes `bytes` into `out` (3×size×size, channel-major RGB), mirrored when `flip`.
+    pub fn decode_into(&mut self, bytes: &[u8], size: usize, flip: bool, out: &mut [f32]) -> Result<()> {
+        anyhow::ensure!(out.len() == 3 * size * size, "output slot holds {} floats, need 3×{size}×{size}", out.len());
+        let (w, h) = self.decode_rgb(bytes, size)?;
+        let rgb = std::mem::take(&mut self.rgb);
+        let done = self.from_rgb(&rgb, w, h, size, flip, out);
+        self.rgb = rgb;
+        done
+    }
+
+    /// Interleaved RGB8 (w×h) → the normalised 3×size×size slot.
+    pub fn from_rgb(&mut self, rgb: &[u8], w: usize, h: usize, size: usize, flip: bool, out: &mut [f32]) -> Result<()> {
+        anyhow::ensure!(rgb.len() == w * h * 3 && out.len() == 3 * size * size, "pixel buffers do not match {w}x{h} → {size}");
+        if w == size && h == size {
+            write_chw(rgb, size, flip, &self.lut, out);
+        } else if w == 2 * size && h == 2 * size {
+            area2_chw(rgb, size, flip, &mut self.sums, out);
+        } else {
+            self.resize(rgb, w, h, size)?;
+            write_chw(&self.resized, size, flip, &self.lut, out);
+        }
+        Ok(())
+    }
+
+    /// Decodes into `self.rgb` at a size no smaller than `min_side` on either axis where the
+    /// format allows (JPEG), else at full size; returns (width, height).
+    fn decode_rgb(&mut self, bytes: &[u8], min_side: usize) -> Result<(usize, usize)> {
+        decode_rgb_into(self.jpeg.as_mut(), bytes, min_side, &mut self.rgb)
+    }
+
+    fn resize(&mut self, rgb: &[u8], w: usize, h: usize, size: usize) -> Result<()> {
+        let src = ImageRef::new(w as u32, h as u32, rgb, PixelType::U8x3).map_err(|e| anyhow!("resize source: {e}"))?;
+        self.resized.resize(size * size * 3, 0);
+        let mut dst = Image::from_slice_u8(size as u32, size as u32, &mut self.resized, PixelType::U8x3)
+            .map_err(|e| anyhow!("resize target: {e}"))?;
+        self.resizer.resize(&src, &mut dst, &self.options).map_err(|e| anyhow!("resize {w}x{h} to {size}: {e}"))
+    }
+}
+
+/// Interleaved RGB8 → planar normalised floats, mirroring columns when `flip`.
+fn write_chw(rgb: &[u8], size: usize, flip: bool, lut: &[f32; 256], out: &mut [f32]) {
+    let plane = size * size;
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for y in 0..size {
+        let row = &rgb[y * size * 3..(y + 1) * size * 3];
+        let base = y * size;
+        for (x, px) in row.chunks_exact(3).enumerate() {
+            let o = base + if flip { size - 1 - x } else { x };
+            r[o] = lut[px[0] as usize];
+            g[o] = lut[px[1] as usize];
+            b[o] = lut[px[2] as usize];
+        }
+    }
+}
+
+/// An exact 2× downscale (e.g. 224 → 112) as the mean of 2×2 blocks (area
+/// interpolation), fused with normalise and flip: one pass, no resize buffer.
+fn area2_chw(rgb: &[u8], size: usize, flip: bool, sums: &mut Vec<u16>, out: &mut [f32]) {
+    const SCALE: f32 = 1.0 / 510.0; // mean of 4 → (x - 127.5) / 127.5 is sum/510 - 1
+    let (plane, row_bytes) = (size * size, size * 6);
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    sums.resize(row_bytes, 0);
+    for y in 0..size {
+        let top = &rgb[2 * y * row_bytes..(2 * y + 1) * row_bytes];
+        let bottom = &rgb[(2 * y + 1) * row_bytes..(2 * y + 2) * row_bytes];
+        // Vertical pairs first: a straight element-wise add the compiler vectorises.
+        for ((s, &t), &u) in sums.iter_mut().zip(top).zip(bottom) {
+            *s = t as u16 + u as u16;
+        }
+        let px = sums.chunks_exact(6).map(|p| [p[0] + p[3], p[1] + p[4], p[2] + p[5]]);
+        let rows = (&mut r[y * size..(y + 1) * size], &mut g[y * size..(y + 1) * size], &mut b[y * size..(y + 1) * size]);
+        let mut put = |(p, ((ro, go), bo)): ([u16; 3], ((&mut f32, &mut f32), &mut f32))| {
+            *ro = p[0] as f32 * SCALE - 1.0;
+            *go = p[1] as f32 * SCALE - 1.0;
+            *bo = p[2] as f32 * SCALE - 1.0;
+        };
+        if flip {
+            px.zip(rows.0.iter_mut().rev().zip(rows.1.iter_mut().rev()).zip(rows.2.iter_mut().rev())).for_each(&mut put);
+        } else {
+            px.zip(rows.0.iter_mut().zip(rows.1.iter_mut()).zip(rows.2.iter_mut())).for_each(&mut put);
+        }
+    }
+}
+
+/// Decodes `bytes` to interleaved RGB8 in `rgb`: JPEGs through `tj` at the smallest DCT
+/// scale covering `min_side` (full size when none does, e.g. for `usize::MAX`); every other
+/// format, and JPEGs libjpeg-turbo refuses, through `image`. Returns (width, height).
+pub fn decode_rgb_into(tj: Option<&mut Decompressor>, bytes: &[u8], min_side: usize, rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
+    if bytes.is_empty() {
+        bail!("empty record");
+    }
+    if let (true, Some(tj)) = (bytes.starts_with(&[0xFF, 0xD8]), tj) {
+        if let Ok(dims) = decode_jpeg_scaled(tj, bytes, min_side, rgb) {
+            return Ok(dims);
+        }
+    }
+    let (pixels, w, h) = decode_other(bytes)?;
+    *rgb = pixels;
+    Ok((w, h))
+}
+
+/// The smallest n/8 (n = 1..=8) at which a `w`×`h` JPEG still covers `min_side`×`min_side`.
+fn covering_scale(w: usize, h: usize, min_side: usize) -> ScalingFactor {
+    (1..=8)
+        .map(|n| ScalingFactor::new(n, 8))
+        .find(|f| f.scale(w) >= min_side && f.scale(h) >= min_side)
+        .unwrap_or(ScalingFactor::ONE)
+}
+
+fn decode_jpeg_scaled(tj: &mut Decompressor, bytes: &[u8], min_side: usize, rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
+    let header = tj.read_header(bytes)?;
+    anyhow::ensure!(header.width <= MAX_SIDE && header.height <= MAX_SIDE, "JPEG of {}x{} is too large", header.width, header.height);
+    let scale = if header.is_lossless { ScalingFactor::ONE } else { covering_scale(header.width, header.height, min_side) };
+    tj.set_scaling_factor(scale)?;
+    let (w, h) = (scale.scale(header.width), scale.scale(header.height));
+    rgb.resize(w * h * 3, 0);
+    let image = turbojpeg::Image { pixels: rgb.as_mut_slice(), width: w, pitch: w * 3, height: h, format: PixelFormat::RGB };
+    tj.decompress(bytes, image)?;
+    Ok((w, h))
+}
+
+fn decode_other(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .context("image format")?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE as u32);
+    limits.max_image_height = Some(MAX_SIDE as u32);
+    reader.limits(limits);
+    let img = reader.decode().context("image decode")?.into_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    Ok((img.into_raw(), w, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::ImageEncoder;
+
+    fn gradient(w: usize, h: usize) -> Vec<u8> {
+        (0..h).flat_map(|y| (0..w).flat_map(move |x| [(x * 255 / (w - 1)) as u8, (y * 255 / (h - 1)) as u8, 200])).collect()
+    }
+
+    fn png(rgb: &[u8], w: usize, h: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    fn jpeg(rgb: &[u8], w: usize, h: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
+            .encode(rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn png_same_size_is_exact_planar_rgb_in_range() {
+        let (w, s) = (16, 16);
+        let rgb = gradient(w, w);
+        let mut out = vec![9.0; 3 * s * s];
+        Decoder::new().decode_into(&png(&rgb, w, w), s, false, &mut out).unwrap();
+        assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));
+        // Red rises along x, green along y, blue constant: the planes are RGB in order.
+        assert_eq!(out[0], -1.0);
+        assert_eq!(out[s - 1], 1.0);
+        assert_eq!(out[s * s], -1.0);
+        assert_eq!(out[s * s + (s - 1) * s], 1.0);
+        assert!(out[2 * s * s..].iter().all(|&v| v == (200.0 - 127.5) / 127.5));
+    }
+
+    #[test]
+    fn flip_mirrors_columns() {
+        let s = 12;
+        let bytes = png(&gradient(s, s), s, s);
+        let mut d = Decoder::new();
+        let (mut a, mut b) = (vec![0.0; 3 * s * s], vec![0.0; 3 * s * s]);
+        d.decode_into(&bytes, s, false, &mut a).unwrap();
+        d.decode_into(&bytes, s, true, &mut b).unwrap();
+        for c in 0..3 {
+            for y in 0..s {
+                for x in 0..s {
+                    assert_eq!(a[c * s * s + y * s + x], b[c * s * s + y * s + (s - 1 - x)]);
+                }
+            }
+        }
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn jpeg_is_resized_to_the_training_size() {
+        let rgb = gradient(64, 48);
+        let mut out = vec![0.0; 3 * 32 * 32];
+        Decoder::new().decode_into(&jpeg(&rgb, 64, 48), 32, false, &mut out).unwrap();
+        assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));
+        // Red still rises left to right after the resize.
+        assert!(out[31] - out[0] > 1.5, "{} {}", out[0], out[31]);
+        // 64×48 covers 32×32 at 6/8 (48×36), not at 5/8 (40×30).
+        assert_eq!(Decoder::new().decode_rgb(&jpeg(&rgb, 64, 48), 32).unwrap(), (48, 36));
+    }
+
+    #[test]
+    fn dct_scaled_jpeg_matches_a_full_decode_then_area_downscale() {
+        let (big, s) = (64, 32);
+        let bytes = jpeg(&gradient(big, big), big, big);
+        let mut d = Decoder::new();
+        assert_eq!(d.decode_rgb(&bytes, s).unwrap(), (s, s), "64px covers 32px at 1/2");
+        let mut scaled = vec![0.0; 3 * s * s];
+        d.decode_into(&bytes, s, false, &mut scaled).unwrap();
+        let (full, w, h) = decode_other(&bytes).unwrap();
+        let mut reference = vec![0.0; 3 * s * s];
+        d.from_rgb(&full, w, h, s, false, &mut reference).unwrap();
+        let worst = scaled.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 0.05, "DCT-scaled decode differs from full decode + 2×2 mean by {worst}");
+    }
+
+    #[test]
+    fn integer_downscale_averages_blocks() {
+        // 4×4 → 2×2: each output pixel is the mean of a 2×2 block.
+        let rgb: Vec<u8> = (0..16u8).flat_map(|i| [i * 10, 255 - i * 10, 7]).collect();
+        let mut out = vec![0.0; 3 * 4];
+        Decoder::new().decode_into(&png(&rgb, 4, 4), 2, false, &mut out).unwrap();
+        let mean = |idx: [u8; 4]| idx.iter().map(|&i| i as f32 * 10.0).sum::<f32>() / 4.0;
+        let norm = |v: f32| (v - 127.5) / 127.5;
+        let want = [norm(mean([0, 1, 4, 5])), norm(mean([2, 3, 6, 7])), norm(mean([8, 9, 12, 13])), norm(mean([10, 11, 14, 15]))];
+        for (got, want) in out[..4].iter().zip(want) {
+            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        }
+        assert!(out[8..].iter().all(|&v| (v - norm(7.0)).abs() < 1e-5));
+    }
+
+    #[test]
+    fn garbage_and_truncated_records_are_errors_not_panics() {
+        let good = jpeg(&gradient(32, 32), 32, 32);
+        let mut d = Decoder::new();
+        let mut out = vec![0.0; 3 * 16 * 16];
+        assert!(d.decode_into(&[], 16, false, &mut out).is_err());
+        assert!(d.decode_into(b"not an image at all", 16, false, &mut out).is_err());
+        assert!(d.decode_into(&good[..20], 16, false, &mut out).is_err());
+        assert!(d.decode_into(&[0xFF, 0xD8, 0xFF, 0xFF, 0, 1, 2], 16, false, &mut out).is_err());
+        assert!(d.decode_into(&good, 16, false, &mut [0.0; 5]).is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! Image bytes ↔ pixels, below both the packer and the training pipeline: decoding (with
+//! libjpeg-turbo's DCT scaling), resizing, and normalising into a training slot.
+
+pub mod decode;
+
+pub use decode::{decode_rgb_into, Decoder};

@@ -1,0 +1,24 @@
+//! trainer's data half: everything that runs without libtorch, in the order data meets it.
+//!
+//! `format` (the on-disk spec, `shards/FORMAT.md`) → `reader` (memory-mapped shards) →
+//! `codec` (image bytes ↔ pixels) → `pack` / `synth` (writing datasets) and `tools`
+//! (inspect, verify, unpack) → `pipeline` (sampling, decoding, batching). Beside them:
+//! `plateau` (dlib's learning-rate rule), `metrics` (verification, Gap, confusion),
+//! `bench` (pipeline and plateau benchmarks), and the small shared pieces `rng`, `stats`
+//! and `term`. The libtorch half (`trainer-torch`) builds on this crate; this crate cannot
+//! reach it.
+
+pub mod bench;
+pub mod codec;
+pub mod format;
+pub mod metrics;
+pub mod pack;
+pub mod pipeline;
+pub mod plateau;
+pub mod reader;
+pub mod rng;
+pub mod settings;
+pub mod stats;
+pub mod synth;
+pub mod term;
+pub mod tools;

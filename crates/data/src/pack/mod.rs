@@ -1,0 +1,279 @@
+//! `trainer pack`: images (class folders or a list table) into bin/idx shards.
+//!
+//! Stages: list inputs → assign records to shards → read and validate/transcode in parallel
+//! (bounded chunks) → one writer thread appending to `.partial` files → commit by rename.
+
+pub mod assign;
+pub mod listing;
+pub mod transcode;
+pub mod writer;
+
+use crate::format::{idx as format, manifest::ShardEntry, LabelTable, Manifest};
+use anyhow::{bail, Context, Result};
+use crossbeam_channel::{bounded, Receiver};
+use listing::{Item, Listing};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use transcode::{Encoding, Transcode};
+use writer::{ShardWriter, Staging};
+
+/// Records read and transcoded in parallel per chunk; bounds memory to a few chunks.
+const CHUNK: usize = 64;
+
+/// Pack a folder of class subfolders (or a list table) into bin/idx shards.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PackArgs {
+    /// Folder of class subfolders (label i = i-th folder in sorted name order), or the root
+    /// that the --list table's paths are relative to.
+    pub src: PathBuf,
+    /// Dataset name: writes <out>/<name>-KKKKK-of-NNNNN.{bin,idx}, <name>.labels.tsv,
+    /// <name>.manifest.json and <name>.skipped.tsv.
+    #[arg(long)]
+    pub name: String,
+    /// Number of shards (rank r of N reads shards k ≡ r mod N, so use a multiple of the ranks).
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// Output directory.
+    #[arg(long, default_value = "shards")]
+    pub out: PathBuf,
+    /// TAB-separated table with a header naming `path` (relative to SRC) and `label`, and
+    /// optionally `gender` and `age` (-1 or empty = unknown), instead of class folders.
+    #[arg(long)]
+    pub list: Option<PathBuf>,
+    /// Resize (shorter side) and centre-crop to S×S, then re-encode (JPEG q95 by default).
+    #[arg(long)]
+    pub size: Option<u32>,
+    /// Payload encoding: keep the original bytes (default without --size), or re-encode.
+    #[arg(long, value_enum)]
+    pub encoding: Option<Encoding>,
+    /// JPEG quality when re-encoding.
+    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub quality: u8,
+    /// Reader/transcoder threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Seed for the record-to-shard assignment and the order within shards.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep each label (identity) in a single shard instead of spreading it over all.
+    #[arg(long)]
+    pub group_by_label: bool,
+    /// Fail (writing nothing) on the first bad input instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// Packs; returns what was written (the command line prints it).
+pub fn pack(args: &PackArgs) -> Result<PackSummary> {
+    let started = Instant::now();
+    let t = transcode_settings(args)?;
+    let listing = list_inputs(args)?;
+    let labels: Vec<u32> = listing.items.iter().map(|i| i.label).collect();
+    let plan = assign::assign(&labels, args.shards, args.seed, args.group_by_label);
+    if listing.items.len() < args.shards {
+        tracing::warn!("{} records for {} shards: some shards will be empty", listing.items.len(), args.shards);
+    }
+    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(workers).build().context("starting worker threads")?;
+    let progress = crate::term::progress_bar(listing.items.len() as u64, "packing [{bar:30}] {pos}/{len} {per_sec} ETA {eta}");
+    let (tx, rx) = bounded::<Chunk>(2);
+    let summary = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| write_shards(rx, args, &listing, &progress));
+        'shards: for (k, order) in plan.iter().enumerate() {
+            for chunk in order.chunks(CHUNK) {
+                let payloads = pool.install(|| chunk.par_iter().map(|&i| read_payload(&args.src, &listing.items[i], &t)).collect());
+                if tx.send(Chunk { k, items: chunk.to_vec(), payloads }).is_err() {
+                    break 'shards;
+                }
+            }
+        }
+        drop(tx);
+        writer.join().unwrap_or_else(|_| bail!("the shard writer thread panicked"))
+    })?;
+    progress.finish_and_clear();
+    Ok(PackSummary { out: args.out.clone(), name: args.name.clone(), secs: started.elapsed().as_secs_f64(), ..summary })
+}
+
+fn transcode_settings(args: &PackArgs) -> Result<Transcode> {
+    if args.shards == 0 {
+        bail!("--shards must be at least 1");
+    }
+    if args.name.is_empty() || args.name.contains(['/', '\\']) || args.name.starts_with('.') {
+        bail!("--name {:?} must be a plain file name", args.name);
+    }
+    if args.size == Some(0) {
+        bail!("--size must be at least 1");
+    }
+    let encoding = match (args.encoding, args.size) {
+        (Some(Encoding::Keep), Some(_)) => bail!("--encoding keep cannot resize; use --encoding jpeg or png with --size"),
+        (Some(e), _) => e,
+        (None, Some(_)) => Encoding::Jpeg,
+        (None, None) => Encoding::Keep,
+    };
+    Ok(Transcode { encoding, size: args.size, quality: args.quality })
+}
+
+fn list_inputs(args: &PackArgs) -> Result<Listing> {
+    if !args.src.is_dir() {
+        bail!("source {} is not a directory", args.src.display());
+    }
+    let listing = match &args.list {
+        Some(table) => listing::from_table(table)?,
+        None => listing::from_folders(&args.src)?,
+    };
+    if listing.loose_files > 0 {
+        tracing::warn!("{} files directly in {} are outside any class folder and were not packed", listing.loose_files, args.src.display());
+    }
+    if listing.items.is_empty() {
+        bail!("no input files found in {}", args.list.as_deref().unwrap_or(&args.src).display());
+    }
+    Ok(listing)
+}
+
+/// One chunk of one shard: item indices and, per item, its payload and crc32c or a skip reason.
+struct Chunk {
+    k: usize,
+    items: Vec<usize>,
+    payloads: Vec<Result<(Vec<u8>, u32), String>>,
+}
+
+fn read_payload(src: &Path, item: &Item, t: &Transcode) -> Result<(Vec<u8>, u32), String> {
+    let bytes = std::fs::read(src.join(&item.rel)).map_err(|e| format!("unreadable: {e}"))?;
+    let payload = transcode::prepare(bytes, t)?;
+    let crc = crc32c::crc32c(&payload);
+    Ok((payload, crc))
+}
+
+/// What a pack wrote: the manifest, the inputs it skipped (path, reason), and how long it took.
+pub struct PackSummary {
+    pub manifest: Manifest,
+    pub skipped: Vec<(String, String)>,
+    pub out: PathBuf,
+    pub name: String,
+    pub secs: f64,
+}
+
+/// Appends chunks to shard writers in order, then stages labels, skips and manifest and
+/// commits. Runs on its own thread so writing overlaps reading the next chunk.
+fn write_shards(rx: Receiver<Chunk>, args: &PackArgs, listing: &Listing, progress: &indicatif::ProgressBar) -> Result<PackSummary> {
+    let n = args.shards;
+    let mut staging = Staging::new(&args.out, &args.name)?;
+    let mut skipped = Vec::new();
+    for (path, reason) in &listing.rejected {
+        skip(args, progress, &mut skipped, path, reason)?;
+    }
+    let mut entries = Vec::with_capacity(n);
+    let mut label_counts: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut current: Option<(usize, ShardWriter)> = None;
+    for chunk in rx {
+        while current.as_ref().is_none_or(|(k, _)| *k < chunk.k) {
+            let next = current.as_ref().map_or(0, |(k, _)| k + 1);
+            if let Some((k, w)) = current.take() {
+                entries.push(finish_shard(args, k, w)?);
+            }
+            current = Some((next, ShardWriter::create(&mut staging, &args.name, next, n)?));
+        }
+        let (_, w) = current.as_mut().context("no shard open")?;
+        for (&i, payload) in chunk.items.iter().zip(chunk.payloads) {
+            let item = &listing.items[i];
+            match payload {
+                Ok((bytes, crc)) => {
+                    w.append(item, &bytes, crc)?;
+                    *label_counts.entry(item.label).or_default() += 1;
+                }
+                Err(reason) => skip(args, progress, &mut skipped, &item.rel, &reason)?,
+            }
+            progress.inc(1);
+        }
+    }
+    let mut next = current.as_ref().map_or(0, |(k, _)| k + 1);
+    if let Some((k, w)) = current.take() {
+        entries.push(finish_shard(args, k, w)?);
+    }
+    while next < n {
+        entries.push(finish_shard(args, next, ShardWriter::create(&mut staging, &args.name, next, n)?)?);
+        next += 1;
+    }
+    skipped.sort();
+    let manifest = build_manifest(args, &listing.classes, entries, label_counts, skipped.len());
+    stage_metadata(&mut staging, args, &listing.classes, &skipped, &manifest)?;
+    staging.commit()?;
+    Ok(PackSummary { manifest, skipped, out: PathBuf::new(), name: String::new(), secs: 0.0 })
+}
+
+fn finish_shard(args: &PackArgs, k: usize, w: ShardWriter) -> Result<ShardEntry> {
+    let stem = format::shard_stem(&args.name, k, args.shards);
+    let (records, labels) = (w.records, w.labels.len());
+    let bytes = w.finish()?;
+    Ok(ShardEntry { bin: format!("{stem}.bin"), idx: format!("{stem}.idx"), records, bytes, labels })
+}
+
+fn skip(args: &PackArgs, progress: &indicatif::ProgressBar, skipped: &mut Vec<(String, String)>, path: &str, reason: &str) -> Result<()> {
+    let reason = reason.trim();
+    let full = args.src.join(path);
+    if args.strict {
+        bail!("bad input {}: {reason} (--strict: nothing was written)", full.display());
+    }
+    progress.suspend(|| tracing::warn!("skipped {}: {reason}", full.display()));
+    skipped.push((path.to_string(), reason.to_string()));
+    Ok(())
+}
+
+fn build_manifest(args: &PackArgs, classes: &LabelTable, shards: Vec<ShardEntry>, label_counts: BTreeMap<u32, usize>, skipped: usize) -> Manifest {
+    let settings = serde_json::json!({
+        "source": args.src, "list": args.list, "size": args.size,
+        "encoding": transcode_settings(args).map(|t| t.encoding).unwrap_or(Encoding::Keep),
+        "quality": args.quality, "seed": args.seed, "group_by_label": args.group_by_label,
+        "trainer_version": env!("CARGO_PKG_VERSION"),
+    });
+    Manifest {
+        format: format::MAGIC.to_string(),
+        version: format::VERSION,
+        name: args.name.clone(),
+        num_shards: shards.len(),
+        num_records: shards.iter().map(|s| s.records).sum(),
+        num_classes: classes.num_classes(),
+        total_bytes: shards.iter().map(|s| s.bytes).sum(),
+        shards,
+        label_counts,
+        skipped,
+        settings,
+    }
+}
+
+fn stage_metadata(staging: &mut Staging, args: &PackArgs, classes: &LabelTable, skipped: &[(String, String)], manifest: &Manifest) -> Result<()> {
+    staging.write_small(&format::labels_file(&args.name), classes.to_text().as_bytes())?;
+    let mut table = String::from("path\treason\n");
+    for (path, reason) in skipped {
+        table.push_str(&format!("{}\t{}\n", format::escape_path(path), format::escape_path(reason)));
+    }
+    staging.write_small(&format::skipped_file(&args.name), table.as_bytes())?;
+    let json = serde_json::to_string_pretty(manifest)? + "\n";
+    staging.write_small(&format::manifest_file(&args.name), json.as_bytes())
+}
+
+impl std::fmt::Display for PackSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = &self.manifest;
+        let (mb, secs) = (m.total_bytes as f64 / 1e6, self.secs.max(1e-9));
+        writeln!(
+            f,
+            "packed {} records of {} classes into {} shards in {} ({mb:.1} MB) in {:.2} s ({:.0} records/s, {:.1} MB/s)",
+            m.num_records,
+            m.num_classes,
+            m.num_shards,
+            self.out.display(),
+            self.secs,
+            m.num_records as f64 / secs,
+            mb / secs
+        )?;
+        let sizes: Vec<usize> = m.shards.iter().map(|e| e.records).collect();
+        writeln!(f, "records per shard: min {} max {}", sizes.iter().min().unwrap_or(&0), sizes.iter().max().unwrap_or(&0))?;
+        if !self.skipped.is_empty() {
+            writeln!(f, "skipped {} bad inputs (listed in {})", self.skipped.len(), self.out.join(format::skipped_file(&self.name)).display())?;
+        }
+        Ok(())
+    }
+}

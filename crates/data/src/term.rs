@@ -1,0 +1,50 @@
+//! What both binaries do at the terminal's edge: logging set-up, exit status, stdout that
+//! tolerates a closed pipe, and progress bars that appear only on a terminal.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info` level. Colour only when stderr
+/// is a terminal and `NO_COLOR` is unset, so redirected logs hold no escape codes.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_target(false)
+        .try_init();
+}
+
+/// The exit status for a command's result, printing the error chain on failure.
+pub fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes to stdout; a reader that went away (`trainer inspect DS | head -1`) is not an error.
+pub fn print(text: &str) -> anyhow::Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("writing to stdout")),
+        _ => Ok(()),
+    }
+}
+
+/// A bar drawn on stderr when it is a terminal, hidden otherwise (logs, CI, pipes).
+pub fn progress_bar(total: u64, template: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}

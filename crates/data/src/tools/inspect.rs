@@ -1,0 +1,116 @@
+//! `trainer inspect`: a dataset's shape at a glance, and how fast its index loads.
+
+use crate::format::{Manifest, Version};
+use crate::reader::{Dataset, Layout};
+use crate::stats::cpu_seconds;
+use anyhow::Result;
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Print a dataset's records, labels, per-shard counts and sizes, and format version.
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// `<dir>/<name>` (all shards) or a legacy `<dir>/<name>` .bin/.idx pair.
+    pub dataset: PathBuf,
+    /// Also print the first N records (path, label, bytes, gender, age, crc32c).
+    #[arg(long, default_value_t = 0)]
+    pub head: usize,
+}
+
+/// The report `trainer inspect` prints.
+pub fn inspect(args: &InspectArgs) -> Result<String> {
+    let (started, cpu0) = (Instant::now(), cpu_seconds());
+    let ds = Dataset::open(&args.dataset)?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
+    let mut out = String::new();
+    let layout = Layout::resolve(&args.dataset)?;
+    let version = ds.shards.first().map_or("(no shards)", |s| s.version().name());
+    let bytes: u64 = ds.shards.iter().map(|s| s.bin_len()).sum();
+    let _ = writeln!(out, "dataset {} — {} shards, format {version}", args.dataset.display(), ds.total_shards);
+    let _ = writeln!(out, "records {}  classes {}  payload {:.1} MB", ds.len(), ds.num_classes, bytes as f64 / 1e6);
+    let rate = |t: f64| ds.len() as f64 / t.max(1e-9) / 1e6;
+    let cpu_note = cpu.map_or(String::new(), |c| format!(", {:.0} ms CPU = {:.2} M records per CPU-second", c * 1e3, rate(c)));
+    let _ = writeln!(out, "index load: {} records in {:.1} ms wall ({:.2} M records/s){cpu_note}", ds.len(), secs * 1e3, rate(secs));
+    print_shards(&mut out, &ds);
+    print_classes(&mut out, &ds);
+    print_attributes(&mut out, &ds);
+    print_sidecars(&mut out, &layout, &ds);
+    print_head(&mut out, &ds, args.head);
+    Ok(out)
+}
+
+fn print_shards(out: &mut String, ds: &Dataset) {
+    let _ = writeln!(out, "{:>6} {:>10} {:>8} {:>14}  file", "shard", "records", "labels", "bytes");
+    for s in &ds.shards {
+        let mut labels = s.labels().to_vec();
+        labels.sort_unstable();
+        labels.dedup();
+        let file = s.bin_path().file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let _ = writeln!(out, "{:>6} {:>10} {:>8} {:>14}  {file}", s.k(), s.len(), labels.len(), s.bin_len());
+    }
+}
+
+fn print_classes(out: &mut String, ds: &Dataset) {
+    let mut counts = vec![0usize; ds.num_classes.max(1)];
+    for &l in ds.shards.iter().flat_map(|s| s.labels()) {
+        if let Some(c) = counts.get_mut(l as usize) {
+            *c += 1;
+        }
+    }
+    let present: Vec<usize> = counts.iter().copied().filter(|&c| c > 0).collect();
+    let mut sorted = present.clone();
+    sorted.sort_unstable();
+    if let (Some(min), Some(max)) = (sorted.first(), sorted.last()) {
+        let _ = writeln!(out, 
+            "records per class: min {min} median {} max {max} ({} of {} classes present)",
+            crate::stats::median(&sorted.iter().map(|&c| c as f64).collect::<Vec<_>>()),
+            present.len(),
+            ds.num_classes
+        );
+    }
+}
+
+fn print_attributes(out: &mut String, ds: &Dataset) {
+    let histogram = |col: &dyn Fn(&crate::reader::Shard) -> &[i8]| {
+        let mut h = std::collections::BTreeMap::<i8, usize>::new();
+        for s in &ds.shards {
+            for &v in col(s) {
+                *h.entry(v).or_default() += 1;
+            }
+        }
+        h.iter().map(|(v, n)| if *v < 0 { format!("unknown:{n}") } else { format!("{v}:{n}") }).collect::<Vec<_>>().join(" ")
+    };
+    let _ = writeln!(out, "gender {}", histogram(&|s| s.genders()));
+    let _ = writeln!(out, "age    {}", histogram(&|s| s.ages()));
+}
+
+fn print_sidecars(out: &mut String, layout: &Layout, ds: &Dataset) {
+    let labels = layout.labels_path();
+    let _ = writeln!(out, "labels table: {}", if labels.is_file() { labels.display().to_string() } else { "none (classes = max label + 1)".into() });
+    match Manifest::load(&layout.manifest_path()) {
+        Ok(m) => {
+            let agrees = m.num_records == ds.len() && m.num_shards == ds.total_shards;
+            let _ = writeln!(out, "manifest: {} records, {} skipped at pack time, settings {}{}", m.num_records, m.skipped, m.settings, if agrees { "" } else { "  (DISAGREES with the shards: run `trainer verify`)" });
+        }
+        Err(_) if !layout.manifest_path().exists() => { let _ = writeln!(out, "manifest: none"); }
+        Err(e) => { let _ = writeln!(out, "manifest: unreadable: {e:#}"); }
+    }
+}
+
+fn print_head(out: &mut String, ds: &Dataset, n: usize) {
+    let mut left = n;
+    for s in &ds.shards {
+        for i in 0..s.len().min(left) {
+            let (start, end) = s.index().range(i);
+            let crc = s.checksum(i).map_or("-".to_string(), |c| format!("{c:08x}"));
+            let r = &s.index().cols;
+            let _ = writeln!(out, "{}[{i}]\t{}\tlabel {}\t{} bytes\tgender {}\tage {}\tcrc32c {crc}", s.k(), s.path_of(i), r.labels[i], end - start, r.genders[i], r.ages[i]);
+        }
+        left -= s.len().min(left);
+    }
+    if n > 0 && ds.shards.first().is_some_and(|s| s.version() == Version::Legacy) {
+        let _ = writeln!(out, "(seed format: no gender, age or checksum columns)");
+    }
+}

@@ -1,0 +1,208 @@
+//! `trainer bench allreduce`: gradient all-reduce time for ResNet-50-sized gradients, as
+//! algorithm and bus bandwidth, next to the ring bound from a measured point-to-point
+//! bandwidth and to an unbucketed (one all-reduce per tensor) baseline.
+
+use crate::dist::{self, selftest, Comm, CommOptions, LaunchInfo, ReduceOp};
+use trainer_data::stats::median;
+use anyhow::Result;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+
+#[derive(clap::Args, Debug)]
+pub struct AllreduceArgs {
+    /// Gradient size in MB, as 1 MB tensors; 0 = ResNet-50's parameter shapes (161 tensors,
+    /// 25.6 M floats, 102 MB).
+    #[arg(long, default_value_t = 0.0)]
+    pub mb: f64,
+    /// Timed all-reduces per variant; the median is reported.
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Bucket size in MiB (gradients are fused into flat buffers of about this size).
+    #[arg(long, default_value_t = 25.0)]
+    pub bucket_mb: f64,
+    /// Send gradients as f16.
+    #[arg(long)]
+    pub fp16: bool,
+    /// cpu (MPI) or cuda (the local rank's GPU, NCCL; also with a single process).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Verify every collective's results (means, broadcasts, scalars, bytes, fp16)
+    /// instead of timing.
+    #[arg(long)]
+    pub check: bool,
+    /// Seconds a collective may stay in flight before the job is aborted.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout_s: f64,
+    /// Test only: this rank exits with status 3 during --check.
+    #[arg(long, hide = true)]
+    pub die_rank: Option<usize>,
+    /// Test only: this rank stops taking part in collectives during --check.
+    #[arg(long, hide = true)]
+    pub hang_rank: Option<usize>,
+}
+
+pub fn run(a: AllreduceArgs) -> Result<()> {
+    let info = dist::launch_info();
+    // One core's share per rank: libtorch's copies must not fight MPI for the cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tch::set_num_threads((cores / info.local_world).max(1) as i32);
+    let device = crate::device::resolve(&a.device, &info)?;
+    let opts = CommOptions {
+        bucket_bytes: dist::mib_to_bytes(a.bucket_mb),
+        fp16: a.fp16,
+        timeout: Duration::from_secs_f64(a.timeout_s),
+    };
+    let result = if a.check {
+        let faults = selftest::Faults { die_rank: a.die_rank, hang_rank: a.hang_rank };
+        selftest::run(device, &opts, faults, |o| comm(device, &info, o)).map(|line| println!("{line}"))
+    } else {
+        bench(&a, &info, device, &opts)
+    };
+    match result {
+        Ok(()) => {
+            dist::finalize();
+            Ok(())
+        }
+        Err(e) if info.world > 1 => dist::abort_job(&format!("error: {e:#}")),
+        Err(e) => Err(e),
+    }
+}
+
+/// Like `dist::init`, but a single process with `--device cuda` still gets NCCL (a 1-rank
+/// communicator), so one GPU can measure it.
+fn comm(device: Device, info: &LaunchInfo, opts: CommOptions) -> Result<Box<dyn Comm>> {
+    #[cfg(feature = "nccl")]
+    if device.is_cuda() && info.world == 1 {
+        return Ok(Box::new(dist::nccl::Nccl::new(Box::new(dist::single::Single), device, opts)?));
+    }
+    let _ = info;
+    dist::init(device, opts)
+}
+
+fn gradients(mb: f64, device: Device) -> (String, Vec<Tensor>) {
+    let shapes: Vec<Vec<i64>> = if mb > 0.0 {
+        let floats = (mb * 1e6 / 4.0) as i64;
+        (0..floats).step_by(250_000).map(|s| vec![(floats - s).min(250_000)]).collect()
+    } else {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let _net = tch::vision::resnet::resnet50(&vs.root(), 1000);
+        vs.trainable_variables().iter().map(|t| t.size()).collect()
+    };
+    let label = if mb > 0.0 { format!("{mb} MB") } else { "ResNet-50".into() };
+    let grads = shapes.iter().map(|s| Tensor::randn(s.as_slice(), (Kind::Float, device)) * 0.01).collect();
+    (label, grads)
+}
+
+
+/// Median over iterations of the slowest rank's time.
+fn time_all_reduce(comm: &dyn Comm, grads: &[Tensor], iters: usize) -> Result<f64> {
+    for _ in 0..2 {
+        comm.all_reduce_mean(grads)?;
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        comm.barrier()?;
+        let t0 = Instant::now();
+        comm.all_reduce_mean(grads)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    comm.all_reduce_f64(&mut times, ReduceOp::Max)?;
+    Ok(median(&times))
+}
+
+/// Local copy bandwidth of a `bytes`-sized buffer, bytes/s.
+fn memcpy_bandwidth(bytes: usize, iters: usize) -> f64 {
+    let src = Tensor::ones([(bytes / 4) as i64], (Kind::Float, Device::Cpu));
+    let mut dst = src.zeros_like();
+    let times: Vec<f64> = (0..iters.max(3))
+        .map(|_| {
+            let t0 = Instant::now();
+            dst.copy_(&src);
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    bytes as f64 / median(&times)
+}
+
+fn bench(a: &AllreduceArgs, info: &LaunchInfo, device: Device, opts: &CommOptions) -> Result<()> {
+    let (label, grads) = gradients(a.mb, device);
+    let numel: usize = grads.iter().map(|t| t.numel()).sum();
+    let bytes = (numel * 4) as f64;
+    let bucketed = comm(device, info, opts.clone())?;
+    let (n, rank0) = (bucketed.world() as f64, bucketed.rank() == 0);
+    let say = |line: String| if rank0 { println!("{line}") };
+    say(format!(
+        "all-reduce bench: world {n}, backend {}, device {device:?}, launcher {}; fp16 {}; median of {}",
+        bucketed.backend(), info.launcher, if opts.fp16 { "on" } else { "off" }, a.iters
+    ));
+    say(format!("gradients: {label} ({} tensors, {:.2} M f32, {:.1} MB)", grads.len(), numel as f64 / 1e6, bytes / 1e6));
+    let mut per_tensor_opts = opts.clone();
+    per_tensor_opts.bucket_bytes = 0;
+    let variants = [
+        (format!("bucketed ({} MiB, {} buckets)", a.bucket_mb, dist::bucket::plan(&dist::bucket::numels(&grads), opts.bucket_bytes).len()), bucketed),
+        (format!("per-tensor ({} all-reduces)", grads.len()), comm(device, info, per_tensor_opts)?),
+    ];
+    let mut best = f64::INFINITY;
+    for (name, c) in &variants {
+        let t = time_all_reduce(&**c, &grads, a.iters)?;
+        best = best.min(t);
+        let algbw = bytes / t;
+        say(format!("  {name:<34} time {:8.2} ms   algbw {:6.2} GB/s   busbw {:6.2} GB/s",
+            t * 1e3, algbw / 1e9, algbw * 2.0 * (n - 1.0) / n / 1e9));
+    }
+    if let Some(t) = raw_mpi(info, device, opts, &grads, a.iters)? {
+        let algbw = bytes / t;
+        say(format!("  {:<34} time {:8.2} ms   algbw {:6.2} GB/s   busbw {:6.2} GB/s",
+            "raw MPI_Allreduce (no flatten/copy)", t * 1e3, algbw / 1e9, algbw * 2.0 * (n - 1.0) / n / 1e9));
+    }
+    let copy = memcpy_bandwidth(opts.bucket_bytes.max(1 << 20), a.iters);
+    say(format!("  baseline: local memcpy of one bucket {:.2} GB/s", copy / 1e9));
+    if let Some(p2p) = point_to_point(info, device, opts, a.iters)? {
+        let ring = 2.0 * (n - 1.0) / n * bytes / p2p;
+        say(format!("  baseline: MPI point-to-point (ping-pong, one bucket) {:.2} GB/s", p2p / 1e9));
+        say(format!("  ring bound 2(N-1)/N x bytes / p2p = {:.2} ms; the faster variant reaches {:.0}% of it", ring * 1e3, 100.0 * ring / best));
+    }
+    Ok(())
+}
+
+/// The same bytes as pre-flattened bucket buffers through MPI alone: the communication
+/// share of the bucketed time (the rest is flatten, copy back and the division).
+fn raw_mpi(info: &LaunchInfo, device: Device, opts: &CommOptions, grads: &[Tensor], iters: usize) -> Result<Option<f64>> {
+    #[cfg(feature = "mpi")]
+    if info.world > 1 && !device.is_cuda() {
+        let mpi = dist::mpi::Mpi::new(info.clone(), opts.clone())?;
+        let plan = dist::bucket::plan(&dist::bucket::numels(grads), opts.bucket_bytes);
+        let flats: Vec<Tensor> = plan.into_iter().map(|r| dist::bucket::flatten(&grads[r])).collect::<Result<_>>()?;
+        let mut times = Vec::with_capacity(iters);
+        for i in 0..iters + 2 {
+            mpi.barrier()?;
+            let t0 = Instant::now();
+            for f in &flats {
+                let _ = mpi.sum_f32(f);
+            }
+            if i >= 2 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        mpi.all_reduce_f64(&mut times, ReduceOp::Max)?;
+        return Ok(Some(median(&times)));
+    }
+    let _ = (info, device, opts, grads, iters);
+    Ok(None)
+}
+
+/// Rank 0 <-> 1 bandwidth over MPI (bytes/s, the same on every rank), or None when the
+/// gradients do not travel over MPI.
+fn point_to_point(info: &LaunchInfo, device: Device, opts: &CommOptions, iters: usize) -> Result<Option<f64>> {
+    #[cfg(feature = "mpi")]
+    if info.world > 1 && !device.is_cuda() {
+        let mpi = dist::mpi::Mpi::new(info.clone(), opts.clone())?;
+        let bytes = opts.bucket_bytes.max(1 << 20);
+        let mut t = [median(&mpi.ping_pong(bytes, iters.max(3)))];
+        mpi.all_reduce_f64(&mut t, ReduceOp::Max)?;
+        return Ok(Some(bytes as f64 / t[0]));
+    }
+    let _ = (info, device, opts, iters);
+    Ok(None)
+}

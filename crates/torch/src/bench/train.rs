@@ -1,0 +1,160 @@
+//! `trainer bench train`: images/s of the full training step (backbone, FR head, ArcFace,
+//! cross-entropy, backward, SGD) on a fixed synthetic batch, so only the model is timed.
+//! `benches/pytorch_train.py` is the same step in PyTorch; `benches/train.sh` runs both.
+
+use crate::model::loss::cross_entropy;
+use crate::model::{Arch, Head, HeadConfig, Net, Tasks};
+use trainer_data::stats::{cpu_seconds, median};
+use crate::optim::{groups_by_prefix, Sgd};
+use anyhow::{bail, Context, Result};
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+#[derive(clap::Args, Debug)]
+pub struct TrainBenchArgs {
+    /// Backbone architecture.
+    #[arg(long, value_enum, default_value = "resnet50")]
+    pub arch: Arch,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 112)]
+    pub size: i64,
+    /// Images per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: i64,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Untimed steps first (allocator and kernel warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Identities of the ArcFace layer.
+    #[arg(long, default_value_t = 1000)]
+    pub classes: usize,
+    /// auto, cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// libtorch intra-op threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Mixed precision (CUDA autocast, fp16); ignored on CPU.
+    #[arg(long)]
+    pub amp: bool,
+    /// NHWC memory format for the images and weights.
+    #[arg(long)]
+    pub channels_last: bool,
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Timings of one benchmark run: whole steps and their forward / backward / SGD parts.
+pub struct TrainBench {
+    pub step_secs: Vec<f64>,
+    /// Process CPU time (all threads) of the timed steps: steadier than wall time on a
+    /// machine shared with other jobs. `None` off Linux.
+    pub cpu_secs: Option<f64>,
+    pub phase_secs: [Vec<f64>; 3],
+    pub last_loss: f64,
+}
+
+impl TrainBench {
+    pub fn median_secs(&self) -> f64 {
+        median(&self.step_secs)
+    }
+}
+
+pub fn run(a: TrainBenchArgs) -> Result<()> {
+    let threads = a.threads.unwrap_or_else(default_threads);
+    tch::set_num_threads(threads as i32);
+    let device = crate::device::resolve(&a.device, &crate::dist::LaunchInfo::single())?;
+    let r = measure(&a, device).with_context(|| format!("training benchmark {:?} at {}px", a.arch, a.size))?;
+    let med = r.median_secs();
+    println!(
+        "bench train: arch={:?} size={} batch={} classes={} device={:?} threads={} amp={} channels_last={}",
+        a.arch, a.size, a.batch_size, a.classes, device, threads, a.amp, a.channels_last
+    );
+    println!(
+        "median step {:.1} ms over {} steps ({} warm-up), {:.2} images/s, last loss {:.3}",
+        med * 1e3,
+        r.step_secs.len(),
+        a.warmup,
+        a.batch_size as f64 / med,
+        r.last_loss
+    );
+    if let Some(cpu) = r.cpu_secs {
+        let images = (a.batch_size as usize * r.step_secs.len()) as f64;
+        println!("cpu time {:.1} ms per image ({:.2} images per cpu-second)", cpu / images * 1e3, images / cpu);
+    }
+    let best = r.step_secs.iter().copied().fold(f64::INFINITY, f64::min);
+    println!("best step {:.1} ms, {:.2} images/s", best * 1e3, a.batch_size as f64 / best);
+    let [f, b, s] = r.phase_secs.each_ref().map(|v| median(v) * 1e3);
+    println!("median forward {f:.1} ms, backward {b:.1} ms, sgd {s:.1} ms");
+    Ok(())
+}
+
+/// Builds the FR model and times `warmup + steps` full training steps.
+pub fn measure(a: &TrainBenchArgs, device: Device) -> Result<TrainBench> {
+    if a.steps == 0 || a.batch_size == 0 {
+        bail!("--steps and --batch-size must be positive");
+    }
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let cfg = HeadConfig::default();
+    let net = Net::new(&vs.root(), a.arch, &cfg, a.classes, Tasks { fr: true, gender: false, age: false });
+    let spec = [("backbone.", 0.01, 5e-4), ("fr.", 0.01, 5e-4), ("arcface.", 0.01, 5e-4)];
+    let mut opt = Sgd::new(groups_by_prefix(&vs, &spec), 0.9);
+    let mut x = Tensor::randn([a.batch_size, 3, a.size, a.size], (Kind::Float, device));
+    if a.channels_last {
+        x = to_channels_last(&x);
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                if v.dim() == 4 {
+                    let nhwc = to_channels_last(&v);
+                    v.set_data(&nhwc);
+                }
+            }
+        });
+    }
+    let labels: Vec<i64> = (0..a.batch_size).map(|i| i % a.classes as i64).collect();
+    let targets = Tensor::from_slice(&labels).to_device(device);
+    let mut r = TrainBench { step_secs: Vec::new(), cpu_secs: None, phase_secs: Default::default(), last_loss: f64::NAN };
+    let mut cpu_start = None;
+    let sync = || {
+        if let Device::Cuda(n) = device {
+            tch::Cuda::synchronize(n as i64);
+        }
+    };
+    for i in 0..a.warmup + a.steps {
+        if i == a.warmup {
+            cpu_start = cpu_seconds();
+        }
+        let t0 = Instant::now();
+        opt.zero_grad();
+        let loss = tch::autocast(a.amp, || -> Result<Tensor> {
+            let feats = net.features(&x, true);
+            Ok(cross_entropy(&net.logits(Head::Fr, &feats, Some(&targets), true)?, &targets))
+        })?;
+        sync();
+        let t1 = Instant::now();
+        loss.backward();
+        sync();
+        let t2 = Instant::now();
+        opt.step();
+        r.last_loss = loss.double_value(&[]); // also waits for the device
+        if i >= a.warmup {
+            let t3 = Instant::now();
+            r.step_secs.push((t3 - t0).as_secs_f64());
+            for (v, d) in r.phase_secs.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2]) {
+                v.push(d.as_secs_f64());
+            }
+        }
+    }
+    r.cpu_secs = cpu_start.zip(cpu_seconds()).map(|(s, e)| e - s);
+    Ok(r)
+}
+
+
+fn to_channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}

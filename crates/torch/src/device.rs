@@ -1,0 +1,81 @@
+//! `--device`: one meaning everywhere (training, evaluation, benchmarks).
+//!
+//! `auto` is this rank's GPU when libtorch sees CUDA, else the CPU; `cuda` is this rank's
+//! GPU (the local rank, as DDP's `LOCAL_RANK`); `cuda:N` names one GPU, which only makes
+//! sense with one rank per machine; `cpu` is the CPU.
+
+use anyhow::{bail, Context, Result};
+use tch::Device;
+
+use crate::dist::LaunchInfo;
+
+pub fn resolve(spec: &str, launch: &LaunchInfo) -> Result<Device> {
+    match spec {
+        "auto" if tch::Cuda::is_available() => local_gpu(launch),
+        "auto" | "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            require_cuda(spec)?;
+            local_gpu(launch)
+        }
+        s => {
+            let n: usize = s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("--device {s:?} is not auto, cpu, cuda or cuda:N"))?;
+            require_cuda(s)?;
+            if launch.local_world > 1 {
+                bail!(
+                    "--device {s} with {} ranks on this machine would put them all on one GPU; \
+                     use --device cuda (each rank takes cuda:<local rank>)",
+                    launch.local_world
+                );
+            }
+            gpu(n)
+        }
+    }
+}
+
+fn local_gpu(launch: &LaunchInfo) -> Result<Device> {
+    gpu(launch.local_rank)
+}
+
+fn gpu(n: usize) -> Result<Device> {
+    let count = tch::Cuda::device_count().max(0) as usize;
+    if n >= count {
+        bail!("GPU cuda:{n} is not available (libtorch sees {count} GPU(s) on this machine; more ranks per machine than GPUs?)");
+    }
+    Ok(Device::Cuda(n))
+}
+
+fn require_cuda(spec: &str) -> Result<()> {
+    if !tch::Cuda::is_available() {
+        bail!("--device {spec}: CUDA is not available (libtorch sees 0 GPUs on this machine; see README: GPUs)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(local_rank: usize, local_world: usize) -> LaunchInfo {
+        LaunchInfo { rank: local_rank, world: local_world, local_rank, local_world, launcher: "single" }
+    }
+
+    #[test]
+    fn cpu_and_auto_without_cuda() {
+        assert_eq!(resolve("cpu", &launch(1, 2)).unwrap(), Device::Cpu);
+        if !tch::Cuda::is_available() {
+            assert_eq!(resolve("auto", &launch(1, 2)).unwrap(), Device::Cpu);
+            assert!(resolve("cuda", &launch(0, 1)).unwrap_err().to_string().contains("CUDA is not available (libtorch sees 0"));
+        }
+    }
+
+    #[test]
+    fn bad_specs_are_named() {
+        for bad in ["gpu", "cuda:x", "cuda:-1", ""] {
+            let err = resolve(bad, &launch(0, 1)).unwrap_err().to_string();
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Gradient buckets: many small all-reduces cost a latency each, so gradients are packed
+//! into flat buffers of about `bucket_bytes` (as DDP and Horovod's tensor fusion do).
+
+use anyhow::{ensure, Result};
+use std::ops::Range;
+use tch::{Kind, Tensor};
+
+/// Consecutive index ranges whose f32 sizes add up to at most `bucket_bytes`; a tensor
+/// larger than a bucket gets a bucket of its own.
+pub fn plan(numels: &[usize], bucket_bytes: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, &n) in numels.iter().enumerate() {
+        let b = n * 4;
+        if i > start && bytes + b > bucket_bytes {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b;
+    }
+    if start < numels.len() {
+        out.push(start..numels.len());
+    }
+    out
+}
+
+pub fn check_f32(tensors: &[Tensor]) -> Result<()> {
+    for (i, t) in tensors.iter().enumerate() {
+        ensure!(t.kind() == Kind::Float, "all-reduce takes f32 gradients; tensor {i} is {:?}", t.kind());
+    }
+    Ok(())
+}
+
+/// The f32 tensors of one bucket as one contiguous 1-D tensor on their device.
+pub fn flatten(tensors: &[Tensor]) -> Result<Tensor> {
+    check_f32(tensors)?;
+    let views: Vec<Tensor> = tensors.iter().map(|t| t.reshape([-1])).collect();
+    Ok(Tensor::cat(&views, 0))
+}
+
+/// Copies the tensors into consecutive slices of `flat` (converting dtype and device).
+pub fn pack_into(flat: &Tensor, tensors: &[Tensor]) {
+    let mut offset = 0;
+    for t in tensors {
+        let n = t.numel() as i64;
+        flat.narrow(0, offset, n).copy_(&t.reshape([-1]));
+        offset += n;
+    }
+}
+
+/// Copies slices of `flat`, divided by `divisor`, straight back into the bucket's tensors
+/// (any layout, any device; in their f32, also when `flat` holds f16).
+pub fn unflatten_divided(flat: &Tensor, tensors: &[Tensor], divisor: f64) -> Result<()> {
+    let mut offset = 0;
+    for t in tensors {
+        let n = t.numel() as i64;
+        let src = flat.narrow(0, offset, n).view_as(t);
+        // div_out wants matching dtypes, and tch panics (in Scalar's drop) when a scalar
+        // op fails, so anything else takes the copy-then-divide path.
+        if src.device() == t.device() && src.kind() == t.kind() {
+            let _ = src.f_div_scalar_out(t, divisor)?;
+        } else {
+            let mut dst = t.shallow_clone();
+            dst.copy_(&src.to_device(t.device()));
+            let _ = dst.f_div_scalar_(divisor)?;
+        }
+        offset += n;
+    }
+    Ok(())
+}
+
+/// A hash of the tensors' count, shapes and element sizes: ranks compare it before a
+/// broadcast, so mismatched lists fail on every rank instead of writing past a buffer.
+pub fn layout_hash(tensors: &[Tensor]) -> u64 {
+    use trainer_data::rng::mix;
+    tensors.iter().fold(tensors.len() as u64, |h, t| t.size().iter().fold(mix(h ^ t.kind().elt_size_in_bytes() as u64), |h, &d| mix(h ^ d as u64)))
+}
+
+pub fn numels(tensors: &[Tensor]) -> Vec<usize> {
+    tensors.iter().map(|t| t.numel()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_respects_bucket_size_and_covers_all() {
+        let numels = [3, 5, 2, 100, 1, 1, 7];
+        let plan = plan(&numels, 8 * 4);
+        assert_eq!(plan, vec![0..2, 2..3, 3..4, 4..6, 6..7]);
+        assert_eq!(plan_total(&plan), numels.len());
+        assert!(super::plan(&[], 32).is_empty());
+        assert_eq!(super::plan(&numels, usize::MAX).len(), 1);
+    }
+
+    fn plan_total(p: &[Range<usize>]) -> usize {
+        p.iter().map(|r| r.len()).sum()
+    }
+
+    #[test]
+    fn flatten_unflatten_round_trip_with_odd_shapes() {
+        let a = Tensor::arange(6, (Kind::Float, tch::Device::Cpu)).view([2, 3]);
+        let b = Tensor::arange(5, (Kind::Float, tch::Device::Cpu)) + 10.0;
+        let flat = flatten(&[a.shallow_clone(), b.shallow_clone()]).unwrap();
+        assert_eq!(flat.size(), vec![11]);
+        let twice = &flat * 2.0;
+        unflatten_divided(&twice, &[a.shallow_clone(), b.shallow_clone()], 1.0).unwrap();
+        assert_eq!(Vec::<f32>::try_from(a.reshape([-1])).unwrap(), vec![0., 2., 4., 6., 8., 10.]);
+        assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![20., 22., 24., 26., 28.]);
+        let packed = Tensor::zeros([11], (Kind::Half, tch::Device::Cpu));
+        pack_into(&packed, &[a.tr(), b.shallow_clone()]);
+        let want = [0., 6., 2., 8., 4., 10., 20., 22., 24., 26., 28.];
+        assert_eq!(Vec::<f32>::try_from(packed.to_kind(Kind::Float)).unwrap(), want);
+        let view = a.tr(); // non-contiguous destination
+        unflatten_divided(&packed, &[view, b.shallow_clone()], 2.0).unwrap();
+        assert_eq!(Vec::<f32>::try_from(a.reshape([-1])).unwrap(), vec![0., 1., 2., 3., 4., 5.]);
+        assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![10., 11., 12., 13., 14.]);
+    }
+
+    #[test]
+    fn flatten_rejects_non_f32() {
+        let t = Tensor::zeros([2], (Kind::Int64, tch::Device::Cpu));
+        assert!(flatten(&[t]).is_err());
+    }
+}

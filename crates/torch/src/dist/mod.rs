@@ -1,0 +1,185 @@
+//! Communication backends behind one interface: single process, MPI (CPU), NCCL (CUDA).
+//!
+//! `launch_info()` reads rank/world/local rank before tch touches a device; `init()` then
+//! builds the backend. Both share one MPI initialisation (MPI allows only one per process).
+
+pub mod bucket;
+#[cfg(feature = "mpi")]
+pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
+pub mod selftest;
+pub mod single;
+pub mod watchdog;
+
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Min,
+    Max,
+}
+
+/// The collectives a data-parallel training step needs.
+pub trait Comm {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    fn local_rank(&self) -> usize;
+    /// "single", "mpi" or "nccl" (gradients over NCCL; scalars and bytes still over MPI).
+    fn backend(&self) -> &'static str;
+    /// Averages gradients in place across ranks: flattened buckets of about `bucket_bytes`,
+    /// optional fp16 compression. CPU tensors over MPI, CUDA tensors over NCCL.
+    fn all_reduce_mean(&self, tensors: &[tch::Tensor]) -> anyhow::Result<()>;
+    /// Overwrites every tensor (any dtype, e.g. BatchNorm's i64 counter) with root's values.
+    fn broadcast(&self, tensors: &[tch::Tensor], root: usize) -> anyhow::Result<()>;
+    fn all_reduce_f64(&self, values: &mut [f64], op: ReduceOp) -> anyhow::Result<()>;
+    /// Root's bytes to every rank; the other ranks' vectors are resized to match.
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> anyhow::Result<()>;
+    fn barrier(&self) -> anyhow::Result<()>;
+    /// Ends the whole job: "rank K: <reason>" on stderr, then MPI_Abort (exit(1) single).
+    fn abort(&self, reason: &str) -> !;
+}
+
+/// Bucket sizes are given in MiB, as DDP's `bucket_cap_mb`.
+pub fn mib_to_bytes(mib: f64) -> usize {
+    (mib * (1u64 << 20) as f64) as usize
+}
+
+#[derive(Clone, Debug)]
+pub struct CommOptions {
+    /// Gradients are reduced in flat buffers of about this size (DDP and Horovod use 25 MiB).
+    pub bucket_bytes: usize,
+    /// Send gradients as f16 (halves the bytes; see `mpi.rs` / `nccl.rs` for the numerics).
+    pub fp16: bool,
+    /// A collective in flight longer than this aborts the job (a peer died or hung).
+    pub timeout: Duration,
+}
+
+impl Default for CommOptions {
+    fn default() -> Self {
+        CommOptions { bucket_bytes: 25 << 20, fp16: false, timeout: Duration::from_secs(60) }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchInfo {
+    pub rank: usize,
+    pub world: usize,
+    /// Rank among the processes on this machine (MPI shared-memory split): the GPU index.
+    pub local_rank: usize,
+    /// Ranks on this machine: split the cores (libtorch threads, decoders) between them.
+    pub local_world: usize,
+    /// "mpirun", "srun" or "single".
+    pub launcher: &'static str,
+}
+
+impl LaunchInfo {
+    /// A process on its own: rank 0 of 1.
+    pub fn single() -> LaunchInfo {
+        LaunchInfo { rank: 0, world: 1, local_rank: 0, local_world: 1, launcher: "single" }
+    }
+}
+
+/// Which launcher started us, from the variables launchers set; None when run directly,
+/// so a plain `trainer ...` never initialises MPI.
+pub fn launcher_from_env(var: impl Fn(&str) -> bool) -> Option<&'static str> {
+    let hydra_or_ompi = var("HYDI_CONTROL_FD") || var("OMPI_COMM_WORLD_SIZE");
+    if var("SLURM_STEP_ID") && var("SLURM_PROCID") && !hydra_or_ompi {
+        return Some("srun");
+    }
+    let pmi = ["PMI_SIZE", "PMI_RANK", "PMIX_RANK"].iter().any(|v| var(v));
+    (hydra_or_ompi || pmi).then_some("mpirun")
+}
+
+fn env_launcher() -> Option<&'static str> {
+    launcher_from_env(|v| std::env::var_os(v).is_some())
+}
+
+/// Rank info before tch is touched (to choose cuda:<local_rank>). Initialises MPI when
+/// started by a launcher; `init` reuses that initialisation.
+pub fn launch_info() -> LaunchInfo {
+    #[cfg(feature = "mpi")]
+    if let Some(launcher) = env_launcher() {
+        if let Some(info) = mpi::launch_info(launcher) {
+            return info;
+        }
+    }
+    #[cfg(not(feature = "mpi"))]
+    if let Some(launcher) = env_launcher() {
+        tracing::warn!("started by {launcher}, but built without the mpi feature: every process runs alone");
+    }
+    LaunchInfo::single()
+}
+
+/// Single process when not under a launcher, world is 1, or the mpi feature is off; MPI
+/// otherwise; NCCL for gradients when `device` is CUDA (probing libnccl first).
+pub fn init(device: tch::Device, opts: CommOptions) -> anyhow::Result<Box<dyn Comm>> {
+    let info = launch_info();
+    if info.world == 1 {
+        return Ok(Box::new(single::Single));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let mpi = Box::new(mpi::Mpi::new(info, opts.clone())?);
+        if device.is_cuda() {
+            #[cfg(feature = "nccl")]
+            return Ok(Box::new(nccl::Nccl::new(mpi, device, opts)?));
+            #[cfg(not(feature = "nccl"))]
+            tracing::warn!("built without the nccl feature: CUDA gradients go through host memory and MPI");
+        }
+        Ok(mpi)
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = (device, opts);
+        unreachable!("world > 1 requires the mpi feature")
+    }
+}
+
+/// Ends the whole job with `reason` on stderr: MPI_Abort under a launcher, exit(1) alone.
+/// For errors that happen where no `Comm` is at hand.
+pub fn abort_job(reason: &str) -> ! {
+    #[cfg(feature = "mpi")]
+    if env_launcher().is_some() {
+        mpi::abort_world(reason);
+    }
+    eprintln!("{reason}");
+    std::process::exit(1)
+}
+
+/// Ends MPI cleanly at the end of a successful run (idempotent; no-op when single).
+pub fn finalize() {
+    #[cfg(feature = "mpi")]
+    mpi::finalize();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(vars: &'static [&'static str]) -> impl Fn(&str) -> bool {
+        move |v| vars.contains(&v)
+    }
+
+    #[test]
+    fn launcher_detection() {
+        assert_eq!(launcher_from_env(env_of(&[])), None);
+        assert_eq!(launcher_from_env(env_of(&["PMI_RANK", "PMI_SIZE", "HYDI_CONTROL_FD"])), Some("mpirun"));
+        assert_eq!(launcher_from_env(env_of(&["OMPI_COMM_WORLD_SIZE"])), Some("mpirun"));
+        assert_eq!(launcher_from_env(env_of(&["SLURM_STEP_ID", "SLURM_PROCID", "PMI_RANK"])), Some("srun"));
+        // mpirun inside a Slurm allocation is still mpirun.
+        let nested = env_of(&["SLURM_STEP_ID", "SLURM_PROCID", "HYDI_CONTROL_FD", "PMI_RANK"]);
+        assert_eq!(launcher_from_env(nested), Some("mpirun"));
+        // An sbatch script's own shell (no step) is not a launch.
+        assert_eq!(launcher_from_env(env_of(&["SLURM_PROCID"])), None);
+    }
+
+    #[test]
+    fn direct_run_is_single() {
+        if env_launcher().is_none() {
+            let info = launch_info();
+            assert_eq!((info.rank, info.world, info.launcher), (0, 1, "single"));
+        }
+    }
+}

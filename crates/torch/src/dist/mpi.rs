@@ -1,0 +1,278 @@
+//! MPI backend: CPU tensors (CUDA ones are staged through host memory), scalars, bytes.
+//!
+//! fp16 compression sends gradients as IEEE half (u16 on the wire) with a user-defined sum
+//! that adds in f32 and rounds each partial sum back to half, as NCCL's f16 all-reduce
+//! does: half the bytes, about 3 significant digits, overflow above 65504.
+
+use super::watchdog::{Op, Watchdog};
+use super::{bucket, Comm, CommOptions, LaunchInfo, ReduceOp};
+use anyhow::{ensure, Context, Result};
+use mpi::collective::{CommunicatorCollectives, Root, SystemOperation, UserOperation};
+use mpi::environment::Universe;
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::Threading;
+use std::sync::OnceLock;
+use tch::{Device, Kind, Tensor};
+
+/// MPI may be initialised once per process: `launch_info` and `init` share this.
+static UNIVERSE: OnceLock<Option<Universe>> = OnceLock::new();
+
+fn universe() -> Option<&'static Universe> {
+    UNIVERSE
+        .get_or_init(|| {
+            // Multiple: the watchdog thread may call MPI_Abort while the main thread waits.
+            let (universe, _level) = mpi::initialize_with_threading(Threading::Multiple)?;
+            Some(universe)
+        })
+        .as_ref()
+}
+
+pub fn launch_info(launcher: &'static str) -> Option<LaunchInfo> {
+    let world = universe()?.world();
+    let local = world.split_shared(world.rank());
+    Some(LaunchInfo {
+        rank: world.rank() as usize,
+        world: world.size() as usize,
+        local_rank: local.rank() as usize,
+        local_world: local.size() as usize,
+        launcher,
+    })
+}
+
+/// MPI_Finalize if MPI was initialised and not yet finalised.
+pub fn finalize() {
+    if UNIVERSE.get().is_some_and(|u| u.is_some()) {
+        let mut done = 0;
+        unsafe {
+            mpi::ffi::MPI_Finalized(&mut done);
+            if done == 0 {
+                mpi::ffi::MPI_Finalize();
+            }
+        }
+    }
+}
+
+/// Ends every rank of the job. A backstop kills this process if MPI_Abort itself hangs.
+pub fn abort_world(message: &str) -> ! {
+    eprintln!("{message}");
+    // Let the launcher forward the message before MPI_Abort tears the job down.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::spawn(|| {
+        std::thread::sleep(std::time::Duration::from_secs(10));
+        std::process::abort();
+    });
+    unsafe {
+        mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
+    }
+    std::process::abort();
+}
+
+pub struct Mpi {
+    info: LaunchInfo,
+    opts: CommOptions,
+    world: SimpleCommunicator,
+    watchdog: Watchdog,
+    f16_sum: UserOperation<'static>,
+    buffers: std::cell::RefCell<Vec<(Tensor, Tensor)>>,
+}
+
+impl Mpi {
+    pub fn new(info: LaunchInfo, opts: CommOptions) -> Result<Mpi> {
+        let world = universe().context("MPI is not initialised (not started by a launcher?)")?.world();
+        ensure!(world.rank() as usize == info.rank, "rank changed between launch_info and init");
+        let watchdog = Watchdog::start(info.rank, opts.timeout, |m: &str| abort_world(m));
+        Ok(Mpi { info, opts, world, watchdog, f16_sum: UserOperation::commutative(f16_sum), buffers: Default::default() })
+    }
+
+    /// Sums a contiguous CPU f32 tensor over ranks into a new tensor.
+    pub fn sum_f32(&self, flat: &Tensor) -> Tensor {
+        let out = Tensor::empty([flat.numel() as i64], (Kind::Float, Device::Cpu));
+        unsafe {
+            self.world.all_reduce_into(as_slice::<f32>(flat), as_mut_slice::<f32>(&out), SystemOperation::sum());
+        }
+        out
+    }
+
+    /// The send and receive buffers of bucket `b`, kept between steps (fresh 25 MiB
+    /// allocations every step cost page faults): f32, or f16 when compressing.
+    fn bucket_buffers(&self, b: usize, numel: usize) -> (Tensor, Tensor) {
+        let kind = if self.opts.fp16 { Kind::Half } else { Kind::Float };
+        let mut bufs = self.buffers.borrow_mut();
+        if bufs.len() <= b {
+            bufs.resize_with(b + 1, || (Tensor::new(), Tensor::new()));
+        }
+        if bufs[b].0.numel() != numel {
+            let make = || Tensor::empty([numel as i64], (kind, Device::Cpu));
+            bufs[b] = (make(), make());
+        }
+        (bufs[b].0.shallow_clone(), bufs[b].1.shallow_clone())
+    }
+
+    fn broadcast_one(&self, t: &Tensor, root: usize) {
+        let root = self.world.process_at_rank(root as i32);
+        if t.device() == Device::Cpu && t.is_contiguous() {
+            root.broadcast_into(unsafe { as_mut_bytes(t) });
+        } else {
+            let staged = t.to_device(Device::Cpu).contiguous();
+            root.broadcast_into(unsafe { as_mut_bytes(&staged) });
+            t.shallow_clone().copy_(&staged);
+        }
+    }
+
+    /// Fails (on every rank) when the ranks' tensor lists differ in shape or dtype, before
+    /// any mismatched broadcast could write past a buffer.
+    fn check_same_layout(&self, tensors: &[Tensor], root: usize) -> Result<()> {
+        let mine = bucket::layout_hash(tensors);
+        let mut theirs = mine;
+        self.world.process_at_rank(root as i32).broadcast_into(&mut theirs);
+        let mut mismatch = [(mine != theirs) as u64];
+        let local = mismatch;
+        self.world.all_reduce_into(&local, &mut mismatch, SystemOperation::max());
+        ensure!(
+            mismatch[0] == 0,
+            "rank {}: broadcast tensors differ in shape or dtype between ranks (this rank {}; a model built differently?)",
+            self.info.rank,
+            if mine == theirs { "matches root" } else { "differs from root" }
+        );
+        Ok(())
+    }
+}
+
+impl Mpi {
+    /// Seconds per one-way transfer of `bytes` between ranks 0 and 1 (half a round trip),
+    /// one figure per iteration; the link bandwidth a ring all-reduce is bounded by.
+    pub fn ping_pong(&self, bytes: usize, iters: usize) -> Vec<f64> {
+        use mpi::point_to_point::{Destination, Source};
+        let mut buf = vec![1u8; bytes];
+        let mut out = Vec::with_capacity(iters);
+        self.world.barrier();
+        for _ in 0..iters {
+            let t0 = std::time::Instant::now();
+            match self.info.rank {
+                0 => {
+                    self.world.process_at_rank(1).send(&buf[..]);
+                    self.world.process_at_rank(1).receive_into(&mut buf[..]);
+                }
+                1 => {
+                    self.world.process_at_rank(0).receive_into(&mut buf[..]);
+                    self.world.process_at_rank(0).send(&buf[..]);
+                }
+                _ => {}
+            }
+            out.push(t0.elapsed().as_secs_f64() / 2.0);
+        }
+        out
+    }
+}
+
+fn f16_sum(x: mpi::datatype::DynBuffer, y: mpi::datatype::DynBufferMut) {
+    use half::f16;
+    let (Some(x), Some(y)) = (x.downcast::<u16>(), y.downcast::<u16>()) else {
+        panic!("fp16 all-reduce got a non-u16 buffer");
+    };
+    for (a, b) in x.iter().zip(y.iter_mut()) {
+        *b = f16::from_f32(f16::from_bits(*a).to_f32() + f16::from_bits(*b).to_f32()).to_bits();
+    }
+}
+
+/// The elements of a contiguous CPU tensor of element type `T`.
+unsafe fn as_slice<T>(t: &Tensor) -> &[T] {
+    debug_assert!(t.is_contiguous() && t.device() == Device::Cpu);
+    std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel())
+}
+
+#[allow(clippy::mut_from_ref)]
+unsafe fn as_mut_slice<T>(t: &Tensor) -> &mut [T] {
+    debug_assert!(t.is_contiguous() && t.device() == Device::Cpu);
+    std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, t.numel())
+}
+
+#[allow(clippy::mut_from_ref)]
+unsafe fn as_mut_bytes(t: &Tensor) -> &mut [u8] {
+    std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, t.numel() * t.kind().elt_size_in_bytes())
+}
+
+fn system_op(op: ReduceOp) -> SystemOperation {
+    match op {
+        ReduceOp::Sum => SystemOperation::sum(),
+        ReduceOp::Min => SystemOperation::min(),
+        ReduceOp::Max => SystemOperation::max(),
+    }
+}
+
+impl Comm for Mpi {
+    fn rank(&self) -> usize {
+        self.info.rank
+    }
+    fn world(&self) -> usize {
+        self.info.world
+    }
+    fn local_rank(&self) -> usize {
+        self.info.local_rank
+    }
+    fn backend(&self) -> &'static str {
+        "mpi"
+    }
+
+    fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<()> {
+        let _armed = self.watchdog.arm(Op::AllReduceMean);
+        let _no_grad = tch::no_grad_guard();
+        bucket::check_f32(tensors).with_context(|| format!("rank {}: all_reduce_mean", self.info.rank))?;
+        let n = self.info.world as f64;
+        for (b, range) in bucket::plan(&bucket::numels(tensors), self.opts.bucket_bytes).into_iter().enumerate() {
+            let group = &tensors[range];
+            let (send, recv) = self.bucket_buffers(b, group.iter().map(|t| t.numel()).sum());
+            bucket::pack_into(&send, group);
+            unsafe {
+                if self.opts.fp16 {
+                    self.world.all_reduce_into(as_slice::<u16>(&send), as_mut_slice::<u16>(&recv), &self.f16_sum);
+                } else {
+                    self.world.all_reduce_into(as_slice::<f32>(&send), as_mut_slice::<f32>(&recv), SystemOperation::sum());
+                }
+            }
+            bucket::unflatten_divided(&recv, group, n)?;
+        }
+        Ok(())
+    }
+
+    fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<()> {
+        ensure!(root < self.info.world, "broadcast root {root} is outside the world of {}", self.info.world);
+        let _armed = self.watchdog.arm(Op::Broadcast);
+        let _no_grad = tch::no_grad_guard();
+        self.check_same_layout(tensors, root)?;
+        for t in tensors {
+            self.broadcast_one(t, root);
+        }
+        Ok(())
+    }
+
+    fn all_reduce_f64(&self, values: &mut [f64], op: ReduceOp) -> Result<()> {
+        let _armed = self.watchdog.arm(Op::AllReduceF64);
+        let send = values.to_vec();
+        self.world.all_reduce_into(&send[..], values, system_op(op));
+        Ok(())
+    }
+
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
+        ensure!(root < self.info.world, "broadcast root {root} is outside the world of {}", self.info.world);
+        let _armed = self.watchdog.arm(Op::BroadcastBytes);
+        let root = self.world.process_at_rank(root as i32);
+        let mut len = bytes.len() as u64;
+        root.broadcast_into(&mut len);
+        bytes.resize(len as usize, 0);
+        if len > 0 {
+            root.broadcast_into(&mut bytes[..]);
+        }
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<()> {
+        let _armed = self.watchdog.arm(Op::Barrier);
+        self.world.barrier();
+        Ok(())
+    }
+
+    fn abort(&self, reason: &str) -> ! {
+        abort_world(&format!("rank {}: {reason}", self.info.rank))
+    }
+}

@@ -1,0 +1,308 @@
+//! NCCL backend: gradients and parameter broadcasts on CUDA tensors' memory; scalars and
+//! bytes still go through the host communicator (MPI, or Single for a world of one).
+//!
+//! Loading: cudarc's dynamic loader panics when it finds nothing and never tries the real
+//! soname `libnccl.so.2` (the name PyTorch's wheel ships), and it honours no variable to
+//! point it elsewhere. So the library is probed here, by path, and its few entry points
+//! are called through cudarc's NCCL types (`cudarc::nccl::sys`).
+//!
+//! Ordering: tch never changes libtorch's current stream, which stays the device's default
+//! (legacy NULL) stream, so every NCCL call is enqueued on stream NULL, after the kernels
+//! that wrote the gradients and before the copies that read them back. The device is
+//! synchronised once at the end of each collective so it completes under the watchdog and
+//! its errors surface in the call that caused them.
+
+use super::watchdog::{Op, Watchdog};
+use super::{bucket, Comm, CommOptions, ReduceOp};
+use anyhow::{bail, ensure, Context, Result};
+use cudarc::nccl::sys::{cudaStream_t, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclResult_t, ncclUniqueId};
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use tch::{Device, Kind, Tensor};
+
+type GetUniqueId = unsafe extern "C" fn(*mut ncclUniqueId) -> ncclResult_t;
+type InitRank = unsafe extern "C" fn(*mut ncclComm_t, c_int, ncclUniqueId, c_int) -> ncclResult_t;
+type AllReduce = unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t) -> ncclResult_t;
+type Broadcast = unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, c_int, ncclComm_t, cudaStream_t) -> ncclResult_t;
+type Destroy = unsafe extern "C" fn(ncclComm_t) -> ncclResult_t;
+type ErrorString = unsafe extern "C" fn(ncclResult_t) -> *const c_char;
+type GetVersion = unsafe extern "C" fn(*mut c_int) -> ncclResult_t;
+
+/// The NCCL entry points this backend uses, from one probed library.
+pub struct Library {
+    pub path: PathBuf,
+    /// e.g. 22805 for 2.28.5.
+    pub version: i32,
+    get_unique_id: GetUniqueId,
+    init_rank: InitRank,
+    all_reduce: AllReduce,
+    broadcast: Broadcast,
+    destroy: Destroy,
+    error_string: ErrorString,
+    _lib: libloading::Library,
+}
+
+/// Where to look, in order: $NCCL_LIBRARY, the system's soname and dev name, and the
+/// `nvidia/nccl` wheel beside the libtorch this process runs (PyTorch's own NCCL).
+pub fn candidates() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::env::var_os("NCCL_LIBRARY").map(PathBuf::from).into_iter().collect();
+    out.extend(["libnccl.so.2", "libnccl.so"].map(PathBuf::from));
+    let torch_dirs = loaded_libtorch_dir().into_iter().chain(std::env::var_os("LIBTORCH").map(|d| PathBuf::from(d).join("lib")));
+    for dir in torch_dirs {
+        let wheel = dir.join("../../nvidia/nccl/lib/libnccl.so.2");
+        if !out.contains(&wheel) {
+            out.push(wheel);
+        }
+    }
+    out
+}
+
+/// The directory of the libtorch_cpu.so mapped into this process.
+fn loaded_libtorch_dir() -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let path = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.ends_with("/libtorch_cpu.so"))?;
+    Some(PathBuf::from(path).parent()?.to_path_buf())
+}
+
+/// Opens the first candidate that loads and has every entry point.
+pub fn probe_from(candidates: &[PathBuf]) -> Result<Library> {
+    let mut tried = Vec::new();
+    for path in candidates {
+        match open(path) {
+            Ok(lib) => return Ok(lib),
+            Err(e) => tried.push(format!("{} ({e})", path.display())),
+        }
+    }
+    bail!("NCCL not found (tried: {}); install nvidia-nccl-cu13 or set NCCL_LIBRARY", tried.join(", "))
+}
+
+fn open(path: &PathBuf) -> Result<Library> {
+    unsafe {
+        let lib = libloading::Library::new(path)?;
+        let get_version: GetVersion = *lib.get(b"ncclGetVersion\0")?;
+        let mut version = 0;
+        get_version(&mut version);
+        Ok(Library {
+            path: path.clone(),
+            version,
+            get_unique_id: *lib.get(b"ncclGetUniqueId\0")?,
+            init_rank: *lib.get(b"ncclCommInitRank\0")?,
+            all_reduce: *lib.get(b"ncclAllReduce\0")?,
+            broadcast: *lib.get(b"ncclBroadcast\0")?,
+            destroy: *lib.get(b"ncclCommDestroy\0")?,
+            error_string: *lib.get(b"ncclGetErrorString\0")?,
+            _lib: lib,
+        })
+    }
+}
+
+/// The process-wide NCCL, probed once.
+pub fn library() -> Result<&'static Library> {
+    static LIB: OnceLock<Result<Library, String>> = OnceLock::new();
+    LIB.get_or_init(|| probe_from(&candidates()).map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+impl Library {
+    fn check(&self, r: ncclResult_t, what: &str, rank: usize) -> Result<()> {
+        if r == ncclResult_t::ncclSuccess {
+            return Ok(());
+        }
+        let msg = unsafe { CStr::from_ptr((self.error_string)(r)) }.to_string_lossy();
+        bail!("rank {rank}: NCCL {what} failed: {msg} ({r:?})")
+    }
+}
+
+/// cudaSetDevice from the CUDA runtime libtorch_cuda already loaded (NCCL binds a
+/// communicator to the current device).
+fn set_device(index: usize) -> Result<()> {
+    let this = libloading::os::unix::Library::this();
+    let set: libloading::os::unix::Symbol<unsafe extern "C" fn(c_int) -> c_int> = unsafe { this.get(b"cudaSetDevice\0") }
+        .context("cudaSetDevice is not loaded: is this binary linked with libtorch_cuda?")?;
+    let code = unsafe { set(index as c_int) };
+    ensure!(code == 0, "cudaSetDevice({index}) failed with CUDA error {code}");
+    Ok(())
+}
+
+pub struct Nccl {
+    host: Box<dyn Comm>,
+    lib: &'static Library,
+    comm: ncclComm_t,
+    device: usize,
+    opts: CommOptions,
+    watchdog: Watchdog,
+}
+
+impl Nccl {
+    /// Probes NCCL, checks the device, then bootstraps: rank 0's unique id goes to every
+    /// rank over `host`, and each rank joins with ncclCommInitRank.
+    pub fn new(host: Box<dyn Comm>, device: Device, opts: CommOptions) -> Result<Nccl> {
+        let rank = host.rank();
+        let Device::Cuda(index) = device else { bail!("rank {rank}: the NCCL backend needs a CUDA device, got {device:?}") };
+        let lib = library().with_context(|| format!("rank {rank}: NCCL backend"))?;
+        let visible = tch::Cuda::device_count();
+        ensure!(
+            tch::Cuda::is_available() && (index as i64) < visible,
+            "rank {rank}: CUDA device cuda:{index} is not available (libtorch sees {visible} CUDA devices); the NCCL backend needs one GPU per rank"
+        );
+        set_device(index)?;
+        let mut id = ncclUniqueId { internal: [0; 128] };
+        if rank == 0 {
+            lib.check(unsafe { (lib.get_unique_id)(&mut id) }, "ncclGetUniqueId", rank)?;
+        }
+        let mut bytes: Vec<u8> = id.internal.iter().map(|&c| c as u8).collect();
+        host.broadcast_bytes(&mut bytes, 0)?;
+        ensure!(bytes.len() == 128, "rank {rank}: NCCL unique id has {} bytes, expected 128", bytes.len());
+        for (dst, src) in id.internal.iter_mut().zip(&bytes) {
+            *dst = *src as c_char;
+        }
+        let watchdog = Watchdog::start(rank, opts.timeout, |m: &str| {
+            eprintln!("{m}");
+            std::process::exit(1)
+        });
+        let mut comm: ncclComm_t = std::ptr::null_mut();
+        {
+            let _armed = watchdog.arm(Op::Init);
+            lib.check(unsafe { (lib.init_rank)(&mut comm, host.world() as c_int, id, rank as c_int) }, "ncclCommInitRank", rank)?;
+        }
+        tracing::info!(rank, device = index, nccl = lib.version, path = %lib.path.display(), "NCCL communicator ready");
+        Ok(Nccl { host, lib, comm, device: index, opts, watchdog })
+    }
+
+    fn all_reduce_bucket(&self, group: &[Tensor]) -> Result<()> {
+        let flat = bucket::flatten(group)?;
+        let (buf, dtype) = if self.opts.fp16 {
+            (flat.to_kind(Kind::Half), ncclDataType_t::ncclFloat16)
+        } else {
+            (flat, ncclDataType_t::ncclFloat32)
+        };
+        let ptr = buf.data_ptr();
+        let r = unsafe { (self.lib.all_reduce)(ptr, ptr, buf.numel(), dtype, ncclRedOp_t::ncclSum, self.comm, std::ptr::null_mut()) };
+        self.lib.check(r, "ncclAllReduce", self.rank())?;
+        bucket::unflatten_divided(&buf, group, self.world() as f64)
+    }
+
+    fn broadcast_one(&self, t: &Tensor, root: usize) -> Result<()> {
+        let staged = if t.is_contiguous() { t.shallow_clone() } else { t.contiguous() };
+        let bytes = staged.numel() * staged.kind().elt_size_in_bytes();
+        let ptr = staged.data_ptr();
+        let r = unsafe { (self.lib.broadcast)(ptr, ptr, bytes, ncclDataType_t::ncclUint8, root as c_int, self.comm, std::ptr::null_mut()) };
+        self.lib.check(r, "ncclBroadcast", self.rank())?;
+        if !t.is_contiguous() {
+            t.shallow_clone().copy_(&staged);
+        }
+        Ok(())
+    }
+
+    /// Same tensor shapes and dtypes on every rank, or an error on every rank.
+    fn check_same_layout(&self, tensors: &[Tensor]) -> Result<()> {
+        let h = (bucket::layout_hash(tensors) >> 11) as f64;
+        let (mut lo, mut hi) = ([h], [h]);
+        self.host.all_reduce_f64(&mut lo, ReduceOp::Min)?;
+        self.host.all_reduce_f64(&mut hi, ReduceOp::Max)?;
+        ensure!(lo == hi, "rank {}: broadcast tensors differ in shape or dtype between ranks", self.rank());
+        Ok(())
+    }
+}
+
+fn all_cuda(tensors: &[Tensor]) -> bool {
+    tensors.iter().all(|t| t.device().is_cuda())
+}
+
+impl Comm for Nccl {
+    fn rank(&self) -> usize {
+        self.host.rank()
+    }
+    fn world(&self) -> usize {
+        self.host.world()
+    }
+    fn local_rank(&self) -> usize {
+        self.host.local_rank()
+    }
+    fn backend(&self) -> &'static str {
+        "nccl"
+    }
+
+    fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<()> {
+        if !all_cuda(tensors) {
+            return self.host.all_reduce_mean(tensors);
+        }
+        let _armed = self.watchdog.arm(Op::AllReduceMean);
+        let _no_grad = tch::no_grad_guard();
+        for range in bucket::plan(&bucket::numels(tensors), self.opts.bucket_bytes) {
+            self.all_reduce_bucket(&tensors[range])?;
+        }
+        tch::Cuda::synchronize(self.device as i64);
+        Ok(())
+    }
+
+    fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<()> {
+        if !all_cuda(tensors) {
+            return self.host.broadcast(tensors, root);
+        }
+        ensure!(root < self.world(), "broadcast root {root} is outside the world of {}", self.world());
+        self.check_same_layout(tensors)?;
+        let _armed = self.watchdog.arm(Op::Broadcast);
+        let _no_grad = tch::no_grad_guard();
+        for t in tensors {
+            self.broadcast_one(t, root)?;
+        }
+        tch::Cuda::synchronize(self.device as i64);
+        Ok(())
+    }
+
+    fn all_reduce_f64(&self, values: &mut [f64], op: ReduceOp) -> Result<()> {
+        self.host.all_reduce_f64(values, op)
+    }
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
+        self.host.broadcast_bytes(bytes, root)
+    }
+    fn barrier(&self) -> Result<()> {
+        self.host.barrier()
+    }
+    fn abort(&self, reason: &str) -> ! {
+        self.host.abort(reason)
+    }
+}
+
+impl Drop for Nccl {
+    fn drop(&mut self) {
+        unsafe { (self.lib.destroy)(self.comm) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_library_is_a_clear_error() {
+        let err = probe_from(&[PathBuf::from("/nonexistent/libnccl.so.2"), PathBuf::from("libnccl-missing.so")])
+            .err()
+            .expect("a missing library must not load");
+        let msg = format!("{err:#}");
+        assert!(msg.starts_with("NCCL not found (tried: /nonexistent/libnccl.so.2"), "{msg}");
+        assert!(msg.contains("libnccl-missing.so") && msg.contains("set NCCL_LIBRARY"), "{msg}");
+    }
+
+    #[test]
+    fn candidates_include_the_torch_wheel() {
+        let _ = Tensor::zeros([1], (Kind::Float, Device::Cpu)); // libtorch is mapped
+        let c = candidates();
+        assert!(c.iter().any(|p| p.ends_with("nvidia/nccl/lib/libnccl.so.2")), "{c:?}");
+    }
+
+    #[test]
+    fn cpu_device_or_no_gpu_is_an_error_not_a_panic() {
+        let opts = CommOptions::default();
+        let err = Nccl::new(Box::new(super::super::single::Single), Device::Cpu, opts.clone()).err().unwrap();
+        assert!(format!("{err:#}").contains("needs a CUDA device"), "{err:#}");
+        if !tch::Cuda::is_available() {
+            let err = Nccl::new(Box::new(super::super::single::Single), Device::Cuda(0), opts).err().unwrap();
+            let msg = format!("{err:#}");
+            assert!(msg.contains("NCCL not found") || msg.contains("cuda:0 is not available"), "{msg}");
+        }
+    }
+}

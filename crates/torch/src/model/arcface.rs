@@ -1,0 +1,115 @@
+//! ArcFace (additive angular margin, Deng et al. 2019): logits `s·cos θ_j` for every class
+//! and `s·cos(θ_y + m)` for the true class y.
+//!
+//! Where `θ_y + m ≥ π` (i.e. `cos θ_y ≤ cos(π − m)`), `cos(θ + m)` would stop decreasing in θ,
+//! so the target logit falls back to `cos θ_y − m·sin m`. This is exactly insightface's
+//! `easy_margin = False` form (`arcface_torch` `ArcFace`: `where(cos > cos(π−m), cos(θ+m),
+//! cos − sin(π−m)·m)`), since `sin(π − m) = sin m`.
+
+use tch::nn::{self, Init};
+use tch::Tensor;
+
+/// Margin logits from cosines `[N, C]` and labels `[N]` (i64). Rows with label `-1` keep
+/// plain `s·cos θ` (no margin), so masked records can pass through unchanged.
+pub fn arcface_logits(cos: &Tensor, labels: &Tensor, s: f64, m: f64) -> Tensor {
+    let cos = cos.clamp(-1.0, 1.0);
+    let valid = labels.ge(0);
+    let index = labels.clamp_min(0).unsqueeze(1);
+    let target = cos.gather(1, &index, false);
+    // sqrt's gradient is infinite at 0, so keep 1 − cos² away from it.
+    let sin = target.square().neg().g_add_scalar(1.0).clamp_min(1e-12).sqrt();
+    let with_margin = &target * m.cos() - sin * m.sin();
+    let fallback = &target - m * m.sin();
+    let threshold = (std::f64::consts::PI - m).cos();
+    let margin_target = with_margin.where_self(&target.gt(threshold), &fallback);
+    let delta = (margin_target - &target) * valid.unsqueeze(1).to_kind(cos.kind());
+    cos.scatter_add(1, &index, &delta) * s
+}
+
+/// The ArcFace layer: a class-centre matrix `weight [classes, emb_dim]` whose rows are
+/// L2-normalised on use, so `emb · Wᵀ` is the cosine for normalised embeddings.
+#[derive(Debug)]
+pub struct ArcFace {
+    weight: Tensor,
+    s: f64,
+    m: f64,
+}
+
+impl ArcFace {
+    /// insightface initialises the centres from N(0, 0.01).
+    pub fn new(p: &nn::Path, classes: usize, emb_dim: usize, s: f64, m: f64) -> ArcFace {
+        let weight = p.var("weight", &[classes as i64, emb_dim as i64], Init::Randn { mean: 0., stdev: 0.01 });
+        ArcFace { weight, s, m }
+    }
+
+    /// Cosine of every embedding to every class centre (both normalised here).
+    pub fn cosine(&self, emb: &Tensor) -> Tensor {
+        let w = normalize_rows(&self.weight.to_kind(emb.kind()));
+        normalize_rows(emb).matmul(&w.tr())
+    }
+
+    /// Scaled margin logits `[N, classes]` for training with cross-entropy.
+    pub fn logits(&self, emb: &Tensor, labels: &Tensor) -> Tensor {
+        arcface_logits(&self.cosine(emb), labels, self.s, self.m)
+    }
+
+    pub fn classes(&self) -> usize {
+        self.weight.size()[0] as usize
+    }
+}
+
+/// `x / max(‖x‖₂, 1e-12)` per row, as `torch.nn.functional.normalize`.
+pub fn normalize_rows(x: &Tensor) -> Tensor {
+    let norm = x.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12);
+    x / norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    fn logits(cos: &[f32], classes: i64, labels: &[i64], s: f64, m: f64) -> Vec<f32> {
+        let cos = Tensor::from_slice(cos).view([-1, classes]);
+        let out = arcface_logits(&cos, &Tensor::from_slice(labels), s, m);
+        Vec::<f32>::try_from(out.to_kind(Kind::Float).flatten(0, -1)).unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f64]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((*x as f64 - y).abs() < 1e-4, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn target_gets_angular_margin() {
+        // θ = 60°, m = 0.5: cos(π/3 + 0.5) computed by hand; others stay s·cos.
+        let out = logits(&[0.5, 0.2, -0.3], 3, &[0], 2.0, 0.5);
+        let want = (std::f64::consts::FRAC_PI_3 + 0.5).cos();
+        close(&out, &[2.0 * want, 0.4, -0.6]);
+    }
+
+    #[test]
+    fn fallback_when_theta_plus_m_passes_pi() {
+        // cos θ = −0.95 → θ ≈ 2.8240 rad; θ + 0.5 > π, so cos θ − m·sin m.
+        let out = logits(&[0.1, -0.95], 2, &[1], 1.0, 0.5);
+        close(&out, &[0.1, -0.95 - 0.5 * 0.5f64.sin()]);
+    }
+
+    #[test]
+    fn masked_rows_and_clamping() {
+        let out = logits(&[0.5, 0.2, 1.5, -2.0], 2, &[-1, 0], 10.0, 0.5);
+        // row 0 unchanged, row 1: cos clamped to 1 → θ = 0 → cos(0.5); other clamped to −1.
+        close(&out, &[5.0, 2.0, 10.0 * 0.5f64.cos(), -10.0]);
+    }
+
+    #[test]
+    fn gradient_is_finite_at_cos_one() {
+        let cos = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]).set_requires_grad(true);
+        let out = arcface_logits(&cos, &Tensor::from_slice(&[0i64]), 64.0, 0.5);
+        out.sum(Kind::Float).backward();
+        let g = Vec::<f32>::try_from(cos.grad().flatten(0, -1)).unwrap();
+        assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
+    }
+}

@@ -1,0 +1,167 @@
+//! Task heads on the pooled backbone features: the FR embedding head (followed by ArcFace)
+//! and the Gender/Age classifiers, all sized by `HeadConfig`.
+
+use super::layers::BatchNorm;
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// Every knob of the heads and the losses on them; defaults are the seed's. Each field is
+/// a `trainer train` flag and a `[heads]` recipe key.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeadConfig {
+    /// Embedding size of the FR head.
+    #[arg(long, default_value_t = 512)]
+    pub emb_dim: usize,
+    /// Dropout before the FR embedding layer.
+    #[arg(long, default_value_t = 0.4)]
+    pub fr_dropout: f64,
+    /// BatchNorm on the embedding before normalising (insightface's `features` BN).
+    #[arg(long)]
+    pub emb_bn: bool,
+    /// ArcFace scale s.
+    #[arg(long = "arc-s", default_value_t = 64.0)]
+    pub s: f64,
+    /// ArcFace additive angular margin m (radians).
+    #[arg(long = "arc-m", default_value_t = 0.5)]
+    pub m: f64,
+    /// Hidden layer widths of the Gender head, e.g. 512 or 512,256.
+    #[arg(long, value_delimiter = ',', default_values_t = [512])]
+    pub gender_hidden: Vec<usize>,
+    /// Dropout before the Gender head.
+    #[arg(long, default_value_t = 0.5)]
+    pub gender_dropout: f64,
+    /// Gender classes.
+    #[arg(long, default_value_t = 2)]
+    pub gender_classes: usize,
+    /// Hidden layer widths of the Age head.
+    #[arg(long, value_delimiter = ',', default_values_t = [512, 512])]
+    pub age_hidden: Vec<usize>,
+    /// Dropout before the Age head.
+    #[arg(long, default_value_t = 0.5)]
+    pub age_dropout: f64,
+    /// Age buckets; ages above the last are clipped to it (the seed's 7).
+    #[arg(long, default_value_t = 7)]
+    pub age_classes: usize,
+    /// Probability on the true class of the Gender/Age soft one-hot targets.
+    #[arg(long, default_value_t = 0.9)]
+    pub soft_target: f64,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        trainer_data::settings::clap_defaults()
+    }
+}
+
+impl HeadConfig {
+    /// Rejects settings that would fail deep inside libtorch (from a recipe or flags).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let dropouts = [("fr_dropout", self.fr_dropout), ("gender_dropout", self.gender_dropout), ("age_dropout", self.age_dropout)];
+        for (name, p) in dropouts {
+            anyhow::ensure!((0.0..1.0).contains(&p), "{name} = {p}: a dropout probability is in [0, 1)");
+        }
+        anyhow::ensure!(self.emb_dim > 0, "emb_dim must be positive");
+        anyhow::ensure!(self.s > 0.0, "ArcFace scale s = {} must be positive", self.s);
+        anyhow::ensure!((0.0..std::f64::consts::PI).contains(&self.m), "ArcFace margin m = {} must be in [0, π)", self.m);
+        anyhow::ensure!(self.gender_classes >= 2 && self.age_classes >= 2, "Gender and Age need at least 2 classes");
+        anyhow::ensure!(self.soft_target > 0.0 && self.soft_target <= 1.0, "soft_target = {} must be in (0, 1]", self.soft_target);
+        let hidden = self.gender_hidden.iter().chain(&self.age_hidden);
+        anyhow::ensure!(hidden.into_iter().all(|&h| h > 0), "hidden layer widths must be positive");
+        Ok(())
+    }
+}
+
+/// Dropout → `fc` (out_dim → emb_dim) → optional `bn`: the embedding, before the L2
+/// normalisation that ArcFace and verification apply.
+#[derive(Debug)]
+pub struct FrHead {
+    dropout: f64,
+    fc: nn::Linear,
+    bn: Option<BatchNorm>,
+}
+
+impl FrHead {
+    pub fn new(p: &nn::Path, in_dim: usize, cfg: &HeadConfig) -> FrHead {
+        let fc = nn::linear(p / "fc", in_dim as i64, cfg.emb_dim as i64, Default::default());
+        let bn = cfg.emb_bn.then(|| BatchNorm::new(p / "bn", cfg.emb_dim as i64));
+        FrHead { dropout: cfg.fr_dropout, fc, bn }
+    }
+}
+
+impl ModuleT for FrHead {
+    fn forward_t(&self, feats: &Tensor, train: bool) -> Tensor {
+        let mut e = feats.dropout(self.dropout, train).apply(&self.fc);
+        if let Some(bn) = &self.bn {
+            e = e.apply_t(bn, train);
+        }
+        e
+    }
+}
+
+/// Dropout → `hidden.i.{fc,bn}` + ReLU for each hidden width → `out` (logits).
+#[derive(Debug)]
+pub struct ClassifierHead {
+    dropout: f64,
+    hidden: Vec<(nn::Linear, BatchNorm)>,
+    out: nn::Linear,
+    classes: usize,
+}
+
+impl ClassifierHead {
+    pub fn new(p: &nn::Path, in_dim: usize, hidden: &[usize], dropout: f64, classes: usize) -> ClassifierHead {
+        let mut layers = Vec::new();
+        let mut width = in_dim as i64;
+        for (i, &h) in hidden.iter().enumerate() {
+            let hp = p / "hidden" / i.to_string();
+            layers.push((nn::linear(&hp / "fc", width, h as i64, Default::default()), BatchNorm::new(&hp / "bn", h as i64)));
+            width = h as i64;
+        }
+        let out = nn::linear(p / "out", width, classes as i64, Default::default());
+        ClassifierHead { dropout, hidden: layers, out, classes }
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    pub fn gender(p: &nn::Path, in_dim: usize, cfg: &HeadConfig) -> ClassifierHead {
+        Self::new(p, in_dim, &cfg.gender_hidden, cfg.gender_dropout, cfg.gender_classes)
+    }
+
+    pub fn age(p: &nn::Path, in_dim: usize, cfg: &HeadConfig) -> ClassifierHead {
+        Self::new(p, in_dim, &cfg.age_hidden, cfg.age_dropout, cfg.age_classes)
+    }
+}
+
+impl ModuleT for ClassifierHead {
+    fn forward_t(&self, feats: &Tensor, train: bool) -> Tensor {
+        let mut x = feats.dropout(self.dropout, train);
+        for (fc, bn) in &self.hidden {
+            x = x.apply(fc).apply_t(bn, train).relu_();
+        }
+        x.apply(&self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        HeadConfig::default().validate().unwrap();
+        let bad = HeadConfig { fr_dropout: 1.0, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("fr_dropout"));
+        let bad = HeadConfig { m: 4.0, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("margin"));
+        let bad = HeadConfig { age_hidden: vec![512, 0], ..Default::default() };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn toml_overrides_only_what_it_names() {
+        let cfg: HeadConfig = toml::from_str("emb_dim = 128\nage_hidden = [64]").unwrap();
+        assert_eq!((cfg.emb_dim, cfg.age_hidden.clone(), cfg.s), (128, vec![64], 64.0));
+    }
+}

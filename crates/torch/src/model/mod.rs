@@ -1,0 +1,194 @@
+//! Networks: ResNet backbones (torchvision names), FR/ArcFace, Gender and Age heads, and
+//! the `Net` that puts them on one shared backbone for the chosen task(s).
+//!
+//! Variable paths: `backbone.*` (a torchvision ResNet state dict minus `fc`), `fr.fc.*`,
+//! `fr.bn.*`, `arcface.weight`, `gender.hidden.i.{fc,bn}.*`, `gender.out.*`, `age.*` alike.
+
+pub mod arcface;
+pub mod heads;
+mod layers;
+#[cfg(test)]
+mod torchvision_test;
+pub mod loss;
+pub mod resnet;
+
+pub use arcface::ArcFace;
+pub use heads::{ClassifierHead, FrHead, HeadConfig};
+pub use resnet::{Arch, Backbone};
+
+use anyhow::{bail, Result};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// What to train (`trainer train FR|Gender|Age|Multi`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum Task {
+    #[value(name = "FR", alias = "fr")]
+    #[serde(rename = "FR")]
+    Fr,
+    #[value(name = "Gender", alias = "gender")]
+    Gender,
+    #[value(name = "Age", alias = "age")]
+    Age,
+    /// All three heads on the shared backbone, losses summed with weights.
+    #[value(name = "Multi", alias = "multi")]
+    Multi,
+}
+
+impl Task {
+    /// As in default run ids: `FR-20261129-080000`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Fr => "FR",
+            Task::Gender => "Gender",
+            Task::Age => "Age",
+            Task::Multi => "Multi",
+        }
+    }
+}
+
+/// Which heads a `Net` has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tasks {
+    pub fr: bool,
+    pub gender: bool,
+    pub age: bool,
+}
+
+impl From<Task> for Tasks {
+    fn from(t: Task) -> Tasks {
+        let multi = t == Task::Multi;
+        Tasks { fr: multi || t == Task::Fr, gender: multi || t == Task::Gender, age: multi || t == Task::Age }
+    }
+}
+
+/// One of the net's heads. `Task::Multi` trains all three on one backbone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+pub enum Head {
+    #[serde(rename = "FR")]
+    #[value(name = "FR", alias = "fr")]
+    Fr,
+    #[value(name = "Gender", alias = "gender")]
+    Gender,
+    #[value(name = "Age", alias = "age")]
+    Age,
+}
+
+impl Head {
+    pub const ALL: [Head; 3] = [Head::Fr, Head::Gender, Head::Age];
+
+    /// As in file names and log keys: `FR_loss.txt`, `loss_Gender`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Head::Fr => "FR",
+            Head::Gender => "Gender",
+            Head::Age => "Age",
+        }
+    }
+}
+
+impl Tasks {
+    pub fn has(self, head: Head) -> bool {
+        match head {
+            Head::Fr => self.fr,
+            Head::Gender => self.gender,
+            Head::Age => self.age,
+        }
+    }
+
+    /// The heads present, in FR, Gender, Age order.
+    pub fn heads(self) -> Vec<Head> {
+        Head::ALL.into_iter().filter(|&h| self.has(h)).collect()
+    }
+}
+
+/// Backbone plus the heads of the chosen tasks. What the heads compute is here; the
+/// losses on them are the training step's business.
+#[derive(Debug)]
+pub struct Net {
+    backbone: Backbone,
+    fr: Option<(FrHead, ArcFace)>,
+    gender: Option<ClassifierHead>,
+    age: Option<ClassifierHead>,
+}
+
+impl Net {
+    pub fn new(root: &nn::Path, arch: Arch, cfg: &HeadConfig, num_classes: usize, tasks: Tasks) -> Net {
+        let backbone = Backbone::new(&(root / "backbone"), arch);
+        let d = backbone.out_dim();
+        let fr = tasks.fr.then(|| {
+            (FrHead::new(&(root / "fr"), d, cfg), ArcFace::new(&(root / "arcface"), num_classes, cfg.emb_dim, cfg.s, cfg.m))
+        });
+        let gender = tasks.gender.then(|| ClassifierHead::gender(&(root / "gender"), d, cfg));
+        let age = tasks.age.then(|| ClassifierHead::age(&(root / "age"), d, cfg));
+        Net { backbone, fr, gender, age }
+    }
+
+    pub fn tasks(&self) -> Tasks {
+        Tasks { fr: self.fr.is_some(), gender: self.gender.is_some(), age: self.age.is_some() }
+    }
+
+    /// Pooled backbone features `[N, out_dim]`.
+    pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
+        self.backbone.forward_t(x, train)
+    }
+
+    /// The FR embedding `[N, emb_dim]` before L2 normalisation (what verification sums
+    /// with the mirror's and what an exported model outputs).
+    pub fn embed(&self, feats: &Tensor, train: bool) -> Result<Tensor> {
+        let Some((head, _)) = &self.fr else { bail!("this model has no FR head") };
+        Ok(head.forward_t(feats, train))
+    }
+
+    /// A head's logits on backbone features: ArcFace's scaled margin logits for FR (the
+    /// margin needs the identity `labels`; rows labelled -1 get none), class logits for
+    /// Gender and Age.
+    pub fn logits(&self, head: Head, feats: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        match head {
+            Head::Fr => {
+                let Some((fr, arc)) = &self.fr else { bail!("this model has no FR head") };
+                let emb = fr.forward_t(feats, train);
+                Ok(match labels {
+                    Some(y) => arc.logits(&emb, y),
+                    None => arc.cosine(&emb),
+                })
+            }
+            Head::Gender | Head::Age => {
+                let classifier = if head == Head::Gender { &self.gender } else { &self.age };
+                let Some(c) = classifier else { bail!("this model has no {} head", head.name()) };
+                Ok(c.forward_t(feats, train))
+            }
+        }
+    }
+
+    /// Classes of a head: identities for FR, buckets for Gender and Age (0 when absent).
+    pub fn classes(&self, head: Head) -> usize {
+        match head {
+            Head::Fr => self.fr.as_ref().map_or(0, |(_, arc)| arc.classes()),
+            Head::Gender => self.gender.as_ref().map_or(0, ClassifierHead::classes),
+            Head::Age => self.age.as_ref().map_or(0, ClassifierHead::classes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn heads_follow_the_task() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = HeadConfig { emb_dim: 32, gender_hidden: vec![16], ..Default::default() };
+        let net = Net::new(&vs.root(), Arch::Tiny, &cfg, 5, Task::Gender.into());
+        assert_eq!(net.tasks(), Tasks { fr: false, gender: true, age: false });
+        assert_eq!((net.classes(Head::Gender), net.classes(Head::Fr)), (2, 0));
+        let vars = vs.variables();
+        assert!(vars.contains_key("backbone.layer2.0.downsample.0.weight"));
+        assert!(vars.contains_key("gender.hidden.0.fc.weight") && vars.contains_key("gender.out.bias"));
+        assert!(!vars.keys().any(|k| k.starts_with("arcface") || k.starts_with("age")));
+        let feats = net.features(&Tensor::zeros([2, 3, 32, 32], (Kind::Float, Device::Cpu)), false);
+        assert!(net.embed(&feats, false).unwrap_err().to_string().contains("no FR head"));
+        assert_eq!(net.logits(Head::Gender, &feats, None, false).unwrap().size(), vec![2, 2]);
+    }
+}

@@ -1,0 +1,335 @@
+//! SGD with momentum and per-group weight decay, with PyTorch's semantics (dampening 0,
+//! no Nesterov): `d = g + wd·p; buf = momentum·buf + d` (`buf = d` on a parameter's first
+//! step); `p -= lr·buf`. Weight decay applies to every parameter of a group, BN and biases
+//! included, as PyTorch's default and insightface do. The momentum buffers are tensors we
+//! own, named `<group>.<index>`, so a checkpoint restores the optimiser exactly.
+//!
+//! tch cannot reset a gradient to "none", so `zero_grad` zeroes it (PyTorch's
+//! `set_to_none=False`): a parameter with a zero gradient still decays and keeps its
+//! momentum. Where a step trains only some heads (the seed's alternating Multi mode), use
+//! `step_groups` so the other groups stay untouched, as `set_to_none=True` would leave them.
+
+use anyhow::{bail, Result};
+use tch::Tensor;
+
+/// Parameters that share a learning rate and weight decay. `lr` is the configured rate;
+/// the rate in effect is `lr × scale`, where `scale` is the product of every shrink the
+/// group has had (plateau decays, rollback shrinks), saved with the optimiser state.
+pub struct ParamGroup {
+    pub name: String,
+    pub params: Vec<Tensor>,
+    pub lr: f64,
+    pub weight_decay: f64,
+    scale: f64,
+}
+
+impl ParamGroup {
+    pub fn new(name: &str, params: Vec<Tensor>, lr: f64, weight_decay: f64) -> ParamGroup {
+        ParamGroup { name: name.to_string(), params, lr, weight_decay, scale: 1.0 }
+    }
+
+    /// The learning rate in effect.
+    pub fn current_lr(&self) -> f64 {
+        self.lr * self.scale
+    }
+}
+
+pub struct Sgd {
+    groups: Vec<ParamGroup>,
+    momentum: f64,
+    /// Parallel to `groups[g].params`; `None` until that parameter's first step.
+    buffers: Vec<Vec<Option<Tensor>>>,
+}
+
+/// Where a state tensor's name says it holds a group's lr scale, not a momentum buffer.
+const SCALE_PREFIX: &str = "lr_scale.";
+
+impl Sgd {
+    pub fn new(groups: Vec<ParamGroup>, momentum: f64) -> Sgd {
+        let buffers = groups.iter().map(|g| g.params.iter().map(|_| None).collect()).collect();
+        Sgd { groups, momentum, buffers }
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in self.groups.iter_mut().flat_map(|g| g.params.iter_mut()) {
+            let mut grad = p.grad();
+            if grad.defined() {
+                let _ = grad.detach_().zero_();
+            }
+        }
+    }
+
+    /// One update of every parameter that has a gradient.
+    pub fn step(&mut self) {
+        self.update(|_| true);
+    }
+
+    /// Updates only the named groups (e.g. `["backbone", "gender"]`).
+    pub fn step_groups(&mut self, names: &[&str]) {
+        self.update(|g| names.contains(&g.name.as_str()));
+    }
+
+    /// Three fused passes per parameter (`addcmul` with 0-dim factors), each rounding
+    /// exactly as PyTorch's `add(.., alpha=..)` does.
+    fn update(&mut self, selected: impl Fn(&ParamGroup) -> bool) {
+        let momentum = self.momentum;
+        tch::no_grad(|| {
+            for (group, bufs) in self.groups.iter_mut().zip(&mut self.buffers) {
+                let Some(first) = group.params.first() else { continue };
+                if !selected(group) {
+                    continue;
+                }
+                let factor = |v: f64| Tensor::from(v).to_kind(first.kind()).to_device(first.device());
+                let (wd, m, neg_lr) = (factor(group.weight_decay), factor(momentum), factor(-group.current_lr()));
+                for (p, buf) in group.params.iter_mut().zip(bufs.iter_mut()) {
+                    let grad = p.grad();
+                    if !grad.defined() {
+                        continue;
+                    }
+                    let mut d = if group.weight_decay != 0.0 { grad.addcmul(p, &wd) } else { grad.copy() };
+                    if let (Some(b), true) = (buf.as_ref(), momentum != 0.0) {
+                        let _ = d.addcmul_(b, &m);
+                    }
+                    let _ = p.addcmul_(&d, &neg_lr);
+                    *buf = Some(d);
+                }
+            }
+        });
+    }
+
+    /// Multiplies the learning rate of the named groups (a plateau decay, a rollback
+    /// shrink); names the optimiser does not have are ignored (a frozen backbone).
+    pub fn scale_lr(&mut self, names: &[&str], factor: f64) {
+        for g in self.groups.iter_mut().filter(|g| names.contains(&g.name.as_str())) {
+            g.scale *= factor;
+        }
+    }
+
+    /// The learning rate in effect for a group, if the optimiser has it.
+    pub fn lr(&self, name: &str) -> Option<f64> {
+        self.groups.iter().find(|g| g.name == name).map(ParamGroup::current_lr)
+    }
+
+    /// The largest learning rate of any group: training stops once it is below min-lr.
+    pub fn max_lr(&self) -> f64 {
+        self.groups.iter().map(ParamGroup::current_lr).fold(0.0, f64::max)
+    }
+
+    /// Every group's learning rate in effect, by name.
+    pub fn lrs(&self) -> Vec<(&str, f64)> {
+        self.groups.iter().map(|g| (g.name.as_str(), g.current_lr())).collect()
+    }
+
+    /// The gradients to all-reduce: those of parameters that received one.
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.groups.iter().flat_map(|g| &g.params).map(|p| p.grad()).filter(|g| g.defined()).collect()
+    }
+
+
+
+    /// Everything a resume needs: momentum buffers that exist, by `<group>.<index>`, and
+    /// each group's lr scale as a 0-dim f64 tensor `lr_scale.<group>`.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self.groups.iter().map(|g| (format!("{SCALE_PREFIX}{}", g.name), Tensor::from(g.scale))).collect();
+        for (g, bufs) in self.groups.iter().zip(&self.buffers) {
+            for (i, b) in bufs.iter().enumerate() {
+                if let Some(b) = b {
+                    out.push((format!("{}.{i}", g.name), b.shallow_clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Restores what `state` saved (buffers copied to each parameter's device); parameters
+    /// absent from `named` start without momentum, and groups without a scale at 1, as
+    /// they would have.
+    pub fn load_state(&mut self, named: &[(String, Tensor)]) -> Result<()> {
+        let mut fresh: Vec<Vec<Option<Tensor>>> =
+            self.groups.iter().map(|g| g.params.iter().map(|_| None).collect()).collect();
+        let mut scales = vec![1.0; self.groups.len()];
+        for (name, t) in named {
+            if let Some(group) = name.strip_prefix(SCALE_PREFIX) {
+                let gi = self.groups.iter().position(|g| g.name == group);
+                let Some(gi) = gi else { bail!("optimizer state {name:?}: no parameter group {group:?}") };
+                scales[gi] = t.f_double_value(&[])?;
+                continue;
+            }
+            let (gi, i) = self.locate(name)?;
+            let p = &self.groups[gi].params[i];
+            if t.size() != p.size() {
+                bail!("optimizer state {name}: shape {:?} but the parameter is {:?}", t.size(), p.size());
+            }
+            fresh[gi][i] = Some(t.to_device(p.device()).to_kind(p.kind()).detach().copy());
+        }
+        self.buffers = fresh;
+        for (g, scale) in self.groups.iter_mut().zip(scales) {
+            g.scale = scale;
+        }
+        Ok(())
+    }
+
+    fn locate(&self, name: &str) -> Result<(usize, usize)> {
+        let parsed = name.rsplit_once('.').and_then(|(g, i)| Some((g, i.parse::<usize>().ok()?)));
+        let Some((group, index)) = parsed else { bail!("optimizer state name {name:?} is not <group>.<index>") };
+        let Some(gi) = self.groups.iter().position(|g| g.name == group) else {
+            bail!("optimizer state {name:?}: no parameter group {group:?}")
+        };
+        if index >= self.groups[gi].params.len() {
+            bail!("optimizer state {name:?}: group {group:?} has {} parameters", self.groups[gi].params.len());
+        }
+        Ok((gi, index))
+    }
+}
+
+/// Groups from a VarStore's trainable variables by name prefix, in sorted-name order (so
+/// buffer indices are stable across runs). Each `(prefix, lr, wd)` is a group named after
+/// its prefix without a trailing dot; a variable goes to the first matching prefix, and one
+/// matching none is left out (frozen). Example: `[("backbone.", lr, wd), ("fr.", ..),
+/// ("arcface.", ..)]`.
+pub fn groups_by_prefix(vs: &tch::nn::VarStore, spec: &[(&str, f64, f64)]) -> Vec<ParamGroup> {
+    let mut named: Vec<(String, Tensor)> =
+        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut groups: Vec<ParamGroup> =
+        spec.iter().map(|(prefix, lr, wd)| ParamGroup::new(prefix.trim_end_matches('.'), Vec::new(), *lr, *wd)).collect();
+    for (name, t) in named {
+        if let Some(gi) = spec.iter().position(|(prefix, _, _)| name.starts_with(prefix)) {
+            groups[gi].params.push(t);
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn param(v: &[f32]) -> Tensor {
+        Tensor::from_slice(v).set_requires_grad(true)
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        Vec::<f64>::try_from(t.to_kind(Kind::Double).detach()).unwrap()
+    }
+
+    /// loss = Σ c_i·p_i, so the gradient is c whatever p is.
+    fn backward_linear(p: &Tensor, c: &[f32]) {
+        (p * Tensor::from_slice(c)).sum(Kind::Float).backward();
+    }
+
+    fn sgd(p: &Tensor, lr: f64, wd: f64) -> Sgd {
+        Sgd::new(vec![ParamGroup::new("g", vec![p.shallow_clone()], lr, wd)], 0.9)
+    }
+
+    #[test]
+    fn two_steps_match_hand_computation() {
+        let p = param(&[1.0, -2.0]);
+        let mut opt = sgd(&p, 0.1, 0.01);
+        let c = [0.5f32, 1.0];
+        backward_linear(&p, &c);
+        opt.step();
+        // d = c + 0.01·p = [0.51, 0.98]; buf = d; p = p − 0.1·d
+        let p1 = [1.0 - 0.1 * 0.51, -2.0 - 0.1 * 0.98];
+        assert!(values(&p).iter().zip(&p1).all(|(a, b)| (a - b).abs() < 1e-6));
+        opt.zero_grad();
+        backward_linear(&p, &c);
+        opt.step();
+        let d2 = [0.5 + 0.01 * p1[0], 1.0 + 0.01 * p1[1]];
+        let buf = [0.9 * 0.51 + d2[0], 0.9 * 0.98 + d2[1]];
+        let p2 = [p1[0] - 0.1 * buf[0], p1[1] - 0.1 * buf[1]];
+        assert!(values(&p).iter().zip(&p2).all(|(a, b)| (a - b).abs() < 1e-6), "{:?} vs {p2:?}", values(&p));
+        assert!(values(&opt.state()[1].1).iter().zip(&buf).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
+
+    #[test]
+    fn zero_grad_and_params_without_grad() {
+        let p = param(&[1.0, 1.0]);
+        let q = param(&[3.0, 3.0]);
+        let g = ParamGroup::new("g", vec![p.shallow_clone(), q.shallow_clone()], 1.0, 0.5);
+        let mut opt = Sgd::new(vec![g], 0.9);
+        backward_linear(&p, &[1.0, 1.0]);
+        opt.step();
+        assert_eq!(values(&q), vec![3.0, 3.0], "q had no gradient");
+        assert_eq!(opt.state().len(), 2, "one momentum buffer and the group's lr scale");
+        opt.zero_grad();
+        assert_eq!(values(&p.grad()), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn step_groups_leaves_other_groups_alone() {
+        let p = param(&[1.0]);
+        let q = param(&[1.0]);
+        let group = |name: &str, t: &Tensor| ParamGroup::new(name, vec![t.shallow_clone()], 0.5, 0.1);
+        let mut opt = Sgd::new(vec![group("a", &p), group("b", &q)], 0.9);
+        backward_linear(&p, &[1.0]);
+        backward_linear(&q, &[1.0]);
+        opt.step_groups(&["b"]);
+        assert_eq!(values(&p), vec![1.0]);
+        assert!((values(&q)[0] - (1.0 - 0.5 * 1.1)).abs() < 1e-6);
+        assert_eq!(opt.state().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), vec!["lr_scale.a", "lr_scale.b", "b.0"]);
+    }
+
+    #[test]
+    fn state_roundtrip_continues_identically() {
+        let run = |split: bool| {
+            let p = param(&[0.3, -0.7]);
+            let mut opt = sgd(&p, 0.05, 5e-4);
+            for step in 0..4 {
+                if split && step == 2 {
+                    let saved: Vec<(String, Tensor)> = opt.state().into_iter().map(|(n, t)| (n, t.copy())).collect();
+                    opt = sgd(&p, 0.05, 5e-4);
+                    opt.load_state(&saved).unwrap();
+                }
+                opt.zero_grad();
+                backward_linear(&p, &[1.0, -3.0]);
+                opt.step();
+            }
+            values(&p)
+        };
+        assert_eq!(run(false), run(true));
+        // and a fresh optimiser (no momentum) would differ
+        let p = param(&[0.3, -0.7]);
+        let mut opt = sgd(&p, 0.05, 5e-4);
+        for step in 0..4 {
+            if step == 2 {
+                opt = sgd(&p, 0.05, 5e-4);
+            }
+            opt.zero_grad();
+            backward_linear(&p, &[1.0, -3.0]);
+            opt.step();
+        }
+        assert_ne!(values(&p), run(false));
+    }
+
+    #[test]
+    fn load_state_rejects_wrong_names_and_shapes() {
+        let p = param(&[1.0, 2.0]);
+        let mut opt = sgd(&p, 0.1, 0.0);
+        assert!(opt.load_state(&[("h.0".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))]).is_err());
+        assert!(opt.load_state(&[("g.1".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))]).is_err());
+        assert!(opt.load_state(&[("g.0".into(), Tensor::zeros([3], (Kind::Float, Device::Cpu)))]).is_err());
+        assert!(opt.load_state(&[("g.0".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))]).is_ok());
+    }
+
+    #[test]
+    fn scale_lr_and_groups_by_prefix() {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let _a = root.sub("backbone").zeros("w", &[2]);
+        let _b = root.sub("fr").zeros("w", &[2]);
+        let _c = root.sub("backbone").zeros_no_train("running_mean", &[2]);
+        let _d = root.sub("other").zeros("w", &[2]);
+        let groups = groups_by_prefix(&vs, &[("backbone.", 0.1, 5e-4), ("fr.", 0.2, 0.0)]);
+        let sizes: Vec<(String, usize)> = groups.iter().map(|g| (g.name.clone(), g.params.len())).collect();
+        assert_eq!(sizes, vec![("backbone".to_string(), 1), ("fr".to_string(), 1)]);
+        let mut opt = Sgd::new(groups, 0.9);
+        opt.scale_lr(&["backbone", "fr"], 0.1);
+        opt.scale_lr(&["fr", "frozen"], 0.5);
+        assert!((opt.lr("backbone").unwrap() - 0.01).abs() < 1e-12 && (opt.lr("fr").unwrap() - 0.01).abs() < 1e-12);
+        let mut again = Sgd::new(groups_by_prefix(&vs, &[("backbone.", 0.1, 5e-4), ("fr.", 0.2, 0.0)]), 0.9);
+        again.load_state(&opt.state()).unwrap();
+        assert_eq!(again.lrs(), opt.lrs(), "the lr scales travel with the optimiser state");
+    }
+}

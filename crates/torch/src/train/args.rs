@@ -1,0 +1,39 @@
+//! `trainer train`'s command line: the run to resume or the recipe to start from, plus
+//! every setting of `TrainConfig` as a flag.
+
+use anyhow::{Context, Result};
+use clap::ArgMatches;
+use std::path::PathBuf;
+
+use super::config::TrainConfig;
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "The seed's flags work too: -train_sets -valid_sets -img_w -lr_f -lr_g -lr_a \
+-w_s -w_f -w_g -w_a -fr_dim -s -model -is_s_t.\n\
+Distributed: mpirun -n 4 trainer train FR --train-sets shards/ms1m ... (one rank per GPU).")]
+pub struct TrainArgs {
+    /// Recipe TOML (see training/); flags given here override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue a run from its latest checkpoint: the run directory (Model/<run-id>).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: TrainConfig,
+}
+
+impl TrainArgs {
+    /// Flags over recipe over defaults; on `--resume`, flags over the run's saved settings.
+    pub fn resolve(&self, matches: &ArgMatches) -> Result<TrainConfig> {
+        let base = match &self.resume {
+            Some(run_dir) => {
+                let path = run_dir.join("config.json");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("--resume {}: cannot read {}", run_dir.display(), path.display()))?;
+                serde_json::from_str(&text).with_context(|| format!("{} is not a valid run config", path.display()))?
+            }
+            None => TrainConfig::default(),
+        };
+        TrainConfig::resolve(base, self.config.as_deref(), &self.settings, matches)
+    }
+}

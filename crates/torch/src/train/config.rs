@@ -1,0 +1,357 @@
+//! Every training setting, defined once: each field of `TrainConfig` (and of the heads'
+//! `HeadConfig`, flattened in) carries its flag, its help and its one default in clap's
+//! attributes, and the same field is its recipe key and its `config.json` key through
+//! serde. Precedence, as torchtitan's job config: flags typed on the command line (clap's
+//! value source tells which) over the recipe (`--config training/x.toml`) over the
+//! defaults; on `--resume`, over the run's saved `config.json` instead of the defaults.
+
+use anyhow::{bail, Context, Result};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub use crate::model::Task;
+use crate::model::{Arch, Head, HeadConfig};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerChoice {
+    /// Every record once per epoch, shuffled.
+    Uniform,
+    /// P identities × K images per batch (`--pk`); the batch size becomes P×K.
+    Pk,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Task: FR (ArcFace), Gender, Age, or Multi (shared backbone, all three heads).
+    #[arg(value_enum, default_value_t = Task::Fr)]
+    pub task: Task,
+    /// Training datasets (`DIR/NAME`: all its shards, or a seed-format NAME.bin/.idx).
+    #[arg(long, num_args = 1..)]
+    pub train_sets: Vec<PathBuf>,
+    /// Validation datasets.
+    #[arg(long, num_args = 1..)]
+    pub valid_sets: Vec<PathBuf>,
+    /// Backbone.
+    #[arg(long, value_enum, default_value_t = Arch::Resnet50)]
+    pub arch: Arch,
+    /// Square input size in pixels (the seed used 224).
+    #[arg(long, default_value_t = 112)]
+    pub size: usize,
+    /// Images per rank per step.
+    #[arg(long, default_value_t = 50)]
+    pub batch_size: usize,
+    /// Batch sampler: uniform, or pk (P identities × K images, see --pk).
+    #[arg(long, value_enum, default_value_t = SamplerChoice::Uniform)]
+    pub sampler: SamplerChoice,
+    /// P and K for the pk sampler (the seed used 30x5 for FR).
+    #[arg(long, value_parser = parse_pk, default_value = "30x5")]
+    pub pk: [usize; 2],
+    /// Base learning rate (backbone, and every head without its own).
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// Learning rate of the FR head and ArcFace weights (default: --lr).
+    #[arg(long)]
+    pub lr_fr: Option<f64>,
+    /// Learning rate of the Gender head (default: --lr).
+    #[arg(long)]
+    pub lr_gender: Option<f64>,
+    /// Learning rate of the Age head (default: --lr).
+    #[arg(long)]
+    pub lr_age: Option<f64>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Weight decay of the backbone.
+    #[arg(long, default_value_t = 5e-4)]
+    pub wd_backbone: f64,
+    /// Weight decay of the FR head and ArcFace weights.
+    #[arg(long, default_value_t = 5e-4)]
+    pub wd_fr: f64,
+    /// Weight decay of the Gender head.
+    #[arg(long, default_value_t = 5e-4)]
+    pub wd_gender: f64,
+    /// Weight decay of the Age head.
+    #[arg(long, default_value_t = 5e-4)]
+    pub wd_age: f64,
+    /// Multi-task loss weights FR,Gender,Age (e.g. 1,0.5,0.5).
+    #[arg(long, value_parser = parse_weights, default_value = "1,1,1")]
+    pub loss_weights: [f64; 3],
+    /// Multi: one task per step in turn (the seed's mode) instead of the weighted sum.
+    #[arg(long)]
+    pub alternate: bool,
+    #[command(flatten)]
+    pub heads: HeadConfig,
+    /// Plateau threshold: steps without decrease before the lr shrinks (the seed's -s).
+    #[arg(long, default_value_t = 15000)]
+    pub plateau_steps: usize,
+    /// The task whose plateau also shrinks the backbone's lr (default: FR, or the only task).
+    /// Each task's own plateau shrinks its head's lr.
+    #[arg(long, value_enum)]
+    pub plateau_task: Option<Head>,
+    /// Factor applied to the learning rate at each plateau.
+    #[arg(long, default_value_t = 0.1)]
+    pub shrink: f64,
+    /// Stop once the learning rate falls below this.
+    #[arg(long, default_value_t = 1e-6)]
+    pub min_lr: f64,
+    /// Stop after this many optimiser steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Stop (validate, checkpoint) after this many seconds of wall time.
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<f64>,
+    /// auto (this rank's GPU when CUDA exists, else cpu), cpu, cuda (cuda:<local rank>), cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Image decode threads per rank.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// libtorch threads per rank (default: cores / ranks on this node).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Batches decoded ahead of the training step.
+    #[arg(long, default_value_t = 4)]
+    pub prefetch: usize,
+    /// Seed for shuffling, augmentation and initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Start from these weights (a checkpoint dir or .safetensors); matching names load,
+    /// e.g. an FR backbone for a Gender run.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Train only the heads (the seed's -is_s_t False).
+    #[arg(long)]
+    pub freeze_backbone: bool,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 2000)]
+    pub save_every: u64,
+    /// Validate every N steps.
+    #[arg(long, default_value_t = 2000)]
+    pub valid_every: u64,
+    /// Write a log.txt line every N steps.
+    #[arg(long, default_value_t = 20)]
+    pub log_every: u64,
+    /// Keep the last K checkpoints.
+    #[arg(long, default_value_t = 3)]
+    pub keep_checkpoints: usize,
+    /// Same/different pairs drawn from each validation set for verification accuracy.
+    #[arg(long, default_value_t = 3000)]
+    pub valid_pairs: usize,
+    /// Mixed precision: fp16 autocast of the backbone on CUDA (heads and losses stay f32)
+    /// with dynamic loss scaling, as PyTorch's autocast + GradScaler. On CPU only the loss
+    /// scaling runs, which changes no result. No speed-up on GPUs without tensor cores.
+    #[arg(long)]
+    pub amp: bool,
+    /// First loss scale of --amp (halved on overflow, doubled after 2000 good steps).
+    #[arg(long, default_value_t = super::scaler::INIT_SCALE)]
+    pub amp_init_scale: f64,
+    /// Where run directories go.
+    #[arg(long, default_value = "Model")]
+    pub out: PathBuf,
+    /// Run directory name (default: <task>-<UTC time>).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Gradient accumulation: optimiser step every K batches.
+    #[arg(long, default_value_t = 1)]
+    pub accum: usize,
+    /// Linear learning-rate scaling: lr × world size × accum.
+    #[arg(long)]
+    pub scale_lr: bool,
+    /// All-reduce bucket size in MiB (DDP's bucket_cap_mb).
+    #[arg(long, default_value_t = 25.0)]
+    pub bucket_mb: f64,
+    /// Compress gradients to fp16 for the all-reduce.
+    #[arg(long)]
+    pub fp16_allreduce: bool,
+    /// With fewer shards than ranks: every rank opens all shards and takes every N-th record.
+    #[arg(long)]
+    pub stripe_records: bool,
+    /// Seconds a collective may wait for a peer before the job is aborted.
+    #[arg(long, default_value_t = 60.0)]
+    pub collective_timeout: f64,
+    /// Read records in order instead of a per-epoch shuffle (debugging, equivalence tests).
+    #[arg(long = "no-shuffle", action = ArgAction::SetFalse)]
+    pub shuffle: bool,
+    /// No random horizontal flips.
+    #[arg(long = "no-augment", action = ArgAction::SetFalse)]
+    pub augment: bool,
+    /// Do not roll back to the last good state on NaN or rising loss.
+    #[arg(long = "no-rollback", action = ArgAction::SetFalse)]
+    pub rollback: bool,
+    /// Rollbacks in a row without getting past the failing step before the run gives up.
+    #[arg(long, default_value_t = 10)]
+    pub max_rollbacks: u32,
+    /// Testing aid: force the loss to NaN from this step on to exercise the rollback ...
+    #[arg(long, hide = true)]
+    pub inject_nan_at: Option<u64>,
+    /// ... until the run has rolled back this many times.
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub inject_nan_times: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        trainer_data::settings::clap_defaults()
+    }
+}
+
+impl TrainConfig {
+    /// Resolves the settings of a run: `base` (the defaults, or a resumed run's saved
+    /// settings), overlaid by the recipe if any, overlaid by the flags actually typed.
+    pub fn resolve(base: TrainConfig, recipe: Option<&Path>, typed: &TrainConfig, matches: &ArgMatches) -> Result<TrainConfig> {
+        let mut table = toml::Table::try_from(base)?;
+        if let Some(path) = recipe {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading recipe {}", path.display()))?;
+            let recipe: toml::Table = text.parse().with_context(|| format!("parsing recipe {}", path.display()))?;
+            merge(&mut table, recipe);
+        }
+        merge(&mut table, given_on_command_line(typed, matches)?);
+        let cfg: TrainConfig = toml::Value::Table(table).try_into().with_context(|| match recipe {
+            Some(p) => format!("invalid setting in {} or on the command line", p.display()),
+            None => "invalid setting on the command line".to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.train_sets.is_empty() {
+            bail!("no training data: give --train-sets DIR/NAME (or train_sets in the recipe)");
+        }
+        if self.batch_size == 0 || self.accum == 0 || self.size < 16 {
+            bail!("batch_size and accum must be > 0 and size >= 16");
+        }
+        if self.save_every == 0 || self.valid_every == 0 || self.log_every == 0 {
+            bail!("save_every, valid_every and log_every must be at least 1");
+        }
+        if !(self.shrink > 0.0 && self.shrink < 1.0) {
+            bail!("shrink must be in (0, 1), got {}", self.shrink);
+        }
+        if !(self.amp_init_scale >= 1.0 && self.amp_init_scale.is_finite()) {
+            bail!("amp_init_scale must be a finite number >= 1, got {}", self.amp_init_scale);
+        }
+        self.heads.validate()
+    }
+
+    /// Images per rank per optimiser step (before accumulation).
+    pub fn rank_batch(&self) -> usize {
+        match self.sampler {
+            SamplerChoice::Uniform => self.batch_size,
+            SamplerChoice::Pk => self.pk[0] * self.pk[1],
+        }
+    }
+
+    /// The learning rate of the FR head and ArcFace, Gender head and Age head.
+    pub fn head_lrs(&self) -> [f64; 3] {
+        [self.lr_fr, self.lr_gender, self.lr_age].map(|lr| lr.unwrap_or(self.lr))
+    }
+}
+
+/// The settings the user typed, as a table shaped like the config (heads nested).
+fn given_on_command_line(typed: &TrainConfig, matches: &ArgMatches) -> Result<toml::Table> {
+    let typed_here = |key: &str| matches.ids().any(|id| id.as_str() == key) && matches.value_source(key) == Some(ValueSource::CommandLine);
+    let mut all = toml::Table::try_from(typed)?;
+    let mut heads = match all.remove("heads") {
+        Some(toml::Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    };
+    all.retain(|k, _| typed_here(k));
+    heads.retain(|k, _| typed_here(k));
+    if !heads.is_empty() {
+        all.insert("heads".into(), toml::Value::Table(heads));
+    }
+    Ok(all)
+}
+
+/// Recursive table overlay: values in `over` replace those in `base`; tables merge.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn parse_pk(s: &str) -> Result<[usize; 2], String> {
+    let (p, k) = s.split_once(['x', 'X']).ok_or("expected PxK, e.g. 30x5")?;
+    let num = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}"));
+    Ok([num(p)?, num(k)?])
+}
+
+fn parse_weights(s: &str) -> Result<[f64; 3], String> {
+    let parts: Vec<&str> = s.split(',').collect();
+    let [fr, gender, age] = parts.as_slice() else { return Err("expected three weights FR,Gender,Age, e.g. 1,0.5,0.5".into()) };
+    let num = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
+    Ok([num(fr)?, num(gender)?, num(age)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cfg: TrainConfig,
+    }
+
+    fn parse(args: &[&str]) -> (TrainConfig, ArgMatches) {
+        let m = Cli::command().try_get_matches_from(std::iter::once("train").chain(args.iter().copied())).unwrap();
+        (Cli::from_arg_matches(&m).unwrap().cfg, m)
+    }
+
+    fn resolve(recipe: Option<&Path>, args: &[&str]) -> Result<TrainConfig> {
+        let (typed, m) = parse(args);
+        TrainConfig::resolve(TrainConfig::default(), recipe, &typed, &m)
+    }
+
+    #[test]
+    fn flags_override_recipe_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = dir.path().join("r.toml");
+        std::fs::write(&recipe, "task = 'Gender'\nsize = 64\nlr = 0.5\ntrain_sets = ['a']\n[heads]\nemb_dim = 128\ns = 32.0\n").unwrap();
+        let cfg = resolve(Some(&recipe), &["--lr", "0.01", "--arc-s", "16"]).unwrap();
+        assert_eq!(cfg.task, Task::Gender, "a default on the command line does not override the recipe");
+        assert_eq!((cfg.size, cfg.lr, cfg.batch_size), (64, 0.01, 50));
+        assert_eq!((cfg.heads.emb_dim, cfg.heads.s), (128, 16.0));
+    }
+
+    #[test]
+    fn negated_flags_and_parsed_values() {
+        let cfg = resolve(None, &["Multi", "--train-sets", "a", "--no-shuffle", "--pk", "4x2", "--loss-weights", "1,0.5,0.25"]).unwrap();
+        assert!(!cfg.shuffle && cfg.augment && cfg.rollback);
+        assert_eq!((cfg.task, cfg.pk, cfg.loss_weights), (Task::Multi, [4, 2], [1.0, 0.5, 0.25]));
+    }
+
+    /// What makes "typed on the command line" work: a flag's id is its config key.
+    #[test]
+    fn every_flag_is_a_config_key() {
+        let keys = serde_json::to_value(TrainConfig::default()).unwrap();
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            assert!(keys.get(id).is_some() || keys["heads"].get(id).is_some(), "flag {id} is not a config key");
+        }
+    }
+
+    #[test]
+    fn unknown_recipe_key_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = dir.path().join("bad.toml");
+        std::fs::write(&recipe, "train_sets = ['a']\nlearning_rate = 0.1\n").unwrap();
+        let msg = format!("{:#}", resolve(Some(&recipe), &[]).unwrap_err());
+        assert!(msg.contains("bad.toml") && msg.contains("learning_rate"), "{msg}");
+    }
+
+    #[test]
+    fn missing_train_sets_is_explained() {
+        assert!(resolve(None, &[]).unwrap_err().to_string().contains("--train-sets"));
+    }
+}

@@ -1,0 +1,182 @@
+//! What rank 0 decides after each step, from the mean losses over ranks: dlib's plateau
+//! rule and its rollback guard, one of each per trained head, so a task's decays and
+//! reloads follow its own loss series. Every rank then applies the same decision.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::state::TrainState;
+use crate::dist::Comm;
+use crate::model::Head;
+use trainer_data::plateau::{RollbackGuard, SaveDecision};
+
+/// One step's verdict, broadcast from rank 0.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Heads whose plateau rule fired, with the factor their learning rate shrinks by.
+    pub decays: Vec<(Head, f64)>,
+    pub rollback: Option<Rollback>,
+    /// The run cannot go on (reloads keep failing at one step): end it with this message.
+    pub give_up: Option<String>,
+}
+
+/// Return to the last good state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollback {
+    pub head: Head,
+    /// "NaN" (a non-finite loss) or "rising loss".
+    pub reason: String,
+    pub failed_step: u64,
+    pub loss: f64,
+    /// The how-manyth reload in a row this is.
+    pub in_a_row: u32,
+    /// dlib's rule: reloads keep coming, so the learning rate shrinks too.
+    pub shrink: bool,
+}
+
+/// Rank 0's rollback guards and its count of reloads that made no progress.
+pub struct Judge {
+    guards: BTreeMap<Head, RollbackGuard>,
+    enabled: bool,
+    max_rollbacks: u32,
+    /// Reloads since the run last got past the step that failed.
+    in_a_row: u32,
+    /// The furthest step at which a loss failed.
+    failed_at: u64,
+}
+
+impl Judge {
+    pub fn new(heads: &[Head], enabled: bool, max_rollbacks: u32) -> Judge {
+        Judge { guards: heads.iter().map(|&h| (h, RollbackGuard::new())).collect(), enabled, max_rollbacks, in_a_row: 0, failed_at: 0 }
+    }
+
+    /// Rank 0's decision for the step just taken (`state.step` counts it), given each
+    /// trained head's loss; `save_point` is dlib's "time to save or reload".
+    pub fn decide(&mut self, state: &mut TrainState, losses: &[(Head, f64)], save_point: bool) -> Decision {
+        if state.step > self.failed_at {
+            self.in_a_row = 0;
+        }
+        let mut d = Decision::default();
+        for &(head, loss) in losses {
+            let non_finite = self.enabled && self.guards.get_mut(&head).is_some_and(|g| g.record(loss));
+            if non_finite {
+                return self.roll_back(head, "NaN", state.step, loss);
+            }
+            if let Some(factor) = state.plateaus.get_mut(&head).and_then(|p| if loss.is_finite() { p.push(loss) } else { None }) {
+                d.decays.push((head, factor));
+            }
+        }
+        if self.enabled && save_point {
+            let rose = self.guards.iter_mut().find_map(|(&h, g)| (g.at_save_point() == SaveDecision::Reload).then_some(h));
+            if let Some(head) = rose {
+                let loss = losses.iter().find(|(h, _)| *h == head).map_or(f64::NAN, |(_, l)| *l);
+                return self.roll_back(head, "rising loss", state.step, loss);
+            }
+        }
+        d
+    }
+
+    fn roll_back(&mut self, head: Head, reason: &str, step: u64, loss: f64) -> Decision {
+        let mut shrink = false;
+        for (&h, g) in &mut self.guards {
+            if h == head {
+                shrink = g.reload();
+            } else {
+                g.rewind();
+            }
+        }
+        self.failed_at = self.failed_at.max(step);
+        self.in_a_row += 1;
+        let rollback = Rollback { head, reason: reason.into(), failed_step: step, loss, in_a_row: self.in_a_row, shrink };
+        let give_up = (self.in_a_row > self.max_rollbacks).then(|| {
+            format!(
+                "{} rollbacks in a row without getting past step {} ({} {reason} at step {step}); giving up",
+                self.in_a_row,
+                self.failed_at,
+                head.name()
+            )
+        });
+        Decision { decays: vec![], rollback: Some(rollback), give_up }
+    }
+
+    /// A checkpoint was written off the save rhythm (a better validation): the losses
+    /// since count as saved.
+    pub fn saved(&mut self) {
+        self.guards.values_mut().for_each(RollbackGuard::saved);
+    }
+}
+
+/// Rank 0's decision to every rank (each applies it identically).
+pub fn broadcast(comm: &dyn Comm, decision: Decision) -> Result<Decision> {
+    if comm.world() == 1 {
+        return Ok(decision);
+    }
+    let mut bytes = if comm.rank() == 0 { serde_json::to_vec(&decision)? } else { vec![] };
+    comm.broadcast_bytes(&mut bytes, 0)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// "1st", "2nd", "3rd", "4th", ...
+pub fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::config::TrainConfig;
+
+    fn state() -> TrainState {
+        TrainState::new(&TrainConfig { plateau_steps: 8, ..TrainConfig::default() }, &[Head::Fr, Head::Gender], 1, 10)
+    }
+
+    #[test]
+    fn each_head_decays_on_its_own_losses() {
+        let (mut st, mut j) = (state(), Judge::new(&[Head::Fr, Head::Gender], true, 10));
+        let mut fr_decays = 0;
+        for i in 0..200u64 {
+            st.step = i + 1;
+            // FR still falls steeply, Gender is flat: only Gender's rule fires.
+            let d = j.decide(&mut st, &[(Head::Fr, 40.0 - 0.1 * i as f64), (Head::Gender, 0.7)], false);
+            fr_decays += d.decays.iter().filter(|(h, _)| *h == Head::Fr).count();
+            assert!(d.rollback.is_none());
+        }
+        assert_eq!(fr_decays, 0);
+        assert!(st.plateaus[&Head::Gender].decays() > 0);
+    }
+
+    #[test]
+    fn a_nan_rolls_back_and_the_third_in_a_row_shrinks_then_gives_up() {
+        let (mut st, mut j) = (state(), Judge::new(&[Head::Fr, Head::Gender], true, 4));
+        st.step = 7;
+        let mut seen = vec![];
+        for _ in 0..5 {
+            let d = j.decide(&mut st, &[(Head::Fr, 1.0), (Head::Gender, f64::NAN)], false);
+            let rb = d.rollback.clone().expect("a rollback");
+            seen.push((rb.in_a_row, rb.shrink, d.give_up.is_some()));
+        }
+        assert_eq!(seen, vec![(1, false, false), (2, false, false), (3, true, false), (4, true, false), (5, true, true)]);
+        // Getting past the failing step resets the count.
+        st.step = 8;
+        assert!(j.decide(&mut st, &[(Head::Fr, 1.0), (Head::Gender, 0.5)], false).rollback.is_none());
+        st.step = 9;
+        let d = j.decide(&mut st, &[(Head::Fr, f64::INFINITY), (Head::Gender, 0.5)], false);
+        assert_eq!(d.rollback.unwrap().in_a_row, 1);
+    }
+
+    #[test]
+    fn disabled_guard_never_rolls_back_and_ordinals_read_well() {
+        let (mut st, mut j) = (state(), Judge::new(&[Head::Fr], false, 10));
+        st.step = 1;
+        assert!(j.decide(&mut st, &[(Head::Fr, f64::NAN)], true).rollback.is_none());
+        assert_eq!([1, 2, 3, 4, 11, 12, 13, 21, 22, 101].map(ordinal).join(" "), "1st 2nd 3rd 4th 11th 12th 13th 21st 22nd 101st");
+    }
+}

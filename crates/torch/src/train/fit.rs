@@ -1,0 +1,397 @@
+//! The training loop: step, decide (rank 0's plateau rule and rollback guard, obeyed by
+//! all), log, validate, checkpoint; and always a final validation and checkpoint, whatever
+//! stopped it.
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::checkpoint;
+use super::decisions::{self, ordinal, Decision, Rollback};
+use super::replica::{head_groups, BACKBONE};
+use super::scaler::scaled_loss;
+use super::session::{Good, Session};
+use super::state::LrChange;
+use super::step::{heads_for_step, losses};
+use crate::dist::ReduceOp;
+use crate::model::Head;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    MaxSteps,
+    TimeLimit,
+    MinLr,
+    Signal,
+}
+
+/// SIGINT / SIGTERM set a flag; the loop notices it, agrees with the other ranks, and
+/// stops after a checkpoint. A second signal kills the process at once.
+pub fn install_signal_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag))?;
+        signal_hook::flag::register(sig, Arc::clone(&flag))?;
+    }
+    Ok(flag)
+}
+
+/// One step's numbers, already averaged over ranks.
+struct StepStats {
+    /// Each trained head's loss this step.
+    losses: Vec<(Head, f64)>,
+    /// The weighted objective (`None` in `--alternate` mode, where it mixes tasks).
+    total: Option<f64>,
+    signalled: bool,
+    out_of_time: bool,
+    data_wait: f64,
+}
+
+/// Throughput over the steps since the last log line.
+struct Window {
+    start: Instant,
+    steps: u64,
+    wait: f64,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window { start: Instant::now(), steps: 0, wait: 0.0 }
+    }
+}
+
+impl Session {
+    pub fn fit(mut self, signal: &AtomicBool) -> Result<StopReason> {
+        let clock = Instant::now();
+        let mut window = Window::new();
+        let bar = self.progress_bar();
+        let reason = loop {
+            let stats = self.train_step(signal, clock)?;
+            self.state.step += 1;
+            for &(head, loss) in &stats.losses {
+                self.log.loss(head, loss)?;
+            }
+            (window.steps, window.wait) = (window.steps + 1, window.wait + stats.data_wait);
+            bar.set_position(self.state.step);
+            let decision = self.decide(&stats)?;
+            if let Some(msg) = &decision.give_up {
+                self.log.event(json!({"event": "give_up", "step": self.state.step, "message": msg}))?;
+                bail!("{msg}; lr {:.3e}; the last good checkpoint is {}", self.lr_shown(), self.good_checkpoint());
+            }
+            if let Some(rb) = decision.rollback {
+                self.roll_back(rb)?;
+                continue;
+            }
+            self.apply_decays(&decision.decays)?;
+            if self.state.step.is_multiple_of(self.cfg.log_every) {
+                self.log_progress(&stats, &window)?;
+                window = Window::new();
+            }
+            if let Some(stop) = self.stop_reason(&stats) {
+                break stop;
+            }
+            if self.state.step.is_multiple_of(self.cfg.valid_every) {
+                self.validate_and_keep_best(clock)?;
+            }
+            if self.state.step.is_multiple_of(self.cfg.save_every) && self.good.state.step != self.state.step {
+                self.checkpoint(clock)?;
+            }
+        };
+        bar.finish_and_clear();
+        self.finish(reason, clock)?;
+        Ok(reason)
+    }
+
+    /// Rank 0's bar on a terminal (hidden elsewhere); the log says the rest.
+    fn progress_bar(&self) -> indicatif::ProgressBar {
+        if self.comm.rank() != 0 {
+            return indicatif::ProgressBar::hidden();
+        }
+        let template = if self.cfg.max_steps.is_some() {
+            "{elapsed_precise} [{bar:30}] step {pos}/{len} ({per_sec}, eta {eta}) {msg}"
+        } else {
+            "{elapsed_precise} step {pos} ({per_sec}) {msg}"
+        };
+        trainer_data::term::progress_bar(self.cfg.max_steps.unwrap_or(0), template).with_position(self.state.step)
+    }
+
+    fn train_step(&mut self, signal: &AtomicBool, clock: Instant) -> Result<StepStats> {
+        let step = self.state.step;
+        tch::manual_seed(trainer_data::rng::mix(self.cfg.seed ^ step.wrapping_mul(0x9E37)) as i64 ^ self.comm.rank() as i64);
+        let heads = heads_for_step(&self.cfg, step);
+        self.replica.zero_grad();
+        let (mut wait, mut total, mut skipped) = (0.0, 0.0, 0.0);
+        let mut parts = vec![0.0; heads.len()];
+        let inject = self.cfg.inject_nan_at.is_some_and(|at| step + 1 >= at && self.state.rollbacks < self.cfg.inject_nan_times);
+        let accum = self.cfg.accum as f64;
+        for _ in 0..self.cfg.accum {
+            let t = Instant::now();
+            let batch = self.loader.next_batch()?.context("training loader ended")?;
+            wait += t.elapsed().as_secs_f64();
+            skipped += batch.skipped as f64;
+            let l = losses(self.replica.net(), &self.cfg, &batch, &heads, self.replica.device())?;
+            let objective = if inject { l.total * f64::NAN } else { l.total };
+            scaled_loss(&objective, self.cfg.accum, self.state.loss_scale.as_ref()).backward();
+            total += objective.double_value(&[]) / accum;
+            for (acc, (_, p)) in parts.iter_mut().zip(&l.parts) {
+                *acc += if inject { f64::NAN } else { p.double_value(&[]) / accum };
+            }
+        }
+        let grads = self.replica.grads();
+        tch::no_grad(|| self.comm.all_reduce_mean(&grads))?;
+        if self.unscale(&grads) {
+            self.replica.step(&heads);
+        }
+
+        let out_of_time = self.cfg.time_limit.is_some_and(|t| self.state.elapsed_secs + clock.elapsed().as_secs_f64() >= t);
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let mut v = vec![total, flag(signal.load(Ordering::Relaxed)), flag(out_of_time), skipped];
+        v.extend(&parts);
+        self.comm.all_reduce_f64(&mut v, ReduceOp::Sum)?;
+        let world = self.comm.world() as f64;
+        self.state.skipped_records += v[3] as u64;
+        Ok(StepStats {
+            losses: heads.iter().zip(&v[4..]).map(|(&h, p)| (h, p / world)).collect(),
+            total: (!self.cfg.alternate || self.heads.len() == 1).then_some(v[0] / world),
+            signalled: v[1] > 0.0,
+            out_of_time: v[2] > 0.0,
+            data_wait: wait,
+        })
+    }
+
+    /// With `--amp`: true (and the gradients unscaled) when they are finite; otherwise the
+    /// step is skipped and the scale backs off. Without: always true.
+    fn unscale(&mut self, grads: &[tch::Tensor]) -> bool {
+        let Some(scale) = self.state.loss_scale.as_mut() else { return true };
+        let finite = scale.unscale(grads);
+        scale.update(finite);
+        if !finite {
+            tracing::warn!("step {}: inf/NaN gradients under --amp; step skipped, loss scale now {:e}", self.state.step + 1, scale.scale);
+        }
+        finite
+    }
+
+    /// Rank 0 judges the mean losses (its plateau rules are the ones checkpoints keep);
+    /// every rank gets the same decision.
+    fn decide(&mut self, stats: &StepStats) -> Result<Decision> {
+        let save_point = self.state.step.is_multiple_of(self.cfg.save_every);
+        let mine = if self.comm.rank() == 0 { self.judge.decide(&mut self.state, &stats.losses, save_point) } else { Decision::default() };
+        decisions::broadcast(&*self.comm, mine)
+    }
+
+    /// The parameter groups a head's decay shrinks: its own, and the backbone's when the
+    /// head is the one that leads the backbone (`--plateau-task`).
+    fn decay_groups(&self, head: Head) -> Vec<&'static str> {
+        let mut groups = head_groups(head).to_vec();
+        if head == self.plateau_task() {
+            groups.push(BACKBONE);
+        }
+        groups
+    }
+
+    fn plateau_task(&self) -> Head {
+        self.cfg.plateau_task.filter(|h| self.heads.contains(h)).unwrap_or(self.heads[0])
+    }
+
+    fn apply_decays(&mut self, decays: &[(Head, f64)]) -> Result<()> {
+        for &(head, factor) in decays {
+            let groups = self.decay_groups(head);
+            self.replica.scale_lr(&groups, factor);
+            let change = LrChange { step: self.state.step, cause: "plateau".into(), head, groups: groups.iter().map(|g| g.to_string()).collect(), factor };
+            self.state.lr_changes.push(change);
+            let lr = self.lr_shown();
+            self.log.rank_note(&format!("lr decay at step {} ({} plateau): {} × {factor} → lr {lr:.3e}", self.state.step, head.name(), groups.join(", ")))?;
+            self.log.event(json!({"event": "decay", "step": self.state.step, "head": head, "groups": groups, "factor": factor, "lr": lr}))?;
+        }
+        Ok(())
+    }
+
+    /// The learning rate to report: the backbone's, or the first trained head's.
+    fn lr_shown(&self) -> f64 {
+        self.replica.lr(BACKBONE).or_else(|| self.replica.lrs().first().map(|(_, lr)| *lr)).unwrap_or(0.0)
+    }
+
+    fn good_checkpoint(&self) -> String {
+        self.good.checkpoint.as_ref().map_or("(none yet: the start of the run)".into(), |p| p.display().to_string())
+    }
+
+    /// Returns to the latest good state; the files forget the discarded steps, and the
+    /// `rollback` event keeps their losses.
+    fn roll_back(&mut self, rb: Rollback) -> Result<()> {
+        let Good { replica, state, .. } = &self.good;
+        self.replica.restore(replica)?;
+        let (rollbacks, skipped, best, position) = (self.state.rollbacks + 1, self.state.skipped_records, self.state.best_metric, self.loader.position());
+        self.state = state.clone();
+        // Fresh batches for the retry (the same ones could fail again); counts and the
+        // best metric belong to the run, not to the state returned to.
+        (self.state.rollbacks, self.state.skipped_records, self.state.position) = (rollbacks, skipped, position);
+        self.state.best_metric = checkpoint::better_of(self.state.best_metric, best);
+        let lr_before = self.lr_shown();
+        if rb.shrink {
+            let factor = self.state.plateaus.get_mut(&rb.head).map_or(self.cfg.shrink, |p| p.shrink_now());
+            let mut groups = head_groups(rb.head).to_vec();
+            groups.push(BACKBONE);
+            self.replica.scale_lr(&groups, factor);
+            let change = LrChange { step: self.state.step, cause: "rollback".into(), head: rb.head, groups: groups.iter().map(|g| g.to_string()).collect(), factor };
+            self.state.lr_changes.push(change);
+        }
+        let lr = self.lr_shown();
+        let discarded = self.log.rewind(self.state.step, &self.state.loss_counts)?;
+        let what = if self.heads.len() > 1 { format!("{} {}", rb.head.name(), rb.reason) } else { rb.reason.clone() };
+        let lr_note = if rb.shrink { format!("lr {lr_before:.3e} → {lr:.3e}") } else { "lr unchanged".into() };
+        let msg = format!("rolled back to step {} ({what} at step {}); {lr_note} ({} reload)", self.state.step, rb.failed_step, ordinal(rb.in_a_row));
+        tracing::warn!("{msg}");
+        self.log.rank_note(&msg)?;
+        let discarded: serde_json::Map<String, serde_json::Value> = discarded.into_iter().map(|(h, v)| (h.name().to_string(), json!(v))).collect();
+        self.log.event(json!({
+            "event": "rollback", "step": rb.failed_step, "to_step": self.state.step, "head": rb.head, "reason": rb.reason,
+            "loss": rb.loss, "reload": rb.in_a_row, "lr_before": lr_before, "lr": lr, "discarded_losses": discarded,
+        }))
+    }
+
+    fn stop_reason(&self, stats: &StepStats) -> Option<StopReason> {
+        if stats.signalled {
+            return Some(StopReason::Signal);
+        }
+        if stats.out_of_time {
+            return Some(StopReason::TimeLimit);
+        }
+        if self.cfg.max_steps.is_some_and(|m| self.state.step >= m) {
+            return Some(StopReason::MaxSteps);
+        }
+        if self.replica.max_lr() < self.cfg.min_lr {
+            return Some(StopReason::MinLr);
+        }
+        None
+    }
+
+    fn log_progress(&mut self, stats: &StepStats, window: &Window) -> Result<()> {
+        let world = self.comm.world();
+        let secs = window.start.elapsed().as_secs_f64().max(1e-9);
+        let effective_batch = self.cfg.rank_batch() * self.cfg.accum * world;
+        let mut ev = json!({
+            "step": self.state.step,
+            "epoch": self.loader.position().epoch,
+            "lr": self.lr_shown(),
+            "images_per_s": (effective_batch as u64 * window.steps) as f64 / secs,
+            "data_wait_frac": window.wait / secs,
+            "world_size": world,
+            "effective_batch": effective_batch,
+            "skipped_records": self.state.skipped_records,
+        });
+        if let Some(total) = stats.total {
+            ev["loss"] = json!(total);
+        }
+        for &(head, loss) in &stats.losses {
+            ev[format!("loss_{}", head.name())] = json!(loss);
+        }
+        for (head, p) in &self.state.plateaus {
+            ev[format!("steps_without_decrease_{}", head.name())] = json!(p.steps_without_progress());
+        }
+        if let Some(p) = self.state.plateaus.get(&self.plateau_task()) {
+            ev["steps_without_decrease"] = json!(p.steps_without_progress());
+        }
+        for (group, lr) in self.replica.lrs() {
+            ev[format!("lr_{group}")] = json!(lr);
+        }
+        if let Some(s) = &self.state.loss_scale {
+            ev["loss_scale"] = json!(s.scale);
+            ev["amp_skipped_steps"] = json!(s.skipped);
+        }
+        let shown = stats.total.or(stats.losses.first().map(|(_, l)| *l)).unwrap_or(f64::NAN);
+        tracing::info!(
+            "step {} loss {shown:.4} lr {:.2e} {:.1} img/s data-wait {:.0}%",
+            self.state.step,
+            self.lr_shown(),
+            ev["images_per_s"].as_f64().unwrap_or(0.0),
+            100.0 * window.wait / secs
+        );
+        self.log.flush()?;
+        self.log.event(ev)
+    }
+
+    /// Every rank checks its parameters against the others', then rank 0 writes; the
+    /// checkpoint becomes the state a rollback returns to.
+    fn checkpoint(&mut self, clock: Instant) -> Result<std::path::PathBuf> {
+        self.check_param_hash()?;
+        let dir = checkpoint::step_dir(&self.run_dir, self.state.step);
+        self.state.position = self.loader.position();
+        self.state.loss_counts = self.log.counts();
+        let mut state = self.state.clone();
+        state.elapsed_secs += clock.elapsed().as_secs_f64();
+        if self.comm.rank() == 0 {
+            self.log.flush()?;
+            checkpoint::save(&dir, &state, |tmp| self.replica.save(tmp)).with_context(|| format!("writing checkpoint {}", dir.display()))?;
+            checkpoint::prune(&self.run_dir, self.cfg.keep_checkpoints)?;
+            self.log.event(json!({"event": "checkpoint", "step": self.state.step, "path": dir}))?;
+        }
+        self.log.flush()?;
+        self.comm.barrier()?;
+        self.good = Good { replica: self.replica.snapshot(), state: self.state.clone(), checkpoint: Some(dir.clone()) };
+        if !self.state.step.is_multiple_of(self.cfg.save_every) {
+            // Off the save rhythm (a better validation): the guards count from here too.
+            self.judge.saved();
+        }
+        Ok(dir)
+    }
+
+    fn check_param_hash(&mut self) -> Result<()> {
+        let hash = self.replica.param_hash();
+        self.log.rank_note(&format!("step {} param_hash {hash:016x}", self.state.step))?;
+        let halves = [(hash >> 32) as f64, (hash & 0xffff_ffff) as f64];
+        let (mut lo, mut hi) = (halves, halves);
+        self.comm.all_reduce_f64(&mut lo, ReduceOp::Min)?;
+        self.comm.all_reduce_f64(&mut hi, ReduceOp::Max)?;
+        if lo != hi {
+            let msg = format!("param_hash differs between ranks at step {} (this rank {hash:016x}); replicas diverged", self.state.step);
+            self.log.rank_note(&msg)?;
+            self.comm.abort(&msg);
+        }
+        Ok(())
+    }
+
+    /// Validates; a metric strictly better than the best recorded in the run writes a
+    /// checkpoint and copies it to `best/`.
+    fn validate_and_keep_best(&mut self, clock: Instant) -> Result<()> {
+        let Some(validator) = &self.validator else { return Ok(()) };
+        let metrics = validator.run(self.replica.net(), &self.cfg, self.replica.device())?;
+        let mut ev = json!({"event": "valid", "step": self.state.step});
+        for (k, v) in &metrics.values {
+            ev[k] = json!(v);
+        }
+        self.log.event(ev)?;
+        if self.comm.rank() == 0 {
+            for text in &metrics.reports {
+                tracing::info!("validation at step {}:\n{text}", self.state.step);
+            }
+        }
+        // BatchNorm statistics differ per rank, so rank 0's verdict is the one all follow.
+        let better = metrics.primary.filter(|m| m.is_finite() && self.state.best_metric.is_none_or(|b| *m > b));
+        let mut verdict = vec![u8::from(better.is_some())];
+        self.comm.broadcast_bytes(&mut verdict, 0)?;
+        if verdict[0] == 1 {
+            self.state.best_metric = better;
+            let dir = self.checkpoint(clock)?;
+            if self.comm.rank() == 0 {
+                checkpoint::copy_to(&dir, &self.run_dir.join("best"))?;
+                self.log.event(json!({"event": "best", "step": self.state.step, "metric": better}))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, reason: StopReason, clock: Instant) -> Result<()> {
+        self.log.rank_note(&format!("stopping at step {}: {reason:?}", self.state.step))?;
+        self.validate_and_keep_best(clock)?;
+        if self.good.state.step != self.state.step || self.good.checkpoint.is_none() {
+            self.checkpoint(clock)?;
+        }
+        let decays: Vec<u64> = self.state.lr_changes.iter().filter(|c| c.cause == "plateau").map(|c| c.step).collect();
+        self.log.event(json!({
+            "event": "end", "step": self.state.step, "reason": format!("{reason:?}"), "decays": decays,
+            "lr_changes": self.state.lr_changes, "rollbacks": self.state.rollbacks, "lr": self.lr_shown(),
+        }))?;
+        self.log.flush()
+    }
+}

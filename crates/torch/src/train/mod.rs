@@ -1,0 +1,40 @@
+//! `trainer train`: configuration, the per-rank session, the loop, checkpoints and logs.
+//!
+//! Under `mpirun -n N` every process is one rank with its own device and shards; alone,
+//! the same code runs as a single rank.
+
+mod args;
+pub mod checkpoint;
+pub mod config;
+mod decisions;
+mod fit;
+mod replica;
+pub mod runlog;
+pub mod scaler;
+pub mod seed_flags;
+mod session;
+pub mod state;
+pub mod step;
+
+use anyhow::Result;
+
+pub use args::TrainArgs;
+pub use config::TrainConfig;
+pub use session::Session;
+
+pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
+    let launch = crate::dist::launch_info();
+    let cfg = args.resolve(matches)?;
+    let signal = fit::install_signal_flag()?;
+    let result = Session::start(cfg, args.resume.as_deref(), &launch).and_then(|s| s.fit(&signal));
+    match result {
+        Ok(reason) => {
+            tracing::info!("rank {}: finished ({reason:?})", launch.rank);
+            crate::dist::finalize();
+            Ok(())
+        }
+        // One rank's error must end the whole job, not leave the others in a collective.
+        Err(e) if launch.world > 1 => crate::dist::abort_job(&format!("rank {}: {e:#}", launch.rank)),
+        Err(e) => Err(e),
+    }
+}

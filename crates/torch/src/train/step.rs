@@ -1,0 +1,160 @@
+//! One batch forward: the task losses of a batch, as the loop needs them.
+
+use anyhow::{bail, Result};
+use tch::{Device, Kind, Tensor};
+
+use super::config::TrainConfig;
+use crate::model::loss::{cross_entropy, soft_cross_entropy};
+use crate::model::{Head, Net, Tasks};
+use trainer_data::pipeline::Batch;
+
+/// A batch's images as an NCHW tensor on `device`.
+pub fn images(b: &Batch, device: Device) -> Tensor {
+    let s = b.size as i64;
+    Tensor::from_slice(&b.images).view([b.n as i64, 3, s, s]).to_device(device)
+}
+
+/// The weighted total to backpropagate and each head's own loss (for logs).
+pub struct Losses {
+    pub total: Tensor,
+    pub parts: Vec<(Head, Tensor)>,
+}
+
+/// Every head the run trains, in FR, Gender, Age order.
+pub fn run_heads(cfg: &TrainConfig) -> Vec<Head> {
+    Tasks::from(cfg.task).heads()
+}
+
+/// Which heads this step trains: all of the run's, or one in turn with `alternate`.
+pub fn heads_for_step(cfg: &TrainConfig, step: u64) -> Vec<Head> {
+    let all = run_heads(cfg);
+    if cfg.alternate && all.len() > 1 {
+        vec![all[(step % all.len() as u64) as usize]]
+    } else {
+        all
+    }
+}
+
+/// A batch's class indices for `head`, checked against the head's classes on the host
+/// (an out-of-range index would abort inside libtorch). Ages above the last bucket clip
+/// to it, as the seed does; -1 stays "unknown" (masked).
+pub fn targets(net: &Net, head: Head, b: &Batch, device: Device) -> Result<Tensor> {
+    let classes = net.classes(head);
+    let (what, labels): (&str, Vec<i64>) = match head {
+        Head::Fr => ("identity", b.labels.clone()),
+        Head::Gender => ("gender", b.genders.clone()),
+        Head::Age => ("age", b.ages.iter().map(|&a| a.min(classes as i64 - 1)).collect()),
+    };
+    if let Some(&bad) = labels.iter().find(|&&l| l < -1 || l >= classes as i64) {
+        bail!("{what} label {bad} is outside 0..{classes} (or -1 for unknown)");
+    }
+    Ok(Tensor::from_slice(&labels).to_device(device))
+}
+
+/// One head's loss on backbone features: ArcFace + cross-entropy for FR, soft
+/// cross-entropy (the seed's 0.9 one-hot) for Gender and Age. Rows labelled -1 are masked.
+pub fn head_loss(net: &Net, cfg: &TrainConfig, head: Head, feats: &Tensor, y: &Tensor) -> Result<Tensor> {
+    Ok(match head {
+        Head::Fr => cross_entropy(&net.logits(head, feats, Some(y), true)?, y),
+        Head::Gender | Head::Age => soft_cross_entropy(&net.logits(head, feats, None, true)?, y, cfg.heads.soft_target),
+    })
+}
+
+/// Forward pass and losses for `heads`. A frozen backbone runs without autograd in eval
+/// mode; with `--amp` on CUDA it runs under autocast, while heads and losses stay f32 as
+/// in insightface, because s·cos θ with s = 64 overflows half precision.
+pub fn losses(net: &Net, cfg: &TrainConfig, b: &Batch, heads: &[Head], device: Device) -> Result<Losses> {
+    let x = images(b, device);
+    let amp = cfg.amp && device.is_cuda();
+    // libtorch 2.11 warns on every autocast toggle, so toggle only when asked to.
+    let backbone = |train| match amp {
+        true => tch::autocast(true, || net.features(&x, train)).to_kind(Kind::Float),
+        false => net.features(&x, train),
+    };
+    let feats = if cfg.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(true) };
+    let mut parts = Vec::with_capacity(heads.len());
+    for &head in heads {
+        let y = targets(net, head, b, device)?;
+        parts.push((head, head_loss(net, cfg, head, &feats, &y)?));
+    }
+    let weights = if heads.len() > 1 { cfg.loss_weights } else { [1.0; 3] };
+    let total = parts
+        .iter()
+        .map(|(h, l)| l * weights[*h as usize])
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, device)));
+    Ok(Losses { total, parts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Arch, HeadConfig, Task};
+    use crate::optim::{groups_by_prefix, Sgd};
+    use tch::nn;
+
+    fn tiny_heads() -> HeadConfig {
+        HeadConfig { emb_dim: 32, gender_hidden: vec![16], age_hidden: vec![16, 16], ..Default::default() }
+    }
+
+    fn batch(n: usize, labels: Vec<i64>, genders: Vec<i64>, ages: Vec<i64>) -> Batch {
+        Batch { images: vec![0.0; n * 3 * 32 * 32], labels, genders, ages, n, size: 32, ..Default::default() }
+    }
+
+    #[test]
+    fn targets_reject_out_of_range_and_clip_ages() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Net::new(&vs.root(), Arch::Tiny, &tiny_heads(), 5, Task::Multi.into());
+        let b = batch(2, vec![0, 5], vec![0, 2], vec![9, -1]);
+        assert!(targets(&net, Head::Fr, &b, Device::Cpu).unwrap_err().to_string().contains("identity label 5"));
+        assert!(targets(&net, Head::Gender, &b, Device::Cpu).is_err());
+        let age = targets(&net, Head::Age, &b, Device::Cpu).unwrap();
+        assert_eq!(Vec::<i64>::try_from(age).unwrap(), vec![6, -1]);
+    }
+
+    /// A tiny Multi net memorises two fixed batches: every head's loss falls well below
+    /// where it started.
+    #[test]
+    fn tiny_multi_net_overfits_fixed_batches() {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let heads = HeadConfig { s: 16.0, m: 0.2, fr_dropout: 0.0, gender_dropout: 0.0, age_dropout: 0.0, ..tiny_heads() };
+        let cfg = TrainConfig { task: Task::Multi, heads: heads.clone(), ..TrainConfig::default() };
+        let net = Net::new(&vs.root(), Arch::Tiny, &heads, 4, Task::Multi.into());
+        let spec = [("backbone.", 0.05, 5e-4), ("fr.", 0.05, 5e-4), ("arcface.", 0.05, 5e-4), ("gender.", 0.05, 5e-4), ("age.", 0.05, 5e-4)];
+        let mut opt = Sgd::new(groups_by_prefix(&vs, &spec), 0.9);
+        let batches: Vec<Batch> = (0..2)
+            .map(|b| {
+                let mut bt = batch(8, (0..8).map(|i| (i + b) % 4).collect(), (0..8).map(|i| if i == 3 { -1 } else { i % 2 }).collect(), (0..8).map(|i| (i * 3 + b) % 7).collect());
+                bt.images = Vec::<f32>::try_from(Tensor::randn([8 * 3 * 32 * 32], (Kind::Float, Device::Cpu))).unwrap();
+                bt
+            })
+            .collect();
+        let all = Head::ALL;
+        let measure = |net: &Net| -> Vec<f64> {
+            let mut sum = vec![0.0; 3];
+            for b in &batches {
+                // Train-mode BN (batch statistics): what the steps optimised.
+                let l = tch::no_grad(|| losses(net, &cfg, b, &all, Device::Cpu)).unwrap();
+                for (s, (_, v)) in sum.iter_mut().zip(&l.parts) {
+                    *s += v.double_value(&[]);
+                }
+            }
+            sum
+        };
+        let before = measure(&net);
+        for step in 0..100 {
+            opt.zero_grad();
+            losses(&net, &cfg, &batches[step % 2], &all, Device::Cpu).unwrap().total.backward();
+            opt.step();
+        }
+        let after = measure(&net);
+        // Soft targets cannot go below their own entropy (summed over the two batches).
+        let entropy = |c: f64| -(0.9f64 * 0.9f64.ln() + 0.1 * (0.1 / (c - 1.0)).ln()) * 2.0;
+        let floors = [0.0, entropy(2.0), entropy(7.0)];
+        for (i, head) in all.iter().enumerate() {
+            let (b, a) = (before[i] - floors[i], after[i] - floors[i]);
+            assert!(a < 0.5 * b, "{head:?}: loss above its floor {b} -> {a}");
+        }
+    }
+}
