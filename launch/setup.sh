@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # Installs what building and testing `trainer` needs, idempotently:
 # MPICH + libclang (rsmpi's bindgen), cmake + nasm (libjpeg-turbo, built from the
-# turbojpeg crate's bundled source with its SIMD code) from Debian, and PyTorch 2.11.0 (the libtorch
-# tch 0.24 expects) into a virtualenv cached outside the clone.
-# Source it (`. launch/setup.sh`) to get LIBTORCH_USE_PYTORCH and PATH set; sourcing
-# leaves the caller's shell options alone.
+# turbojpeg crate's bundled source with its SIMD code) from Debian, PyTorch 2.11.0 (the
+# libtorch tch 0.24 expects) into a virtualenv cached outside the clone, and a second
+# virtualenv of reference implementations the tests cross-check against (the C++ dlib's
+# plateau functions, MXNet's RecordIO, TensorBoard's event reader, OpenCV and
+# scikit-image's alignment, NumPy and scikit-learn for insightface's metric).
+# Source it (`. launch/setup.sh`) to get LIBTORCH_USE_PYTORCH, PATH, TORCH_VENV and
+# TRAINER_REF_PYTHON set; sourcing leaves the caller's shell options alone.
 [[ "${BASH_SOURCE[0]}" == "$0" ]] && set -euo pipefail
 
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
 TRAINER_CACHE=${TRAINER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trainer}
 TORCH_VENV=${TORCH_VENV:-$TRAINER_CACHE/torch-$TORCH_VERSION}
+# Pinned together: mxnet 1.9.1 needs numpy < 1.24, and the rest are the newest that agree.
+REF_PACKAGES=("mxnet==1.9.1" "numpy==1.23.5" "dlib-bin==20.0.1.post1" "tensorboard==2.21.0"
+  "opencv-python-headless==4.11.0.86" "scikit-image==0.24.0" "scikit-learn==1.5.2" "scipy==1.13.1")
+REF_VENV=${REF_VENV:-$TRAINER_CACHE/refs-1}
 
 need_apt=()
 for pkg in mpich libmpich-dev libclang-dev cmake nasm; do
@@ -37,4 +44,11 @@ if [ -z "${LIBTORCH:-}" ]; then
   export LIBTORCH_USE_PYTORCH=1
   export PATH="$TORCH_VENV/bin:$PATH"
 fi
-export TORCH_VENV
+if ! "$REF_VENV/bin/python" -c "import mxnet, dlib, cv2, skimage, sklearn, scipy, tensorboard" 2>/dev/null; then
+  echo "setup: installing the reference implementations into $REF_VENV (one-time)" >&2
+  mkdir -p "$TRAINER_CACHE"
+  python3 -m venv "$REF_VENV"
+  "$REF_VENV/bin/pip" install -q --disable-pip-version-check "${REF_PACKAGES[@]}"
+fi
+export TORCH_VENV REF_VENV
+export TRAINER_REF_PYTHON="$REF_VENV/bin/python"

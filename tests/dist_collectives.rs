@@ -10,10 +10,12 @@ const TRAINER: &str = env!("CARGO_BIN_EXE_trainer");
 /// Far above the 60 s the job must end within; only reached when something hangs.
 const OUTER_LIMIT: Duration = Duration::from_secs(150);
 
+mod common;
+
 fn mpirun_available() -> bool {
     let found = Command::new("mpirun").arg("--version").output().is_ok_and(|o| o.status.success());
     if !found {
-        eprintln!("NOTICE: mpirun is not installed; skipping the multi-rank test (launch/setup.sh installs MPICH)");
+        common::missing("mpirun is not installed");
     }
     found
 }

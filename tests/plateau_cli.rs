@@ -1,6 +1,8 @@
 //! `trainer plateau` end to end, and its agreement with the Python reference
 //! (benches/seed_plateau.py) on random and hand-made loss series.
 
+mod common;
+use common::torch_python;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use trainer_data::rng::Rng;
@@ -96,11 +98,7 @@ fn test_series() -> Vec<(String, Vec<f64>)> {
 
 #[test]
 fn agrees_with_python_reference() {
-    let Ok(venv) = std::env::var("TORCH_VENV") else {
-        eprintln!("skipping: TORCH_VENV not set (source launch/setup.sh to compare with Python)");
-        return;
-    };
-    let python = Path::new(&venv).join("bin/python");
+    let Some(python) = torch_python("sys") else { return };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/seed_plateau.py");
     let dir = tempfile::tempdir().unwrap();
     let series = test_series();

@@ -43,13 +43,52 @@ pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
 
-/// `mpirun` when installed; tests that need it say so loudly instead of passing quietly.
+/// A tool a test needs is missing: under `CI=true` (as `launch/test.sh` runs) the test
+/// fails; otherwise it says so loudly and the caller returns.
+pub fn missing(what: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{what} (CI=true: a missing tool fails the test; run launch/setup.sh)");
+    }
+    eprintln!("NOTICE: {what}; skipping this check (launch/setup.sh installs it)");
+}
+
+/// `mpirun` when installed.
 pub fn mpirun() -> Option<PathBuf> {
     let found = std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join("mpirun")).find(|p| p.exists());
     if found.is_none() {
-        eprintln!("NOTICE: mpirun not found; install MPICH (launch/setup.sh does) to run this test");
+        missing("mpirun not found; install MPICH");
     }
     found
+}
+
+/// The reference-implementation Python (`TRAINER_REF_PYTHON`, set by launch/setup.sh)
+/// when it can import `module`.
+pub fn ref_python(module: &str) -> Option<PathBuf> {
+    python_with("TRAINER_REF_PYTHON", module)
+}
+
+/// The PyTorch venv's Python (`$TORCH_VENV/bin/python`) when it can import `module`.
+pub fn torch_python(module: &str) -> Option<PathBuf> {
+    let venv = std::env::var_os("TORCH_VENV").map(PathBuf::from);
+    let py = venv.map(|v| v.join("bin/python")).filter(|p| p.exists());
+    check_python(py, "TORCH_VENV", module)
+}
+
+fn python_with(var: &str, module: &str) -> Option<PathBuf> {
+    check_python(std::env::var_os(var).map(PathBuf::from).filter(|p| p.exists()), var, module)
+}
+
+fn check_python(py: Option<PathBuf>, var: &str, module: &str) -> Option<PathBuf> {
+    let Some(py) = py else {
+        missing(&format!("{var} is not set or names no python"));
+        return None;
+    };
+    let ok = Command::new(&py).args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        missing(&format!("{} cannot import {module}", py.display()));
+        return None;
+    }
+    Some(py)
 }
 
 /// JSON lines of a run's log.txt.
