@@ -90,12 +90,8 @@ impl Judge {
         self.in_a_row += 1;
         let rollback = Rollback { head, reason: reason.into(), failed_step: step, loss, in_a_row: self.in_a_row, shrink };
         let give_up = (self.in_a_row > self.max_rollbacks).then(|| {
-            format!(
-                "{} rollbacks in a row without getting past step {} ({} {reason} at step {step}); giving up",
-                self.in_a_row,
-                self.failed_at,
-                head.name()
-            )
+            let what = if self.guards.len() > 1 { format!("{} {reason}", head.name()) } else { reason.to_string() };
+            format!("gave up after {} rollbacks without getting past step {} (the last failure: {what} at step {step})", self.max_rollbacks, self.failed_at)
         });
         Decision { decays: vec![], rollback: Some(rollback), give_up }
     }

@@ -235,6 +235,8 @@ impl Session {
             self.replica.scale_lr(&groups, factor);
             let change = LrChange { step: self.state.step, cause: "rollback".into(), head: rb.head, groups: groups.iter().map(|g| g.to_string()).collect(), factor };
             self.state.lr_changes.push(change);
+            // The shrink outlives later reloads (as dlib's rate does): the good state has it.
+            self.good = Good { replica: self.replica.snapshot(), state: self.state.clone(), checkpoint: self.good.checkpoint.clone() };
         }
         let lr = self.lr_shown();
         let discarded = self.log.rewind(self.state.step, &self.state.loss_counts)?;
