@@ -109,7 +109,7 @@ fn best_only_improves_and_history_survives_rollback_plus_kill_and_resume() {
     let mut seen = f64::NEG_INFINITY;
     for e in &log {
         match e["event"].as_str() {
-            Some("valid") => seen = seen.max(e["valid_verif_acc"].as_f64().unwrap()),
+            Some("valid") => seen = seen.max(e["valid_fr_verif_acc"].as_f64().unwrap()),
             Some("best") => assert!(e["metric"].as_f64().unwrap() >= seen, "best {e} below an earlier {seen}"),
             _ => {}
         }

@@ -21,4 +21,5 @@ pub mod settings;
 pub mod stats;
 pub mod synth;
 pub mod term;
+pub mod targets;
 pub mod tools;

@@ -184,8 +184,8 @@ impl Sgd {
 
 /// Groups from a VarStore's trainable variables by name prefix, in sorted-name order (so
 /// buffer indices are stable across runs). Each `(prefix, lr, wd)` is a group named after
-/// its prefix without a trailing dot; a variable goes to the first matching prefix, and one
-/// matching none is left out (frozen). Example: `[("backbone.", lr, wd), ("fr.", ..),
+/// its prefix without a trailing dot; a variable goes to the first matching prefix, one
+/// matching none is left out (frozen), and a group with no variable is dropped. Example: `[("backbone.", lr, wd), ("fr.", ..),
 /// ("arcface.", ..)]`.
 pub fn groups_by_prefix(vs: &tch::nn::VarStore, spec: &[(&str, f64, f64)]) -> Vec<ParamGroup> {
     let mut named: Vec<(String, Tensor)> =
@@ -198,6 +198,8 @@ pub fn groups_by_prefix(vs: &tch::nn::VarStore, spec: &[(&str, f64, f64)]) -> Ve
             groups[gi].params.push(t);
         }
     }
+    // A head the model lacks has no parameters; its lr must not keep `max_lr` up.
+    groups.retain(|g| !g.params.is_empty());
     groups
 }
 
@@ -321,7 +323,7 @@ mod tests {
         let _b = root.sub("fr").zeros("w", &[2]);
         let _c = root.sub("backbone").zeros_no_train("running_mean", &[2]);
         let _d = root.sub("other").zeros("w", &[2]);
-        let groups = groups_by_prefix(&vs, &[("backbone.", 0.1, 5e-4), ("fr.", 0.2, 0.0)]);
+        let groups = groups_by_prefix(&vs, &[("backbone.", 0.1, 5e-4), ("fr.", 0.2, 0.0), ("age.", 9.0, 0.0)]);
         let sizes: Vec<(String, usize)> = groups.iter().map(|g| (g.name.clone(), g.params.len())).collect();
         assert_eq!(sizes, vec![("backbone".to_string(), 1), ("fr".to_string(), 1)]);
         let mut opt = Sgd::new(groups, 0.9);

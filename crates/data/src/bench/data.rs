@@ -67,7 +67,7 @@ impl std::fmt::Display for DataReport {
 /// Opens the rank's view and describes the run about to be timed.
 pub fn describe(args: &DataArgs) -> Result<(Arc<RankView>, String)> {
     anyhow::ensure!(args.batches > 0 && args.reps > 0 && args.batch_size > 0, "--batches, --reps and --batch-size must be > 0");
-    let view = Arc::new(RankView::open(&args.train_sets, args.rank, args.world, args.stripe_records)?);
+    let view = Arc::new(RankView::open_paths(&args.train_sets, args.rank, args.world, args.stripe_records)?);
     let line = format!(
         "bench data: {} (rank {}/{}: {} records in {} shard file(s)), size {}, batch {}, {} worker(s), {} batches × {} reps",
         view.dataset.name, args.rank, args.world, view.len(), view.dataset.shards.len(), args.size, args.batch_size, workers(args), args.batches, args.reps

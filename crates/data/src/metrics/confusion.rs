@@ -51,6 +51,13 @@ impl Confusion {
         right as f64 / self.total() as f64
     }
 
+    /// Mean |true − predicted| in classes (for ordered classes such as age buckets); NaN
+    /// when empty.
+    pub fn mean_abs_error(&self) -> f64 {
+        let cost: u64 = (0..self.classes).flat_map(|t| (0..self.classes).map(move |p| (t, p))).map(|(t, p)| self.count(t, p) * t.abs_diff(p) as u64).sum();
+        cost as f64 / self.total() as f64
+    }
+
     /// Recall per true class; None for a class with no samples.
     pub fn per_class_accuracy(&self) -> Vec<Option<f64>> {
         (0..self.classes)
@@ -97,6 +104,13 @@ impl fmt::Display for Confusion {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_abs_error_counts_bucket_distance() {
+        let mut c = Confusion::new(7);
+        c.add(&[0, 3, 6, -1], &[0, 5, 3, 2]).unwrap();
+        assert!((c.mean_abs_error() - (0.0 + 2.0 + 3.0) / 3.0).abs() < 1e-12);
+    }
 
     #[test]
     fn confusion_counts_and_accuracies() {

@@ -48,11 +48,12 @@ impl LoaderConfig {
     }
 }
 
-/// N images as one NCHW f32 buffer plus their labels.
+/// N images as one NCHW f32 buffer plus each head's target (-1: none for this record).
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     /// N×3×S×S, (x-127.5)/127.5, RGB.
     pub images: Vec<f32>,
+    /// Identities (the FR head's targets).
     pub labels: Vec<i64>,
     /// -1 unknown.
     pub genders: Vec<i64>,
@@ -84,7 +85,7 @@ struct Shared {
     augment: bool,
     /// Sequential passes drop corrupt records instead of replacing them.
     replace: bool,
-    by_label: Arc<HashMap<u32, Vec<u32>>>,
+    by_label: Arc<HashMap<i32, Vec<u32>>>,
     /// Ask the kernel for a batch's records before decoding them (random access only).
     prefetch: bool,
     stop: Arc<AtomicBool>,
@@ -108,7 +109,7 @@ pub struct Loader {
 impl Loader {
     /// Infinite, deterministic from (seed, epoch, rank), starting at `start`.
     pub fn train(view: Arc<RankView>, cfg: LoaderConfig, start: SamplerPosition) -> Result<Loader> {
-        let sampler = Sampler::new(cfg.sampler, &view.labels, cfg.batch_size, cfg.seed, view.rank, cfg.steps_per_epoch)?;
+        let sampler = Sampler::new(cfg.sampler, view.labels(), cfg.batch_size, cfg.seed, view.rank, cfg.steps_per_epoch)?;
         if start.batch >= sampler.steps_per_epoch() {
             bail!("resume position batch {} is past the epoch's {} steps", start.batch, sampler.steps_per_epoch());
         }
@@ -254,9 +255,9 @@ fn work(shared: Shared, jobs: Receiver<Job>, results: Sender<(u64, Result<Batch>
 
 impl Shared {
     fn new(view: Arc<RankView>, size: usize, seed: u64, augment: bool, replace: bool) -> (Sender<Vec<f32>>, Shared) {
-        let mut by_label: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut by_label: HashMap<i32, Vec<u32>> = HashMap::new();
         if replace {
-            for (i, &l) in view.labels.iter().enumerate() {
+            for (i, &l) in view.labels().iter().enumerate() {
                 by_label.entry(l).or_default().push(i as u32);
             }
         }
@@ -310,7 +311,7 @@ impl Shared {
     /// Another record of the same identity when there is one (keeps P×K batches), else any.
     fn replacement(&self, rec: u32, epoch: u64, slot: u64, attempt: usize) -> u32 {
         let mut r = Rng::derive(self.seed ^ REPLACE_SALT ^ mix(attempt as u64), epoch, slot);
-        let same = &self.by_label[&self.view.labels[rec as usize]];
+        let same = &self.by_label[&self.view.labels()[rec as usize]];
         if same.len() > 1 && attempt <= MAX_REPLACEMENTS / 2 {
             same[r.below(same.len())]
         } else {
@@ -321,9 +322,10 @@ impl Shared {
     fn push_labels(&self, b: &mut Batch, rec: u32, len: usize) {
         let i = rec as usize;
         let v = &self.view;
-        b.labels.push(v.labels[i] as i64);
-        b.genders.push(if v.genders[i] < 0 { -1 } else { v.genders[i] as i64 });
-        b.ages.push(if v.ages[i] < 0 { -1 } else { v.ages[i] as i64 });
+        let [fr, gender, age] = &v.targets;
+        b.labels.push(fr[i] as i64);
+        b.genders.push(gender[i] as i64);
+        b.ages.push(age[i] as i64);
         b.records.push(rec);
         b.bytes += len;
         b.n += 1;
@@ -341,7 +343,8 @@ mod tests {
     fn view_of(recs: &[Rec], shards: usize) -> (tempfile::TempDir, Arc<RankView>) {
         let dir = tempfile::tempdir().unwrap();
         let spec = write_shards(dir.path(), "d", shards, recs);
-        let view = RankView::open(&[spec], 0, 1, false).unwrap();
+        let spec = crate::targets::SetSpec { head: None, path: spec, column: None };
+        let view = RankView::open(&[spec], &crate::pipeline::ViewOptions::whole(&crate::targets::Head::ALL)).unwrap();
         (dir, Arc::new(view))
     }
 
@@ -370,8 +373,9 @@ mod tests {
             assert!(b.images.iter().all(|x| (-1.0..=1.0).contains(x)));
             assert!(b.images.iter().any(|&x| x != b.images[0]));
             for (i, &r) in b.records.iter().enumerate() {
-                assert_eq!(b.labels[i], v.labels[r as usize] as i64);
-                assert_eq!(b.ages[i], v.ages[r as usize] as i64);
+                let [fr, gender, age] = &v.targets;
+                assert_eq!((b.labels[i], b.genders[i], b.ages[i]), (fr[r as usize] as i64, gender[r as usize] as i64, age[r as usize] as i64));
+                assert!(b.ages[i] >= 0, "faces() gives every record an age");
             }
         }
     }

@@ -10,5 +10,5 @@ pub mod sampler;
 pub(crate) mod testdata;
 
 pub use loader::{Batch, Loader, LoaderConfig};
-pub use partition::{RankView, RecordId};
+pub use partition::{RankView, RecordId, SetInfo, ViewOptions};
 pub use sampler::{Sampler, SamplerKind, SamplerPosition};

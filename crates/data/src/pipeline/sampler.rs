@@ -43,7 +43,7 @@ pub struct Sampler {
 impl Sampler {
     /// `steps_per_epoch` overrides the natural count (all ranks must agree on it);
     /// epochs are then trimmed or padded with more samples of the same kind.
-    pub fn new(kind: SamplerKind, labels: &[u32], batch_size: usize, seed: u64, rank: usize,
+    pub fn new(kind: SamplerKind, labels: &[i32], batch_size: usize, seed: u64, rank: usize,
                steps_per_epoch: Option<u64>) -> Result<Sampler> {
         if labels.is_empty() {
             bail!("rank {rank} has no records to sample from");
@@ -103,9 +103,10 @@ impl Sampler {
     }
 }
 
-fn group_by_label(labels: &[u32]) -> Vec<Vec<u32>> {
-    let mut by: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
-    for (i, &l) in labels.iter().enumerate() {
+/// Records by identity; records without one (-1) are no identity for P×K.
+fn group_by_label(labels: &[i32]) -> Vec<Vec<u32>> {
+    let mut by: std::collections::BTreeMap<i32, Vec<u32>> = Default::default();
+    for (i, &l) in labels.iter().enumerate().filter(|(_, &l)| l >= 0) {
         by.entry(l).or_default().push(i as u32);
     }
     by.into_values().collect()
@@ -181,8 +182,8 @@ mod tests {
     use super::*;
     use std::collections::{BTreeSet, HashMap};
 
-    fn labels(classes: usize, sizes: impl Fn(usize) -> usize) -> Vec<u32> {
-        (0..classes).flat_map(|c| std::iter::repeat_n(c as u32, sizes(c))).collect()
+    fn labels(classes: usize, sizes: impl Fn(usize) -> usize) -> Vec<i32> {
+        (0..classes).flat_map(|c| std::iter::repeat_n(c as i32, sizes(c))).collect()
     }
 
     #[test]
@@ -217,7 +218,7 @@ mod tests {
             let ep = s.epoch(e);
             assert_eq!(ep.len(), 40 * p * k);
             for batch in ep.chunks(p * k) {
-                let mut counts: HashMap<u32, usize> = HashMap::new();
+                let mut counts: HashMap<i32, usize> = HashMap::new();
                 for &i in batch {
                     *counts.entry(l[i as usize]).or_default() += 1;
                 }
@@ -250,7 +251,7 @@ mod tests {
         let l = labels(40, |_| 5);
         let s = Sampler::new(SamplerKind::Balanced { p: 8, k: 5 }, &l, 40, 2, 0, None).unwrap();
         assert_eq!(s.steps_per_epoch(), 5);
-        let seen: BTreeSet<u32> = s.epoch(0).iter().map(|&i| l[i as usize]).collect();
+        let seen: BTreeSet<i32> = s.epoch(0).iter().map(|&i| l[i as usize]).collect();
         assert_eq!(seen.len(), 40);
     }
 

@@ -15,9 +15,10 @@ use crate::train::checkpoint;
 pub struct EvalArgs {
     /// The run directory (Model/<run-id>).
     pub run: PathBuf,
-    /// Validation datasets (`DIR/NAME`); default: the run's own valid sets.
-    #[arg(long, num_args = 1..)]
-    pub valid_sets: Vec<PathBuf>,
+    /// Validation datasets (`[TASK=]DIR/NAME[@COLUMN]`, as for training); default: the
+    /// run's own.
+    #[arg(long, num_args = 1.., value_name = "[TASK=]DIR/NAME[@COLUMN]")]
+    pub valid_sets: Vec<trainer_data::targets::SetSpec>,
     /// best, latest, or a checkpoint directory.
     #[arg(long, default_value = "best")]
     pub checkpoint: String,

@@ -1,19 +1,37 @@
-//! Validation during training and for `trainer eval`: FR verification accuracy and the
-//! seed's Gap on embeddings (image + mirror), accuracy and confusion for Gender and Age.
+//! Validation during training and for `trainer eval`, per task: FR verification accuracy
+//! and the seed's Gap on embeddings (image + mirror); accuracy, confusion and (Age) mean
+//! absolute bucket error for Gender and Age.
+//!
+//! Keys name the task: `valid_fr_verif_acc`, `valid_fr_gap`, `valid_gender_acc`,
+//! `valid_age_acc`, `valid_age_mae`. The first set that validates a task gets the plain
+//! key; later ones add `_<set name>`.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use tch::{Device, Tensor};
 
+use crate::model::{Head, Net};
 use crate::train::config::TrainConfig;
 use trainer_data::metrics::{draw_pairs, gap, verification_accuracy, Confusion};
-use crate::model::{Head, Net, Tasks};
-use trainer_data::pipeline::{Loader, RankView};
+use trainer_data::pipeline::{Loader, RankView, ViewOptions};
+use trainer_data::targets::SetSpec;
+
+/// One validation set: the heads it validates and the suffix of its keys.
+struct ValidSet {
+    spec: SetSpec,
+    name: String,
+    view: Arc<RankView>,
+    heads: Vec<Head>,
+    /// "" for a task's first set, else `_<name>`.
+    suffix: BTreeMap<Head, String>,
+}
 
 pub struct Validator {
-    sets: Vec<(String, Arc<RankView>)>,
+    sets: Vec<ValidSet>,
+    /// The key that picks `best/`, and whether lower is better for it.
+    best_key: String,
+    lower_is_better: bool,
 }
 
 /// Metric values by log key, the one that picks the best checkpoint, and printable reports.
@@ -34,66 +52,123 @@ struct Outputs {
 }
 
 impl Validator {
+    /// Opens every validation set; a set without one labelled sample for the task it is
+    /// given for is an error now, not NaN at the end.
     pub fn open(cfg: &TrainConfig) -> Result<Validator> {
-        let sets = cfg
-            .valid_sets
-            .iter()
-            .map(|p| {
-                let view = RankView::open(std::slice::from_ref(p), 0, 1, false).with_context(|| format!("opening validation set {}", p.display()))?;
-                Ok((set_name(p), Arc::new(view)))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Validator { sets })
+        let run = cfg.heads();
+        let mut sets: Vec<ValidSet> = Vec::new();
+        for spec in cfg.sets(&cfg.valid_sets) {
+            let opts = ViewOptions { gender_classes: cfg.heads.gender_classes, ..ViewOptions::whole(&run) };
+            let view = RankView::open(std::slice::from_ref(&spec), &opts).with_context(|| format!("opening validation set {spec}"))?;
+            let heads = labelled_heads(&spec, &view)?;
+            let name = unique_name(&spec, &sets);
+            let suffix = heads.iter().map(|&h| (h, if sets.iter().any(|s| s.heads.contains(&h)) { format!("_{name}") } else { String::new() })).collect();
+            sets.push(ValidSet { spec, name, view: Arc::new(view), heads, suffix });
+        }
+        let (best_key, lower_is_better) = best_key(cfg, &sets)?;
+        Ok(Validator { sets, best_key, lower_is_better })
+    }
+
+    /// True when `metric` beats the best so far (NaN never does).
+    pub fn better(&self, metric: f64, best: Option<f64>) -> bool {
+        metric.is_finite() && best.is_none_or(|b| if self.lower_is_better { metric < b } else { metric > b })
+    }
+
+    pub fn best_key(&self) -> &str {
+        &self.best_key
     }
 
     pub fn run(&self, net: &Net, cfg: &TrainConfig, device: Device) -> Result<Metrics> {
         let mut m = Metrics { values: BTreeMap::new(), primary: None, reports: vec![] };
-        let tasks = Tasks::from(cfg.task);
-        for (i, (name, view)) in self.sets.iter().enumerate() {
-            let out = tch::no_grad(|| infer(net, cfg, device, view))?;
-            // The first set names the plain keys; others get a suffix.
-            let key = |k: &str| if i == 0 { k.to_string() } else { format!("{k}_{name}") };
-            if tasks.fr && out.dim > 0 {
-                let g = gap(&out.emb, out.dim, &out.labels);
-                let pairs = draw_pairs(&out.labels, cfg.valid_pairs, cfg.seed);
-                let v = verification_accuracy(&out.emb, out.dim, &pairs, 10);
-                m.values.insert(key("valid_gap"), g.value);
-                m.values.insert(key("valid_verif_acc"), v.accuracy);
-                m.reports.push(format!("{name}: verification {:.4} ± {:.4} (threshold {:.3}), gap {:.3}", v.accuracy, v.accuracy_std, v.threshold, g.value));
-                if i == 0 {
-                    m.primary = Some(v.accuracy);
-                }
-            }
-            let heads = [("gender", &out.gender, cfg.heads.gender_classes, tasks.gender), ("age", &out.age, cfg.heads.age_classes, tasks.age)];
-            for (task, (pred, truth), classes, on) in heads {
-                if !on {
+        for set in &self.sets {
+            let out = tch::no_grad(|| infer(net, cfg, device, &set.view))?;
+            for &head in &set.heads {
+                let key = |k: &str| format!("valid_{}_{k}{}", head.key(), set.suffix[&head]);
+                if head == Head::Fr {
+                    let g = gap(&out.emb, out.dim, &out.labels);
+                    let pairs = draw_pairs(&out.labels, cfg.valid_pairs, cfg.seed);
+                    let v = verification_accuracy(&out.emb, out.dim, &pairs, 10);
+                    m.values.insert(key("gap"), g.value);
+                    m.values.insert(key("verif_acc"), v.accuracy);
+                    m.reports.push(format!("{} FR: verification {:.4} ± {:.4} (threshold {:.3}), gap {:.3}", set.name, v.accuracy, v.accuracy_std, v.threshold, g.value));
                     continue;
                 }
+                let ((pred, truth), classes) = if head == Head::Gender { (&out.gender, cfg.heads.gender_classes) } else { (&out.age, cfg.heads.age_classes) };
                 let mut c = Confusion::new(classes);
-                c.add(truth, pred)?;
-                let acc_key = if cfg.task == crate::train::config::Task::Multi { format!("valid_{task}_acc") } else { "valid_acc".to_string() };
-                m.values.insert(key(&acc_key), c.accuracy());
-                m.reports.push(format!("{name} {task}:\n{c}"));
-                if i == 0 && m.primary.is_none() {
-                    m.primary = Some(c.accuracy());
+                c.add(truth, pred).with_context(|| format!("validation set {}", set.spec))?;
+                m.values.insert(key("acc"), c.accuracy());
+                if head == Head::Age {
+                    m.values.insert(key("mae"), c.mean_abs_error());
                 }
+                m.reports.push(format!("{} {}:\n{c}", set.name, head.name()));
             }
         }
+        m.primary = m.values.get(&self.best_key).copied();
         Ok(m)
     }
 }
 
-fn set_name(p: &std::path::Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| PathBuf::from(p).display().to_string())
+/// The heads a set validates: those it serves with at least one known target. A set given
+/// for one task (`gender=...`) without one is an error; a shared set just skips that task.
+fn labelled_heads(spec: &SetSpec, view: &RankView) -> Result<Vec<Head>> {
+    let info = view.sets.first().context("a validation view has its set")?;
+    let mut heads = Vec::new();
+    for &(head, column, known) in &info.targets {
+        if known > 0 {
+            heads.push(head);
+        } else if spec.head.is_some() {
+            bail!("validation set {spec} has no labelled sample for {} (column `{}` is -1 for all {} records)", head.name(), column.name(), info.records);
+        } else {
+            tracing::warn!("validation set {spec} has no labelled sample for {} (column `{}`): it validates the other tasks only", head.name(), column.name());
+        }
+    }
+    if heads.is_empty() {
+        bail!("validation set {spec} has no labelled sample for any task of this run");
+    }
+    Ok(heads)
+}
+
+/// The set's file name, made unique among the sets before it.
+fn unique_name(spec: &SetSpec, before: &[ValidSet]) -> String {
+    let base = spec.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.path.display().to_string());
+    let taken = |n: &str| before.iter().any(|s| s.name == n);
+    (1..).map(|i| if i == 1 { base.clone() } else { format!("{base}{i}") }).find(|n| !taken(n)).unwrap_or(base)
+}
+
+/// `--best-metric`, or the main metric of the run's leading task (FR verification for
+/// Multi); it must be a key validation will log.
+fn best_key(cfg: &TrainConfig, sets: &[ValidSet]) -> Result<(String, bool)> {
+    let keys: Vec<String> = sets.iter().flat_map(|s| s.heads.iter().flat_map(move |&h| metric_keys(h).iter().map(move |k| format!("valid_{}_{k}{}", h.key(), s.suffix[&h])))).collect();
+    let key = match &cfg.best_metric {
+        Some(k) => k.clone(),
+        None => {
+            let lead = cfg.heads().into_iter().find(|h| sets.iter().any(|s| s.heads.contains(h))).context("no validation set validates a task of this run")?;
+            format!("valid_{}_{}", lead.key(), metric_keys(lead)[0])
+        }
+    };
+    if !keys.contains(&key) {
+        bail!("--best-metric {key}: validation logs {}", keys.join(", "));
+    }
+    let lower = key.contains("_mae");
+    Ok((key, lower))
+}
+
+/// A head's metric keys, its main one first.
+fn metric_keys(head: Head) -> &'static [&'static str] {
+    match head {
+        Head::Fr => &["verif_acc", "gap"],
+        Head::Gender => &["acc"],
+        Head::Age => &["acc", "mae"],
+    }
 }
 
 fn infer(net: &Net, cfg: &TrainConfig, device: Device, view: &Arc<RankView>) -> Result<Outputs> {
     let mut loader = Loader::sequential(Arc::clone(view), cfg.size, cfg.batch_size.max(1), cfg.workers)?;
     let mut out = Outputs::default();
+    let tasks = net.tasks();
     while let Some(batch) = loader.next_batch()? {
         let x = crate::train::step::images(&batch, device);
         let feats = net.features(&x, false);
-        let tasks = net.tasks();
         if tasks.fr {
             // insightface's protocol: the embedding plus its mirror's, normalised later.
             let e = net.embed(&feats, false)? + net.embed(&net.features(&x.flip([3]), false), false)?;

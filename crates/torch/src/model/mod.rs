@@ -62,30 +62,9 @@ impl From<Task> for Tasks {
     }
 }
 
-/// One of the net's heads. `Task::Multi` trains all three on one backbone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
-pub enum Head {
-    #[serde(rename = "FR")]
-    #[value(name = "FR", alias = "fr")]
-    Fr,
-    #[value(name = "Gender", alias = "gender")]
-    Gender,
-    #[value(name = "Age", alias = "age")]
-    Age,
-}
-
-impl Head {
-    pub const ALL: [Head; 3] = [Head::Fr, Head::Gender, Head::Age];
-
-    /// As in file names and log keys: `FR_loss.txt`, `loss_Gender`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Head::Fr => "FR",
-            Head::Gender => "Gender",
-            Head::Age => "Age",
-        }
-    }
-}
+/// One of the net's heads (`Task::Multi` trains all three on one backbone). It lives
+/// with the data, which knows what each record teaches each head.
+pub use trainer_data::targets::Head;
 
 impl Tasks {
     pub fn has(self, head: Head) -> bool {

@@ -109,19 +109,6 @@ pub fn agree_latest(comm: &dyn Comm, run_dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The metric recorded in `best/`, if the run has one.
-pub fn best_metric(run_dir: &Path) -> Option<f64> {
-    load_state(&run_dir.join("best")).ok()?.state.best_metric
-}
-
-/// The larger of two optional metrics (NaN never wins).
-pub fn better_of(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a.filter(|v| v.is_finite()), b.filter(|v| v.is_finite())) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (x, y) => x.or(y),
-    }
-}
-
 pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
     run_dir.join("checkpoints").join(format!("step-{step:09}"))
 }

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub use crate::model::Task;
-use crate::model::{Arch, Head, HeadConfig};
+use crate::model::{Arch, Head, HeadConfig, Tasks};
+use trainer_data::targets::{Column, SetSpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -29,21 +30,37 @@ pub struct TrainConfig {
     /// Task: FR (ArcFace), Gender, Age, or Multi (shared backbone, all three heads).
     #[arg(value_enum, default_value_t = Task::Fr)]
     pub task: Task,
-    /// Training datasets (`DIR/NAME`: all its shards, or a seed-format NAME.bin/.idx).
-    #[arg(long, num_args = 1..)]
-    pub train_sets: Vec<PathBuf>,
-    /// Validation datasets.
-    #[arg(long, num_args = 1..)]
-    pub valid_sets: Vec<PathBuf>,
+    /// Training datasets: `DIR/NAME` (all its shards, or a seed-format NAME.bin/.idx), for
+    /// every task of the run; or per task, `fr=DIR/NAME gender=DIR/NAME age=DIR/NAME`;
+    /// `...@label|gender|age` names the column that holds a Gender or Age class.
+    #[arg(long, num_args = 1.., value_name = "[TASK=]DIR/NAME[@COLUMN]")]
+    pub train_sets: Vec<SetSpec>,
+    /// Validation datasets, given as --train-sets are.
+    #[arg(long, num_args = 1.., value_name = "[TASK=]DIR/NAME[@COLUMN]")]
+    pub valid_sets: Vec<SetSpec>,
+    /// The column Gender and Age datasets read their class from, unless a dataset names
+    /// its own (default: the task's own column where a dataset has it filled in, else —
+    /// for a dataset that serves only that task, like the seed's Gender/Age bins — label).
+    #[arg(long, value_enum)]
+    pub target_column: Option<Column>,
     /// Backbone.
     #[arg(long, value_enum, default_value_t = Arch::Resnet50)]
     pub arch: Arch,
     /// Square input size in pixels (the seed used 224).
     #[arg(long, default_value_t = 112)]
     pub size: usize,
-    /// Images per rank per step.
+    /// Images per rank per step (per task, when tasks have their own datasets).
     #[arg(long, default_value_t = 50)]
     pub batch_size: usize,
+    /// Images per rank per step from the FR datasets (default: --batch-size).
+    #[arg(long)]
+    pub batch_size_fr: Option<usize>,
+    /// Images per rank per step from the Gender datasets (default: --batch-size).
+    #[arg(long)]
+    pub batch_size_gender: Option<usize>,
+    /// Images per rank per step from the Age datasets (default: --batch-size).
+    #[arg(long)]
+    pub batch_size_age: Option<usize>,
     /// Batch sampler: uniform, or pk (P identities × K images, see --pk).
     #[arg(long, value_enum, default_value_t = SamplerChoice::Uniform)]
     pub sampler: SamplerChoice,
@@ -138,6 +155,11 @@ pub struct TrainConfig {
     /// Keep the last K checkpoints.
     #[arg(long, default_value_t = 3)]
     pub keep_checkpoints: usize,
+    /// The validation metric that picks `best/` (a log key such as valid_fr_verif_acc,
+    /// valid_gender_acc or valid_age_mae; default: the trained task's main metric, FR
+    /// verification for Multi). Keys ending in `mae` are better lower.
+    #[arg(long)]
+    pub best_metric: Option<String>,
     /// Same/different pairs drawn from each validation set for verification accuracy.
     #[arg(long, default_value_t = 3000)]
     pub valid_pairs: usize,
@@ -225,6 +247,10 @@ impl TrainConfig {
         if self.batch_size == 0 || self.accum == 0 || self.size < 16 {
             bail!("batch_size and accum must be > 0 and size >= 16");
         }
+        SetSpec::check_coverage(&self.train_sets, &self.heads(), "training set")?;
+        if let Some(h) = self.valid_sets.iter().find_map(|s| s.head.filter(|h| !self.heads().contains(h))) {
+            bail!("--valid-sets {}=...: this run does not train {}", h.key(), h.name());
+        }
         if self.save_every == 0 || self.valid_every == 0 || self.log_every == 0 {
             bail!("save_every, valid_every and log_every must be at least 1");
         }
@@ -248,6 +274,28 @@ impl TrainConfig {
     /// The learning rate of the FR head and ArcFace, Gender head and Age head.
     pub fn head_lrs(&self) -> [f64; 3] {
         [self.lr_fr, self.lr_gender, self.lr_age].map(|lr| lr.unwrap_or(self.lr))
+    }
+
+    /// Images per rank per step from a task's own datasets.
+    pub fn head_batch(&self, head: Head) -> usize {
+        let own = [self.batch_size_fr, self.batch_size_gender, self.batch_size_age][head as usize];
+        own.unwrap_or(self.batch_size)
+    }
+
+    /// The heads the run trains, in FR, Gender, Age order.
+    pub fn heads(&self) -> Vec<Head> {
+        Tasks::from(self.task).heads()
+    }
+
+    /// The datasets as given, with `--target-column` filled in where a Gender or Age
+    /// dataset names no column of its own.
+    pub fn sets(&self, sets: &[SetSpec]) -> Vec<SetSpec> {
+        sets.iter()
+            .map(|s| match (s.column, self.target_column, s.serves(&self.heads()).contains(&Head::Fr)) {
+                (None, Some(c), false) => SetSpec { column: Some(c), ..s.clone() },
+                _ => s.clone(),
+            })
+            .collect()
     }
 }
 

@@ -14,7 +14,7 @@ use super::replica::{head_groups, BACKBONE};
 use super::scaler::scaled_loss;
 use super::session::{Good, Session};
 use super::state::LrChange;
-use super::step::{heads_for_step, losses};
+use super::step::{heads_for_step, labelled as labelled_in, losses};
 use crate::dist::ReduceOp;
 use crate::model::Head;
 
@@ -37,10 +37,14 @@ pub fn install_signal_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-/// One step's numbers, already averaged over ranks.
+/// One step's numbers, already averaged (or summed) over ranks.
 struct StepStats {
     /// Each trained head's loss this step.
     losses: Vec<(Head, f64)>,
+    /// Samples with a known target per head, summed over ranks and accumulated batches.
+    labelled: [f64; 3],
+    /// Images in the step, summed over ranks.
+    images: f64,
     /// The weighted objective (`None` in `--alternate` mode, where it mixes tasks).
     total: Option<f64>,
     signalled: bool,
@@ -51,13 +55,13 @@ struct StepStats {
 /// Throughput over the steps since the last log line.
 struct Window {
     start: Instant,
-    steps: u64,
+    images: f64,
     wait: f64,
 }
 
 impl Window {
     fn new() -> Window {
-        Window { start: Instant::now(), steps: 0, wait: 0.0 }
+        Window { start: Instant::now(), images: 0.0, wait: 0.0 }
     }
 }
 
@@ -72,7 +76,8 @@ impl Session {
             for &(head, loss) in &stats.losses {
                 self.log.loss(head, loss)?;
             }
-            (window.steps, window.wait) = (window.steps + 1, window.wait + stats.data_wait);
+            (window.images, window.wait) = (window.images + stats.images, window.wait + stats.data_wait);
+            self.check_labelled(&stats)?;
             bar.set_position(self.state.step);
             let decision = self.decide(&stats)?;
             if let Some(msg) = &decision.give_up {
@@ -121,21 +126,26 @@ impl Session {
         tch::manual_seed(trainer_data::rng::mix(self.cfg.seed ^ step.wrapping_mul(0x9E37)) as i64 ^ self.comm.rank() as i64);
         let heads = heads_for_step(&self.cfg, step);
         self.replica.zero_grad();
-        let (mut wait, mut total, mut skipped) = (0.0, 0.0, 0.0);
+        let (mut wait, mut total, mut skipped, mut images) = (0.0, 0.0, 0.0, 0.0);
+        let mut labelled = [0.0; 3];
         let mut parts = vec![0.0; heads.len()];
         let inject = self.cfg.inject_nan_at.is_some_and(|at| step + 1 >= at && self.state.rollbacks < self.cfg.inject_nan_times);
         let accum = self.cfg.accum as f64;
         for _ in 0..self.cfg.accum {
             let t = Instant::now();
-            let batch = self.loader.next_batch()?.context("training loader ended")?;
+            let batches = self.pools.next(&heads)?;
             wait += t.elapsed().as_secs_f64();
-            skipped += batch.skipped as f64;
-            let l = losses(self.replica.net(), &self.cfg, &batch, &heads, self.replica.device())?;
+            skipped += batches.iter().map(|p| p.batch.skipped as f64).sum::<f64>();
+            images += batches.iter().map(|p| p.batch.n as f64).sum::<f64>();
+            labelled.iter_mut().zip(labelled_in(&batches)).for_each(|(a, n)| *a += n);
+            let l = losses(self.replica.net(), &self.cfg, &batches, self.replica.device())?;
             let objective = if inject { l.total * f64::NAN } else { l.total };
             scaled_loss(&objective, self.cfg.accum, self.state.loss_scale.as_ref()).backward();
             total += objective.double_value(&[]) / accum;
-            for (acc, (_, p)) in parts.iter_mut().zip(&l.parts) {
-                *acc += if inject { f64::NAN } else { p.double_value(&[]) / accum };
+            for (head, p) in &l.parts {
+                if let Some(i) = heads.iter().position(|h| h == head) {
+                    parts[i] += if inject { f64::NAN } else { p.double_value(&[]) / accum };
+                }
             }
         }
         let grads = self.replica.grads();
@@ -146,18 +156,38 @@ impl Session {
 
         let out_of_time = self.cfg.time_limit.is_some_and(|t| self.state.elapsed_secs + clock.elapsed().as_secs_f64() >= t);
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        let mut v = vec![total, flag(signal.load(Ordering::Relaxed)), flag(out_of_time), skipped];
+        let mut v = vec![total, flag(signal.load(Ordering::Relaxed)), flag(out_of_time), skipped, images];
+        v.extend(labelled);
         v.extend(&parts);
         self.comm.all_reduce_f64(&mut v, ReduceOp::Sum)?;
         let world = self.comm.world() as f64;
         self.state.skipped_records += v[3] as u64;
         Ok(StepStats {
-            losses: heads.iter().zip(&v[4..]).map(|(&h, p)| (h, p / world)).collect(),
+            losses: heads.iter().zip(&v[8..]).map(|(&h, p)| (h, p / world)).collect(),
+            labelled: [v[5], v[6], v[7]],
+            images: v[4],
             total: (!self.cfg.alternate || self.heads.len() == 1).then_some(v[0] / world),
             signalled: v[1] > 0.0,
             out_of_time: v[2] > 0.0,
             data_wait: wait,
         })
+    }
+
+    /// A head that sees no labelled sample in a whole epoch of its data learns nothing:
+    /// that is an error, not a silent no-op (a batch without one is fine).
+    fn check_labelled(&mut self, stats: &StepStats) -> Result<()> {
+        let epochs = self.pools.epochs();
+        for (head, (epoch, seen)) in &mut self.labelled {
+            *seen += stats.labelled[*head as usize];
+            let now = epochs.get(head).copied().unwrap_or(*epoch);
+            if now > *epoch {
+                if *seen == 0.0 {
+                    bail!("{} saw no labelled sample in epoch {epoch} of its training data (every target was -1): it learns nothing", head.name());
+                }
+                (*epoch, *seen) = (now, 0.0);
+            }
+        }
+        Ok(())
     }
 
     /// With `--amp`: true (and the gradients unscaled) when they are finite; otherwise the
@@ -221,12 +251,13 @@ impl Session {
     fn roll_back(&mut self, rb: Rollback) -> Result<()> {
         let Good { replica, state, .. } = &self.good;
         self.replica.restore(replica)?;
-        let (rollbacks, skipped, best, position) = (self.state.rollbacks + 1, self.state.skipped_records, self.state.best_metric, self.loader.position());
+        let (rollbacks, skipped, best, positions) = (self.state.rollbacks + 1, self.state.skipped_records, self.state.best_metric, self.pools.positions());
         self.state = state.clone();
         // Fresh batches for the retry (the same ones could fail again); counts and the
-        // best metric belong to the run, not to the state returned to.
-        (self.state.rollbacks, self.state.skipped_records, self.state.position) = (rollbacks, skipped, position);
-        self.state.best_metric = checkpoint::better_of(self.state.best_metric, best);
+        // best metric (which only ever improves) belong to the run, not to the state
+        // returned to.
+        (self.state.rollbacks, self.state.skipped_records, self.state.positions) = (rollbacks, skipped, positions);
+        self.state.best_metric = best;
         let lr_before = self.lr_shown();
         if rb.shrink {
             let factor = self.state.plateaus.get_mut(&rb.head).map_or(self.cfg.shrink, |p| p.shrink_now());
@@ -271,12 +302,12 @@ impl Session {
     fn log_progress(&mut self, stats: &StepStats, window: &Window) -> Result<()> {
         let world = self.comm.world();
         let secs = window.start.elapsed().as_secs_f64().max(1e-9);
-        let effective_batch = self.cfg.rank_batch() * self.cfg.accum * world;
+        let effective_batch = self.pools.images_per_step(&self.heads) * self.cfg.accum * world;
         let mut ev = json!({
             "step": self.state.step,
-            "epoch": self.loader.position().epoch,
+            "epoch": self.pools.epochs().values().copied().max().unwrap_or(0),
             "lr": self.lr_shown(),
-            "images_per_s": (effective_batch as u64 * window.steps) as f64 / secs,
+            "images_per_s": window.images / secs,
             "data_wait_frac": window.wait / secs,
             "world_size": world,
             "effective_batch": effective_batch,
@@ -318,7 +349,7 @@ impl Session {
     fn checkpoint(&mut self, clock: Instant) -> Result<std::path::PathBuf> {
         self.check_param_hash()?;
         let dir = checkpoint::step_dir(&self.run_dir, self.state.step);
-        self.state.position = self.loader.position();
+        self.state.positions = self.pools.positions();
         self.state.loss_counts = self.log.counts();
         let mut state = self.state.clone();
         state.elapsed_secs += clock.elapsed().as_secs_f64();
@@ -369,7 +400,7 @@ impl Session {
             }
         }
         // BatchNorm statistics differ per rank, so rank 0's verdict is the one all follow.
-        let better = metrics.primary.filter(|m| m.is_finite() && self.state.best_metric.is_none_or(|b| *m > b));
+        let better = metrics.primary.filter(|&m| validator.better(m, self.state.best_metric));
         let mut verdict = vec![u8::from(better.is_some())];
         self.comm.broadcast_bytes(&mut verdict, 0)?;
         if verdict[0] == 1 {

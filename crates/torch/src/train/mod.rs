@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 mod decisions;
 mod fit;
+mod pools;
 mod replica;
 pub mod runlog;
 pub mod scaler;

@@ -1,21 +1,21 @@
 //! Setting a run up on one rank: device, communicator, run directory, data, model and the
 //! state to start from (fresh, `--init`, or `--resume`); `fit.rs` then runs it.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::checkpoint;
-use super::config::{SamplerChoice, TrainConfig};
+use super::config::TrainConfig;
 use super::decisions::Judge;
+use super::pools::Pools;
 use super::replica::{Replica, Snapshot};
 use super::runlog::{utc_stamp, RunLog};
 use super::state::TrainState;
 use crate::dist::{self, Comm, CommOptions, LaunchInfo, ReduceOp};
 use crate::eval::validate::Validator;
-use crate::model::{Head, Tasks};
-use trainer_data::pipeline::{Loader, LoaderConfig, RankView, SamplerKind};
+use crate::model::Head;
 
 /// Everything one rank trains with. `fit.rs` drives it; the fields are its components.
 pub struct Session {
@@ -24,7 +24,7 @@ pub struct Session {
     pub(super) comm: Box<dyn Comm>,
     pub(super) run_dir: PathBuf,
     pub(super) replica: Replica,
-    pub(super) loader: Loader,
+    pub(super) pools: Pools,
     pub(super) validator: Option<Validator>,
     pub(super) state: TrainState,
     pub(super) log: RunLog,
@@ -32,6 +32,8 @@ pub struct Session {
     pub(super) judge: Judge,
     /// The latest state known good: what a rollback returns to.
     pub(super) good: Good,
+    /// Per head: the epoch of its data and the labelled samples it has seen in it.
+    pub(super) labelled: BTreeMap<Head, (u64, f64)>,
 }
 
 /// The latest good state: the replica's tensors in host memory and the loop state
@@ -47,80 +49,109 @@ impl Session {
         let device = crate::device::resolve(&cfg.device, launch)?;
         let threads = cfg.threads.unwrap_or_else(|| default_threads(launch.local_world));
         tch::set_num_threads(threads as i32);
-        let opts = CommOptions {
-            bucket_bytes: dist::mib_to_bytes(cfg.bucket_mb),
-            fp16: cfg.fp16_allreduce,
-            timeout: std::time::Duration::from_secs_f64(cfg.collective_timeout),
-        };
-        let comm = dist::init(device, opts)?;
+        let comm = dist::init(device, comm_options(&cfg))?;
         let (rank, world) = (comm.rank(), comm.world());
         let run_dir = agree_run_dir(&*comm, &cfg, resume)?;
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-
-        let view = Arc::new(
-            RankView::open(&cfg.train_sets, rank, world, cfg.stripe_records).with_context(|| format!("rank {rank} of {world}: opening training data"))?,
-        );
-        let mut classes = [view.num_classes() as f64];
+        let resumed = match resume {
+            Some(_) => Some(resume_point(&*comm, &run_dir, &cfg)?),
+            None => None,
+        };
+        let positions = resumed.as_ref().map(|(_, s)| s.positions.clone()).unwrap_or_default();
+        let pools = Pools::open(&*comm, &cfg, &positions)?;
+        let mut classes = [pools.identities() as f64];
         comm.all_reduce_f64(&mut classes, ReduceOp::Max)?;
         let num_classes = classes[0] as usize;
+        let datasets = describe_targets(&*comm, &pools)?;
         if cfg.scale_lr && resume.is_none() {
             let factor = (world * cfg.accum) as f64;
-            cfg.lr *= factor;
-            for lr in [&mut cfg.lr_fr, &mut cfg.lr_gender, &mut cfg.lr_age].into_iter().flatten() {
-                *lr *= factor;
-            }
+            scale_lr(&mut cfg, factor);
         }
-        let heads = Tasks::from(cfg.task).heads();
+        let heads = cfg.heads();
         let mut replica = Replica::build(&cfg, num_classes, device)?;
         let mut state = TrainState::new(&cfg, &heads, world, num_classes);
-        let mut resumed_from = None;
-        if resume.is_some() {
-            let ckpt = checkpoint::agree_latest(&*comm, &run_dir)?;
-            state = checkpoint::load_state(&ckpt)?.state;
-            replica.load(&ckpt)?;
-            state.best_metric = checkpoint::better_of(state.best_metric, checkpoint::best_metric(&run_dir));
-            // --amp given or dropped on resume: the flag wins; a running scale carries on.
-            state.loss_scale = match (cfg.amp, state.loss_scale.take()) {
-                (true, kept) => kept.or_else(|| Some(super::scaler::LossScale::new(cfg.amp_init_scale))),
-                (false, _) => None,
-            };
-            tracing::info!("resuming {} at step {}", ckpt.display(), state.step);
-            resumed_from = Some(ckpt);
+        if let Some((ckpt, saved)) = &resumed {
+            if saved.num_classes != num_classes {
+                bail!("{}: the checkpoint's ArcFace layer has {} identities but the training data now has {num_classes}", ckpt.display(), saved.num_classes);
+            }
+            replica.load(ckpt)?;
+            state = saved.clone();
         }
-        state = broadcast_state(&*comm, state)?;
         replica.broadcast_from_rank0(&*comm)?;
+        state.positions = pools.positions();
 
-        let mut log = RunLog::open(&run_dir, rank, &heads, resumed_from.as_ref().map(|_| (state.step, &state.loss_counts)))?;
+        let checkpoint = resumed.map(|(ckpt, _)| ckpt);
+        let mut log = RunLog::open(&run_dir, rank, &heads, checkpoint.as_ref().map(|_| (state.step, &state.loss_counts)))?;
         if rank == 0 && resume.is_none() {
             checkpoint::write_synced(&run_dir.join("config.json"), &serde_json::to_vec_pretty(&cfg)?)?;
         }
-        log.rank_note(&format!(
-            "pid {}, device {device:?}, backend {}, world {world}, threads {threads}, shards {:?}, {} records",
-            std::process::id(),
-            comm.backend(),
-            view.dataset.shards.iter().map(|s| s.bin_path().display().to_string()).collect::<Vec<_>>(),
-            view.records.len()
-        ))?;
+        note_rank(&mut log, &*comm, &pools, device, threads)?;
         if cfg.amp && !device.is_cuda() {
             log.rank_note("--amp applies to CUDA devices only; training in f32 on the CPU")?;
         }
         if state.world_size != world {
             log.rank_note(&format!("resumed with world size {world}, checkpoint had {}: data order differs from an uninterrupted run", state.world_size))?;
         }
-        let event = if resumed_from.is_some() { "resume" } else { "start" };
         log.event(json!({
-            "event": event, "step": state.step, "checkpoint": resumed_from, "world_size": world,
-            "ranks_per_node": launch.local_world, "effective_batch": cfg.rank_batch() * cfg.accum * world,
+            "event": if checkpoint.is_some() { "resume" } else { "start" }, "step": state.step, "checkpoint": checkpoint,
+            "world_size": world, "ranks_per_node": launch.local_world,
+            "effective_batch": pools.images_per_step(&heads) * cfg.accum * world, "datasets": datasets,
             "device": format!("{device:?}"), "backend": comm.backend(), "num_classes": num_classes,
             "command": std::env::args().collect::<Vec<_>>(), "version": env!("CARGO_PKG_VERSION"),
         }))?;
 
-        let loader = make_loader(&*comm, &cfg, view, &state)?;
         let validator = if cfg.valid_sets.is_empty() { None } else { Some(Validator::open(&cfg)?) };
         let judge = Judge::new(&heads, cfg.rollback && rank == 0, cfg.max_rollbacks);
-        let good = Good { replica: replica.snapshot(), state: state.clone(), checkpoint: resumed_from };
-        Ok(Session { cfg, heads, comm, run_dir, replica, loader, validator, state, log, judge, good })
+        let good = Good { replica: replica.snapshot(), state: state.clone(), checkpoint };
+        let labelled = pools.epochs().into_iter().map(|(h, e)| (h, (e, 0.0))).collect();
+        Ok(Session { cfg, heads, comm, run_dir, replica, pools, validator, state, log, judge, good, labelled })
     }
+}
+
+fn comm_options(cfg: &TrainConfig) -> CommOptions {
+    CommOptions {
+        bucket_bytes: dist::mib_to_bytes(cfg.bucket_mb),
+        fp16: cfg.fp16_allreduce,
+        timeout: std::time::Duration::from_secs_f64(cfg.collective_timeout),
+    }
+}
+
+/// `--scale-lr`: every learning rate × world size × accumulation.
+fn scale_lr(cfg: &mut TrainConfig, factor: f64) {
+    cfg.lr *= factor;
+    for lr in [&mut cfg.lr_fr, &mut cfg.lr_gender, &mut cfg.lr_age].into_iter().flatten() {
+        *lr *= factor;
+    }
+}
+
+/// The checkpoint rank 0 chose and its state as rank 0 read it, with `--amp` as given now
+/// (the flag wins; a running scale carries on).
+fn resume_point(comm: &dyn Comm, run_dir: &Path, cfg: &TrainConfig) -> Result<(PathBuf, TrainState)> {
+    let ckpt = checkpoint::agree_latest(comm, run_dir)?;
+    let mut state = checkpoint::load_state(&ckpt)?.state;
+    state.loss_scale = match (cfg.amp, state.loss_scale.take()) {
+        (true, kept) => kept.or_else(|| Some(super::scaler::LossScale::new(cfg.amp_init_scale))),
+        (false, _) => None,
+    };
+    tracing::info!("resuming {} at step {}", ckpt.display(), state.step);
+    Ok((ckpt, broadcast_state(comm, state)?))
+}
+
+/// What this rank reads and runs on, in its own log.
+fn note_rank(log: &mut RunLog, comm: &dyn Comm, pools: &Pools, device: tch::Device, threads: usize) -> Result<()> {
+    for pool in pools.iter() {
+        let shards: Vec<String> = pool.view.dataset.shards.iter().map(|s| s.bin_path().display().to_string()).collect();
+        log.rank_note(&format!(
+            "pid {}, device {device:?}, backend {}, world {}, threads {threads}, {} data: shards {shards:?}{}, {} records",
+            std::process::id(),
+            comm.backend(),
+            comm.world(),
+            pool.key,
+            if pool.striped { " (record stripes)" } else { "" },
+            pool.view.records.len()
+        ))?;
+    }
+    Ok(())
 }
 
 fn default_threads(ranks_here: usize) -> usize {
@@ -150,25 +181,38 @@ fn broadcast_state(comm: &dyn Comm, state: TrainState) -> Result<TrainState> {
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-/// All ranks run the same steps per epoch: the smallest rank's share sets it.
-fn make_loader(comm: &dyn Comm, cfg: &TrainConfig, view: Arc<RankView>, state: &TrainState) -> Result<Loader> {
-    let batch = cfg.rank_batch();
-    let mut steps = [(view.records.len() / batch).max(1) as f64];
-    comm.all_reduce_f64(&mut steps, ReduceOp::Min)?;
-    let sampler = match cfg.sampler {
-        _ if !cfg.shuffle => SamplerKind::Sequential,
-        SamplerChoice::Uniform => SamplerKind::Uniform,
-        SamplerChoice::Pk => SamplerKind::Balanced { p: cfg.pk[0], k: cfg.pk[1] },
-    };
-    let lc = LoaderConfig {
-        size: cfg.size,
-        batch_size: batch,
-        workers: cfg.workers,
-        prefetch: cfg.prefetch,
-        seed: cfg.seed,
-        sampler,
-        augment: cfg.augment,
-        steps_per_epoch: Some(steps[0] as u64),
-    };
-    Loader::train(view, lc, state.position)
+/// For the start event, each pool's datasets and, per task, the column it reads and the
+/// records (over all ranks) that have a known target. A task with none in its training
+/// data is an error before step 1, naming the datasets and columns.
+fn describe_targets(comm: &dyn Comm, pools: &Pools) -> Result<serde_json::Value> {
+    let mut out = Vec::new();
+    for pool in pools.iter() {
+        let mut counts: Vec<f64> = pool.view.sets.iter().flat_map(|s| std::iter::once(s.records as f64).chain(s.targets.iter().map(|t| t.2 as f64))).collect();
+        comm.all_reduce_f64(&mut counts, ReduceOp::Sum)?;
+        let mut counts = counts.into_iter();
+        let mut sets = Vec::new();
+        let mut known_per_head: BTreeMap<Head, (f64, Vec<String>)> = BTreeMap::new();
+        for set in &pool.view.sets {
+            let records = counts.next().unwrap_or(0.0);
+            let mut targets = Vec::new();
+            for &(head, column, _) in &set.targets {
+                let known = counts.next().unwrap_or(0.0);
+                if pool.heads.contains(&head) {
+                    let entry = known_per_head.entry(head).or_default();
+                    entry.0 += known;
+                    entry.1.push(format!("{} (column {})", set.spec, column.name()));
+                    targets.push(json!({"task": head, "column": column, "known": known as u64}));
+                    tracing::info!("{} learns from {} (column `{}`): {} of {} records labelled", head.name(), set.spec, column.name(), known, records);
+                }
+            }
+            sets.push(json!({"dataset": set.spec.to_string(), "records": records as u64, "targets": targets}));
+        }
+        for (head, (known, where_)) in known_per_head {
+            if known == 0.0 {
+                bail!("{} has no labelled record in its training data: {} (unknown is -1; give @label/@gender/@age or --target-column if another column holds the class)", head.name(), where_.join(", "));
+            }
+        }
+        out.push(json!({"pool": pool.key, "striped": pool.striped, "sets": sets}));
+    }
+    Ok(json!(out))
 }

@@ -14,8 +14,8 @@ use trainer_data::plateau::Plateau;
 pub struct TrainState {
     /// Optimiser steps completed.
     pub step: u64,
-    /// The sampler position of the next batch.
-    pub position: SamplerPosition,
+    /// The sampler position of each data pool's next batch ("all", or a task's name).
+    pub positions: BTreeMap<String, SamplerPosition>,
     /// dlib's plateau rule, one per trained head, each fed only its head's losses.
     pub plateaus: BTreeMap<Head, Plateau>,
     /// Every learning-rate change so far, in order.
@@ -52,7 +52,7 @@ impl TrainState {
     pub fn new(config: &TrainConfig, heads: &[Head], world_size: usize, num_classes: usize) -> TrainState {
         TrainState {
             step: 0,
-            position: SamplerPosition { epoch: 0, batch: 0 },
+            positions: BTreeMap::new(),
             plateaus: heads.iter().map(|&h| (h, Plateau::new(config.plateau_steps, config.shrink))).collect(),
             lr_changes: vec![],
             rollbacks: 0,

@@ -5,7 +5,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::TrainConfig;
 use crate::model::loss::{cross_entropy, soft_cross_entropy};
-use crate::model::{Head, Net, Tasks};
+use super::pools::Part;
+use crate::model::{Head, Net};
 use trainer_data::pipeline::Batch;
 
 /// A batch's images as an NCHW tensor on `device`.
@@ -20,14 +21,9 @@ pub struct Losses {
     pub parts: Vec<(Head, Tensor)>,
 }
 
-/// Every head the run trains, in FR, Gender, Age order.
-pub fn run_heads(cfg: &TrainConfig) -> Vec<Head> {
-    Tasks::from(cfg.task).heads()
-}
-
 /// Which heads this step trains: all of the run's, or one in turn with `alternate`.
 pub fn heads_for_step(cfg: &TrainConfig, step: u64) -> Vec<Head> {
-    let all = run_heads(cfg);
+    let all = cfg.heads();
     if cfg.alternate && all.len() > 1 {
         vec![all[(step % all.len() as u64) as usize]]
     } else {
@@ -60,11 +56,13 @@ pub fn head_loss(net: &Net, cfg: &TrainConfig, head: Head, feats: &Tensor, y: &T
     })
 }
 
-/// Forward pass and losses for `heads`. A frozen backbone runs without autograd in eval
-/// mode; with `--amp` on CUDA it runs under autocast, while heads and losses stay f32 as
-/// in insightface, because s·cos θ with s = 64 overflows half precision.
-pub fn losses(net: &Net, cfg: &TrainConfig, b: &Batch, heads: &[Head], device: Device) -> Result<Losses> {
-    let x = images(b, device);
+/// Forward pass and losses of one step's parts (a batch and the heads it teaches). The
+/// parts' images go through the backbone together; each head's loss is on its part's
+/// rows. A frozen backbone runs without autograd in eval mode; with `--amp` on CUDA it runs
+/// under autocast, while heads and losses stay f32 as in insightface, because s·cos θ with
+/// s = 64 overflows half precision.
+pub fn losses(net: &Net, cfg: &TrainConfig, parts: &[Part], device: Device) -> Result<Losses> {
+    let x = Tensor::cat(&parts.iter().map(|p| images(&p.batch, device)).collect::<Vec<_>>(), 0);
     let amp = cfg.amp && device.is_cuda();
     // libtorch 2.11 warns on every autocast toggle, so toggle only when asked to.
     let backbone = |train| match amp {
@@ -72,18 +70,40 @@ pub fn losses(net: &Net, cfg: &TrainConfig, b: &Batch, heads: &[Head], device: D
         false => net.features(&x, train),
     };
     let feats = if cfg.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(true) };
-    let mut parts = Vec::with_capacity(heads.len());
-    for &head in heads {
-        let y = targets(net, head, b, device)?;
-        parts.push((head, head_loss(net, cfg, head, &feats, &y)?));
+    let mut losses = Vec::new();
+    let mut row = 0;
+    for part in parts {
+        let rows = feats.narrow(0, row, part.batch.n as i64);
+        row += part.batch.n as i64;
+        for &head in &part.heads {
+            let y = targets(net, head, &part.batch, device)?;
+            losses.push((head, head_loss(net, cfg, head, &rows, &y)?));
+        }
     }
-    let weights = if heads.len() > 1 { cfg.loss_weights } else { [1.0; 3] };
-    let total = parts
+    let weights = if losses.len() > 1 { cfg.loss_weights } else { [1.0; 3] };
+    let total = losses
         .iter()
         .map(|(h, l)| l * weights[*h as usize])
         .reduce(|a, b| a + b)
         .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, device)));
-    Ok(Losses { total, parts })
+    Ok(Losses { total, parts: losses })
+}
+
+/// Records in `parts` with a known target for each head (a head that never sees one is a
+/// silent no-op, which the loop reports).
+pub fn labelled(parts: &[Part]) -> [f64; 3] {
+    let mut n = [0.0; 3];
+    for part in parts {
+        for &head in &part.heads {
+            let column = match head {
+                Head::Fr => &part.batch.labels,
+                Head::Gender => &part.batch.genders,
+                Head::Age => &part.batch.ages,
+            };
+            n[head as usize] += column.iter().filter(|&&t| t >= 0).count() as f64;
+        }
+    }
+    n
 }
 
 #[cfg(test)]
@@ -135,7 +155,8 @@ mod tests {
             let mut sum = vec![0.0; 3];
             for b in &batches {
                 // Train-mode BN (batch statistics): what the steps optimised.
-                let l = tch::no_grad(|| losses(net, &cfg, b, &all, Device::Cpu)).unwrap();
+                let parts = [Part { batch: b.clone(), heads: all.to_vec() }];
+                let l = tch::no_grad(|| losses(net, &cfg, &parts, Device::Cpu)).unwrap();
                 for (s, (_, v)) in sum.iter_mut().zip(&l.parts) {
                     *s += v.double_value(&[]);
                 }
@@ -145,7 +166,8 @@ mod tests {
         let before = measure(&net);
         for step in 0..100 {
             opt.zero_grad();
-            losses(&net, &cfg, &batches[step % 2], &all, Device::Cpu).unwrap().total.backward();
+            let parts = [Part { batch: batches[step % 2].clone(), heads: all.to_vec() }];
+            losses(&net, &cfg, &parts, Device::Cpu).unwrap().total.backward();
             opt.step();
         }
         let after = measure(&net);

@@ -1,0 +1,156 @@
+//! Where each step's batches come from. Datasets without a task prefix serve every task,
+//! so one loader feeds all heads (each record carries the columns its tasks need). Once
+//! tasks have datasets of their own (`fr=... gender=... age=...`, the seed's design), each
+//! task gets its own loader over its datasets and the datasets without a prefix: its own
+//! sampler, epoch and position, split across ranks on their own, and resumed exactly.
+
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::config::{SamplerChoice, TrainConfig};
+use crate::dist::{Comm, ReduceOp};
+use crate::model::Head;
+use trainer_data::pipeline::{Batch, Loader, LoaderConfig, RankView, SamplerKind, SamplerPosition, ViewOptions};
+use trainer_data::reader::Dataset;
+use trainer_data::targets::SetSpec;
+
+/// One loader and the heads its batches teach.
+pub struct Pool {
+    /// "all" for the shared pool, else the task's name.
+    pub key: String,
+    pub heads: Vec<Head>,
+    pub view: Arc<RankView>,
+    loader: Loader,
+    pub batch_size: usize,
+    /// Records split across ranks instead of shards.
+    pub striped: bool,
+}
+
+/// A batch and the heads that learn from it this step.
+pub struct Part {
+    pub batch: Batch,
+    pub heads: Vec<Head>,
+}
+
+/// The pools of a run, in FR, Gender, Age order.
+pub struct Pools {
+    pools: Vec<Pool>,
+}
+
+/// Which datasets each pool reads: one shared pool when no dataset names a task.
+pub fn plan(cfg: &TrainConfig) -> Vec<(String, Vec<Head>, Vec<SetSpec>)> {
+    let heads = cfg.heads();
+    let sets = cfg.sets(&cfg.train_sets);
+    if sets.iter().all(|s| s.head.is_none()) || heads.len() == 1 {
+        return vec![("all".into(), heads, sets)];
+    }
+    heads
+        .iter()
+        .map(|&h| (h.name().to_string(), vec![h], sets.iter().filter(|s| s.head.is_none_or(|x| x == h)).cloned().collect()))
+        .collect()
+}
+
+impl Pools {
+    /// Opens every pool's view for this rank and starts its loader at `positions`.
+    pub fn open(comm: &dyn Comm, cfg: &TrainConfig, positions: &BTreeMap<String, SamplerPosition>) -> Result<Pools> {
+        let (rank, world) = (comm.rank(), comm.world());
+        let mut pools = Vec::new();
+        for (key, heads, specs) in plan(cfg) {
+            // Gender and Age sets are small: they split records when they have too few
+            // shards. FR data keeps the shard rule (and its error) unless --stripe-records.
+            let striped = cfg.stripe_records || (!heads.contains(&Head::Fr) && needs_stripes(&specs, world)?);
+            // Datasets without a task prefix serve every head of the run, wherever they are read.
+            let opts = ViewOptions { rank, world, stripe: striped, heads: cfg.heads(), gender_classes: cfg.heads.gender_classes };
+            let view = RankView::open(&specs, &opts)
+                .with_context(|| format!("rank {rank} of {world}: opening the {key} training data"))?;
+            let view = Arc::new(view);
+            let batch_size = if key == "all" { cfg.rank_batch() } else { cfg.head_batch(heads[0]) };
+            let position = positions.get(&key).copied().unwrap_or(SamplerPosition::START);
+            let loader = loader(comm, cfg, &view, batch_size, &key, position)?;
+            pools.push(Pool { key, heads, view, loader, batch_size, striped });
+        }
+        Ok(Pools { pools })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Pool> {
+        self.pools.iter()
+    }
+
+    /// Identities over the FR datasets this rank reads.
+    pub fn identities(&self) -> usize {
+        self.pools.iter().map(|p| p.view.num_classes()).max().unwrap_or(0)
+    }
+
+    /// The next batch of every pool that teaches one of `heads`, with the heads it teaches.
+    pub fn next(&mut self, heads: &[Head]) -> Result<Vec<Part>> {
+        let mut parts = Vec::new();
+        for pool in &mut self.pools {
+            let taught: Vec<Head> = pool.heads.iter().copied().filter(|h| heads.contains(h)).collect();
+            if taught.is_empty() {
+                continue;
+            }
+            let batch = pool.loader.next_batch()?.with_context(|| format!("the {} training loader ended", pool.key))?;
+            parts.push(Part { batch, heads: taught });
+        }
+        Ok(parts)
+    }
+
+    /// Every pool's sampler position (what a checkpoint keeps).
+    pub fn positions(&self) -> BTreeMap<String, SamplerPosition> {
+        self.pools.iter().map(|p| (p.key.clone(), p.loader.position())).collect()
+    }
+
+    /// The epoch each head's pool is in.
+    pub fn epochs(&self) -> BTreeMap<Head, u64> {
+        self.pools.iter().flat_map(|p| p.heads.iter().map(|&h| (h, p.loader.position().epoch))).collect()
+    }
+
+    /// Images per rank per optimiser step over the pools that `heads` use.
+    pub fn images_per_step(&self, heads: &[Head]) -> usize {
+        self.pools.iter().filter(|p| p.heads.iter().any(|h| heads.contains(h))).map(|p| p.batch_size).sum()
+    }
+}
+
+/// Whether some dataset has fewer shards than ranks (then its task splits records
+/// instead, and says so).
+fn needs_stripes(specs: &[SetSpec], world: usize) -> Result<bool> {
+    for spec in specs {
+        let shards = Dataset::shard_count(&spec.path).with_context(|| format!("finding the shards of {}", spec.path.display()))?;
+        if shards < world {
+            tracing::info!("{spec} has {shards} shard(s) for {world} ranks: its records are split across ranks instead (record stripes)");
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The shared pool shuffles with the run's seed; a task's pool with its own stream.
+fn pool_seed(seed: u64, key: &str) -> u64 {
+    match key {
+        "all" => seed,
+        _ => key.bytes().fold(seed, |h, b| trainer_data::rng::mix(h ^ u64::from(b))),
+    }
+}
+
+/// All ranks run the same steps per epoch of a pool: the smallest rank's share sets it.
+fn loader(comm: &dyn Comm, cfg: &TrainConfig, view: &Arc<RankView>, batch: usize, key: &str, position: SamplerPosition) -> Result<Loader> {
+    let mut steps = [(view.records.len() / batch).max(1) as f64];
+    comm.all_reduce_f64(&mut steps, ReduceOp::Min)?;
+    let sampler = match cfg.sampler {
+        _ if !cfg.shuffle => SamplerKind::Sequential,
+        SamplerChoice::Pk if key == "all" || key == "FR" => SamplerKind::Balanced { p: cfg.pk[0], k: cfg.pk[1] },
+        _ => SamplerKind::Uniform,
+    };
+    let lc = LoaderConfig {
+        size: cfg.size,
+        batch_size: batch,
+        workers: cfg.workers,
+        prefetch: cfg.prefetch,
+        seed: pool_seed(cfg.seed, key),
+        sampler,
+        augment: cfg.augment,
+        steps_per_epoch: Some(steps[0] as u64),
+    };
+    Loader::train(Arc::clone(view), lc, position)
+}
