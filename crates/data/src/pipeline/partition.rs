@@ -38,6 +38,8 @@ impl RankView {
         let mut view = RankView::empty(rank, world);
         for spec in specs {
             let ds = open_for_rank(spec, rank, world, stripe)?;
+            // A label past the head's width would fail inside the loss, far from its file.
+            ds.check_labels().with_context(|| format!("rank {rank}: checking the labels of {}", spec.display()))?;
             view.append(ds, stripe);
         }
         if view.records.is_empty() {
@@ -53,7 +55,7 @@ impl RankView {
     }
 
     fn empty(rank: usize, world: usize) -> RankView {
-        let dataset = Dataset { shards: Vec::new(), num_classes: 0, name: String::new(), total_shards: 0 };
+        let dataset = Dataset { shards: Vec::new(), num_classes: 0, classes_from: None, name: String::new(), total_shards: 0 };
         RankView { dataset, records: Vec::new(), labels: Vec::new(), genders: Vec::new(), ages: Vec::new(), rank, world }
     }
 
@@ -213,6 +215,15 @@ mod tests {
         assert_eq!(v.labels[10..], [5, 6, 7, 8, 9, 5]);
         assert_eq!(v.dataset.name, "a+b");
         assert_eq!(v.records[12], RecordId { shard: 1, index: 2 });
+    }
+
+    #[test]
+    fn a_label_outside_the_labels_table_names_its_idx_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = write_shards(dir.path(), "d", 1, &recs(10));
+        std::fs::write(dir.path().join("d.labels.tsv"), "label\tname\n0\ta\n1\tb\n2\tc\n").unwrap();
+        let err = format!("{:#}", RankView::open(&[spec], 0, 1, false).err().expect("labels 3 and 4 have no class"));
+        assert!(err.contains("d-00000-of-00001.idx line 5 (record 3, c3/r3.png): label 3 is outside the 3 classes") && err.contains("d.labels.tsv"), "{err}");
     }
 
     #[test]
