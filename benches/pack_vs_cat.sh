@@ -52,7 +52,7 @@ median() {
 
 cat_all() { (cd "$WORK/src" && find . -type f -print0 | sort -z | xargs -0 cat > "$WORK/all.bin"); }
 cat_all_sync() { cat_all && sync "$WORK/all.bin"; }
-pack_keep() { "$TRAINER" pack "$WORK/src" --name bench --shards 8 --out "$WORK/shards" --encoding keep "$@"; }
+pack_keep() { "$TRAINER" pack "$WORK/src" --name bench --shards 8 --out "$WORK/shards" --encoding keep --force "$@"; }
 pack_keep_1() { pack_keep --workers 1; }
 
 echo "== pack --encoding keep vs cat (median of $RUNS, warm cache)"

@@ -138,7 +138,7 @@ fn repacking_with_fewer_shards_replaces_the_old_ones() {
     let src = class_folders(tmp.path(), 2, 4);
     let out = tmp.path().join("o");
     ok(&["pack", s(&src), "--name", "d", "--shards", "4", "--out", s(&out)]);
-    ok(&["pack", s(&src), "--name", "d", "--shards", "2", "--out", s(&out)]);
+    ok(&["pack", s(&src), "--name", "d", "--shards", "2", "--out", s(&out), "--force"]);
     assert!(ok(&["verify", s(&out.join("d"))]).contains("OK: 8 records in 2 shards"));
     let partial = std::fs::read_dir(&out).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".partial")).count();
     assert_eq!(partial, 0);

@@ -41,6 +41,15 @@ pub fn image_bytes(class: u32, i: u32, png: bool) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A 128×128 JPEG whose entropy-coded data is most of the file, so cutting it in half cuts
+/// the scan (as an interrupted download does), not the headers.
+pub fn large_jpeg(seed: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(128, 128, |x, y| image::Rgb([(x * 2 + seed) as u8, (y * 2) as u8, ((x * y + seed) % 251) as u8]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).expect("encoding test image");
+    out.into_inner()
+}
+
 /// `classes` folders with awkward names, `per_class` images each (JPEG and PNG mixed).
 pub fn class_folders(root: &Path, classes: u32, per_class: u32) -> PathBuf {
     let src = root.join("src");

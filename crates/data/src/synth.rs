@@ -6,8 +6,9 @@
 //! Each image re-draws the identity under a random pose, lighting and noise. Everything
 //! is a pure function of (seed, identity, image), so the output is byte-identical per seed.
 
+use crate::format::idx::MAX_CLASSES;
 use crate::rng::Rng;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,8 @@ pub struct SynthArgs {
     /// Output folder (created; existing files with the same names are overwritten).
     #[arg(long)]
     pub out: PathBuf,
-    /// Number of identities (classes).
+    /// Number of identities (classes), at most 2^24. The total image count is checked
+    /// against the free disk space before anything is written.
     #[arg(long)]
     pub identities: usize,
     /// Images per identity.
@@ -58,31 +60,78 @@ impl Format {
     }
 }
 
+/// Images rendered and written per round; bounds memory whatever the request.
+const ROUND: usize = 4096;
+
 pub fn synth(args: &SynthArgs) -> Result<()> {
     anyhow::ensure!(args.identities > 0 && args.per_identity > 0, "--identities and --per-identity must be > 0");
+    anyhow::ensure!(args.identities <= MAX_CLASSES, "--identities {} is more than the {MAX_CLASSES} (2^24) classes a dataset may have", args.identities);
     anyhow::ensure!((16..=4096).contains(&args.size), "--size must be in 16..=4096, got {}", args.size);
+    let total = args.identities.checked_mul(args.per_identity).context("--identities × --per-identity overflows")?;
+    check_disk(args, total)?;
     let start = std::time::Instant::now();
-    let ids: Vec<Identity> = (0..args.identities).map(|i| Identity::new(args.seed, i)).collect();
-    let jobs: Vec<(usize, usize)> = (0..args.identities)
-        .flat_map(|i| (0..args.per_identity).map(move |k| (i, k)))
-        .collect();
-    let rels: Vec<String> = jobs.iter().map(|&(i, k)| rel_path(&args, &ids[i], k)).collect();
-    for dir in rels.iter().filter_map(|r| Path::new(r).parent()).collect::<std::collections::BTreeSet<_>>() {
-        let d = args.out.join(dir);
-        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let list_path = args.out.join("list.tsv");
+    let mut list = std::io::BufWriter::new(std::fs::File::create(&list_path).with_context(|| format!("creating {}", list_path.display()))?);
+    list.write_all(b"path\tlabel\tgender\tage\n").with_context(|| format!("writing {}", list_path.display()))?;
+    for first in (0..total).step_by(ROUND) {
+        let jobs: Vec<(usize, usize)> = (first..total.min(first + ROUND)).map(|j| (j / args.per_identity, j % args.per_identity)).collect();
+        let id0 = jobs[0].0;
+        let ids: Vec<Identity> = (id0..=jobs[jobs.len() - 1].0).map(|i| Identity::new(args.seed, i)).collect();
+        let rels: Vec<String> = jobs.iter().map(|&(i, k)| rel_path(args, &ids[i - id0], k)).collect();
+        for dir in rels.iter().filter_map(|r| Path::new(r).parent()).collect::<std::collections::BTreeSet<_>>() {
+            let d = args.out.join(dir);
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        jobs.par_iter().zip(rels.par_iter()).try_for_each(|(&(i, k), rel)| {
+            let pixels = render(&ids[i - id0], &Pose::new(args.seed, i, k), args.size);
+            let bytes = encode(&pixels, args.size, args.format, args.quality)?;
+            let path = args.out.join(rel);
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+        })?;
+        for (&(i, _), rel) in jobs.iter().zip(&rels) {
+            let id = &ids[i - id0];
+            writeln!(list, "{rel}\t{i}\t{}\t{}", id.gender, id.age).with_context(|| format!("writing {}", list_path.display()))?;
+        }
     }
-    jobs.par_iter().zip(rels.par_iter()).try_for_each(|(&(i, k), rel)| {
-        let pixels = render(&ids[i], &Pose::new(args.seed, i, k), args.size);
-        let bytes = encode(&pixels, args.size, args.format, args.quality)?;
-        let path = args.out.join(rel);
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
-    })?;
-    write_list(&args.out.join("list.tsv"), &jobs, &rels, &ids)?;
+    list.flush().with_context(|| format!("writing {}", list_path.display()))?;
     tracing::info!(
-        "synth: {} images of {} identities ({}px {:?}) in {} ({:.1} s)",
-        jobs.len(), args.identities, args.size, args.format, args.out.display(), start.elapsed().as_secs_f64()
+        "synth: {total} images of {} identities ({}px {:?}) in {} ({:.1} s)",
+        args.identities, args.size, args.format, args.out.display(), start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Refuses a request the disk cannot hold, before writing anything: one image is rendered
+/// and encoded to size the rest (with a quarter's margin, rounded up to the file system's
+/// block), plus its line in `list.tsv`.
+fn check_disk(args: &SynthArgs, total: usize) -> Result<()> {
+    let sample = encode(&render(&Identity::new(args.seed, 0), &Pose::new(args.seed, 0, 0), args.size), args.size, args.format, args.quality)?;
+    let (free, block) = free_space(&args.out)?;
+    let per_image = (sample.len() as u64 * 5 / 4).div_ceil(block.max(1)) * block.max(1) + 40;
+    let need = total as u128 * per_image as u128;
+    if need > free as u128 {
+        let gb = |b: u128| b as f64 / 1e9;
+        bail!(
+            "synth would write {total} images of about {:.1} KB each, {:.1} GB in all, but only {:.1} GB are free at {}; ask for fewer --identities or --per-identity, or a smaller --size",
+            sample.len() as f64 / 1e3, gb(need), gb(free as u128), args.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Bytes free to unprivileged users and the block size, on the file system that holds
+/// `dir` (or its nearest existing ancestor).
+fn free_space(dir: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let existing = dir.ancestors().find(|p| p.exists()).filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).context("output path contains a NUL byte")?;
+    // SAFETY: statvfs fills the zeroed struct we own from a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("reading free space at {}", existing.display()));
+    }
+    Ok((st.f_bavail as u64 * st.f_frsize as u64, st.f_frsize as u64))
 }
 
 fn rel_path(args: &SynthArgs, id: &Identity, k: usize) -> String {
@@ -93,16 +142,6 @@ fn rel_path(args: &SynthArgs, id: &Identity, k: usize) -> String {
     } else {
         format!("id_{:05}/{k:05}.{ext}", id.index)
     }
-}
-
-/// The list table the packer reads: header `path label gender age`, TAB-separated.
-fn write_list(path: &Path, jobs: &[(usize, usize)], rels: &[String], ids: &[Identity]) -> Result<()> {
-    let mut out = String::from("path\tlabel\tgender\tage\n");
-    for (&(i, _), rel) in jobs.iter().zip(rels) {
-        out.push_str(&format!("{rel}\t{i}\t{}\t{}\n", ids[i].gender, ids[i].age));
-    }
-    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(out.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 fn encode(rgb: &[u8], size: usize, format: Format, quality: u8) -> Result<Vec<u8>> {

@@ -7,12 +7,11 @@
 //! resize. Anything libjpeg-turbo refuses (CMYK, damaged data) and every other format goes
 //! through the `image` crate.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use turbojpeg::{Decompressor, PixelFormat, ScalingFactor};
 
-/// Corrupt headers must not make us allocate gigabytes.
-const MAX_SIDE: usize = 16384;
+use super::check::{check_complete, MAX_SIDE};
 
 /// Per-worker decoder: owns the JPEG decompressor, the resizer and scratch buffers so the
 /// hot path reuses memory.
@@ -140,11 +139,10 @@ fn area2_chw(rgb: &[u8], size: usize, flip: bool, sums: &mut Vec<u16>, out: &mut
 /// Decodes `bytes` to interleaved RGB8 in `rgb`: JPEGs through `tj` at the smallest DCT
 /// scale covering `min_side` (full size when none does, e.g. for `usize::MAX`); every other
 /// format, and JPEGs libjpeg-turbo refuses, through `image`. Returns (width, height).
+/// A damaged image ([`check_complete`]) is an error before any decoder sees it.
 pub fn decode_rgb_into(tj: Option<&mut Decompressor>, bytes: &[u8], min_side: usize, rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
-    if bytes.is_empty() {
-        bail!("empty record");
-    }
-    if let (true, Some(tj)) = (bytes.starts_with(&[0xFF, 0xD8]), tj) {
+    let format = check_complete(bytes).map_err(|e| anyhow!("{e}"))?;
+    if let (image::ImageFormat::Jpeg, Some(tj)) = (format, tj) {
         if let Ok(dims) = decode_jpeg_scaled(tj, bytes, min_side, rgb) {
             return Ok(dims);
         }
@@ -172,6 +170,12 @@ fn decode_jpeg_scaled(tj: &mut Decompressor, bytes: &[u8], min_side: usize, rgb:
     let image = turbojpeg::Image { pixels: rgb.as_mut_slice(), width: w, pitch: w * 3, height: h, format: PixelFormat::RGB };
     tj.decompress(bytes, image)?;
     Ok((w, h))
+}
+
+/// Whether `bytes` decode under the rule the loader applies (for `verify --decode`): the
+/// completeness check, then a decode at the smallest scale, which still reads all the data.
+pub fn check_decodes(tj: Option<&mut Decompressor>, bytes: &[u8], scratch: &mut Vec<u8>) -> Result<()> {
+    decode_rgb_into(tj, bytes, 1, scratch).map(|_| ())
 }
 
 fn decode_other(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
@@ -297,5 +301,25 @@ mod tests {
         assert!(d.decode_into(&good[..20], 16, false, &mut out).is_err());
         assert!(d.decode_into(&[0xFF, 0xD8, 0xFF, 0xFF, 0, 1, 2], 16, false, &mut out).is_err());
         assert!(d.decode_into(&good, 16, false, &mut [0.0; 5]).is_err());
+    }
+
+    /// libjpeg-turbo and zune-jpeg both fill a cut JPEG with grey and carry on; the
+    /// completeness check makes it an error at every scale, while trailing bytes pass.
+    #[test]
+    fn a_cut_jpeg_fails_at_every_scale_and_trailing_bytes_pass() {
+        let good = jpeg(&gradient(64, 64), 64, 64);
+        let mut d = Decoder::new();
+        let mut out = vec![0.0; 3 * 16 * 16];
+        let cut = &good[..good.len() * 2 / 3];
+        for size in [8, 16, 64] {
+            let mut out = vec![0.0; 3 * size * size];
+            let err = format!("{:#}", d.decode_into(cut, size, false, &mut out).unwrap_err());
+            assert!(err.contains("truncated"), "{err}");
+        }
+        assert!(check_decodes(None, cut, &mut Vec::new()).is_err());
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(b"\0\0 appended by some camera");
+        d.decode_into(&trailing, 16, false, &mut out).unwrap();
+        check_decodes(d.jpeg.as_mut(), &trailing, &mut Vec::new()).unwrap();
     }
 }

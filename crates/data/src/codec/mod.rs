@@ -1,6 +1,9 @@
 //! Image bytes ↔ pixels, below both the packer and the training pipeline: decoding (with
-//! libjpeg-turbo's DCT scaling), resizing, and normalising into a training slot.
+//! libjpeg-turbo's DCT scaling), resizing, and normalising into a training slot, and the
+//! one rule that decides an image is damaged (`check`).
 
+pub mod check;
 pub mod decode;
 
-pub use decode::{decode_rgb_into, Decoder};
+pub use check::{check_complete, MAX_SIDE};
+pub use decode::{check_decodes, decode_rgb_into, Decoder};

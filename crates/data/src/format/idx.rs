@@ -9,6 +9,10 @@ pub const MAGIC: &str = "trainer-shard";
 pub const VERSION: u32 = 1;
 /// v1's columns in order; a v1 reader accepts more columns after these and ignores them.
 pub const V1_COLUMNS: [&str; 7] = ["path", "label", "start", "end", "gender", "age", "crc32c"];
+/// Label ids are below this (2^24 classes): `pack` refuses larger ones, `verify` reports
+/// them, and training refuses a dataset declaring more classes (its ArcFace matrix alone
+/// would be 32 GiB at 512 dimensions).
+pub const MAX_CLASSES: usize = 1 << 24;
 
 /// Which dialect an idx file is written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +121,20 @@ impl<'a> Cursor<'a> {
 pub fn is_contained_path(rel: &str) -> bool {
     use std::path::{Component, Path};
     !rel.is_empty() && !rel.contains('\0') && Path::new(rel).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// `path` with `.` components and repeated `/` removed (`./a//b.jpg` → `a/b.jpg`), or
+/// None when it is not a contained path (see [`is_contained_path`]) or names nothing.
+pub fn normalise_path(path: &str) -> Option<String> {
+    use std::path::{Component, Path};
+    if !is_contained_path(path) {
+        return None;
+    }
+    let parts: Vec<&str> = Path::new(path).components().filter_map(|c| match c {
+        Component::Normal(p) => p.to_str(),
+        _ => None,
+    }).collect();
+    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 /// The seed's paths are raw and may in principle hold TABs, so split from the right.
@@ -318,6 +336,16 @@ mod tests {
             "p\\q\t1\t0\t1\t-1\t-1\t00000000",
         ] {
             assert!(parse_line(line, Version::V1).is_err(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn paths_normalise_to_one_spelling() {
+        assert_eq!(normalise_path("./a//b/./c.jpg").as_deref(), Some("a/b/c.jpg"));
+        assert_eq!(normalise_path("a/b.jpg/").as_deref(), Some("a/b.jpg"));
+        assert_eq!(normalise_path("x (1).jpg").as_deref(), Some("x (1).jpg"));
+        for bad in [".", "./", "../a", "/a", "", "a/../b"] {
+            assert_eq!(normalise_path(bad), None, "{bad}");
         }
     }
 

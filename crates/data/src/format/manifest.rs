@@ -18,7 +18,12 @@ pub struct Manifest {
     pub shards: Vec<ShardEntry>,
     /// Records per label id over the whole dataset.
     pub label_counts: BTreeMap<u32, usize>,
+    /// Bad inputs skipped at pack time.
     pub skipped: usize,
+    /// Entries left out on purpose (hidden, outside class folders, folder links not
+    /// followed); absent from manifests of older packs.
+    #[serde(default)]
+    pub excluded: usize,
     /// The pack command's settings (source, encoding, size, seed, ...), for provenance.
     pub settings: serde_json::Value,
 }

@@ -1,9 +1,11 @@
-//! What to pack: every file under SRC's class folders (labels in sorted folder order), or
-//! the rows of a list table.
+//! What to pack: every file under SRC's class folders (`walk`), or the rows of a list
+//! table (here), plus what was left out and why.
 
+use crate::format::idx::{normalise_path, MAX_CLASSES};
 use crate::format::LabelTable;
 use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 
 /// One input file, its path relative to SRC (with `/` separators) and its labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,62 +20,12 @@ pub struct Item {
 pub struct Listing {
     pub items: Vec<Item>,
     pub classes: LabelTable,
-    /// (path, reason) of inputs rejected before reading, e.g. a name that is not UTF-8.
+    /// (path, reason) of bad inputs found before reading (a FIFO, a broken link, a name
+    /// that is not UTF-8): skipped, or fatal under `--strict`.
     pub rejected: Vec<(String, String)>,
-    /// Files directly in SRC, outside any class folder, which are not packed.
-    pub loose_files: usize,
-}
-
-/// Class folders: label i is the i-th subfolder of SRC in byte order of its name; every
-/// file below it (recursively, dot-files excluded) is one record.
-pub fn from_folders(src: &Path) -> Result<Listing> {
-    let mut listing = Listing::default();
-    for entry in sorted_entries(src)? {
-        let name = entry.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        if !entry.is_dir() {
-            listing.loose_files += 1;
-            continue;
-        }
-        let label = listing.classes.entries.len() as u32;
-        let Some(class) = entry.file_name().and_then(|n| n.to_str()) else {
-            listing.rejected.push((name, "class folder name is not UTF-8".into()));
-            continue;
-        };
-        listing.classes.entries.push((label, class.to_string()));
-        walk(&entry, class, label, &mut listing)?;
-    }
-    Ok(listing)
-}
-
-fn walk(dir: &Path, rel: &str, label: u32, listing: &mut Listing) -> Result<()> {
-    for entry in sorted_entries(dir)? {
-        let Some(name) = entry.file_name().and_then(|n| n.to_str()) else {
-            let lossy = entry.file_name().unwrap_or_default().to_string_lossy();
-            listing.rejected.push((format!("{rel}/{lossy}"), "file name is not UTF-8".into()));
-            continue;
-        };
-        let child = format!("{rel}/{name}");
-        if entry.is_dir() {
-            walk(&entry, &child, label, listing)?;
-        } else {
-            listing.items.push(Item { rel: child, label, gender: -1, age: -1 });
-        }
-    }
-    Ok(())
-}
-
-/// Entries of `dir` (dot-files excluded) sorted by name bytes, so labels and order are
-/// the same on every file system.
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        if !entry.file_name().as_encoded_bytes().starts_with(b".") {
-            out.push(entry.path());
-        }
-    }
-    out.sort_by(|a, b| a.file_name().map(|n| n.as_encoded_bytes()).cmp(&b.file_name().map(|n| n.as_encoded_bytes())));
-    Ok(out)
+    /// (path, reason) of entries left out on purpose (hidden, outside any class folder, a
+    /// folder link not followed): listed in skipped.tsv, never fatal.
+    pub excluded: Vec<(String, String)>,
 }
 
 /// A TAB-separated table whose header names its columns: `path` and `label` required,
@@ -93,12 +45,14 @@ pub fn parse_table(text: &str) -> Result<Listing> {
     };
     let (gender_col, age_col) = (col("gender"), col("age"));
     let mut listing = Listing::default();
+    let mut first_line: HashMap<String, usize> = HashMap::new();
     for (n, line) in lines {
         let fields: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
         if fields.len() != names.len() {
             bail!("line {}: {} columns, the header has {}", n + 1, fields.len(), names.len());
         }
-        let label = fields[label_col].trim().parse::<u32>().map_err(|_| anyhow::anyhow!("line {}: label {:?} is not a non-negative integer", n + 1, fields[label_col]))?;
+        let label = fields[label_col].trim().parse::<u32>().ok().filter(|&l| (l as usize) < MAX_CLASSES);
+        let label = label.with_context(|| format!("line {}: label {:?} is not an integer in 0..{MAX_CLASSES} (at most 2^24 classes)", n + 1, fields[label_col]))?;
         let class = |c: Option<usize>, what: &str| -> Result<i8> {
             match c.map(|c| fields[c].trim()) {
                 None | Some("") | Some("-1") => Ok(-1),
@@ -106,9 +60,12 @@ pub fn parse_table(text: &str) -> Result<Listing> {
             }
         };
         let (gender, age) = (class(gender_col, "gender")?, class(age_col, "age")?);
-        let rel = fields[path_col].to_string();
-        if !crate::format::idx::is_contained_path(&rel) {
-            bail!("line {}: path {rel:?} must be relative to SRC without `..` (unpack could not recreate it)", n + 1);
+        let raw = fields[path_col];
+        let Some(rel) = normalise_path(raw) else {
+            bail!("line {}: path {raw:?} must name a file relative to SRC without `..` (unpack could not recreate it)", n + 1);
+        };
+        if let Some(before) = first_line.insert(rel.clone(), n + 1) {
+            bail!("lines {before} and {} both name {rel:?}: each file may be listed once (remove one; a file cannot have two labels)", n + 1);
         }
         listing.items.push(Item { rel, label, gender, age });
     }
@@ -124,21 +81,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn folders_get_sorted_labels_and_recursive_files() {
-        let dir = tempfile::tempdir().unwrap();
-        for f in ["b_cls/2.jpg", "b_cls/1.jpg", "a cls/sub/x (1).jpg", "a cls/.hidden", "loose.jpg"] {
-            let p = dir.path().join(f);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, b"x").unwrap();
-        }
-        let l = from_folders(dir.path()).unwrap();
-        let got: Vec<(&str, u32)> = l.items.iter().map(|i| (i.rel.as_str(), i.label)).collect();
-        assert_eq!(got, [("a cls/sub/x (1).jpg", 0), ("b_cls/1.jpg", 1), ("b_cls/2.jpg", 1)]);
-        assert_eq!(l.classes.entries, [(0, "a cls".to_string()), (1, "b_cls".to_string())]);
-        assert_eq!(l.loose_files, 1);
-    }
-
-    #[test]
     fn table_columns_in_any_order() {
         let l = parse_table("label\tage\tpath\n3\t5\ta/b c.jpg\n1\t\tx.png\n").unwrap();
         assert_eq!(l.items[0], Item { rel: "a/b c.jpg".into(), label: 3, gender: -1, age: 5 });
@@ -149,5 +91,16 @@ mod tests {
         assert!(parse_table("path\tlabel\tgender\nx\t1\t2000\n").is_err());
         assert!(parse_table("path\tlabel\n../x\t1\n").is_err());
         assert!(parse_table("path\tlabel\n/etc/x\t1\n").is_err());
+    }
+
+    #[test]
+    fn table_paths_are_normalised_and_listed_once() {
+        let l = parse_table("path\tlabel\n./a//b.jpg\t0\nc/./d.jpg\t1\n").unwrap();
+        assert_eq!(l.items.iter().map(|i| i.rel.as_str()).collect::<Vec<_>>(), ["a/b.jpg", "c/d.jpg"]);
+        let err = format!("{:#}", parse_table("path\tlabel\nx/y.jpg\t0\nz.jpg\t0\n./x//y.jpg\t1\n").unwrap_err());
+        assert!(err.contains("lines 2 and 4") && err.contains("x/y.jpg"), "{err}");
+        assert!(parse_table("path\tlabel\nx\t16777215\n").is_ok());
+        let err = format!("{:#}", parse_table("path\tlabel\nx\t4294967295\n").unwrap_err());
+        assert!(err.contains("line 2") && err.contains("16777216"), "{err}");
     }
 }

@@ -1,11 +1,14 @@
 //! `trainer pack`: images (class folders or a list table) into bin/idx shards.
 //!
-//! Stages: list inputs → assign records to shards → read and validate/transcode in parallel
-//! (bounded chunks) → one writer thread appending to `.partial` files → commit by rename.
+//! Stages: list inputs (`walk` or `listing`) → assign records to shards → read and
+//! validate/transcode in parallel (bounded chunks) → one writer thread appending to
+//! `.partial` files → commit by rename (`staging`).
 
 pub mod assign;
 pub mod listing;
+pub mod staging;
 pub mod transcode;
+pub mod walk;
 pub mod writer;
 
 use crate::format::{idx as format, manifest::ShardEntry, LabelTable, Manifest};
@@ -13,14 +16,21 @@ use anyhow::{bail, Context, Result};
 use crossbeam_channel::{bounded, Receiver};
 use listing::{Item, Listing};
 use rayon::prelude::*;
+use staging::Staging;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use transcode::{Encoding, Transcode};
-use writer::{ShardWriter, Staging};
+use writer::ShardWriter;
 
 /// Records read and transcoded in parallel per chunk; bounds memory to a few chunks.
 const CHUNK: usize = 64;
+/// The largest `--size`.
+pub const MAX_SIZE: u32 = 4096;
+/// The most `--workers`.
+pub const MAX_WORKERS: usize = 1024;
+/// Larger input files are skipped rather than read into memory (no face image needs it).
+pub const MAX_INPUT_BYTES: u64 = 256 << 20;
 
 /// Pack a folder of class subfolders (or a list table) into bin/idx shards.
 #[derive(clap::Args, Debug, Clone)]
@@ -32,7 +42,8 @@ pub struct PackArgs {
     /// <name>.manifest.json and <name>.skipped.tsv.
     #[arg(long)]
     pub name: String,
-    /// Number of shards (rank r of N reads shards k ≡ r mod N, so use a multiple of the ranks).
+    /// Number of shards, at most the number of inputs (rank r of N reads shards k ≡ r mod N,
+    /// so use a multiple of the ranks).
     #[arg(long, default_value_t = 1)]
     pub shards: usize,
     /// Output directory.
@@ -42,8 +53,8 @@ pub struct PackArgs {
     /// optionally `gender` and `age` (-1 or empty = unknown), instead of class folders.
     #[arg(long)]
     pub list: Option<PathBuf>,
-    /// Resize (shorter side) and centre-crop to S×S, then re-encode (JPEG q95 by default).
-    #[arg(long)]
+    /// Resize (shorter side) and centre-crop to S×S (S ≤ 4096), then re-encode (JPEG q95 by default).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_SIZE as i64))]
     pub size: Option<u32>,
     /// Payload encoding: keep the original bytes (default without --size), or re-encode.
     #[arg(long, value_enum)]
@@ -51,8 +62,8 @@ pub struct PackArgs {
     /// JPEG quality when re-encoding.
     #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: u8,
-    /// Reader/transcoder threads (default: all cores).
-    #[arg(long)]
+    /// Reader/transcoder threads (default: all cores; at most 1024).
+    #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
     /// Seed for the record-to-shard assignment and the order within shards.
     #[arg(long, default_value_t = 0)]
@@ -63,24 +74,41 @@ pub struct PackArgs {
     /// Fail (writing nothing) on the first bad input instead of skipping it.
     #[arg(long)]
     pub strict: bool,
+    /// Replace an existing dataset of this name in --out (its old files are removed only
+    /// after the new ones are in place).
+    #[arg(long)]
+    pub force: bool,
+    /// Enter symlinks to folders (loops and second routes to a folder are skipped); links
+    /// to files are always read.
+    #[arg(long)]
+    pub follow_links: bool,
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+        _ => Err(format!("expected a thread count in 1..={MAX_WORKERS}")),
+    }
 }
 
 /// Packs; returns what was written (the command line prints it).
 pub fn pack(args: &PackArgs) -> Result<PackSummary> {
     let started = Instant::now();
     let t = transcode_settings(args)?;
+    staging::check_free(&args.out, &args.name, args.force)?;
     let listing = list_inputs(args)?;
+    if args.shards > listing.items.len() {
+        bail!("--shards {} is more than the {} inputs found: every shard needs records (use --shards {} or fewer)", args.shards, listing.items.len(), listing.items.len());
+    }
+    let staging = Staging::new(&args.out, &args.name, args.force)?;
     let labels: Vec<u32> = listing.items.iter().map(|i| i.label).collect();
     let plan = assign::assign(&labels, args.shards, args.seed, args.group_by_label);
-    if listing.items.len() < args.shards {
-        tracing::warn!("{} records for {} shards: some shards will be empty", listing.items.len(), args.shards);
-    }
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(workers).build().context("starting worker threads")?;
     let progress = crate::term::progress_bar(listing.items.len() as u64, "packing [{bar:30}] {pos}/{len} {per_sec} ETA {eta}");
     let (tx, rx) = bounded::<Chunk>(2);
     let summary = std::thread::scope(|scope| {
-        let writer = scope.spawn(|| write_shards(rx, args, &listing, &progress));
+        let writer = scope.spawn(|| write_shards(rx, args, staging, &listing, &progress));
         'shards: for (k, order) in plan.iter().enumerate() {
             for chunk in order.chunks(CHUNK) {
                 let payloads = pool.install(|| chunk.par_iter().map(|&i| read_payload(&args.src, &listing.items[i], &t)).collect());
@@ -100,11 +128,9 @@ fn transcode_settings(args: &PackArgs) -> Result<Transcode> {
     if args.shards == 0 {
         bail!("--shards must be at least 1");
     }
-    if args.name.is_empty() || args.name.contains(['/', '\\']) || args.name.starts_with('.') {
-        bail!("--name {:?} must be a plain file name", args.name);
-    }
-    if args.size == Some(0) {
-        bail!("--size must be at least 1");
+    let odd = |c: char| c.is_control() || c == '/' || c == '\\';
+    if args.name.is_empty() || args.name.contains(odd) || args.name.starts_with('.') || args.name.ends_with(".bin") || args.name.ends_with(".idx") {
+        bail!("--name {:?} must be a plain file name (no '/', no leading '.', not ending in .bin or .idx)", args.name);
     }
     let encoding = match (args.encoding, args.size) {
         (Some(Encoding::Keep), Some(_)) => bail!("--encoding keep cannot resize; use --encoding jpeg or png with --size"),
@@ -121,10 +147,11 @@ fn list_inputs(args: &PackArgs) -> Result<Listing> {
     }
     let listing = match &args.list {
         Some(table) => listing::from_table(table)?,
-        None => listing::from_folders(&args.src)?,
+        None => walk::from_folders(&args.src, args.follow_links)?,
     };
-    if listing.loose_files > 0 {
-        tracing::warn!("{} files directly in {} are outside any class folder and were not packed", listing.loose_files, args.src.display());
+    if !listing.excluded.is_empty() {
+        let first = &listing.excluded[0];
+        tracing::warn!("{} entries of {} not packed (hidden, outside class folders, folder links not followed; e.g. {}: {}); listed in {}", listing.excluded.len(), args.src.display(), first.0, first.1, format::skipped_file(&args.name));
     }
     if listing.items.is_empty() {
         bail!("no input files found in {}", args.list.as_deref().unwrap_or(&args.src).display());
@@ -140,16 +167,38 @@ struct Chunk {
 }
 
 fn read_payload(src: &Path, item: &Item, t: &Transcode) -> Result<(Vec<u8>, u32), String> {
-    let bytes = std::fs::read(src.join(&item.rel)).map_err(|e| format!("unreadable: {e}"))?;
+    let bytes = read_input(&src.join(&item.rel))?;
     let payload = transcode::prepare(bytes, t)?;
     let crc = crc32c::crc32c(&payload);
     Ok((payload, crc))
 }
 
-/// What a pack wrote: the manifest, the inputs it skipped (path, reason), and how long it took.
+/// A regular file's bytes. Opened without blocking and checked on the open file, so a
+/// FIFO (or a file swapped for one after listing) is refused instead of hanging the pack.
+fn read_input(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::File::options().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| format!("unreadable: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("unreadable: {e}"))?;
+    if !meta.is_file() {
+        return Err(walk::not_regular(meta.file_type()));
+    }
+    if meta.len() > MAX_INPUT_BYTES {
+        return Err(format!("{} bytes, more than the {} MiB an input may have", meta.len(), MAX_INPUT_BYTES >> 20));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_INPUT_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("unreadable: {e}"))?;
+    Ok(bytes)
+}
+
+/// What a pack wrote: the manifest, the inputs it skipped and left out (path, reason), and
+/// how long it took.
 pub struct PackSummary {
     pub manifest: Manifest,
+    /// Bad inputs.
     pub skipped: Vec<(String, String)>,
+    /// Entries left out on purpose (hidden, outside class folders, links not followed).
+    pub excluded: usize,
     pub out: PathBuf,
     pub name: String,
     pub secs: f64,
@@ -157,9 +206,8 @@ pub struct PackSummary {
 
 /// Appends chunks to shard writers in order, then stages labels, skips and manifest and
 /// commits. Runs on its own thread so writing overlaps reading the next chunk.
-fn write_shards(rx: Receiver<Chunk>, args: &PackArgs, listing: &Listing, progress: &indicatif::ProgressBar) -> Result<PackSummary> {
+fn write_shards(rx: Receiver<Chunk>, args: &PackArgs, mut staging: Staging, listing: &Listing, progress: &indicatif::ProgressBar) -> Result<PackSummary> {
     let n = args.shards;
-    let mut staging = Staging::new(&args.out, &args.name)?;
     let mut skipped = Vec::new();
     for (path, reason) in &listing.rejected {
         skip(args, progress, &mut skipped, path, reason)?;
@@ -196,11 +244,18 @@ fn write_shards(rx: Receiver<Chunk>, args: &PackArgs, listing: &Listing, progres
         entries.push(finish_shard(args, next, ShardWriter::create(&mut staging, &args.name, next, n)?)?);
         next += 1;
     }
+    let empty = entries.iter().filter(|e| e.records == 0).count();
+    if empty == n {
+        bail!("none of the {} inputs could be packed ({} skipped, reasons above); nothing was written", listing.items.len() + listing.rejected.len(), skipped.len());
+    }
+    if empty > 0 {
+        progress.suspend(|| tracing::warn!("{empty} of {n} shards are empty: their inputs were skipped"));
+    }
     skipped.sort();
-    let manifest = build_manifest(args, &listing.classes, entries, label_counts, skipped.len());
-    stage_metadata(&mut staging, args, &listing.classes, &skipped, &manifest)?;
+    let manifest = build_manifest(args, &listing.classes, entries, label_counts, (skipped.len(), listing.excluded.len()));
+    stage_metadata(&mut staging, args, &listing.classes, &skipped, &listing.excluded, &manifest)?;
     staging.commit()?;
-    Ok(PackSummary { manifest, skipped, out: PathBuf::new(), name: String::new(), secs: 0.0 })
+    Ok(PackSummary { manifest, skipped, excluded: listing.excluded.len(), out: PathBuf::new(), name: String::new(), secs: 0.0 })
 }
 
 fn finish_shard(args: &PackArgs, k: usize, w: ShardWriter) -> Result<ShardEntry> {
@@ -221,11 +276,11 @@ fn skip(args: &PackArgs, progress: &indicatif::ProgressBar, skipped: &mut Vec<(S
     Ok(())
 }
 
-fn build_manifest(args: &PackArgs, classes: &LabelTable, shards: Vec<ShardEntry>, label_counts: BTreeMap<u32, usize>, skipped: usize) -> Manifest {
+fn build_manifest(args: &PackArgs, classes: &LabelTable, shards: Vec<ShardEntry>, label_counts: BTreeMap<u32, usize>, (skipped, excluded): (usize, usize)) -> Manifest {
     let settings = serde_json::json!({
         "source": args.src, "list": args.list, "size": args.size,
         "encoding": transcode_settings(args).map(|t| t.encoding).unwrap_or(Encoding::Keep),
-        "quality": args.quality, "seed": args.seed, "group_by_label": args.group_by_label,
+        "quality": args.quality, "seed": args.seed, "group_by_label": args.group_by_label, "follow_links": args.follow_links,
         "trainer_version": env!("CARGO_PKG_VERSION"),
     });
     Manifest {
@@ -239,19 +294,24 @@ fn build_manifest(args: &PackArgs, classes: &LabelTable, shards: Vec<ShardEntry>
         shards,
         label_counts,
         skipped,
+        excluded,
         settings,
     }
 }
 
-fn stage_metadata(staging: &mut Staging, args: &PackArgs, classes: &LabelTable, skipped: &[(String, String)], manifest: &Manifest) -> Result<()> {
+/// Labels, the skipped table (bad and left-out inputs together, sorted by path) and,
+/// last, the manifest.
+fn stage_metadata(staging: &mut Staging, args: &PackArgs, classes: &LabelTable, skipped: &[(String, String)], excluded: &[(String, String)], manifest: &Manifest) -> Result<()> {
     staging.write_small(&format::labels_file(&args.name), classes.to_text().as_bytes())?;
+    let mut rows: Vec<&(String, String)> = skipped.iter().chain(excluded).collect();
+    rows.sort();
     let mut table = String::from("path\treason\n");
-    for (path, reason) in skipped {
+    for (path, reason) in rows {
         table.push_str(&format!("{}\t{}\n", format::escape_path(path), format::escape_path(reason)));
     }
     staging.write_small(&format::skipped_file(&args.name), table.as_bytes())?;
     let json = serde_json::to_string_pretty(manifest)? + "\n";
-    staging.write_small(&format::manifest_file(&args.name), json.as_bytes())
+    staging.write_manifest(json.as_bytes())
 }
 
 impl std::fmt::Display for PackSummary {
@@ -271,8 +331,9 @@ impl std::fmt::Display for PackSummary {
         )?;
         let sizes: Vec<usize> = m.shards.iter().map(|e| e.records).collect();
         writeln!(f, "records per shard: min {} max {}", sizes.iter().min().unwrap_or(&0), sizes.iter().max().unwrap_or(&0))?;
-        if !self.skipped.is_empty() {
-            writeln!(f, "skipped {} bad inputs (listed in {})", self.skipped.len(), self.out.join(format::skipped_file(&self.name)).display())?;
+        if !self.skipped.is_empty() || self.excluded > 0 {
+            let table = self.out.join(format::skipped_file(&self.name));
+            writeln!(f, "skipped {} bad inputs and left out {} other entries (listed with reasons in {})", self.skipped.len(), self.excluded, table.display())?;
         }
         Ok(())
     }

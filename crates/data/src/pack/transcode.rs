@@ -1,14 +1,13 @@
-//! Turning an input file into the payload to store: kept as-is after a cheap validity check,
+//! Turning an input file into the payload to store: kept as-is after the completeness check,
 //! or decoded, centre-cropped and resized, and re-encoded. JPEGs are decoded by
 //! libjpeg-turbo at the smallest DCT scale that still covers `--size` (as the training
 //! loader does), resized with fast_image_resize and encoded by libjpeg-turbo (4:2:0).
 
 use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{codecs::png::PngEncoder, ImageEncoder, ImageFormat};
-use std::io::Cursor;
 use turbojpeg::{Compressor, Decompressor, PixelFormat, Subsamp};
 
-use crate::codec::decode_rgb_into;
+use crate::codec::{check_complete, decode_rgb_into};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -26,94 +25,14 @@ pub struct Transcode {
     pub quality: u8,
 }
 
-/// The payload for `bytes`, or why the input must be skipped.
+/// The payload for `bytes`, or why the input must be skipped: kept as they are when
+/// complete (`codec::check_complete`, the rule every reader applies), else re-encoded.
 pub fn prepare(bytes: Vec<u8>, t: &Transcode) -> Result<Vec<u8>, String> {
-    if bytes.is_empty() {
-        return Err("empty file".into());
-    }
-    let format = image::guess_format(&bytes).map_err(|_| "not an image (unknown signature)".to_string())?;
+    let format = check_complete(&bytes)?;
     if t.encoding == Encoding::Keep && t.size.is_none() {
-        match format {
-            ImageFormat::Jpeg => check_jpeg(&bytes)?,
-            _ => {
-                check_header(&bytes, format)?;
-                check_complete(&bytes, format)?;
-            }
-        }
         return Ok(bytes);
     }
     reencode(&bytes, format, t)
-}
-
-/// Format and dimensions from the header alone.
-fn check_header(bytes: &[u8], format: ImageFormat) -> Result<(), String> {
-    let reader = image::ImageReader::with_format(Cursor::new(bytes), format);
-    match reader.into_dimensions() {
-        Ok((w, h)) if w > 0 && h > 0 => Ok(()),
-        Ok((w, h)) => Err(format!("{format:?} with empty dimensions {w}x{h}")),
-        Err(e) => Err(format!("bad {format:?} header: {e}")),
-    }
-}
-
-/// Catches a truncated PNG without a full decode: it must end with an IEND chunk.
-fn check_complete(bytes: &[u8], format: ImageFormat) -> Result<(), String> {
-    let complete = match format {
-        ImageFormat::Png => rfind(&bytes[8.min(bytes.len())..], b"IEND"),
-        _ => true,
-    };
-    if complete { Ok(()) } else { Err(format!("truncated {format:?} (no end marker)")) }
-}
-
-/// A JPEG's frame header and completeness from its marker segments alone (no Huffman
-/// tables are built): walking segment lengths skips an EXIF thumbnail's own markers; a
-/// frame header (SOFn) must give non-zero dimensions before the first scan, and an
-/// end-of-image marker must follow the scan, where byte stuffing keeps FF D9 from
-/// appearing by chance.
-fn check_jpeg(b: &[u8]) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("bad JPEG: {why}"));
-    if !b.starts_with(&[0xFF, 0xD8]) {
-        return bad("no start-of-image marker");
-    }
-    let (mut i, mut frame) = (2, false);
-    while i + 4 <= b.len() {
-        if b[i] != 0xFF {
-            return bad("corrupt marker segment");
-        }
-        let marker = b[i + 1];
-        if marker == 0xFF {
-            i += 1;
-            continue;
-        }
-        if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
-            i += 2;
-            continue;
-        }
-        let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
-        let is_sof = (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
-        if is_sof {
-            let dims = b.get(i + 5..i + 9).map(|d| (u16::from_be_bytes([d[0], d[1]]), u16::from_be_bytes([d[2], d[3]])));
-            match dims {
-                Some((h, w)) if h > 0 && w > 0 => frame = true,
-                _ => return bad("empty or cut frame header"),
-            }
-        }
-        if marker == 0xDA {
-            if !frame {
-                return bad("scan before any frame header");
-            }
-            return if rfind(b.get(i + 2 + len..).unwrap_or(&[]), &[0xFF, 0xD9]) { Ok(()) } else { Err("truncated Jpeg (no end-of-image marker)".into()) };
-        }
-        if marker == 0xD9 {
-            return bad("end of image before any scan");
-        }
-        i += 2 + len;
-    }
-    bad("cut before the first scan")
-}
-
-/// Searches from the end, where end markers are.
-fn rfind(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).rev().any(|w| w == needle)
 }
 
 /// An RGB8 picture: pixels, width, height.
@@ -182,7 +101,11 @@ mod tests {
         }
         let mut trailing = good.clone();
         trailing.extend_from_slice(&[0u8; 5000]);
-        assert!(prepare(trailing, &KEEP).is_ok(), "bytes after the end marker are allowed");
+        assert!(prepare(trailing.clone(), &KEEP).is_ok(), "bytes after the end marker are allowed");
+        // One rule in both modes: the same cut fails a re-encode, the same tail passes it.
+        let resize = Transcode { encoding: Encoding::Jpeg, size: Some(16), quality: 90 };
+        assert!(prepare(good[..good.len() * 2 / 3].to_vec(), &resize).unwrap_err().contains("truncated"));
+        assert!(prepare(trailing, &resize).is_ok());
     }
 
     #[test]

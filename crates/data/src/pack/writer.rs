@@ -1,90 +1,12 @@
-//! Writing shards so that a crash never leaves a valid-looking one: everything goes to
-//! `*.partial` files, is fsynced, and only then renamed into place; the manifest is last.
+//! One shard's bin and idx, appended record by record into `Staging`'s `.partial` files.
 
 use super::listing::Item;
+use super::staging::Staging;
 use crate::format::idx as format;
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-
-/// Files written under temporary names; dropped without `commit`, they are deleted.
-pub struct Staging {
-    out: PathBuf,
-    name: String,
-    /// (temporary, final) in commit order.
-    files: Vec<(PathBuf, PathBuf)>,
-    committed: bool,
-}
-
-impl Staging {
-    pub fn new(out: &Path, name: &str) -> Result<Staging> {
-        std::fs::create_dir_all(out).with_context(|| format!("creating output directory {}", out.display()))?;
-        Ok(Staging { out: out.to_path_buf(), name: name.to_string(), files: Vec::new(), committed: false })
-    }
-
-    /// A new temporary file that `commit` will rename to `<out>/<file_name>`.
-    pub fn create(&mut self, file_name: &str) -> Result<(File, PathBuf)> {
-        let target = self.out.join(file_name);
-        let tmp = self.out.join(format!("{file_name}.partial"));
-        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        self.files.push((tmp.clone(), target));
-        Ok((file, tmp))
-    }
-
-    /// Writes a small file completely (fsynced) under its temporary name.
-    pub fn write_small(&mut self, file_name: &str, bytes: &[u8]) -> Result<()> {
-        let (mut file, tmp) = self.create(file_name)?;
-        file.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        file.sync_all().with_context(|| format!("syncing {}", tmp.display()))
-    }
-
-    /// Removes the old manifest first (so a crash mid-commit leaves no manifest), renames
-    /// everything into place in order, deletes stale shards of another count, syncs the dir.
-    pub fn commit(mut self) -> Result<()> {
-        let manifest = self.out.join(format::manifest_file(&self.name));
-        remove_if_exists(&manifest)?;
-        for (tmp, target) in &self.files {
-            std::fs::rename(tmp, target).with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
-        }
-        self.committed = true;
-        let keep: Vec<&PathBuf> = self.files.iter().map(|(_, t)| t).collect();
-        for stale in stale_shards(&self.out, &self.name)?.into_iter().filter(|p| !keep.contains(&p)) {
-            remove_if_exists(&stale)?;
-        }
-        File::open(&self.out).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", self.out.display()))
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.committed {
-            for (tmp, _) in &self.files {
-                let _ = std::fs::remove_file(tmp);
-            }
-        }
-    }
-}
-
-fn remove_if_exists(p: &Path) -> Result<()> {
-    match std::fs::remove_file(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", p.display())),
-        _ => Ok(()),
-    }
-}
-
-/// Existing `<name>-KKKKK-of-NNNNN.{bin,idx}` files of any count.
-fn stale_shards(out: &Path, name: &str) -> Result<Vec<PathBuf>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(out).with_context(|| format!("listing {}", out.display()))? {
-        let path = entry?.path();
-        let stem = path.file_name().and_then(|f| f.to_str()).and_then(|f| f.strip_suffix(".bin").or_else(|| f.strip_suffix(".idx")));
-        if stem.is_some_and(|s| format::parse_shard_stem(s, name).is_some()) {
-            found.push(path);
-        }
-    }
-    Ok(found)
-}
+use std::path::PathBuf;
 
 /// One shard being written: payloads appended to the bin, one v1 line per record to the idx.
 pub struct ShardWriter {

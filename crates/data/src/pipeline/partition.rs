@@ -72,6 +72,8 @@ impl RankView {
         let mut view = RankView::empty(opts.rank, opts.world);
         for spec in specs {
             let ds = open_for_rank(&spec.path, opts.rank, opts.world, opts.stripe)?;
+            // A label past the head's width would fail inside the loss, far from its file.
+            ds.check_labels().with_context(|| format!("rank {}: checking the labels of {spec}", opts.rank))?;
             let columns = columns_for(spec, opts)?;
             view.append(spec, ds, &columns, opts.stripe);
         }
@@ -93,7 +95,7 @@ impl RankView {
     }
 
     fn empty(rank: usize, world: usize) -> RankView {
-        let dataset = Dataset { shards: Vec::new(), num_classes: 0, name: String::new(), total_shards: 0 };
+        let dataset = Dataset { shards: Vec::new(), num_classes: 0, classes_from: None, name: String::new(), total_shards: 0 };
         RankView { dataset, records: Vec::new(), targets: Default::default(), identities: 0, sets: Vec::new(), rank, world }
     }
 
@@ -358,6 +360,15 @@ mod tests {
         let err = RankView::open(&[format!("gender={}", ids.display()).parse().unwrap()], &ViewOptions::whole(&[Head::Gender])).err().unwrap();
         let msg = format!("{err:#}");
         assert!(msg.contains("`label` column") && msg.contains("record 1 of") && msg.contains("ids-00000-of-00002.idx") && msg.contains("2 classes"), "{msg}");
+    }
+
+    #[test]
+    fn a_label_outside_the_labels_table_names_its_idx_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = write_shards(dir.path(), "d", 1, &recs(10));
+        std::fs::write(dir.path().join("d.labels.tsv"), "label\tname\n0\ta\n1\tb\n2\tc\n").unwrap();
+        let err = format!("{:#}", RankView::open_paths(&[spec], 0, 1, false).err().expect("labels 3 and 4 have no class"));
+        assert!(err.contains("d-00000-of-00001.idx line 5 (record 3, c3/r3.png): label 3 is outside the 3 classes") && err.contains("d.labels.tsv"), "{err}");
     }
 
     #[test]

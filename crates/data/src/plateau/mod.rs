@@ -62,12 +62,19 @@ pub fn report(args: &PlateauArgs) -> anyhow::Result<String> {
     Ok(report)
 }
 
-fn file_report(losses: &[f64], args: &PlateauArgs) -> String {
-    let plain = count_steps_without_decrease(losses, args.p);
-    let robust = count_steps_without_decrease_robust(losses, args.p, args.quantile);
-    let mut report = format!("steps_without_decrease={plain} robust={robust}\nlosses={}\n", losses.len());
+fn file_report(losses: &Losses, args: &PlateauArgs) -> String {
+    let values = &losses.values;
+    let plain = count_steps_without_decrease(values, args.p);
+    let robust = count_steps_without_decrease_robust(values, args.p, args.quantile);
+    let mut report = format!("steps_without_decrease={plain} robust={robust}\nlosses={}\n", values.len());
+    if let Some(&(token, ref text)) = losses.non_finite.first() {
+        report += &format!(
+            "skipped_non_finite={} (first: token {token}, {text:?}; the trainer leaves such losses out of the plateau test too)\n",
+            losses.non_finite.len()
+        );
+    }
     if let Some(t) = args.threshold {
-        let window = &losses[losses.len().saturating_sub(t)..];
+        let window = &values[values.len().saturating_sub(t)..];
         let shrink = if would_shrink(window, t, args.p, args.quantile) { "yes" } else { "no" };
         report += &format!("shrink={shrink} (threshold={t}, window={})\n", window.len());
     }
@@ -81,17 +88,49 @@ pub fn would_shrink(window: &[f64], threshold: usize, p: f64, quantile: f64) -> 
         && count_steps_without_decrease_robust(window, p, quantile) >= threshold
 }
 
+/// A loss file's finite values, and the non-finite ones left out (1-based token, text).
+#[derive(Debug, Default, PartialEq)]
+pub struct Losses {
+    pub values: Vec<f64>,
+    pub non_finite: Vec<(usize, String)>,
+}
+
 /// Reads losses separated by commas and/or any white space; empty fields are skipped.
-pub fn read_losses(path: &Path) -> anyhow::Result<Vec<f64>> {
+pub fn read_losses(path: &Path) -> anyhow::Result<Losses> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading loss file {}", path.display()))?;
     parse_losses(&text).with_context(|| format!("parsing loss file {}", path.display()))
 }
 
-pub fn parse_losses(text: &str) -> anyhow::Result<Vec<f64>> {
-    text.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|t| !t.is_empty())
-        .enumerate()
-        .map(|(i, t)| t.parse::<f64>().with_context(|| format!("token {} ({t:?}) is not a number", i + 1)))
-        .collect()
+/// `NaN` and `inf` (what a diverged step writes) are left out and counted, as the trainer
+/// leaves them out of its plateau test; a number too large for f64 (`1e400`) is an error,
+/// not an infinity.
+pub fn parse_losses(text: &str) -> anyhow::Result<Losses> {
+    let mut out = Losses::default();
+    let tokens = text.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty());
+    for (i, t) in tokens.enumerate() {
+        let v = t.parse::<f64>().with_context(|| format!("token {} ({t:?}) is not a number", i + 1))?;
+        if v.is_finite() {
+            out.values.push(v);
+        } else if v.is_nan() || t.trim_start_matches(['+', '-']).to_ascii_lowercase().starts_with("inf") {
+            out.non_finite.push((i + 1, t.to_string()));
+        } else {
+            bail!("token {} ({t:?}) is too large for a 64-bit float", i + 1);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_values_are_left_out_with_their_position_and_overflow_is_an_error() {
+        let l = parse_losses("1.5, NaN,0.5\ninf,-inf 0.25,nan").unwrap();
+        assert_eq!(l.values, [1.5, 0.5, 0.25]);
+        assert_eq!(l.non_finite, [(2, "NaN".to_string()), (4, "inf".into()), (5, "-inf".into()), (7, "nan".into())]);
+        let err = format!("{:#}", parse_losses("1,2,1e400").unwrap_err());
+        assert!(err.contains("token 3") && err.contains("1e400"), "{err}");
+    }
 }

@@ -1,7 +1,7 @@
 //! Opening a dataset: resolving `<dir>/<name>` to its shard files, memory-mapping each bin
 //! and handing out zero-copy record slices whose offsets are checked against the bin.
 
-use crate::format::idx::{self as format, Version};
+use crate::format::idx::{self as format, Version, MAX_CLASSES};
 use crate::format::Index;
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
@@ -158,12 +158,34 @@ impl Shard {
     pub fn index(&self) -> &Index {
         &self.index
     }
+
+    /// The idx line (1-based) holding record `i`, found by reading the file again; for
+    /// error messages only. None if the file changed meanwhile.
+    pub fn line_of(&self, i: usize) -> Option<usize> {
+        let text = std::fs::read(&self.idx_path).ok()?;
+        let skip = usize::from(self.version() == Version::V1);
+        text.split(|&b| b == b'\n')
+            .enumerate()
+            .skip(skip)
+            .filter(|(_, l)| !l.is_empty() && *l != b"\r")
+            .nth(i)
+            .map(|(n, _)| n + 1)
+    }
+
+    /// "`<idx>` line N (record i, `<path>`)", for messages about record `i`.
+    pub fn describe(&self, i: usize) -> String {
+        let line = self.line_of(i).map_or(String::new(), |n| format!(" line {n}"));
+        format!("{}{line} (record {i}, {})", self.idx_path.display(), self.path_of(i))
+    }
 }
 
 /// A dataset named `<dir>/<name>`: its (possibly filtered) shards and its class count.
 pub struct Dataset {
     pub shards: Vec<Shard>,
     pub num_classes: usize,
+    /// The labels table or manifest that declared `num_classes`; None when it is the
+    /// largest label + 1.
+    pub classes_from: Option<PathBuf>,
     pub name: String,
     /// Shards in the whole dataset, not just the opened ones.
     pub total_shards: usize,
@@ -260,11 +282,35 @@ impl Dataset {
             .par_iter()
             .map(|(k, bin, idx)| if check_bounds { Shard::open(bin, idx, *k) } else { Shard::open_unchecked(bin, idx, *k) })
             .collect::<Result<_>>()?;
-        let num_classes = match read_num_classes(&layout)? {
-            Some(n) => n,
-            None => shards.iter().flat_map(|s| s.labels().iter().max()).max().map_or(0, |&m| m as usize + 1),
+        let (num_classes, classes_from) = match read_num_classes(&layout)? {
+            Some((n, from)) => (n, Some(from)),
+            None => (shards.iter().flat_map(|s| s.labels().iter().max()).max().map_or(0, |&m| m as usize + 1), None),
         };
-        Ok(Dataset { shards, num_classes, name: layout.name, total_shards: layout.total })
+        Ok(Dataset { shards, num_classes, classes_from, name: layout.name, total_shards: layout.total })
+    }
+
+    /// Training's check: every label is below the class count, and the count is at most
+    /// `MAX_CLASSES`. The error names the idx file and line of the first record at fault
+    /// and the file that declared the count.
+    pub fn check_labels(&self) -> Result<()> {
+        let declared = || self.classes_from.as_ref().map_or("the largest label + 1".to_string(), |f| f.display().to_string());
+        if self.num_classes > MAX_CLASSES {
+            let top = self.shards.iter().flat_map(|s| s.labels().iter().enumerate().map(move |(i, &l)| (l, s, i))).max_by_key(|t| t.0);
+            let at = top.map_or(String::new(), |(l, s, i)| format!("; the largest label is {l}, at {}", s.describe(i)));
+            bail!("{} classes (from {}) is more than the {MAX_CLASSES} (2^24) supported{at}", self.num_classes, declared());
+        }
+        for shard in &self.shards {
+            if let Some(i) = shard.labels().iter().position(|&l| l as usize >= self.num_classes) {
+                bail!(
+                    "{}: label {} is outside the {} classes that {} declares; add the class there or fix the label (`trainer verify` lists every such record)",
+                    shard.describe(i),
+                    shard.labels()[i],
+                    self.num_classes,
+                    declared()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Shards in the dataset, from file names alone.
@@ -282,19 +328,20 @@ impl Dataset {
     }
 }
 
-/// From `<name>.labels.tsv` (max label + 1), else the manifest's `num_classes`.
-fn read_num_classes(layout: &Layout) -> Result<Option<usize>> {
+/// From `<name>.labels.tsv` (max label + 1), else the manifest's `num_classes`, with the
+/// file it came from.
+fn read_num_classes(layout: &Layout) -> Result<Option<(usize, PathBuf)>> {
     let labels = layout.labels_path();
     if labels.is_file() {
         let table = crate::format::LabelTable::load(&labels)?;
-        return Ok(Some(table.num_classes()));
+        return Ok(Some((table.num_classes(), labels)));
     }
     let manifest = layout.manifest_path();
     if manifest.is_file() {
         let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
         let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
         if let Some(n) = json.get("num_classes").and_then(|v| v.as_u64()) {
-            return Ok(Some(n as usize));
+            return Ok(Some((n as usize, manifest)));
         }
     }
     Ok(None)
@@ -413,6 +460,11 @@ mod tests {
         assert_eq!(ds.shards[0].record(1).unwrap().bytes, b"BB");
         assert_eq!(ds.shards[0].checksum(0), None);
         assert!(Dataset::open(&dir.path().join("seed.idx")).is_ok());
+        ds.check_labels().unwrap();
+        std::fs::write(dir.path().join("seed.labels.tsv"), "label\tname\n0\tm\n").unwrap();
+        let short = Dataset::open(&dir.path().join("seed")).unwrap();
+        let err = format!("{:#}", short.check_labels().unwrap_err());
+        assert!(err.contains("seed.idx line 2 (record 1, __gender_test/1_female/x.jpg): label 1 is outside the 1 classes that") && err.contains("seed.labels.tsv"), "{err}");
         let err = format!("{:#}", Dataset::open(&dir.path().join("nope")).err().unwrap());
         assert!(err.contains("no dataset at") && err.contains("seed"), "{err}");
     }

@@ -52,23 +52,21 @@ fn print_shards(out: &mut String, ds: &Dataset) {
     }
 }
 
+/// Class sizes over every label present, and a warning for records whose label lies
+/// outside the declared classes (training refuses them).
 fn print_classes(out: &mut String, ds: &Dataset) {
-    let mut counts = vec![0usize; ds.num_classes.max(1)];
-    for &l in ds.shards.iter().flat_map(|s| s.labels()) {
-        if let Some(c) = counts.get_mut(l as usize) {
-            *c += 1;
-        }
+    let counts = crate::tools::consistency::label_counts(ds);
+    let mut sizes: Vec<usize> = counts.values().map(|c| c.0).collect();
+    sizes.sort_unstable();
+    if let (Some(min), Some(max)) = (sizes.first(), sizes.last()) {
+        let median = crate::stats::median(&sizes.iter().map(|&c| c as f64).collect::<Vec<_>>());
+        let _ = writeln!(out, "records per class: min {min} median {median} max {max} ({} of {} classes present)", counts.len(), ds.num_classes);
     }
-    let present: Vec<usize> = counts.iter().copied().filter(|&c| c > 0).collect();
-    let mut sorted = present.clone();
-    sorted.sort_unstable();
-    if let (Some(min), Some(max)) = (sorted.first(), sorted.last()) {
-        let _ = writeln!(out, 
-            "records per class: min {min} median {} max {max} ({} of {} classes present)",
-            crate::stats::median(&sorted.iter().map(|&c| c as f64).collect::<Vec<_>>()),
-            present.len(),
-            ds.num_classes
-        );
+    let outside: Vec<_> = counts.iter().filter(|(&l, _)| l as usize >= ds.num_classes).collect();
+    if let Some((label, (_, (s, i)))) = outside.first() {
+        let records: usize = outside.iter().map(|(_, c)| c.0).sum();
+        let from = ds.classes_from.as_ref().map_or("the dataset".to_string(), |p| p.display().to_string());
+        let _ = writeln!(out, "WARNING: {records} records carry {} labels outside the {} classes {from} declares (first: label {label} at {}); run `trainer verify`", outside.len(), ds.num_classes, ds.shards[*s].describe(*i));
     }
 }
 

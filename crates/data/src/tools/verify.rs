@@ -1,13 +1,18 @@
-//! `trainer verify`: checksums, offsets, layout and (optionally) decodability of every record.
+//! `trainer verify`: checksums, offsets, layout and completeness of every record (with
+//! `--decode`, a full decode), and the labels table and manifest against the shards.
 
-use crate::format::{Manifest, Version};
+use super::consistency;
+use crate::codec::{check_complete, check_decodes};
+use crate::format::Version;
 use crate::reader::{Dataset, Layout, Shard};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::path::PathBuf;
+use turbojpeg::Decompressor;
 
-/// Check checksums and offsets (and with --decode, decode every image). Exits non-zero
-/// naming the shard file, record index and path of each problem.
+/// Check checksums, offsets, that every image is complete, and the labels table and
+/// manifest against the shards (with --decode, decode every image). Exits non-zero naming
+/// the file, record and path of each problem.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
     /// `<dir>/<name>` (all shards) or a legacy `<dir>/<name>` .bin/.idx pair.
@@ -31,7 +36,7 @@ pub struct VerifyReport {
 
 impl VerifyReport {
     fn checked(&self) -> &'static str {
-        if self.decoded { "checksums, offsets, decoding" } else { "checksums, offsets" }
+        if self.decoded { "checksums, offsets, decoding, labels, manifest" } else { "checksums, offsets, completeness, labels, manifest" }
     }
 
     /// The one-line verdict: `OK: ...`, or the error for a dataset with problems.
@@ -46,20 +51,37 @@ impl VerifyReport {
 
 pub fn verify(args: &VerifyArgs) -> Result<VerifyReport> {
     let ds = Dataset::open_with(&args.dataset, |_, _| true, false)?;
+    let layout = Layout::resolve(&args.dataset)?;
+    let progress = crate::term::progress_bar(ds.len() as u64, "verifying [{bar:30}] {pos}/{len} {per_sec} ETA {eta}");
     let mut problems = Vec::new();
     for shard in &ds.shards {
         let decode = args.decode || shard.version() == Version::Legacy;
         problems.extend(check_layout(shard));
-        let mut bad: Vec<(usize, String)> = (0..shard.len()).into_par_iter().filter_map(|i| check_record(shard, i, decode).err().map(|e| (i, e))).collect();
+        let mut bad: Vec<(usize, String)> = (0..shard.len())
+            .into_par_iter()
+            .map_init(
+                || (Decompressor::new().ok(), Vec::new()),
+                |(tj, scratch), i| {
+                    progress.inc(1);
+                    check_record(shard, i, decode.then_some((tj, scratch))).err().map(|e| (i, e))
+                },
+            )
+            .flatten()
+            .collect();
         bad.sort_by_key(|(i, _)| *i);
         problems.extend(bad.into_iter().map(|(i, e)| format!("{}: record {i} ({}): {e}", shard.bin_path().display(), shard.path_of(i))));
     }
-    problems.extend(check_manifest(args, &ds));
+    progress.finish_and_clear();
+    let counts = consistency::label_counts(&ds);
+    problems.extend(consistency::check_labels(&ds, &layout, &counts));
+    problems.extend(consistency::check_manifest(&ds, &layout, &counts));
     let legacy = ds.shards.iter().any(|s| s.version() == Version::Legacy);
     Ok(VerifyReport { problems, records: ds.len(), shards: ds.shards.len(), decoded: args.decode, legacy })
 }
 
-fn check_record(shard: &Shard, i: usize, decode: bool) -> Result<(), String> {
+/// Offsets, checksum, and the damaged-image rule (`codec::check`): completeness always,
+/// a full decode with `decoder`.
+fn check_record(shard: &Shard, i: usize, decoder: Option<(&mut Option<Decompressor>, &mut Vec<u8>)>) -> Result<(), String> {
     let bytes = shard.payload(i).map_err(|e| format!("{e:#}"))?;
     if let Some(want) = shard.checksum(i) {
         let got = crc32c::crc32c(bytes);
@@ -67,13 +89,10 @@ fn check_record(shard: &Shard, i: usize, decode: bool) -> Result<(), String> {
             return Err(format!("crc32c mismatch: idx says {want:08x}, payload has {got:08x}"));
         }
     }
-    if decode {
-        if bytes.is_empty() {
-            return Err("empty payload".into());
-        }
-        image::load_from_memory(bytes).map_err(|e| format!("does not decode: {e}"))?;
+    match decoder {
+        Some((tj, scratch)) => check_decodes(tj.as_mut(), bytes, scratch).map_err(|e| format!("does not decode: {e:#}")),
+        None => check_complete(bytes).map(|_| ()).map_err(|e| format!("damaged image: {e}")),
     }
-    Ok(())
 }
 
 /// v1 stores payloads back to back in idx order and nothing else; the seed made no promise,
@@ -93,30 +112,6 @@ fn check_layout(shard: &Shard) -> Vec<String> {
     }
     if expected != shard.bin_len() && out.is_empty() {
         out.push(format!("{}: records end at byte {expected} but the bin has {} bytes", shard.bin_path().display(), shard.bin_len()));
-    }
-    out
-}
-
-fn check_manifest(args: &VerifyArgs, ds: &Dataset) -> Vec<String> {
-    let Ok(layout) = Layout::resolve(&args.dataset) else { return Vec::new() };
-    let path = layout.manifest_path();
-    if !path.exists() {
-        return Vec::new();
-    }
-    let m = match Manifest::load(&path) {
-        Ok(m) => m,
-        Err(e) => return vec![format!("{e:#}")],
-    };
-    let mut out = Vec::new();
-    if m.num_shards != ds.total_shards {
-        out.push(format!("{}: says {} shards, found {}", path.display(), m.num_shards, ds.total_shards));
-    }
-    for s in &ds.shards {
-        if let Some(e) = m.shards.get(s.k()) {
-            if e.records != s.len() || e.bytes != s.bin_len() {
-                out.push(format!("{}: manifest says {} records / {} bytes, found {} / {}", s.bin_path().display(), e.records, e.bytes, s.len(), s.bin_len()));
-            }
-        }
     }
     out
 }

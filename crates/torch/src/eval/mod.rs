@@ -33,7 +33,11 @@ pub struct EvalArgs {
     pub pairs: Option<usize>,
 }
 
+/// insightface's fold count for verification accuracy.
+const FOLDS: usize = 10;
+
 pub fn run(args: EvalArgs) -> Result<()> {
+    anyhow::ensure!(args.run.is_dir(), "run folder {} does not exist (give Model/<run-id>)", args.run.display());
     let ckpt = match args.checkpoint.as_str() {
         "latest" => checkpoint::latest(&args.run)?,
         "best" if args.run.join("best").exists() => args.run.join("best"),
@@ -52,6 +56,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(p) = args.pairs {
         cfg.valid_pairs = p;
     }
+    if crate::model::Tasks::from(cfg.task).fr {
+        check_pairs(&cfg)?;
+    }
     let device = crate::device::resolve(&args.device, &crate::dist::launch_info())?;
     let mut vs = VarStore::new(device);
     let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, saved.num_classes, cfg.task.into());
@@ -59,12 +66,28 @@ pub fn run(args: EvalArgs) -> Result<()> {
     vs.load(&model).with_context(|| format!("loading {}", model.display()))?;
     let metrics = Validator::open(&cfg)?.run(&net, &cfg, device)?;
     for r in &metrics.reports {
-        println!("{r}");
+        trainer_data::term::print(&format!("{r}\n"))?;
     }
     let mut line = serde_json::json!({"checkpoint": ckpt, "step": saved.step});
     for (k, v) in &metrics.values {
         line[k] = serde_json::json!(v);
     }
-    println!("{line}");
+    trainer_data::term::print(&format!("{line}\n"))
+}
+
+/// Refuses an FR validation set that cannot give every verification fold a pair (it would
+/// print NaN).
+fn check_pairs(cfg: &crate::train::config::TrainConfig) -> Result<()> {
+    use trainer_data::pipeline::{RankView, ViewOptions};
+    for set in cfg.valid_sets.iter().filter(|s| s.serves(&cfg.heads()).contains(&crate::model::Head::Fr)) {
+        let view = RankView::open(std::slice::from_ref(set), &ViewOptions::whole(&[crate::model::Head::Fr]))?;
+        let labels: Vec<i64> = view.labels().iter().map(|&l| l as i64).collect();
+        let pairs = trainer_data::metrics::draw_pairs(&labels, cfg.valid_pairs, cfg.seed).len();
+        anyhow::ensure!(
+            pairs >= FOLDS,
+            "{set} gives {pairs} verification pairs ({} records), too few for {FOLDS}-fold verification: it needs identities with at least 2 images each, and at least {FOLDS} pairs",
+            view.len()
+        );
+    }
     Ok(())
 }
