@@ -1,5 +1,6 @@
 //! Validation during training and for `trainer eval`: FR verification accuracy and the
-//! seed's Gap on embeddings (image + mirror), accuracy and confusion for Gender and Age.
+//! seed's Gap on embeddings (image + mirror), accuracy and confusion for Gender and Age;
+//! insightface's pair sets (`lfw.bin`, ...) through `eval::pairs`.
 
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -8,12 +9,18 @@ use std::sync::Arc;
 use tch::{Device, Tensor};
 
 use crate::train::config::TrainConfig;
-use trainer_data::metrics::{draw_pairs, gap, verification_accuracy, Confusion};
+use trainer_data::interop::pairs::PairSet;
+use trainer_data::metrics::{draw_pairs, gap, verify_pairs, Confusion};
+use super::pairs;
+use super::table::Row;
 use crate::model::{Head, Net, Tasks};
 use trainer_data::pipeline::{Loader, RankView};
 
 pub struct Validator {
     sets: Vec<(String, Arc<RankView>)>,
+    pair_sets: Vec<(String, PairSet)>,
+    /// The first `--valid-sets` entry is a pair set: its accuracy picks the best checkpoint.
+    pairs_first: bool,
 }
 
 /// Metric values by log key, the one that picks the best checkpoint, and printable reports.
@@ -21,6 +28,8 @@ pub struct Metrics {
     pub values: BTreeMap<String, f64>,
     pub primary: Option<f64>,
     pub reports: Vec<String>,
+    /// One row per set for `trainer eval`'s table.
+    pub rows: Vec<Row>,
 }
 
 /// Per-image outputs of one pass over a set.
@@ -35,19 +44,21 @@ struct Outputs {
 
 impl Validator {
     pub fn open(cfg: &TrainConfig) -> Result<Validator> {
-        let sets = cfg
-            .valid_sets
-            .iter()
+        let (pair_specs, specs): (Vec<&PathBuf>, Vec<&PathBuf>) = cfg.valid_sets.iter().partition(|p| pairs::is_pair_set(p));
+        let pair_sets = pair_specs.iter().map(|p| Ok((pairs::set_name(p), pairs::open(p)?))).collect::<Result<_>>()?;
+        let pairs_first = cfg.valid_sets.first().is_some_and(|p| pairs::is_pair_set(p));
+        let sets = specs
+            .into_iter()
             .map(|p| {
                 let view = RankView::open(std::slice::from_ref(p), 0, 1, false).with_context(|| format!("opening validation set {}", p.display()))?;
                 Ok((set_name(p), Arc::new(view)))
             })
             .collect::<Result<_>>()?;
-        Ok(Validator { sets })
+        Ok(Validator { sets, pair_sets, pairs_first })
     }
 
     pub fn run(&self, net: &Net, cfg: &TrainConfig, device: Device) -> Result<Metrics> {
-        let mut m = Metrics { values: BTreeMap::new(), primary: None, reports: vec![] };
+        let mut m = Metrics { values: BTreeMap::new(), primary: None, reports: vec![], rows: vec![] };
         let tasks = Tasks::from(cfg.task);
         for (i, (name, view)) in self.sets.iter().enumerate() {
             let out = tch::no_grad(|| infer(net, cfg, device, view))?;
@@ -56,12 +67,14 @@ impl Validator {
             if tasks.fr && out.dim > 0 {
                 let g = gap(&out.emb, out.dim, &out.labels);
                 let pairs = draw_pairs(&out.labels, cfg.valid_pairs, cfg.seed);
-                let v = verification_accuracy(&out.emb, out.dim, &pairs, 10);
+                let v = verify_pairs(&out.emb, out.dim, &pairs).with_context(|| format!("verification on {name}"))?;
+                let threshold = trainer_data::metrics::verification::mean_std(&v.fold_threshold).0;
                 m.values.insert(key("valid_gap"), g.value);
-                m.values.insert(key("valid_verif_acc"), v.accuracy);
-                m.reports.push(format!("{name}: verification {:.4} ± {:.4} (threshold {:.3}), gap {:.3}", v.accuracy, v.accuracy_std, v.threshold, g.value));
+                m.values.insert(key("valid_verif_acc"), v.accuracy_mean);
+                m.reports.push(format!("{name}: verification {:.4} ± {:.4} (threshold {threshold:.3}), gap {:.3}", v.accuracy_mean, v.accuracy_std, g.value));
+                m.rows.push(Row::new(name).cell("pairs", pairs.len()).cell("verification", format!("{:.4} ± {:.4}", v.accuracy_mean, v.accuracy_std)).cell("threshold", format!("{threshold:.3}")).cell("gap", format!("{:.3}", g.value)));
                 if i == 0 {
-                    m.primary = Some(v.accuracy);
+                    m.primary = Some(v.accuracy_mean);
                 }
             }
             let heads = [("gender", &out.gender, cfg.heads.gender_classes, tasks.gender), ("age", &out.age, cfg.heads.age_classes, tasks.age)];
@@ -74,12 +87,28 @@ impl Validator {
                 let acc_key = if cfg.task == crate::train::config::Task::Multi { format!("valid_{task}_acc") } else { "valid_acc".to_string() };
                 m.values.insert(key(&acc_key), c.accuracy());
                 m.reports.push(format!("{name} {task}:\n{c}"));
+                m.rows.push(Row::new(name).cell(task, format!("{:.4}", c.accuracy())));
                 if i == 0 && m.primary.is_none() {
                     m.primary = Some(c.accuracy());
                 }
             }
         }
+        self.run_pair_sets(net, cfg, device, &mut m)?;
         Ok(m)
+    }
+
+    fn run_pair_sets(&self, net: &Net, cfg: &TrainConfig, device: Device, m: &mut Metrics) -> Result<()> {
+        if !self.pair_sets.is_empty() && !Tasks::from(cfg.task).fr {
+            anyhow::bail!("pair sets ({}) need an FR model", self.pair_sets.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
+        }
+        for (i, (name, set)) in self.pair_sets.iter().enumerate() {
+            let scores = pairs::evaluate(net, set, cfg.size, cfg.batch_size.max(1), device).with_context(|| format!("pair set {name}"))?;
+            if i == 0 && self.pairs_first {
+                m.primary = Some(scores.verification.accuracy_mean);
+            }
+            pairs::record(name, &scores, m);
+        }
+        Ok(())
     }
 }
 
