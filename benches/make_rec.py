@@ -21,11 +21,12 @@ PER_ID = 50
 def frame(out, payload):
     """MXNet's framing: split before every 4-aligned magic (dropped), flags 1/2/3, pad to 4."""
     magic = struct.pack("<I", MAGIC)
-    parts, start = [], 0
-    for i in range(0, len(payload) // 4 * 4, 4):
-        if payload[i:i + 4] == magic:
+    parts, start, i = [], 0, payload.find(magic)
+    while i >= 0:
+        if i % 4 == 0:
             parts.append(payload[start:i])
             start = i + 4
+        i = payload.find(magic, i + 1)
     parts.append(payload[start:])
     for n, part in enumerate(parts):
         flag = 0 if len(parts) == 1 else 1 if n == 0 else 3 if n == len(parts) - 1 else 2

@@ -135,4 +135,5 @@ fn pair_sets_validate_evaluate_embed_and_export() {
     let script = format!("{}/launch/export_onnx.py", env!("CARGO_MANIFEST_DIR"));
     let conv = std::process::Command::new(&python).args([&script, s(&model), s(&onnx), "--size", "32"]).output().unwrap();
     assert!(conv.status.success() && onnx.exists(), "{}", text(&conv));
+    notice(String::from_utf8_lossy(&conv.stdout).trim());
 }

@@ -30,6 +30,18 @@ pub struct Verification {
     pub tar_at_far: Option<TarAtFar>,
 }
 
+impl Verification {
+    /// NaN scores, for a set whose pairs cannot make 10 folds (validation goes on).
+    pub fn undefined() -> Verification {
+        Verification { fold_accuracy: vec![], accuracy_mean: f64::NAN, accuracy_std: f64::NAN, fold_threshold: vec![], tar_at_far: None }
+    }
+
+    /// The mean of the thresholds the folds were scored at.
+    pub fn threshold_mean(&self) -> f64 {
+        if self.fold_threshold.is_empty() { f64::NAN } else { mean_std(&self.fold_threshold).0 }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TarAtFar {
     pub fold_tar: Vec<f64>,

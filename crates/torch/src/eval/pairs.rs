@@ -107,7 +107,7 @@ pub fn evaluate(net: &Net, set: &PairSet, size: usize, batch: usize, device: Dev
 /// line and a table row.
 pub fn record(name: &str, s: &PairScores, m: &mut Metrics) {
     let v = &s.verification;
-    let threshold = verification::mean_std(&v.fold_threshold).0;
+    let threshold = v.threshold_mean();
     m.values.insert(format!("valid_{name}_verif_acc"), v.accuracy_mean);
     m.values.insert(format!("valid_{name}_verif_std"), v.accuracy_std);
     m.values.insert(format!("valid_{name}_gap"), s.gap.value);

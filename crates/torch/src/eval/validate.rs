@@ -10,7 +10,7 @@ use tch::{Device, Tensor};
 
 use crate::train::config::TrainConfig;
 use trainer_data::interop::pairs::PairSet;
-use trainer_data::metrics::{draw_pairs, gap, verify_pairs, Confusion};
+use trainer_data::metrics::{draw_pairs, gap, verify_pairs, Confusion, Verification};
 use super::pairs;
 use super::table::Row;
 use crate::model::{Head, Net, Tasks};
@@ -67,8 +67,11 @@ impl Validator {
             if tasks.fr && out.dim > 0 {
                 let g = gap(&out.emb, out.dim, &out.labels);
                 let pairs = draw_pairs(&out.labels, cfg.valid_pairs, cfg.seed);
-                let v = verify_pairs(&out.emb, out.dim, &pairs).with_context(|| format!("verification on {name}"))?;
-                let threshold = trainer_data::metrics::verification::mean_std(&v.fold_threshold).0;
+                let v = verify_pairs(&out.emb, out.dim, &pairs).unwrap_or_else(|e| {
+                    tracing::warn!("{name}: verification undefined: {e:#}");
+                    Verification::undefined()
+                });
+                let threshold = v.threshold_mean();
                 m.values.insert(key("valid_gap"), g.value);
                 m.values.insert(key("valid_verif_acc"), v.accuracy_mean);
                 m.reports.push(format!("{name}: verification {:.4} ± {:.4} (threshold {threshold:.3}), gap {:.3}", v.accuracy_mean, v.accuracy_std, g.value));
