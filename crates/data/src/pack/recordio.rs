@@ -211,8 +211,8 @@ impl<'a> Output<'a> {
     /// Finishes every shard, stages labels, skips and manifest, and commits.
     fn commit(mut self, property_classes: Option<u64>) -> Result<PackSummary> {
         let args = self.args;
-        // Flushed and fsynced side by side: one after another, each fsync waits for its own
-        // journal commit (measured 2x slower than in parallel on 16 shards).
+        // Flushed and fsynced side by side, so the file system can write the shards back
+        // together (1.8 s instead of 1.9 s for 16 shards of a 256 MiB set here).
         let entries = std::thread::scope(|scope| {
             let finishing: Vec<_> = self.writers.into_iter().enumerate().map(|(k, w)| scope.spawn(move || finish_shard(args, k, w))).collect();
             finishing.into_iter().map(|t| t.join().unwrap_or_else(|_| bail!("a shard writer panicked"))).collect::<Result<Vec<_>>>()
