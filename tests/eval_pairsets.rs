@@ -87,7 +87,7 @@ fn pair_sets_validate_evaluate_embed_and_export() {
         "--valid-sets", s(&lfw), s(&legacy), "--valid-pairs", "40",
     ]);
     let run = out.join("r");
-    let valid = log_lines(&run).into_iter().filter(|e| e["event"] == "valid").last().expect("a validation event");
+    let valid = log_lines(&run).into_iter().rfind(|e| e["event"] == "valid").expect("a validation event");
     for key in ["valid_lfw_verif_acc", "valid_lfw_verif_std", "valid_lfw_gap", "valid_verif_acc"] {
         assert!(valid[key].is_number(), "{key} missing: {valid}");
     }

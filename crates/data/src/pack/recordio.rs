@@ -58,7 +58,7 @@ pub fn pack(args: &PackArgs) -> Result<PackSummary> {
         drop(rx);
         let reader = read.join().unwrap_or_else(|_| bail!("the RecordIO reader thread panicked"));
         written?;
-        Ok(reader?)
+        reader
     })?;
     progress.finish_and_clear();
     report_read(&reader, args)?;
