@@ -38,6 +38,14 @@ see `trainer train --help` for its flags.")]
     #[command(disable_help_flag = true, long_about = "Evaluate a run's checkpoint. Runs in trainer-torch: \
 see `trainer eval --help` for its flags.")]
     Eval(Forwarded),
+    /// Write a run's FR embeddings of a dataset or pair set as a .npy (+ .tsv of row names).
+    #[command(disable_help_flag = true, long_about = "Write a run's FR embeddings as .npy. Runs in trainer-torch: \
+see `trainer embed --help` for its flags.")]
+    Embed(Forwarded),
+    /// Trace a run's backbone and FR embedding layer to TorchScript (torch.jit.load, libtorch).
+    #[command(disable_help_flag = true, long_about = "Export a run's model to TorchScript. Runs in trainer-torch: \
+see `trainer export --help` for its flags.")]
+    Export(Forwarded),
     /// Run dlib's plateau test on a loss file: steps_without_decrease and the robust count.
     Plateau(plateau::PlateauArgs),
     /// Benchmarks: data pipeline, training step, all-reduce.
@@ -77,7 +85,7 @@ fn run(command: Command) -> Result<()> {
         Command::Plateau(a) => term::print(&plateau::report(&a)?),
         Command::Bench(BenchCommand::Data(a)) => bench_data(&a),
         Command::Bench(BenchCommand::Plateau(a)) => term::print(&bench::plateau::run(&a)?.to_string()),
-        Command::Train(_) | Command::Eval(_) | Command::Bench(BenchCommand::Train(_) | BenchCommand::Allreduce(_)) => handover::exec_torch(),
+        Command::Train(_) | Command::Eval(_) | Command::Embed(_) | Command::Export(_) | Command::Bench(BenchCommand::Train(_) | BenchCommand::Allreduce(_)) => handover::exec_torch(),
     }
 }
 

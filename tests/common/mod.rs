@@ -1,6 +1,8 @@
 //! Helpers for integration tests that drive the real `trainer` binary.
 #![allow(dead_code)]
 
+pub mod rec;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -50,6 +52,21 @@ pub fn missing(what: &str) {
         panic!("{what} (CI=true: a missing tool fails the test; run launch/setup.sh)");
     }
     eprintln!("NOTICE: {what}; skipping this check (launch/setup.sh installs it)");
+}
+
+/// A note written past the test harness's output capture, so it is seen even when the test passes.
+pub fn notice(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "NOTICE: {text}");
+}
+
+/// Runs a script from `benches/` with `python`, returning its stdout; panics with its
+/// stderr when it fails.
+pub fn run_script(python: &Path, script: &str, args: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches").join(script);
+    let out = Command::new(python).arg(&path).args(args).output().expect("run the reference python");
+    assert!(out.status.success(), "{} {args:?} failed:\n{}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
 /// `mpirun` when installed.
@@ -146,4 +163,24 @@ pub fn safetensors(path: &Path) -> Vec<(String, String, Vec<u8>)> {
 /// An F32 tensor's values from `safetensors`' raw bytes.
 pub fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// An insightface pair set (`lfw.bin` style) as Python 2's `pickle.dump((images, issame),
+/// f, protocol=2)` writes it: images as `str` (SHORT_BINSTRING / BINSTRING), bools as
+/// NEWTRUE / NEWFALSE; images 2i and 2i+1 form pair i.
+pub fn pair_set_py2(images: &[Vec<u8>], issame: &[bool]) -> Vec<u8> {
+    let mut p = b"\x80\x02](".to_vec();
+    for img in images {
+        if img.len() < 256 {
+            p.extend_from_slice(&[b'U', img.len() as u8]);
+        } else {
+            p.push(b'T');
+            p.extend_from_slice(&(img.len() as u32).to_le_bytes());
+        }
+        p.extend_from_slice(img);
+    }
+    p.extend_from_slice(b"e](");
+    p.extend(issame.iter().map(|&s| if s { 0x88 } else { 0x89 }));
+    p.extend_from_slice(b"e\x86.");
+    p
 }

@@ -1,7 +1,8 @@
 //! trainer's data half: everything that runs without libtorch, in the order data meets it.
 //!
 //! `format` (the on-disk spec, `shards/FORMAT.md`) → `reader` (memory-mapped shards) →
-//! `codec` (image bytes ↔ pixels) → `pack` / `synth` (writing datasets) and `tools`
+//! `codec` (image bytes ↔ pixels, 5-point alignment) → `pack` / `synth` (writing datasets;
+//! `interop` reads MXNet RecordIO, insightface pair sets, writes `.npy`) and `tools`
 //! (inspect, verify, unpack) → `pipeline` (sampling, decoding, batching). Beside them:
 //! `plateau` (dlib's learning-rate rule), `metrics` (verification, Gap, confusion),
 //! `bench` (pipeline and plateau benchmarks), and the small shared pieces `rng`, `stats`
@@ -11,6 +12,7 @@
 pub mod bench;
 pub mod codec;
 pub mod format;
+pub mod interop;
 pub mod metrics;
 pub mod pack;
 pub mod pipeline;

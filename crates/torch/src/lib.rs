@@ -1,13 +1,14 @@
 //! trainer's libtorch half, in the order a batch meets it: `model` (ResNet, heads, ArcFace)
 //! → `optim` (SGD with state we own) → `dist` (single / MPI / NCCL collectives) → `train`
-//! (configuration, session, loop, checkpoints, logs) → `eval` (validation and `trainer
-//! eval`). `bench` times the training step and the all-reduce; `device` resolves
+//! (configuration, session, loop, checkpoints, logs) → `eval` (validation, `trainer
+//! eval` and `trainer embed`) → `export` (TorchScript). `bench` times the training step and the all-reduce; `device` resolves
 //! `--device`. The data side (shards, pipeline, plateau rule, metrics) is `trainer_data`.
 
 pub mod bench;
 pub mod device;
 pub mod dist;
 pub mod eval;
+pub mod export;
 pub mod model;
 pub mod optim;
 pub mod train;

@@ -1,10 +1,10 @@
-//! `trainer-torch`: the libtorch half of `trainer` — `train`, `eval`, `bench train` and
-//! `bench allreduce`. Users run `trainer`, which hands these commands over by `exec`.
+//! `trainer-torch`: the libtorch half of `trainer` — `train`, `eval`, `embed`, `export`,
+//! `bench train` and `bench allreduce`. Users run `trainer`, which hands these commands over by `exec`.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 use trainer_data::term;
-use trainer_torch::{bench, eval, train};
+use trainer_torch::{bench, eval, export, train};
 
 #[derive(Parser, Debug)]
 #[command(name = "trainer", version, about = "The libtorch commands of trainer (run them through `trainer`)")]
@@ -19,6 +19,10 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate a run's checkpoint on validation sets.
     Eval(eval::EvalArgs),
+    /// Write a run's FR embeddings of a dataset or pair set as a .npy (+ .tsv of row names).
+    Embed(eval::embed::EmbedArgs),
+    /// Trace the backbone and FR embedding layer to TorchScript (torch.jit.load, libtorch).
+    Export(export::ExportArgs),
     /// Benchmarks that need libtorch: training step, all-reduce.
     #[command(subcommand)]
     Bench(Bench),
@@ -41,6 +45,8 @@ fn main() -> ExitCode {
     term::finish(match cli.command {
         Command::Train(a) => train::run(*a, matches.subcommand_matches("train").unwrap_or(&matches)),
         Command::Eval(a) => eval::run(a),
+        Command::Embed(a) => eval::embed::run(a),
+        Command::Export(a) => export::run(a),
         Command::Bench(Bench::Train(a)) => bench::train::run(a),
         Command::Bench(Bench::Allreduce(a)) => bench::allreduce::run(a),
     })

@@ -1,7 +1,9 @@
 //! Image bytes ↔ pixels, below both the packer and the training pipeline: decoding (with
-//! libjpeg-turbo's DCT scaling), resizing, and normalising into a training slot, and the
-//! one rule that decides an image is damaged (`check`).
+//! libjpeg-turbo's DCT scaling), resizing, and normalising into a training slot; the one
+//! rule that decides an image is damaged (`check`); and the 5-point face alignment that
+//! `pack --align` applies.
 
+pub mod align;
 pub mod check;
 pub mod decode;
 

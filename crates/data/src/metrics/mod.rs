@@ -6,8 +6,10 @@
 //! Labels below 0 mean "unknown" and are left out.
 
 mod confusion;
+pub mod verification;
 
 pub use confusion::Confusion;
+pub use verification::Verification;
 
 use crate::rng::Rng;
 use std::collections::{BTreeMap, HashSet};
@@ -91,65 +93,28 @@ pub fn draw_pairs(labels: &[i64], n_pairs: usize, seed: u64) -> Vec<(usize, usiz
     pairs
 }
 
-/// insightface's verification result: accuracy mean and std over the folds, and the
-/// mean chosen threshold on the *squared* distance of normalised embeddings (0 to 4).
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Verification {
-    pub accuracy: f64,
-    pub accuracy_std: f64,
-    pub threshold: f64,
-    pub folds: usize,
-    pub pairs: usize,
+/// insightface's 10-fold verification (see [`verification`]) on pairs `(i, j, same)` of
+/// rows of `emb` (image + mirror embeddings, not yet normalised). Pairs naming a row past
+/// the embeddings are left out; fewer than 10 pairs are an error.
+pub fn verify_pairs(emb: &[f32], dim: usize, pairs: &[(usize, usize, bool)]) -> anyhow::Result<Verification> {
+    let rows = emb.len() / dim.max(1);
+    let pairs: Vec<_> = pairs.iter().filter(|p| p.0 < rows && p.1 < rows).collect();
+    let row = |i: usize| emb[i * dim..(i + 1) * dim].iter().map(|&v| f64::from(v));
+    let gathered: Vec<f64> = pairs.iter().flat_map(|&&(i, j, _)| row(i).chain(row(j))).collect();
+    let issame: Vec<bool> = pairs.iter().map(|p| p.2).collect();
+    verification::evaluate(&gathered, dim, &issame)
 }
 
-/// insightface's protocol: contiguous folds (sklearn KFold without shuffling); on the
-/// other folds pick the first best threshold of 0, 0.01, …, 3.99 (predict "same" when
-/// the squared distance is below it), then score the held-out fold with it. `folds` is
-/// clamped to [2, pairs]; fewer than 2 pairs give NaN accuracy. Pairs naming a row past
-/// the embeddings are left out (`pairs` reports how many were used).
-pub fn verification_accuracy(
-    emb: &[f32],
-    dim: usize,
-    pairs: &[(usize, usize, bool)],
-    folds: usize,
-) -> Verification {
-    let rows = normalised_rows(emb, dim);
-    let pairs: Vec<_> = pairs.iter().filter(|p| p.0 < rows.len() && p.1 < rows.len()).collect();
-    let sq: Vec<f64> = pairs.iter().map(|&&(i, j, _)| dist(&rows[i], &rows[j]).powi(2)).collect();
-    let same: Vec<bool> = pairs.iter().map(|p| p.2).collect();
-    let n = pairs.len();
-    if n < 2 {
-        let nan = f64::NAN;
-        return Verification { accuracy: nan, accuracy_std: nan, threshold: nan, folds: 0, pairs: n };
+/// The seed's Gap on a pair set: (diff_mean - same_mean) / diff_std of the pairs'
+/// Euclidean distances, from their squared distances.
+pub fn pair_gap(squared: &[f64], issame: &[bool]) -> Gap {
+    let (mut same, mut diff) = (Moments::default(), Moments::default());
+    for (&d, &s) in squared.iter().zip(issame) {
+        if s { same.add(d.max(0.0).sqrt()) } else { diff.add(d.max(0.0).sqrt()) }
     }
-    let k = folds.clamp(2, n);
-    let thresholds: Vec<f64> = (0..400).map(|t| t as f64 * 0.01).collect();
-    let mut accs = Vec::with_capacity(k);
-    let mut chosen = Vec::with_capacity(k);
-    for f in 0..k {
-        let test = fold_range(n, k, f);
-        let train: Vec<usize> = (0..n).filter(|i| !test.contains(i)).collect();
-        let correct =
-            |idx: &mut dyn Iterator<Item = usize>, t: f64| idx.filter(|&i| (sq[i] < t) == same[i]).count();
-        let mut best = (0, thresholds[0]);
-        for &t in &thresholds {
-            let c = correct(&mut train.iter().copied(), t);
-            if c > best.0 {
-                best = (c, t);
-            }
-        }
-        chosen.push(best.1);
-        accs.push(correct(&mut test.clone(), best.1) as f64 / test.len() as f64);
-    }
-    let (mean, std) = mean_std(&accs);
-    Verification { accuracy: mean, accuracy_std: std, threshold: mean_std(&chosen).0, folds: k, pairs: n }
-}
-
-/// Rows `[start, end)` of fold `f` of `k` over `n` items: the first n % k folds get one more.
-fn fold_range(n: usize, k: usize, f: usize) -> std::ops::Range<usize> {
-    let (base, extra) = (n / k, n % k);
-    let start = f * base + f.min(extra);
-    start..start + base + usize::from(f < extra)
+    let (same_mean, diff_mean, diff_std) = (same.mean(), diff.mean(), diff.std());
+    let value = if diff_std > 0.0 { (diff_mean - same_mean) / diff_std } else { f64::NAN };
+    Gap { value, same_mean, diff_mean, diff_std, same_pairs: same.n, diff_pairs: diff.n, sampled: false }
 }
 
 fn normalised_rows(emb: &[f32], dim: usize) -> Vec<Vec<f32>> {
@@ -276,12 +241,6 @@ impl Moments {
     }
 }
 
-fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let mean = xs.iter().sum::<f64>() / xs.len() as f64;
-    let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / xs.len() as f64;
-    (mean, var.sqrt())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,9 +338,13 @@ mod tests {
     fn separable_embeddings_verify_perfectly() {
         let (emb, labels) = clusters(40, 5, 32, 0.05, 3);
         let pairs = draw_pairs(&labels, 600, 1);
-        let v = verification_accuracy(&emb, 32, &pairs, 10);
-        assert_eq!((v.accuracy, v.accuracy_std, v.folds, v.pairs), (1.0, 0.0, 10, 600));
-        assert!(v.threshold > 0.0 && v.threshold < 4.0);
+        let v = verify_pairs(&emb, 32, &pairs).unwrap();
+        assert_eq!((v.accuracy_mean, v.accuracy_std, v.fold_accuracy.len()), (1.0, 0.0, 10));
+        assert!(v.fold_threshold.iter().all(|&t| t > 0.0 && t < 4.0));
+        // Out-of-range pairs are dropped; fewer than 10 pairs cannot make 10 folds.
+        let mut short = pairs[..9].to_vec();
+        short.push((0, 10_000, false));
+        assert!(verify_pairs(&emb, 32, &short).is_err());
     }
 
     #[test]
@@ -390,34 +353,16 @@ mod tests {
         let emb: Vec<f32> = (0..400 * 16).map(|_| rng.unit() as f32 - 0.5).collect();
         let labels: Vec<i64> = (0..400).map(|_| rng.below(50) as i64).collect();
         let pairs = draw_pairs(&labels, 2000, 1);
-        let v = verification_accuracy(&emb, 16, &pairs, 10);
-        assert!((v.accuracy - 0.5).abs() < 0.06, "{v:?}");
+        let v = verify_pairs(&emb, 16, &pairs).unwrap();
+        assert!((v.accuracy_mean - 0.5).abs() < 0.06, "{v:?}");
     }
 
     #[test]
-    fn verification_folds_worked_by_hand() {
-        // Four pairs with squared distances 0.1 (same), 3.0 (diff), 0.2 (same), 2.5 (diff)
-        // (unit vectors with cos = 1 - d²/2), two folds of two pairs.
-        // Fold 1 is tested with the threshold learnt on fold 2: the first threshold with
-        // "0.2 same, 2.5 different" right is about 0.21, and on fold 1 it gets 0.1 (same)
-        // and 3.0 (diff) right: 1.0. Fold 2 is tested with about 0.11 from fold 1, which
-        // calls the 0.2 pair different: 0.5. Mean 0.75, std 0.25.
-        let ang = |d2: f64| (1.0 - d2 / 2.0).acos();
-        let emb = on_circle(&[0.0, ang(0.1), 0.0, ang(3.0), 0.0, ang(0.2), 0.0, ang(2.5)]);
-        let pairs = [(0, 1, true), (2, 3, false), (4, 5, true), (6, 7, false)];
-        let v = verification_accuracy(&emb, 2, &pairs, 2);
-        assert_eq!((v.accuracy, v.accuracy_std, v.folds), (0.75, 0.25, 2));
-        assert!((v.threshold - 0.16).abs() <= 0.011, "{v:?}");
-        // Out-of-range pairs are dropped; fewer than two pairs are undefined.
-        let v = verification_accuracy(&emb, 2, &[(0, 1, true), (0, 99, false)], 10);
-        assert!(v.accuracy.is_nan() && v.pairs == 1);
-    }
-
-    #[test]
-    fn folds_split_like_sklearn() {
-        // 10 items in 3 folds: sizes 4, 3, 3.
-        assert_eq!(fold_range(10, 3, 0), 0..4);
-        assert_eq!(fold_range(10, 3, 1), 4..7);
-        assert_eq!(fold_range(10, 3, 2), 7..10);
+    fn pair_gap_worked_by_hand() {
+        // Same pairs at distances 1 and 3, different pairs at 4 and 6: (5 - 2) / 1 = 3.
+        let g = pair_gap(&[1.0, 16.0, 9.0, 36.0], &[true, false, true, false]);
+        assert_eq!((g.same_mean, g.diff_mean, g.diff_std, g.value), (2.0, 5.0, 1.0, 3.0));
+        assert_eq!((g.same_pairs, g.diff_pairs), (2, 2));
+        assert!(pair_gap(&[1.0], &[true]).value.is_nan());
     }
 }

@@ -4,8 +4,11 @@
 //! validate/transcode in parallel (bounded chunks) → one writer thread appending to
 //! `.partial` files → commit by rename (`staging`).
 
+pub mod align;
 pub mod assign;
+pub mod extras;
 pub mod listing;
+pub mod recordio;
 pub mod staging;
 pub mod transcode;
 pub mod walk;
@@ -14,6 +17,7 @@ pub mod writer;
 use crate::format::{idx as format, manifest::ShardEntry, LabelTable, Manifest};
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{bounded, Receiver};
+use align::Aligner;
 use listing::{Item, Listing};
 use rayon::prelude::*;
 use staging::Staging;
@@ -35,8 +39,9 @@ pub const MAX_INPUT_BYTES: u64 = 256 << 20;
 /// Pack a folder of class subfolders (or a list table) into bin/idx shards.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PackArgs {
-    /// Folder of class subfolders (label i = i-th folder in sorted name order), or the root
-    /// that the --list table's paths are relative to.
+    /// Folder of class subfolders (label i = i-th folder in sorted name order), the root
+    /// that the --list table's paths are relative to, or an MXNet RecordIO `.rec` file
+    /// (insightface's train.rec; its .idx and property beside it are used when present).
     pub src: PathBuf,
     /// Dataset name: writes <out>/<name>-KKKKK-of-NNNNN.{bin,idx}, <name>.labels.tsv,
     /// <name>.manifest.json and <name>.skipped.tsv.
@@ -82,6 +87,10 @@ pub struct PackArgs {
     /// to files are always read.
     #[arg(long)]
     pub follow_links: bool,
+    /// Align each face with the --list table's five landmarks (columns x1 y1 … x5 y5: eyes,
+    /// nose tip, mouth corners) onto insightface's ArcFace template at --size (default 112).
+    #[arg(long)]
+    pub align: bool,
 }
 
 fn parse_workers(s: &str) -> Result<usize, String> {
@@ -93,9 +102,13 @@ fn parse_workers(s: &str) -> Result<usize, String> {
 
 /// Packs; returns what was written (the command line prints it).
 pub fn pack(args: &PackArgs) -> Result<PackSummary> {
+    if recordio::is_source(&args.src) {
+        return recordio::pack(args);
+    }
     let started = Instant::now();
     let t = transcode_settings(args)?;
     staging::check_free(&args.out, &args.name, args.force)?;
+    let aligner = Aligner::for_args(args, &t)?;
     let listing = list_inputs(args)?;
     if args.shards > listing.items.len() {
         bail!("--shards {} is more than the {} inputs found: every shard needs records (use --shards {} or fewer)", args.shards, listing.items.len(), listing.items.len());
@@ -111,7 +124,7 @@ pub fn pack(args: &PackArgs) -> Result<PackSummary> {
         let writer = scope.spawn(|| write_shards(rx, args, staging, &listing, &progress));
         'shards: for (k, order) in plan.iter().enumerate() {
             for chunk in order.chunks(CHUNK) {
-                let payloads = pool.install(|| chunk.par_iter().map(|&i| read_payload(&args.src, &listing.items[i], &t)).collect());
+                let payloads = pool.install(|| chunk.par_iter().map(|&i| read_payload(&args.src, &listing.items[i], &t, aligner.as_ref())).collect());
                 if tx.send(Chunk { k, items: chunk.to_vec(), payloads }).is_err() {
                     break 'shards;
                 }
@@ -124,7 +137,7 @@ pub fn pack(args: &PackArgs) -> Result<PackSummary> {
     Ok(PackSummary { out: args.out.clone(), name: args.name.clone(), secs: started.elapsed().as_secs_f64(), ..summary })
 }
 
-fn transcode_settings(args: &PackArgs) -> Result<Transcode> {
+pub(super) fn transcode_settings(args: &PackArgs) -> Result<Transcode> {
     if args.shards == 0 {
         bail!("--shards must be at least 1");
     }
@@ -166,9 +179,12 @@ struct Chunk {
     payloads: Vec<Result<(Vec<u8>, u32), String>>,
 }
 
-fn read_payload(src: &Path, item: &Item, t: &Transcode) -> Result<(Vec<u8>, u32), String> {
+fn read_payload(src: &Path, item: &Item, t: &Transcode, aligner: Option<&Aligner>) -> Result<(Vec<u8>, u32), String> {
     let bytes = read_input(&src.join(&item.rel))?;
-    let payload = transcode::prepare(bytes, t)?;
+    let payload = match aligner {
+        Some(a) => a.payload(&item.rel, &bytes)?,
+        None => transcode::prepare(bytes, t)?,
+    };
     let crc = crc32c::crc32c(&payload);
     Ok((payload, crc))
 }
@@ -258,7 +274,7 @@ fn write_shards(rx: Receiver<Chunk>, args: &PackArgs, mut staging: Staging, list
     Ok(PackSummary { manifest, skipped, excluded: listing.excluded.len(), out: PathBuf::new(), name: String::new(), secs: 0.0 })
 }
 
-fn finish_shard(args: &PackArgs, k: usize, w: ShardWriter) -> Result<ShardEntry> {
+pub(super) fn finish_shard(args: &PackArgs, k: usize, w: ShardWriter) -> Result<ShardEntry> {
     let stem = format::shard_stem(&args.name, k, args.shards);
     let (records, labels) = (w.records, w.labels.len());
     let bytes = w.finish()?;
@@ -276,11 +292,12 @@ fn skip(args: &PackArgs, progress: &indicatif::ProgressBar, skipped: &mut Vec<(S
     Ok(())
 }
 
-fn build_manifest(args: &PackArgs, classes: &LabelTable, shards: Vec<ShardEntry>, label_counts: BTreeMap<u32, usize>, (skipped, excluded): (usize, usize)) -> Manifest {
+pub(super) fn build_manifest(args: &PackArgs, classes: &LabelTable, shards: Vec<ShardEntry>, label_counts: BTreeMap<u32, usize>, (skipped, excluded): (usize, usize)) -> Manifest {
     let settings = serde_json::json!({
         "source": args.src, "list": args.list, "size": args.size,
         "encoding": transcode_settings(args).map(|t| t.encoding).unwrap_or(Encoding::Keep),
         "quality": args.quality, "seed": args.seed, "group_by_label": args.group_by_label, "follow_links": args.follow_links,
+        "align": args.align,
         "trainer_version": env!("CARGO_PKG_VERSION"),
     });
     Manifest {
@@ -301,7 +318,7 @@ fn build_manifest(args: &PackArgs, classes: &LabelTable, shards: Vec<ShardEntry>
 
 /// Labels, the skipped table (bad and left-out inputs together, sorted by path) and,
 /// last, the manifest.
-fn stage_metadata(staging: &mut Staging, args: &PackArgs, classes: &LabelTable, skipped: &[(String, String)], excluded: &[(String, String)], manifest: &Manifest) -> Result<()> {
+pub(super) fn stage_metadata(staging: &mut Staging, args: &PackArgs, classes: &LabelTable, skipped: &[(String, String)], excluded: &[(String, String)], manifest: &Manifest) -> Result<()> {
     staging.write_small(&format::labels_file(&args.name), classes.to_text().as_bytes())?;
     let mut rows: Vec<&(String, String)> = skipped.iter().chain(excluded).collect();
     rows.sort();

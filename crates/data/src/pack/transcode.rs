@@ -47,15 +47,20 @@ fn reencode(bytes: &[u8], format: ImageFormat, t: &Transcode) -> Result<Vec<u8>,
         Some(s) => fill_square(&rgb, w, h, s as usize)?,
         None => (rgb, w, h),
     };
+    encode_rgb(&rgb, w, h, t)
+}
+
+/// Interleaved RGB8 encoded as `t` asks (PNG, else JPEG at its quality).
+pub fn encode_rgb(rgb: &[u8], w: usize, h: usize, t: &Transcode) -> Result<Vec<u8>, String> {
     match t.encoding {
         Encoding::Png => {
-            let mut out = Vec::with_capacity(bytes.len());
+            let mut out = Vec::with_capacity(rgb.len() / 2);
             PngEncoder::new(&mut out)
-                .write_image(&rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+                .write_image(rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8)
                 .map_err(|e| format!("cannot encode PNG: {e}"))?;
             Ok(out)
         }
-        Encoding::Jpeg | Encoding::Keep => encode_jpeg(&rgb, w, h, t.quality),
+        Encoding::Jpeg | Encoding::Keep => encode_jpeg(rgb, w, h, t.quality),
     }
 }
 

@@ -1,24 +1,31 @@
 //! `trainer eval`: a run's checkpoint on validation sets, with the same metrics as
-//! validation during training.
+//! validation during training, printed as a table with one row per set; `embed` writes a
+//! model's embeddings, `pairs` scores insightface's verification pair sets.
 
+pub mod embed;
+pub mod pairs;
+pub mod table;
 pub mod validate;
 
 use anyhow::{Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
+use tch::Device;
 
-use crate::model::Net;
 use crate::eval::validate::Validator;
+use crate::model::{Head, Net};
 use crate::train::checkpoint;
+use crate::train::config::TrainConfig;
+use trainer_data::targets::SetSpec;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
     /// The run directory (Model/<run-id>).
     pub run: PathBuf,
-    /// Validation datasets (`[TASK=]DIR/NAME[@COLUMN]`, as for training); default: the
-    /// run's own.
-    #[arg(long, num_args = 1.., value_name = "[TASK=]DIR/NAME[@COLUMN]")]
-    pub valid_sets: Vec<trainer_data::targets::SetSpec>,
+    /// Validation sets: datasets (`[TASK=]DIR/NAME[@COLUMN]`, as for training) or
+    /// insightface pair sets (`lfw.bin`, `cfp_fp.bin`, ...); default: the run's own.
+    #[arg(long, num_args = 1.., value_name = "[TASK=]DIR/NAME[@COLUMN]|PAIRS.bin")]
+    pub valid_sets: Vec<SetSpec>,
     /// best, latest, or a checkpoint directory.
     #[arg(long, default_value = "best")]
     pub checkpoint: String,
@@ -36,16 +43,39 @@ pub struct EvalArgs {
 /// insightface's fold count for verification accuracy.
 const FOLDS: usize = 10;
 
-pub fn run(args: EvalArgs) -> Result<()> {
-    anyhow::ensure!(args.run.is_dir(), "run folder {} does not exist (give Model/<run-id>)", args.run.display());
-    let ckpt = match args.checkpoint.as_str() {
-        "latest" => checkpoint::latest(&args.run)?,
-        "best" if args.run.join("best").exists() => args.run.join("best"),
-        "best" => checkpoint::latest(&args.run).context("no best/ checkpoint (the run had no validation set)")?,
+/// A run's model as a checkpoint left it, ready for inference.
+pub struct Loaded {
+    pub net: Net,
+    /// Owns the weights `net` uses.
+    pub vs: VarStore,
+    pub cfg: TrainConfig,
+    pub checkpoint: PathBuf,
+    pub step: u64,
+    pub device: Device,
+}
+
+/// Loads `checkpoint` (best, latest or a directory) of the run in `run` onto `device`.
+pub fn load(run: &Path, checkpoint: &str, device: &str) -> Result<Loaded> {
+    anyhow::ensure!(run.is_dir(), "run folder {} does not exist (give Model/<run-id>)", run.display());
+    let ckpt = match checkpoint {
+        "latest" => checkpoint::latest(run)?,
+        "best" if run.join("best").exists() => run.join("best"),
+        "best" => checkpoint::latest(run).context("no best/ checkpoint (the run had no validation set)")?,
         dir => PathBuf::from(dir),
     };
     let saved = checkpoint::load_state(&ckpt)?.state;
-    let mut cfg = saved.config.clone();
+    let cfg = saved.config.clone();
+    let device = crate::device::resolve(device, &crate::dist::launch_info())?;
+    let mut vs = VarStore::new(device);
+    let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, saved.num_classes, cfg.task.into());
+    let model = ckpt.join(checkpoint::MODEL_FILE);
+    vs.load(&model).with_context(|| format!("loading {}", model.display()))?;
+    Ok(Loaded { net, vs, cfg, checkpoint: ckpt, step: saved.step, device })
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let Loaded { net, cfg, checkpoint: ckpt, step, device, .. } = load(&args.run, &args.checkpoint, &args.device)?;
+    let mut cfg = cfg;
     if !args.valid_sets.is_empty() {
         cfg.valid_sets = args.valid_sets.clone();
     }
@@ -56,31 +86,30 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(p) = args.pairs {
         cfg.valid_pairs = p;
     }
-    if crate::model::Tasks::from(cfg.task).fr {
+    if cfg.heads().contains(&Head::Fr) {
         check_pairs(&cfg)?;
     }
-    let device = crate::device::resolve(&args.device, &crate::dist::launch_info())?;
-    let mut vs = VarStore::new(device);
-    let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, saved.num_classes, cfg.task.into());
-    let model = ckpt.join(checkpoint::MODEL_FILE);
-    vs.load(&model).with_context(|| format!("loading {}", model.display()))?;
     let metrics = Validator::open(&cfg)?.run(&net, &cfg, device)?;
+    let mut out = String::new();
     for r in &metrics.reports {
-        trainer_data::term::print(&format!("{r}\n"))?;
+        out += &format!("{r}\n");
     }
-    let mut line = serde_json::json!({"checkpoint": ckpt, "step": saved.step});
+    out += &table::render(&metrics.rows);
+    let mut line = serde_json::json!({"checkpoint": ckpt, "step": step});
     for (k, v) in &metrics.values {
         line[k] = serde_json::json!(v);
     }
-    trainer_data::term::print(&format!("{line}\n"))
+    out += &format!("{line}\n");
+    trainer_data::term::print(&out)
 }
 
-/// Refuses an FR validation set that cannot give every verification fold a pair (it would
-/// print NaN).
-fn check_pairs(cfg: &crate::train::config::TrainConfig) -> Result<()> {
+/// Refuses a packed FR validation set that cannot give every verification fold a pair (it
+/// would print NaN).
+fn check_pairs(cfg: &TrainConfig) -> Result<()> {
     use trainer_data::pipeline::{RankView, ViewOptions};
-    for set in cfg.valid_sets.iter().filter(|s| s.serves(&cfg.heads()).contains(&crate::model::Head::Fr)) {
-        let view = RankView::open(std::slice::from_ref(set), &ViewOptions::whole(&[crate::model::Head::Fr]))?;
+    let fr_sets = cfg.valid_sets.iter().filter(|s| s.serves(&cfg.heads()).contains(&Head::Fr) && !pairs::is_pair_set(&s.path));
+    for set in fr_sets {
+        let view = RankView::open(std::slice::from_ref(set), &ViewOptions::whole(&[Head::Fr]))?;
         let labels: Vec<i64> = view.labels().iter().map(|&l| l as i64).collect();
         let pairs = trainer_data::metrics::draw_pairs(&labels, cfg.valid_pairs, cfg.seed).len();
         anyhow::ensure!(

@@ -1,19 +1,23 @@
 //! Validation during training and for `trainer eval`, per task: FR verification accuracy
 //! and the seed's Gap on embeddings (image + mirror); accuracy, confusion and (Age) mean
-//! absolute bucket error for Gender and Age.
+//! absolute bucket error for Gender and Age; insightface's pair sets (`lfw.bin`, ...)
+//! through `eval::pairs`.
 //!
 //! Keys name the task: `valid_fr_verif_acc`, `valid_fr_gap`, `valid_gender_acc`,
 //! `valid_age_acc`, `valid_age_mae`. The first set that validates a task gets the plain
-//! key; later ones add `_<set name>`.
+//! key; later ones add `_<set name>`. A pair set logs `valid_<set>_verif_acc` and friends.
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tch::{Device, Tensor};
 
+use super::pairs;
+use super::table::Row;
 use crate::model::{Head, Net};
 use crate::train::config::TrainConfig;
-use trainer_data::metrics::{draw_pairs, gap, verification_accuracy, Confusion};
+use trainer_data::interop::pairs::PairSet;
+use trainer_data::metrics::{draw_pairs, gap, verify_pairs, Confusion, Verification};
 use trainer_data::pipeline::{Loader, RankView, ViewOptions};
 use trainer_data::targets::SetSpec;
 
@@ -29,6 +33,8 @@ struct ValidSet {
 
 pub struct Validator {
     sets: Vec<ValidSet>,
+    /// insightface's pair sets, by name (FR only).
+    pair_sets: Vec<(String, PairSet)>,
     /// The key that picks `best/`, and whether lower is better for it.
     best_key: String,
     lower_is_better: bool,
@@ -39,6 +45,8 @@ pub struct Metrics {
     pub values: BTreeMap<String, f64>,
     pub primary: Option<f64>,
     pub reports: Vec<String>,
+    /// One row per set for `trainer eval`'s table.
+    pub rows: Vec<Row>,
 }
 
 /// Per-image outputs of one pass over a set.
@@ -56,8 +64,10 @@ impl Validator {
     /// given for is an error now, not NaN at the end.
     pub fn open(cfg: &TrainConfig) -> Result<Validator> {
         let run = cfg.heads();
+        let (pair_specs, specs): (Vec<SetSpec>, Vec<SetSpec>) = cfg.sets(&cfg.valid_sets).into_iter().partition(|s| pairs::is_pair_set(&s.path));
+        let pair_sets = open_pair_sets(&pair_specs, &run)?;
         let mut sets: Vec<ValidSet> = Vec::new();
-        for spec in cfg.sets(&cfg.valid_sets) {
+        for spec in specs {
             let opts = ViewOptions { gender_classes: cfg.heads.gender_classes, ..ViewOptions::whole(&run) };
             let view = RankView::open(std::slice::from_ref(&spec), &opts).with_context(|| format!("opening validation set {spec}"))?;
             let heads = labelled_heads(&spec, &view)?;
@@ -65,8 +75,8 @@ impl Validator {
             let suffix = heads.iter().map(|&h| (h, if sets.iter().any(|s| s.heads.contains(&h)) { format!("_{name}") } else { String::new() })).collect();
             sets.push(ValidSet { spec, name, view: Arc::new(view), heads, suffix });
         }
-        let (best_key, lower_is_better) = best_key(cfg, &sets)?;
-        Ok(Validator { sets, best_key, lower_is_better })
+        let (best_key, lower_is_better) = best_key(cfg, &sets, &pair_sets)?;
+        Ok(Validator { sets, pair_sets, best_key, lower_is_better })
     }
 
     /// True when `metric` beats the best so far (NaN never does).
@@ -79,18 +89,13 @@ impl Validator {
     }
 
     pub fn run(&self, net: &Net, cfg: &TrainConfig, device: Device) -> Result<Metrics> {
-        let mut m = Metrics { values: BTreeMap::new(), primary: None, reports: vec![] };
+        let mut m = Metrics { values: BTreeMap::new(), primary: None, reports: vec![], rows: vec![] };
         for set in &self.sets {
             let out = tch::no_grad(|| infer(net, cfg, device, &set.view))?;
             for &head in &set.heads {
                 let key = |k: &str| format!("valid_{}_{k}{}", head.key(), set.suffix[&head]);
                 if head == Head::Fr {
-                    let g = gap(&out.emb, out.dim, &out.labels);
-                    let pairs = draw_pairs(&out.labels, cfg.valid_pairs, cfg.seed);
-                    let v = verification_accuracy(&out.emb, out.dim, &pairs, 10);
-                    m.values.insert(key("gap"), g.value);
-                    m.values.insert(key("verif_acc"), v.accuracy);
-                    m.reports.push(format!("{} FR: verification {:.4} ± {:.4} (threshold {:.3}), gap {:.3}", set.name, v.accuracy, v.accuracy_std, v.threshold, g.value));
+                    record_fr(&set.name, &out, cfg, &key, &mut m);
                     continue;
                 }
                 let ((pred, truth), classes) = if head == Head::Gender { (&out.gender, cfg.heads.gender_classes) } else { (&out.age, cfg.heads.age_classes) };
@@ -101,11 +106,48 @@ impl Validator {
                     m.values.insert(key("mae"), c.mean_abs_error());
                 }
                 m.reports.push(format!("{} {}:\n{c}", set.name, head.name()));
+                m.rows.push(Row::new(&set.name).cell(head.key(), format!("{:.4}", c.accuracy())));
             }
+        }
+        for (name, set) in &self.pair_sets {
+            let scores = pairs::evaluate(net, set, cfg.size, cfg.batch_size.max(1), device).with_context(|| format!("pair set {name}"))?;
+            pairs::record(name, &scores, &mut m);
         }
         m.primary = m.values.get(&self.best_key).copied();
         Ok(m)
     }
+}
+
+/// FR verification on pairs drawn from a packed set, and the seed's Gap.
+fn record_fr(name: &str, out: &Outputs, cfg: &TrainConfig, key: &dyn Fn(&str) -> String, m: &mut Metrics) {
+    let g = gap(&out.emb, out.dim, &out.labels);
+    let pairs = draw_pairs(&out.labels, cfg.valid_pairs, cfg.seed);
+    let v = verify_pairs(&out.emb, out.dim, &pairs).unwrap_or_else(|e| {
+        tracing::warn!("{name}: verification undefined: {e:#}");
+        Verification::undefined()
+    });
+    let threshold = v.threshold_mean();
+    m.values.insert(key("gap"), g.value);
+    m.values.insert(key("verif_acc"), v.accuracy_mean);
+    m.reports.push(format!("{name} FR: verification {:.4} ± {:.4} (threshold {threshold:.3}), gap {:.3}", v.accuracy_mean, v.accuracy_std, g.value));
+    let row = Row::new(name).cell("pairs", pairs.len()).cell("verification", format!("{:.4} ± {:.4}", v.accuracy_mean, v.accuracy_std));
+    m.rows.push(row.cell("threshold", format!("{threshold:.3}")).cell("gap", format!("{:.3}", g.value)));
+}
+
+/// insightface's pair sets: FR verification only.
+fn open_pair_sets(specs: &[SetSpec], run: &[Head]) -> Result<Vec<(String, PairSet)>> {
+    if !specs.is_empty() && !run.contains(&Head::Fr) {
+        bail!("pair sets ({}) need an FR model", specs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "));
+    }
+    specs
+        .iter()
+        .map(|s| {
+            if let Some(h) = s.head.filter(|h| *h != Head::Fr) {
+                bail!("{s}: a pair set validates FR, not {}", h.name());
+            }
+            Ok((pairs::set_name(&s.path), pairs::open(&s.path)?))
+        })
+        .collect()
 }
 
 /// The heads a set validates: those it serves with at least one known target. A set given
@@ -137,10 +179,13 @@ fn unique_name(spec: &SetSpec, before: &[ValidSet]) -> String {
 
 /// `--best-metric`, or the main metric of the run's leading task (FR verification for
 /// Multi); it must be a key validation will log.
-fn best_key(cfg: &TrainConfig, sets: &[ValidSet]) -> Result<(String, bool)> {
-    let keys: Vec<String> = sets.iter().flat_map(|s| s.heads.iter().flat_map(move |&h| metric_keys(h).iter().map(move |k| format!("valid_{}_{k}{}", h.key(), s.suffix[&h])))).collect();
+fn best_key(cfg: &TrainConfig, sets: &[ValidSet], pair_sets: &[(String, PairSet)]) -> Result<(String, bool)> {
+    let mut keys: Vec<String> = sets.iter().flat_map(|s| s.heads.iter().flat_map(move |&h| metric_keys(h).iter().map(move |k| format!("valid_{}_{k}{}", h.key(), s.suffix[&h])))).collect();
+    keys.extend(pair_sets.iter().flat_map(|(name, _)| [format!("valid_{name}_verif_acc"), format!("valid_{name}_gap")]));
     let key = match &cfg.best_metric {
         Some(k) => k.clone(),
+        // The first set given leads: a pair set's accuracy, or the lead task's main metric.
+        None if cfg.valid_sets.first().is_some_and(|s| pairs::is_pair_set(&s.path)) => format!("valid_{}_verif_acc", pair_sets[0].0),
         None => {
             let lead = cfg.heads().into_iter().find(|h| sets.iter().any(|s| s.heads.contains(h))).context("no validation set validates a task of this run")?;
             format!("valid_{}_{}", lead.key(), metric_keys(lead)[0])

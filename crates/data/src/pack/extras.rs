@@ -1,0 +1,100 @@
+//! Columns a list table adds to records by their path: gender, age, and the five landmarks
+//! `x1 y1 … x5 y5` that `--align` needs. For class folders the paths are those of the files;
+//! for a `.rec` source they are the names pack gives its records (`train.rec#123`).
+
+use crate::codec::align::{LandmarkColumns, Landmarks};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// One row's additions; a landmark problem is kept as the reason to skip the record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Extra {
+    pub gender: i8,
+    pub age: i8,
+    pub landmarks: Option<Result<Landmarks, String>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Extras {
+    by_path: HashMap<String, Extra>,
+    /// Whether the table has landmark columns at all.
+    pub has_landmarks: bool,
+}
+
+impl Extras {
+    pub fn read(table: &Path) -> Result<Extras> {
+        let text = std::fs::read_to_string(table).with_context(|| format!("reading list table {}", table.display()))?;
+        Extras::parse(&text).with_context(|| format!("parsing list table {}", table.display()))
+    }
+
+    /// A TAB-separated table with a header naming `path` and any of `gender`, `age` (-1 or
+    /// empty = unknown) and the landmark columns; other columns are ignored.
+    pub fn parse(text: &str) -> Result<Extras> {
+        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let (_, header) = lines.next().context("the table is empty (it needs a header line naming `path`)")?;
+        let names: HashMap<String, usize> = header.trim_end_matches('\r').split('\t').enumerate().map(|(i, n)| (n.trim().to_string(), i)).collect();
+        let Some(&path_col) = names.get("path") else { bail!("line 1: header {header:?} names no `path` column") };
+        let (gender_col, age_col) = (names.get("gender").copied(), names.get("age").copied());
+        let landmark_cols = LandmarkColumns::from_header(&names).context("line 1")?;
+        let mut extras = Extras { by_path: HashMap::new(), has_landmarks: landmark_cols.is_some() };
+        for (n, line) in lines {
+            let fields: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
+            let path = fields.get(path_col).map(|p| p.trim()).filter(|p| !p.is_empty()).with_context(|| format!("line {}: no path", n + 1))?;
+            let gender = class_cell(&fields, gender_col).with_context(|| format!("line {}: gender", n + 1))?;
+            let age = class_cell(&fields, age_col).with_context(|| format!("line {}: age", n + 1))?;
+            let landmarks = landmark_cols.map(|c| c.parse(&fields).map_err(|e| format!("{e:#}")));
+            extras.by_path.entry(path.to_string()).or_insert(Extra { gender, age, landmarks });
+        }
+        Ok(extras)
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Extra> {
+        self.by_path.get(path)
+    }
+
+    /// The landmarks of `path`, or why the record cannot be aligned.
+    pub fn landmarks(&self, path: &str) -> Result<Landmarks, String> {
+        match self.get(path).map(|e| &e.landmarks) {
+            Some(Some(Ok(lm))) => Ok(*lm),
+            Some(Some(Err(e))) => Err(format!("bad landmarks: {e}")),
+            Some(None) | None => Err("no landmarks in the list table (--align needs x1 y1 … x5 y5)".into()),
+        }
+    }
+}
+
+/// A gender or age cell: -1 or empty for unknown, else a class index 0..=127.
+fn class_cell(fields: &[&str], col: Option<usize>) -> Result<i8> {
+    let text = col.and_then(|c| fields.get(c)).map_or("", |t| t.trim());
+    if text.is_empty() || text == "-1" {
+        return Ok(-1);
+    }
+    match text.parse::<i8>() {
+        Ok(v) if v >= 0 => Ok(v),
+        _ => bail!("{text:?} is neither -1 nor 0..=127"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_by_path_with_landmarks_and_classes() {
+        let text = "path\tgender\tx1\ty1\tx2\ty2\tx3\ty3\tx4\ty4\tx5\ty5\tage\n\
+                    a.rec#1\t1\t30\t40\t70\t40\t50\t60\t35\t80\t65\t80\t3\r\n\
+                    a.rec#2\t\t30\t40\t70\t40\t\t60\t35\t80\t65\t80\t-1\n";
+        let x = Extras::parse(text).unwrap();
+        assert!(x.has_landmarks);
+        let one = x.get("a.rec#1").unwrap();
+        assert_eq!((one.gender, one.age), (1, 3));
+        assert_eq!(x.landmarks("a.rec#1").unwrap()[4], [65.0, 80.0]);
+        assert!(x.landmarks("a.rec#2").unwrap_err().contains("x3"), "{:?}", x.landmarks("a.rec#2"));
+        assert!(x.landmarks("a.rec#3").unwrap_err().contains("no landmarks"));
+        assert_eq!(x.get("a.rec#2").unwrap().gender, -1);
+        assert!(Extras::parse("path\tgender\nx\t200\n").is_err());
+        assert!(Extras::parse("file\tgender\nx\t1\n").is_err());
+        assert!(Extras::parse("path\tx1\ty1\nx\t1\t2\n").unwrap_err().to_string().contains("line 1"));
+        assert!(!Extras::parse("path\tage\nx\t2\n").unwrap().has_landmarks);
+    }
+}

@@ -1,0 +1,122 @@
+//! `trainer embed RUN --sets DATASET|pairs.bin --out emb.npy [--flip]`: a run's FR
+//! embeddings (before L2 normalisation, as `trainer export`'s model outputs them) as a
+//! float32 NumPy array, one row per image in record order, with a `.tsv` beside it naming
+//! each row: `path label` for a dataset, `path pair issame` for a pair set.
+
+use anyhow::{ensure, Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::Tensor;
+
+use super::pairs;
+use crate::model::Tasks;
+use trainer_data::interop::npy::NpyWriter;
+use trainer_data::pipeline::{Loader, RankView};
+
+#[derive(clap::Args, Debug)]
+pub struct EmbedArgs {
+    /// The run directory (Model/<run-id>).
+    pub run: PathBuf,
+    /// What to embed: a dataset (`DIR/NAME`) or an insightface pair set (`lfw.bin`, ...).
+    #[arg(long)]
+    pub sets: PathBuf,
+    /// The `.npy` to write; the row names go to the same path with `.tsv`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Add the embedding of the mirrored image (insightface's test-time flip).
+    #[arg(long)]
+    pub flip: bool,
+    /// best, latest, or a checkpoint directory.
+    #[arg(long, default_value = "best")]
+    pub checkpoint: String,
+    /// auto, cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Images per forward pass (default: the run's batch size).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Decode threads (default: the run's).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+pub fn run(args: EmbedArgs) -> Result<()> {
+    let model = super::load(&args.run, &args.checkpoint, &args.device)?;
+    ensure!(Tasks::from(model.cfg.task).fr, "{} has no FR head to embed with (task {})", args.run.display(), model.cfg.task.name());
+    let batch = args.batch_size.unwrap_or(model.cfg.batch_size).max(1);
+    let tsv = args.out.with_extension("tsv");
+    let mut table = std::io::BufWriter::new(std::fs::File::create(&tsv).with_context(|| format!("creating {}", tsv.display()))?);
+    let written = if pairs::is_pair_set(&args.sets) {
+        embed_pair_set(&args, &model, batch, &mut table)?
+    } else {
+        embed_dataset(&args, &model, batch, &mut table)?
+    };
+    table.flush().with_context(|| format!("writing {}", tsv.display()))?;
+    eprintln!("wrote {written} embeddings to {} and their names to {}", args.out.display(), tsv.display());
+    Ok(())
+}
+
+/// Rows of `plain` (plus `mirrored`, added, with `--flip`) into the array.
+fn write_rows(npy: &mut Option<NpyWriter<f32>>, out: &Path, dim: usize, plain: &[f32], mirrored: Option<&[f32]>) -> Result<()> {
+    let npy = match npy {
+        Some(w) => w,
+        None => npy.insert(NpyWriter::create(out, dim)?),
+    };
+    for (r, row) in plain.chunks(dim).enumerate() {
+        match mirrored {
+            Some(m) => npy.write_row(&row.iter().zip(&m[r * dim..(r + 1) * dim]).map(|(a, b)| a + b).collect::<Vec<f32>>())?,
+            None => npy.write_row(row)?,
+        }
+    }
+    Ok(())
+}
+
+fn embed_pair_set(args: &EmbedArgs, model: &super::Loaded, batch: usize, table: &mut impl Write) -> Result<usize> {
+    let set = pairs::open(&args.sets)?;
+    let bar = trainer_data::term::progress_bar(set.images.len() as u64, "embedding [{bar:30}] {pos}/{len} {per_sec} ETA {eta}");
+    let e = pairs::embed_images(&model.net, &set.images, model.cfg.size, batch, model.device, |n| bar.inc(n as u64))
+        .with_context(|| format!("embedding {}", args.sets.display()))?;
+    bar.finish_and_clear();
+    let mut npy = None;
+    write_rows(&mut npy, &args.out, e.dim, &e.plain, args.flip.then_some(e.mirrored.as_slice()))?;
+    npy.context("the pair set has no images")?.finish()?;
+    let file = args.sets.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    writeln!(table, "path\tpair\tissame")?;
+    for i in 0..set.images.len() {
+        writeln!(table, "{file}#{i}\t{}\t{}", i / 2, u8::from(set.issame[i / 2]))?;
+    }
+    Ok(set.images.len())
+}
+
+fn embed_dataset(args: &EmbedArgs, model: &super::Loaded, batch: usize, table: &mut impl Write) -> Result<usize> {
+    let view = Arc::new(RankView::open_paths(std::slice::from_ref(&args.sets), 0, 1, false)?);
+    let workers = args.workers.unwrap_or(model.cfg.workers);
+    let mut loader = Loader::sequential(Arc::clone(&view), model.cfg.size, batch, workers)?;
+    let bar = trainer_data::term::progress_bar(view.len() as u64, "embedding [{bar:30}] {pos}/{len} {per_sec} ETA {eta}");
+    writeln!(table, "path\tlabel")?;
+    let (mut npy, mut rows) = (None, 0);
+    while let Some(b) = loader.next_batch()? {
+        let x = crate::train::step::images(&b, model.device);
+        let (plain, mirrored) = tch::no_grad(|| -> Result<(Tensor, Option<Tensor>)> {
+            let mirrored = if args.flip { Some(pairs::embed(&model.net, &x.flip([3]))?) } else { None };
+            Ok((pairs::embed(&model.net, &x)?, mirrored))
+        })?;
+        let dim = plain.size()[1] as usize;
+        let mirrored = mirrored.as_ref().map(pairs::to_f32).transpose()?;
+        write_rows(&mut npy, &args.out, dim, &pairs::to_f32(&plain)?, mirrored.as_deref())?;
+        for &r in &b.records {
+            let id = view.records[r as usize];
+            let path = view.dataset.shards[id.shard as usize].path_of(id.index as usize);
+            writeln!(table, "{}\t{}", trainer_data::format::idx::escape_path(path), view.labels()[r as usize])?;
+        }
+        rows += b.n;
+        bar.inc(b.n as u64);
+    }
+    bar.finish_and_clear();
+    if loader.skipped_total() > 0 {
+        tracing::warn!("{} corrupt records were left out (the .tsv names the rows written)", loader.skipped_total());
+    }
+    npy.context("the dataset has no readable records")?.finish()?;
+    Ok(rows)
+}

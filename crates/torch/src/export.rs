@@ -1,0 +1,70 @@
+//! `trainer export RUN --out model.pt`: the backbone and the FR embedding layer traced to
+//! TorchScript, for `torch.jit.load` in Python and `torch::jit::load` in C++ (and, through
+//! `launch/export_onnx.py`, ONNX). Input: NCHW float32 RGB, (x − 127.5)/127.5, any batch
+//! size; output: the embedding `[N, emb_dim]` before L2 normalisation. The weights are
+//! stored in the file as constants of the traced graph.
+
+use anyhow::{ensure, Context, Result};
+use std::path::PathBuf;
+use tch::{CModule, Device, Kind, Tensor};
+
+use crate::eval::{self, pairs};
+use crate::model::Tasks;
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// The run directory (Model/<run-id>).
+    pub run: PathBuf,
+    /// The TorchScript file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// best, latest, or a checkpoint directory.
+    #[arg(long, default_value = "best")]
+    pub checkpoint: String,
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    let mut model = eval::load(&args.run, &args.checkpoint, "cpu")?;
+    // Weights become constants of the traced graph, which must not require gradients.
+    model.vs.freeze();
+    ensure!(Tasks::from(model.cfg.task).fr, "{} has no FR head to export (task {})", args.run.display(), model.cfg.task.name());
+    let size = model.cfg.size as i64;
+    let example = Tensor::rand([2, 3, size, size], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let mut failure = None;
+    let mut forward = |inputs: &[Tensor]| match pairs::embed(&model.net, &inputs[0]) {
+        Ok(e) => vec![e],
+        Err(e) => {
+            failure = Some(e);
+            vec![inputs[0].shallow_clone()]
+        }
+    };
+    let module = tch::no_grad(|| CModule::create_by_tracing("TrainerEmbedding", "forward", std::slice::from_ref(&example), &mut forward))
+        .context("tracing the backbone and FR embedding layer")?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let partial = args.out.with_extension("pt.partial");
+    module.save(&partial).with_context(|| format!("writing {}", partial.display()))?;
+    check_round_trip(&partial, &model.net, size)?;
+    std::fs::rename(&partial, &args.out).with_context(|| format!("renaming {} to {}", partial.display(), args.out.display()))?;
+    println!(
+        "exported {} (step {}) to {}: input [N, 3, {size}, {size}] float32 RGB, (x - 127.5) / 127.5; output [N, {}] embedding (not normalised)",
+        model.checkpoint.display(),
+        model.step,
+        args.out.display(),
+        model.cfg.heads.emb_dim
+    );
+    Ok(())
+}
+
+/// Loads the file back with libtorch's own loader and compares it with the model on a
+/// batch of another size than the traced one (the batch dimension must stay free).
+fn check_round_trip(path: &std::path::Path, net: &crate::model::Net, size: i64) -> Result<()> {
+    let loaded = CModule::load(path).with_context(|| format!("loading {} back", path.display()))?;
+    let x = Tensor::rand([3, 3, size, size], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let (theirs, ours) = tch::no_grad(|| -> Result<(Tensor, Tensor)> { Ok((loaded.forward_ts(&[&x])?, pairs::embed(net, &x)?)) })?;
+    ensure!(theirs.size() == ours.size(), "the exported model gives shape {:?}, the model {:?}", theirs.size(), ours.size());
+    let diff = (theirs - ours).abs().max().double_value(&[]);
+    ensure!(diff < 1e-4, "the exported model differs from the model by {diff}");
+    Ok(())
+}
