@@ -4,9 +4,10 @@
 //! `codec` (image bytes ↔ pixels) → `pack` / `synth` (writing datasets) and `tools`
 //! (inspect, verify, unpack) → `pipeline` (sampling, decoding, batching). Beside them:
 //! `plateau` (dlib's learning-rate rule), `metrics` (verification, Gap, confusion),
-//! `bench` (pipeline and plateau benchmarks), and the small shared pieces `rng`, `stats`
-//! and `term`. The libtorch half (`trainer-torch`) builds on this crate; this crate cannot
-//! reach it.
+//! `bench` (pipeline and plateau benchmarks), `watch` (TensorBoard event files and
+//! `trainer plot`, both read from or mirroring a run's `log.txt`), and the small shared
+//! pieces `rng`, `stats` and `term`. The libtorch half (`trainer-torch`) builds on this
+//! crate; this crate cannot reach it.
 
 pub mod bench;
 pub mod codec;
@@ -22,3 +23,4 @@ pub mod stats;
 pub mod synth;
 pub mod term;
 pub mod tools;
+pub mod watch;
