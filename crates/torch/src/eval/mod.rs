@@ -56,7 +56,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, saved.num_classes, cfg.task.into());
     let model = ckpt.join(checkpoint::MODEL_FILE);
     vs.load(&model).with_context(|| format!("loading {}", model.display()))?;
-    let metrics = Validator::open(&cfg)?.run(&net, &cfg, device)?;
+    let metrics = Validator::open(&cfg)?.with_progress().run(&net, &cfg, device)?;
     for r in &metrics.reports {
         println!("{r}");
     }

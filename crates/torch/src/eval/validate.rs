@@ -14,6 +14,8 @@ use trainer_data::pipeline::{Loader, RankView};
 
 pub struct Validator {
     sets: Vec<(String, Arc<RankView>)>,
+    /// A bar per set on a terminal (`trainer eval`; training has its own bar).
+    progress: bool,
 }
 
 /// Metric values by log key, the one that picks the best checkpoint, and printable reports.
@@ -43,14 +45,21 @@ impl Validator {
                 Ok((set_name(p), Arc::new(view)))
             })
             .collect::<Result<_>>()?;
-        Ok(Validator { sets })
+        Ok(Validator { sets, progress: false })
+    }
+
+    /// Shows a progress bar per set while it runs, when stderr is a terminal.
+    pub fn with_progress(self) -> Validator {
+        Validator { progress: true, ..self }
     }
 
     pub fn run(&self, net: &Net, cfg: &TrainConfig, device: Device) -> Result<Metrics> {
         let mut m = Metrics { values: BTreeMap::new(), primary: None, reports: vec![] };
         let tasks = Tasks::from(cfg.task);
         for (i, (name, view)) in self.sets.iter().enumerate() {
-            let out = tch::no_grad(|| infer(net, cfg, device, view))?;
+            let bar = self.bar(name, view.records.len());
+            let out = tch::no_grad(|| infer(net, cfg, device, view, &bar))?;
+            bar.finish_and_clear();
             // The first set names the plain keys; others get a suffix.
             let key = |k: &str| if i == 0 { k.to_string() } else { format!("{k}_{name}") };
             if tasks.fr && out.dim > 0 {
@@ -81,13 +90,21 @@ impl Validator {
         }
         Ok(m)
     }
+
+    fn bar(&self, set: &str, images: usize) -> indicatif::ProgressBar {
+        if !self.progress {
+            return indicatif::ProgressBar::hidden();
+        }
+        let template = "{msg} [{bar:30}] {pos}/{len} images ({elapsed}, eta {eta})";
+        trainer_data::term::progress_bar(images as u64, template).with_message(set.to_string())
+    }
 }
 
 fn set_name(p: &std::path::Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| PathBuf::from(p).display().to_string())
 }
 
-fn infer(net: &Net, cfg: &TrainConfig, device: Device, view: &Arc<RankView>) -> Result<Outputs> {
+fn infer(net: &Net, cfg: &TrainConfig, device: Device, view: &Arc<RankView>, bar: &indicatif::ProgressBar) -> Result<Outputs> {
     let mut loader = Loader::sequential(Arc::clone(view), cfg.size, cfg.batch_size.max(1), cfg.workers)?;
     let mut out = Outputs::default();
     while let Some(batch) = loader.next_batch()? {
@@ -110,6 +127,7 @@ fn infer(net: &Net, cfg: &TrainConfig, device: Device, view: &Arc<RankView>) -> 
             out.age.1.extend(batch.ages.iter().map(|&a| a.min(top)));
         }
         out.labels.extend(&batch.labels);
+        bar.inc(batch.labels.len() as u64);
     }
     Ok(out)
 }
