@@ -20,7 +20,7 @@ REF_PACKAGES=("mxnet==1.9.1" "numpy==1.23.5" "dlib-bin==20.0.1.post1" "tensorboa
 REF_VENV=${REF_VENV:-$TRAINER_CACHE/refs-1}
 
 need_apt=()
-for pkg in mpich libmpich-dev libclang-dev cmake nasm; do
+for pkg in mpich libmpich-dev libclang-dev cmake nasm bsdutils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use handover::Forwarded;
 use std::process::ExitCode;
-use trainer_data::{bench, pack, plateau, synth, term, tools};
+use trainer_data::{bench, pack, plateau, synth, term, tools, watch};
 
 #[derive(Parser, Debug)]
 #[command(name = "trainer", version, about = "Distributed face-recognition trainer over sharded bin/idx datasets",
@@ -48,6 +48,9 @@ see `trainer export --help` for its flags.")]
     Export(Forwarded),
     /// Run dlib's plateau test on a loss file: steps_without_decrease and the robust count.
     Plateau(plateau::PlateauArgs),
+    /// Draw runs' curves from their log.txt (loss, lr with decays and rollbacks, validation,
+    /// images/s) into one PNG or SVG; several runs share the axes.
+    Plot(watch::plot::PlotArgs),
     /// Benchmarks: data pipeline, training step, all-reduce.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -83,6 +86,7 @@ fn run(command: Command) -> Result<()> {
         Command::Unpack(a) => term::print(&tools::unpack::unpack(&a)?),
         Command::Synth(a) => synth::synth(&a),
         Command::Plateau(a) => term::print(&plateau::report(&a)?),
+        Command::Plot(a) => term::print(&watch::plot::plot(&a)?),
         Command::Bench(BenchCommand::Data(a)) => bench_data(&a),
         Command::Bench(BenchCommand::Plateau(a)) => term::print(&bench::plateau::run(&a)?.to_string()),
         Command::Train(_) | Command::Eval(_) | Command::Embed(_) | Command::Export(_) | Command::Bench(BenchCommand::Train(_) | BenchCommand::Allreduce(_)) => handover::exec_torch(),

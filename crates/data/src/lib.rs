@@ -5,9 +5,10 @@
 //! `interop` reads MXNet RecordIO, insightface pair sets, writes `.npy`) and `tools`
 //! (inspect, verify, unpack) → `pipeline` (sampling, decoding, batching). Beside them:
 //! `plateau` (dlib's learning-rate rule), `metrics` (verification, Gap, confusion),
-//! `bench` (pipeline and plateau benchmarks), and the small shared pieces `rng`, `stats`
-//! and `term`. The libtorch half (`trainer-torch`) builds on this crate; this crate cannot
-//! reach it.
+//! `bench` (pipeline and plateau benchmarks), `watch` (TensorBoard event files and
+//! `trainer plot`, both read from or mirroring a run's `log.txt`), and the small shared
+//! pieces `rng`, `stats` and `term`. The libtorch half (`trainer-torch`) builds on this
+//! crate; this crate cannot reach it.
 
 pub mod bench;
 pub mod codec;
@@ -25,3 +26,4 @@ pub mod synth;
 pub mod term;
 pub mod targets;
 pub mod tools;
+pub mod watch;

@@ -24,6 +24,10 @@ pub struct Plateau {
     losses: VecDeque<f64>,
     budget: usize,
     steps_without_progress: usize,
+    /// The robust count at the last check (logged; dlib keeps only the one above).
+    /// Checkpoints from before it was kept read as 0 until the next check.
+    #[serde(default)]
+    steps_without_progress_robust: usize,
     decays: usize,
 }
 
@@ -37,6 +41,7 @@ impl Plateau {
             losses: VecDeque::with_capacity(threshold + 1),
             budget: 0,
             steps_without_progress: 0,
+            steps_without_progress_robust: 0,
             decays: 0,
         }
     }
@@ -52,17 +57,18 @@ impl Plateau {
             return None;
         }
         self.budget = 0;
-        self.steps_without_progress = self.count();
-        if self.steps_without_progress < self.threshold {
-            return None;
-        }
         // The second opinion ignores the top 10% of losses, so a burst of bad batches
-        // does not count as a plateau.
-        self.steps_without_progress = count_steps_without_decrease_robust(
+        // does not count as a plateau. dlib computes it only once the plain count passes
+        // the threshold (and then reports it as the count); it is computed at every check
+        // here so that the log can show both, which decides nothing differently.
+        let plain = self.count();
+        let robust = count_steps_without_decrease_robust(
             self.losses.make_contiguous(),
             DEFAULT_PROBABILITY_OF_DECREASE,
             DEFAULT_QUANTILE_DISCARD,
         );
+        self.steps_without_progress_robust = robust;
+        self.steps_without_progress = if plain < self.threshold { plain } else { robust };
         if self.steps_without_progress < self.threshold {
             return None;
         }
@@ -73,6 +79,7 @@ impl Plateau {
     /// the count and drops the oldest losses; returns the factor to apply.
     pub fn shrink_now(&mut self) -> f64 {
         self.steps_without_progress = 0;
+        self.steps_without_progress_robust = 0;
         self.decays += 1;
         let drop = (DUMP_AMOUNT + self.threshold / 10).min(self.losses.len());
         self.losses.drain(..drop);
@@ -82,6 +89,11 @@ impl Plateau {
     /// The count as of the last check (dlib's `get_steps_without_progress`).
     pub fn steps_without_progress(&self) -> usize {
         self.steps_without_progress
+    }
+
+    /// The robust count (the top 10% of losses left out) as of the last check.
+    pub fn steps_without_progress_robust(&self) -> usize {
+        self.steps_without_progress_robust
     }
 
     /// How many times the learning rate has shrunk.
@@ -242,6 +254,21 @@ mod tests {
         assert_eq!(shrink_steps(&mut p, 1, 1600, |_| 0.0), vec![1002, 1506]);
         // Between checks the reported count is the one from the last check.
         assert_eq!(p.steps_without_progress(), 1596 - 1506 + 500);
+    }
+
+    #[test]
+    fn both_counts_are_those_of_the_window_at_the_last_check() {
+        // threshold 100 < 200: every step is a check. A slowly falling loss with a bad
+        // batch every 10 steps: they hold the plain count up but not the robust one.
+        let mut p = Plateau::new(100, 0.1);
+        for i in 0..100 {
+            p.push(10.0 - 0.001 * i as f64 + if i % 10 == 0 { 30.0 } else { 0.0 });
+            let window: Vec<f64> = p.losses().collect();
+            let robust = count_steps_without_decrease_robust(&window, DEFAULT_PROBABILITY_OF_DECREASE, DEFAULT_QUANTILE_DISCARD);
+            assert_eq!(p.steps_without_progress_robust(), robust, "step {i}");
+        }
+        // The same counts as `trainer plateau` gives for this window.
+        assert_eq!((p.steps_without_progress(), p.steps_without_progress_robust()), (79, 0));
     }
 
     #[test]

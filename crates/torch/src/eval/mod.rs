@@ -89,7 +89,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if cfg.heads().contains(&Head::Fr) {
         check_pairs(&cfg)?;
     }
-    let metrics = Validator::open(&cfg)?.run(&net, &cfg, device)?;
+    let metrics = Validator::open(&cfg)?.with_progress().run(&net, &cfg, device)?;
     let mut out = String::new();
     for r in &metrics.reports {
         out += &format!("{r}\n");

@@ -38,6 +38,8 @@ pub struct Validator {
     /// The key that picks `best/`, and whether lower is better for it.
     best_key: String,
     lower_is_better: bool,
+    /// A bar per set on a terminal (`trainer eval`; training has its own bar).
+    progress: bool,
 }
 
 /// Metric values by log key, the one that picks the best checkpoint, and printable reports.
@@ -76,7 +78,12 @@ impl Validator {
             sets.push(ValidSet { spec, name, view: Arc::new(view), heads, suffix });
         }
         let (best_key, lower_is_better) = best_key(cfg, &sets, &pair_sets)?;
-        Ok(Validator { sets, pair_sets, best_key, lower_is_better })
+        Ok(Validator { sets, pair_sets, best_key, lower_is_better, progress: false })
+    }
+
+    /// Shows a progress bar per set while it runs, when stderr is a terminal.
+    pub fn with_progress(self) -> Validator {
+        Validator { progress: true, ..self }
     }
 
     /// True when `metric` beats the best so far (NaN never does).
@@ -91,7 +98,9 @@ impl Validator {
     pub fn run(&self, net: &Net, cfg: &TrainConfig, device: Device) -> Result<Metrics> {
         let mut m = Metrics { values: BTreeMap::new(), primary: None, reports: vec![], rows: vec![] };
         for set in &self.sets {
-            let out = tch::no_grad(|| infer(net, cfg, device, &set.view))?;
+            let bar = self.bar(&set.name, set.view.len());
+            let out = tch::no_grad(|| infer(net, cfg, device, &set.view, &bar))?;
+            bar.finish_and_clear();
             for &head in &set.heads {
                 let key = |k: &str| format!("valid_{}_{k}{}", head.key(), set.suffix[&head]);
                 if head == Head::Fr {
@@ -115,6 +124,14 @@ impl Validator {
         }
         m.primary = m.values.get(&self.best_key).copied();
         Ok(m)
+    }
+
+    fn bar(&self, set: &str, images: usize) -> indicatif::ProgressBar {
+        if !self.progress {
+            return indicatif::ProgressBar::hidden();
+        }
+        let template = "{msg} [{bar:30}] {pos}/{len} images ({elapsed}, eta {eta})";
+        trainer_data::term::progress_bar(images as u64, template).with_message(set.to_string())
     }
 }
 
@@ -181,11 +198,11 @@ fn unique_name(spec: &SetSpec, before: &[ValidSet]) -> String {
 /// Multi); it must be a key validation will log.
 fn best_key(cfg: &TrainConfig, sets: &[ValidSet], pair_sets: &[(String, PairSet)]) -> Result<(String, bool)> {
     let mut keys: Vec<String> = sets.iter().flat_map(|s| s.heads.iter().flat_map(move |&h| metric_keys(h).iter().map(move |k| format!("valid_{}_{k}{}", h.key(), s.suffix[&h])))).collect();
-    keys.extend(pair_sets.iter().flat_map(|(name, _)| [format!("valid_{name}_verif_acc"), format!("valid_{name}_gap")]));
+    keys.extend(pair_sets.iter().flat_map(|(name, _)| [format!("valid_fr_verif_acc_{name}"), format!("valid_fr_gap_{name}")]));
     let key = match &cfg.best_metric {
         Some(k) => k.clone(),
         // The first set given leads: a pair set's accuracy, or the lead task's main metric.
-        None if cfg.valid_sets.first().is_some_and(|s| pairs::is_pair_set(&s.path)) => format!("valid_{}_verif_acc", pair_sets[0].0),
+        None if cfg.valid_sets.first().is_some_and(|s| pairs::is_pair_set(&s.path)) => format!("valid_fr_verif_acc_{}", pair_sets[0].0),
         None => {
             let lead = cfg.heads().into_iter().find(|h| sets.iter().any(|s| s.heads.contains(h))).context("no validation set validates a task of this run")?;
             format!("valid_{}_{}", lead.key(), metric_keys(lead)[0])
@@ -207,7 +224,7 @@ fn metric_keys(head: Head) -> &'static [&'static str] {
     }
 }
 
-fn infer(net: &Net, cfg: &TrainConfig, device: Device, view: &Arc<RankView>) -> Result<Outputs> {
+fn infer(net: &Net, cfg: &TrainConfig, device: Device, view: &Arc<RankView>, bar: &indicatif::ProgressBar) -> Result<Outputs> {
     let mut loader = Loader::sequential(Arc::clone(view), cfg.size, cfg.batch_size.max(1), cfg.workers)?;
     let mut out = Outputs::default();
     let tasks = net.tasks();
@@ -230,6 +247,7 @@ fn infer(net: &Net, cfg: &TrainConfig, device: Device, view: &Arc<RankView>) -> 
             out.age.1.extend(batch.ages.iter().map(|&a| a.min(top)));
         }
         out.labels.extend(&batch.labels);
+        bar.inc(batch.labels.len() as u64);
     }
     Ok(out)
 }

@@ -152,6 +152,10 @@ pub struct TrainConfig {
     /// Write a log.txt line every N steps.
     #[arg(long, default_value_t = 20)]
     pub log_every: u64,
+    /// Also write log.txt's numbers as TensorBoard scalars under <run>/tensorboard/
+    /// (rank 0; `tensorboard --logdir Model/`).
+    #[arg(long)]
+    pub tensorboard: bool,
     /// Keep the last K checkpoints.
     #[arg(long, default_value_t = 3)]
     pub keep_checkpoints: usize,

@@ -321,9 +321,11 @@ impl Session {
         }
         for (head, p) in &self.state.plateaus {
             ev[format!("steps_without_decrease_{}", head.name())] = json!(p.steps_without_progress());
+            ev[format!("steps_without_decrease_robust_{}", head.name())] = json!(p.steps_without_progress_robust());
         }
         if let Some(p) = self.state.plateaus.get(&self.plateau_task()) {
             ev["steps_without_decrease"] = json!(p.steps_without_progress());
+            ev["steps_without_decrease_robust"] = json!(p.steps_without_progress_robust());
         }
         for (group, lr) in self.replica.lrs() {
             ev[format!("lr_{group}")] = json!(lr);

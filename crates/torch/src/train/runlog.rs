@@ -1,6 +1,7 @@
 //! The run's files besides checkpoints: `log.txt` (JSON lines, rank 0), the seed's
 //! `loss_debug/<task>_loss.txt` (comma-separated per-step losses, rank 0) and
-//! `rank<k>.log` (every rank's own events).
+//! `rank<k>.log` (every rank's own events); with `--tensorboard`, `log.txt`'s events are
+//! mirrored as TensorBoard scalars in `tensorboard/` (rank 0).
 //!
 //! One history: the files describe the path training actually took. A rollback cuts them
 //! back to the state it returns to (the discarded losses go into its `rollback` event),
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::model::Head;
+use trainer_data::watch::tensorboard::RunScalars;
 
 /// Events that record what happened to the run rather than a step of its path; a
 /// rollback keeps them (a resume replays the path, so it keeps only the start events).
@@ -29,6 +31,8 @@ pub struct RunLog {
     /// Rank 0 writes the loss files; every rank counts, so the state agrees everywhere.
     losses: BTreeMap<Head, LossFile>,
     rank_log: BufWriter<File>,
+    /// `--tensorboard`, rank 0 only.
+    tensorboard: Option<RunScalars>,
 }
 
 struct LossFile {
@@ -68,7 +72,16 @@ impl RunLog {
         } else {
             None
         };
-        Ok(RunLog { rank, dir: run_dir.to_path_buf(), log, losses, rank_log })
+        Ok(RunLog { rank, dir: run_dir.to_path_buf(), log, losses, rank_log, tensorboard: None })
+    }
+
+    /// From now on every `log.txt` event is also written as TensorBoard scalars, into a
+    /// new event file in `<run>/tensorboard/` (rank 0; a resume adds a file).
+    pub fn enable_tensorboard(&mut self) -> Result<()> {
+        if self.log.is_some() {
+            self.tensorboard = Some(RunScalars::create(&self.dir.join("tensorboard"))?);
+        }
+        Ok(())
     }
 
     /// One JSON line in `log.txt` (rank 0 only), stamped with the wall time.
@@ -79,6 +92,9 @@ impl RunLog {
         }
         writeln!(log, "{value}")?;
         log.flush()?;
+        if let Some(tb) = self.tensorboard.as_mut() {
+            tb.event(&value)?;
+        }
         Ok(())
     }
 

@@ -82,6 +82,9 @@ impl Session {
 
         let checkpoint = resumed.map(|(ckpt, _)| ckpt);
         let mut log = RunLog::open(&run_dir, rank, &heads, checkpoint.as_ref().map(|_| (state.step, &state.loss_counts)))?;
+        if cfg.tensorboard {
+            log.enable_tensorboard()?;
+        }
         if rank == 0 && resume.is_none() {
             checkpoint::write_synced(&run_dir.join("config.json"), &serde_json::to_vec_pretty(&cfg)?)?;
         }
