@@ -223,7 +223,7 @@ fn columns_for(spec: &SetSpec, opts: &ViewOptions) -> Result<Vec<(Head, Column)>
     Ok(out)
 }
 
-fn column_stats(ds: &Dataset) -> ColumnStats {
+pub(crate) fn column_stats(ds: &Dataset) -> ColumnStats {
     let mut stats = ColumnStats::default();
     for shard in &ds.shards {
         stats.records += shard.len();

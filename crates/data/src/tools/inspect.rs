@@ -3,6 +3,7 @@
 use crate::format::{Manifest, Version};
 use crate::reader::{Dataset, Layout};
 use crate::stats::cpu_seconds;
+use crate::targets::{resolve_column, Column, Head, SetSpec};
 use anyhow::Result;
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ pub fn inspect(args: &InspectArgs) -> Result<String> {
     print_shards(&mut out, &ds);
     print_classes(&mut out, &ds);
     print_attributes(&mut out, &ds);
+    print_tasks(&mut out, &ds, &args.dataset);
     print_sidecars(&mut out, &layout, &ds);
     print_head(&mut out, &ds, args.head);
     Ok(out)
@@ -82,6 +84,25 @@ fn print_attributes(out: &mut String, ds: &Dataset) {
     };
     let _ = writeln!(out, "gender {}", histogram(&|s| s.genders()));
     let _ = writeln!(out, "age    {}", histogram(&|s| s.ages()));
+}
+
+/// Which column each task would read its class from, as `trainer train` decides it:
+/// for a set given for that task alone (`gender=DIR/NAME`), and for one shared by tasks.
+fn print_tasks(out: &mut String, ds: &Dataset, path: &std::path::Path) {
+    let stats = crate::pipeline::partition::column_stats(ds);
+    let spec = SetSpec { head: None, path: path.to_path_buf(), column: None };
+    let known = |c: Column| match stats.of(c) {
+        (0, _) => "none known".to_string(),
+        (n, max) => format!("{n} of {} known, classes 0..={max}", stats.records),
+    };
+    let describe = |c: Column| format!("{:<6} {}", c.name(), known(c));
+    let _ = writeln!(out, "tasks (the column each reads its class from):");
+    let _ = writeln!(out, "  {:<6}  {}", "FR", describe(Column::Label));
+    for head in [Head::Gender, Head::Age] {
+        let (alone, shared) = (resolve_column(&spec, head, true, &stats), resolve_column(&spec, head, false, &stats));
+        let note = if shared == alone { String::new() } else { format!("  (as {}=DIR/NAME; shared with other tasks: {} {})", head.key(), shared.name(), known(shared)) };
+        let _ = writeln!(out, "  {:<6}  {}{note}", head.name(), describe(alone));
+    }
 }
 
 fn print_sidecars(out: &mut String, layout: &Layout, ds: &Dataset) {
