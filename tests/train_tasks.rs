@@ -200,6 +200,11 @@ fn multi_on_two_ranks_with_three_datasets_resumes_exactly() {
         assert!(a.iter().all(|&l| l > 0.0), "{task}: a zero loss means every target was masked: {a:?}");
         assert_eq!(a, b, "{task}: resumed losses differ");
     }
+    let step = log_lines(&out.join("straight")).into_iter().find(|e| e.get("images_per_s").is_some()).expect("a step line");
+    for key in ["epoch", "epoch_FR", "epoch_Gender", "epoch_Age"] {
+        assert!(step[key].as_u64().is_some(), "no {key} in {step}");
+    }
+    assert_eq!(step["epoch"], step["epoch_FR"], "the run's epoch is the lead task's: {step}");
     let v = valid_event(&out.join("killed"));
     for key in ["valid_fr_verif_acc", "valid_gender_acc", "valid_age_acc", "valid_age_mae"] {
         assert!(v[key].as_f64().is_some(), "no {key} in {v}");
@@ -270,4 +275,27 @@ fn gender_learns_from_a_class_folder_pack() {
     assert!(l[0] > 0.3, "the loss at step 1 is {} (every target masked?)", l[0]);
     let acc = valid_event(&run)["valid_gender_acc"].as_f64().expect("valid_gender_acc");
     assert!(acc >= 0.9, "held-out accuracy {acc} after 150 steps on a learnable two-class set");
+}
+
+/// Multi with a dataset per task: the Gender and Age heads learn their own sets while FR trains on
+/// identities through the same backbone.
+#[test]
+fn multi_learns_gender_and_age_from_their_own_datasets() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dir.path().join("shards");
+    let fr = packed_synth(dir.path(), "fr", 12, 8, 1, 1);
+    let gender = pack_folders(&bars(&dir.path().join("train-img"), 160, 1), &shards, "g", "2");
+    let valid = pack_folders(&bars(&dir.path().join("valid-img"), 50, 2), &shards, "gv", "1");
+    let out = dir.path().join("Model");
+    // Age reads the same folders as buckets 0 and 1.
+    let train = [format!("fr={}", fr.display()), format!("gender={}", gender.display()), format!("age={}", gender.display())];
+    let valid = [format!("gender={}", valid.display()), format!("age={}", valid.display())];
+    let mut a = tiny("Multi", &out, "m");
+    a.extend(["--train-sets", &train[0], &train[1], &train[2], "--valid-sets", &valid[0], &valid[1], "--max-steps", "150", "--valid-every", "150"]);
+    run_ok(&a);
+    let v = valid_event(&out.join("m"));
+    for key in ["valid_gender_acc", "valid_age_acc"] {
+        let acc = v[key].as_f64().unwrap_or_else(|| panic!("no {key} in {v}"));
+        assert!(acc >= 0.9, "held-out {key} {acc} in Multi after 150 steps");
+    }
 }

@@ -299,13 +299,24 @@ impl Session {
         None
     }
 
+    /// `epoch` is the lead task's; with a pool per task each also logs `epoch_<task>` (a
+    /// small Gender set wraps far more often than the identity set).
+    fn log_epochs(&self, ev: &mut serde_json::Value) {
+        let epochs = self.pools.epochs();
+        ev["epoch"] = json!(self.heads.first().and_then(|h| epochs.get(h)).copied().unwrap_or(0));
+        if self.pools.count() > 1 {
+            for (head, epoch) in &epochs {
+                ev[format!("epoch_{}", head.name())] = json!(epoch);
+            }
+        }
+    }
+
     fn log_progress(&mut self, stats: &StepStats, window: &Window) -> Result<()> {
         let world = self.comm.world();
         let secs = window.start.elapsed().as_secs_f64().max(1e-9);
         let effective_batch = self.pools.images_per_step(&self.heads) * self.cfg.accum * world;
         let mut ev = json!({
             "step": self.state.step,
-            "epoch": self.pools.epochs().values().copied().max().unwrap_or(0),
             "lr": self.lr_shown(),
             "images_per_s": window.images / secs,
             "data_wait_frac": window.wait / secs,
@@ -313,6 +324,7 @@ impl Session {
             "effective_batch": effective_batch,
             "skipped_records": self.state.skipped_records,
         });
+        self.log_epochs(&mut ev);
         if let Some(total) = stats.total {
             ev["loss"] = json!(total);
         }

@@ -102,6 +102,11 @@ impl Pools {
     }
 
     /// The epoch each head's pool is in.
+    /// How many loaders: one, or one per task once tasks have their own datasets.
+    pub fn count(&self) -> usize {
+        self.pools.len()
+    }
+
     pub fn epochs(&self) -> BTreeMap<Head, u64> {
         self.pools.iter().flat_map(|p| p.heads.iter().map(|&h| (h, p.loader.position().epoch))).collect()
     }
