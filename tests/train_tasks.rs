@@ -58,7 +58,7 @@ fn tiny<'a>(task: &'a str, out: &'a Path, run: &'a str) -> Vec<&'a str> {
 }
 
 fn valid_event(run: &Path) -> Value {
-    log_lines(run).into_iter().filter(|e| e["event"] == "valid").last().expect("a validation event")
+    log_lines(run).into_iter().rfind(|e| e["event"] == "valid").expect("a validation event")
 }
 
 #[test]
