@@ -88,10 +88,10 @@ fn pair_sets_validate_evaluate_embed_and_export() {
     ]);
     let run = out.join("r");
     let valid = log_lines(&run).into_iter().rfind(|e| e["event"] == "valid").expect("a validation event");
-    for key in ["valid_fr_verif_acc_lfw", "valid_fr_verif_std_lfw", "valid_fr_gap_lfw", "valid_fr_verif_acc"] {
+    for key in ["valid_lfw_verif_acc", "valid_lfw_verif_std", "valid_lfw_gap", "valid_fr_verif_acc"] {
         assert!(valid[key].is_number(), "{key} missing: {valid}");
     }
-    assert!(valid.get("valid_fr_verif_tar_lfw").is_none(), "20 pairs are too few for TAR at FAR 1e-3: {valid}");
+    assert!(valid.get("valid_lfw_verif_tar").is_none(), "20 pairs are too few for TAR at FAR 1e-3: {valid}");
 
     let eval = text(&run_ok(&["eval", s(&run), "--valid-sets", s(&lfw), s(&legacy), "--device", "cpu", "--pairs", "40"]));
     let table: Vec<&str> = eval.lines().skip_while(|l| !l.starts_with("set ")).take(3).collect();

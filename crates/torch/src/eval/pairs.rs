@@ -102,20 +102,20 @@ pub fn evaluate(net: &Net, set: &PairSet, size: usize, batch: usize, device: Dev
     score(&e, &set.issame)
 }
 
-/// Log keys `valid_fr_verif_acc_<set>`, `_verif_std_`, `_gap_`, and `_verif_tar_` (TAR at FAR =
+/// Log keys `valid_<set>_verif_acc`, `_verif_std`, `_gap`, and `_verif_tar` (TAR at FAR =
 /// 1e-3, only when every training split has the 1000 different pairs it takes), a report
 /// line and a table row.
 pub fn record(name: &str, s: &PairScores, m: &mut Metrics) {
     let v = &s.verification;
     let threshold = v.threshold_mean();
-    m.values.insert(format!("valid_fr_verif_acc_{name}"), v.accuracy_mean);
-    m.values.insert(format!("valid_fr_verif_std_{name}"), v.accuracy_std);
-    m.values.insert(format!("valid_fr_gap_{name}"), s.gap.value);
+    m.values.insert(format!("valid_{name}_verif_acc"), v.accuracy_mean);
+    m.values.insert(format!("valid_{name}_verif_std"), v.accuracy_std);
+    m.values.insert(format!("valid_{name}_gap"), s.gap.value);
     let mut row = Row::new(name).cell("pairs", s.pairs).cell("verification", format!("{:.4} ± {:.4}", v.accuracy_mean, v.accuracy_std));
     let mut report = format!("{name}: verification {:.4} ± {:.4} on {} pairs (threshold {threshold:.3}), gap {:.3}", v.accuracy_mean, v.accuracy_std, s.pairs, s.gap.value);
     match v.tar_at_far.as_ref().filter(|t| t.reliable) {
         Some(t) => {
-            m.values.insert(format!("valid_fr_verif_tar_{name}"), t.tar_mean);
+            m.values.insert(format!("valid_{name}_verif_tar"), t.tar_mean);
             row = row.cell("TAR@FAR=1e-3", format!("{:.4}", t.tar_mean));
             report.push_str(&format!(", TAR {:.4} ± {:.4} at FAR {:.5}", t.tar_mean, t.tar_std, t.far_mean));
         }

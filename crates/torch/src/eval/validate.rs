@@ -198,11 +198,11 @@ fn unique_name(spec: &SetSpec, before: &[ValidSet]) -> String {
 /// Multi); it must be a key validation will log.
 fn best_key(cfg: &TrainConfig, sets: &[ValidSet], pair_sets: &[(String, PairSet)]) -> Result<(String, bool)> {
     let mut keys: Vec<String> = sets.iter().flat_map(|s| s.heads.iter().flat_map(move |&h| metric_keys(h).iter().map(move |k| format!("valid_{}_{k}{}", h.key(), s.suffix[&h])))).collect();
-    keys.extend(pair_sets.iter().flat_map(|(name, _)| [format!("valid_fr_verif_acc_{name}"), format!("valid_fr_gap_{name}")]));
+    keys.extend(pair_sets.iter().flat_map(|(name, _)| [format!("valid_{name}_verif_acc"), format!("valid_{name}_gap")]));
     let key = match &cfg.best_metric {
         Some(k) => k.clone(),
         // The first set given leads: a pair set's accuracy, or the lead task's main metric.
-        None if cfg.valid_sets.first().is_some_and(|s| pairs::is_pair_set(&s.path)) => format!("valid_fr_verif_acc_{}", pair_sets[0].0),
+        None if cfg.valid_sets.first().is_some_and(|s| pairs::is_pair_set(&s.path)) => format!("valid_{}_verif_acc", pair_sets[0].0),
         None => {
             let lead = cfg.heads().into_iter().find(|h| sets.iter().any(|s| s.heads.contains(h))).context("no validation set validates a task of this run")?;
             format!("valid_{}_{}", lead.key(), metric_keys(lead)[0])
