@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 fn mpi_train(np: usize, args: &[&str]) -> Option<Output> {
     let mpirun = mpirun()?;
@@ -44,6 +44,28 @@ fn max_diff(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max)
 }
 
+/// `run` matches the replicated run `reference`: every step's loss within 1e-5 relative,
+/// and at the last step every weight (the whole centre matrix included) and the centres'
+/// momentum within 1e-4.
+fn assert_same_run(out: &Path, reference: &str, run: &str, steps: u64) {
+    let want = losses(&out.join(reference), "FR");
+    let got = losses(&out.join(run), "FR");
+    assert_eq!((want.len(), got.len()), (steps as usize, steps as usize), "{run}");
+    for (step, (x, y)) in want.iter().zip(&got).enumerate() {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "{run}, step {}: loss {y} vs {x}", step + 1);
+    }
+    let (want, have) = (checkpoint(out, reference, steps, "model.safetensors"), checkpoint(out, run, steps, "model.safetensors"));
+    assert_eq!(want.keys().collect::<Vec<_>>(), have.keys().collect::<Vec<_>>(), "{run}: tensor names");
+    assert_eq!(have["arcface.weight"].len(), 61 * 16, "{run}: the whole matrix");
+    for (name, w) in &want {
+        let d = max_diff(w, &have[name]);
+        assert!(d < 1e-4, "{run}, {name}: max |diff| {d}");
+    }
+    let (want, have) = (checkpoint(out, reference, steps, "optimizer.safetensors"), checkpoint(out, run, steps, "optimizer.safetensors"));
+    let d = max_diff(&want["arcface.0"], &have["arcface.0"]);
+    assert!(d < 1e-4, "{run}, centres' momentum: max |diff| {d}");
+}
+
 /// With --sample-rate 1, 2 and 3 ranks of Partial FC equal one rank with the whole matrix
 /// at the same global batch: losses within 1e-5 relative for 10 steps, every weight (the
 /// whole centre matrix in the checkpoint included) and the centres' momentum within 1e-4.
@@ -57,29 +79,13 @@ fn two_and_three_ranks_equal_the_replicated_head() {
     let mut one = vec!["train", "FR", "--batch-size", "12", "--run-id", "one"];
     one.extend(&a);
     run_ok(&one);
-    let reference = losses(&out.join("one"), "FR");
-    assert_eq!(reference.len(), 10);
     for (np, batch) in [(2, "6"), (3, "4")] {
         let run = format!("pfc{np}");
         let mut pfc = vec!["train", "FR", "--batch-size", batch, "--run-id", &run, "--partial-fc"];
         pfc.extend(&a);
         let Some(res) = mpi_train(np, &pfc) else { return };
         assert!(res.status.success(), "{np} ranks: {}", text(&res));
-        let got = losses(&out.join(&run), "FR");
-        assert_eq!(got.len(), 10, "{np} ranks");
-        for (step, (x, y)) in reference.iter().zip(&got).enumerate() {
-            assert!((x - y).abs() <= 1e-5 * x.abs(), "{np} ranks, step {}: loss {y} vs {x}", step + 1);
-        }
-        let (want, have) = (checkpoint(&out, "one", 10, "model.safetensors"), checkpoint(&out, &run, 10, "model.safetensors"));
-        assert_eq!(want.keys().collect::<Vec<_>>(), have.keys().collect::<Vec<_>>(), "{np} ranks: tensor names");
-        assert_eq!(have["arcface.weight"].len(), 61 * 16, "the whole matrix");
-        for (name, w) in &want {
-            let d = max_diff(w, &have[name]);
-            assert!(d < 1e-4, "{np} ranks, {name}: max |diff| {d}");
-        }
-        let (want, have) = (checkpoint(&out, "one", 10, "optimizer.safetensors"), checkpoint(&out, &run, 10, "optimizer.safetensors"));
-        let d = max_diff(&want["arcface.0"], &have["arcface.0"]);
-        assert!(d < 1e-4, "{np} ranks, centres' momentum: max |diff| {d}");
+        assert_same_run(&out, "one", &run, 10);
         let log = log_lines(&out.join(&run));
         let line = log.iter().find(|e| e.get("allgather_bytes").is_some()).expect("a progress line");
         // 12 gathered rows of 16 floats and one label each.
@@ -90,6 +96,24 @@ fn two_and_three_ranks_equal_the_replicated_head() {
     let replicated = log_lines(&out.join("one"));
     let line = replicated.iter().find(|e| e.get("allgather_bytes").is_some()).unwrap();
     assert_eq!((line["allgather_bytes"].as_u64(), line["head_bytes_per_rank"].as_u64()), (Some(0), Some(61 * 16 * 4 * 3)));
+}
+
+/// Gradient accumulation: 2 ranks × 3 rows × 2 batches per step equal one rank × 6 × 2.
+#[test]
+fn accumulation_matches_the_replicated_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = data(dir.path());
+    let out = dir.path().join("Model");
+    let mut a = common_args(&train, &out);
+    a.extend(["--max-steps", "4", "--save-every", "4", "--accum", "2"]);
+    let mut one = vec!["train", "FR", "--batch-size", "6", "--run-id", "one"];
+    one.extend(&a);
+    run_ok(&one);
+    let mut two = vec!["train", "FR", "--batch-size", "3", "--run-id", "two", "--partial-fc"];
+    two.extend(&a);
+    let Some(res) = mpi_train(2, &two) else { return };
+    assert!(res.status.success(), "{}", text(&res));
+    assert_same_run(&out, "one", "two", 4);
 }
 
 /// A 2-rank checkpoint resumed on 3 ranks continues from the same centres and momentum.
@@ -132,31 +156,9 @@ fn a_rank_killed_during_the_all_gather_ends_the_job() {
     let out = dir.path().join("Model");
     let mut a = vec!["train", "FR", "--batch-size", "4", "--run-id", "dies", "--partial-fc", "--max-steps", "1000000", "--save-every", "1000000", "--collective-timeout", "10"];
     a.extend(common_args(&train, &out));
-    let mut job = Command::new(mpirun).args(["-n", "2", env!("CARGO_BIN_EXE_trainer")]).args(&a).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let run = out.join("dies");
-    let started = Instant::now();
-    let pid = loop {
-        let log = std::fs::read_to_string(run.join("rank1.log")).unwrap_or_default();
-        if let Some(pid) = log.lines().find_map(|l| l.split("pid ").nth(1)).and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok()) {
-            break pid;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "rank 1 never started");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    // Rank 0 is stepping: each step starts with the all-gather of the embeddings.
-    std::thread::sleep(Duration::from_millis(500));
-    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
-    let killed = Instant::now();
-    let status = loop {
-        if let Some(st) = job.try_wait().unwrap() {
-            break st;
-        }
-        if killed.elapsed() > Duration::from_secs(90) {
-            job.kill().ok();
-            panic!("job still running 90 s after a rank died");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(!status.success());
-    assert!(killed.elapsed() < Duration::from_secs(10 + 15), "took {:?} with a 10 s collective timeout", killed.elapsed());
+    // Rank 0 keeps stepping; each step starts with the all-gather of the embeddings, where
+    // it then waits for the dead rank.
+    let (failed, took) = kill_rank_one(&mpirun, &a, &out.join("dies"));
+    assert!(failed);
+    assert!(took < Duration::from_secs(10 + 15), "took {took:?} with a 10 s collective timeout");
 }

@@ -203,6 +203,34 @@ mod tests {
         assert_eq!(sample_rows(5, &[], 1.0, 0, 0, 0), vec![0, 1, 2, 3, 4]);
     }
 
+    /// Centres not drawn get exactly zero gradient; drawn ones (every positive among them)
+    /// get one; the loss equals plain cross-entropy over the drawn centres.
+    #[test]
+    fn unsampled_centres_get_zero_gradient() {
+        tch::manual_seed(5);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let slice = ClassSlice { start: 0, len: 40 };
+        let arc = ArcFace::new_slice(&vs.root(), 40, slice, 8, 16.0, crate::model::Margin::arcface(0.3));
+        let emb = Tensor::randn([6, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let y = Tensor::from_slice(&[1i64, 33, 1, 20, -1, 7]);
+        let step = PfcStep { comm: &Single, slice, sample_rate: 0.25, seed: 9, step: 3, grad_factor: 1.0 };
+        let (loss, term) = step.loss(&arc, &emb, &y).unwrap();
+        term.backward();
+        let grad = vs.variables()["weight"].grad();
+        let drawn = sample_rows(40, &[1, 33, 1, 20, 7], 0.25, 9, 3, 0);
+        assert_eq!(drawn.len(), 10);
+        for c in 0..40i64 {
+            let norm = grad.get(c).abs().sum(Kind::Float).double_value(&[]);
+            assert_eq!(norm == 0.0, !drawn.contains(&c), "centre {c}: gradient norm {norm}");
+        }
+        assert!(emb.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        let rows = Tensor::from_slice(&drawn);
+        let column = |l: i64| drawn.iter().position(|&r| r == l).map_or(-1, |i| i as i64);
+        let local = Tensor::from_slice(&[1i64, 33, 1, 20, -1, 7].map(column));
+        let want = cross_entropy(&arc.logits_on(&emb, &local, Some(&rows)), &local);
+        assert!((loss.double_value(&[]) - want.double_value(&[])).abs() < 1e-5);
+    }
+
     /// In a world of one the distributed loss and its gradient are plain cross-entropy's
     /// (the 2- and 3-rank cases run in `trainer bench allreduce --check` under mpirun).
     #[test]

@@ -451,6 +451,15 @@ mod tests {
     }
 
     #[test]
+    fn the_arcface_torch_recipe_resolves() {
+        let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../training/fr-iresnet50-pfc.toml");
+        assert!(resolve(Some(&recipe), &["--train-sets", "a"]).unwrap_err().to_string().contains("--max-steps"));
+        let cfg = resolve(Some(&recipe), &["--train-sets", "a", "--max-steps", "1000", "--sample-rate", "0.1"]).unwrap();
+        assert_eq!((cfg.arch, cfg.schedule, cfg.partial_fc, cfg.sample_rate, cfg.clip_grad_norm), (Arch::Iresnet50, Schedule::Poly, true, 0.1, Some(5.0)));
+        assert_eq!((cfg.batch_size, cfg.heads.margin().unwrap(), cfg.heads.fr_dropout), (128, crate::model::Margin::arcface(0.5), 0.0));
+    }
+
+    #[test]
     fn missing_train_sets_is_explained() {
         assert!(resolve(None, &[]).unwrap_err().to_string().contains("--train-sets"));
     }
