@@ -33,7 +33,8 @@ impl PfcStep<'_> {
     /// averaged over ranks.
     pub fn loss(&self, arc: &ArcFace, emb: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
         let (comm, device) = (self.comm, emb.device());
-        let gathered = comm.all_gather(&emb.detach().to_kind(Kind::Float))?.set_requires_grad(emb.requires_grad());
+        // Always a gradient leaf, so every rank takes part in its all-reduce below.
+        let gathered = comm.all_gather(&emb.detach().to_kind(Kind::Float))?.set_requires_grad(true);
         let y_all = comm.all_gather(y)?;
         let local = self.slice.local_labels(&y_all);
         let (rows, local) = self.sampled(&local)?;
