@@ -286,7 +286,7 @@ impl TrainConfig {
             bail!("amp_init_scale must be a finite number >= 1, got {}", self.amp_init_scale);
         }
         crate::model::backbone::check_input_side(self.arch, self.size)?;
-        if self.schedule == Schedule::Poly && !self.max_steps.is_some_and(|m| m > self.warmup_steps) {
+        if self.schedule == Schedule::Poly && self.max_steps.is_none_or(|m| m <= self.warmup_steps) {
             bail!("--schedule poly decays to 0 at --max-steps: give --max-steps above --warmup-steps ({})", self.warmup_steps);
         }
         if !(self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
