@@ -70,6 +70,10 @@ see `trainer bench train --help` for its flags.")]
     #[command(disable_help_flag = true, long_about = "All-reduce time and bus bandwidth. Runs in trainer-torch: \
 see `trainer bench allreduce --help` for its flags.")]
     Allreduce(Forwarded),
+    /// The ArcFace head's step time, bytes and memory: replicated against Partial FC (under mpirun).
+    #[command(disable_help_flag = true, long_about = "The ArcFace head, replicated against Partial FC. Runs in trainer-torch: \
+see `trainer bench head --help` for its flags.")]
+    Head(Forwarded),
 }
 
 fn main() -> ExitCode {
@@ -89,7 +93,7 @@ fn run(command: Command) -> Result<()> {
         Command::Plot(a) => term::print(&watch::plot::plot(&a)?),
         Command::Bench(BenchCommand::Data(a)) => bench_data(&a),
         Command::Bench(BenchCommand::Plateau(a)) => term::print(&bench::plateau::run(&a)?.to_string()),
-        Command::Train(_) | Command::Eval(_) | Command::Embed(_) | Command::Export(_) | Command::Bench(BenchCommand::Train(_) | BenchCommand::Allreduce(_)) => handover::exec_torch(),
+        Command::Train(_) | Command::Eval(_) | Command::Embed(_) | Command::Export(_) | Command::Bench(BenchCommand::Train(_) | BenchCommand::Allreduce(_) | BenchCommand::Head(_)) => handover::exec_torch(),
     }
 }
 

@@ -184,3 +184,41 @@ pub fn pair_set_py2(images: &[Vec<u8>], issame: &[bool]) -> Vec<u8> {
     p.extend_from_slice(b"e\x86.");
     p
 }
+
+/// Starts `mpirun -n 2 trainer <args>` (a training run writing `run`), waits for rank 1 to
+/// log its pid, lets the job step for half a second, kill -9s rank 1, and returns whether
+/// the job failed and how long it took to end after the kill (failing past 90 s).
+pub fn kill_rank_one(mpirun: &Path, args: &[&str], run: &Path) -> (bool, std::time::Duration) {
+    use std::time::{Duration, Instant};
+    let mut job = Command::new(mpirun)
+        .args(["-n", "2", env!("CARGO_BIN_EXE_trainer")])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let pid = loop {
+        let log = std::fs::read_to_string(run.join("rank1.log")).unwrap_or_default();
+        if let Some(pid) = log.lines().find_map(|l| l.split("pid ").nth(1)).and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok()) {
+            break pid;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "rank 1 never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let killed_at = Instant::now();
+    let status = loop {
+        if let Some(st) = job.try_wait().unwrap() {
+            break st;
+        }
+        if killed_at.elapsed() > Duration::from_secs(90) {
+            job.kill().ok();
+            panic!("job still running 90 s after a rank died");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (!status.success(), killed_at.elapsed())
+}

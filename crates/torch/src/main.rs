@@ -34,6 +34,8 @@ enum Bench {
     Train(bench::train::TrainBenchArgs),
     /// All-reduce time and bus bandwidth against the ring bound (run under mpirun).
     Allreduce(bench::allreduce::AllreduceArgs),
+    /// The ArcFace head's step, bytes and memory: replicated against Partial FC (run under mpirun).
+    Head(bench::head::HeadBenchArgs),
 }
 
 /// Parses arguments (translating the seed's single-dash flags), sets up logging, runs.
@@ -49,5 +51,6 @@ fn main() -> ExitCode {
         Command::Export(a) => export::run(a),
         Command::Bench(Bench::Train(a)) => bench::train::run(a),
         Command::Bench(Bench::Allreduce(a)) => bench::allreduce::run(a),
+        Command::Bench(Bench::Head(a)) => bench::head::run(a),
     })
 }

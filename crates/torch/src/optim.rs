@@ -37,6 +37,9 @@ impl ParamGroup {
 pub struct Sgd {
     groups: Vec<ParamGroup>,
     momentum: f64,
+    /// The schedule's factor on every group's rate this step (warm-up, poly); not part of
+    /// the saved state, since it follows from the step.
+    factor: f64,
     /// Parallel to `groups[g].params`; `None` until that parameter's first step.
     buffers: Vec<Vec<Option<Tensor>>>,
 }
@@ -47,7 +50,7 @@ const SCALE_PREFIX: &str = "lr_scale.";
 impl Sgd {
     pub fn new(groups: Vec<ParamGroup>, momentum: f64) -> Sgd {
         let buffers = groups.iter().map(|g| g.params.iter().map(|_| None).collect()).collect();
-        Sgd { groups, momentum, buffers }
+        Sgd { groups, momentum, factor: 1.0, buffers }
     }
 
     pub fn zero_grad(&mut self) {
@@ -72,7 +75,7 @@ impl Sgd {
     /// Three fused passes per parameter (`addcmul` with 0-dim factors), each rounding
     /// exactly as PyTorch's `add(.., alpha=..)` does.
     fn update(&mut self, selected: impl Fn(&ParamGroup) -> bool) {
-        let momentum = self.momentum;
+        let (momentum, schedule) = (self.momentum, self.factor);
         tch::no_grad(|| {
             for (group, bufs) in self.groups.iter_mut().zip(&mut self.buffers) {
                 let Some(first) = group.params.first() else { continue };
@@ -80,7 +83,7 @@ impl Sgd {
                     continue;
                 }
                 let factor = |v: f64| Tensor::from(v).to_kind(first.kind()).to_device(first.device());
-                let (wd, m, neg_lr) = (factor(group.weight_decay), factor(momentum), factor(-group.current_lr()));
+                let (wd, m, neg_lr) = (factor(group.weight_decay), factor(momentum), factor(-group.current_lr() * schedule));
                 for (p, buf) in group.params.iter_mut().zip(bufs.iter_mut()) {
                     let grad = p.grad();
                     if !grad.defined() {
@@ -105,24 +108,58 @@ impl Sgd {
         }
     }
 
-    /// The learning rate in effect for a group, if the optimiser has it.
-    pub fn lr(&self, name: &str) -> Option<f64> {
-        self.groups.iter().find(|g| g.name == name).map(ParamGroup::current_lr)
+    /// Sets the schedule's factor (warm-up, poly) for the next steps.
+    pub fn set_lr_factor(&mut self, factor: f64) {
+        self.factor = factor;
     }
 
-    /// The largest learning rate of any group: training stops once it is below min-lr.
+    /// The learning rate in effect for a group, if the optimiser has it.
+    pub fn lr(&self, name: &str) -> Option<f64> {
+        self.groups.iter().find(|g| g.name == name).map(|g| g.current_lr() * self.factor)
+    }
+
+    /// The largest rate any group has after its shrinks, without the schedule's factor (a
+    /// warm-up or a poly decay never stops a run): training stops once it is below min-lr.
     pub fn max_lr(&self) -> f64 {
         self.groups.iter().map(ParamGroup::current_lr).fold(0.0, f64::max)
     }
 
     /// Every group's learning rate in effect, by name.
     pub fn lrs(&self) -> Vec<(&str, f64)> {
-        self.groups.iter().map(|g| (g.name.as_str(), g.current_lr())).collect()
+        self.groups.iter().map(|g| (g.name.as_str(), g.current_lr() * self.factor)).collect()
+    }
+
+    /// Scales the named group's gradients so their global L2 norm is at most `max_norm`,
+    /// as `torch.nn.utils.clip_grad_norm_` (coefficient `max_norm / (norm + 1e-6)`, at
+    /// most 1). Returns the norm before clipping; None when the group has no gradient.
+    pub fn clip_grad_norm(&mut self, name: &str, max_norm: f64) -> Option<f64> {
+        let group = self.groups.iter().find(|g| g.name == name)?;
+        let grads: Vec<Tensor> = group.params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+        if grads.is_empty() {
+            return None;
+        }
+        tch::no_grad(|| {
+            let squares: Vec<Tensor> = grads.iter().map(|g| g.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double)).collect();
+            let norm = Tensor::stack(&squares, 0).sum(tch::Kind::Double).sqrt().double_value(&[]);
+            let coef = max_norm / (norm + 1e-6);
+            if coef < 1.0 {
+                for g in &grads {
+                    let _ = g.shallow_clone().g_mul_scalar_(coef);
+                }
+            }
+            Some(norm)
+        })
     }
 
     /// The gradients to all-reduce: those of parameters that received one.
     pub fn grads(&self) -> Vec<Tensor> {
-        self.groups.iter().flat_map(|g| &g.params).map(|p| p.grad()).filter(|g| g.defined()).collect()
+        self.grads_except(&[])
+    }
+
+    /// The gradients of every group but the named ones (Partial FC's local centres).
+    pub fn grads_except(&self, names: &[&str]) -> Vec<Tensor> {
+        let groups = self.groups.iter().filter(|g| !names.contains(&g.name.as_str()));
+        groups.flat_map(|g| &g.params).map(|p| p.grad()).filter(|g| g.defined()).collect()
     }
 
 
@@ -243,6 +280,30 @@ mod tests {
         let p2 = [p1[0] - 0.1 * buf[0], p1[1] - 0.1 * buf[1]];
         assert!(values(&p).iter().zip(&p2).all(|(a, b)| (a - b).abs() < 1e-6), "{:?} vs {p2:?}", values(&p));
         assert!(values(&opt.state()[1].1).iter().zip(&buf).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
+
+    #[test]
+    fn clip_grad_norm_scales_to_the_limit_only_above_it() {
+        let p = param(&[0.0, 0.0]);
+        let mut opt = sgd(&p, 0.1, 0.0);
+        backward_linear(&p, &[3.0, 4.0]);
+        assert_eq!(opt.clip_grad_norm("g", 10.0), Some(5.0));
+        assert_eq!(values(&p.grad()), vec![3.0, 4.0]);
+        assert_eq!(opt.clip_grad_norm("g", 1.0), Some(5.0));
+        let g = values(&p.grad());
+        assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
+        assert_eq!(opt.clip_grad_norm("other", 1.0), None);
+    }
+
+    #[test]
+    fn lr_factor_scales_the_step_but_not_max_lr() {
+        let p = param(&[1.0]);
+        let mut opt = sgd(&p, 0.1, 0.0);
+        opt.set_lr_factor(0.5);
+        backward_linear(&p, &[1.0]);
+        opt.step();
+        assert!((values(&p)[0] - 0.95).abs() < 1e-7);
+        assert_eq!((opt.lr("g"), opt.max_lr()), (Some(0.05), 0.1));
     }
 
     #[test]

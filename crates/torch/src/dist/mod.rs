@@ -34,6 +34,12 @@ pub trait Comm {
     /// Overwrites every tensor (any dtype, e.g. BatchNorm's i64 counter) with root's values.
     fn broadcast(&self, tensors: &[tch::Tensor], root: usize) -> anyhow::Result<()>;
     fn all_reduce_f64(&self, values: &mut [f64], op: ReduceOp) -> anyhow::Result<()>;
+    /// Every rank's `t` concatenated along dim 0 in rank order, on `t`'s device (Partial FC's
+    /// embeddings and labels). Every rank must pass the same shape and dtype.
+    fn all_gather(&self, t: &tch::Tensor) -> anyhow::Result<tch::Tensor>;
+    /// Sums (or takes the min or max of) an f32 tensor over ranks, in place (Partial FC's
+    /// softmax terms and embedding gradients).
+    fn all_reduce(&self, t: &tch::Tensor, op: ReduceOp) -> anyhow::Result<()>;
     /// Root's bytes to every rank; the other ranks' vectors are resized to match.
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> anyhow::Result<()>;
     fn barrier(&self) -> anyhow::Result<()>;

@@ -253,6 +253,38 @@ impl Comm for Mpi {
         Ok(())
     }
 
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
+        let _armed = self.watchdog.arm(Op::AllGather);
+        let _no_grad = tch::no_grad_guard();
+        let mut sizes = [t.numel() as f64, -(t.numel() as f64)];
+        self.world.all_reduce_into(&[sizes[0], sizes[1]][..], &mut sizes[..], SystemOperation::max());
+        ensure!(sizes[0] == -sizes[1], "rank {}: all_gather of {:?} elements, but the ranks' sizes differ", self.info.rank, t.size());
+        let local = t.to_device(Device::Cpu).contiguous();
+        let mut shape = t.size();
+        if let Some(rows) = shape.first_mut() {
+            *rows *= self.info.world as i64;
+        }
+        let out = Tensor::empty(shape.as_slice(), (t.kind(), Device::Cpu));
+        unsafe {
+            let bytes = std::slice::from_raw_parts(local.data_ptr() as *const u8, local.numel() * local.kind().elt_size_in_bytes());
+            self.world.all_gather_into(bytes, as_mut_bytes(&out));
+        }
+        Ok(out.to_device(t.device()))
+    }
+
+    fn all_reduce(&self, t: &Tensor, op: ReduceOp) -> Result<()> {
+        let _armed = self.watchdog.arm(Op::AllReduce);
+        let _no_grad = tch::no_grad_guard();
+        ensure!(t.kind() == Kind::Float, "rank {}: all_reduce takes f32 tensors, got {:?}", self.info.rank, t.kind());
+        let local = t.to_device(Device::Cpu).contiguous();
+        let out = Tensor::empty([local.numel() as i64], (Kind::Float, Device::Cpu));
+        unsafe {
+            self.world.all_reduce_into(as_slice::<f32>(&local), as_mut_slice::<f32>(&out), system_op(op));
+        }
+        t.shallow_clone().copy_(&out.view_as(t));
+        Ok(())
+    }
+
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
         ensure!(root < self.info.world, "broadcast root {root} is outside the world of {}", self.info.world);
         let _armed = self.watchdog.arm(Op::BroadcastBytes);

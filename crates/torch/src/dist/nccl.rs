@@ -256,6 +256,17 @@ impl Comm for Nccl {
     fn all_reduce_f64(&self, values: &mut [f64], op: ReduceOp) -> Result<()> {
         self.host.all_reduce_f64(values, op)
     }
+    /// Staged through host memory and MPI (not yet NCCL's own all-gather).
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(self.host.all_gather(&t.to_device(Device::Cpu))?.to_device(t.device()))
+    }
+    /// Staged through host memory and MPI, as `all_gather`.
+    fn all_reduce(&self, t: &Tensor, op: ReduceOp) -> Result<()> {
+        let staged = t.to_device(Device::Cpu);
+        self.host.all_reduce(&staged, op)?;
+        tch::no_grad(|| t.shallow_clone().copy_(&staged));
+        Ok(())
+    }
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
         self.host.broadcast_bytes(bytes, root)
     }

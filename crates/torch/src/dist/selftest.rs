@@ -31,6 +31,8 @@ pub fn run(
         check_bytes(&*comm, root)?;
     }
     check_f64(&*comm)?;
+    check_gather_and_reduce(&*comm, device)?;
+    check_partial_ce(&*comm, device)?;
     comm.barrier()?;
     let half = init(CommOptions { fp16: true, ..small })?;
     check_mean_fp16(&*half, device)?;
@@ -143,5 +145,43 @@ fn check_f64(comm: &dyn Comm) -> Result<()> {
         comm.all_reduce_f64(&mut got, op)?;
         ensure!(got == want, "rank {r}: all_reduce_f64 {op:?} gave {got:?}, expected {want:?}");
     }
+    Ok(())
+}
+
+fn check_gather_and_reduce(comm: &dyn Comm, device: Device) -> Result<()> {
+    let (r, n) = (comm.rank() as i64, comm.world() as i64);
+    let mine = (Tensor::arange(6, (Kind::Int64, device)) + 100 * r).view([2, 3]);
+    let all = comm.all_gather(&mine)?;
+    let want = (Tensor::arange(6 * n, (Kind::Int64, device)).view([n, 6]) + Tensor::arange(n, (Kind::Int64, device)).view([n, 1]) * 94).view([2 * n, 3]);
+    ensure!(all.device() == device && all.equal(&want), "rank {r}: all_gather gave {all}, expected {want}");
+    let t = Tensor::from_slice(&[r as f32 + 1.0, -(r as f32)]).to_device(device);
+    comm.all_reduce(&t, ReduceOp::Max)?;
+    ensure!(values(&t) == [n as f32, 0.0], "rank {r}: all_reduce Max gave {:?}", values(&t));
+    comm.all_reduce(&t, ReduceOp::Sum)?;
+    ensure!(values(&t) == [(n * n) as f32, 0.0], "rank {r}: all_reduce Sum gave {:?}", values(&t));
+    Ok(())
+}
+
+/// Partial FC's cross-entropy on the same random logits everywhere, each rank holding an
+/// uneven slice of the 13 classes: its value and its gradient in this rank's columns equal
+/// plain cross-entropy's on the whole matrix.
+fn check_partial_ce(comm: &dyn Comm, device: Device) -> Result<()> {
+    use crate::model::loss::cross_entropy;
+    use crate::model::partial_fc::{distributed_ce, ClassSlice};
+    let r = comm.rank();
+    tch::manual_seed(42);
+    let full = (Tensor::randn([8, 13], (Kind::Float, Device::Cpu)) * 4.0).to_device(device).set_requires_grad(true);
+    let labels = Tensor::from_slice(&[0i64, 12, 5, -1, 7, 7, 3, 11]).to_device(device);
+    let slice = ClassSlice::of(r, comm.world(), 13);
+    let mine = full.detach().narrow(1, slice.start as i64, slice.len as i64).set_requires_grad(true);
+    let (loss, surrogate) = distributed_ce(comm, &mine, &slice.local_labels(&labels), &labels.ge(0))?;
+    surrogate.backward();
+    let want = cross_entropy(&full, &labels);
+    want.backward();
+    let (got, expected) = (loss.double_value(&[]), want.double_value(&[]));
+    ensure!((got - expected).abs() <= 1e-5 * expected.abs(), "rank {r}: distributed cross-entropy {got} vs {expected}");
+    let want_grad = full.grad().narrow(1, slice.start as i64, slice.len as i64);
+    let worst = (mine.grad() - &want_grad).abs().max().double_value(&[]);
+    ensure!(worst <= 1e-6, "rank {r}: distributed cross-entropy gradient off by {worst:e}");
     Ok(())
 }

@@ -26,6 +26,12 @@ impl Comm for Single {
     fn all_reduce_f64(&self, _values: &mut [f64], _op: ReduceOp) -> anyhow::Result<()> {
         Ok(())
     }
+    fn all_gather(&self, t: &tch::Tensor) -> anyhow::Result<tch::Tensor> {
+        Ok(t.copy())
+    }
+    fn all_reduce(&self, _t: &tch::Tensor, _op: ReduceOp) -> anyhow::Result<()> {
+        Ok(())
+    }
     fn broadcast_bytes(&self, _bytes: &mut Vec<u8>, root: usize) -> anyhow::Result<()> {
         check_root(root)
     }

@@ -17,10 +17,12 @@ pub enum Op {
     BroadcastBytes,
     Barrier,
     Init,
+    AllGather,
+    AllReduce,
 }
 
 impl Op {
-    const ALL: [Op; 6] = [Op::AllReduceMean, Op::Broadcast, Op::AllReduceF64, Op::BroadcastBytes, Op::Barrier, Op::Init];
+    const ALL: [Op; 8] = [Op::AllReduceMean, Op::Broadcast, Op::AllReduceF64, Op::BroadcastBytes, Op::Barrier, Op::Init, Op::AllGather, Op::AllReduce];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -30,6 +32,8 @@ impl Op {
             Op::BroadcastBytes => "broadcast_bytes",
             Op::Barrier => "barrier",
             Op::Init => "init",
+            Op::AllGather => "all_gather",
+            Op::AllReduce => "all_reduce",
         }
     }
 }

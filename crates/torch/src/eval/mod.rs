@@ -67,7 +67,7 @@ pub fn load(run: &Path, checkpoint: &str, device: &str) -> Result<Loaded> {
     let cfg = saved.config.clone();
     let device = crate::device::resolve(device, &crate::dist::launch_info())?;
     let mut vs = VarStore::new(device);
-    let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, saved.num_classes, cfg.task.into());
+    let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, saved.num_classes, cfg.task.into())?;
     let model = ckpt.join(checkpoint::MODEL_FILE);
     vs.load(&model).with_context(|| format!("loading {}", model.display()))?;
     Ok(Loaded { net, vs, cfg, checkpoint: ckpt, step: saved.step, device })

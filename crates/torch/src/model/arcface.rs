@@ -6,6 +6,8 @@
 //! `easy_margin = False` form (`arcface_torch` `ArcFace`: `where(cos > cos(π−m), cos(θ+m),
 //! cos − sin(π−m)·m)`), since `sin(π − m) = sin m`.
 
+use super::margin::Margin;
+use super::partial_fc::ClassSlice;
 use tch::nn::{self, Init};
 use tch::Tensor;
 
@@ -27,19 +29,41 @@ pub fn arcface_logits(cos: &Tensor, labels: &Tensor, s: f64, m: f64) -> Tensor {
 }
 
 /// The ArcFace layer: a class-centre matrix `weight [classes, emb_dim]` whose rows are
-/// L2-normalised on use, so `emb · Wᵀ` is the cosine for normalised embeddings.
+/// L2-normalised on use, so `emb · Wᵀ` is the cosine for normalised embeddings. The margin
+/// is `--margin`'s (ArcFace's by default).
 #[derive(Debug)]
 pub struct ArcFace {
     weight: Tensor,
     s: f64,
-    m: f64,
+    margin: Margin,
+    /// Identities over all ranks (Partial FC holds only some of their centres).
+    classes: usize,
 }
 
 impl ArcFace {
     /// insightface initialises the centres from N(0, 0.01).
-    pub fn new(p: &nn::Path, classes: usize, emb_dim: usize, s: f64, m: f64) -> ArcFace {
+    pub fn new(p: &nn::Path, classes: usize, emb_dim: usize, s: f64, margin: Margin) -> ArcFace {
         let weight = p.var("weight", &[classes as i64, emb_dim as i64], Init::Randn { mean: 0., stdev: 0.01 });
-        ArcFace { weight, s, m }
+        ArcFace { weight, s, margin, classes }
+    }
+
+    /// Partial FC: only `slice` of the centres, drawn as the whole matrix would be (so a
+    /// run starts from the same centres whatever the rank count), then cut.
+    pub fn new_slice(p: &nn::Path, classes: usize, slice: ClassSlice, emb_dim: usize, s: f64, margin: Margin) -> ArcFace {
+        let full = Tensor::randn([classes as i64, emb_dim as i64], (tch::Kind::Float, p.device())) * 0.01 + 0.0;
+        let weight = p.var_copy("weight", &full.narrow(0, slice.start as i64, slice.len as i64));
+        ArcFace { weight, s, margin, classes }
+    }
+
+    /// Margin logits `[N, rows]` against some of the centres (`rows`, or all), for labels
+    /// given as columns of those rows (-1: no margin in this row set).
+    pub fn logits_on(&self, emb: &Tensor, labels: &Tensor, rows: Option<&Tensor>) -> Tensor {
+        let w = match rows {
+            Some(r) => self.weight.index_select(0, r),
+            None => self.weight.shallow_clone(),
+        };
+        let cos = normalize_rows(emb).matmul(&normalize_rows(&w.to_kind(emb.kind())).tr());
+        self.margin.logits(&cos, labels, self.s)
     }
 
     /// Cosine of every embedding to every class centre (both normalised here).
@@ -50,11 +74,12 @@ impl ArcFace {
 
     /// Scaled margin logits `[N, classes]` for training with cross-entropy.
     pub fn logits(&self, emb: &Tensor, labels: &Tensor) -> Tensor {
-        arcface_logits(&self.cosine(emb), labels, self.s, self.m)
+        self.margin.logits(&self.cosine(emb), labels, self.s)
     }
 
+    /// Identities over all ranks.
     pub fn classes(&self) -> usize {
-        self.weight.size()[0] as usize
+        self.classes
     }
 }
 

@@ -2,6 +2,7 @@
 //! and the Gender/Age classifiers, all sized by `HeadConfig`.
 
 use super::layers::BatchNorm;
+use super::margin::{Margin, MarginKind};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -22,9 +23,22 @@ pub struct HeadConfig {
     /// ArcFace scale s.
     #[arg(long = "arc-s", default_value_t = 64.0)]
     pub s: f64,
-    /// ArcFace additive angular margin m (radians).
+    /// ArcFace additive angular margin m (radians); the same as --m2 with --margin arcface.
     #[arg(long = "arc-m", default_value_t = 0.5)]
     pub m: f64,
+    /// Margin on the true class, cos(m1·θ + m2) − m3: arcface (1, --arc-m, 0), cosface
+    /// (1, 0, 0.35) or combined (1, 0.3, 0.2); --m1/--m2/--m3 override the terms.
+    #[arg(long, value_enum)]
+    pub margin: Option<MarginKind>,
+    /// Multiplicative angular margin m1 (combined only).
+    #[arg(long)]
+    pub m1: Option<f64>,
+    /// Additive angular margin m2, radians (arcface, combined).
+    #[arg(long)]
+    pub m2: Option<f64>,
+    /// Additive cosine margin m3 (cosface, combined).
+    #[arg(long)]
+    pub m3: Option<f64>,
     /// Hidden layer widths of the Gender head, e.g. 512 or 512,256.
     #[arg(long, value_delimiter = ',', default_values_t = [512])]
     pub gender_hidden: Vec<usize>,
@@ -64,11 +78,22 @@ impl HeadConfig {
         anyhow::ensure!(self.emb_dim > 0, "emb_dim must be positive");
         anyhow::ensure!(self.s > 0.0, "ArcFace scale s = {} must be positive", self.s);
         anyhow::ensure!((0.0..std::f64::consts::PI).contains(&self.m), "ArcFace margin m = {} must be in [0, π)", self.m);
+        self.margin()?;
         anyhow::ensure!(self.gender_classes >= 2 && self.age_classes >= 2, "Gender and Age need at least 2 classes");
         anyhow::ensure!(self.soft_target > 0.0 && self.soft_target <= 1.0, "soft_target = {} must be in (0, 1]", self.soft_target);
         let hidden = self.gender_hidden.iter().chain(&self.age_hidden);
         anyhow::ensure!(hidden.into_iter().all(|&h| h > 0), "hidden layer widths must be positive");
         Ok(())
+    }
+}
+
+impl HeadConfig {
+    /// The margin the FR loss applies: `--margin`'s kind (ArcFace by default, whose m2 is
+    /// `--arc-m` unless `--m2` is given) with the terms typed.
+    pub fn margin(&self) -> anyhow::Result<Margin> {
+        let kind = self.margin.unwrap_or(MarginKind::Arcface);
+        let m2 = self.m2.or((kind == MarginKind::Arcface).then_some(self.m));
+        Margin::from_flags(kind, self.m1, m2, self.m3)
     }
 }
 
@@ -157,6 +182,17 @@ mod tests {
         assert!(bad.validate().unwrap_err().to_string().contains("margin"));
         let bad = HeadConfig { age_hidden: vec![512, 0], ..Default::default() };
         assert!(bad.validate().is_err());
+        let bad = HeadConfig { margin: Some(MarginKind::Cosface), m2: Some(0.5), ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("combined"));
+    }
+
+    #[test]
+    fn margin_kinds_and_the_arc_m_alias() {
+        assert_eq!(HeadConfig { m: 0.3, ..Default::default() }.margin().unwrap(), Margin::arcface(0.3));
+        let cos = HeadConfig { margin: Some(MarginKind::Cosface), m3: Some(0.4), ..Default::default() };
+        assert_eq!(cos.margin().unwrap(), Margin::cosface(0.4));
+        let comb = HeadConfig { margin: Some(MarginKind::Combined), m1: Some(0.9), m2: Some(0.4), m3: Some(0.15), ..Default::default() };
+        assert_eq!(comb.margin().unwrap(), Margin { m1: 0.9, m2: 0.4, m3: 0.15 });
     }
 
     #[test]

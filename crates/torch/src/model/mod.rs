@@ -1,20 +1,30 @@
 //! Networks: ResNet backbones (torchvision names), FR/ArcFace, Gender and Age heads, and
 //! the `Net` that puts them on one shared backbone for the chosen task(s).
 //!
-//! Variable paths: `backbone.*` (a torchvision ResNet state dict minus `fc`), `fr.fc.*`,
-//! `fr.bn.*`, `arcface.weight`, `gender.hidden.i.{fc,bn}.*`, `gender.out.*`, `age.*` alike.
+//! Variable paths: `backbone.*` (a torchvision ResNet state dict minus `fc`, or an
+//! insightface IResNet's whole state dict), `fr.fc.*`, `fr.bn.*` (ResNets only),
+//! `arcface.weight`, `gender.hidden.i.{fc,bn}.*`, `gender.out.*`, `age.*` alike.
 
 pub mod arcface;
+pub mod backbone;
 pub mod heads;
+pub mod iresnet;
+#[cfg(test)]
+mod iresnet_twin_test;
 mod layers;
+pub mod loss;
+pub mod margin;
+pub mod partial_fc;
+pub mod resnet;
 #[cfg(test)]
 mod torchvision_test;
-pub mod loss;
-pub mod resnet;
 
 pub use arcface::ArcFace;
+pub use backbone::Backbone;
 pub use heads::{ClassifierHead, FrHead, HeadConfig};
-pub use resnet::{Arch, Backbone};
+pub use margin::{Margin, MarginKind};
+pub use partial_fc::ClassSlice;
+pub use resnet::Arch;
 
 use anyhow::{bail, Result};
 use tch::nn::{self, ModuleT};
@@ -86,28 +96,43 @@ impl Tasks {
 #[derive(Debug)]
 pub struct Net {
     backbone: Backbone,
-    fr: Option<(FrHead, ArcFace)>,
+    /// The embedding head (none on an IResNet, whose output is the embedding) and ArcFace.
+    fr: Option<(Option<FrHead>, ArcFace)>,
     gender: Option<ClassifierHead>,
     age: Option<ClassifierHead>,
 }
 
 impl Net {
-    pub fn new(root: &nn::Path, arch: Arch, cfg: &HeadConfig, num_classes: usize, tasks: Tasks) -> Net {
-        let backbone = Backbone::new(&(root / "backbone"), arch);
+    pub fn new(root: &nn::Path, arch: Arch, cfg: &HeadConfig, num_classes: usize, tasks: Tasks) -> Result<Net> {
+        Net::with_slice(root, arch, cfg, num_classes, tasks, None)
+    }
+
+    /// A net whose ArcFace layer holds only `slice` of the class centres (Partial FC).
+    pub fn with_slice(root: &nn::Path, arch: Arch, cfg: &HeadConfig, num_classes: usize, tasks: Tasks, slice: Option<ClassSlice>) -> Result<Net> {
+        let backbone = Backbone::new(&(root / "backbone"), arch, cfg)?;
         let d = backbone.out_dim();
-        let fr = tasks.fr.then(|| {
-            (FrHead::new(&(root / "fr"), d, cfg), ArcFace::new(&(root / "arcface"), num_classes, cfg.emb_dim, cfg.s, cfg.m))
-        });
+        let fr = match tasks.fr {
+            true => {
+                let head = (!backbone.embeds()).then(|| FrHead::new(&(root / "fr"), d, cfg));
+                let (p, margin) = (root / "arcface", cfg.margin()?);
+                let arc = match slice {
+                    Some(sl) => ArcFace::new_slice(&p, num_classes, sl, cfg.emb_dim, cfg.s, margin),
+                    None => ArcFace::new(&p, num_classes, cfg.emb_dim, cfg.s, margin),
+                };
+                Some((head, arc))
+            }
+            false => None,
+        };
         let gender = tasks.gender.then(|| ClassifierHead::gender(&(root / "gender"), d, cfg));
         let age = tasks.age.then(|| ClassifierHead::age(&(root / "age"), d, cfg));
-        Net { backbone, fr, gender, age }
+        Ok(Net { backbone, fr, gender, age })
     }
 
     pub fn tasks(&self) -> Tasks {
         Tasks { fr: self.fr.is_some(), gender: self.gender.is_some(), age: self.age.is_some() }
     }
 
-    /// Pooled backbone features `[N, out_dim]`.
+    /// Backbone features `[N, out_dim]`: pooled (ResNet) or the embedding (IResNet).
     pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
         self.backbone.forward_t(x, train)
     }
@@ -116,7 +141,10 @@ impl Net {
     /// with the mirror's and what an exported model outputs).
     pub fn embed(&self, feats: &Tensor, train: bool) -> Result<Tensor> {
         let Some((head, _)) = &self.fr else { bail!("this model has no FR head") };
-        Ok(head.forward_t(feats, train))
+        Ok(match head {
+            Some(head) => head.forward_t(feats, train),
+            None => feats.shallow_clone(),
+        })
     }
 
     /// A head's logits on backbone features: ArcFace's scaled margin logits for FR (the
@@ -125,8 +153,8 @@ impl Net {
     pub fn logits(&self, head: Head, feats: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
         match head {
             Head::Fr => {
-                let Some((fr, arc)) = &self.fr else { bail!("this model has no FR head") };
-                let emb = fr.forward_t(feats, train);
+                let Some((_, arc)) = &self.fr else { bail!("this model has no FR head") };
+                let emb = self.embed(feats, train)?;
                 Ok(match labels {
                     Some(y) => arc.logits(&emb, y),
                     None => arc.cosine(&emb),
@@ -138,6 +166,11 @@ impl Net {
                 Ok(c.forward_t(feats, train))
             }
         }
+    }
+
+    /// The ArcFace layer, if the net has an FR head.
+    pub fn arcface(&self) -> Option<&ArcFace> {
+        self.fr.as_ref().map(|(_, arc)| arc)
     }
 
     /// Classes of a head: identities for FR, buckets for Gender and Age (0 when absent).
@@ -159,7 +192,7 @@ mod tests {
     fn heads_follow_the_task() {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = HeadConfig { emb_dim: 32, gender_hidden: vec![16], ..Default::default() };
-        let net = Net::new(&vs.root(), Arch::Tiny, &cfg, 5, Task::Gender.into());
+        let net = Net::new(&vs.root(), Arch::Tiny, &cfg, 5, Task::Gender.into()).unwrap();
         assert_eq!(net.tasks(), Tasks { fr: false, gender: true, age: false });
         assert_eq!((net.classes(Head::Gender), net.classes(Head::Fr)), (2, 0));
         let vars = vs.variables();
@@ -169,5 +202,22 @@ mod tests {
         let feats = net.features(&Tensor::zeros([2, 3, 32, 32], (Kind::Float, Device::Cpu)), false);
         assert!(net.embed(&feats, false).unwrap_err().to_string().contains("no FR head"));
         assert_eq!(net.logits(Head::Gender, &feats, None, false).unwrap().size(), vec![2, 2]);
+    }
+
+    /// On an IResNet the backbone's output is the embedding: no `fr.*` layer, and the
+    /// Gender head sits on the embedding.
+    #[test]
+    fn iresnet_embeds_without_an_fr_layer() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = HeadConfig { emb_dim: 64, gender_hidden: vec![16], fr_dropout: 0.0, ..Default::default() };
+        let net = Net::new(&vs.root(), Arch::Iresnet18, &cfg, 7, Task::Multi.into()).unwrap();
+        let vars = vs.variables();
+        assert!(vars.contains_key("backbone.features.running_mean") && vars.contains_key("backbone.layer4.1.prelu.weight"));
+        assert!(!vars.keys().any(|k| k.starts_with("fr.")));
+        assert_eq!(vars["gender.hidden.0.fc.weight"].size(), vec![16, 64]);
+        let feats = net.features(&Tensor::randn([2, 3, 112, 112], (Kind::Float, Device::Cpu)), false);
+        assert_eq!(feats.size(), vec![2, 64]);
+        assert!(net.embed(&feats, false).unwrap().equal(&feats));
+        assert_eq!(net.logits(Head::Fr, &feats, None, false).unwrap().size(), vec![2, 7]);
     }
 }

@@ -21,6 +21,11 @@ pub enum Arch {
     Resnet34,
     Resnet50,
     Resnet101,
+    /// insightface's IResNets (112×112 input; the backbone outputs the embedding).
+    Iresnet18,
+    Iresnet34,
+    Iresnet50,
+    Iresnet100,
 }
 
 #[derive(Clone, Copy)]
@@ -41,6 +46,18 @@ struct Blueprint {
 }
 
 impl Arch {
+    /// The IResNet depth, for the `iresnet*` architectures.
+    pub fn iresnet_depth(self) -> Option<usize> {
+        match self {
+            Arch::Iresnet18 => Some(18),
+            Arch::Iresnet34 => Some(34),
+            Arch::Iresnet50 => Some(50),
+            Arch::Iresnet100 => Some(100),
+            _ => None,
+        }
+    }
+
+    /// Torchvision-style layout; the IResNets have their own (see `iresnet.rs`).
     fn blueprint(self) -> Blueprint {
         const W: &[i64] = &[64, 128, 256, 512];
         let (kind, blocks): (BlockKind, &'static [usize]) = match self {
@@ -52,12 +69,13 @@ impl Arch {
             Arch::Resnet34 => (BlockKind::Basic, &[3, 4, 6, 3]),
             Arch::Resnet50 => (BlockKind::Bottleneck, &[3, 4, 6, 3]),
             Arch::Resnet101 => (BlockKind::Bottleneck, &[3, 4, 23, 3]),
+            Arch::Iresnet18 | Arch::Iresnet34 | Arch::Iresnet50 | Arch::Iresnet100 => unreachable!("IResNets are built by iresnet.rs"),
         };
         Blueprint { kind, blocks, widths: W, stem_width: 64, full_stem: true, norm: true }
     }
 
-    /// Width of the pooled feature vector.
-    pub fn out_dim(self) -> usize {
+    /// Width of the pooled feature vector of a torchvision-style ResNet.
+    fn out_dim(self) -> usize {
         let l = self.blueprint();
         let last = *l.widths.last().expect("blueprints have stages");
         (last * l.kind.expansion()) as usize
@@ -147,7 +165,7 @@ impl ModuleT for Block {
 
 /// A ResNet without its classifier: NCHW images → `[N, out_dim]` pooled features.
 #[derive(Debug)]
-pub struct Backbone {
+pub struct ResNet {
     arch: Arch,
     conv1: nn::Conv2D,
     bn1: Option<BatchNorm>,
@@ -155,8 +173,8 @@ pub struct Backbone {
     stages: Vec<Vec<Block>>,
 }
 
-impl Backbone {
-    pub fn new(p: &nn::Path, arch: Arch) -> Backbone {
+impl ResNet {
+    pub fn new(p: &nn::Path, arch: Arch) -> ResNet {
         let l = arch.blueprint();
         let stem_k = if l.full_stem { 7 } else { 3 };
         let conv1 = conv2d(p / "conv1", 3, l.stem_width, stem_k, 2);
@@ -173,7 +191,7 @@ impl Backbone {
             }
             stages.push(blocks);
         }
-        Backbone { arch, conv1, bn1, full_stem: l.full_stem, stages }
+        ResNet { arch, conv1, bn1, full_stem: l.full_stem, stages }
     }
 
     pub fn out_dim(&self) -> usize {
@@ -181,7 +199,7 @@ impl Backbone {
     }
 }
 
-impl ModuleT for Backbone {
+impl ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut ys = norm_t(xs.apply(&self.conv1), &self.bn1, train).relu_();
         if self.full_stem {
@@ -201,7 +219,7 @@ mod tests {
 
     fn shape(arch: Arch, size: i64) -> Vec<i64> {
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = Backbone::new(&vs.root(), arch);
+        let net = ResNet::new(&vs.root(), arch);
         let x = Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu));
         tch::no_grad(|| net.forward_t(&x, false)).size()
     }
@@ -218,7 +236,7 @@ mod tests {
     #[test]
     fn torchvision_names_and_counts() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let _ = Backbone::new(&vs.root(), Arch::Resnet50);
+        let _ = ResNet::new(&vs.root(), Arch::Resnet50);
         let vars = vs.variables();
         for name in ["conv1.weight", "bn1.num_batches_tracked", "layer1.0.downsample.0.weight",
                      "layer1.0.downsample.1.running_var", "layer4.2.conv3.weight", "layer3.5.bn2.bias"] {

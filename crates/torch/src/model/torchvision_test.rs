@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
-use super::{Arch, Backbone};
+use super::resnet::{Arch, ResNet};
 
 fn python() -> Option<PathBuf> {
     let venv = std::env::var_os("TORCH_VENV")?;
@@ -31,7 +31,7 @@ fn resnet18_safetensors_load_into_torchvision() {
     };
     tch::manual_seed(7);
     let vs = VarStore::new(Device::Cpu);
-    let net = Backbone::new(&(vs.root() / "backbone"), Arch::Resnet18);
+    let net = ResNet::new(&(vs.root() / "backbone"), Arch::Resnet18);
     // Train-mode passes give the BN running statistics values worth comparing.
     for _ in 0..2 {
         let x = Tensor::randn([4, 3, 64, 64], (Kind::Float, Device::Cpu)) * 2.0 + 0.5;

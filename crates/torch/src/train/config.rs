@@ -11,6 +11,7 @@ use clap::{ArgAction, ArgMatches};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+pub use super::schedule::Schedule;
 pub use crate::model::Task;
 use crate::model::{Arch, Head, HeadConfig, Tasks};
 use trainer_data::targets::{Column, SetSpec};
@@ -112,6 +113,17 @@ pub struct TrainConfig {
     /// Factor applied to the learning rate at each plateau.
     #[arg(long, default_value_t = 0.1)]
     pub shrink: f64,
+    /// Learning-rate schedule: plateau (dlib's rule, the default) or poly (arcface_torch's
+    /// polynomial decay to 0 at --max-steps).
+    #[arg(long, value_enum, default_value_t = Schedule::Plateau)]
+    pub schedule: Schedule,
+    /// Linear warm-up of every group's lr over this many steps (the plateau rule starts
+    /// counting after it).
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
+    /// Clip the backbone's gradients to this global L2 norm (arcface_torch uses 5).
+    #[arg(long)]
+    pub clip_grad_norm: Option<f64>,
     /// Stop once the learning rate falls below this.
     #[arg(long, default_value_t = 1e-6)]
     pub min_lr: f64,
@@ -196,6 +208,15 @@ pub struct TrainConfig {
     /// With fewer shards than ranks: every rank opens all shards and takes every N-th record.
     #[arg(long)]
     pub stripe_records: bool,
+    /// Partial FC: each rank holds a contiguous slice of the ArcFace class centres and the
+    /// softmax is computed across ranks (embeddings and labels all-gathered), instead of
+    /// every rank holding and all-reducing the whole matrix.
+    #[arg(long)]
+    pub partial_fc: bool,
+    /// Partial FC's share of each rank's centres scored per step: the batch's positives
+    /// plus uniformly drawn negatives (1 = all; arcface_torch uses 0.1 at ≥ 1 M identities).
+    #[arg(long, default_value_t = 1.0)]
+    pub sample_rate: f64,
     /// Seconds a collective may wait for a peer before the job is aborted.
     #[arg(long, default_value_t = 60.0)]
     pub collective_timeout: f64,
@@ -263,6 +284,22 @@ impl TrainConfig {
         }
         if !(self.amp_init_scale >= 1.0 && self.amp_init_scale.is_finite()) {
             bail!("amp_init_scale must be a finite number >= 1, got {}", self.amp_init_scale);
+        }
+        crate::model::backbone::check_input_side(self.arch, self.size)?;
+        if self.schedule == Schedule::Poly && self.max_steps.is_none_or(|m| m <= self.warmup_steps) {
+            bail!("--schedule poly decays to 0 at --max-steps: give --max-steps above --warmup-steps ({})", self.warmup_steps);
+        }
+        if !(self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
+            bail!("sample_rate must be in (0, 1], got {}", self.sample_rate);
+        }
+        if self.partial_fc && !self.heads().contains(&Head::Fr) {
+            bail!("--partial-fc shards the ArcFace centres: it needs an FR task");
+        }
+        if self.sample_rate < 1.0 && !self.partial_fc {
+            bail!("--sample-rate {} samples Partial FC's centres: add --partial-fc", self.sample_rate);
+        }
+        if self.clip_grad_norm.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+            bail!("clip_grad_norm must be a positive number, got {:?}", self.clip_grad_norm);
         }
         self.heads.validate()
     }
@@ -400,6 +437,26 @@ mod tests {
         std::fs::write(&recipe, "train_sets = ['a']\nlearning_rate = 0.1\n").unwrap();
         let msg = format!("{:#}", resolve(Some(&recipe), &[]).unwrap_err());
         assert!(msg.contains("bad.toml") && msg.contains("learning_rate"), "{msg}");
+    }
+
+    #[test]
+    fn iresnet_needs_112_and_margins_parse() {
+        let msg = resolve(None, &["--train-sets", "a", "--arch", "iresnet50", "--size", "224"]).unwrap_err().to_string();
+        assert!(msg.contains("--size 112"), "{msg}");
+        let cfg = resolve(None, &["--train-sets", "a", "--arch", "iresnet100", "--margin", "cosface", "--m3", "0.4"]).unwrap();
+        assert_eq!((cfg.arch, cfg.heads.margin().unwrap()), (Arch::Iresnet100, crate::model::Margin::cosface(0.4)));
+        assert!(resolve(None, &["--train-sets", "a", "--margin", "arcface", "--m1", "1.2"]).is_err());
+        assert!(resolve(None, &["--train-sets", "a", "--schedule", "poly"]).unwrap_err().to_string().contains("--max-steps"));
+        assert!(resolve(None, &["--train-sets", "a", "--clip-grad-norm", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_arcface_torch_recipe_resolves() {
+        let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../training/fr-iresnet50-pfc.toml");
+        assert!(resolve(Some(&recipe), &["--train-sets", "a"]).unwrap_err().to_string().contains("--max-steps"));
+        let cfg = resolve(Some(&recipe), &["--train-sets", "a", "--max-steps", "1000", "--sample-rate", "0.1"]).unwrap();
+        assert_eq!((cfg.arch, cfg.schedule, cfg.partial_fc, cfg.sample_rate, cfg.clip_grad_norm), (Arch::Iresnet50, Schedule::Poly, true, 0.1, Some(5.0)));
+        assert_eq!((cfg.batch_size, cfg.heads.margin().unwrap(), cfg.heads.fr_dropout), (128, crate::model::Margin::arcface(0.5), 0.0));
     }
 
     #[test]

@@ -52,8 +52,9 @@ impl Judge {
     }
 
     /// Rank 0's decision for the step just taken (`state.step` counts it), given each
-    /// trained head's loss; `save_point` is dlib's "time to save or reload".
-    pub fn decide(&mut self, state: &mut TrainState, losses: &[(Head, f64)], save_point: bool) -> Decision {
+    /// trained head's loss; `save_point` is dlib's "time to save or reload"; the plateau
+    /// rule sees the losses only when `plateau` (not in a warm-up, not under poly).
+    pub fn decide(&mut self, state: &mut TrainState, losses: &[(Head, f64)], save_point: bool, plateau: bool) -> Decision {
         if state.step > self.failed_at {
             self.in_a_row = 0;
         }
@@ -63,7 +64,7 @@ impl Judge {
             if non_finite {
                 return self.roll_back(head, "NaN", state.step, loss);
             }
-            if let Some(factor) = state.plateaus.get_mut(&head).and_then(|p| if loss.is_finite() { p.push(loss) } else { None }) {
+            if let Some(factor) = state.plateaus.get_mut(&head).filter(|_| plateau).and_then(|p| if loss.is_finite() { p.push(loss) } else { None }) {
                 d.decays.push((head, factor));
             }
         }
@@ -141,7 +142,7 @@ mod tests {
         for i in 0..200u64 {
             st.step = i + 1;
             // FR still falls steeply, Gender is flat: only Gender's rule fires.
-            let d = j.decide(&mut st, &[(Head::Fr, 40.0 - 0.1 * i as f64), (Head::Gender, 0.7)], false);
+            let d = j.decide(&mut st, &[(Head::Fr, 40.0 - 0.1 * i as f64), (Head::Gender, 0.7)], false, true);
             fr_decays += d.decays.iter().filter(|(h, _)| *h == Head::Fr).count();
             assert!(d.rollback.is_none());
         }
@@ -155,16 +156,16 @@ mod tests {
         st.step = 7;
         let mut seen = vec![];
         for _ in 0..5 {
-            let d = j.decide(&mut st, &[(Head::Fr, 1.0), (Head::Gender, f64::NAN)], false);
+            let d = j.decide(&mut st, &[(Head::Fr, 1.0), (Head::Gender, f64::NAN)], false, true);
             let rb = d.rollback.clone().expect("a rollback");
             seen.push((rb.in_a_row, rb.shrink, d.give_up.is_some()));
         }
         assert_eq!(seen, vec![(1, false, false), (2, false, false), (3, true, false), (4, true, false), (5, true, true)]);
         // Getting past the failing step resets the count.
         st.step = 8;
-        assert!(j.decide(&mut st, &[(Head::Fr, 1.0), (Head::Gender, 0.5)], false).rollback.is_none());
+        assert!(j.decide(&mut st, &[(Head::Fr, 1.0), (Head::Gender, 0.5)], false, true).rollback.is_none());
         st.step = 9;
-        let d = j.decide(&mut st, &[(Head::Fr, f64::INFINITY), (Head::Gender, 0.5)], false);
+        let d = j.decide(&mut st, &[(Head::Fr, f64::INFINITY), (Head::Gender, 0.5)], false, true);
         assert_eq!(d.rollback.unwrap().in_a_row, 1);
     }
 
@@ -172,7 +173,7 @@ mod tests {
     fn disabled_guard_never_rolls_back_and_ordinals_read_well() {
         let (mut st, mut j) = (state(), Judge::new(&[Head::Fr], false, 10));
         st.step = 1;
-        assert!(j.decide(&mut st, &[(Head::Fr, f64::NAN)], true).rollback.is_none());
+        assert!(j.decide(&mut st, &[(Head::Fr, f64::NAN)], true, true).rollback.is_none());
         assert_eq!([1, 2, 3, 4, 11, 12, 13, 21, 22, 101].map(ordinal).join(" "), "1st 2nd 3rd 4th 11th 12th 13th 21st 22nd 101st");
     }
 }

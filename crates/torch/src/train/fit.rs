@@ -12,10 +12,12 @@ use super::checkpoint;
 use super::decisions::{self, ordinal, Decision, Rollback};
 use super::replica::{head_groups, BACKBONE};
 use super::scaler::scaled_loss;
+use super::schedule::{lr_factor, plateau_counts};
 use super::session::{Good, Session};
 use super::state::LrChange;
 use super::step::{heads_for_step, labelled as labelled_in, losses};
 use crate::dist::ReduceOp;
+use crate::model::partial_fc::{CommBytes, PfcStep};
 use crate::model::Head;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +52,8 @@ struct StepStats {
     signalled: bool,
     out_of_time: bool,
     data_wait: f64,
+    /// This rank's bytes into all-reduces and out of all-gathers this step.
+    comm_bytes: CommBytes,
 }
 
 /// Throughput over the steps since the last log line.
@@ -131,6 +135,8 @@ impl Session {
         let mut parts = vec![0.0; heads.len()];
         let inject = self.cfg.inject_nan_at.is_some_and(|at| step + 1 >= at && self.state.rollbacks < self.cfg.inject_nan_times);
         let accum = self.cfg.accum as f64;
+        let mut bytes = CommBytes::default();
+        let scale = self.state.loss_scale.as_ref().map_or(1.0, |s| s.scale);
         for _ in 0..self.cfg.accum {
             let t = Instant::now();
             let batches = self.pools.next(&heads)?;
@@ -138,7 +144,14 @@ impl Session {
             skipped += batches.iter().map(|p| p.batch.skipped as f64).sum::<f64>();
             images += batches.iter().map(|p| p.batch.n as f64).sum::<f64>();
             labelled.iter_mut().zip(labelled_in(&batches)).for_each(|(a, n)| *a += n);
-            let l = losses(self.replica.net(), &self.cfg, &batches, self.replica.device())?;
+            let pfc = self.replica.slice().map(|slice| PfcStep {
+                comm: &*self.comm, slice, sample_rate: self.cfg.sample_rate, seed: self.cfg.seed, step, grad_factor: scale / accum,
+            });
+            if pfc.is_some() {
+                let rows = batches.iter().filter(|p| p.heads.contains(&Head::Fr)).map(|p| p.batch.n).sum();
+                bytes.add_partial_fc(rows, self.comm.world(), self.cfg.heads.emb_dim);
+            }
+            let l = losses(self.replica.net(), &self.cfg, &batches, self.replica.device(), pfc.as_ref())?;
             let objective = if inject { l.total * f64::NAN } else { l.total };
             scaled_loss(&objective, self.cfg.accum, self.state.loss_scale.as_ref()).backward();
             total += objective.double_value(&[]) / accum;
@@ -150,7 +163,12 @@ impl Session {
         }
         let grads = self.replica.grads();
         tch::no_grad(|| self.comm.all_reduce_mean(&grads))?;
-        if self.unscale(&grads) {
+        bytes.allreduce += grads.iter().map(|g| g.numel() * if self.cfg.fp16_allreduce { 2 } else { 4 }).sum::<usize>();
+        if self.unscale(&self.replica.all_grads())? {
+            if let Some(max) = self.cfg.clip_grad_norm {
+                self.replica.clip_backbone(max);
+            }
+            self.replica.set_lr_factor(lr_factor(self.cfg.schedule, self.cfg.warmup_steps, self.cfg.max_steps, step));
             self.replica.step(&heads);
         }
 
@@ -170,6 +188,7 @@ impl Session {
             signalled: v[1] > 0.0,
             out_of_time: v[2] > 0.0,
             data_wait: wait,
+            comm_bytes: bytes,
         })
     }
 
@@ -192,21 +211,30 @@ impl Session {
 
     /// With `--amp`: true (and the gradients unscaled) when they are finite; otherwise the
     /// step is skipped and the scale backs off. Without: always true.
-    fn unscale(&mut self, grads: &[tch::Tensor]) -> bool {
-        let Some(scale) = self.state.loss_scale.as_mut() else { return true };
-        let finite = scale.unscale(grads);
+    /// Under Partial FC each rank's centre gradients are its own, so the ranks agree on
+    /// "finite" first.
+    fn unscale(&mut self, grads: &[tch::Tensor]) -> Result<bool> {
+        let Some(scale) = self.state.loss_scale.as_mut() else { return Ok(true) };
+        let mut finite = scale.unscale(grads);
+        if self.replica.slice().is_some() {
+            let mut all = [if finite { 1.0 } else { 0.0 }];
+            self.comm.all_reduce_f64(&mut all, ReduceOp::Min)?;
+            finite = all[0] > 0.0;
+        }
         scale.update(finite);
         if !finite {
             tracing::warn!("step {}: inf/NaN gradients under --amp; step skipped, loss scale now {:e}", self.state.step + 1, scale.scale);
         }
-        finite
+        Ok(finite)
     }
 
     /// Rank 0 judges the mean losses (its plateau rules are the ones checkpoints keep);
     /// every rank gets the same decision.
     fn decide(&mut self, stats: &StepStats) -> Result<Decision> {
         let save_point = self.state.step.is_multiple_of(self.cfg.save_every);
-        let mine = if self.comm.rank() == 0 { self.judge.decide(&mut self.state, &stats.losses, save_point) } else { Decision::default() };
+        // `state.step` already counts this step: its 0-based index is one less.
+        let plateau = plateau_counts(self.cfg.schedule, self.cfg.warmup_steps, self.state.step - 1);
+        let mine = if self.comm.rank() == 0 { self.judge.decide(&mut self.state, &stats.losses, save_point, plateau) } else { Decision::default() };
         decisions::broadcast(&*self.comm, mine)
     }
 
@@ -323,6 +351,9 @@ impl Session {
             "world_size": world,
             "effective_batch": effective_batch,
             "skipped_records": self.state.skipped_records,
+            "allreduce_bytes": stats.comm_bytes.allreduce,
+            "allgather_bytes": stats.comm_bytes.allgather,
+            "head_bytes_per_rank": self.replica.head_bytes(),
         });
         self.log_epochs(&mut ev);
         if let Some(total) = stats.total {
@@ -367,9 +398,10 @@ impl Session {
         self.state.loss_counts = self.log.counts();
         let mut state = self.state.clone();
         state.elapsed_secs += clock.elapsed().as_secs_f64();
+        let whole = self.replica.gather_head(&*self.comm)?;
         if self.comm.rank() == 0 {
             self.log.flush()?;
-            checkpoint::save(&dir, &state, |tmp| self.replica.save(tmp)).with_context(|| format!("writing checkpoint {}", dir.display()))?;
+            checkpoint::save(&dir, &state, |tmp| self.replica.save(tmp, &whole)).with_context(|| format!("writing checkpoint {}", dir.display()))?;
             checkpoint::prune(&self.run_dir, self.cfg.keep_checkpoints)?;
             self.log.event(json!({"event": "checkpoint", "step": self.state.step, "path": dir}))?;
         }
@@ -386,6 +418,9 @@ impl Session {
     fn check_param_hash(&mut self) -> Result<()> {
         let hash = self.replica.param_hash();
         self.log.rank_note(&format!("step {} param_hash {hash:016x}", self.state.step))?;
+        if let Some(own) = self.replica.slice_hash() {
+            self.log.rank_note(&format!("step {} slice_hash {own:016x} (this rank's Partial FC centres)", self.state.step))?;
+        }
         let halves = [(hash >> 32) as f64, (hash & 0xffff_ffff) as f64];
         let (mut lo, mut hi) = (halves, halves);
         self.comm.all_reduce_f64(&mut lo, ReduceOp::Min)?;

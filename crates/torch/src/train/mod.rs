@@ -10,6 +10,7 @@ mod decisions;
 mod fit;
 mod pools;
 mod replica;
+pub mod schedule;
 pub mod runlog;
 pub mod scaler;
 pub mod seed_flags;

@@ -9,7 +9,7 @@ use tch::{Device, Tensor};
 use super::checkpoint;
 use super::config::TrainConfig;
 use crate::dist::Comm;
-use crate::model::{Head, Net, Tasks};
+use crate::model::{ClassSlice, Head, Net, Tasks};
 use crate::optim::{groups_by_prefix, Sgd};
 
 /// The optimiser group of the shared backbone.
@@ -38,7 +38,12 @@ pub struct Replica {
     net: Net,
     opt: Sgd,
     device: Device,
+    /// Partial FC: this rank's share of the ArcFace centres (None: the whole matrix).
+    slice: Option<ClassSlice>,
 }
+
+/// The optimiser group, and variable prefix, of the ArcFace centres.
+const ARCFACE: &str = "arcface";
 
 /// Parameters and optimiser state copied to host memory: the state a rollback returns to.
 pub struct Snapshot {
@@ -48,10 +53,11 @@ pub struct Snapshot {
 
 impl Replica {
     /// A fresh model (seeded), its optimiser groups, and `--init` weights if given.
-    pub fn build(cfg: &TrainConfig, num_classes: usize, device: Device) -> Result<Replica> {
+    /// With `slice` (Partial FC), the ArcFace layer holds only those centres.
+    pub fn build(cfg: &TrainConfig, num_classes: usize, device: Device, slice: Option<ClassSlice>) -> Result<Replica> {
         tch::manual_seed(cfg.seed as i64);
         let mut vs = VarStore::new(device);
-        let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, num_classes, Tasks::from(cfg.task));
+        let net = Net::with_slice(&vs.root(), cfg.arch, &cfg.heads, num_classes, Tasks::from(cfg.task), slice)?;
         let [lr_fr, lr_gender, lr_age] = cfg.head_lrs();
         let mut spec = vec![];
         if !cfg.freeze_backbone {
@@ -62,7 +68,7 @@ impl Replica {
         if let Some(init) = &cfg.init {
             load_init(&mut vs, init)?;
         }
-        Ok(Replica { vs, net, opt, device })
+        Ok(Replica { vs, net, opt, device, slice })
     }
 
     pub fn net(&self) -> &Net {
@@ -77,14 +83,41 @@ impl Replica {
         self.opt.zero_grad();
     }
 
-    /// The gradients to all-reduce.
+    /// The gradients to all-reduce: all, or all but the centres' under Partial FC.
     pub fn grads(&self) -> Vec<Tensor> {
+        match self.slice {
+            Some(_) => self.opt.grads_except(&[ARCFACE]),
+            None => self.opt.grads(),
+        }
+    }
+
+    /// Every gradient (those of Partial FC's centres too): what loss scaling unscales.
+    pub fn all_grads(&self) -> Vec<Tensor> {
         self.opt.grads()
+    }
+
+    pub fn slice(&self) -> Option<ClassSlice> {
+        self.slice
+    }
+
+    /// Bytes of this rank's ArcFace centres, their gradient and their momentum.
+    pub fn head_bytes(&self) -> usize {
+        self.vs.variables().get("arcface.weight").map_or(0, |w| 3 * w.numel() * w.kind().elt_size_in_bytes())
     }
 
     /// One SGD update of the backbone and `heads`' groups; the other heads stay untouched.
     pub fn step(&mut self, heads: &[Head]) {
         self.opt.step_groups(&groups_for(heads));
+    }
+
+    /// The schedule's factor (warm-up, poly) on every group's rate.
+    pub fn set_lr_factor(&mut self, factor: f64) {
+        self.opt.set_lr_factor(factor);
+    }
+
+    /// `--clip-grad-norm`: the backbone's gradients (all-reduced already) to a global norm.
+    pub fn clip_backbone(&mut self, max_norm: f64) -> Option<f64> {
+        self.opt.clip_grad_norm(BACKBONE, max_norm)
     }
 
     pub fn scale_lr(&mut self, groups: &[&str], factor: f64) {
@@ -124,46 +157,102 @@ impl Replica {
         self.opt.load_state(&snap.optim)
     }
 
-    /// Writes the model and optimiser files of a checkpoint into `dir`.
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        self.vs.save(dir.join(checkpoint::MODEL_FILE))?;
-        Tensor::write_safetensors(&self.opt.state(), dir.join(checkpoint::OPTIM_FILE))?;
+    /// Writes the model and optimiser files of a checkpoint into `dir`. Under Partial FC,
+    /// `whole` holds the gathered centres and momentum (`gather_head`), so the files do not
+    /// depend on the rank count.
+    pub fn save(&self, dir: &Path, whole: &WholeHead) -> Result<()> {
+        let mut model: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        let mut optim = self.opt.state();
+        for (name, full) in [(HEAD_WEIGHT, &whole.weight), (HEAD_MOMENTUM, &whole.momentum)] {
+            let list = if name == HEAD_WEIGHT { &mut model } else { &mut optim };
+            if let Some(full) = full {
+                list.retain(|(n, _)| n != name);
+                list.push((name.to_string(), full.shallow_clone()));
+            }
+        }
+        Tensor::write_safetensors(&model, dir.join(checkpoint::MODEL_FILE))?;
+        Tensor::write_safetensors(&optim, dir.join(checkpoint::OPTIM_FILE))?;
         Ok(())
     }
 
-    /// Loads a checkpoint's model and optimiser files (already checked against their CRCs).
+    /// Loads a checkpoint's model and optimiser files (already checked against their CRCs);
+    /// under Partial FC, this rank's rows of the whole centres and momentum.
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         let model = dir.join(checkpoint::MODEL_FILE);
-        self.vs.load(&model).with_context(|| format!("loading {}", model.display()))?;
+        let named = Tensor::read_safetensors(&model).with_context(|| format!("loading {}", model.display()))?;
+        let named = self.cut(named, HEAD_WEIGHT);
+        copy_into(&self.vs, &named).with_context(|| format!("loading {}", model.display()))?;
         let optim = dir.join(checkpoint::OPTIM_FILE);
         let named = Tensor::read_safetensors(&optim).with_context(|| format!("loading {}", optim.display()))?;
+        let named = self.cut(named, HEAD_MOMENTUM);
         self.opt.load_state(&named)
+    }
+
+    /// This rank's rows of the whole-matrix tensor `name` (Partial FC); others unchanged.
+    fn cut(&self, named: Vec<(String, Tensor)>, name: &str) -> Vec<(String, Tensor)> {
+        let Some(sl) = self.slice else { return named };
+        named.into_iter().map(|(n, t)| if n == name { (n, t.narrow(0, sl.start as i64, sl.len as i64)) } else { (n, t) }).collect()
+    }
+
+    /// Partial FC: the whole centre matrix and its momentum on rank 0 (None elsewhere, and
+    /// without Partial FC). Every rank must call it.
+    pub fn gather_head(&self, comm: &dyn Comm) -> Result<WholeHead> {
+        let (Some(_), Some(weight)) = (self.slice, self.vs.variables().get(HEAD_WEIGHT).map(|w| w.shallow_clone())) else {
+            return Ok(WholeHead::default());
+        };
+        let total = self.net.classes(Head::Fr);
+        let momentum = self.opt.state().into_iter().find(|(n, _)| n == HEAD_MOMENTUM).map(|(_, t)| t);
+        let mut have = [if momentum.is_some() { 1.0 } else { 0.0 }];
+        comm.all_reduce_f64(&mut have, crate::dist::ReduceOp::Min)?;
+        let weight = Some(gather_rows(comm, &weight.detach(), total)?);
+        let momentum = match (have[0] > 0.0, momentum) {
+            (true, Some(m)) => Some(gather_rows(comm, &m, total)?),
+            _ => None,
+        };
+        Ok(if comm.rank() == 0 { WholeHead { weight, momentum } } else { WholeHead::default() })
     }
 
     /// Rank 0's parameters, buffers and optimiser state to every rank, so the replicas are
     /// identical (as DDP starts them), also after a resume that each rank read itself.
+    /// Partial FC's centres and their momentum stay each rank's own.
     pub fn broadcast_from_rank0(&mut self, comm: &dyn Comm) -> Result<()> {
         if comm.world() == 1 {
             return Ok(());
         }
-        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(n, _)| self.replicated(n)).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let tensors: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
         tch::no_grad(|| comm.broadcast(&tensors, 0))?;
         let state = self.opt.state();
-        let mut bytes = names_and_shapes(&state);
+        let shared: Vec<(String, Tensor)> = state.iter().filter(|(n, _)| self.replicated(n)).map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        let mut bytes = names_and_shapes(&shared);
         comm.broadcast_bytes(&mut bytes, 0)?;
-        anyhow::ensure!(bytes == names_and_shapes(&state), "rank {}: optimiser state differs in layout from rank 0's", comm.rank());
-        let tensors: Vec<Tensor> = state.iter().map(|(_, t)| t.shallow_clone()).collect();
+        anyhow::ensure!(bytes == names_and_shapes(&shared), "rank {}: optimiser state differs in layout from rank 0's", comm.rank());
+        let tensors: Vec<Tensor> = shared.iter().map(|(_, t)| t.shallow_clone()).collect();
         tch::no_grad(|| comm.broadcast(&tensors, 0))?;
         self.opt.load_state(&state)
     }
 
     /// A hash of the parameters every rank must agree on bit for bit. BatchNorm running
     /// statistics are per rank by design (as in insightface), so they are left out.
+    /// Partial FC's centres are left out too (see `slice_hash`).
     pub fn param_hash(&self) -> u64 {
+        self.hash_of(|n| !is_bn_statistic(n) && self.replicated(n))
+    }
+
+    /// Partial FC: a hash of this rank's own centres (for its log).
+    pub fn slice_hash(&self) -> Option<u64> {
+        self.slice.map(|_| self.hash_of(|n| !self.replicated(n)))
+    }
+
+    /// False for a tensor that is this rank's own: Partial FC's centres and momentum.
+    fn replicated(&self, name: &str) -> bool {
+        self.slice.is_none() || !name.starts_with("arcface.")
+    }
+
+    fn hash_of(&self, keep: impl Fn(&str) -> bool) -> u64 {
         use std::hash::{Hash, Hasher};
-        let mut named: Vec<_> = self.vs.variables().into_iter().filter(|(n, _)| !is_bn_statistic(n)).collect();
+        let mut named: Vec<_> = self.vs.variables().into_iter().filter(|(n, _)| keep(n)).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let mut h = std::hash::DefaultHasher::new();
         for (name, t) in named {
@@ -175,6 +264,43 @@ impl Replica {
         }
         h.finish()
     }
+}
+
+/// The tensor names of Partial FC's centres and of their momentum buffer.
+const HEAD_WEIGHT: &str = "arcface.weight";
+const HEAD_MOMENTUM: &str = "arcface.0";
+
+/// Partial FC's whole centre matrix and momentum, gathered for a checkpoint (rank 0).
+#[derive(Default)]
+pub struct WholeHead {
+    weight: Option<Tensor>,
+    momentum: Option<Tensor>,
+}
+
+/// The ranks' contiguous row slices of a `total`-row matrix, in order: each is padded to
+/// the largest slice for the all-gather, then the padding is cut away.
+fn gather_rows(comm: &dyn Comm, mine: &Tensor, total: usize) -> Result<Tensor> {
+    let world = comm.world();
+    let widest = ClassSlice::of(0, world, total).len as i64;
+    let pad = widest - mine.size()[0];
+    let padded = if pad > 0 { Tensor::cat(&[mine.to_kind(tch::Kind::Float), mine.new_zeros([pad, mine.size()[1]], (tch::Kind::Float, mine.device()))], 0) } else { mine.to_kind(tch::Kind::Float) };
+    let all = comm.all_gather(&padded.to_device(Device::Cpu))?;
+    let parts: Vec<Tensor> = (0..world).map(|r| all.narrow(0, r as i64 * widest, ClassSlice::of(r, world, total).len as i64)).collect();
+    Ok(Tensor::cat(&parts, 0))
+}
+
+/// Copies every variable from `named`, by name, checking shapes (`VarStore::load`, for a
+/// list that has already been cut to this rank's slice).
+fn copy_into(vs: &VarStore, named: &[(String, Tensor)]) -> Result<()> {
+    let saved: std::collections::HashMap<&str, &Tensor> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    tch::no_grad(|| {
+        for (name, var) in vs.variables() {
+            let Some(t) = saved.get(name.as_str()) else { bail!("no tensor {name} in the checkpoint") };
+            anyhow::ensure!(t.size() == var.size(), "{name}: shape {:?} in the checkpoint, {:?} in this model", t.size(), var.size());
+            var.shallow_clone().copy_(t);
+        }
+        Ok(())
+    })
 }
 
 fn is_bn_statistic(name: &str) -> bool {

@@ -15,7 +15,7 @@ use super::runlog::{utc_stamp, RunLog};
 use super::state::TrainState;
 use crate::dist::{self, Comm, CommOptions, LaunchInfo, ReduceOp};
 use crate::eval::validate::Validator;
-use crate::model::Head;
+use crate::model::{ClassSlice, Head};
 
 /// Everything one rank trains with. `fit.rs` drives it; the fields are its components.
 pub struct Session {
@@ -68,7 +68,14 @@ impl Session {
             scale_lr(&mut cfg, factor);
         }
         let heads = cfg.heads();
-        let mut replica = Replica::build(&cfg, num_classes, device)?;
+        let slice = match cfg.partial_fc {
+            true => {
+                ClassSlice::check(world, num_classes)?;
+                Some(ClassSlice::of(rank, world, num_classes))
+            }
+            false => None,
+        };
+        let mut replica = Replica::build(&cfg, num_classes, device, slice)?;
         let mut state = TrainState::new(&cfg, &heads, world, num_classes);
         if let Some((ckpt, saved)) = &resumed {
             if saved.num_classes != num_classes {
@@ -91,6 +98,9 @@ impl Session {
         note_rank(&mut log, &*comm, &pools, device, threads)?;
         if cfg.amp && !device.is_cuda() {
             log.rank_note("--amp applies to CUDA devices only; training in f32 on the CPU")?;
+        }
+        if let Some(sl) = slice {
+            log.rank_note(&format!("Partial FC: identities {}..{} of {num_classes} on this rank, sample rate {}", sl.start, sl.start + sl.len, cfg.sample_rate))?;
         }
         if state.world_size != world {
             log.rank_note(&format!("resumed with world size {world}, checkpoint had {}: data order differs from an uninterrupted run", state.world_size))?;

@@ -6,6 +6,7 @@ use tch::{Device, Kind, Tensor};
 use super::config::TrainConfig;
 use crate::model::loss::{cross_entropy, soft_cross_entropy};
 use super::pools::Part;
+use crate::model::partial_fc::PfcStep;
 use crate::model::{Head, Net};
 use trainer_data::pipeline::Batch;
 
@@ -61,7 +62,11 @@ pub fn head_loss(net: &Net, cfg: &TrainConfig, head: Head, feats: &Tensor, y: &T
 /// rows. A frozen backbone runs without autograd in eval mode; with `--amp` on CUDA it runs
 /// under autocast, while heads and losses stay f32 as in insightface, because s·cos θ with
 /// s = 64 overflows half precision.
-pub fn losses(net: &Net, cfg: &TrainConfig, parts: &[Part], device: Device) -> Result<Losses> {
+///
+/// Under Partial FC (`pfc`), the FR loss's centre gradients are computed on the way (see
+/// `PfcStep::loss`) and `total` carries, beside the loss values, a term that only feeds the
+/// gathered embeddings' gradients back into this rank's backbone.
+pub fn losses(net: &Net, cfg: &TrainConfig, parts: &[Part], device: Device, pfc: Option<&PfcStep>) -> Result<Losses> {
     let x = Tensor::cat(&parts.iter().map(|p| images(&p.batch, device)).collect::<Vec<_>>(), 0);
     let amp = cfg.amp && device.is_cuda();
     // libtorch 2.11 warns on every autocast toggle, so toggle only when asked to.
@@ -71,19 +76,31 @@ pub fn losses(net: &Net, cfg: &TrainConfig, parts: &[Part], device: Device) -> R
     };
     let feats = if cfg.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(true) };
     let mut losses = Vec::new();
+    let mut feedback = Vec::new();
+    let weights = if parts.iter().map(|p| p.heads.len()).sum::<usize>() > 1 { cfg.loss_weights } else { [1.0; 3] };
     let mut row = 0;
     for part in parts {
         let rows = feats.narrow(0, row, part.batch.n as i64);
         row += part.batch.n as i64;
         for &head in &part.heads {
             let y = targets(net, head, &part.batch, device)?;
-            losses.push((head, head_loss(net, cfg, head, &rows, &y)?));
+            match (head, pfc, net.arcface()) {
+                (Head::Fr, Some(pfc), Some(arc)) => {
+                    let step = PfcStep { grad_factor: pfc.grad_factor * weights[0], ..*pfc };
+                    let (loss, term) = step.loss(arc, &net.embed(&rows, true)?, &y)?;
+                    losses.push((head, loss));
+                    feedback.push(term * weights[0]);
+                }
+                _ => losses.push((head, head_loss(net, cfg, head, &rows, &y)?)),
+            }
         }
     }
-    let weights = if losses.len() > 1 { cfg.loss_weights } else { [1.0; 3] };
+    // A feedback term adds its gradient and nothing to the value.
+    let feedback = feedback.into_iter().map(|t| &t - t.detach());
     let total = losses
         .iter()
         .map(|(h, l)| l * weights[*h as usize])
+        .chain(feedback)
         .reduce(|a, b| a + b)
         .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, device)));
     Ok(Losses { total, parts: losses })
@@ -124,7 +141,7 @@ mod tests {
     #[test]
     fn targets_reject_out_of_range_and_clip_ages() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = Net::new(&vs.root(), Arch::Tiny, &tiny_heads(), 5, Task::Multi.into());
+        let net = Net::new(&vs.root(), Arch::Tiny, &tiny_heads(), 5, Task::Multi.into()).unwrap();
         let b = batch(2, vec![0, 5], vec![0, 2], vec![9, -1]);
         assert!(targets(&net, Head::Fr, &b, Device::Cpu).unwrap_err().to_string().contains("identity label 5"));
         assert!(targets(&net, Head::Gender, &b, Device::Cpu).is_err());
@@ -140,7 +157,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let heads = HeadConfig { s: 16.0, m: 0.2, fr_dropout: 0.0, gender_dropout: 0.0, age_dropout: 0.0, ..tiny_heads() };
         let cfg = TrainConfig { task: Task::Multi, heads: heads.clone(), ..TrainConfig::default() };
-        let net = Net::new(&vs.root(), Arch::Tiny, &heads, 4, Task::Multi.into());
+        let net = Net::new(&vs.root(), Arch::Tiny, &heads, 4, Task::Multi.into()).unwrap();
         let spec = [("backbone.", 0.05, 5e-4), ("fr.", 0.05, 5e-4), ("arcface.", 0.05, 5e-4), ("gender.", 0.05, 5e-4), ("age.", 0.05, 5e-4)];
         let mut opt = Sgd::new(groups_by_prefix(&vs, &spec), 0.9);
         let batches: Vec<Batch> = (0..2)
@@ -156,7 +173,7 @@ mod tests {
             for b in &batches {
                 // Train-mode BN (batch statistics): what the steps optimised.
                 let parts = [Part { batch: b.clone(), heads: all.to_vec() }];
-                let l = tch::no_grad(|| losses(net, &cfg, &parts, Device::Cpu)).unwrap();
+                let l = tch::no_grad(|| losses(net, &cfg, &parts, Device::Cpu, None)).unwrap();
                 for (s, (_, v)) in sum.iter_mut().zip(&l.parts) {
                     *s += v.double_value(&[]);
                 }
@@ -167,7 +184,7 @@ mod tests {
         for step in 0..100 {
             opt.zero_grad();
             let parts = [Part { batch: batches[step % 2].clone(), heads: all.to_vec() }];
-            losses(&net, &cfg, &parts, Device::Cpu).unwrap().total.backward();
+            losses(&net, &cfg, &parts, Device::Cpu, None).unwrap().total.backward();
             opt.step();
         }
         let after = measure(&net);

@@ -1,0 +1,251 @@
+//! Partial FC (An et al. 2022; insightface's arcface_torch): the ArcFace class centres are
+//! split into contiguous slices, one per rank. Every rank scores all ranks' embeddings
+//! against its own slice, and the softmax cross-entropy is assembled across ranks (the
+//! row maxima, then the sums of exponentials), so its value and gradients are those of
+//! the full softmax. With `--sample-rate r < 1` each rank scores only the positive classes
+//! of the global batch plus uniformly drawn negatives, up to r × its slice.
+
+use anyhow::{ensure, Result};
+use tch::{Kind, Tensor};
+
+use super::ArcFace;
+use crate::dist::{Comm, ReduceOp};
+use trainer_data::rng::Rng;
+
+/// What a training step under Partial FC needs besides the net.
+pub struct PfcStep<'a> {
+    pub comm: &'a dyn Comm,
+    pub slice: ClassSlice,
+    pub sample_rate: f64,
+    pub seed: u64,
+    /// The step's 0-based index (with seed and rank, it fixes the negatives drawn).
+    pub step: u64,
+    /// What the step's backward multiplies the FR loss by (loss weight × loss scale /
+    /// accumulation): the centres' gradients are computed here, so they get it here.
+    pub grad_factor: f64,
+}
+
+impl PfcStep<'_> {
+    /// The FR loss of this rank's embeddings `emb [B, D]` with global labels `y [B]`.
+    /// The centres' gradients are final when it returns. Also returns a term whose gradient
+    /// with respect to `emb` is the loss's, summed over every rank's share (the all-gather's
+    /// backward) and multiplied by the world size, since the backbone's gradients are then
+    /// averaged over ranks.
+    pub fn loss(&self, arc: &ArcFace, emb: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (comm, device) = (self.comm, emb.device());
+        // Always a gradient leaf, so every rank takes part in its all-reduce below.
+        let gathered = comm.all_gather(&emb.detach().to_kind(Kind::Float))?.set_requires_grad(true);
+        let y_all = comm.all_gather(y)?;
+        let local = self.slice.local_labels(&y_all);
+        let (rows, local) = self.sampled(&local)?;
+        let rows = rows.map(|r| Tensor::from_slice(&r).to_device(device));
+        let logits = arc.logits_on(&gathered, &local, rows.as_ref());
+        let (loss, surrogate) = distributed_ce(comm, &logits, &local, &y_all.ge(0))?;
+        if !surrogate.requires_grad() {
+            return Ok((loss, emb.zeros_like().sum(Kind::Float)));
+        }
+        (surrogate * self.grad_factor).backward();
+        let grad = gathered.grad();
+        comm.all_reduce(&grad, ReduceOp::Sum)?;
+        let b = emb.size()[0];
+        let mine = grad.narrow(0, comm.rank() as i64 * b, b) * (comm.world() as f64 / self.grad_factor);
+        Ok((loss, (emb * mine.to_kind(emb.kind())).sum(Kind::Float)))
+    }
+
+    /// With sampling: the rows scored and the labels as columns of them.
+    fn sampled(&self, local: &Tensor) -> Result<(Option<Vec<i64>>, Tensor)> {
+        if self.sample_rate >= 1.0 {
+            return Ok((None, local.shallow_clone()));
+        }
+        let labels = Vec::<i64>::try_from(local)?;
+        let positives: Vec<i64> = labels.iter().copied().filter(|&c| c >= 0).collect();
+        let rows = sample_rows(self.slice.len, &positives, self.sample_rate, self.seed, self.step, self.comm.rank());
+        let mut column = vec![-1i64; self.slice.len];
+        for (i, &r) in rows.iter().enumerate() {
+            column[r as usize] = i as i64;
+        }
+        let remapped: Vec<i64> = labels.iter().map(|&c| if c >= 0 { column[c as usize] } else { -1 }).collect();
+        Ok((Some(rows), Tensor::from_slice(&remapped).to_device(local.device())))
+    }
+}
+
+/// Bytes one rank puts into all-reduces and gets out of all-gathers in a step (f32 data,
+/// i64 labels): the step log's `allreduce_bytes` and `allgather_bytes`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommBytes {
+    pub allreduce: usize,
+    pub allgather: usize,
+}
+
+impl CommBytes {
+    /// One Partial FC forward and backward over `rows` embeddings per rank: the gathered
+    /// embeddings and labels; their gradient and the three softmax terms per row reduced.
+    pub fn add_partial_fc(&mut self, rows: usize, world: usize, emb_dim: usize) {
+        let m = rows * world;
+        self.allgather += m * (emb_dim * 4 + 8);
+        self.allreduce += m * emb_dim * 4 + 3 * m * 4;
+    }
+}
+
+/// Rank r's contiguous share of C classes: the first C mod N ranks hold one more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClassSlice {
+    pub start: usize,
+    pub len: usize,
+}
+
+impl ClassSlice {
+    pub fn of(rank: usize, world: usize, classes: usize) -> ClassSlice {
+        let (base, extra) = (classes / world, classes % world);
+        ClassSlice { start: rank * base + rank.min(extra), len: base + usize::from(rank < extra) }
+    }
+
+    /// Every rank must hold at least one class (an empty slice has no softmax terms).
+    pub fn check(world: usize, classes: usize) -> Result<()> {
+        ensure!(classes >= world, "--partial-fc splits {classes} identities over {world} ranks: every rank needs at least one");
+        Ok(())
+    }
+
+    /// Each global label as a column of this slice, or -1 when it lies elsewhere (or is -1).
+    pub fn local_labels(&self, labels: &Tensor) -> Tensor {
+        let inside = labels.ge(self.start as i64).logical_and(&labels.lt((self.start + self.len) as i64));
+        (labels - self.start as i64).where_self(&inside, &labels.full_like(-1))
+    }
+}
+
+/// The rows of a slice of `len` classes a step scores: every positive, then negatives drawn
+/// uniformly without replacement, from a generator seeded by (seed, step, rank), up to
+/// ceil(rate × len) rows in all. Sorted; all rows when `rate >= 1`.
+pub fn sample_rows(len: usize, positives: &[i64], rate: f64, seed: u64, step: u64, rank: usize) -> Vec<i64> {
+    let want = ((rate * len as f64).ceil() as usize).min(len);
+    if rate >= 1.0 || want >= len {
+        return (0..len as i64).collect();
+    }
+    let mut taken = vec![false; len];
+    let mut rows: Vec<i64> = Vec::with_capacity(want.max(positives.len()));
+    for &p in positives {
+        if !std::mem::replace(&mut taken[p as usize], true) {
+            rows.push(p);
+        }
+    }
+    let mut rng = Rng::derive(seed, step, rank as u64);
+    let mut negatives: Vec<i64> = (0..len as i64).filter(|&c| !taken[c as usize]).collect();
+    let extra = want.saturating_sub(rows.len()).min(negatives.len());
+    // A partial Fisher–Yates shuffle: the first `extra` entries are a uniform draw.
+    for i in 0..extra {
+        let j = i + rng.below(negatives.len() - i);
+        negatives.swap(i, j);
+    }
+    rows.extend_from_slice(&negatives[..extra]);
+    rows.sort_unstable();
+    rows
+}
+
+/// Mean softmax cross-entropy over the classes of every rank. `logits [M, c]` are this
+/// rank's columns (margin applied) for all M gathered rows, `local_target [M]` the column
+/// of each row's label in them or -1, `valid [M]` the rows that have a label. Returns the
+/// loss (no graph) and a surrogate whose gradient with respect to `logits` is exactly the
+/// loss's: `Σ (softmax − onehot) · logits / n`, with the softmax terms detached.
+pub fn distributed_ce(comm: &dyn Comm, logits: &Tensor, local_target: &Tensor, valid: &Tensor) -> Result<(Tensor, Tensor)> {
+    let l = logits.to_kind(Kind::Float);
+    let has = local_target.ge(0);
+    let index = local_target.clamp_min(0).unsqueeze(1);
+    let (max, sum, target) = tch::no_grad(|| -> Result<_> {
+        let max = l.amax([1i64].as_slice(), false);
+        comm.all_reduce(&max, ReduceOp::Max)?;
+        let sum = (&l - max.unsqueeze(1)).exp().sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        comm.all_reduce(&sum, ReduceOp::Sum)?;
+        let target = l.gather(1, &index, false).squeeze_dim(1) * has.to_kind(Kind::Float);
+        comm.all_reduce(&target, ReduceOp::Sum)?;
+        Ok((max, sum, target))
+    })?;
+    let weight = valid.to_kind(Kind::Float);
+    let n = weight.sum(Kind::Float).clamp_min(1.0);
+    let per_row = sum.log() + &max - target;
+    let loss = (per_row * &weight).sum(Kind::Float) / &n;
+    let coef = tch::no_grad(|| {
+        let p = (l.detach() - max.unsqueeze(1)).exp() / sum.unsqueeze(1);
+        let onehot = p.zeros_like().scatter_value(1, &index, 1.0) * has.to_kind(Kind::Float).unsqueeze(1);
+        (p - onehot) * (weight / &n).unsqueeze(1)
+    });
+    Ok((loss, (l * coef).sum(Kind::Float)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::single::Single;
+    use crate::model::loss::cross_entropy;
+    use tch::Device;
+
+    #[test]
+    fn slices_are_contiguous_and_differ_by_at_most_one() {
+        let s: Vec<ClassSlice> = (0..3).map(|r| ClassSlice::of(r, 3, 61)).collect();
+        assert_eq!(s, vec![ClassSlice { start: 0, len: 21 }, ClassSlice { start: 21, len: 20 }, ClassSlice { start: 41, len: 20 }]);
+        assert!(ClassSlice::check(4, 3).is_err());
+        let local = s[1].local_labels(&Tensor::from_slice(&[0i64, 21, 40, 41, -1]));
+        assert_eq!(Vec::<i64>::try_from(local).unwrap(), vec![-1, 0, 19, -1, -1]);
+    }
+
+    /// Every positive kept; ceil(r × len) rows, or the positives when more; a new draw per
+    /// step and rank, the same one for the same (seed, step, rank).
+    #[test]
+    fn sampling_keeps_positives_and_counts() {
+        let pos = [3i64, 17, 3, 90];
+        let rows = sample_rows(100, &pos, 0.1, 7, 5, 1);
+        assert_eq!(rows.len(), 10);
+        assert!(pos.iter().all(|p| rows.contains(p)) && rows.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(rows, sample_rows(100, &pos, 0.1, 7, 5, 1));
+        assert_ne!(rows, sample_rows(100, &pos, 0.1, 7, 6, 1));
+        assert_ne!(rows, sample_rows(100, &pos, 0.1, 7, 5, 0));
+        assert_eq!(sample_rows(101, &[], 0.1, 0, 0, 0).len(), 11, "ceil(10.1)");
+        let many: Vec<i64> = (0..30).collect();
+        assert_eq!(sample_rows(100, &many, 0.1, 0, 0, 0), many);
+        assert_eq!(sample_rows(5, &[], 1.0, 0, 0, 0), vec![0, 1, 2, 3, 4]);
+    }
+
+    /// Centres not drawn get exactly zero gradient; drawn ones (every positive among them)
+    /// get one; the loss equals plain cross-entropy over the drawn centres.
+    #[test]
+    fn unsampled_centres_get_zero_gradient() {
+        tch::manual_seed(5);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let slice = ClassSlice { start: 0, len: 40 };
+        let arc = ArcFace::new_slice(&vs.root(), 40, slice, 8, 16.0, crate::model::Margin::arcface(0.3));
+        let emb = Tensor::randn([6, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let y = Tensor::from_slice(&[1i64, 33, 1, 20, -1, 7]);
+        let step = PfcStep { comm: &Single, slice, sample_rate: 0.25, seed: 9, step: 3, grad_factor: 1.0 };
+        let (loss, term) = step.loss(&arc, &emb, &y).unwrap();
+        term.backward();
+        let grad = vs.variables()["weight"].grad();
+        let drawn = sample_rows(40, &[1, 33, 1, 20, 7], 0.25, 9, 3, 0);
+        assert_eq!(drawn.len(), 10);
+        for c in 0..40i64 {
+            let norm = grad.get(c).abs().sum(Kind::Float).double_value(&[]);
+            assert_eq!(norm == 0.0, !drawn.contains(&c), "centre {c}: gradient norm {norm}");
+        }
+        assert!(emb.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        let rows = Tensor::from_slice(&drawn);
+        let column = |l: i64| drawn.iter().position(|&r| r == l).map_or(-1, |i| i as i64);
+        let local = Tensor::from_slice(&[1i64, 33, 1, 20, -1, 7].map(column));
+        let want = cross_entropy(&arc.logits_on(&emb, &local, Some(&rows)), &local);
+        assert!((loss.double_value(&[]) - want.double_value(&[])).abs() < 1e-5);
+    }
+
+    /// In a world of one the distributed loss and its gradient are plain cross-entropy's
+    /// (the 2- and 3-rank cases run in `trainer bench allreduce --check` under mpirun).
+    #[test]
+    fn single_rank_equals_cross_entropy() {
+        tch::manual_seed(3);
+        let logits = (Tensor::randn([6, 9], (Kind::Float, Device::Cpu)) * 5.0).set_requires_grad(true);
+        let labels = Tensor::from_slice(&[0i64, 8, 3, -1, 3, 5]);
+        let (loss, surrogate) = distributed_ce(&Single, &logits, &labels, &labels.ge(0)).unwrap();
+        surrogate.backward();
+        let ours = logits.grad().copy();
+        let _ = logits.grad().zero_();
+        let want = cross_entropy(&logits, &labels);
+        want.backward();
+        assert!((loss.double_value(&[]) - want.double_value(&[])).abs() < 1e-5);
+        assert!(ours.allclose(&logits.grad(), 1e-6, 1e-7, false), "{ours} vs {}", logits.grad());
+    }
+}
