@@ -27,6 +27,8 @@ const MEANINGFUL: &[(&str, &str)] = &[
     ("gender-dropout", "0"),
     ("age-dropout", "0"),
     ("arc-m", "0"),
+    // A loss scale up to f32's largest is representable (tests force overflow with 1e38).
+    ("amp-init-scale", "1e30"),
     // Test-only fault injection: rank 0 is a rank.
     ("die-rank", "0"),
     ("hang-rank", "0"),

@@ -17,7 +17,7 @@ use trainer_data::bounds;
 use trainer_data::targets::{Column, SetSpec};
 
 /// Largest learning rate accepted (anything above is a typo).
-const MAX_LR: f64 = 1000.0;
+const MAX_LR: f64 = 1e6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -177,7 +177,7 @@ pub struct TrainConfig {
     #[arg(long)]
     pub amp: bool,
     /// First loss scale of --amp (halved on overflow, doubled after 2000 good steps).
-    #[arg(long, default_value_t = super::scaler::INIT_SCALE, value_parser = bounds::real(1.0, 4294967296.0, false))]
+    #[arg(long, default_value_t = super::scaler::INIT_SCALE, value_parser = bounds::real(1.0, f32::MAX as f64, false))]
     pub amp_init_scale: f64,
     /// Where run directories go.
     #[arg(long, default_value = "Model")]
