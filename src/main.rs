@@ -4,7 +4,7 @@
 mod handover;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use handover::Forwarded;
 use std::process::ExitCode;
 use trainer_data::{bench, pack, plateau, synth, term, tools, watch};
@@ -77,7 +77,8 @@ see `trainer bench head --help` for its flags.")]
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = trainer_data::bounds::negative_numbers_as_values(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     term::init_tracing();
     term::finish(run(cli.command))
 }

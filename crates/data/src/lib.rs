@@ -11,6 +11,7 @@
 //! crate; this crate cannot reach it.
 
 pub mod bench;
+pub mod bounds;
 pub mod codec;
 pub mod format;
 pub mod interop;

@@ -22,13 +22,13 @@ pub struct SynthArgs {
     pub out: PathBuf,
     /// Number of identities (classes), at most 2^24. The total image count is checked
     /// against the free disk space before anything is written.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count::<usize>(1 << 24))]
     pub identities: usize,
     /// Images per identity.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count::<usize>(1 << 24))]
     pub per_identity: usize,
     /// Image side in pixels.
-    #[arg(long, default_value_t = 112)]
+    #[arg(long, default_value_t = 112, value_parser = crate::bounds::int::<usize>(16, 4096))]
     pub size: usize,
     /// Seed; the same seed gives byte-identical files.
     #[arg(long, default_value_t = 0)]

@@ -5,6 +5,7 @@
 //! `--device`. The data side (shards, pipeline, plateau rule, metrics) is `trainer_data`.
 
 pub mod bench;
+pub mod cli;
 pub mod device;
 pub mod dist;
 pub mod eval;

@@ -15,25 +15,25 @@ pub struct DataArgs {
     #[arg(long, num_args = 1.., required = true)]
     pub train_sets: Vec<PathBuf>,
     /// Decode worker threads (default: one per core).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count::<usize>(crate::bounds::MAX_THREADS))]
     pub workers: Option<usize>,
     /// Training image side.
-    #[arg(long, default_value_t = 112)]
+    #[arg(long, default_value_t = 112, value_parser = crate::bounds::int::<usize>(16, crate::bounds::MAX_SIDE))]
     pub size: usize,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = crate::bounds::count::<usize>(crate::bounds::MAX_BATCH))]
     pub batch_size: usize,
     /// Batches timed per repetition.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = crate::bounds::count::<usize>(1 << 24))]
     pub batches: usize,
     /// Repetitions; the median is reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::bounds::count::<usize>(10_000))]
     pub reps: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Time rank R's view of a WORLD-rank job (its shards, or its record stripe).
     #[arg(long, default_value_t = 0)]
     pub rank: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::bounds::count::<usize>(1 << 20))]
     pub world: usize,
     /// Split records instead of shards across ranks (for fewer shards than ranks).
     #[arg(long)]

@@ -16,10 +16,10 @@ use std::time::Instant;
 #[derive(clap::Args, Debug)]
 pub struct PlateauBenchArgs {
     /// Losses in the window (the seed's threshold is 15000).
-    #[arg(long, default_value_t = 15000)]
+    #[arg(long, default_value_t = 15000, value_parser = crate::bounds::count::<usize>(1 << 26))]
     pub n: usize,
     /// Timed runs; the median is reported.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 7, value_parser = crate::bounds::count::<usize>(10_000))]
     pub runs: usize,
     /// Also write the synthetic losses here (comma-separated), for the Python baseline.
     #[arg(long, value_name = "FILE")]

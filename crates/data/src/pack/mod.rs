@@ -49,7 +49,7 @@ pub struct PackArgs {
     pub name: String,
     /// Number of shards, at most the number of inputs (rank r of N reads shards k ≡ r mod N,
     /// so use a multiple of the ranks).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::bounds::count::<usize>(u64::MAX))]
     pub shards: usize,
     /// Output directory.
     #[arg(long, default_value = "shards")]

@@ -37,13 +37,13 @@ pub struct PlateauArgs {
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Probability of decrease below which a step counts as "without decrease" (0.5 < p < 1).
-    #[arg(long, default_value_t = DEFAULT_PROBABILITY_OF_DECREASE)]
+    #[arg(long, default_value_t = DEFAULT_PROBABILITY_OF_DECREASE, value_parser = crate::bounds::real(0.0, 1.0, true))]
     pub p: f64,
     /// Fraction of the largest losses the robust count discards (0 to 1).
-    #[arg(long, default_value_t = DEFAULT_QUANTILE_DISCARD)]
+    #[arg(long, default_value_t = DEFAULT_QUANTILE_DISCARD, value_parser = crate::bounds::real(0.0, 1.0, false))]
     pub quantile: f64,
     /// Also print whether dlib's trainer, holding the last T losses, would shrink now.
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", value_parser = crate::bounds::count::<usize>(crate::bounds::MAX_STEPS))]
     pub threshold: Option<usize>,
 }
 

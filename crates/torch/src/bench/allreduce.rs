@@ -13,13 +13,13 @@ use tch::{Device, Kind, Tensor};
 pub struct AllreduceArgs {
     /// Gradient size in MB, as 1 MB tensors; 0 = ResNet-50's parameter shapes (161 tensors,
     /// 25.6 M floats, 102 MB).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = trainer_data::bounds::real(0.0, 65536.0, false))]
     pub mb: f64,
     /// Timed all-reduces per variant; the median is reported.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = trainer_data::bounds::count::<usize>(1 << 20))]
     pub iters: usize,
     /// Bucket size in MiB (gradients are fused into flat buffers of about this size).
-    #[arg(long, default_value_t = 25.0)]
+    #[arg(long, default_value_t = 25.0, value_parser = trainer_data::bounds::positive(65536.0))]
     pub bucket_mb: f64,
     /// Send gradients as f16.
     #[arg(long)]
@@ -32,7 +32,7 @@ pub struct AllreduceArgs {
     #[arg(long)]
     pub check: bool,
     /// Seconds a collective may stay in flight before the job is aborted.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = trainer_data::bounds::seconds)]
     pub timeout_s: f64,
     /// Test only: this rank exits with status 3 during --check.
     #[arg(long, hide = true)]
@@ -43,7 +43,7 @@ pub struct AllreduceArgs {
 }
 
 pub fn run(a: AllreduceArgs) -> Result<()> {
-    let info = dist::launch_info();
+    let info = dist::launch_info()?;
     // One core's share per rank: libtorch's copies must not fight MPI for the cores.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     tch::set_num_threads((cores / info.local_world).max(1) as i32);

@@ -18,23 +18,23 @@ use trainer_data::stats::median;
 #[derive(clap::Args, Debug)]
 pub struct HeadBenchArgs {
     /// Identity counts to measure, e.g. 10000,100000,1000000.
-    #[arg(long, value_delimiter = ',', default_values_t = [10_000, 100_000])]
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000, 100_000], value_parser = trainer_data::bounds::count::<usize>(1 << 31))]
     pub classes: Vec<usize>,
     /// Embedding size.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = trainer_data::bounds::count::<usize>(1 << 16))]
     pub emb_dim: usize,
     /// Embeddings per rank per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = trainer_data::bounds::count::<usize>(1 << 20))]
     pub batch_size: usize,
     /// Partial FC sample rates to measure beside the replicated head.
-    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 0.1])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 0.1], value_parser = trainer_data::bounds::real(0.0, 1.0, true))]
     pub sample_rates: Vec<f64>,
     /// Timed steps per variant (after one warm-up step); the median of the slowest rank.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = trainer_data::bounds::count::<usize>(1 << 20))]
     pub iters: usize,
     /// Leave the replicated head out above this many identities (its matrix, gradient and
     /// momentum take 12 × classes × emb-dim bytes on every rank).
-    #[arg(long)]
+    #[arg(long, value_parser = trainer_data::bounds::count::<usize>(1 << 31))]
     pub max_replicated: Option<usize>,
     /// cpu or cuda (the local rank's GPU).
     #[arg(long, default_value = "cpu")]
@@ -51,7 +51,7 @@ struct Figures {
 pub fn run(a: HeadBenchArgs) -> Result<()> {
     ensure!(a.iters > 0 && a.batch_size > 0 && a.emb_dim > 0, "--iters, --batch-size and --emb-dim must be positive");
     ensure!(a.sample_rates.iter().all(|&r| r > 0.0 && r <= 1.0), "sample rates are in (0, 1]");
-    let info = dist::launch_info();
+    let info = dist::launch_info()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     tch::set_num_threads((cores / info.local_world).max(1) as i32);
     let device = crate::device::resolve(&a.device, &info)?;

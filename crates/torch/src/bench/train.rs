@@ -16,25 +16,25 @@ pub struct TrainBenchArgs {
     #[arg(long, value_enum, default_value = "resnet50")]
     pub arch: Arch,
     /// Input side in pixels.
-    #[arg(long, default_value_t = 112)]
+    #[arg(long, default_value_t = 112, value_parser = trainer_data::bounds::int::<i64>(16, trainer_data::bounds::MAX_SIDE))]
     pub size: i64,
     /// Images per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = trainer_data::bounds::count::<i64>(trainer_data::bounds::MAX_BATCH))]
     pub batch_size: i64,
     /// Timed steps (the median is reported).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = trainer_data::bounds::count::<usize>(1 << 24))]
     pub steps: usize,
     /// Untimed steps first (allocator and kernel warm-up).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = trainer_data::bounds::int::<usize>(0, 1 << 24))]
     pub warmup: usize,
     /// Identities of the ArcFace layer.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = trainer_data::bounds::int::<usize>(2, 1 << 24))]
     pub classes: usize,
     /// auto, cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// libtorch intra-op threads (default: one per core).
-    #[arg(long)]
+    #[arg(long, value_parser = trainer_data::bounds::count::<usize>(trainer_data::bounds::MAX_THREADS))]
     pub threads: Option<usize>,
     /// Mixed precision (CUDA autocast, fp16); ignored on CPU.
     #[arg(long)]

@@ -4,6 +4,8 @@
 //! builds the backend. Both share one MPI initialisation (MPI allows only one per process).
 
 pub mod bucket;
+pub mod failure;
+pub mod launch_check;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 #[cfg(feature = "nccl")]
@@ -43,6 +45,12 @@ pub trait Comm {
     /// Root's bytes to every rank; the other ranks' vectors are resized to match.
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> anyhow::Result<()>;
     fn barrier(&self) -> anyhow::Result<()>;
+    /// A barrier that may wait up to `timeout` (rank 0 writing a checkpoint) instead of
+    /// the collective time-out.
+    fn barrier_within(&self, timeout: Duration) -> anyhow::Result<()> {
+        let _ = timeout;
+        self.barrier()
+    }
     /// Ends the whole job: "rank K: <reason>" on stderr, then MPI_Abort (exit(1) single).
     fn abort(&self, reason: &str) -> !;
 }
@@ -102,9 +110,35 @@ fn env_launcher() -> Option<&'static str> {
     launcher_from_env(|v| std::env::var_os(v).is_some())
 }
 
+/// This process's rank as its launcher numbered it, read before MPI starts (to quiet
+/// the logs of ranks other than 0 from the first line on).
+pub fn env_rank() -> Option<usize> {
+    let read = |v: &str| std::env::var(v).ok()?.trim().parse().ok();
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"].iter().find_map(|v| read(v)).or_else(|| {
+        std::env::var_os("SLURM_STEP_ID").and_then(|_| read("SLURM_PROCID"))
+    })
+}
+
+/// Whether a launcher (mpirun, srun) started this process.
+pub fn under_launcher() -> bool {
+    env_launcher().is_some()
+}
+
 /// Rank info before tch is touched (to choose cuda:<local_rank>). Initialises MPI when
-/// started by a launcher; `init` reuses that initialisation.
-pub fn launch_info() -> LaunchInfo {
+/// started by a launcher; `init` reuses that initialisation. A world that disagrees with
+/// the launcher's own count is refused (`launch_check`).
+pub fn launch_info() -> anyhow::Result<LaunchInfo> {
+    let info = launch_info_unchecked();
+    let expected = launch_check::expected(|v| std::env::var(v).ok());
+    if let Err(e) = launch_check::check(info.world, expected, &launch_check::mpi_library()) {
+        finalize();
+        return Err(e);
+    }
+    failure::set_rank(info.rank);
+    Ok(info)
+}
+
+fn launch_info_unchecked() -> LaunchInfo {
     #[cfg(feature = "mpi")]
     if let Some(launcher) = env_launcher() {
         if let Some(info) = mpi::launch_info(launcher) {
@@ -121,7 +155,7 @@ pub fn launch_info() -> LaunchInfo {
 /// Single process when not under a launcher, world is 1, or the mpi feature is off; MPI
 /// otherwise; NCCL for gradients when `device` is CUDA (probing libnccl first).
 pub fn init(device: tch::Device, opts: CommOptions) -> anyhow::Result<Box<dyn Comm>> {
-    let info = launch_info();
+    let info = launch_info()?;
     if info.world == 1 {
         return Ok(Box::new(single::Single));
     }
@@ -147,7 +181,7 @@ pub fn init(device: tch::Device, opts: CommOptions) -> anyhow::Result<Box<dyn Co
 /// For errors that happen where no `Comm` is at hand.
 pub fn abort_job(reason: &str) -> ! {
     #[cfg(feature = "mpi")]
-    if env_launcher().is_some() {
+    if env_launcher().is_some() && mpi::initialized() {
         mpi::abort_world(reason);
     }
     eprintln!("{reason}");
@@ -184,7 +218,7 @@ mod tests {
     #[test]
     fn direct_run_is_single() {
         if env_launcher().is_none() {
-            let info = launch_info();
+            let info = launch_info().unwrap();
             assert_eq!((info.rank, info.world, info.launcher), (0, 1, "single"));
         }
     }

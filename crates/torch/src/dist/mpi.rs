@@ -39,9 +39,14 @@ pub fn launch_info(launcher: &'static str) -> Option<LaunchInfo> {
     })
 }
 
+/// Whether this process initialised MPI.
+pub fn initialized() -> bool {
+    UNIVERSE.get().is_some_and(|u| u.is_some())
+}
+
 /// MPI_Finalize if MPI was initialised and not yet finalised.
 pub fn finalize() {
-    if UNIVERSE.get().is_some_and(|u| u.is_some()) {
+    if initialized() {
         let mut done = 0;
         unsafe {
             mpi::ffi::MPI_Finalized(&mut done);
@@ -57,10 +62,7 @@ pub fn abort_world(message: &str) -> ! {
     eprintln!("{message}");
     // Let the launcher forward the message before MPI_Abort tears the job down.
     std::thread::sleep(std::time::Duration::from_millis(500));
-    std::thread::spawn(|| {
-        std::thread::sleep(std::time::Duration::from_secs(10));
-        std::process::abort();
-    });
+    super::failure::backstop(std::time::Duration::from_secs(10));
     unsafe {
         mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
     }
@@ -216,6 +218,7 @@ impl Comm for Mpi {
 
     fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<()> {
         let _armed = self.watchdog.arm(Op::AllReduceMean);
+        super::failure::maybe_hang();
         let _no_grad = tch::no_grad_guard();
         bucket::check_f32(tensors).with_context(|| format!("rank {}: all_reduce_mean", self.info.rank))?;
         let n = self.info.world as f64;
@@ -300,6 +303,12 @@ impl Comm for Mpi {
 
     fn barrier(&self) -> Result<()> {
         let _armed = self.watchdog.arm(Op::Barrier);
+        self.world.barrier();
+        Ok(())
+    }
+
+    fn barrier_within(&self, timeout: std::time::Duration) -> Result<()> {
+        let _armed = self.watchdog.arm_for(Op::Checkpoint, timeout);
         self.world.barrier();
         Ok(())
     }

@@ -18,6 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 use cudarc::nccl::sys::{cudaStream_t, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclResult_t, ncclUniqueId};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
@@ -28,6 +29,8 @@ type Broadcast = unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDat
 type Destroy = unsafe extern "C" fn(ncclComm_t) -> ncclResult_t;
 type ErrorString = unsafe extern "C" fn(ncclResult_t) -> *const c_char;
 type GetVersion = unsafe extern "C" fn(*mut c_int) -> ncclResult_t;
+type CommAbort = unsafe extern "C" fn(ncclComm_t) -> ncclResult_t;
+type GetAsyncError = unsafe extern "C" fn(ncclComm_t, *mut ncclResult_t) -> ncclResult_t;
 
 /// The NCCL entry points this backend uses, from one probed library.
 pub struct Library {
@@ -40,6 +43,8 @@ pub struct Library {
     broadcast: Broadcast,
     destroy: Destroy,
     error_string: ErrorString,
+    comm_abort: CommAbort,
+    get_async_error: GetAsyncError,
     _lib: libloading::Library,
 }
 
@@ -92,6 +97,8 @@ fn open(path: &PathBuf) -> Result<Library> {
             broadcast: *lib.get(b"ncclBroadcast\0")?,
             destroy: *lib.get(b"ncclCommDestroy\0")?,
             error_string: *lib.get(b"ncclGetErrorString\0")?,
+            comm_abort: *lib.get(b"ncclCommAbort\0")?,
+            get_async_error: *lib.get(b"ncclCommGetAsyncError\0")?,
             _lib: lib,
         })
     }
@@ -115,12 +122,34 @@ impl Library {
     }
 }
 
+/// This process's live communicator, for `abort_live` (a panic or the watchdog must
+/// abort it from any thread, without the `Nccl` at hand).
+static LIVE: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+
+/// ncclCommAbort on the live communicator, once: its kernels stop spinning on a dead
+/// peer, so MPI_Abort and exit are not held up by the GPU.
+pub fn abort_live() {
+    let comm = LIVE.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    if comm.is_null() {
+        return;
+    }
+    if let Ok(lib) = library() {
+        unsafe { (lib.comm_abort)(comm as ncclComm_t) };
+    }
+}
+
+/// A CUDA runtime entry point that libtorch_cuda already loaded.
+fn cuda_symbol<T: Copy>(name: &[u8]) -> Result<T> {
+    let this = libloading::os::unix::Library::this();
+    let sym: libloading::os::unix::Symbol<T> = unsafe { this.get(name) }
+        .with_context(|| format!("{} is not loaded: is this binary linked with libtorch_cuda?", String::from_utf8_lossy(&name[..name.len() - 1])))?;
+    Ok(*sym)
+}
+
 /// cudaSetDevice from the CUDA runtime libtorch_cuda already loaded (NCCL binds a
 /// communicator to the current device).
 fn set_device(index: usize) -> Result<()> {
-    let this = libloading::os::unix::Library::this();
-    let set: libloading::os::unix::Symbol<unsafe extern "C" fn(c_int) -> c_int> = unsafe { this.get(b"cudaSetDevice\0") }
-        .context("cudaSetDevice is not loaded: is this binary linked with libtorch_cuda?")?;
+    let set: unsafe extern "C" fn(c_int) -> c_int = cuda_symbol(b"cudaSetDevice\0")?;
     let code = unsafe { set(index as c_int) };
     ensure!(code == 0, "cudaSetDevice({index}) failed with CUDA error {code}");
     Ok(())
@@ -130,7 +159,6 @@ pub struct Nccl {
     host: Box<dyn Comm>,
     lib: &'static Library,
     comm: ncclComm_t,
-    device: usize,
     opts: CommOptions,
     watchdog: Watchdog,
 }
@@ -158,17 +186,15 @@ impl Nccl {
         for (dst, src) in id.internal.iter_mut().zip(&bytes) {
             *dst = *src as c_char;
         }
-        let watchdog = Watchdog::start(rank, opts.timeout, |m: &str| {
-            eprintln!("{m}");
-            std::process::exit(1)
-        });
+        let watchdog = Watchdog::start(rank, opts.timeout, |m: &str| super::failure::end_job(m));
         let mut comm: ncclComm_t = std::ptr::null_mut();
         {
             let _armed = watchdog.arm(Op::Init);
             lib.check(unsafe { (lib.init_rank)(&mut comm, host.world() as c_int, id, rank as c_int) }, "ncclCommInitRank", rank)?;
         }
+        LIVE.store(comm as *mut c_void, Ordering::Release);
         tracing::info!(rank, device = index, nccl = lib.version, path = %lib.path.display(), "NCCL communicator ready");
-        Ok(Nccl { host, lib, comm, device: index, opts, watchdog })
+        Ok(Nccl { host, lib, comm, opts, watchdog })
     }
 
     fn all_reduce_bucket(&self, group: &[Tensor]) -> Result<()> {
@@ -207,6 +233,28 @@ impl Nccl {
     }
 }
 
+impl Nccl {
+    /// Waits for the NULL stream (where every NCCL call and the kernels around it run),
+    /// polling NCCL's asynchronous error meanwhile: a peer's failure surfaces here as an
+    /// error instead of a wait that only the watchdog ends.
+    fn wait(&self) -> Result<()> {
+        type StreamQuery = unsafe extern "C" fn(cudaStream_t) -> c_int;
+        const CUDA_ERROR_NOT_READY: c_int = 600;
+        let query: StreamQuery = cuda_symbol(b"cudaStreamQuery\0")?;
+        loop {
+            match unsafe { query(std::ptr::null_mut()) } {
+                0 => return Ok(()),
+                CUDA_ERROR_NOT_READY => {}
+                code => bail!("rank {}: CUDA error {code} while waiting for an NCCL collective", self.rank()),
+            }
+            let mut async_err = ncclResult_t::ncclSuccess;
+            self.lib.check(unsafe { (self.lib.get_async_error)(self.comm, &mut async_err) }, "ncclCommGetAsyncError", self.rank())?;
+            self.lib.check(async_err, "collective (asynchronous error)", self.rank())?;
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+}
+
 fn all_cuda(tensors: &[Tensor]) -> bool {
     tensors.iter().all(|t| t.device().is_cuda())
 }
@@ -231,11 +279,11 @@ impl Comm for Nccl {
         }
         let _armed = self.watchdog.arm(Op::AllReduceMean);
         let _no_grad = tch::no_grad_guard();
+        super::failure::maybe_hang();
         for range in bucket::plan(&bucket::numels(tensors), self.opts.bucket_bytes) {
             self.all_reduce_bucket(&tensors[range])?;
         }
-        tch::Cuda::synchronize(self.device as i64);
-        Ok(())
+        self.wait()
     }
 
     fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<()> {
@@ -249,8 +297,7 @@ impl Comm for Nccl {
         for t in tensors {
             self.broadcast_one(t, root)?;
         }
-        tch::Cuda::synchronize(self.device as i64);
-        Ok(())
+        self.wait()
     }
 
     fn all_reduce_f64(&self, values: &mut [f64], op: ReduceOp) -> Result<()> {
@@ -273,6 +320,9 @@ impl Comm for Nccl {
     fn barrier(&self) -> Result<()> {
         self.host.barrier()
     }
+    fn barrier_within(&self, timeout: std::time::Duration) -> Result<()> {
+        self.host.barrier_within(timeout)
+    }
     fn abort(&self, reason: &str) -> ! {
         self.host.abort(reason)
     }
@@ -280,7 +330,10 @@ impl Comm for Nccl {
 
 impl Drop for Nccl {
     fn drop(&mut self) {
-        unsafe { (self.lib.destroy)(self.comm) };
+        // Not live any more; an abort that already took it has ended the process.
+        if LIVE.compare_exchange(self.comm as *mut c_void, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            unsafe { (self.lib.destroy)(self.comm) };
+        }
     }
 }
 

@@ -19,10 +19,12 @@ pub enum Op {
     Init,
     AllGather,
     AllReduce,
+    /// Waiting for rank 0 to write a checkpoint (`--checkpoint-timeout`).
+    Checkpoint,
 }
 
 impl Op {
-    const ALL: [Op; 8] = [Op::AllReduceMean, Op::Broadcast, Op::AllReduceF64, Op::BroadcastBytes, Op::Barrier, Op::Init, Op::AllGather, Op::AllReduce];
+    const ALL: [Op; 9] = [Op::AllReduceMean, Op::Broadcast, Op::AllReduceF64, Op::BroadcastBytes, Op::Barrier, Op::Init, Op::AllGather, Op::AllReduce, Op::Checkpoint];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +36,7 @@ impl Op {
             Op::Init => "init",
             Op::AllGather => "all_gather",
             Op::AllReduce => "all_reduce",
+            Op::Checkpoint => "barrier while rank 0 writes a checkpoint",
         }
     }
 }
@@ -43,10 +46,13 @@ struct State {
     /// Milliseconds since `origin` + 1 when armed; 0 when no collective is in flight.
     armed_at: AtomicU64,
     op: AtomicU8,
+    /// The time-out of the armed collective, in milliseconds.
+    limit_ms: AtomicU64,
 }
 
 pub struct Watchdog {
     state: Arc<State>,
+    timeout: Duration,
 }
 
 /// Disarms on drop, also when the collective returns an error.
@@ -61,7 +67,7 @@ impl Drop for Armed<'_> {
 impl Watchdog {
     /// Starts the watching thread; `on_expire` gets the message and must end the job.
     pub fn start(rank: usize, timeout: Duration, on_expire: impl Fn(&str) + Send + 'static) -> Watchdog {
-        let state = Arc::new(State { origin: Instant::now(), armed_at: AtomicU64::new(0), op: AtomicU8::new(0) });
+        let state = Arc::new(State { origin: Instant::now(), armed_at: AtomicU64::new(0), op: AtomicU8::new(0), limit_ms: AtomicU64::new(0) });
         let watched = Arc::clone(&state);
         let poll = (timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let spawned = std::thread::Builder::new().name(format!("watchdog-rank{rank}")).spawn(move || loop {
@@ -69,8 +75,8 @@ impl Watchdog {
             if Arc::strong_count(&watched) == 1 {
                 return; // the communicator is gone
             }
-            if let Some(op) = expired(&watched, timeout) {
-                let secs = timeout.as_secs_f64();
+            if let Some((op, limit)) = expired(&watched) {
+                let secs = limit.as_secs_f64();
                 on_expire(&format!(
                     "rank {rank}: collective `{}` did not finish within {secs} s; a peer rank has \
                      probably died or hung. Aborting the job.",
@@ -82,25 +88,32 @@ impl Watchdog {
         if let Err(e) = spawned {
             tracing::warn!("rank {rank}: could not start the collective watchdog: {e}");
         }
-        Watchdog { state }
+        Watchdog { state, timeout }
     }
 
     /// Marks `op` as in flight until the guard drops.
     pub fn arm(&self, op: Op) -> Armed<'_> {
+        self.arm_for(op, self.timeout)
+    }
+
+    /// As `arm`, with its own time-out (longer than the collectives', for checkpoints).
+    pub fn arm_for(&self, op: Op, timeout: Duration) -> Armed<'_> {
         let s = &*self.state;
         s.op.store(op as u8, Ordering::Relaxed);
+        s.limit_ms.store(timeout.as_millis().min(u64::MAX as u128) as u64, Ordering::Relaxed);
         s.armed_at.store(s.origin.elapsed().as_millis() as u64 + 1, Ordering::Release);
         Armed(s)
     }
 }
 
-fn expired(s: &State, timeout: Duration) -> Option<Op> {
+fn expired(s: &State) -> Option<(Op, Duration)> {
     let armed_at = s.armed_at.load(Ordering::Acquire);
     if armed_at == 0 {
         return None;
     }
     let now = s.origin.elapsed().as_millis() as u64 + 1;
-    (now.saturating_sub(armed_at) > timeout.as_millis() as u64).then(|| Op::ALL[s.op.load(Ordering::Relaxed) as usize])
+    let limit = s.limit_ms.load(Ordering::Relaxed);
+    (now.saturating_sub(armed_at) > limit).then(|| (Op::ALL[s.op.load(Ordering::Relaxed) as usize], Duration::from_millis(limit)))
 }
 
 #[cfg(test)]
@@ -122,6 +135,16 @@ mod tests {
         let _armed = w.arm(Op::Barrier);
         let msg = rx.recv_timeout(Duration::from_secs(30)).expect("watchdog never fired");
         assert!(msg.starts_with("rank 3: collective `barrier` did not finish"), "{msg}");
+    }
+
+    #[test]
+    fn a_checkpoint_wait_has_its_own_time_out() {
+        let (w, rx) = watchdog(50);
+        let armed = w.arm_for(Op::Checkpoint, Duration::from_secs(3600));
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "the collective time-out applied to a checkpoint");
+        drop(armed);
+        let _armed = w.arm(Op::Barrier);
+        assert!(rx.recv_timeout(Duration::from_secs(30)).is_ok());
     }
 
     #[test]

@@ -34,10 +34,10 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Images per forward pass (default: the run's batch size).
-    #[arg(long)]
+    #[arg(long, value_parser = trainer_data::bounds::count::<usize>(trainer_data::bounds::MAX_BATCH))]
     pub batch_size: Option<usize>,
     /// Decode threads (default: the run's).
-    #[arg(long)]
+    #[arg(long, value_parser = trainer_data::bounds::count::<usize>(trainer_data::bounds::MAX_THREADS))]
     pub workers: Option<usize>,
 }
 

@@ -33,10 +33,10 @@ pub struct EvalArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Decode threads.
-    #[arg(long)]
+    #[arg(long, value_parser = trainer_data::bounds::count::<usize>(trainer_data::bounds::MAX_THREADS))]
     pub workers: Option<usize>,
     /// Same/different pairs drawn for verification.
-    #[arg(long)]
+    #[arg(long, value_parser = trainer_data::bounds::count::<usize>(1 << 26))]
     pub pairs: Option<usize>,
 }
 
@@ -65,7 +65,7 @@ pub fn load(run: &Path, checkpoint: &str, device: &str) -> Result<Loaded> {
     };
     let saved = checkpoint::load_state(&ckpt)?.state;
     let cfg = saved.config.clone();
-    let device = crate::device::resolve(device, &crate::dist::launch_info())?;
+    let device = crate::device::resolve(device, &crate::dist::launch_info()?)?;
     let mut vs = VarStore::new(device);
     let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, saved.num_classes, cfg.task.into())?;
     let model = ckpt.join(checkpoint::MODEL_FILE);

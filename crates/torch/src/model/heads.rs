@@ -31,13 +31,13 @@ pub struct HeadConfig {
     #[arg(long, value_enum)]
     pub margin: Option<MarginKind>,
     /// Multiplicative angular margin m1 (combined only).
-    #[arg(long)]
+    #[arg(long, value_parser = trainer_data::bounds::positive(16.0))]
     pub m1: Option<f64>,
     /// Additive angular margin m2, radians (arcface, combined).
-    #[arg(long)]
+    #[arg(long, value_parser = trainer_data::bounds::real(0.0, std::f64::consts::PI, false))]
     pub m2: Option<f64>,
     /// Additive cosine margin m3 (cosface, combined).
-    #[arg(long)]
+    #[arg(long, value_parser = trainer_data::bounds::real(0.0, 2.0, false))]
     pub m3: Option<f64>,
     /// Hidden layer widths of the Gender head, e.g. 512 or 512,256.
     #[arg(long, value_delimiter = ',', default_values_t = [512])]
@@ -75,14 +75,14 @@ impl HeadConfig {
         for (name, p) in dropouts {
             anyhow::ensure!((0.0..1.0).contains(&p), "{name} = {p}: a dropout probability is in [0, 1)");
         }
-        anyhow::ensure!(self.emb_dim > 0, "emb_dim must be positive");
-        anyhow::ensure!(self.s > 0.0, "ArcFace scale s = {} must be positive", self.s);
-        anyhow::ensure!((0.0..std::f64::consts::PI).contains(&self.m), "ArcFace margin m = {} must be in [0, π)", self.m);
+        anyhow::ensure!(self.emb_dim > 0, "--emb-dim (emb_dim) must be positive");
+        anyhow::ensure!(self.s > 0.0, "ArcFace scale --arc-s (s) = {} must be positive", self.s);
+        anyhow::ensure!((0.0..std::f64::consts::PI).contains(&self.m), "ArcFace margin --arc-m (m) = {} must be in [0, π)", self.m);
         self.margin()?;
-        anyhow::ensure!(self.gender_classes >= 2 && self.age_classes >= 2, "Gender and Age need at least 2 classes");
-        anyhow::ensure!(self.soft_target > 0.0 && self.soft_target <= 1.0, "soft_target = {} must be in (0, 1]", self.soft_target);
+        anyhow::ensure!(self.gender_classes >= 2 && self.age_classes >= 2, "--gender-classes and --age-classes (gender_classes, age_classes) must be at least 2");
+        anyhow::ensure!(self.soft_target > 0.0 && self.soft_target <= 1.0, "--soft-target (soft_target) = {} must be in (0, 1]", self.soft_target);
         let hidden = self.gender_hidden.iter().chain(&self.age_hidden);
-        anyhow::ensure!(hidden.into_iter().all(|&h| h > 0), "hidden layer widths must be positive");
+        anyhow::ensure!(hidden.into_iter().all(|&h| h > 0), "hidden layer widths (--gender-hidden, --age-hidden) must be positive");
         Ok(())
     }
 }

@@ -18,6 +18,13 @@ pub struct TrainArgs {
     /// Continue a run from its latest checkpoint: the run directory (Model/<run-id>).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// Take over the run directory's lock (`trainer.lock`) even when another job holds it:
+    /// only when that job is known to be gone (e.g. killed on another node).
+    #[arg(long)]
+    pub force: bool,
+    /// Every rank logs its progress lines (by default only rank 0; the others log warnings).
+    #[arg(long)]
+    pub verbose: bool,
     #[command(flatten)]
     pub settings: TrainConfig,
 }
@@ -29,8 +36,9 @@ impl TrainArgs {
             Some(run_dir) => {
                 let path = run_dir.join("config.json");
                 let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("--resume {}: cannot read {}", run_dir.display(), path.display()))?;
-                serde_json::from_str(&text).with_context(|| format!("{} is not a valid run config", path.display()))?
+                    .with_context(|| format!("--resume {}: cannot read {}", run_dir.display(), path.display()))
+                    .context(trainer_data::term::BadSettings)?;
+                serde_json::from_str(&text).with_context(|| format!("--resume {}: {} is not a valid run config", run_dir.display(), path.display()))?
             }
             None => TrainConfig::default(),
         };

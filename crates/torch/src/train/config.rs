@@ -14,7 +14,11 @@ use std::path::{Path, PathBuf};
 pub use super::schedule::Schedule;
 pub use crate::model::Task;
 use crate::model::{Arch, Head, HeadConfig, Tasks};
+use trainer_data::bounds;
 use trainer_data::targets::{Column, SetSpec};
+
+/// Largest learning rate accepted (anything above is a typo).
+const MAX_LR: f64 = 1e6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -48,19 +52,19 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = Arch::Resnet50)]
     pub arch: Arch,
     /// Square input size in pixels (the seed used 224).
-    #[arg(long, default_value_t = 112)]
+    #[arg(long, default_value_t = 112, value_parser = bounds::int::<usize>(16, bounds::MAX_SIDE))]
     pub size: usize,
     /// Images per rank per step (per task, when tasks have their own datasets).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = bounds::count::<usize>(bounds::MAX_BATCH))]
     pub batch_size: usize,
     /// Images per rank per step from the FR datasets (default: --batch-size).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::count::<usize>(bounds::MAX_BATCH))]
     pub batch_size_fr: Option<usize>,
     /// Images per rank per step from the Gender datasets (default: --batch-size).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::count::<usize>(bounds::MAX_BATCH))]
     pub batch_size_gender: Option<usize>,
     /// Images per rank per step from the Age datasets (default: --batch-size).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::count::<usize>(bounds::MAX_BATCH))]
     pub batch_size_age: Option<usize>,
     /// Batch sampler: uniform, or pk (P identities × K images, see --pk).
     #[arg(long, value_enum, default_value_t = SamplerChoice::Uniform)]
@@ -69,31 +73,31 @@ pub struct TrainConfig {
     #[arg(long, value_parser = parse_pk, default_value = "30x5")]
     pub pk: [usize; 2],
     /// Base learning rate (backbone, and every head without its own).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = bounds::positive(MAX_LR))]
     pub lr: f64,
     /// Learning rate of the FR head and ArcFace weights (default: --lr).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::positive(MAX_LR))]
     pub lr_fr: Option<f64>,
     /// Learning rate of the Gender head (default: --lr).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::positive(MAX_LR))]
     pub lr_gender: Option<f64>,
     /// Learning rate of the Age head (default: --lr).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::positive(MAX_LR))]
     pub lr_age: Option<f64>,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = bounds::real(0.0, 1.0, false))]
     pub momentum: f64,
     /// Weight decay of the backbone.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = bounds::real(0.0, 1.0, false))]
     pub wd_backbone: f64,
     /// Weight decay of the FR head and ArcFace weights.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = bounds::real(0.0, 1.0, false))]
     pub wd_fr: f64,
     /// Weight decay of the Gender head.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = bounds::real(0.0, 1.0, false))]
     pub wd_gender: f64,
     /// Weight decay of the Age head.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = bounds::real(0.0, 1.0, false))]
     pub wd_age: f64,
     /// Multi-task loss weights FR,Gender,Age (e.g. 1,0.5,0.5).
     #[arg(long, value_parser = parse_weights, default_value = "1,1,1")]
@@ -104,14 +108,14 @@ pub struct TrainConfig {
     #[command(flatten)]
     pub heads: HeadConfig,
     /// Plateau threshold: steps without decrease before the lr shrinks (the seed's -s).
-    #[arg(long, default_value_t = 15000)]
+    #[arg(long, default_value_t = 15000, value_parser = bounds::count::<usize>(bounds::MAX_STEPS))]
     pub plateau_steps: usize,
     /// The task whose plateau also shrinks the backbone's lr (default: FR, or the only task).
     /// Each task's own plateau shrinks its head's lr.
     #[arg(long, value_enum)]
     pub plateau_task: Option<Head>,
     /// Factor applied to the learning rate at each plateau.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = bounds::real(0.0, 1.0, true))]
     pub shrink: f64,
     /// Learning-rate schedule: plateau (dlib's rule, the default) or poly (arcface_torch's
     /// polynomial decay to 0 at --max-steps).
@@ -119,31 +123,31 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     /// Linear warm-up of every group's lr over this many steps (the plateau rule starts
     /// counting after it).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = bounds::int::<u64>(0, bounds::MAX_STEPS))]
     pub warmup_steps: u64,
     /// Clip the backbone's gradients to this global L2 norm (arcface_torch uses 5).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::positive(1e6))]
     pub clip_grad_norm: Option<f64>,
     /// Stop once the learning rate falls below this.
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = 1e-6, value_parser = bounds::real(0.0, MAX_LR, false))]
     pub min_lr: f64,
     /// Stop after this many optimiser steps.
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::count::<u64>(bounds::MAX_STEPS))]
     pub max_steps: Option<u64>,
     /// Stop (validate, checkpoint) after this many seconds of wall time.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = bounds::seconds)]
     pub time_limit: Option<f64>,
     /// auto (this rank's GPU when CUDA exists, else cpu), cpu, cuda (cuda:<local rank>), cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Image decode threads per rank.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = bounds::count::<usize>(bounds::MAX_THREADS))]
     pub workers: usize,
     /// libtorch threads per rank (default: cores / ranks on this node).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::count::<usize>(bounds::MAX_THREADS))]
     pub threads: Option<usize>,
     /// Batches decoded ahead of the training step.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = bounds::count::<usize>(1024))]
     pub prefetch: usize,
     /// Seed for shuffling, augmentation and initialisation.
     #[arg(long, default_value_t = 0)]
@@ -156,20 +160,20 @@ pub struct TrainConfig {
     #[arg(long)]
     pub freeze_backbone: bool,
     /// Checkpoint every N steps.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = bounds::count::<u64>(bounds::MAX_STEPS))]
     pub save_every: u64,
     /// Validate every N steps.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = bounds::count::<u64>(bounds::MAX_STEPS))]
     pub valid_every: u64,
     /// Write a log.txt line every N steps.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = bounds::count::<u64>(bounds::MAX_STEPS))]
     pub log_every: u64,
     /// Also write log.txt's numbers as TensorBoard scalars under <run>/tensorboard/
     /// (rank 0; `tensorboard --logdir Model/`).
     #[arg(long)]
     pub tensorboard: bool,
     /// Keep the last K checkpoints.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = bounds::count::<usize>(1 << 20))]
     pub keep_checkpoints: usize,
     /// The validation metric that picks `best/` (a log key such as valid_fr_verif_acc,
     /// valid_gender_acc or valid_age_mae; default: the trained task's main metric, FR
@@ -177,7 +181,7 @@ pub struct TrainConfig {
     #[arg(long)]
     pub best_metric: Option<String>,
     /// Same/different pairs drawn from each validation set for verification accuracy.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 3000, value_parser = bounds::count::<usize>(1 << 26))]
     pub valid_pairs: usize,
     /// Mixed precision: fp16 autocast of the backbone on CUDA (heads and losses stay f32)
     /// with dynamic loss scaling, as PyTorch's autocast + GradScaler. On CPU only the loss
@@ -185,7 +189,7 @@ pub struct TrainConfig {
     #[arg(long)]
     pub amp: bool,
     /// First loss scale of --amp (halved on overflow, doubled after 2000 good steps).
-    #[arg(long, default_value_t = super::scaler::INIT_SCALE)]
+    #[arg(long, default_value_t = super::scaler::INIT_SCALE, value_parser = bounds::real(1.0, f32::MAX as f64, false))]
     pub amp_init_scale: f64,
     /// Where run directories go.
     #[arg(long, default_value = "Model")]
@@ -194,13 +198,13 @@ pub struct TrainConfig {
     #[arg(long)]
     pub run_id: Option<String>,
     /// Gradient accumulation: optimiser step every K batches.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = bounds::count::<usize>(1 << 16))]
     pub accum: usize,
     /// Linear learning-rate scaling: lr × world size × accum.
     #[arg(long)]
     pub scale_lr: bool,
     /// All-reduce bucket size in MiB (DDP's bucket_cap_mb).
-    #[arg(long, default_value_t = 25.0)]
+    #[arg(long, default_value_t = 25.0, value_parser = bounds::positive(65536.0))]
     pub bucket_mb: f64,
     /// Compress gradients to fp16 for the all-reduce.
     #[arg(long)]
@@ -215,11 +219,15 @@ pub struct TrainConfig {
     pub partial_fc: bool,
     /// Partial FC's share of each rank's centres scored per step: the batch's positives
     /// plus uniformly drawn negatives (1 = all; arcface_torch uses 0.1 at ≥ 1 M identities).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = bounds::real(0.0, 1.0, true))]
     pub sample_rate: f64,
     /// Seconds a collective may wait for a peer before the job is aborted.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = bounds::seconds)]
     pub collective_timeout: f64,
+    /// Seconds the other ranks wait for rank 0 to write a checkpoint (and copy `best/`)
+    /// before the job is aborted; large checkpoints on NFS need more than a collective.
+    #[arg(long, default_value_t = 1800.0, value_parser = bounds::seconds)]
+    pub checkpoint_timeout: f64,
     /// Read records in order instead of a per-epoch shuffle (debugging, equivalence tests).
     #[arg(long = "no-shuffle", action = ArgAction::SetFalse)]
     pub shuffle: bool,
@@ -233,10 +241,10 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 10)]
     pub max_rollbacks: u32,
     /// Testing aid: force the loss to NaN from this step on to exercise the rollback ...
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = bounds::count::<u64>(bounds::MAX_STEPS))]
     pub inject_nan_at: Option<u64>,
     /// ... until the run has rolled back this many times.
-    #[arg(long, hide = true, default_value_t = 1)]
+    #[arg(long, hide = true, default_value_t = 1, value_parser = bounds::count::<u64>(bounds::MAX_STEPS))]
     pub inject_nan_times: u64,
 }
 
@@ -249,11 +257,17 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Resolves the settings of a run: `base` (the defaults, or a resumed run's saved
     /// settings), overlaid by the recipe if any, overlaid by the flags actually typed.
+    /// Every error is the user's settings (`BadSettings`: exit status 2).
     pub fn resolve(base: TrainConfig, recipe: Option<&Path>, typed: &TrainConfig, matches: &ArgMatches) -> Result<TrainConfig> {
+        Self::resolve_inner(base, recipe, typed, matches).context(trainer_data::term::BadSettings)
+    }
+
+    fn resolve_inner(base: TrainConfig, recipe: Option<&Path>, typed: &TrainConfig, matches: &ArgMatches) -> Result<TrainConfig> {
         let mut table = toml::Table::try_from(base)?;
         if let Some(path) = recipe {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading recipe {}", path.display()))?;
+            let text = std::fs::read_to_string(path).with_context(|| format!("--config {}: cannot read the recipe", path.display()))?;
             let recipe: toml::Table = text.parse().with_context(|| format!("parsing recipe {}", path.display()))?;
+            super::recipe_check::check(&recipe).with_context(|| format!("recipe {}", path.display()))?;
             merge(&mut table, recipe);
         }
         merge(&mut table, given_on_command_line(typed, matches)?);
@@ -271,6 +285,11 @@ impl TrainConfig {
         }
         if self.batch_size == 0 || self.accum == 0 || self.size < 16 {
             bail!("batch_size and accum must be > 0 and size >= 16");
+        }
+        check_pk(self.pk).map_err(|e| anyhow::anyhow!("pk: {e}"))?;
+        check_weights(self.loss_weights).map_err(|e| anyhow::anyhow!("loss_weights: {e}"))?;
+        if !(self.heads.s.is_finite() && self.heads.s <= 1e4) {
+            bail!("ArcFace scale (--arc-s, heads.s) must be a finite number up to 1e4, got {}", self.heads.s);
         }
         SetSpec::check_coverage(&self.train_sets, &self.heads(), "training set")?;
         if let Some(h) = self.valid_sets.iter().find_map(|s| s.head.filter(|h| !self.heads().contains(h))) {
@@ -371,14 +390,30 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 fn parse_pk(s: &str) -> Result<[usize; 2], String> {
     let (p, k) = s.split_once(['x', 'X']).ok_or("expected PxK, e.g. 30x5")?;
     let num = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}"));
-    Ok([num(p)?, num(k)?])
+    let pk = [num(p)?, num(k)?];
+    check_pk(pk)?;
+    Ok(pk)
+}
+
+/// P identities and K images each: both at least 1, and a batch of P×K that fits.
+fn check_pk([p, k]: [usize; 2]) -> Result<(), String> {
+    let batch = p.checked_mul(k).filter(|&b| p >= 1 && k >= 1 && b as u64 <= bounds::MAX_BATCH);
+    batch.map(|_| ()).ok_or_else(|| format!("P and K must be at least 1 and P×K at most {}, got {p}x{k}", bounds::MAX_BATCH))
 }
 
 fn parse_weights(s: &str) -> Result<[f64; 3], String> {
     let parts: Vec<&str> = s.split(',').collect();
     let [fr, gender, age] = parts.as_slice() else { return Err("expected three weights FR,Gender,Age, e.g. 1,0.5,0.5".into()) };
     let num = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
-    Ok([num(fr)?, num(gender)?, num(age)?])
+    let w = [num(fr)?, num(gender)?, num(age)?];
+    check_weights(w)?;
+    Ok(w)
+}
+
+/// Loss weights: finite, at least 0, at most 1000, not all 0.
+fn check_weights(w: [f64; 3]) -> Result<(), String> {
+    let fine = w.iter().all(|x| x.is_finite() && (0.0..=1000.0).contains(x)) && w.iter().any(|&x| x > 0.0);
+    fine.then_some(()).ok_or_else(|| format!("weights must be finite, in [0, 1000] and not all 0, got {w:?}"))
 }
 
 #[cfg(test)]
@@ -461,6 +496,7 @@ mod tests {
 
     #[test]
     fn missing_train_sets_is_explained() {
-        assert!(resolve(None, &[]).unwrap_err().to_string().contains("--train-sets"));
+        let err = resolve(None, &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("--train-sets") && err.downcast_ref::<trainer_data::term::BadSettings>().is_some(), "{err:#}");
     }
 }

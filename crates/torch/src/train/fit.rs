@@ -127,6 +127,8 @@ impl Session {
 
     fn train_step(&mut self, signal: &AtomicBool, clock: Instant) -> Result<StepStats> {
         let step = self.state.step;
+        crate::dist::failure::set_step(step + 1);
+        crate::dist::failure::maybe_panic();
         tch::manual_seed(trainer_data::rng::mix(self.cfg.seed ^ step.wrapping_mul(0x9E37)) as i64 ^ self.comm.rank() as i64);
         let heads = heads_for_step(&self.cfg, step);
         self.replica.zero_grad();
@@ -406,13 +408,17 @@ impl Session {
             self.log.event(json!({"event": "checkpoint", "step": self.state.step, "path": dir}))?;
         }
         self.log.flush()?;
-        self.comm.barrier()?;
+        self.comm.barrier_within(self.checkpoint_timeout())?;
         self.good = Good { replica: self.replica.snapshot(), state: self.state.clone(), checkpoint: Some(dir.clone()) };
         if !self.state.step.is_multiple_of(self.cfg.save_every) {
             // Off the save rhythm (a better validation): the guards count from here too.
             self.judge.saved();
         }
         Ok(dir)
+    }
+
+    fn checkpoint_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.cfg.checkpoint_timeout)
     }
 
     fn check_param_hash(&mut self) -> Result<()> {
@@ -459,6 +465,7 @@ impl Session {
                 checkpoint::copy_to(&dir, &self.run_dir.join("best"))?;
                 self.log.event(json!({"event": "best", "step": self.state.step, "metric": better}))?;
             }
+            self.comm.barrier_within(self.checkpoint_timeout())?;
         }
         Ok(())
     }

@@ -9,6 +9,9 @@ pub mod config;
 mod decisions;
 mod fit;
 mod pools;
+mod provenance;
+mod recipe_check;
+mod run_lock;
 mod replica;
 pub mod schedule;
 pub mod runlog;
@@ -24,11 +27,13 @@ pub use args::TrainArgs;
 pub use config::TrainConfig;
 pub use session::Session;
 
+/// Settings are checked before any rank does work (a bad value exits with status 2 on
+/// every rank); then the launch is checked against the launcher's own count.
 pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
-    let launch = crate::dist::launch_info();
     let cfg = args.resolve(matches)?;
+    let launch = crate::dist::launch_info()?;
     let signal = fit::install_signal_flag()?;
-    let result = Session::start(cfg, args.resume.as_deref(), &launch).and_then(|s| s.fit(&signal));
+    let result = Session::start(cfg, args.resume.as_deref(), &launch, args.force).and_then(|s| s.fit(&signal));
     match result {
         Ok(reason) => {
             tracing::info!("rank {}: finished ({reason:?})", launch.rank);

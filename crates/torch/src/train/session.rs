@@ -10,6 +10,7 @@ use super::checkpoint;
 use super::config::TrainConfig;
 use super::decisions::Judge;
 use super::pools::Pools;
+use super::provenance;
 use super::replica::{Replica, Snapshot};
 use super::runlog::{utc_stamp, RunLog};
 use super::state::TrainState;
@@ -34,6 +35,8 @@ pub struct Session {
     pub(super) good: Good,
     /// Per head: the epoch of its data and the labelled samples it has seen in it.
     pub(super) labelled: BTreeMap<Head, (u64, f64)>,
+    /// Rank 0's hold on the run directory (released when the session ends).
+    pub(super) _lock: super::run_lock::RunLock,
 }
 
 /// The latest good state: the replica's tensors in host memory and the loop state
@@ -45,7 +48,7 @@ pub struct Good {
 }
 
 impl Session {
-    pub fn start(mut cfg: TrainConfig, resume: Option<&Path>, launch: &LaunchInfo) -> Result<Session> {
+    pub fn start(mut cfg: TrainConfig, resume: Option<&Path>, launch: &LaunchInfo, force: bool) -> Result<Session> {
         let device = crate::device::resolve(&cfg.device, launch)?;
         let threads = cfg.threads.unwrap_or_else(|| default_threads(launch.local_world));
         tch::set_num_threads(threads as i32);
@@ -53,6 +56,7 @@ impl Session {
         let (rank, world) = (comm.rank(), comm.world());
         let run_dir = agree_run_dir(&*comm, &cfg, resume)?;
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        let lock = super::run_lock::take(&*comm, &run_dir, force)?;
         let resumed = match resume {
             Some(_) => Some(resume_point(&*comm, &run_dir, &cfg)?),
             None => None,
@@ -111,13 +115,20 @@ impl Session {
             "effective_batch": pools.images_per_step(&heads) * cfg.accum * world, "datasets": datasets,
             "device": format!("{device:?}"), "backend": comm.backend(), "num_classes": num_classes,
             "command": std::env::args().collect::<Vec<_>>(), "version": env!("CARGO_PKG_VERSION"),
+            "versions": provenance::versions(comm.backend()), "hosts": provenance::hosts(&*comm)?,
+            "records_per_rank": provenance::records_per_rank(&*comm, &pools)?, "config": &cfg,
         }))?;
+        crate::dist::failure::set_memory_hint(format!(
+            "batch size {} per rank (effective batch {})",
+            pools.images_per_step(&heads),
+            pools.images_per_step(&heads) * cfg.accum * world
+        ));
 
         let validator = if cfg.valid_sets.is_empty() { None } else { Some(Validator::open(&cfg)?) };
         let judge = Judge::new(&heads, cfg.rollback && rank == 0, cfg.max_rollbacks);
         let good = Good { replica: replica.snapshot(), state: state.clone(), checkpoint };
         let labelled = pools.epochs().into_iter().map(|(h, e)| (h, (e, 0.0))).collect();
-        Ok(Session { cfg, heads, comm, run_dir, replica, pools, validator, state, log, judge, good, labelled })
+        Ok(Session { cfg, heads, comm, run_dir, replica, pools, validator, state, log, judge, good, labelled, _lock: lock })
     }
 }
 

@@ -29,10 +29,10 @@ pub struct PlotArgs {
     #[arg(long, default_value = "curves.png")]
     pub out: PathBuf,
     /// Width in pixels.
-    #[arg(long, default_value_t = 1600)]
+    #[arg(long, default_value_t = 1600, value_parser = crate::bounds::int::<u32>(200, 16384))]
     pub width: u32,
     /// Height in pixels.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::bounds::int::<u32>(150, 16384))]
     pub height: u32,
 }
 

@@ -1,0 +1,156 @@
+//! Every failure ends the whole job, with its reason. A panic on any rank (a bug, or a
+//! CUDA out-of-memory error, which tch raises as a panic) is logged and then aborts the
+//! job: the live NCCL communicator first (so no kernel keeps spinning), then MPI_Abort,
+//! with an `_exit` backstop. Alone, a panic ends the process as usual.
+//!
+//! `TRAINER_FAULT=RANK:STEP:panic|hang` injects a fault for tests: that rank panics at the
+//! start of step STEP, or stops inside its first all-reduce of that step.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+static RANK: AtomicUsize = AtomicUsize::new(0);
+/// The step the loop is in (1-based), for fault injection.
+static STEP: AtomicU64 = AtomicU64::new(0);
+/// What to say about memory when a CUDA out-of-memory error ends the run.
+static MEMORY_HINT: Mutex<String> = Mutex::new(String::new());
+
+pub fn set_rank(rank: usize) {
+    RANK.store(rank, Ordering::Relaxed);
+}
+
+pub fn set_step(step: u64) {
+    STEP.store(step, Ordering::Relaxed);
+}
+
+/// e.g. "batch size 50 per rank, effective batch 200".
+pub fn set_memory_hint(text: String) {
+    *MEMORY_HINT.lock().unwrap_or_else(|e| e.into_inner()) = text;
+}
+
+/// Installs the panic hook (once, at start-up, in every command of `trainer-torch`).
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let rank = RANK.load(Ordering::Relaxed);
+        let what = payload(info.payload());
+        if let Some(hint) = out_of_memory_hint(&what) {
+            eprintln!("rank {rank}: {hint}");
+        }
+        if super::under_launcher() {
+            let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            end_job(&format!("rank {rank}: panicked{place}: {what}; aborting the job"));
+        }
+    }));
+}
+
+/// Aborts the live NCCL communicator (if any), then the MPI job; never returns.
+pub fn end_job(reason: &str) -> ! {
+    #[cfg(feature = "nccl")]
+    super::nccl::abort_live();
+    backstop(std::time::Duration::from_secs(15));
+    super::abort_job(reason)
+}
+
+/// Ends this process with `_exit` (no destructors, no atexit) if it is still alive after
+/// `after`: a CUDA kernel spinning on a dead peer can block an orderly exit forever.
+pub fn backstop(after: std::time::Duration) {
+    let _ = std::thread::Builder::new().name("exit-backstop".into()).spawn(move || {
+        std::thread::sleep(after);
+        eprintln!("rank {}: the job did not end within {after:?} of an abort; exiting", RANK.load(Ordering::Relaxed));
+        unsafe { libc::_exit(1) }
+    });
+}
+
+fn payload(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "(no message)".into())
+}
+
+/// The words for an out-of-memory error, when `message` is one.
+pub fn out_of_memory_hint(message: &str) -> Option<String> {
+    let lower = message.to_lowercase();
+    if !lower.contains("out of memory") {
+        return None;
+    }
+    let device = if lower.contains("cuda") { "CUDA" } else { "the device" };
+    let hint = MEMORY_HINT.lock().map(|h| h.clone()).unwrap_or_default();
+    let at = if hint.is_empty() { String::new() } else { format!(" with {hint}") };
+    Some(format!(
+        "{device} ran out of memory{at}. Lower --batch-size (and raise --accum to keep the effective batch), \
+         use --amp on a GPU, or a smaller --arch/--size"
+    ))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Panic,
+    Hang,
+}
+
+/// `TRAINER_FAULT` parsed once: (rank, step, fault). A malformed value is ignored with a warning.
+fn fault() -> Option<(usize, u64, Fault)> {
+    static FAULT: OnceLock<Option<(usize, u64, Fault)>> = OnceLock::new();
+    *FAULT.get_or_init(|| {
+        let text = std::env::var("TRAINER_FAULT").ok()?;
+        let parsed = parse_fault(&text);
+        if parsed.is_none() {
+            tracing::warn!("TRAINER_FAULT={text:?} is not RANK:STEP:panic|hang; ignored");
+        }
+        parsed
+    })
+}
+
+pub fn parse_fault(text: &str) -> Option<(usize, u64, Fault)> {
+    let mut parts = text.split(':');
+    let (rank, step, kind) = (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?);
+    let kind = match kind {
+        "panic" => Fault::Panic,
+        "hang" => Fault::Hang,
+        _ => return None,
+    };
+    parts.next().is_none().then_some((rank, step, kind))
+}
+
+fn due(kind: Fault) -> bool {
+    fault().is_some_and(|(r, s, k)| k == kind && r == RANK.load(Ordering::Relaxed) && s == STEP.load(Ordering::Relaxed))
+}
+
+/// Test hook at the start of each step.
+pub fn maybe_panic() {
+    if due(Fault::Panic) {
+        panic!("injected fault (TRAINER_FAULT): rank {} panics at step {}", RANK.load(Ordering::Relaxed), STEP.load(Ordering::Relaxed));
+    }
+}
+
+/// Test hook inside a collective, after its watchdog is armed.
+pub fn maybe_hang() {
+    if due(Fault::Hang) {
+        eprintln!("injected fault (TRAINER_FAULT): rank {} hangs in a collective at step {}", RANK.load(Ordering::Relaxed), STEP.load(Ordering::Relaxed));
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_spec() {
+        assert_eq!(parse_fault("1:3:panic"), Some((1, 3, Fault::Panic)));
+        assert_eq!(parse_fault("0:10:hang"), Some((0, 10, Fault::Hang)));
+        for bad in ["", "1:3", "1:3:explode", "x:3:panic", "1:3:panic:4"] {
+            assert_eq!(parse_fault(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn out_of_memory_is_named_with_the_batch() {
+        set_memory_hint("batch size 64 per rank".into());
+        let msg = out_of_memory_hint("Torch(\"CUDA out of memory. Tried to allocate 2.00 GiB\")").unwrap();
+        assert!(msg.starts_with("CUDA ran out of memory with batch size 64 per rank") && msg.contains("--batch-size"), "{msg}");
+        assert_eq!(out_of_memory_hint("index out of range"), None);
+    }
+}

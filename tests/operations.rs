@@ -1,0 +1,119 @@
+//! Operations: a mis-launched job is refused, one job per run directory, and every
+//! failure (a panic, a hang in a collective) ends a 2-rank job with its reason.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tiny<'a>(train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
+    vec![
+        "train", "FR", "--arch", "tiny", "--size", "32", "--batch-size", "8", "--train-sets", s(train), "--out", s(out), "--run-id", run,
+        "--threads", "1", "--workers", "1", "--emb-dim", "32", "--arc-s", "16", "--arc-m", "0.2", "--log-every", "5",
+    ]
+}
+
+/// Waits for `child`, killing it (and failing) after `limit`.
+fn wait_within(mut child: Child, limit: Duration, what: &str) -> Output {
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn spawn(mut c: Command) -> Child {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn")
+}
+
+#[test]
+fn a_second_job_on_a_run_directory_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 4, 4, 1, 1);
+    let out = dir.path().join("Model");
+    let mut first = trainer();
+    first.args(tiny(&train, &out, "shared")).args(["--max-steps", "100000", "--time-limit", "120"]);
+    let first = spawn(first);
+    let lock = out.join("shared/trainer.lock");
+    let t = Instant::now();
+    while !lock.exists() {
+        assert!(t.elapsed() < Duration::from_secs(60), "the first job never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut second = trainer();
+    second.args(tiny(&train, &out, "shared")).args(["--max-steps", "1"]);
+    let refused = wait_within(spawn(second), Duration::from_secs(60), "second job");
+    let msg = text(&refused);
+    assert!(!refused.status.success(), "{msg}");
+    assert!(msg.contains("in use by another job") && msg.contains(&format!("pid {}", first.id())) && msg.contains("--force"), "{msg}");
+
+    // The holder dies without cleaning up: the next job on this host takes the lock over.
+    let pid = first.id();
+    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let _ = wait_within(first, Duration::from_secs(30), "killed first job");
+    assert!(lock.exists(), "a killed job leaves its lock behind");
+    let mut third = trainer();
+    third.args(tiny(&train, &out, "shared")).args(["--max-steps", "1", "--save-every", "1"]);
+    let done = wait_within(spawn(third), Duration::from_secs(120), "third job");
+    let msg = text(&done);
+    assert!(done.status.success(), "{msg}");
+    assert!(msg.contains("taking over the lock") && msg.contains(&format!("pid {pid}")), "{msg}");
+    assert!(!lock.exists(), "a finished job releases its lock");
+}
+
+#[test]
+fn a_world_that_disagrees_with_the_launcher_is_refused_with_the_fix() {
+    // What a rank of an MPICH build sees when OpenMPI's mpirun (or srun without PMI)
+    // started it: the launcher's variables say 2 or 4, MPI says 1.
+    let cases: [(&[(&str, &str)], &str); 2] = [
+        (&[("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_RANK", "0")], "OMPI_COMM_WORLD_SIZE=2"),
+        (&[("SLURM_STEP_ID", "0"), ("SLURM_PROCID", "0"), ("SLURM_STEP_NUM_TASKS", "4"), ("SLURM_NTASKS", "4")], "SLURM_STEP_NUM_TASKS=4"),
+    ];
+    for (vars, says) in cases {
+        let mut c = trainer();
+        c.args(["bench", "allreduce", "--check"]).envs(vars.iter().copied());
+        let out = wait_within(spawn(c), Duration::from_secs(60), says);
+        let msg = text(&out);
+        assert!(!out.status.success(), "{msg}");
+        assert!(msg.contains("mis-launched") && msg.contains(says) && msg.contains("sees a world of 1"), "{msg}");
+        assert!(msg.contains("MPICH") && msg.contains("TRAINER_MPI=openmpi") && msg.contains("--mpi=pmi2"), "{msg}");
+    }
+}
+
+fn mpi_job(train: &Path, out: &Path, run: &str, extra: &[&str], fault: &str) -> Option<Output> {
+    let mpirun = mpirun()?;
+    let mut c = Command::new(mpirun);
+    c.args(["-n", "2", env!("CARGO_BIN_EXE_trainer")]).args(tiny(train, out, run)).args(extra);
+    c.env("RUST_LOG", "warn").env("TRAINER_FAULT", fault);
+    Some(wait_within(spawn(c), Duration::from_secs(180), fault))
+}
+
+#[test]
+fn a_rank_that_panics_ends_the_job_with_the_panic_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 8, 4, 2, 1);
+    let out = dir.path().join("Model");
+    // A long collective time-out: only the panic hook can end the job early.
+    let Some(res) = mpi_job(&train, &out, "panics", &["--max-steps", "1000", "--collective-timeout", "600"], "1:3:panic") else { return };
+    let msg = text(&res);
+    assert!(!res.status.success(), "{msg}");
+    assert!(msg.contains("rank 1: panicked") && msg.contains("injected fault (TRAINER_FAULT): rank 1 panics at step 3"), "{msg}");
+    assert!(!msg.contains("did not finish within"), "the watchdog, not the panic, ended the job: {msg}");
+}
+
+#[test]
+fn a_rank_that_hangs_in_a_collective_ends_the_job_after_the_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 8, 4, 2, 1);
+    let out = dir.path().join("Model");
+    let Some(res) = mpi_job(&train, &out, "hangs", &["--max-steps", "1000", "--collective-timeout", "3"], "1:3:hang") else { return };
+    let msg = text(&res);
+    assert!(!res.status.success(), "{msg}");
+    assert!(msg.contains("rank 1 hangs in a collective at step 3"), "{msg}");
+    assert!(msg.contains("did not finish within 3 s") && msg.contains("Aborting the job"), "{msg}");
+}
