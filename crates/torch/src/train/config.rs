@@ -476,19 +476,19 @@ mod tests {
 
     #[test]
     fn iresnet_needs_112_and_margins_parse() {
-        let msg = resolve(None, &["--train-sets", "a", "--arch", "iresnet50", "--size", "224"]).unwrap_err().to_string();
+        let msg = format!("{:#}", resolve(None, &["--train-sets", "a", "--arch", "iresnet50", "--size", "224"]).unwrap_err());
         assert!(msg.contains("--size 112"), "{msg}");
         let cfg = resolve(None, &["--train-sets", "a", "--arch", "iresnet100", "--margin", "cosface", "--m3", "0.4"]).unwrap();
         assert_eq!((cfg.arch, cfg.heads.margin().unwrap()), (Arch::Iresnet100, crate::model::Margin::cosface(0.4)));
         assert!(resolve(None, &["--train-sets", "a", "--margin", "arcface", "--m1", "1.2"]).is_err());
-        assert!(resolve(None, &["--train-sets", "a", "--schedule", "poly"]).unwrap_err().to_string().contains("--max-steps"));
-        assert!(resolve(None, &["--train-sets", "a", "--clip-grad-norm", "0"]).is_err());
+        assert!(format!("{:#}", resolve(None, &["--train-sets", "a", "--schedule", "poly"]).unwrap_err()).contains("--max-steps"));
+        assert!(Cli::command().try_get_matches_from(["train", "--train-sets", "a", "--clip-grad-norm", "0"]).is_err());
     }
 
     #[test]
     fn the_arcface_torch_recipe_resolves() {
         let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../training/fr-iresnet50-pfc.toml");
-        assert!(resolve(Some(&recipe), &["--train-sets", "a"]).unwrap_err().to_string().contains("--max-steps"));
+        assert!(format!("{:#}", resolve(Some(&recipe), &["--train-sets", "a"]).unwrap_err()).contains("--max-steps"));
         let cfg = resolve(Some(&recipe), &["--train-sets", "a", "--max-steps", "1000", "--sample-rate", "0.1"]).unwrap();
         assert_eq!((cfg.arch, cfg.schedule, cfg.partial_fc, cfg.sample_rate, cfg.clip_grad_norm), (Arch::Iresnet50, Schedule::Poly, true, 0.1, Some(5.0)));
         assert_eq!((cfg.batch_size, cfg.heads.margin().unwrap(), cfg.heads.fr_dropout), (128, crate::model::Margin::arcface(0.5), 0.0));
