@@ -5,7 +5,6 @@ mod common;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 fn mpi_train(np: usize, args: &[&str]) -> Option<Output> {
     let mpirun = mpirun()?;
@@ -130,38 +129,9 @@ fn a_killed_rank_ends_the_whole_job_with_an_error() {
     let mut a = tiny("FR", &train, &out, "dies");
     // A short collective time-out: the survivor's watchdog ends the job if the launcher does not.
     a.extend(["--max-steps", "1000000", "--save-every", "1000000", "--collective-timeout", "5"]);
-    let mut job = Command::new(mpirun)
-        .args(["-n", "2", env!("CARGO_BIN_EXE_trainer")])
-        .args(&a)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let run = out.join("dies");
-    let t = Instant::now();
-    let pid = loop {
-        if let Some(pid) = rank_log(&run, 1).lines().find_map(|l| l.split("pid ").nth(1)).and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok()) {
-            break pid;
-        }
-        assert!(t.elapsed() < Duration::from_secs(120), "rank 1 never started");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    std::thread::sleep(Duration::from_millis(500));
-    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
-    let killed_at = Instant::now();
-    let status = loop {
-        if let Some(st) = job.try_wait().unwrap() {
-            break st;
-        }
-        if killed_at.elapsed() > Duration::from_secs(90) {
-            job.kill().ok();
-            panic!("job still running 90 s after a rank died");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(!status.success());
-    let reason = text(&job.wait_with_output().unwrap());
+    let (res, _) = kill_rank_one(&mpirun, &a, &out.join("dies"));
+    assert!(!res.status.success());
+    let reason = text(&res);
     // Either the launcher saw the death (MPICH: "Killed (signal 9)", OpenMPI: "signal 9
     // (Killed)"), or the survivor's watchdog fired.
     let launcher_saw_it = reason.contains("signal 9") && reason.contains("Killed");

@@ -186,16 +186,16 @@ pub fn pair_set_py2(images: &[Vec<u8>], issame: &[bool]) -> Vec<u8> {
 }
 
 /// Starts `mpirun -n 2 trainer <args>` (a training run writing `run`), waits for rank 1 to
-/// log its pid, lets the job step for half a second, kill -9s rank 1, and returns whether
-/// the job failed and how long it took to end after the kill (failing past 90 s).
-pub fn kill_rank_one(mpirun: &Path, args: &[&str], run: &Path) -> (bool, std::time::Duration) {
+/// log its pid, lets the job step for half a second, kill -9s rank 1, and returns the
+/// job's output and how long it took to end after the kill (failing past 90 s).
+pub fn kill_rank_one(mpirun: &Path, args: &[&str], run: &Path) -> (std::process::Output, std::time::Duration) {
     use std::time::{Duration, Instant};
     let mut job = Command::new(mpirun)
         .args(["-n", "2", env!("CARGO_BIN_EXE_trainer")])
         .args(args)
         .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let t = Instant::now();
@@ -210,15 +210,13 @@ pub fn kill_rank_one(mpirun: &Path, args: &[&str], run: &Path) -> (bool, std::ti
     std::thread::sleep(Duration::from_millis(500));
     Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     let killed_at = Instant::now();
-    let status = loop {
-        if let Some(st) = job.try_wait().unwrap() {
-            break st;
-        }
+    while job.try_wait().unwrap().is_none() {
         if killed_at.elapsed() > Duration::from_secs(90) {
             job.kill().ok();
             panic!("job still running 90 s after a rank died");
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
-    (!status.success(), killed_at.elapsed())
+    }
+    let took = killed_at.elapsed();
+    (job.wait_with_output().unwrap(), took)
 }
