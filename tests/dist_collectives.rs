@@ -13,11 +13,7 @@ const OUTER_LIMIT: Duration = Duration::from_secs(150);
 mod common;
 
 fn mpirun_available() -> bool {
-    let found = Command::new("mpirun").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !found {
-        common::missing("mpirun is not installed");
-    }
-    found
+    common::mpirun().is_some()
 }
 
 /// `mpirun -n N trainer args...`, with OpenMPI's root flags when needed.
