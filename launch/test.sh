@@ -2,6 +2,8 @@
 # The test command: installs what is missing (launch/setup.sh), builds, runs every test.
 # Unit tests of the three packages, integration tests that drive the real `trainer` binary
 # (pack, verify, train, resume, mpirun -n 2, ...), and the PyTorch interoperability checks.
+# The MPI tests run twice: with the MPICH build (target/release) and again with the
+# OpenMPI build (target/openmpi/release), each under its own mpirun.
 # The build uses the committed Cargo.lock as it is: a lock that needs changing is an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,5 +11,12 @@ cd "$(dirname "$0")/.."
 # Tests that need mpirun, the PyTorch venv or the reference venv fail instead of skipping.
 export CI=${CI:-true}
 cargo build --release --locked --workspace
+# The OpenMPI build: its packages beside MPICH's, its own target directory (launch/setup.sh).
+(TRAINER_MPI=openmpi; . launch/setup.sh; cargo build --release --locked --workspace)
+links() { ldd "target/$1/trainer-torch" | grep -q "$2" || { echo "target/$1/trainer-torch does not link $2" >&2; exit 1; }; }
+links release libmpich.so
+links openmpi/release libmpi.so.40
 # Two test threads: the tests that start `mpirun -n 2` or train must not starve each other.
 cargo test --release --locked --workspace --no-fail-fast -- --test-threads 2
+# Every test that starts mpirun has `mpi` in its name (tests/common/mod.rs checks it).
+TRAINER_MPI=openmpi cargo test --release --locked --workspace --no-fail-fast -- --test-threads 2 mpi

@@ -12,19 +12,11 @@ const OUTER_LIMIT: Duration = Duration::from_secs(150);
 
 mod common;
 
-fn mpirun_available() -> bool {
-    common::mpirun().is_some()
-}
-
-/// `mpirun -n N trainer args...`, with OpenMPI's root flags when needed.
-fn mpirun(n: usize, args: &[&str]) -> Command {
-    let mut cmd = Command::new("mpirun");
-    let version = Command::new("mpirun").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string());
-    if version.is_ok_and(|v| v.contains("Open MPI")) {
-        cmd.args(["--allow-run-as-root", "--oversubscribe"]);
-    }
-    cmd.args(["-n", &n.to_string(), TRAINER]).args(args);
-    cmd
+/// `mpirun -n N trainer args...` under this pass's MPI (see `common::mpi`).
+fn mpirun(n: usize, args: &[&str]) -> Option<Command> {
+    let mut cmd = common::mpi()?.job(n);
+    cmd.args(args);
+    Some(cmd)
 }
 
 /// Waits for the child, killing it (and failing the test) past `OUTER_LIMIT`.
@@ -50,9 +42,11 @@ fn text(o: &Output) -> String {
     format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+/// This pass's build alone (MPI's singleton start), with no launcher.
 #[test]
-fn single_process_check_without_mpirun() {
-    let mut cmd = Command::new(TRAINER);
+fn mpi_single_process_check_without_a_launcher() {
+    let Some(mpi) = common::mpi() else { return };
+    let mut cmd = Command::new(&mpi.trainer);
     cmd.args(["bench", "allreduce", "--check"]);
     let out = run_bounded(cmd, "single check");
     assert!(out.status.success(), "{}", text(&out));
@@ -60,11 +54,9 @@ fn single_process_check_without_mpirun() {
 }
 
 #[test]
-fn two_ranks_check_every_collective() {
-    if !mpirun_available() {
-        return;
-    }
-    let out = run_bounded(mpirun(2, &["bench", "allreduce", "--check"]), "mpirun -n 2 check");
+fn mpi_two_ranks_check_every_collective() {
+    let Some(job) = mpirun(2, &["bench", "allreduce", "--check"]) else { return };
+    let out = run_bounded(job, "mpirun -n 2 check");
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for rank in 0..2 {
@@ -73,23 +65,19 @@ fn two_ranks_check_every_collective() {
 }
 
 #[test]
-fn a_rank_that_exits_ends_the_job() {
-    if !mpirun_available() {
-        return;
-    }
-    let out = run_bounded(mpirun(2, &["bench", "allreduce", "--check", "--die-rank", "1"]), "die-rank");
+fn mpi_a_rank_that_exits_ends_the_job() {
+    let Some(job) = mpirun(2, &["bench", "allreduce", "--check", "--die-rank", "1"]) else { return };
+    let out = run_bounded(job, "die-rank");
     assert!(!out.status.success(), "the job must fail when a rank exits: {}", text(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("checks passed"), "{}", text(&out));
 }
 
 #[test]
-fn a_killed_rank_ends_the_job() {
-    if !mpirun_available() {
-        return;
-    }
+fn mpi_a_killed_rank_ends_the_job() {
     // Rank 1 stops taking part and reports its pid; we kill -9 it while rank 0 waits in a
     // collective under the default 60 s watchdog.
-    let mut child = mpirun(2, &["bench", "allreduce", "--check", "--hang-rank", "1"])
+    let Some(mut job) = mpirun(2, &["bench", "allreduce", "--check", "--hang-rank", "1"]) else { return };
+    let mut child = job
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -110,23 +98,19 @@ fn a_killed_rank_ends_the_job() {
 }
 
 #[test]
-fn a_hung_rank_trips_the_watchdog() {
-    if !mpirun_available() {
-        return;
-    }
+fn mpi_a_hung_rank_trips_the_watchdog() {
     let args = ["bench", "allreduce", "--check", "--hang-rank", "1", "--timeout-s", "3"];
-    let out = run_bounded(mpirun(2, &args), "hang-rank");
+    let Some(job) = mpirun(2, &args) else { return };
+    let out = run_bounded(job, "hang-rank");
     assert!(!out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("rank 0: collective `") && stderr.contains("did not finish within 3 s"), "{}", text(&out));
 }
 
 #[test]
-fn bench_reports_bandwidths() {
-    if !mpirun_available() {
-        return;
-    }
-    let out = run_bounded(mpirun(2, &["bench", "allreduce", "--mb", "3", "--iters", "2", "--bucket-mb", "2.5"]), "bench");
+fn mpi_bench_reports_bandwidths() {
+    let Some(job) = mpirun(2, &["bench", "allreduce", "--mb", "3", "--iters", "2", "--bucket-mb", "2.5"]) else { return };
+    let out = run_bounded(job, "bench");
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("world 2, backend mpi"), "{}", text(&out));

@@ -85,16 +85,34 @@ fn a_world_that_disagrees_with_the_launcher_is_refused_with_the_fix() {
     }
 }
 
+/// Each MPI's build started by the other MPI's mpirun: every rank sees a world of 1, and
+/// all of them refuse at once with the fix.
+#[test]
+fn mpi_each_build_under_the_other_mpis_launcher_is_refused() {
+    let (Some(mpich), Some(openmpi)) = (Mpi::of("mpich"), Mpi::of("openmpi")) else { return };
+    for (launcher, build, library) in [(&openmpi, &mpich, "MPICH"), (&mpich, &openmpi, "Open MPI")] {
+        let crossed = Mpi { name: launcher.name, launcher: launcher.launcher.clone(), trainer: build.trainer.clone() };
+        let mut c = crossed.job(2);
+        c.args(["bench", "allreduce", "--check"]);
+        let what = format!("the {} build under {}", build.name, launcher.launcher.display());
+        let started = std::time::Instant::now();
+        let out = wait_within(spawn(c), Duration::from_secs(60), &what);
+        let msg = text(&out);
+        assert!(!out.status.success(), "{what}: {msg}");
+        assert!(msg.contains("mis-launched") && msg.contains("sees a world of 1") && msg.contains(library), "{what}: {msg}");
+        assert!(msg.contains(&format!("TRAINER_MPI={}", launcher.name)), "{what}: the fix names the other build: {msg}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{what}: refused only after {:?}", started.elapsed());
+    }
+}
+
 fn mpi_job(train: &Path, out: &Path, run: &str, extra: &[&str], fault: &str) -> Option<Output> {
-    let mpirun = mpirun()?;
-    let mut c = Command::new(mpirun);
-    c.args(["-n", "2", env!("CARGO_BIN_EXE_trainer")]).args(tiny(train, out, run)).args(extra);
-    c.env("RUST_LOG", "warn").env("TRAINER_FAULT", fault);
+    let mut c = mpi()?.job(2);
+    c.args(tiny(train, out, run)).args(extra).env("TRAINER_FAULT", fault);
     Some(wait_within(spawn(c), Duration::from_secs(180), fault))
 }
 
 #[test]
-fn a_rank_that_panics_ends_the_job_with_the_panic_message() {
+fn mpi_a_rank_that_panics_ends_the_job_with_the_panic_message() {
     let dir = tempfile::tempdir().unwrap();
     let train = packed_synth(dir.path(), "train", 8, 4, 2, 1);
     let out = dir.path().join("Model");
@@ -107,7 +125,7 @@ fn a_rank_that_panics_ends_the_job_with_the_panic_message() {
 }
 
 #[test]
-fn a_rank_that_hangs_in_a_collective_ends_the_job_after_the_time_out() {
+fn mpi_a_rank_that_hangs_in_a_collective_ends_the_job_after_the_time_out() {
     let dir = tempfile::tempdir().unwrap();
     let train = packed_synth(dir.path(), "train", 8, 4, 2, 1);
     let out = dir.path().join("Model");

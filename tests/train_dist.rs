@@ -4,19 +4,10 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn mpi_train(np: usize, args: &[&str]) -> Option<Output> {
-    let mpirun = mpirun()?;
-    let out = Command::new(mpirun)
-        .arg("-n")
-        .arg(np.to_string())
-        .arg(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("spawn mpirun");
-    Some(out)
+    Some(mpi()?.job(np).args(args).output().expect("spawn mpirun"))
 }
 
 fn tiny<'a>(task: &'a str, train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
@@ -36,7 +27,7 @@ fn hashes(run: &Path, rank: usize) -> Vec<String> {
 }
 
 #[test]
-fn two_ranks_train_fr_and_gender_with_identical_replicas() {
+fn mpi_two_ranks_train_fr_and_gender_with_identical_replicas() {
     let dir = tempfile::tempdir().unwrap();
     let train = packed_synth(dir.path(), "train", 16, 12, 4, 1);
     let valid = packed_synth(dir.path(), "valid", 6, 8, 1, 2);
@@ -61,7 +52,7 @@ fn two_ranks_train_fr_and_gender_with_identical_replicas() {
 }
 
 #[test]
-fn plateau_decays_reach_every_rank_at_the_same_step() {
+fn mpi_plateau_decays_reach_every_rank_at_the_same_step() {
     let dir = tempfile::tempdir().unwrap();
     let train = packed_synth(dir.path(), "train", 8, 8, 2, 1);
     let out = dir.path().join("Model");
@@ -80,7 +71,7 @@ fn plateau_decays_reach_every_rank_at_the_same_step() {
 /// With no BatchNorm, no dropout, no augmentation and no shuffling, 2 ranks × batch B
 /// see exactly the samples of 1 rank × batch 2B, so the weights must agree.
 #[test]
-fn two_ranks_at_batch_b_equal_one_rank_at_batch_2b() {
+fn mpi_two_ranks_at_batch_b_equal_one_rank_at_batch_2b() {
     let dir = tempfile::tempdir().unwrap();
     let train = packed_synth(dir.path(), "train", 8, 8, 1, 1);
     let out = dir.path().join("Model");
@@ -108,7 +99,7 @@ fn two_ranks_at_batch_b_equal_one_rank_at_batch_2b() {
 }
 
 #[test]
-fn fewer_shards_than_ranks_is_a_clear_error() {
+fn mpi_fewer_shards_than_ranks_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let train = packed_synth(dir.path(), "train", 4, 4, 1, 1);
     let out = dir.path().join("Model");
@@ -121,15 +112,15 @@ fn fewer_shards_than_ranks_is_a_clear_error() {
 }
 
 #[test]
-fn a_killed_rank_ends_the_whole_job_with_an_error() {
-    let Some(mpirun) = mpirun() else { return };
+fn mpi_a_killed_rank_ends_the_whole_job_with_an_error() {
+    let Some(mpi) = mpi() else { return };
     let dir = tempfile::tempdir().unwrap();
     let train = packed_synth(dir.path(), "train", 8, 8, 2, 1);
     let out = dir.path().join("Model");
     let mut a = tiny("FR", &train, &out, "dies");
     // A short collective time-out: the survivor's watchdog ends the job if the launcher does not.
     a.extend(["--max-steps", "1000000", "--save-every", "1000000", "--collective-timeout", "5"]);
-    let (res, _) = kill_rank_one(&mpirun, &a, &out.join("dies"));
+    let (res, _) = kill_rank_one(&mpi, &a, &out.join("dies"));
     assert!(!res.status.success());
     let reason = text(&res);
     // Either the launcher saw the death (MPICH: "Killed (signal 9)", OpenMPI: "signal 9

@@ -6,12 +6,11 @@ mod common;
 use common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 fn mpi_train(np: usize, args: &[&str]) -> Option<Output> {
-    let mpirun = mpirun()?;
-    let out = Command::new(mpirun).arg("-n").arg(np.to_string()).arg(env!("CARGO_BIN_EXE_trainer")).args(args).env("RUST_LOG", "warn").output().expect("spawn mpirun");
+    let out = mpi()?.job(np).args(args).output().expect("spawn mpirun");
     Some(out)
 }
 
@@ -70,7 +69,7 @@ fn assert_same_run(out: &Path, reference: &str, run: &str, steps: u64) {
 /// at the same global batch: losses within 1e-5 relative for 10 steps, every weight (the
 /// whole centre matrix in the checkpoint included) and the centres' momentum within 1e-4.
 #[test]
-fn two_and_three_ranks_equal_the_replicated_head() {
+fn mpi_two_and_three_ranks_equal_the_replicated_head() {
     let dir = tempfile::tempdir().unwrap();
     let train = data(dir.path());
     let out = dir.path().join("Model");
@@ -100,7 +99,7 @@ fn two_and_three_ranks_equal_the_replicated_head() {
 
 /// Gradient accumulation: 2 ranks × 3 rows × 2 batches per step equal one rank × 6 × 2.
 #[test]
-fn accumulation_matches_the_replicated_head() {
+fn mpi_accumulation_matches_the_replicated_head() {
     let dir = tempfile::tempdir().unwrap();
     let train = data(dir.path());
     let out = dir.path().join("Model");
@@ -122,7 +121,7 @@ fn accumulation_matches_the_replicated_head() {
 /// centres unscored: every centre must be exactly the saved one, and every unscored
 /// centre's momentum exactly 0.9 × the saved momentum.
 #[test]
-fn a_two_rank_checkpoint_resumes_on_three_ranks() {
+fn mpi_a_two_rank_checkpoint_resumes_on_three_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let train = data(dir.path());
     let out = dir.path().join("Model");
@@ -150,8 +149,8 @@ fn a_two_rank_checkpoint_resumes_on_three_ranks() {
 /// kill -9 of one rank while the others wait for it in Partial FC's all-gather ends the
 /// whole job within the collective timeout.
 #[test]
-fn a_rank_killed_during_the_all_gather_ends_the_job() {
-    let Some(mpirun) = mpirun() else { return };
+fn mpi_a_rank_killed_during_the_all_gather_ends_the_job() {
+    let Some(mpi) = mpi() else { return };
     let dir = tempfile::tempdir().unwrap();
     let train = data(dir.path());
     let out = dir.path().join("Model");
@@ -159,8 +158,102 @@ fn a_rank_killed_during_the_all_gather_ends_the_job() {
     a.extend(common_args(&train, &out));
     // Rank 0 keeps stepping; each step starts with the all-gather of the embeddings, where
     // it then waits for the dead rank.
-    let (res, took) = kill_rank_one(&mpirun, &a, &out.join("dies"));
+    let (res, took) = kill_rank_one(&mpi, &a, &out.join("dies"));
     let failed = !res.status.success();
     assert!(failed);
     assert!(took < Duration::from_secs(10 + 15), "took {took:?} with a 10 s collective timeout");
+}
+
+/// `--amp` (its loss scaling on CPU, overflowing or not) and a NaN rollback keep 2-rank
+/// Partial FC equal to one rank with the whole matrix: the ranks skip the same steps, and
+/// a rollback restores every rank's slice of the centres and their momentum.
+#[test]
+fn mpi_amp_and_rollback_under_partial_fc_match_the_replicated_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = data(dir.path());
+    let out = dir.path().join("Model");
+    let mut a = common_args(&train, &out);
+    a.extend(["--max-steps", "10", "--save-every", "5"]);
+    let variants: [(&str, &[&str]); 3] =
+        [("amp", &["--amp"]), ("overflow", &["--amp", "--amp-init-scale", "1e38"]), ("nan", &["--inject-nan-at", "7", "--inject-nan-times", "1"])];
+    for (name, extra) in variants {
+        let one = format!("{name}-one");
+        let mut args = vec!["train", "FR", "--batch-size", "12", "--run-id", &one];
+        args.extend(&a);
+        args.extend(extra);
+        run_ok(&args);
+        let pfc = format!("{name}-pfc");
+        let mut args = vec!["train", "FR", "--batch-size", "6", "--run-id", &pfc, "--partial-fc"];
+        args.extend(&a);
+        args.extend(extra);
+        let Some(res) = mpi_train(2, &args) else { return };
+        assert!(res.status.success(), "{name}: {}", text(&res));
+        assert_same_run(&out, &one, &pfc, 10);
+        let log = log_lines(&out.join(&pfc));
+        match name {
+            "overflow" => {
+                let last = log.iter().rev().find(|e| e.get("amp_skipped_steps").is_some()).expect("an amp step line");
+                assert!(last["amp_skipped_steps"].as_u64().unwrap() >= 1, "{last}");
+            }
+            "nan" => assert!(log.iter().any(|e| e["event"] == "rollback" && e["to_step"] == 5), "no rollback to step 5: {log:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// `--fp16-allreduce` under Partial FC halves the backbone's all-reduce and leaves the
+/// centres (never all-reduced) in f32: the run stays within fp16 rounding of the f32 one.
+#[test]
+fn mpi_fp16_allreduce_under_partial_fc() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = data(dir.path());
+    let out = dir.path().join("Model");
+    for (run, extra) in [("f32", None), ("f16", Some("--fp16-allreduce"))] {
+        let mut args = vec!["train", "FR", "--batch-size", "6", "--run-id", run, "--partial-fc", "--max-steps", "10", "--save-every", "10"];
+        args.extend(common_args(&train, &out));
+        args.extend(extra);
+        let Some(res) = mpi_train(2, &args) else { return };
+        assert!(res.status.success(), "{run}: {}", text(&res));
+    }
+    let bytes = |run: &str| log_lines(&out.join(run)).iter().find_map(|e| e.get("allreduce_bytes")?.as_u64()).expect("allreduce_bytes");
+    // The softmax's all-reduces stay f32: the gathered rows' gradient (12 × 16 floats) and
+    // the per-row maximum, sum and target logit (3 × 12).
+    let softmax = (12 * 16 + 3 * 12) * 4;
+    assert_eq!((bytes("f16") - softmax) * 2, bytes("f32") - softmax);
+    let (want, got) = (losses(&out.join("f32"), "FR"), losses(&out.join("f16"), "FR"));
+    for (step, (x, y)) in want.iter().zip(&got).enumerate() {
+        assert!((x - y).abs() <= 1e-2 * x.abs(), "step {}: loss {y} with fp16 all-reduce vs {x}", step + 1);
+    }
+    let (want, have) = (checkpoint(&out, "f32", 10, "model.safetensors"), checkpoint(&out, "f16", 10, "model.safetensors"));
+    for (name, w) in &want {
+        let d = max_diff(w, &have[name]);
+        assert!(d < 1e-2, "{name}: max |diff| {d} between the fp16 and f32 all-reduce");
+    }
+    let rounded = want.iter().any(|(name, w)| max_diff(w, &have[name]) > 0.0);
+    assert!(rounded, "--fp16-allreduce changed nothing: was it applied?");
+}
+
+/// `--init` from a replicated run loads its whole centre matrix as each rank's slice: at a
+/// learning rate of 1e-30 the first checkpoint holds exactly the initial centres.
+#[test]
+fn mpi_init_gives_each_rank_its_slice_of_the_centres() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = data(dir.path());
+    let out = dir.path().join("Model");
+    let mut one = vec!["train", "FR", "--batch-size", "12", "--run-id", "src", "--max-steps", "3", "--save-every", "3"];
+    one.extend(common_args(&train, &out));
+    run_ok(&one);
+    let init = out.join("src/checkpoints/step-000000003");
+    let mut pfc = vec!["train", "FR", "--batch-size", "6", "--run-id", "dst", "--partial-fc", "--max-steps", "1", "--save-every", "1"];
+    pfc.extend(common_args(&train, &out));
+    let lr = pfc.iter().position(|a| *a == "--lr").unwrap() + 1;
+    pfc[lr] = "1e-30";
+    pfc.extend(["--init", s(&init), "--wd-fr", "0", "--wd-backbone", "0"]);
+    let Some(res) = mpi_train(2, &pfc) else { return };
+    assert!(res.status.success(), "{}", text(&res));
+    assert!(!text(&res).contains("arcface.weight (shape"), "the centres were skipped: {}", text(&res));
+    let (src, dst) = (checkpoint(&out, "src", 3, "model.safetensors"), checkpoint(&out, "dst", 1, "model.safetensors"));
+    for (name, w) in &src {
+        assert_eq!(max_diff(w, &dst[name]), 0.0, "{name} did not load from --init");
+    }
 }

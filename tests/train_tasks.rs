@@ -167,8 +167,8 @@ fn alternate_steps_read_their_own_task_and_decay_on_their_own_losses() {
 /// single-shard legacy pair (striped over the ranks). Killed and resumed, the run ends
 /// bit-identical to one that never stopped.
 #[test]
-fn multi_on_two_ranks_with_three_datasets_resumes_exactly() {
-    let Some(mpirun) = mpirun() else { return };
+fn mpi_multi_on_two_ranks_with_three_datasets_resumes_exactly() {
+    let Some(mpi) = mpi() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (fr, gender, age) = three_sets(dir.path());
     let out = dir.path().join("Model");
@@ -178,8 +178,8 @@ fn multi_on_two_ranks_with_three_datasets_resumes_exactly() {
         a.extend(["--train-sets", &sets[0], &sets[1], &sets[2], "--valid-sets", &sets[0], &sets[1], &sets[2]]);
         a.extend(["--max-steps", steps, "--save-every", "6", "--valid-every", "12", "--valid-pairs", "100", "--collective-timeout", "10"]);
         a.extend(extra);
-        let mut cmd = std::process::Command::new(&mpirun);
-        cmd.args(["-n", "2", env!("CARGO_BIN_EXE_trainer")]).args(&a).env("RUST_LOG", "warn");
+        let mut cmd = mpi.job(2);
+        cmd.args(&a);
         cmd
     };
     let straight = run("straight", "24", &[]).output().unwrap();
@@ -188,10 +188,9 @@ fn multi_on_two_ranks_with_three_datasets_resumes_exactly() {
     wait_for(&out.join("killed/checkpoints/step-000000012/state.json"));
     kill_rank(&out.join("killed"), 1);
     let _ = child.wait();
+    wait_for_ranks_to_exit(&out.join("killed"), 2);
     let resumed = {
-        let mut cmd = std::process::Command::new(&mpirun);
-        cmd.args(["-n", "2", env!("CARGO_BIN_EXE_trainer"), "train", "--resume", s(&out.join("killed")), "--max-steps", "24"]).env("RUST_LOG", "warn");
-        cmd.output().unwrap()
+        mpi.job(2).args(["train", "--resume", s(&out.join("killed")), "--max-steps", "24"]).output().unwrap()
     };
     assert!(resumed.status.success(), "{}", text(&resumed));
     for task in ["FR", "Gender", "Age"] {

@@ -69,13 +69,67 @@ pub fn run_script(python: &Path, script: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-/// `mpirun` when installed.
-pub fn mpirun() -> Option<PathBuf> {
-    let found = std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join("mpirun")).find(|p| p.exists());
-    if found.is_none() {
-        missing("mpirun not found; install MPICH");
+/// An MPI with its own launcher and the trainer built against it. `launch/test.sh` runs
+/// the MPI tests twice: under MPICH (the default build, target/release) and under
+/// `TRAINER_MPI=openmpi` (the OpenMPI build, target/openmpi/release). Debian's plain
+/// `mpirun` follows whichever MPI was installed last, so each build is paired with its
+/// launcher by name.
+pub struct Mpi {
+    pub name: &'static str,
+    pub launcher: PathBuf,
+    pub trainer: PathBuf,
+}
+
+/// The MPI this test pass runs under (`TRAINER_MPI`, default mpich), when installed and built.
+/// Only tests named `*mpi*` may start jobs: the OpenMPI pass selects them by that name.
+pub fn mpi() -> Option<Mpi> {
+    let test = std::thread::current().name().unwrap_or("main").to_string();
+    assert!(test == "main" || test.contains("mpi"), "{test} starts mpirun: put `mpi` in its name so the OpenMPI pass runs it");
+    match std::env::var("TRAINER_MPI").as_deref() {
+        Err(_) | Ok("mpich") | Ok("") => Mpi::of("mpich"),
+        Ok("openmpi") => Mpi::of("openmpi"),
+        Ok(other) => panic!("TRAINER_MPI={other}: expected mpich or openmpi"),
     }
-    found
+}
+
+impl Mpi {
+    /// `name` ("mpich" or "openmpi") with its launcher and build.
+    pub fn of(name: &'static str) -> Option<Mpi> {
+        let Some(launcher) = launcher(name) else {
+            missing(&format!("mpirun.{name} not found; TRAINER_MPI={name} . launch/setup.sh installs it"));
+            return None;
+        };
+        let release = Path::new(env!("CARGO_BIN_EXE_trainer")).parent().expect("target/release");
+        let trainer = if name == "mpich" { release.join("trainer") } else { release.join("../openmpi/release/trainer") };
+        if !trainer.with_file_name("trainer-torch").is_file() {
+            missing(&format!("no {name} build at {}: TRAINER_MPI={name} . launch/setup.sh && cargo build --release --workspace", trainer.display()));
+            return None;
+        }
+        Some(Mpi { name, launcher, trainer })
+    }
+
+    /// `mpirun -n N trainer` for this MPI, arguments to follow.
+    pub fn job(&self, n: usize) -> Command {
+        let mut c = Command::new(&self.launcher);
+        if self.name == "openmpi" {
+            // OpenMPI refuses root, and more ranks than cores, unless told; MPICH needs neither.
+            c.args(["--allow-run-as-root", "--oversubscribe"]);
+        }
+        c.args(["-n", &n.to_string()]).arg(&self.trainer).env("RUST_LOG", "warn");
+        c
+    }
+}
+
+/// `mpirun.<name>` on PATH (Debian's names), else a plain `mpirun` that says it is `name`.
+fn launcher(name: &str) -> Option<PathBuf> {
+    let on_path = |file: &str| std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(file)).find(|p| p.exists());
+    if let Some(named) = on_path(&format!("mpirun.{name}")) {
+        return Some(named);
+    }
+    let plain = on_path("mpirun")?;
+    let version = Command::new(&plain).arg("--version").output().ok()?;
+    let says_openmpi = String::from_utf8_lossy(&version.stdout).contains("Open MPI");
+    (says_openmpi == (name == "openmpi")).then_some(plain)
 }
 
 /// The reference-implementation Python (`TRAINER_REF_PYTHON`, set by launch/setup.sh)
@@ -188,12 +242,11 @@ pub fn pair_set_py2(images: &[Vec<u8>], issame: &[bool]) -> Vec<u8> {
 /// Starts `mpirun -n 2 trainer <args>` (a training run writing `run`), waits for rank 1 to
 /// log its pid, lets the job step for half a second, kill -9s rank 1, and returns the
 /// job's output and how long it took to end after the kill (failing past 90 s).
-pub fn kill_rank_one(mpirun: &Path, args: &[&str], run: &Path) -> (std::process::Output, std::time::Duration) {
+pub fn kill_rank_one(mpi: &Mpi, args: &[&str], run: &Path) -> (std::process::Output, std::time::Duration) {
     use std::time::{Duration, Instant};
-    let mut job = Command::new(mpirun)
-        .args(["-n", "2", env!("CARGO_BIN_EXE_trainer")])
+    let mut job = mpi
+        .job(2)
         .args(args)
-        .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -219,4 +272,18 @@ pub fn kill_rank_one(mpirun: &Path, args: &[&str], run: &Path) -> (std::process:
     }
     let took = killed_at.elapsed();
     (job.wait_with_output().unwrap(), took)
+}
+
+/// Waits (up to 60 s) until every rank of a job that ended is gone. OpenMPI's mpirun can
+/// return while the ranks it told to stop are still exiting, still holding the run's lock.
+pub fn wait_for_ranks_to_exit(run: &Path, ranks: usize) {
+    let pid = |r: usize| {
+        let log = std::fs::read_to_string(run.join(format!("rank{r}.log"))).ok()?;
+        log.split("pid ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok()
+    };
+    let started = std::time::Instant::now();
+    while (0..ranks).filter_map(pid).any(|p| Path::new(&format!("/proc/{p}")).exists()) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the ranks of {} are still running 60 s after their job ended", run.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

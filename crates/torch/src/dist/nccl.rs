@@ -1,5 +1,6 @@
-//! NCCL backend: gradients and parameter broadcasts on CUDA tensors' memory; scalars and
-//! bytes still go through the host communicator (MPI, or Single for a world of one).
+//! NCCL backend: gradients, parameter broadcasts and Partial FC's all-gather and
+//! all-reduces on CUDA tensors' memory; scalars and bytes still go through the host
+//! communicator (MPI, or Single for a world of one).
 //!
 //! Loading: cudarc's dynamic loader panics when it finds nothing and never tries the real
 //! soname `libnccl.so.2` (the name PyTorch's wheel ships), and it honours no variable to
@@ -25,6 +26,7 @@ use tch::{Device, Kind, Tensor};
 type GetUniqueId = unsafe extern "C" fn(*mut ncclUniqueId) -> ncclResult_t;
 type InitRank = unsafe extern "C" fn(*mut ncclComm_t, c_int, ncclUniqueId, c_int) -> ncclResult_t;
 type AllReduce = unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t) -> ncclResult_t;
+type AllGather = unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, ncclComm_t, cudaStream_t) -> ncclResult_t;
 type Broadcast = unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, c_int, ncclComm_t, cudaStream_t) -> ncclResult_t;
 type Destroy = unsafe extern "C" fn(ncclComm_t) -> ncclResult_t;
 type ErrorString = unsafe extern "C" fn(ncclResult_t) -> *const c_char;
@@ -40,6 +42,7 @@ pub struct Library {
     get_unique_id: GetUniqueId,
     init_rank: InitRank,
     all_reduce: AllReduce,
+    all_gather: AllGather,
     broadcast: Broadcast,
     destroy: Destroy,
     error_string: ErrorString,
@@ -94,6 +97,7 @@ fn open(path: &PathBuf) -> Result<Library> {
             get_unique_id: *lib.get(b"ncclGetUniqueId\0")?,
             init_rank: *lib.get(b"ncclCommInitRank\0")?,
             all_reduce: *lib.get(b"ncclAllReduce\0")?,
+            all_gather: *lib.get(b"ncclAllGather\0")?,
             broadcast: *lib.get(b"ncclBroadcast\0")?,
             destroy: *lib.get(b"ncclCommDestroy\0")?,
             error_string: *lib.get(b"ncclGetErrorString\0")?,
@@ -222,13 +226,47 @@ impl Nccl {
         Ok(())
     }
 
-    /// Same tensor shapes and dtypes on every rank, or an error on every rank.
-    fn check_same_layout(&self, tensors: &[Tensor]) -> Result<()> {
+    /// Same tensor shapes and dtypes on every rank, or an error on every rank: NCCL given
+    /// different counts would hang or write past a buffer.
+    fn check_same_layout(&self, tensors: &[Tensor], what: &str) -> Result<()> {
         let h = (bucket::layout_hash(tensors) >> 11) as f64;
         let (mut lo, mut hi) = ([h], [h]);
         self.host.all_reduce_f64(&mut lo, ReduceOp::Min)?;
         self.host.all_reduce_f64(&mut hi, ReduceOp::Max)?;
-        ensure!(lo == hi, "rank {}: broadcast tensors differ in shape or dtype between ranks", self.rank());
+        ensure!(lo == hi, "rank {}: {what} tensors differ in shape or dtype between ranks", self.rank());
+        Ok(())
+    }
+
+    /// `t`'s rows from every rank, in rank order, as one tensor on `t`'s device.
+    fn all_gather_rows(&self, t: &Tensor) -> Result<Tensor> {
+        let local = t.contiguous();
+        let mut shape = t.size();
+        match shape.first_mut() {
+            Some(rows) => *rows *= self.world() as i64,
+            None => shape.push(self.world() as i64),
+        }
+        let out = Tensor::empty(shape.as_slice(), (t.kind(), t.device()));
+        let bytes = local.numel() * local.kind().elt_size_in_bytes();
+        let r = unsafe { (self.lib.all_gather)(local.data_ptr(), out.data_ptr(), bytes, ncclDataType_t::ncclUint8, self.comm, std::ptr::null_mut()) };
+        self.lib.check(r, "ncclAllGather", self.rank())?;
+        Ok(out)
+    }
+
+    /// Reduces `t` in place on every rank.
+    fn all_reduce_in_place(&self, t: &Tensor, op: ReduceOp) -> Result<()> {
+        ensure!(t.kind() == Kind::Float, "rank {}: all_reduce takes f32 tensors, got {:?}", self.rank(), t.kind());
+        let staged = if t.is_contiguous() { t.shallow_clone() } else { t.contiguous() };
+        let op = match op {
+            ReduceOp::Sum => ncclRedOp_t::ncclSum,
+            ReduceOp::Min => ncclRedOp_t::ncclMin,
+            ReduceOp::Max => ncclRedOp_t::ncclMax,
+        };
+        let ptr = staged.data_ptr();
+        let r = unsafe { (self.lib.all_reduce)(ptr, ptr, staged.numel(), ncclDataType_t::ncclFloat32, op, self.comm, std::ptr::null_mut()) };
+        self.lib.check(r, "ncclAllReduce", self.rank())?;
+        if !t.is_contiguous() {
+            t.shallow_clone().copy_(&staged);
+        }
         Ok(())
     }
 }
@@ -291,7 +329,7 @@ impl Comm for Nccl {
             return self.host.broadcast(tensors, root);
         }
         ensure!(root < self.world(), "broadcast root {root} is outside the world of {}", self.world());
-        self.check_same_layout(tensors)?;
+        self.check_same_layout(tensors, "broadcast")?;
         let _armed = self.watchdog.arm(Op::Broadcast);
         let _no_grad = tch::no_grad_guard();
         for t in tensors {
@@ -303,16 +341,26 @@ impl Comm for Nccl {
     fn all_reduce_f64(&self, values: &mut [f64], op: ReduceOp) -> Result<()> {
         self.host.all_reduce_f64(values, op)
     }
-    /// Staged through host memory and MPI (not yet NCCL's own all-gather).
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
-        Ok(self.host.all_gather(&t.to_device(Device::Cpu))?.to_device(t.device()))
+        if !t.device().is_cuda() {
+            return self.host.all_gather(t);
+        }
+        self.check_same_layout(std::slice::from_ref(t), "all_gather")?;
+        let _armed = self.watchdog.arm(Op::AllGather);
+        let _no_grad = tch::no_grad_guard();
+        let out = self.all_gather_rows(t)?;
+        self.wait()?;
+        Ok(out)
     }
-    /// Staged through host memory and MPI, as `all_gather`.
+
     fn all_reduce(&self, t: &Tensor, op: ReduceOp) -> Result<()> {
-        let staged = t.to_device(Device::Cpu);
-        self.host.all_reduce(&staged, op)?;
-        tch::no_grad(|| t.shallow_clone().copy_(&staged));
-        Ok(())
+        if !t.device().is_cuda() {
+            return self.host.all_reduce(t, op);
+        }
+        let _armed = self.watchdog.arm(Op::AllReduce);
+        let _no_grad = tch::no_grad_guard();
+        self.all_reduce_in_place(t, op)?;
+        self.wait()
     }
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
         self.host.broadcast_bytes(bytes, root)

@@ -28,6 +28,8 @@ pub struct Rollback {
     /// "NaN" (a non-finite loss) or "rising loss".
     pub reason: String,
     pub failed_step: u64,
+    /// Often NaN or infinite, which JSON has no number for (see `non_finite`).
+    #[serde(with = "non_finite")]
     pub loss: f64,
     /// The how-manyth reload in a row this is.
     pub in_a_row: u32,
@@ -114,6 +116,35 @@ pub fn broadcast(comm: &dyn Comm, decision: Decision) -> Result<Decision> {
     Ok(serde_json::from_slice(&bytes)?)
 }
 
+/// An f64 that may be NaN or infinite, for the JSON the decision is broadcast in: a
+/// finite value as a number, the others as the strings "NaN", "inf" and "-inf" (plain
+/// serde_json writes them as null, which then does not read back as an f64).
+mod non_finite {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_str(&v.to_string())
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(f64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Either::deserialize(d)? {
+            Either::Number(v) => Ok(v),
+            Either::Text(t) => t.parse().map_err(|_| serde::de::Error::custom(format!("{t:?} is not a number"))),
+        }
+    }
+}
+
 /// "1st", "2nd", "3rd", "4th", ...
 pub fn ordinal(n: u32) -> String {
     let suffix = match (n % 10, n % 100) {
@@ -133,6 +164,19 @@ mod tests {
 
     fn state() -> TrainState {
         TrainState::new(&TrainConfig { plateau_steps: 8, ..TrainConfig::default() }, &[Head::Fr, Head::Gender], 1, 10)
+    }
+
+    /// A NaN loss (the usual reason for a rollback) crosses the broadcast's JSON intact.
+    #[test]
+    fn a_rollback_for_a_non_finite_loss_survives_the_broadcast_encoding() {
+        for loss in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 2.5] {
+            let rb = Rollback { head: Head::Fr, reason: "NaN".into(), failed_step: 7, loss, in_a_row: 1, shrink: false };
+            let d = Decision { decays: vec![(Head::Gender, 0.1)], rollback: Some(rb), give_up: None };
+            let back: Decision = serde_json::from_slice(&serde_json::to_vec(&d).unwrap()).unwrap();
+            let got = back.rollback.as_ref().unwrap().loss;
+            assert!(got == loss || (got.is_nan() && loss.is_nan()), "{loss} came back as {got}");
+            assert_eq!(back.decays, d.decays);
+        }
     }
 
     #[test]

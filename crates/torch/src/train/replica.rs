@@ -66,7 +66,7 @@ impl Replica {
         spec.extend([("fr.", lr_fr, cfg.wd_fr), ("arcface.", lr_fr, cfg.wd_fr), ("gender.", lr_gender, cfg.wd_gender), ("age.", lr_age, cfg.wd_age)]);
         let opt = Sgd::new(groups_by_prefix(&vs, &spec), cfg.momentum);
         if let Some(init) = &cfg.init {
-            load_init(&mut vs, init)?;
+            load_init(&mut vs, init, slice.map(|s| (s, num_classes)))?;
         }
         Ok(Replica { vs, net, opt, device, slice })
     }
@@ -313,14 +313,19 @@ fn names_and_shapes(state: &[(String, Tensor)]) -> Vec<u8> {
 
 /// `--init`: a checkpoint dir or a .safetensors file. Tensors whose name and shape match
 /// load; the others (another identity count's ArcFace centres, a head this model lacks)
-/// are skipped and listed, so an FR backbone can start a Gender run.
-fn load_init(vs: &mut VarStore, init: &Path) -> Result<()> {
+/// are skipped and listed, so an FR backbone can start a Gender run. Under Partial FC
+/// (`slice` of `total` classes) the whole saved centre matrix loads as this rank's rows.
+fn load_init(vs: &mut VarStore, init: &Path, slice: Option<(ClassSlice, usize)>) -> Result<()> {
     let file = if init.is_dir() { init.join(checkpoint::MODEL_FILE) } else { init.to_path_buf() };
     let saved = Tensor::read_safetensors(&file).with_context(|| format!("--init {}: cannot read weights", file.display()))?;
     let vars = vs.variables();
     let (mut loaded, mut skipped) = (0usize, Vec::new());
     tch::no_grad(|| {
         for (name, t) in &saved {
+            let t = &match slice {
+                Some((s, total)) if name == HEAD_WEIGHT && t.size().first() == Some(&(total as i64)) => t.narrow(0, s.start as i64, s.len as i64),
+                _ => t.shallow_clone(),
+            };
             match vars.get(name) {
                 Some(v) if v.size() == t.size() => {
                     v.shallow_clone().copy_(t);
