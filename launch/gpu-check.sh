@@ -3,7 +3,8 @@
 #   cargo build --release -p trainer -p trainer-torch --no-default-features --features trainer-torch/nccl   (here)
 #   carry target/release/trainer and trainer-torch, run `bash launch/gpu-check.sh` there.
 # Measures: ResNet-50 112px training images/s with and without --amp beside PyTorch on the
-# same GPU; a 1-rank NCCL all-reduce (correctness and bandwidth); a short FR run on the GPU;
+# same GPU; a 1-rank NCCL all-reduce (correctness and bandwidth); the ArcFace head replicated
+# and under Partial FC; a short FR run on the GPU;
 # and the CPU trainer-vs-PyTorch comparison on that machine's idle cores.
 # Uses that machine's PyTorch (TORCH_PY, default /opt/torch/.venv). Log: $OUT/gpu_check.log.
 set -uo pipefail
@@ -26,6 +27,8 @@ TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 
 echo "== NCCL, 1 rank"
 timeout 40 $T bench allreduce --device cuda --check
 timeout 40 $T bench allreduce --device cuda --iters 20
+echo "== ArcFace head, 1 rank: replicated vs Partial FC's code path (NCCL all-gather and all-reduces)"
+timeout 90 $T bench head --device cuda --classes 100000,1000000 --emb-dim 512 --batch-size 128
 
 echo "== short FR run on the GPU"
 work=$(mktemp -d)

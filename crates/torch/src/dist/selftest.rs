@@ -159,6 +159,11 @@ fn check_gather_and_reduce(comm: &dyn Comm, device: Device) -> Result<()> {
     ensure!(values(&t) == [n as f32, 0.0], "rank {r}: all_reduce Max gave {:?}", values(&t));
     comm.all_reduce(&t, ReduceOp::Sum)?;
     ensure!(values(&t) == [(n * n) as f32, 0.0], "rank {r}: all_reduce Sum gave {:?}", values(&t));
+    // A transposed view: reduced through a contiguous copy, written back in place.
+    let m = Tensor::from_slice(&[r as f32, 1.0, -(r as f32), 2.0]).to_device(device).view([2, 2]);
+    let view = m.tr();
+    comm.all_reduce(&view, ReduceOp::Min)?;
+    ensure!(values(&m.view([-1])) == [0.0, 1.0, -(n as f32 - 1.0), 2.0], "rank {r}: all_reduce Min of a view gave {:?}", values(&m.view([-1])));
     Ok(())
 }
 
