@@ -72,7 +72,7 @@ TRAINER_OPENMPI_TARGET="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/
 # are then compiled again, about 2 minutes instead of 8 on 2 cores. Cargo rebuilds
 # anything the copy leaves stale, so the worst case is a full build.
 trainer_seed_openmpi_target() {
-  local from="$TRAINER_OPENMPI_TARGET/../release" to="$TRAINER_OPENMPI_TARGET/release"
+  local from="${TRAINER_OPENMPI_TARGET%/openmpi}/release" to="$TRAINER_OPENMPI_TARGET/release"
   [ -d "$to" ] || [ ! -d "$from/.fingerprint" ] && return 0
   echo "setup: seeding $to with the MPICH build's dependencies" >&2
   mkdir -p "$to/deps"
