@@ -135,3 +135,44 @@ fn mpi_a_rank_that_hangs_in_a_collective_ends_the_job_after_the_time_out() {
     assert!(msg.contains("rank 1 hangs in a collective at step 3"), "{msg}");
     assert!(msg.contains("did not finish within 3 s") && msg.contains("Aborting the job"), "{msg}");
 }
+
+/// The `resume` event's checkpoint directory name (e.g. `step-000000004`).
+fn resumed_from(run: &Path) -> String {
+    let log = log_lines(run);
+    let resume = log.iter().rev().find(|e| e["event"] == "resume").expect("a resume event");
+    Path::new(resume["checkpoint"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// One rank's listing of the checkpoints lags (TRAINER_FAULT=RANK:0:stale hides the newest
+/// from it): alone, that rank would resume from an older step; in a job, every rank
+/// resumes from the checkpoint rank 0 chose. Under Partial FC nothing else would mend a
+/// wrong choice (the centres are each rank's own, never broadcast), so the job runs one
+/// step at lr 1e-30 and the whole centre matrix must come out exactly as saved.
+#[test]
+fn mpi_every_rank_resumes_from_the_checkpoint_rank_0_chose() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 8, 4, 2, 1);
+    let out = dir.path().join("Model");
+    let Some(mpi) = mpi() else { return };
+    let first = mpi.job(2).args(tiny(&train, &out, "r")).args(["--partial-fc", "--max-steps", "4", "--save-every", "2"]).output().unwrap();
+    assert!(first.status.success(), "{}", text(&first));
+    let alone = out.join("alone");
+    assert!(Command::new("cp").args(["-r", s(&out.join("r")), s(&alone)]).status().unwrap().success());
+    let mut c = trainer();
+    c.args(["train", "--resume", s(&alone), "--max-steps", "5"]).env("TRAINER_FAULT", "0:0:stale");
+    let res = wait_within(spawn(c), Duration::from_secs(120), "the stale rank alone");
+    assert!(res.status.success(), "{}", text(&res));
+    assert_eq!(resumed_from(&alone), "step-000000002", "the fault must hide the newest checkpoint");
+    let mut c = mpi.job(2);
+    c.args(["train", "--resume", s(&out.join("r")), "--max-steps", "5", "--lr", "1e-30"]).env("TRAINER_FAULT", "1:0:stale");
+    let res = wait_within(spawn(c), Duration::from_secs(120), "the job with a stale rank");
+    assert!(res.status.success(), "{}", text(&res));
+    assert_eq!(resumed_from(&out.join("r")), "step-000000004");
+    let stale_rank = std::fs::read_to_string(out.join("r/rank1.log")).unwrap();
+    assert!(stale_rank.contains("resuming from") && stale_rank.contains("step-000000004 at step 4"), "{stale_rank}");
+    let centres = |step: u64| {
+        let file = out.join(format!("r/checkpoints/step-{step:09}/model.safetensors"));
+        safetensors(&file).into_iter().find(|(n, _, _)| n == "arcface.weight").map(|(_, _, bytes)| f32s(&bytes)).expect("arcface.weight")
+    };
+    assert!(centres(4) == centres(5), "a rank resumed its centres from another checkpoint than rank 0's");
+}

@@ -3,8 +3,10 @@
 //! job: the live NCCL communicator first (so no kernel keeps spinning), then MPI_Abort,
 //! with an `_exit` backstop. Alone, a panic ends the process as usual.
 //!
-//! `TRAINER_FAULT=RANK:STEP:panic|hang` injects a fault for tests: that rank panics at the
-//! start of step STEP, or stops inside its first all-reduce of that step.
+//! `TRAINER_FAULT=RANK:STEP:panic|hang|stale` injects a fault for tests: that rank panics
+//! at the start of step STEP, or stops inside its first all-reduce of that step, or (STEP
+//! 0, before training) lists a run's checkpoints without the newest, as a shared
+//! filesystem with stale metadata can.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -86,6 +88,7 @@ pub fn out_of_memory_hint(message: &str) -> Option<String> {
 pub enum Fault {
     Panic,
     Hang,
+    Stale,
 }
 
 /// `TRAINER_FAULT` parsed once: (rank, step, fault). A malformed value is ignored with a warning.
@@ -95,7 +98,7 @@ fn fault() -> Option<(usize, u64, Fault)> {
         let text = std::env::var("TRAINER_FAULT").ok()?;
         let parsed = parse_fault(&text);
         if parsed.is_none() {
-            tracing::warn!("TRAINER_FAULT={text:?} is not RANK:STEP:panic|hang; ignored");
+            tracing::warn!("TRAINER_FAULT={text:?} is not RANK:STEP:panic|hang|stale; ignored");
         }
         parsed
     })
@@ -107,6 +110,7 @@ pub fn parse_fault(text: &str) -> Option<(usize, u64, Fault)> {
     let kind = match kind {
         "panic" => Fault::Panic,
         "hang" => Fault::Hang,
+        "stale" => Fault::Stale,
         _ => return None,
     };
     parts.next().is_none().then_some((rank, step, kind))
@@ -114,6 +118,11 @@ pub fn parse_fault(text: &str) -> Option<(usize, u64, Fault)> {
 
 fn due(kind: Fault) -> bool {
     fault().is_some_and(|(r, s, k)| k == kind && r == RANK.load(Ordering::Relaxed) && s == STEP.load(Ordering::Relaxed))
+}
+
+/// Whether this rank's listing of checkpoints is to miss the newest (`stale`).
+pub fn stale_listing() -> bool {
+    due(Fault::Stale)
 }
 
 /// Test hook at the start of each step.
@@ -141,6 +150,7 @@ mod tests {
     fn fault_spec() {
         assert_eq!(parse_fault("1:3:panic"), Some((1, 3, Fault::Panic)));
         assert_eq!(parse_fault("0:10:hang"), Some((0, 10, Fault::Hang)));
+        assert_eq!(parse_fault("1:0:stale"), Some((1, 0, Fault::Stale)));
         for bad in ["", "1:3", "1:3:explode", "x:3:panic", "1:3:panic:4"] {
             assert_eq!(parse_fault(bad), None, "{bad}");
         }

@@ -82,8 +82,11 @@ pub fn list(run_dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The newest complete checkpoint of a run.
 pub fn latest(run_dir: &Path) -> Result<PathBuf> {
-    list(run_dir)?
-        .pop()
+    let mut dirs = list(run_dir)?;
+    if crate::dist::failure::stale_listing() {
+        dirs.pop();
+    }
+    dirs.pop()
         .with_context(|| format!("{} has no checkpoints (looked in {}/checkpoints)", run_dir.display(), run_dir.display()))
 }
 

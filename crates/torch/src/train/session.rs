@@ -100,6 +100,9 @@ impl Session {
             checkpoint::write_synced(&run_dir.join("config.json"), &serde_json::to_vec_pretty(&cfg)?)?;
         }
         note_rank(&mut log, &*comm, &pools, device, threads)?;
+        if let Some(ckpt) = &checkpoint {
+            log.rank_note(&format!("resuming from {} at step {} (rank 0's choice, state.json CRC checked)", ckpt.display(), state.step))?;
+        }
         if cfg.amp && !device.is_cuda() {
             log.rank_note("--amp applies to CUDA devices only; training in f32 on the CPU")?;
         }
