@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The main job on a small built-in example: set up, build, synthesise face-like
 # identities, pack them into 4 shards, train a tiny FR model on 2 MPI ranks for a minute
-# on CPU, then evaluate it on held-out identities.
+# on CPU, then evaluate it on held-out identities. TRAINER_MPI=openmpi runs it with the
+# OpenMPI build (see launch/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . launch/setup.sh
 cargo build --release
-T=target/release/trainer
+T=${CARGO_TARGET_DIR:-target}/release/trainer
 DATA=${DEMO_DATA:-/tmp/trainer-demo}
 rm -rf "$DATA"
 
