@@ -114,6 +114,9 @@ impl Mpi {
         if self.name == "openmpi" {
             // OpenMPI refuses root, and more ranks than cores, unless told; MPICH needs neither.
             c.args(["--allow-run-as-root", "--oversubscribe"]);
+            // Containers often forbid the cross-process reads (CMA) its shared-memory
+            // transport uses for large messages; plain copies work everywhere.
+            c.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
         }
         c.args(["-n", &n.to_string()]).arg(&self.trainer).env("RUST_LOG", "warn");
         c
