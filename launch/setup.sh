@@ -69,7 +69,7 @@ TRAINER_OPENMPI_TARGET="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/
 
 # A new OpenMPI target directory starts from the MPICH build's compiled dependencies, which
 # link no MPI (libtorch's C++ wrapper, libjpeg-turbo, ...): only rsmpi and trainer-torch
-# are then compiled again, about 2 minutes instead of 8 on 2 cores. Cargo rebuilds
+# are then compiled again, under a minute instead of 8 on 2 cores. Cargo rebuilds
 # anything the copy leaves stale, so the worst case is a full build.
 trainer_seed_openmpi_target() {
   local from="${TRAINER_OPENMPI_TARGET%/openmpi}/release" to="$TRAINER_OPENMPI_TARGET/release"
