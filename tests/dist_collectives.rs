@@ -3,8 +3,8 @@
 //! hangs must end the whole job with a non-zero status instead of hanging it).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 const TRAINER: &str = env!("CARGO_BIN_EXE_trainer");
 /// Far above the 60 s the job must end within; only reached when something hangs.
@@ -19,23 +19,8 @@ fn mpirun(n: usize, args: &[&str]) -> Option<Command> {
     Some(cmd)
 }
 
-/// Waits for the child, killing it (and failing the test) past `OUTER_LIMIT`.
-fn wait_bounded(mut child: Child, what: &str) -> Output {
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > OUTER_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {OUTER_LIMIT:?}; the job hangs");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.wait_with_output().expect("output")
-}
-
 fn run_bounded(mut cmd: Command, what: &str) -> Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    wait_bounded(child, what)
+    common::wait_within(common::spawn_piped(&mut cmd), OUTER_LIMIT, what)
 }
 
 fn text(o: &Output) -> String {
@@ -93,7 +78,7 @@ fn mpi_a_killed_rank_ends_the_job() {
     let pid = pid.expect("rank 1 never reported its pid");
     let killed = Command::new("kill").args(["-9", &pid]).status().expect("kill");
     assert!(killed.success());
-    let out = wait_bounded(child, "killed rank");
+    let out = common::wait_within(child, OUTER_LIMIT, "killed rank");
     assert!(!out.status.success(), "the job must fail when a rank is killed: {}", text(&out));
 }
 

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn tiny<'a>(train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
@@ -14,23 +14,6 @@ fn tiny<'a>(train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
     ]
 }
 
-/// Waits for `child`, killing it (and failing) after `limit`.
-fn wait_within(mut child: Child, limit: Duration, what: &str) -> Output {
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            panic!("{what}: still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn spawn(mut c: Command) -> Child {
-    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn")
-}
-
 #[test]
 fn a_second_job_on_a_run_directory_is_refused_naming_the_holder() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,7 +21,7 @@ fn a_second_job_on_a_run_directory_is_refused_naming_the_holder() {
     let out = dir.path().join("Model");
     let mut first = trainer();
     first.args(tiny(&train, &out, "shared")).args(["--max-steps", "100000", "--time-limit", "120"]);
-    let first = spawn(first);
+    let first = spawn_piped(&mut first);
     let lock = out.join("shared/trainer.lock");
     let t = Instant::now();
     while !lock.exists() {
@@ -47,7 +30,7 @@ fn a_second_job_on_a_run_directory_is_refused_naming_the_holder() {
     }
     let mut second = trainer();
     second.args(tiny(&train, &out, "shared")).args(["--max-steps", "1"]);
-    let refused = wait_within(spawn(second), Duration::from_secs(60), "second job");
+    let refused = wait_within(spawn_piped(&mut second), Duration::from_secs(60), "second job");
     let msg = text(&refused);
     assert!(!refused.status.success(), "{msg}");
     assert!(msg.contains("in use by another job") && msg.contains(&format!("pid {}", first.id())) && msg.contains("--force"), "{msg}");
@@ -59,7 +42,7 @@ fn a_second_job_on_a_run_directory_is_refused_naming_the_holder() {
     assert!(lock.exists(), "a killed job leaves its lock behind");
     let mut third = trainer();
     third.args(tiny(&train, &out, "shared")).args(["--max-steps", "1", "--save-every", "1"]);
-    let done = wait_within(spawn(third), Duration::from_secs(120), "third job");
+    let done = wait_within(spawn_piped(&mut third), Duration::from_secs(120), "third job");
     let msg = text(&done);
     assert!(done.status.success(), "{msg}");
     assert!(msg.contains("taking over the lock") && msg.contains(&format!("pid {pid}")), "{msg}");
@@ -77,7 +60,7 @@ fn a_world_that_disagrees_with_the_launcher_is_refused_with_the_fix() {
     for (vars, says) in cases {
         let mut c = trainer();
         c.args(["bench", "allreduce", "--check"]).envs(vars.iter().copied());
-        let out = wait_within(spawn(c), Duration::from_secs(60), says);
+        let out = wait_within(spawn_piped(&mut c), Duration::from_secs(60), says);
         let msg = text(&out);
         assert!(!out.status.success(), "{msg}");
         assert!(msg.contains("mis-launched") && msg.contains(says) && msg.contains("sees a world of 1"), "{msg}");
@@ -95,8 +78,8 @@ fn mpi_each_build_under_the_other_mpis_launcher_is_refused() {
         let mut c = crossed.job(2);
         c.args(["bench", "allreduce", "--check"]);
         let what = format!("the {} build under {}", build.name, launcher.launcher.display());
-        let started = std::time::Instant::now();
-        let out = wait_within(spawn(c), Duration::from_secs(60), &what);
+        let started = Instant::now();
+        let out = wait_within(spawn_piped(&mut c), Duration::from_secs(60), &what);
         let msg = text(&out);
         assert!(!out.status.success(), "{what}: {msg}");
         assert!(msg.contains("mis-launched") && msg.contains("sees a world of 1") && msg.contains(library), "{what}: {msg}");
@@ -108,7 +91,7 @@ fn mpi_each_build_under_the_other_mpis_launcher_is_refused() {
 fn mpi_job(train: &Path, out: &Path, run: &str, extra: &[&str], fault: &str) -> Option<Output> {
     let mut c = mpi()?.job(2);
     c.args(tiny(train, out, run)).args(extra).env("TRAINER_FAULT", fault);
-    Some(wait_within(spawn(c), Duration::from_secs(180), fault))
+    Some(wait_within(spawn_piped(&mut c), Duration::from_secs(180), fault))
 }
 
 #[test]
@@ -160,12 +143,12 @@ fn mpi_every_rank_resumes_from_the_checkpoint_rank_0_chose() {
     assert!(Command::new("cp").args(["-r", s(&out.join("r")), s(&alone)]).status().unwrap().success());
     let mut c = trainer();
     c.args(["train", "--resume", s(&alone), "--max-steps", "5"]).env("TRAINER_FAULT", "0:0:stale");
-    let res = wait_within(spawn(c), Duration::from_secs(120), "the stale rank alone");
+    let res = wait_within(spawn_piped(&mut c), Duration::from_secs(120), "the stale rank alone");
     assert!(res.status.success(), "{}", text(&res));
     assert_eq!(resumed_from(&alone), "step-000000002", "the fault must hide the newest checkpoint");
     let mut c = mpi.job(2);
     c.args(["train", "--resume", s(&out.join("r")), "--max-steps", "5", "--lr", "1e-30"]).env("TRAINER_FAULT", "1:0:stale");
-    let res = wait_within(spawn(c), Duration::from_secs(120), "the job with a stale rank");
+    let res = wait_within(spawn_piped(&mut c), Duration::from_secs(120), "the job with a stale rank");
     assert!(res.status.success(), "{}", text(&res));
     assert_eq!(resumed_from(&out.join("r")), "step-000000004");
     let stale_rank = std::fs::read_to_string(out.join("r/rank1.log")).unwrap();

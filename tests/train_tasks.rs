@@ -226,9 +226,8 @@ fn three_sets(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// SIGKILL to rank `rank` of a running job (its pid is in its rank log).
 fn kill_rank(run: &Path, rank: usize) {
-    let log = std::fs::read_to_string(run.join(format!("rank{rank}.log"))).unwrap();
-    let pid = log.split("pid ").nth(1).and_then(|r| r.split(',').next()).expect("a pid in the rank log");
-    std::process::Command::new("kill").args(["-9", pid]).status().unwrap();
+    let pid = rank_pid(run, rank).expect("a pid in the rank log");
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
 }
 
 /// Class folders the way the seed's gender sets are laid out (`0_male/`, `1_female/`), with a

@@ -242,22 +242,41 @@ pub fn pair_set_py2(images: &[Vec<u8>], issame: &[bool]) -> Vec<u8> {
     p
 }
 
+/// Starts `cmd` with its output captured.
+pub fn spawn_piped(cmd: &mut Command) -> std::process::Child {
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn")
+}
+
+/// Waits for `child`, killing it (and failing the test) after `limit`: a hang must fail
+/// the suite, not stall it.
+pub fn wait_within(mut child: std::process::Child, limit: std::time::Duration, what: &str) -> Output {
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// The pid rank `rank` of a run wrote into its log, once it has.
+pub fn rank_pid(run: &Path, rank: usize) -> Option<u32> {
+    let log = std::fs::read_to_string(run.join(format!("rank{rank}.log"))).ok()?;
+    log.split("pid ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
 /// Starts `mpirun -n 2 trainer <args>` (a training run writing `run`), waits for rank 1 to
 /// log its pid, lets the job step for half a second, kill -9s rank 1, and returns the
 /// job's output and how long it took to end after the kill (failing past 90 s).
-pub fn kill_rank_one(mpi: &Mpi, args: &[&str], run: &Path) -> (std::process::Output, std::time::Duration) {
+pub fn kill_rank_one(mpi: &Mpi, args: &[&str], run: &Path) -> (Output, std::time::Duration) {
     use std::time::{Duration, Instant};
-    let mut job = mpi
-        .job(2)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let job = spawn_piped(mpi.job(2).args(args));
     let t = Instant::now();
     let pid = loop {
-        let log = std::fs::read_to_string(run.join("rank1.log")).unwrap_or_default();
-        if let Some(pid) = log.lines().find_map(|l| l.split("pid ").nth(1)).and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok()) {
+        if let Some(pid) = rank_pid(run, 1) {
             break pid;
         }
         assert!(t.elapsed() < Duration::from_secs(120), "rank 1 never started");
@@ -266,26 +285,15 @@ pub fn kill_rank_one(mpi: &Mpi, args: &[&str], run: &Path) -> (std::process::Out
     std::thread::sleep(Duration::from_millis(500));
     Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     let killed_at = Instant::now();
-    while job.try_wait().unwrap().is_none() {
-        if killed_at.elapsed() > Duration::from_secs(90) {
-            job.kill().ok();
-            panic!("job still running 90 s after a rank died");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let took = killed_at.elapsed();
-    (job.wait_with_output().unwrap(), took)
+    let out = wait_within(job, Duration::from_secs(90), "the job after a rank died");
+    (out, killed_at.elapsed())
 }
 
 /// Waits (up to 60 s) until every rank of a job that ended is gone. OpenMPI's mpirun can
 /// return while the ranks it told to stop are still exiting, still holding the run's lock.
 pub fn wait_for_ranks_to_exit(run: &Path, ranks: usize) {
-    let pid = |r: usize| {
-        let log = std::fs::read_to_string(run.join(format!("rank{r}.log"))).ok()?;
-        log.split("pid ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok()
-    };
     let started = std::time::Instant::now();
-    while (0..ranks).filter_map(pid).any(|p| Path::new(&format!("/proc/{p}")).exists()) {
+    while (0..ranks).filter_map(|r| rank_pid(run, r)).any(|p| Path::new(&format!("/proc/{p}")).exists()) {
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "the ranks of {} are still running 60 s after their job ended", run.display());
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
