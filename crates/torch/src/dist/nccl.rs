@@ -215,25 +215,22 @@ impl Nccl {
     }
 
     fn broadcast_one(&self, t: &Tensor, root: usize) -> Result<()> {
-        let staged = if t.is_contiguous() { t.shallow_clone() } else { t.contiguous() };
-        let bytes = staged.numel() * staged.kind().elt_size_in_bytes();
-        let ptr = staged.data_ptr();
-        let r = unsafe { (self.lib.broadcast)(ptr, ptr, bytes, ncclDataType_t::ncclUint8, root as c_int, self.comm, std::ptr::null_mut()) };
-        self.lib.check(r, "ncclBroadcast", self.rank())?;
-        if !t.is_contiguous() {
-            t.shallow_clone().copy_(&staged);
-        }
-        Ok(())
+        in_place_on_contiguous(t, |staged| {
+            let bytes = staged.numel() * staged.kind().elt_size_in_bytes();
+            let ptr = staged.data_ptr();
+            let r = unsafe { (self.lib.broadcast)(ptr, ptr, bytes, ncclDataType_t::ncclUint8, root as c_int, self.comm, std::ptr::null_mut()) };
+            self.lib.check(r, "ncclBroadcast", self.rank())
+        })
     }
 
     /// Same tensor shapes and dtypes on every rank, or an error on every rank: NCCL given
     /// different counts would hang or write past a buffer.
     fn check_same_layout(&self, tensors: &[Tensor], what: &str) -> Result<()> {
         let h = (bucket::layout_hash(tensors) >> 11) as f64;
-        let (mut lo, mut hi) = ([h], [h]);
-        self.host.all_reduce_f64(&mut lo, ReduceOp::Min)?;
-        self.host.all_reduce_f64(&mut hi, ReduceOp::Max)?;
-        ensure!(lo == hi, "rank {}: {what} tensors differ in shape or dtype between ranks", self.rank());
+        // One reduction gives both the largest hash and (negated) the smallest.
+        let mut range = [h, -h];
+        self.host.all_reduce_f64(&mut range, ReduceOp::Max)?;
+        ensure!(range[0] == -range[1], "rank {}: {what} tensors differ in shape or dtype between ranks", self.rank());
         Ok(())
     }
 
@@ -255,19 +252,16 @@ impl Nccl {
     /// Reduces `t` in place on every rank.
     fn all_reduce_in_place(&self, t: &Tensor, op: ReduceOp) -> Result<()> {
         ensure!(t.kind() == Kind::Float, "rank {}: all_reduce takes f32 tensors, got {:?}", self.rank(), t.kind());
-        let staged = if t.is_contiguous() { t.shallow_clone() } else { t.contiguous() };
         let op = match op {
             ReduceOp::Sum => ncclRedOp_t::ncclSum,
             ReduceOp::Min => ncclRedOp_t::ncclMin,
             ReduceOp::Max => ncclRedOp_t::ncclMax,
         };
-        let ptr = staged.data_ptr();
-        let r = unsafe { (self.lib.all_reduce)(ptr, ptr, staged.numel(), ncclDataType_t::ncclFloat32, op, self.comm, std::ptr::null_mut()) };
-        self.lib.check(r, "ncclAllReduce", self.rank())?;
-        if !t.is_contiguous() {
-            t.shallow_clone().copy_(&staged);
-        }
-        Ok(())
+        in_place_on_contiguous(t, |staged| {
+            let ptr = staged.data_ptr();
+            let r = unsafe { (self.lib.all_reduce)(ptr, ptr, staged.numel(), ncclDataType_t::ncclFloat32, op, self.comm, std::ptr::null_mut()) };
+            self.lib.check(r, "ncclAllReduce", self.rank())
+        })
     }
 }
 
@@ -291,6 +285,18 @@ impl Nccl {
             std::thread::sleep(std::time::Duration::from_micros(50));
         }
     }
+}
+
+/// Runs an in-place collective on `t`'s memory, through a contiguous copy (written back
+/// afterwards) when `t` is a strided view: NCCL reads and writes flat buffers.
+fn in_place_on_contiguous(t: &Tensor, collective: impl FnOnce(&Tensor) -> Result<()>) -> Result<()> {
+    if t.is_contiguous() {
+        return collective(t);
+    }
+    let staged = t.contiguous();
+    collective(&staged)?;
+    t.shallow_clone().copy_(&staged);
+    Ok(())
 }
 
 fn all_cuda(tensors: &[Tensor]) -> bool {
