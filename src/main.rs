@@ -10,9 +10,13 @@ use std::process::ExitCode;
 use trainer_data::{bench, pack, plateau, synth, term, tools, watch};
 
 #[derive(Parser, Debug)]
-#[command(name = "trainer", version, about = "Distributed face-recognition trainer over sharded bin/idx datasets",
+#[command(
+    name = "trainer",
+    version,
+    about = "Distributed face-recognition trainer over sharded bin/idx datasets",
     long_about = "Pack images into bin/idx shards, then train ResNet + ArcFace (FR), Gender and Age models \
-on them, on one CPU/GPU or across MPI ranks (`mpirun -n 4 trainer train FR ...`).")]
+on them, on one CPU/GPU or across MPI ranks (`mpirun -n 4 trainer train FR ...`)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,20 +35,32 @@ enum Command {
     /// Generate a learnable synthetic face-like dataset in class folders.
     Synth(synth::SynthArgs),
     /// Train FR, Gender, Age or Multi (single process, or one rank per process under mpirun).
-    #[command(disable_help_flag = true, long_about = "Train FR, Gender, Age or Multi. Runs in trainer-torch: \
-see `trainer train --help` for its flags.")]
+    #[command(
+        disable_help_flag = true,
+        long_about = "Train FR, Gender, Age or Multi. Runs in trainer-torch: \
+see `trainer train --help` for its flags."
+    )]
     Train(Forwarded),
     /// Evaluate a run's checkpoint on validation sets.
-    #[command(disable_help_flag = true, long_about = "Evaluate a run's checkpoint. Runs in trainer-torch: \
-see `trainer eval --help` for its flags.")]
+    #[command(
+        disable_help_flag = true,
+        long_about = "Evaluate a run's checkpoint. Runs in trainer-torch: \
+see `trainer eval --help` for its flags."
+    )]
     Eval(Forwarded),
     /// Write a run's FR embeddings of a dataset or pair set as a .npy (+ .tsv of row names).
-    #[command(disable_help_flag = true, long_about = "Write a run's FR embeddings as .npy. Runs in trainer-torch: \
-see `trainer embed --help` for its flags.")]
+    #[command(
+        disable_help_flag = true,
+        long_about = "Write a run's FR embeddings as .npy. Runs in trainer-torch: \
+see `trainer embed --help` for its flags."
+    )]
     Embed(Forwarded),
     /// Trace a run's backbone and FR embedding layer to TorchScript (torch.jit.load, libtorch).
-    #[command(disable_help_flag = true, long_about = "Export a run's model to TorchScript. Runs in trainer-torch: \
-see `trainer export --help` for its flags.")]
+    #[command(
+        disable_help_flag = true,
+        long_about = "Export a run's model to TorchScript. Runs in trainer-torch: \
+see `trainer export --help` for its flags."
+    )]
     Export(Forwarded),
     /// Run dlib's plateau test on a loss file: steps_without_decrease and the robust count.
     Plateau(plateau::PlateauArgs),
@@ -61,18 +77,27 @@ enum BenchCommand {
     /// Input pipeline throughput (images/s, MB/s) on a packed dataset.
     Data(bench::data::DataArgs),
     /// Images/s of the full training step (forward, ArcFace loss, backward, SGD) on synthetic batches.
-    #[command(disable_help_flag = true, long_about = "Images/s of the full training step. Runs in trainer-torch: \
-see `trainer bench train --help` for its flags.")]
+    #[command(
+        disable_help_flag = true,
+        long_about = "Images/s of the full training step. Runs in trainer-torch: \
+see `trainer bench train --help` for its flags."
+    )]
     Train(Forwarded),
     /// dlib's plateau check at n losses, and the schedule's cost per step.
     Plateau(bench::plateau::PlateauBenchArgs),
     /// All-reduce time and bus bandwidth against the ring bound (run under mpirun).
-    #[command(disable_help_flag = true, long_about = "All-reduce time and bus bandwidth. Runs in trainer-torch: \
-see `trainer bench allreduce --help` for its flags.")]
+    #[command(
+        disable_help_flag = true,
+        long_about = "All-reduce time and bus bandwidth. Runs in trainer-torch: \
+see `trainer bench allreduce --help` for its flags."
+    )]
     Allreduce(Forwarded),
     /// The ArcFace head's step time, bytes and memory: replicated against Partial FC (under mpirun).
-    #[command(disable_help_flag = true, long_about = "The ArcFace head, replicated against Partial FC. Runs in trainer-torch: \
-see `trainer bench head --help` for its flags.")]
+    #[command(
+        disable_help_flag = true,
+        long_about = "The ArcFace head, replicated against Partial FC. Runs in trainer-torch: \
+see `trainer bench head --help` for its flags."
+    )]
     Head(Forwarded),
 }
 
@@ -94,7 +119,13 @@ fn run(command: Command) -> Result<()> {
         Command::Plot(a) => term::print(&watch::plot::plot(&a)?),
         Command::Bench(BenchCommand::Data(a)) => bench_data(&a),
         Command::Bench(BenchCommand::Plateau(a)) => term::print(&bench::plateau::run(&a)?.to_string()),
-        Command::Train(_) | Command::Eval(_) | Command::Embed(_) | Command::Export(_) | Command::Bench(BenchCommand::Train(_) | BenchCommand::Allreduce(_) | BenchCommand::Head(_)) => handover::exec_torch(),
+        Command::Train(_)
+        | Command::Eval(_)
+        | Command::Embed(_)
+        | Command::Export(_)
+        | Command::Bench(BenchCommand::Train(_) | BenchCommand::Allreduce(_) | BenchCommand::Head(_)) => {
+            handover::exec_torch()
+        }
     }
 }
 
@@ -115,7 +146,13 @@ fn bench_data(args: &bench::data::DataArgs) -> Result<()> {
     term::print(&format!("{header}\n"))?;
     let report = bench::data::run(&view, args, |i, r| {
         let skipped = if r.skipped > 0 { format!(" ({} corrupt skipped)", r.skipped) } else { String::new() };
-        let _ = term::print(&format!("  rep {}: {:8.1} img/s {:7.1} MB/s {:6.3} CPU ms/img{skipped}\n", i + 1, r.img_s, r.mb_s, r.cpu_ms));
+        let _ = term::print(&format!(
+            "  rep {}: {:8.1} img/s {:7.1} MB/s {:6.3} CPU ms/img{skipped}\n",
+            i + 1,
+            r.img_s,
+            r.mb_s,
+            r.cpu_ms
+        ));
     })?;
     term::print(&report.to_string())?;
     if args.json {

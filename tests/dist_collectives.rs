@@ -35,7 +35,11 @@ fn mpi_single_process_check_without_a_launcher() {
     cmd.args(["bench", "allreduce", "--check"]);
     let out = run_bounded(cmd, "single check");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rank 0/1: all collective checks passed (backend single"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rank 0/1: all collective checks passed (backend single"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -45,7 +49,11 @@ fn mpi_two_ranks_check_every_collective() {
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for rank in 0..2 {
-        assert!(stdout.contains(&format!("rank {rank}/2: all collective checks passed (backend mpi")), "{}", text(&out));
+        assert!(
+            stdout.contains(&format!("rank {rank}/2: all collective checks passed (backend mpi")),
+            "{}",
+            text(&out)
+        );
     }
 }
 
@@ -62,11 +70,7 @@ fn mpi_a_killed_rank_ends_the_job() {
     // Rank 1 stops taking part and reports its pid; we kill -9 it while rank 0 waits in a
     // collective under the default 60 s watchdog.
     let Some(mut job) = mpirun(2, &["bench", "allreduce", "--check", "--hang-rank", "1"]) else { return };
-    let mut child = job
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mpirun");
+    let mut child = job.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn mpirun");
     let stderr = BufReader::new(child.stderr.take().expect("stderr"));
     let mut pid = None;
     for line in stderr.lines().map_while(Result::ok) {
@@ -94,12 +98,18 @@ fn mpi_a_hung_rank_trips_the_watchdog() {
 
 #[test]
 fn mpi_bench_reports_bandwidths() {
-    let Some(job) = mpirun(2, &["bench", "allreduce", "--mb", "3", "--iters", "2", "--bucket-mb", "2.5"]) else { return };
+    let Some(job) = mpirun(2, &["bench", "allreduce", "--mb", "3", "--iters", "2", "--bucket-mb", "2.5"]) else {
+        return;
+    };
     let out = run_bounded(job, "bench");
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("world 2, backend mpi"), "{}", text(&out));
-    assert!(stdout.contains("bucketed (2.5 MiB, 2 buckets)") && stdout.contains("per-tensor (3 all-reduces)"), "{}", text(&out));
+    assert!(
+        stdout.contains("bucketed (2.5 MiB, 2 buckets)") && stdout.contains("per-tensor (3 all-reduces)"),
+        "{}",
+        text(&out)
+    );
     assert!(stdout.contains("ring bound"), "{}", text(&out));
 }
 

@@ -11,8 +11,28 @@ fn eval_tells_a_missing_run_from_one_without_validation_and_refuses_a_tiny_set()
     let train = packed_synth(dir.path(), "train", 6, 4, 1, 1);
     let out = dir.path().join("Model");
     run_ok(&[
-        "train", "FR", "--arch", "tiny", "--size", "32", "--batch-size", "8", "--train-sets", s(&train), "--out", s(&out),
-        "--run-id", "r", "--threads", "1", "--workers", "1", "--emb-dim", "16", "--max-steps", "2",
+        "train",
+        "FR",
+        "--arch",
+        "tiny",
+        "--size",
+        "32",
+        "--batch-size",
+        "8",
+        "--train-sets",
+        s(&train),
+        "--out",
+        s(&out),
+        "--run-id",
+        "r",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--emb-dim",
+        "16",
+        "--max-steps",
+        "2",
     ]);
     let run = out.join("r");
 
@@ -26,6 +46,9 @@ fn eval_tells_a_missing_run_from_one_without_validation_and_refuses_a_tiny_set()
     let one = dir.path().join("shards/one");
     let tiny = trainer().args(["eval", s(&run), "--valid-sets", s(&one), "--device", "cpu"]).output().unwrap();
     let err = text(&tiny);
-    assert!(!tiny.status.success() && err.contains("0 verification pairs (1 records)") && err.contains("10-fold"), "{err}");
+    assert!(
+        !tiny.status.success() && err.contains("0 verification pairs (1 records)") && err.contains("10-fold"),
+        "{err}"
+    );
     assert!(!err.contains("NaN"), "{err}");
 }

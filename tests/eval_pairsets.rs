@@ -14,7 +14,8 @@ const PAIRS: usize = 20;
 fn faces(dir: &Path) -> Vec<Vec<Vec<u8>>> {
     let img = dir.join("faces");
     run_ok(&["synth", "--out", s(&img), "--identities", "6", "--per-identity", "4", "--size", "32", "--seed", "7"]);
-    let mut classes: Vec<PathBuf> = std::fs::read_dir(&img).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut classes: Vec<PathBuf> =
+        std::fs::read_dir(&img).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     classes.sort();
     classes
         .iter()
@@ -82,9 +83,35 @@ fn pair_sets_validate_evaluate_embed_and_export() {
     let legacy = write_legacy(dir.path(), &faces);
     let out = dir.path().join("Model");
     run_ok(&[
-        "train", "FR", "--arch", "tiny", "--size", "32", "--batch-size", "16", "--train-sets", s(&train), "--out", s(&out),
-        "--run-id", "r", "--threads", "1", "--workers", "1", "--emb-dim", "16", "--max-steps", "6", "--valid-every", "6",
-        "--valid-sets", s(&lfw), s(&legacy), "--valid-pairs", "40",
+        "train",
+        "FR",
+        "--arch",
+        "tiny",
+        "--size",
+        "32",
+        "--batch-size",
+        "16",
+        "--train-sets",
+        s(&train),
+        "--out",
+        s(&out),
+        "--run-id",
+        "r",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--emb-dim",
+        "16",
+        "--max-steps",
+        "6",
+        "--valid-every",
+        "6",
+        "--valid-sets",
+        s(&lfw),
+        s(&legacy),
+        "--valid-pairs",
+        "40",
     ]);
     let run = out.join("r");
     let valid = log_lines(&run).into_iter().rfind(|e| e["event"] == "valid").expect("a validation event");
@@ -93,10 +120,14 @@ fn pair_sets_validate_evaluate_embed_and_export() {
     }
     assert!(valid.get("valid_lfw_verif_tar").is_none(), "20 pairs are too few for TAR at FAR 1e-3: {valid}");
 
-    let eval = text(&run_ok(&["eval", s(&run), "--valid-sets", s(&lfw), s(&legacy), "--device", "cpu", "--pairs", "40"]));
+    let eval =
+        text(&run_ok(&["eval", s(&run), "--valid-sets", s(&lfw), s(&legacy), "--device", "cpu", "--pairs", "40"]));
     let table: Vec<&str> = eval.lines().skip_while(|l| !l.starts_with("set ")).take(3).collect();
     assert!(table.len() == 3 && table[0].contains("verification") && table[0].contains("pairs"), "{eval}");
-    assert!(table[1].starts_with("legacy.bin ") && table[2].starts_with("lfw ") && table[2].contains(&PAIRS.to_string()), "{eval}");
+    assert!(
+        table[1].starts_with("legacy.bin ") && table[2].starts_with("lfw ") && table[2].contains(&PAIRS.to_string()),
+        "{eval}"
+    );
 
     let emb = dir.path().join("lfw.npy");
     run_ok(&["embed", s(&run), "--sets", s(&lfw), "--out", s(&emb), "--device", "cpu"]);
@@ -126,14 +157,16 @@ fn pair_sets_validate_evaluate_embed_and_export() {
     let diff: f64 = String::from_utf8_lossy(&check.stdout).trim().parse().unwrap();
     assert!(diff < 1e-4, "TorchScript and trainer embed differ by {diff}");
 
-    let has_onnx = std::process::Command::new(&python).args(["-c", "import onnx"]).output().is_ok_and(|o| o.status.success());
+    let has_onnx =
+        std::process::Command::new(&python).args(["-c", "import onnx"]).output().is_ok_and(|o| o.status.success());
     if !has_onnx {
         notice("the PyTorch venv has no `onnx`: launch/export_onnx.py was not run");
         return;
     }
     let onnx = dir.path().join("model.onnx");
     let script = format!("{}/launch/export_onnx.py", env!("CARGO_MANIFEST_DIR"));
-    let conv = std::process::Command::new(&python).args([&script, s(&model), s(&onnx), "--size", "32"]).output().unwrap();
+    let conv =
+        std::process::Command::new(&python).args([&script, s(&model), s(&onnx), "--size", "32"]).output().unwrap();
     assert!(conv.status.success() && onnx.exists(), "{}", text(&conv));
     notice(String::from_utf8_lossy(&conv.stdout).trim());
 }

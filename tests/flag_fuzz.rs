@@ -64,7 +64,13 @@ fn fixture() -> Fixture {
     let img = dir.path().join("fz-img");
     let losses = dir.path().join("loss.txt");
     std::fs::write(&losses, "3 2.5 2 1.8 1.7 1.65 1.6 1.6").unwrap();
-    Fixture { ds, list: s(&img.join("list.tsv")).to_string(), img: s(&img).to_string(), losses: s(&losses).to_string(), dir }
+    Fixture {
+        ds,
+        list: s(&img.join("list.tsv")).to_string(),
+        img: s(&img).to_string(),
+        losses: s(&losses).to_string(),
+        dir,
+    }
 }
 
 /// A command line of `command` that works: positionals, then (flag, value) pairs.
@@ -75,10 +81,22 @@ fn baseline(command: &str, f: &Fixture, fresh: &Path) -> (Vec<String>, Vec<(Stri
         "pack" => (vec![f.img.clone()], pairs(&[("--list", &f.list), ("--name", "fz"), ("--out", &out)])),
         "inspect" | "verify" => (vec![f.ds.clone()], Vec::new()),
         "unpack" => (vec![f.ds.clone()], pairs(&[("--out", &out)])),
-        "synth" => (Vec::new(), pairs(&[("--out", &out), ("--identities", "2"), ("--per-identity", "1"), ("--size", "16")])),
+        "synth" => {
+            (Vec::new(), pairs(&[("--out", &out), ("--identities", "2"), ("--per-identity", "1"), ("--size", "16")]))
+        }
         "plateau" => (vec![f.losses.clone()], Vec::new()),
         "plot" => (vec![f.losses.clone()], pairs(&[("--out", &format!("{out}.png"))])),
-        "bench data" => (Vec::new(), pairs(&[("--train-sets", &f.ds), ("--batches", "1"), ("--reps", "1"), ("--size", "16"), ("--batch-size", "2"), ("--workers", "1")])),
+        "bench data" => (
+            Vec::new(),
+            pairs(&[
+                ("--train-sets", &f.ds),
+                ("--batches", "1"),
+                ("--reps", "1"),
+                ("--size", "16"),
+                ("--batch-size", "2"),
+                ("--workers", "1"),
+            ]),
+        ),
         "bench plateau" => (Vec::new(), pairs(&[("--n", "100"), ("--runs", "1")])),
         other => panic!("no baseline for `trainer {other}`: add one"),
     }
@@ -123,9 +141,13 @@ fn every_data_flag_survives_hostile_values() {
                 let err = String::from_utf8_lossy(&out.stderr).to_string();
                 match out.status.code() {
                     None => problems.push(format!("{what}: killed by a signal")),
-                    Some(2) if !err.contains(&flag) => problems.push(format!("{what}: refused without naming the flag: {err}")),
+                    Some(2) if !err.contains(&flag) => {
+                        problems.push(format!("{what}: refused without naming the flag: {err}"))
+                    }
                     Some(2) => {}
-                    Some(0) | Some(1) if TEXT.contains(&flag.as_str()) || MEANINGFUL.contains(&(command.as_str(), flag.as_str(), value)) => {}
+                    Some(0) | Some(1)
+                        if TEXT.contains(&flag.as_str())
+                            || MEANINGFUL.contains(&(command.as_str(), flag.as_str(), value)) => {}
                     Some(code) => problems.push(format!("{what}: exit status {code}: {err}")),
                 }
             }

@@ -1,7 +1,7 @@
 mod common;
 
-use trainer_data::interop::npy::{write_matrix, write_vector, NpyWriter};
 use serde_json::Value;
+use trainer_data::interop::npy::{write_matrix, write_vector, NpyWriter};
 
 const NUMPY_VIEW: &str = r#"
 import json, sys, numpy as np
@@ -32,7 +32,8 @@ fn numpy_loads_what_we_write() {
     write_vector(&vector, &[1u8, 0, 1]).unwrap();
     let wide = dir.path().join("wide.npy");
     write_matrix(&wide, 2, &[0.5f64, -2.0]).unwrap();
-    let names: Vec<String> = dir.path().read_dir().unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names: Vec<String> =
+        dir.path().read_dir().unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(names.iter().all(|n| !n.ends_with(".partial")), "{names:?}");
 
     let Some(python) = common::ref_python("numpy") else { return };
@@ -65,7 +66,10 @@ fn bad_rows_are_errors_and_unfinished_files_vanish() {
     let mut w = NpyWriter::<f32>::create(&path, 4).unwrap();
     w.write_row(&[1.0, 2.0, 3.0, 4.0]).unwrap();
     let err = w.write_row(&[1.0]).unwrap_err();
-    assert!(format!("{err:#}").contains("row 1 of") && format!("{err:#}").contains("has 1 values, expected 4"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("row 1 of") && format!("{err:#}").contains("has 1 values, expected 4"),
+        "{err:#}"
+    );
     assert!(dir.path().join("emb.npy.partial").exists());
     drop(w);
     assert_eq!(dir.path().read_dir().unwrap().count(), 0, "an abandoned writer leaves nothing");

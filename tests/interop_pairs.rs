@@ -1,8 +1,8 @@
 mod common;
 
-use trainer_data::interop::pairs::PairSet;
 use serde_json::Value;
 use std::path::Path;
+use trainer_data::interop::pairs::PairSet;
 
 /// Builds pickle byte streams opcode by opcode.
 #[derive(Default)]
@@ -34,7 +34,15 @@ fn py2_stream() -> (Vec<u8>, Vec<Vec<u8>>, Vec<bool>) {
     let big = vec![0xabu8; 300];
     let images = vec![b"jpeg-a".to_vec(), big.clone(), b"jpeg-a".to_vec(), b"".to_vec()];
     let p = P::default().op(PROTO2).op(b"]").binput(0).op(b"(");
-    let p = p.short_binstring(b"jpeg-a").binput(1).binstring(&big).binput(2).op(b"h\x01").short_binstring(b"").binput(3).op(b"e");
+    let p = p
+        .short_binstring(b"jpeg-a")
+        .binput(1)
+        .binstring(&big)
+        .binput(2)
+        .op(b"h\x01")
+        .short_binstring(b"")
+        .binput(3)
+        .op(b"e");
     let p = p.op(b"]").binput(4).op(b"(").op(TRUE).op(FALSE).op(b"e").op(b"\x86").binput(5).op(b".");
     (p.0, images, vec![true, false])
 }
@@ -56,7 +64,15 @@ fn python2_protocol_2_with_binstring_and_memo() {
 fn python2_cpickle_layout() {
     // cPickle (protocol 2): memo from 1, a string it does not memoize, no memo for the tuple.
     let b300 = vec![b'b'; 300];
-    let p = P::default().op(PROTO2).op(b"]").binput(1).op(b"(").short_binstring(b"aaa").binput(2).binstring(&b300).binput(3);
+    let p = P::default()
+        .op(PROTO2)
+        .op(b"]")
+        .binput(1)
+        .op(b"(")
+        .short_binstring(b"aaa")
+        .binput(2)
+        .binstring(&b300)
+        .binput(3);
     let p = p.short_binstring(b"c").op(b"h\x02e").op(b"]").binput(4).op(b"(").op(TRUE).op(FALSE).op(b"e\x86.");
     let set = PairSet::parse(&p.0).unwrap();
     let images: Vec<Vec<u8>> = set.images.iter().map(|i| i.to_vec()).collect();
@@ -67,11 +83,24 @@ fn python2_cpickle_layout() {
 #[test]
 fn python2_protocol_1_bools_and_python3_protocol_4_bytes() {
     // Protocol 1 has no PROTO opcode; bools are `I01\n` / `I00\n`, the tuple MARK ... TUPLE.
-    let p1 = P::default().op(b"(").op(b"]q\x00(").short_binstring(b"x").short_binstring(b"y").op(b"e").op(b"]q\x01I01\na").op(b"tq\x02.");
+    let p1 = P::default()
+        .op(b"(")
+        .op(b"]q\x00(")
+        .short_binstring(b"x")
+        .short_binstring(b"y")
+        .op(b"e")
+        .op(b"]q\x01I01\na")
+        .op(b"tq\x02.");
     let set = PairSet::parse(&p1.0).unwrap();
     assert_eq!((set.images.len(), set.issame.clone()), (2, vec![true]));
     // Protocol 4: FRAME, SHORT_BINBYTES, BINBYTES8, MEMOIZE, TUPLE2.
-    let body = P::default().op(b"]\x94(").op(b"C\x02ab\x94").op(b"\x8e").op(&3u64.to_le_bytes()).op(b"cde\x94").op(b"e]\x94\x89a\x86\x94.");
+    let body = P::default()
+        .op(b"]\x94(")
+        .op(b"C\x02ab\x94")
+        .op(b"\x8e")
+        .op(&3u64.to_le_bytes())
+        .op(b"cde\x94")
+        .op(b"e]\x94\x89a\x86\x94.");
     let p4 = P::default().op(b"\x80\x04\x95").op(&(body.0.len() as u64).to_le_bytes()).op(&body.0);
     let set = PairSet::parse(&p4.0).unwrap();
     assert_eq!(set.images.iter().map(|i| i.to_vec()).collect::<Vec<_>>(), vec![b"ab".to_vec(), b"cde".to_vec()]);
@@ -89,15 +118,35 @@ fn python3_protocol_2_codecs_encode() {
     let p = p.op(b"h\x01X\x00\x00\x00\x00h\x03\x86Rq\x06").op(b"e]q\x07\x88a\x86q\x08.");
     let set = PairSet::parse(&p.0).unwrap();
     assert_eq!(set.images.iter().map(|i| i.to_vec()).collect::<Vec<_>>(), vec![vec![0xff, 0, b'A'], vec![]]);
-    let not_latin1 = P::default().op(PROTO2).op(b"]q\x00(c_codecs\nencode\nX\x03\x00\x00\x00\xe2\x82\xacX\x06\x00\x00\x00latin1\x86R").op(b"e]\x88a\x86.");
+    let not_latin1 = P::default()
+        .op(PROTO2)
+        .op(b"]q\x00(c_codecs\nencode\nX\x03\x00\x00\x00\xe2\x82\xacX\x06\x00\x00\x00latin1\x86R")
+        .op(b"e]\x88a\x86.");
     assert!(parse_err(&not_latin1.0).contains("not latin-1"));
 }
 
 #[test]
 fn inconsistent_files_are_clear_errors() {
-    let odd = P::default().op(PROTO2).op(b"](").short_binstring(b"a").short_binstring(b"b").short_binstring(b"c").op(b"e](").op(TRUE).op(TRUE).op(b"e\x86.");
+    let odd = P::default()
+        .op(PROTO2)
+        .op(b"](")
+        .short_binstring(b"a")
+        .short_binstring(b"b")
+        .short_binstring(b"c")
+        .op(b"e](")
+        .op(TRUE)
+        .op(TRUE)
+        .op(b"e\x86.");
     assert!(parse_err(&odd.0).contains("3 images: an odd number"), "{}", parse_err(&odd.0));
-    let mismatch = P::default().op(PROTO2).op(b"](").short_binstring(b"a").short_binstring(b"b").op(b"e](").op(TRUE).op(TRUE).op(b"e\x86.");
+    let mismatch = P::default()
+        .op(PROTO2)
+        .op(b"](")
+        .short_binstring(b"a")
+        .short_binstring(b"b")
+        .op(b"e](")
+        .op(TRUE)
+        .op(TRUE)
+        .op(b"e\x86.");
     assert!(parse_err(&mismatch.0).contains("2 images but 2 issame labels"), "{}", parse_err(&mismatch.0));
     let ints = P::default().op(PROTO2).op(b"](").short_binstring(b"a").short_binstring(b"b").op(b"e]K\x01a\x86.");
     assert!(parse_err(&ints.0).contains("issame[0]: a int 1, expected a bool"), "{}", parse_err(&ints.0));
@@ -106,7 +155,11 @@ fn inconsistent_files_are_clear_errors() {
     let text = b"((lp0\nS'a'\np1\na.";
     assert!(parse_err(text).contains("protocol 0 (text) pickle, which is not supported"), "{}", parse_err(text));
     let dict = P::default().op(PROTO2).op(b"}.");
-    assert!(parse_err(&dict.0).contains("byte 2: opcode 0x7d ('}') is not one a pair file uses"), "{}", parse_err(&dict.0));
+    assert!(
+        parse_err(&dict.0).contains("byte 2: opcode 0x7d ('}') is not one a pair file uses"),
+        "{}",
+        parse_err(&dict.0)
+    );
     let three = P::default().op(PROTO2).op(b"]]]\x87.");
     assert!(parse_err(&three.0).contains("holds 3 values, expected 2"), "{}", parse_err(&three.0));
     let trailing = P::default().op(&py2_stream().0).op(b"junk");
@@ -125,7 +178,11 @@ fn every_truncation_is_an_error_not_a_panic() {
 #[test]
 fn hostile_lengths_and_structures_allocate_nothing() {
     let huge = P::default().op(PROTO2).op(b"\x8e").op(&(u64::MAX / 2).to_le_bytes()).op(b"xx");
-    assert!(parse_err(&huge.0).contains("BINBYTES8 at byte 11 needs 9223372036854775807 bytes, 2 left"), "{}", parse_err(&huge.0));
+    assert!(
+        parse_err(&huge.0).contains("BINBYTES8 at byte 11 needs 9223372036854775807 bytes, 2 left"),
+        "{}",
+        parse_err(&huge.0)
+    );
     let negative = P::default().op(PROTO2).op(b"T").op(&(-5i32).to_le_bytes());
     assert!(parse_err(&negative.0).contains("negative length"), "{}", parse_err(&negative.0));
     let frame = P::default().op(b"\x80\x04\x95").op(&u64::MAX.to_le_bytes());
@@ -178,7 +235,9 @@ fn every_python_style_reads_identically() {
     }
     // Python itself reads the hand-built Python 2 file as meant.
     let py2 = dir.path().join("py2_p2.bin");
-    let read: Value = serde_json::from_str(&common::run_script(&python, "insightface_pairs.py", &["read", py2.to_str().unwrap()])).unwrap();
+    let read: Value =
+        serde_json::from_str(&common::run_script(&python, "insightface_pairs.py", &["read", py2.to_str().unwrap()]))
+            .unwrap();
     assert_eq!((&read["images"], &read["issame"]), (&manifest["images"], &manifest["issame"]));
     assert!(Path::new(&py2).exists());
 }

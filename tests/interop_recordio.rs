@@ -1,11 +1,15 @@
 mod common;
 
 use common::rec::{bytes, frame, pack, part_header, Label, RecWriter, MAGIC};
-use trainer_data::interop::recordio::{Header, IdxSource, ImageRecord, Options, RecordItem, RecordReader};
 use std::path::Path;
+use trainer_data::interop::recordio::{Header, IdxSource, ImageRecord, Options, RecordItem, RecordReader};
 
 fn read_all(rec: &Path, idx: bool) -> (Vec<RecordItem>, RecordReader) {
-    let options = Options { idx: if idx { IdxSource::Beside } else { IdxSource::Ignore }, buffer_bytes: 64 << 10, ..Options::default() };
+    let options = Options {
+        idx: if idx { IdxSource::Beside } else { IdxSource::Ignore },
+        buffer_bytes: 64 << 10,
+        ..Options::default()
+    };
     let mut reader = RecordReader::open(rec, &options).unwrap();
     let items: Vec<RecordItem> = reader.by_ref().map(|r| r.unwrap()).collect();
     (items, reader)
@@ -16,7 +20,10 @@ fn images(items: &[RecordItem]) -> Vec<&ImageRecord> {
 }
 
 fn skipped(items: &[RecordItem]) -> Vec<(Option<u64>, u64, String)> {
-    items.iter().filter_map(|i| if let RecordItem::Skipped(s) = i { Some((s.key, s.offset, s.reason.clone())) } else { None }).collect()
+    items
+        .iter()
+        .filter_map(|i| if let RecordItem::Skipped(s) = i { Some((s.key, s.offset, s.reason.clone())) } else { None })
+        .collect()
 }
 
 /// An image whose bytes hold the magic at 4-aligned payload offsets (the header is 24
@@ -56,7 +63,15 @@ fn plain_records_and_split_records_read_back_exactly() {
         let label = if k == 4 { Label::Many(vec![11.0, 0.25, -3.5]) } else { Label::One(k as f32 * 2.0) };
         let (class, extra) = if k == 4 { (11.0, vec![0.25, -3.5]) } else { (k as f32 * 2.0, vec![]) };
         let offset = w.write(k, &pack(label, k + 100, 7, &img));
-        expected.push(ImageRecord { key: Some(k), offset, label: class, extra_labels: extra, id: k + 100, id2: 7, image: img });
+        expected.push(ImageRecord {
+            key: Some(k),
+            offset,
+            label: class,
+            extra_labels: extra,
+            id: k + 100,
+            id2: 7,
+            image: img,
+        });
     }
     assert_eq!(part_flags(&w.rec).iter().filter(|&&f| f != 0).count(), 5, "the magic image must be written in 5 parts");
     let rec = w.save(dir.path(), "plain");
@@ -104,7 +119,10 @@ fn insightface_header_and_identity_records() {
         assert_eq!(reader.header(), Some(Header { first_identity_key: 7, end_key: 10 }));
         let got: Vec<_> = images(&items).iter().map(|r| (r.key.unwrap(), r.label, r.image.clone())).collect();
         assert_eq!(got, expected, "idx={idx}");
-        let ids: Vec<_> = items.iter().filter_map(|i| if let RecordItem::Identity(r) = i { Some((r.identity, r.images.clone())) } else { None }).collect();
+        let ids: Vec<_> = items
+            .iter()
+            .filter_map(|i| if let RecordItem::Identity(r) = i { Some((r.identity, r.images.clone())) } else { None })
+            .collect();
         assert_eq!(ids, vec![(Some(0), 1..3), (Some(1), 3..6), (Some(2), 6..7)]);
         assert!(skipped(&items).is_empty());
         let warnings = reader.check_property().unwrap();
@@ -131,7 +149,10 @@ fn property_errors_and_warnings_for_plain_sets() {
     let rec = w.save(dir.path(), "plain");
     std::fs::write(dir.path().join("property"), "4,112,112").unwrap();
     let (_, reader) = read_all(&rec, true);
-    assert_eq!(reader.check_property().unwrap(), vec!["property declares 4 classes but only 2 have images".to_string()]);
+    assert_eq!(
+        reader.check_property().unwrap(),
+        vec!["property declares 4 classes but only 2 have images".to_string()]
+    );
     std::fs::write(dir.path().join("property"), "2,112,112").unwrap();
     let (_, reader) = read_all(&rec, true);
     let err = reader.check_property().unwrap_err();
@@ -280,7 +301,8 @@ fn corruption_never_panics_or_loops() {
         }
         std::fs::write(&rec, &data).unwrap();
         for idx in [true, false] {
-            let options = Options { idx: if idx { IdxSource::Beside } else { IdxSource::Ignore }, ..Options::default() };
+            let options =
+                Options { idx: if idx { IdxSource::Beside } else { IdxSource::Ignore }, ..Options::default() };
             let Ok(reader) = RecordReader::open(&rec, &options) else { continue };
             let items: Vec<_> = reader.take(10_000).collect::<Result<Vec<_>, _>>().unwrap();
             assert!(items.len() <= data.len() / 4 + 12, "seed {seed}: {} items", items.len());
@@ -289,6 +311,11 @@ fn corruption_never_panics_or_loops() {
     let garbage: Vec<u8> = MAGIC.to_le_bytes().iter().copied().cycle().take(4096).collect();
     std::fs::write(&rec, &garbage).unwrap();
     std::fs::remove_file(rec.with_extension("idx")).unwrap();
-    let items: Vec<_> = RecordReader::open(&rec, &Options::default()).unwrap().take(10_000).collect::<Result<Vec<_>, _>>().unwrap();
-    assert!(!items.is_empty() && items.len() < 10_000 && items.iter().all(|i| matches!(i, RecordItem::Skipped(_))), "{}", items.len());
+    let items: Vec<_> =
+        RecordReader::open(&rec, &Options::default()).unwrap().take(10_000).collect::<Result<Vec<_>, _>>().unwrap();
+    assert!(
+        !items.is_empty() && items.len() < 10_000 && items.iter().all(|i| matches!(i, RecordItem::Skipped(_))),
+        "{}",
+        items.len()
+    );
 }

@@ -5,10 +5,10 @@
 mod common;
 
 use common::rec::{bytes, pack, Label, RecWriter, MAGIC};
-use trainer_data::interop::recordio::{IdxSource, Options, RecordItem, RecordReader};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
+use trainer_data::interop::recordio::{IdxSource, Options, RecordItem, RecordReader};
 
 type Records = BTreeMap<u64, Value>;
 
@@ -20,7 +20,13 @@ fn mxnet_records(python: &Path, prefixes: &[&Path]) -> Vec<Records> {
     args.extend(prefixes.iter().map(|p| p.to_str().unwrap()));
     let out = common::run_script(python, "mxnet_recordio.py", &args);
     let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let of = |p: &Path| lines.iter().filter(|v| v["file"] == p.to_str().unwrap()).map(|v| (v["key"].as_u64().unwrap(), v.clone())).collect();
+    let of = |p: &Path| {
+        lines
+            .iter()
+            .filter(|v| v["file"] == p.to_str().unwrap())
+            .map(|v| (v["key"].as_u64().unwrap(), v.clone()))
+            .collect()
+    };
     prefixes.iter().map(|p| of(p)).collect()
 }
 
@@ -49,7 +55,8 @@ fn compare(rec: &Path, mx: &Records, idx: bool) {
             RecordItem::Image(r) => {
                 let m = &mx[&r.key.unwrap()];
                 let want = labels(m);
-                let got: Vec<f64> = std::iter::once(r.label).chain(r.extra_labels.iter().copied()).map(f64::from).collect();
+                let got: Vec<f64> =
+                    std::iter::once(r.label).chain(r.extra_labels.iter().copied()).map(f64::from).collect();
                 assert_eq!(got, want, "labels of key {:?}", r.key);
                 assert_eq!((r.id, r.id2), (m["id"].as_u64().unwrap(), m["id2"].as_u64().unwrap()));
                 assert_eq!(hex(&r.image), m["image"].as_str().unwrap(), "image of key {:?}", r.key);

@@ -4,10 +4,10 @@
 
 mod common;
 
-use trainer_data::interop::npy::{write_matrix, write_vector};
-use trainer_data::metrics::verification::{evaluate, kfold, pair_distances, Verification};
 use serde_json::Value;
 use std::path::Path;
+use trainer_data::interop::npy::{write_matrix, write_vector};
+use trainer_data::metrics::verification::{evaluate, kfold, pair_distances, Verification};
 
 /// A deterministic stream of uniform numbers in [0, 1).
 struct Rng(u64);
@@ -41,7 +41,14 @@ fn random_set(pairs: usize, dim: usize, noise: f64, seed: u64) -> (Vec<f64>, Vec
 /// Rows drawn from a few exact vectors (axes, their negatives, a zero row), so distances
 /// fall exactly on thresholds (0, 1, 2, 4) and many thresholds tie in accuracy.
 fn tie_set(pairs: usize, seed: u64) -> (Vec<f64>, Vec<bool>) {
-    let choices: [[f64; 4]; 6] = [[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.5], [-3.0, 0.0, 0.0, 0.0], [0.0; 4], [0.0, 0.0, 1.0, 0.0]];
+    let choices: [[f64; 4]; 6] = [
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 2.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 0.5],
+        [-3.0, 0.0, 0.0, 0.0],
+        [0.0; 4],
+        [0.0, 0.0, 1.0, 0.0],
+    ];
     let mut rng = Rng(seed);
     let mut emb = Vec::new();
     let mut issame = Vec::new();
@@ -59,7 +66,12 @@ fn twin(python: &Path, dir: &Path, emb: &[f64], dim: usize, issame: &[bool]) -> 
     let (e, s) = (dir.join("emb.npy"), dir.join("issame.npy"));
     write_matrix(&e, dim, emb).unwrap();
     write_vector(&s, &issame.iter().map(|&b| b as u8).collect::<Vec<_>>()).unwrap();
-    serde_json::from_str(&common::run_script(python, "insightface_verification.py", &[e.to_str().unwrap(), s.to_str().unwrap()])).unwrap()
+    serde_json::from_str(&common::run_script(
+        python,
+        "insightface_verification.py",
+        &[e.to_str().unwrap(), s.to_str().unwrap()],
+    ))
+    .unwrap()
 }
 
 fn floats(v: &Value) -> Vec<f64> {
@@ -83,14 +95,20 @@ fn compare(case: &str, ours: &Verification, dist: &[f64], numpy: &Value) -> usiz
     close(&format!("{case} fold_accuracy"), &ours.fold_accuracy, &floats(&numpy["fold_accuracy"]), &mut inexact);
     assert_eq!(ours.fold_threshold, floats(&numpy["fold_threshold"]), "{case}: the chosen thresholds");
     let summary = [ours.accuracy_mean, ours.accuracy_std];
-    close(&format!("{case} mean/std"), &summary, &[numpy["accuracy_mean"].as_f64().unwrap(), numpy["accuracy_std"].as_f64().unwrap()], &mut inexact);
+    close(
+        &format!("{case} mean/std"),
+        &summary,
+        &[numpy["accuracy_mean"].as_f64().unwrap(), numpy["accuracy_std"].as_f64().unwrap()],
+        &mut inexact,
+    );
     match (&ours.tar_at_far, &numpy["tar"]) {
         (None, Value::Null) => {}
         (Some(t), n) if !n.is_null() => {
             close(&format!("{case} fold_tar"), &t.fold_tar, &floats(&n["fold_tar"]), &mut inexact);
             close(&format!("{case} fold_far"), &t.fold_far, &floats(&n["fold_far"]), &mut inexact);
             close(&format!("{case} tar thresholds"), &t.fold_threshold, &floats(&n["fold_threshold"]), &mut inexact);
-            let want = [n["tar_mean"].as_f64().unwrap(), n["tar_std"].as_f64().unwrap(), n["far_mean"].as_f64().unwrap()];
+            let want =
+                [n["tar_mean"].as_f64().unwrap(), n["tar_std"].as_f64().unwrap(), n["far_mean"].as_f64().unwrap()];
             close(&format!("{case} tar summary"), &[t.tar_mean, t.tar_std, t.far_mean], &want, &mut inexact);
         }
         (ours, theirs) => panic!("{case}: TAR rust {ours:?} numpy {theirs}"),

@@ -8,8 +8,24 @@ fn trainer(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn bench_train_reports_images_per_second() {
-    let out = trainer(&["bench", "train", "--arch", "tiny", "--size", "32", "--batch-size", "4",
-                        "--steps", "2", "--warmup", "1", "--classes", "10", "--threads", "1"]);
+    let out = trainer(&[
+        "bench",
+        "train",
+        "--arch",
+        "tiny",
+        "--size",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--classes",
+        "10",
+        "--threads",
+        "1",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let rate: f64 = stdout
@@ -18,7 +34,8 @@ fn bench_train_reports_images_per_second() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no images/s in {stdout}"));
     assert!(rate > 0.0 && rate.is_finite(), "{stdout}");
-    let loss: f64 = stdout.split("last loss ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap();
+    let loss: f64 =
+        stdout.split("last loss ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap();
     assert!(loss.is_finite() && loss > 0.0, "{stdout}");
     assert!(stdout.contains("arch=Tiny size=32 batch=4 classes=10"), "{stdout}");
     assert!(stdout.contains("images per cpu-second") && stdout.contains("median forward"), "{stdout}");

@@ -9,8 +9,32 @@ use std::time::{Duration, Instant};
 
 fn tiny<'a>(train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "FR", "--arch", "tiny", "--size", "32", "--batch-size", "8", "--train-sets", s(train), "--out", s(out), "--run-id", run,
-        "--threads", "1", "--workers", "1", "--emb-dim", "32", "--arc-s", "16", "--arc-m", "0.2", "--log-every", "5",
+        "train",
+        "FR",
+        "--arch",
+        "tiny",
+        "--size",
+        "32",
+        "--batch-size",
+        "8",
+        "--train-sets",
+        s(train),
+        "--out",
+        s(out),
+        "--run-id",
+        run,
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--emb-dim",
+        "32",
+        "--arc-s",
+        "16",
+        "--arc-m",
+        "0.2",
+        "--log-every",
+        "5",
     ]
 }
 
@@ -33,7 +57,12 @@ fn a_second_job_on_a_run_directory_is_refused_naming_the_holder() {
     let refused = wait_within(spawn_piped(&mut second), Duration::from_secs(60), "second job");
     let msg = text(&refused);
     assert!(!refused.status.success(), "{msg}");
-    assert!(msg.contains("in use by another job") && msg.contains(&format!("pid {}", first.id())) && msg.contains("--force"), "{msg}");
+    assert!(
+        msg.contains("in use by another job")
+            && msg.contains(&format!("pid {}", first.id()))
+            && msg.contains("--force"),
+        "{msg}"
+    );
 
     // The holder dies without cleaning up: the next job on this host takes the lock over.
     let pid = first.id();
@@ -55,7 +84,10 @@ fn a_world_that_disagrees_with_the_launcher_is_refused_with_the_fix() {
     // started it: the launcher's variables say 2 or 4, MPI says 1.
     let cases: [(&[(&str, &str)], &str); 2] = [
         (&[("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_RANK", "0")], "OMPI_COMM_WORLD_SIZE=2"),
-        (&[("SLURM_STEP_ID", "0"), ("SLURM_PROCID", "0"), ("SLURM_STEP_NUM_TASKS", "4"), ("SLURM_NTASKS", "4")], "SLURM_STEP_NUM_TASKS=4"),
+        (
+            &[("SLURM_STEP_ID", "0"), ("SLURM_PROCID", "0"), ("SLURM_STEP_NUM_TASKS", "4"), ("SLURM_NTASKS", "4")],
+            "SLURM_STEP_NUM_TASKS=4",
+        ),
     ];
     for (vars, says) in cases {
         let mut c = trainer();
@@ -82,8 +114,14 @@ fn mpi_each_build_under_the_other_mpis_launcher_is_refused() {
         let out = wait_within(spawn_piped(&mut c), Duration::from_secs(60), &what);
         let msg = text(&out);
         assert!(!out.status.success(), "{what}: {msg}");
-        assert!(msg.contains("mis-launched") && msg.contains("sees a world of 1") && msg.contains(library), "{what}: {msg}");
-        assert!(msg.contains(&format!("TRAINER_MPI={}", launcher.name)), "{what}: the fix names the other build: {msg}");
+        assert!(
+            msg.contains("mis-launched") && msg.contains("sees a world of 1") && msg.contains(library),
+            "{what}: {msg}"
+        );
+        assert!(
+            msg.contains(&format!("TRAINER_MPI={}", launcher.name)),
+            "{what}: the fix names the other build: {msg}"
+        );
         assert!(started.elapsed() < Duration::from_secs(20), "{what}: refused only after {:?}", started.elapsed());
     }
 }
@@ -100,10 +138,17 @@ fn mpi_a_rank_that_panics_ends_the_job_with_the_panic_message() {
     let train = packed_synth(dir.path(), "train", 8, 4, 2, 1);
     let out = dir.path().join("Model");
     // A long collective time-out: only the panic hook can end the job early.
-    let Some(res) = mpi_job(&train, &out, "panics", &["--max-steps", "1000", "--collective-timeout", "600"], "1:3:panic") else { return };
+    let Some(res) =
+        mpi_job(&train, &out, "panics", &["--max-steps", "1000", "--collective-timeout", "600"], "1:3:panic")
+    else {
+        return;
+    };
     let msg = text(&res);
     assert!(!res.status.success(), "{msg}");
-    assert!(msg.contains("rank 1: panicked") && msg.contains("injected fault (TRAINER_FAULT): rank 1 panics at step 3"), "{msg}");
+    assert!(
+        msg.contains("rank 1: panicked") && msg.contains("injected fault (TRAINER_FAULT): rank 1 panics at step 3"),
+        "{msg}"
+    );
     assert!(!msg.contains("did not finish within"), "the watchdog, not the panic, ended the job: {msg}");
 }
 
@@ -112,7 +157,10 @@ fn mpi_a_rank_that_hangs_in_a_collective_ends_the_job_after_the_time_out() {
     let dir = tempfile::tempdir().unwrap();
     let train = packed_synth(dir.path(), "train", 8, 4, 2, 1);
     let out = dir.path().join("Model");
-    let Some(res) = mpi_job(&train, &out, "hangs", &["--max-steps", "1000", "--collective-timeout", "3"], "1:3:hang") else { return };
+    let Some(res) = mpi_job(&train, &out, "hangs", &["--max-steps", "1000", "--collective-timeout", "3"], "1:3:hang")
+    else {
+        return;
+    };
     let msg = text(&res);
     assert!(!res.status.success(), "{msg}");
     assert!(msg.contains("rank 1 hangs in a collective at step 3"), "{msg}");
@@ -137,7 +185,12 @@ fn mpi_every_rank_resumes_from_the_checkpoint_rank_0_chose() {
     let train = packed_synth(dir.path(), "train", 8, 4, 2, 1);
     let out = dir.path().join("Model");
     let Some(mpi) = mpi() else { return };
-    let first = mpi.job(2).args(tiny(&train, &out, "r")).args(["--partial-fc", "--max-steps", "4", "--save-every", "2"]).output().unwrap();
+    let first = mpi
+        .job(2)
+        .args(tiny(&train, &out, "r"))
+        .args(["--partial-fc", "--max-steps", "4", "--save-every", "2"])
+        .output()
+        .unwrap();
     assert!(first.status.success(), "{}", text(&first));
     let alone = out.join("alone");
     assert!(Command::new("cp").args(["-r", s(&out.join("r")), s(&alone)]).status().unwrap().success());
@@ -147,7 +200,8 @@ fn mpi_every_rank_resumes_from_the_checkpoint_rank_0_chose() {
     assert!(res.status.success(), "{}", text(&res));
     assert_eq!(resumed_from(&alone), "step-000000002", "the fault must hide the newest checkpoint");
     let mut c = mpi.job(2);
-    c.args(["train", "--resume", s(&out.join("r")), "--max-steps", "5", "--lr", "1e-30"]).env("TRAINER_FAULT", "1:0:stale");
+    c.args(["train", "--resume", s(&out.join("r")), "--max-steps", "5", "--lr", "1e-30"])
+        .env("TRAINER_FAULT", "1:0:stale");
     let res = wait_within(spawn_piped(&mut c), Duration::from_secs(120), "the job with a stale rank");
     assert!(res.status.success(), "{}", text(&res));
     assert_eq!(resumed_from(&out.join("r")), "step-000000004");
@@ -155,7 +209,11 @@ fn mpi_every_rank_resumes_from_the_checkpoint_rank_0_chose() {
     assert!(stale_rank.contains("resuming from") && stale_rank.contains("step-000000004 at step 4"), "{stale_rank}");
     let centres = |step: u64| {
         let file = out.join(format!("r/checkpoints/step-{step:09}/model.safetensors"));
-        safetensors(&file).into_iter().find(|(n, _, _)| n == "arcface.weight").map(|(_, _, bytes)| f32s(&bytes)).expect("arcface.weight")
+        safetensors(&file)
+            .into_iter()
+            .find(|(n, _, _)| n == "arcface.weight")
+            .map(|(_, _, bytes)| f32s(&bytes))
+            .expect("arcface.weight")
     };
     assert!(centres(4) == centres(5), "a rank resumed its centres from another checkpoint than rank 0's");
 }

@@ -6,7 +6,8 @@ mod shards_support;
 use shards_support::{fails, ok, s, tree};
 
 /// insightface's 112×112 ArcFace template.
-const TEMPLATE: [[f64; 2]; 5] = [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
+const TEMPLATE: [[f64; 2]; 5] =
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
 
 fn face(seed: u32) -> image::RgbImage {
     image::RgbImage::from_fn(112, 112, |x, y| image::Rgb([(x * 2 + seed * 30) as u8, (y * 2) as u8, (x + y) as u8]))
@@ -41,7 +42,21 @@ fn faces_are_aligned_and_bad_landmarks_skipped() {
     let table = tmp.path().join("faces.tsv");
     std::fs::write(&table, list).unwrap();
     let out = tmp.path().join("o");
-    let stdout = ok(&["pack", s(&src), "--list", s(&table), "--align", "--size", "112", "--encoding", "png", "--name", "f", "--out", s(&out)]);
+    let stdout = ok(&[
+        "pack",
+        s(&src),
+        "--list",
+        s(&table),
+        "--align",
+        "--size",
+        "112",
+        "--encoding",
+        "png",
+        "--name",
+        "f",
+        "--out",
+        s(&out),
+    ]);
     assert!(stdout.contains("packed 2 records") && stdout.contains("skipped 2 bad inputs"), "{stdout}");
     let skipped = std::fs::read_to_string(out.join("f.skipped.tsv")).unwrap();
     assert!(skipped.contains("a/2.png\tbad landmarks: left eye landmark: column x1 is empty"), "{skipped}");
@@ -50,7 +65,8 @@ fn faces_are_aligned_and_bad_landmarks_skipped() {
     ok(&["unpack", s(&out.join("f")), "--out", s(&back)]);
     let files = tree(&back);
     assert_eq!(files.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["a/0.png", "a/1.png"]);
-    let aligned: Vec<image::RgbImage> = files.iter().map(|(_, b)| image::load_from_memory(b).unwrap().to_rgb8()).collect();
+    let aligned: Vec<image::RgbImage> =
+        files.iter().map(|(_, b)| image::load_from_memory(b).unwrap().to_rgb8()).collect();
     assert_eq!(aligned[0], face(0), "the template's own landmarks must give back the image");
     // A 2x zoom about the centre: output (x, y) samples source (28 + x/2, 28 + y/2).
     let src1 = face(1);
@@ -58,7 +74,10 @@ fn faces_are_aligned_and_bad_landmarks_skipped() {
         let (sx, sy) = (28.0 + x as f64 / 2.0, 28.0 + y as f64 / 2.0);
         let want = src1.get_pixel(sx.round() as u32, sy.round() as u32);
         let got = aligned[1].get_pixel(x, y);
-        assert!(want.0.iter().zip(got.0).all(|(a, b)| (*a as i32 - b as i32).abs() <= 8), "({x},{y}): {got:?} vs {want:?}");
+        assert!(
+            want.0.iter().zip(got.0).all(|(a, b)| (*a as i32 - b as i32).abs() <= 8),
+            "({x},{y}): {got:?} vs {want:?}"
+        );
     }
     let err = fails(&["pack", s(&src), "--align", "--name", "g", "--out", s(&out)]);
     assert!(err.contains("--align needs --list"), "{err}");

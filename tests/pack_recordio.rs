@@ -37,7 +37,10 @@ fn insightface_set(dir: &Path) -> Set {
     let n: u64 = per_id.iter().sum();
     let first_identity = n + 1;
     let mut w = RecWriter::default();
-    w.write(0, &pack(Label::Many(vec![first_identity as f32, (first_identity + per_id.len() as u64) as f32]), 0, 0, b""));
+    w.write(
+        0,
+        &pack(Label::Many(vec![first_identity as f32, (first_identity + per_id.len() as u64) as f32]), 0, 0, b""),
+    );
     let mut images = BTreeMap::new();
     let mut key = 1;
     let mut damaged_at = 0;
@@ -81,7 +84,8 @@ fn pack_and_compare(tmp: &Path, set: &Set, name: &str, extra: &[&str]) {
     assert!(skipped.contains("bad magic"), "{skipped}");
     let back = tmp.join(format!("back-{name}"));
     ok(&["unpack", s(&out.join(name)), "--out", s(&back)]);
-    let want: Vec<(String, Vec<u8>)> = set.images.iter().map(|(k, (_, img))| (format!("train.rec#{k}"), img.clone())).collect();
+    let want: Vec<(String, Vec<u8>)> =
+        set.images.iter().map(|(k, (_, img))| (format!("train.rec#{k}"), img.clone())).collect();
     assert_eq!(tree(&back), want);
     let mut labels = BTreeMap::new();
     let mut per_shard = Vec::new();

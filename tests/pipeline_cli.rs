@@ -17,7 +17,8 @@ fn ok(args: &[&str]) -> String {
 
 fn synth(dir: &Path, seed: &str, extra: &[&str]) {
     let d = dir.to_str().unwrap();
-    let mut args = vec!["synth", "--out", d, "--identities", "6", "--per-identity", "4", "--size", "32", "--seed", seed];
+    let mut args =
+        vec!["synth", "--out", d, "--identities", "6", "--per-identity", "4", "--size", "32", "--seed", seed];
     args.extend_from_slice(extra);
     ok(&args);
 }
@@ -67,8 +68,11 @@ fn synth_is_deterministic_per_seed_and_writes_the_list_table() {
 fn synth_images_of_one_identity_are_closer_than_others() {
     let t = tempfile::tempdir().unwrap();
     synth(t.path(), "3", &["--format", "png"]);
-    let img = |id: usize, k: usize| image::open(t.path().join(format!("id_{id:05}/{k:05}.png"))).unwrap().into_rgb8().into_raw();
-    let dist = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).sum::<f64>() / a.len() as f64;
+    let img = |id: usize, k: usize| {
+        image::open(t.path().join(format!("id_{id:05}/{k:05}.png"))).unwrap().into_rgb8().into_raw()
+    };
+    let dist =
+        |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).sum::<f64>() / a.len() as f64;
     let imgs: Vec<Vec<Vec<u8>>> = (0..6).map(|i| (0..4).map(|k| img(i, k)).collect()).collect();
     let (mut same, mut diff) = (Vec::new(), Vec::new());
     for i in 0..6 {
@@ -140,7 +144,22 @@ fn a_corrupt_record_is_skipped_and_counted_not_a_crash() {
     bytes[mid] ^= 0xFF;
     std::fs::write(&bin, bytes).unwrap();
     // 12 batches of 4 from 24 records: the uniform sampler meets every record twice.
-    let text = ok(&["bench", "data", "--train-sets", &spec, "--size", "16", "--batch-size", "4", "--batches", "12", "--reps", "1", "--workers", "1"]);
+    let text = ok(&[
+        "bench",
+        "data",
+        "--train-sets",
+        &spec,
+        "--size",
+        "16",
+        "--batch-size",
+        "4",
+        "--batches",
+        "12",
+        "--reps",
+        "1",
+        "--workers",
+        "1",
+    ]);
     assert!(text.contains("corrupt skipped"), "{text}");
     assert!(text.contains("s-00000-of-00001.bin record") && text.contains("crc32c"), "{text}");
 }

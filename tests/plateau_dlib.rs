@@ -60,14 +60,20 @@ fn counts_match_the_cpp_dlib_on_random_and_hand_made_series() {
         json.push(format!("[{}]", text.join(",")));
     }
     let script = "import dlib, json, sys\nfor s in json.load(sys.stdin):\n    print(f'steps_without_decrease={dlib.count_steps_without_decrease(s, 0.51)} robust={dlib.count_steps_without_decrease_robust(s, 0.51, 0.1)}')\n";
-    let mut child = Command::new(&python).args(["-c", script]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("[{}]", json.join(",")).as_bytes()).unwrap();
     let theirs = child.wait_with_output().unwrap();
     assert!(theirs.status.success());
     let theirs: Vec<String> = String::from_utf8_lossy(&theirs.stdout).lines().map(String::from).collect();
     let out = trainer(&[&["plateau"][..], &files.iter().map(String::as_str).collect::<Vec<_>>()].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ours: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("steps_")).map(String::from).collect();
+    let ours: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("steps_")).map(String::from).collect();
     assert_eq!(ours.len(), all.len());
     let mut informative = 0;
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
@@ -95,5 +101,8 @@ fn non_finite_losses_are_left_out_and_counted_never_read_as_improving() {
     std::fs::write(&big, "1,2,1e400,3").unwrap();
     let out = trainer(&["plateau", big.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("big.txt") && err.contains("token 3") && err.contains("1e400"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("big.txt") && err.contains("token 3") && err.contains("1e400"),
+        "{err}"
+    );
 }

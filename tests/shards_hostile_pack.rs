@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 /// Runs trainer, killing it (and failing the test) if it has not finished after two
 /// minutes: a hang must fail the suite, not stall it.
 fn bounded(args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if started.elapsed() > Duration::from_secs(120) {
@@ -25,7 +30,8 @@ fn bounded(args: &[&str]) -> std::process::Output {
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -69,13 +75,21 @@ fn a_legacy_pair_of_the_same_name_is_not_shadowed() {
     std::fs::create_dir_all(&dir).unwrap();
     let jpeg = image_bytes(0, 1, false);
     std::fs::write(dir.join("gender_test.bin"), &jpeg).unwrap();
-    std::fs::write(dir.join("gender_test.idx"), format!("__gender_test/0_male/enroll (1).jpg\t0\t0\t{}\r\n", jpeg.len())).unwrap();
+    std::fs::write(
+        dir.join("gender_test.idx"),
+        format!("__gender_test/0_male/enroll (1).jpg\t0\t0\t{}\r\n", jpeg.len()),
+    )
+    .unwrap();
     let err = fails(&["pack", s(&src), "--name", "gender_test", "--out", s(&dir)]);
     assert!(err.contains("gender_test.bin") || err.contains("gender_test.idx"), "{err}");
     assert!(ok(&["inspect", s(&dir.join("gender_test.idx"))]).contains("records 1 "));
 
     ok(&["pack", s(&src), "--name", "gender_test", "--out", s(&dir), "--force"]);
-    assert!(!dir.join("gender_test.bin").exists() && !dir.join("gender_test.idx").exists(), "the replaced pair is removed: {:?}", files_in(&dir));
+    assert!(
+        !dir.join("gender_test.bin").exists() && !dir.join("gender_test.idx").exists(),
+        "the replaced pair is removed: {:?}",
+        files_in(&dir)
+    );
     assert!(ok(&["inspect", s(&dir.join("gender_test"))]).contains("records 6 "));
 }
 
@@ -99,8 +113,16 @@ fn symlink_loops_fifos_and_hidden_files_are_listed_not_packed() {
         ok(&["unpack", s(&out.join("d")), "--out", s(&back)]);
         assert_eq!(tree(&back), tree_without_specials(&src), "each image exactly once (follow {follow})");
         let skipped = std::fs::read_to_string(out.join("d.skipped.tsv")).unwrap();
-        for (name, why) in [("loop", if follow { "symlink loop" } else { "--follow-links" }), ("ping", "broken symlink"), ("pipe.jpg", "FIFO"), (".hidden.jpg", "hidden")] {
-            let line = skipped.lines().find(|l| l.starts_with(&format!("0_person (é0)/{name}\t"))).unwrap_or_else(|| panic!("{name} not listed:\n{skipped}"));
+        for (name, why) in [
+            ("loop", if follow { "symlink loop" } else { "--follow-links" }),
+            ("ping", "broken symlink"),
+            ("pipe.jpg", "FIFO"),
+            (".hidden.jpg", "hidden"),
+        ] {
+            let line = skipped
+                .lines()
+                .find(|l| l.starts_with(&format!("0_person (é0)/{name}\t")))
+                .unwrap_or_else(|| panic!("{name} not listed:\n{skipped}"));
             assert!(line.contains(why), "{line}");
         }
     }
@@ -155,9 +177,11 @@ fn duplicate_list_paths_are_an_error_naming_both_lines_and_paths_are_normalised(
     assert!(err.contains("lines 2 and 4") && err.contains("0_person (é0)/enroll (1).jpg"), "{err}");
     assert!(!out.join("t-00000-of-00001.idx").exists());
 
-    std::fs::write(&table, "path\tlabel\n./0_person (é0)//enroll (1).jpg\t0\n1_person (é1)/./enroll (2).jpg\t1\n").unwrap();
+    std::fs::write(&table, "path\tlabel\n./0_person (é0)//enroll (1).jpg\t0\n1_person (é1)/./enroll (2).jpg\t1\n")
+        .unwrap();
     ok(&["pack", s(&src), "--list", s(&table), "--name", "t", "--out", s(&out)]);
-    let mut paths: Vec<String> = idx_rows(&out.join("t-00000-of-00001.idx")).into_iter().map(|r| r[0].clone()).collect();
+    let mut paths: Vec<String> =
+        idx_rows(&out.join("t-00000-of-00001.idx")).into_iter().map(|r| r[0].clone()).collect();
     paths.sort();
     assert_eq!(paths, ["0_person (é0)/enroll (1).jpg", "1_person (é1)/enroll (2).jpg"]);
 }
@@ -182,7 +206,13 @@ fn leftovers_of_a_killed_pack_are_removed_by_the_next_pack_and_a_running_one_is_
     let out = tmp.path().join("o");
     std::fs::create_dir_all(&out).unwrap();
     // What SIGKILL leaves: partial shards of two datasets, their unlocked manifest partials.
-    for f in ["old-00000-of-00002.bin.partial", "old-00001-of-00002.idx.partial", "old.manifest.json.partial", "d-00000-of-00003.bin.partial", "notes.partial"] {
+    for f in [
+        "old-00000-of-00002.bin.partial",
+        "old-00001-of-00002.idx.partial",
+        "old.manifest.json.partial",
+        "d-00000-of-00003.bin.partial",
+        "notes.partial",
+    ] {
         std::fs::write(out.join(f), b"half written").unwrap();
     }
     // A pack of "busy" still running: it holds the lock on its manifest partial.
@@ -206,7 +236,10 @@ fn values_too_large_to_honour_are_refused_before_any_work() {
     let src = class_folders(tmp.path(), 2, 5);
     let out = tmp.path().join("o");
     let (src_s, out_s) = (s(&src), s(&out));
-    refused(&["pack", src_s, "--name", "d", "--out", out_s, "--shards", "99999999999"], "--shards 99999999999 is more than the 10 inputs");
+    refused(
+        &["pack", src_s, "--name", "d", "--out", out_s, "--shards", "99999999999"],
+        "--shards 99999999999 is more than the 10 inputs",
+    );
     refused(&["pack", src_s, "--name", "d", "--out", out_s, "--shards", "100000"], "use --shards 10 or fewer");
     refused(&["pack", src_s, "--name", "d", "--out", out_s, "--size", "100000"], "1..=4096");
     refused(&["pack", src_s, "--name", "d", "--out", out_s, "--workers", "99999999"], "1..=1024");
@@ -214,10 +247,16 @@ fn values_too_large_to_honour_are_refused_before_any_work() {
     assert!(!out.exists() || files_in(&out).is_empty());
     let table = tmp.path().join("list.tsv");
     std::fs::write(&table, "path\tlabel\n0_person (é0)/enroll (1).jpg\t4294967295\n").unwrap();
-    refused(&["pack", src_s, "--list", s(&table), "--name", "d", "--out", out_s], "line 2: label \"4294967295\" is not an integer in 0..16777216");
+    refused(
+        &["pack", src_s, "--list", s(&table), "--name", "d", "--out", out_s],
+        "line 2: label \"4294967295\" is not an integer in 0..16777216",
+    );
 
     let img = tmp.path().join("synth");
     refused(&["synth", "--out", s(&img), "--identities", "99999999999999", "--per-identity", "1"], "1..=16777216");
-    refused(&["synth", "--out", s(&img), "--identities", "16000000", "--per-identity", "1000000", "--size", "64"], "GB are free");
+    refused(
+        &["synth", "--out", s(&img), "--identities", "16000000", "--per-identity", "1000000", "--size", "64"],
+        "GB are free",
+    );
     assert!(!img.exists(), "nothing is written when the disk cannot hold it");
 }

@@ -69,7 +69,10 @@ fn a_truncated_jpeg_is_damaged_for_verify_and_the_loader_and_trailing_bytes_are_
     let good = large_jpeg(3);
     let cut = good[..good.len() / 2].to_vec();
     let tail = [good.as_slice(), &[0u8; 64]].concat();
-    let records: Vec<(&str, u32, Vec<u8>)> = (0..8).map(|i| ("c/ok.jpg", i % 2, good.clone())).chain([("c/cut.jpg", 0, cut.clone()), ("c/tail.jpg", 1, tail.clone())]).collect();
+    let records: Vec<(&str, u32, Vec<u8>)> = (0..8)
+        .map(|i| ("c/ok.jpg", i % 2, good.clone()))
+        .chain([("c/cut.jpg", 0, cut.clone()), ("c/tail.jpg", 1, tail.clone())])
+        .collect();
     let spec = v1_dataset(tmp.path(), "d", &records);
     for decode in [false, true] {
         let mut args = vec!["verify", s(&spec)];
@@ -89,7 +92,22 @@ fn a_truncated_jpeg_is_damaged_for_verify_and_the_loader_and_trailing_bytes_are_
     let err = fails(&["verify", s(&tmp.path().join("seed"))]);
     assert!(err.contains("a/cut.jpg") && err.contains("truncated") && !err.contains("a/tail.jpg"), "{err}");
     // The loader replaces the cut record and keeps the one with a tail.
-    let run = trainer(&["bench", "data", "--train-sets", s(&spec), "--size", "16", "--batch-size", "5", "--batches", "8", "--reps", "1", "--workers", "1"]);
+    let run = trainer(&[
+        "bench",
+        "data",
+        "--train-sets",
+        s(&spec),
+        "--size",
+        "16",
+        "--batch-size",
+        "5",
+        "--batches",
+        "8",
+        "--reps",
+        "1",
+        "--workers",
+        "1",
+    ]);
     let (stdout, logs) = (text(&run.stdout), text(&run.stderr));
     assert!(run.status.success() && stdout.contains("corrupt skipped"), "{stdout}{logs}");
     assert!(logs.contains("c/cut.jpg") && logs.contains("truncated") && !logs.contains("c/tail.jpg"), "{logs}");
@@ -102,14 +120,52 @@ fn a_short_labels_table_fails_verify_shows_in_inspect_and_stops_training_naming_
     let labels = tmp.path().join("shards/d.labels.tsv");
     std::fs::write(&labels, "label\tname\n0\t0_person (é0)\n").unwrap();
     let err = fails(&["verify", s(&spec)]);
-    assert!(err.contains("d.labels.tsv: no entry for label 1, which 3 records use (first ") && err.contains(".idx line "), "{err}");
+    assert!(
+        err.contains("d.labels.tsv: no entry for label 1, which 3 records use (first ") && err.contains(".idx line "),
+        "{err}"
+    );
     assert!(err.contains("manifest.json: says 2 classes"), "{err}");
     let inspect = ok(&["inspect", s(&spec)]);
     assert!(inspect.contains("WARNING: 3 records carry 1 labels outside the 1 classes"), "{inspect}");
-    let bench = fails(&["bench", "data", "--train-sets", s(&spec), "--size", "16", "--batch-size", "2", "--batches", "1", "--reps", "1"]);
-    assert!(bench.contains("d-00000-of-00001.idx line ") && bench.contains("label 1 is outside the 1 classes") && bench.contains("d.labels.tsv"), "{bench}");
+    let bench = fails(&[
+        "bench",
+        "data",
+        "--train-sets",
+        s(&spec),
+        "--size",
+        "16",
+        "--batch-size",
+        "2",
+        "--batches",
+        "1",
+        "--reps",
+        "1",
+    ]);
+    assert!(
+        bench.contains("d-00000-of-00001.idx line ")
+            && bench.contains("label 1 is outside the 1 classes")
+            && bench.contains("d.labels.tsv"),
+        "{bench}"
+    );
     let run = tmp.path().join("run");
-    let train = trainer(&["train", "FR", "--train-sets", s(&spec), "--arch", "tiny", "--size", "16", "--batch-size", "2", "--max-steps", "1", "--device", "cpu", "--out", s(&run)]);
+    let train = trainer(&[
+        "train",
+        "FR",
+        "--train-sets",
+        s(&spec),
+        "--arch",
+        "tiny",
+        "--size",
+        "16",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        s(&run),
+    ]);
     let err = text(&train.stderr);
     assert!(!train.status.success() && err.contains(".idx line ") && err.contains("label 1 is outside"), "{err}");
 }
@@ -124,7 +180,11 @@ fn a_manifest_that_disagrees_with_the_shards_fails_verify() {
     m["label_counts"]["1"] = 4.into();
     std::fs::write(&path, m.to_string()).unwrap();
     let err = fails(&["verify", s(&spec)]);
-    assert!(err.contains("says 7 records, the shards hold 6") && err.contains("says label 1 has 4 records, the shards hold 3"), "{err}");
+    assert!(
+        err.contains("says 7 records, the shards hold 6")
+            && err.contains("says label 1 has 4 records, the shards hold 3"),
+        "{err}"
+    );
 }
 
 /// Runs trainer with its stdout a pipe whose reader is already gone, as `| head -1` leaves it.
@@ -148,12 +208,29 @@ fn every_data_command_exits_quietly_when_stdout_is_closed() {
         vec!["pack", s(&src), "--name", "again", "--out", s(&p)],
         vec!["plateau", s(&losses), "--threshold", "3"],
         vec!["bench", "plateau", "--n", "300", "--runs", "1"],
-        vec!["bench", "data", "--train-sets", s(&spec), "--size", "16", "--batch-size", "2", "--batches", "2", "--reps", "1"],
+        vec![
+            "bench",
+            "data",
+            "--train-sets",
+            s(&spec),
+            "--size",
+            "16",
+            "--batch-size",
+            "2",
+            "--batches",
+            "2",
+            "--reps",
+            "1",
+        ],
         vec!["--help"],
     ];
     for args in commands {
         let out = with_closed_stdout(&args);
         let err = text(&out.stderr);
-        assert!(out.status.success() && !err.contains("panicked") && !err.contains("error"), "trainer {args:?}: {:?}\n{err}", out.status);
+        assert!(
+            out.status.success() && !err.contains("panicked") && !err.contains("error"),
+            "trainer {args:?}: {:?}\n{err}",
+            out.status
+        );
     }
 }

@@ -34,7 +34,8 @@ fn same_inputs_and_seed_give_identical_files() {
     let (a, b, c) = (pack("a", "5"), pack("b", "5"), pack("c", "6"));
     assert_eq!(a.len(), 2 * 2 + 3);
     assert_eq!(a, b);
-    let shard_files = |t: &[(String, Vec<u8>)]| t.iter().filter(|(p, _)| p.ends_with(".idx")).cloned().collect::<Vec<_>>();
+    let shard_files =
+        |t: &[(String, Vec<u8>)]| t.iter().filter(|(p, _)| p.ends_with(".idx")).cloned().collect::<Vec<_>>();
     assert_ne!(shard_files(&a), shard_files(&c), "another seed should deal records differently");
 }
 
@@ -97,7 +98,8 @@ fn bad_inputs_are_skipped_and_reported_and_strict_fails() {
     let strict_out = tmp.path().join("strict");
     let err = fails(&["pack", s(&src), "--name", "d", "--out", s(&strict_out), "--strict"]);
     assert!(err.contains("--strict"), "{err}");
-    let left: Vec<_> = std::fs::read_dir(&strict_out).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let left: Vec<_> =
+        std::fs::read_dir(&strict_out).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "strict failure left files behind: {left:?}");
 }
 
@@ -106,7 +108,11 @@ fn list_table_carries_gender_and_age() {
     let tmp = tempfile::tempdir().unwrap();
     let src = class_folders(tmp.path(), 2, 3);
     let table = tmp.path().join("list.tsv");
-    std::fs::write(&table, "path\tlabel\tgender\tage\n0_person (é0)/enroll (1).jpg\t4\t1\t3\n1_person (é1)/enroll (2).jpg\t2\t0\t\n").unwrap();
+    std::fs::write(
+        &table,
+        "path\tlabel\tgender\tage\n0_person (é0)/enroll (1).jpg\t4\t1\t3\n1_person (é1)/enroll (2).jpg\t2\t0\t\n",
+    )
+    .unwrap();
     let out = tmp.path().join("o");
     ok(&["pack", s(&src), "--list", s(&table), "--name", "t", "--out", s(&out)]);
     let mut rows = idx_rows(&out.join("t-00000-of-00001.idx"));
@@ -140,6 +146,10 @@ fn repacking_with_fewer_shards_replaces_the_old_ones() {
     ok(&["pack", s(&src), "--name", "d", "--shards", "4", "--out", s(&out)]);
     ok(&["pack", s(&src), "--name", "d", "--shards", "2", "--out", s(&out), "--force"]);
     assert!(ok(&["verify", s(&out.join("d"))]).contains("OK: 8 records in 2 shards"));
-    let partial = std::fs::read_dir(&out).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".partial")).count();
+    let partial = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .count();
     assert_eq!(partial, 0);
 }

@@ -88,7 +88,10 @@ fn truncated_bin_gives_a_clear_error() {
     assert!(err.contains(&format!("d-00000-of-00001.bin is {} bytes but record {last}", bytes.len() - 10)), "{err}");
     assert!(err.contains("truncated"), "{err}");
     let err = fails(&["verify", s(&out.join("d"))]);
-    assert!(err.contains(&format!("record {last}")) && err.contains(&format!("only {} bytes", bytes.len() - 10)), "{err}");
+    assert!(
+        err.contains(&format!("record {last}")) && err.contains(&format!("only {} bytes", bytes.len() - 10)),
+        "{err}"
+    );
 }
 
 #[test]
@@ -100,7 +103,10 @@ fn idx_offsets_out_of_range_give_a_clear_error() {
     let bad = text.replacen("\t0\t0\t", "\t0\t0\t999999", 1);
     std::fs::write(&idx, bad).unwrap();
     let err = fails(&["inspect", s(&tmp.path().join("g"))]);
-    assert!(err.contains("record 0 (__gender_test/0_male/enroll (10).jpg)") && err.contains("ends at byte 999999"), "{err}");
+    assert!(
+        err.contains("record 0 (__gender_test/0_male/enroll (10).jpg)") && err.contains("ends at byte 999999"),
+        "{err}"
+    );
     std::fs::write(&idx, text.replacen("\t0\t0\t", "\t0\t900\t", 1)).unwrap();
     let err = fails(&["verify", s(&tmp.path().join("g"))]);
     assert!(err.contains("line 1") && err.contains("start 900 is after end"), "{err}");
@@ -122,7 +128,11 @@ fn garbage_idx_is_an_error_naming_file_and_line_not_a_panic() {
 fn unpack_refuses_paths_that_escape_the_output_dir() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, path) in [("up", "../escaped.jpg"), ("abs", "/tmp/absolute.jpg")] {
-        seed_pair(tmp.path(), name, &[("ok/fine.jpg", 0, image_bytes(0, 0, false)), (path, 0, image_bytes(0, 1, false))]);
+        seed_pair(
+            tmp.path(),
+            name,
+            &[("ok/fine.jpg", 0, image_bytes(0, 0, false)), (path, 0, image_bytes(0, 1, false))],
+        );
         let out = tmp.path().join(format!("out_{name}"));
         let err = fails(&["unpack", s(&tmp.path().join(name)), "--out", s(&out)]);
         assert!(err.contains("refusing") && err.contains(path), "{err}");

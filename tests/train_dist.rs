@@ -12,8 +12,32 @@ fn mpi_train(np: usize, args: &[&str]) -> Option<Output> {
 
 fn tiny<'a>(task: &'a str, train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
     vec![
-        "train", task, "--arch", "tiny", "--size", "32", "--batch-size", "16", "--train-sets", s(train), "--out", s(out),
-        "--run-id", run, "--threads", "1", "--workers", "1", "--emb-dim", "32", "--arc-s", "16", "--arc-m", "0.2", "--log-every", "5",
+        "train",
+        task,
+        "--arch",
+        "tiny",
+        "--size",
+        "32",
+        "--batch-size",
+        "16",
+        "--train-sets",
+        s(train),
+        "--out",
+        s(out),
+        "--run-id",
+        run,
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--emb-dim",
+        "32",
+        "--arc-s",
+        "16",
+        "--arc-m",
+        "0.2",
+        "--log-every",
+        "5",
     ]
 }
 
@@ -23,7 +47,11 @@ fn rank_log(run: &Path, rank: usize) -> String {
 
 /// `step N param_hash H` lines of one rank.
 fn hashes(run: &Path, rank: usize) -> Vec<String> {
-    rank_log(run, rank).lines().filter_map(|l| l.split_once("step ").map(|(_, r)| r.to_string())).filter(|r| r.contains("param_hash")).collect()
+    rank_log(run, rank)
+        .lines()
+        .filter_map(|l| l.split_once("step ").map(|(_, r)| r.to_string()))
+        .filter(|r| r.contains("param_hash"))
+        .collect()
 }
 
 #[test]
@@ -34,7 +62,18 @@ fn mpi_two_ranks_train_fr_and_gender_with_identical_replicas() {
     let out = dir.path().join("Model");
     for task in ["FR", "Gender"] {
         let mut a = tiny(task, &train, &out, task);
-        a.extend(["--max-steps", "20", "--save-every", "10", "--valid-sets", s(&valid), "--valid-every", "20", "--valid-pairs", "200"]);
+        a.extend([
+            "--max-steps",
+            "20",
+            "--save-every",
+            "10",
+            "--valid-sets",
+            s(&valid),
+            "--valid-every",
+            "20",
+            "--valid-pairs",
+            "200",
+        ]);
         let Some(res) = mpi_train(2, &a) else { return };
         assert!(res.status.success(), "{task}: {}", text(&res));
         let run = out.join(task);
@@ -42,7 +81,12 @@ fn mpi_two_ranks_train_fr_and_gender_with_identical_replicas() {
         assert!(h0.len() >= 2, "{task}: no param_hash lines in rank0.log");
         assert_eq!(h0, h1, "{task}: replicas diverged");
         let r0 = rank_log(&run, 0);
-        assert!(r0.contains("train-00000-of-00004") && r0.contains("train-00002-of-00004") && !r0.contains("train-00001-of-00004"), "rank 0 must read shards 0 and 2:\n{r0}");
+        assert!(
+            r0.contains("train-00000-of-00004")
+                && r0.contains("train-00002-of-00004")
+                && !r0.contains("train-00001-of-00004"),
+            "rank 0 must read shards 0 and 2:\n{r0}"
+        );
         let log = log_lines(&run);
         let step = log.iter().find(|e| e.get("world_size").is_some()).expect("a progress line");
         assert_eq!(step["world_size"], 2);
@@ -62,7 +106,13 @@ fn mpi_plateau_decays_reach_every_rank_at_the_same_step() {
     let Some(res) = mpi_train(2, &a) else { return };
     assert!(res.status.success(), "{}", text(&res));
     let run = out.join("flat");
-    let decays = |r| rank_log(&run, r).lines().filter(|l| l.contains("lr decay at step")).map(|l| l.split("rank").nth(1).unwrap().to_string().split_off(2)).collect::<Vec<_>>();
+    let decays = |r| {
+        rank_log(&run, r)
+            .lines()
+            .filter(|l| l.contains("lr decay at step"))
+            .map(|l| l.split("rank").nth(1).unwrap().to_string().split_off(2))
+            .collect::<Vec<_>>()
+    };
     let (d0, d1) = (decays(0), decays(1));
     assert!(!d0.is_empty(), "no decay on a flat loss");
     assert_eq!(d0, d1);
@@ -75,9 +125,37 @@ fn mpi_two_ranks_at_batch_b_equal_one_rank_at_batch_2b() {
     let dir = tempfile::tempdir().unwrap();
     let train = packed_synth(dir.path(), "train", 8, 8, 1, 1);
     let out = dir.path().join("Model");
-    let common = ["--arch", "tiny-nobn", "--size", "32", "--train-sets", s(&train), "--out", s(&out), "--threads", "1", "--workers", "1",
-        "--emb-dim", "16", "--arc-s", "16", "--arc-m", "0.2", "--max-steps", "6", "--save-every", "6", "--no-shuffle", "--no-augment",
-        "--fr-dropout", "0", "--stripe-records", "--lr", "0.05"];
+    let common = [
+        "--arch",
+        "tiny-nobn",
+        "--size",
+        "32",
+        "--train-sets",
+        s(&train),
+        "--out",
+        s(&out),
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--emb-dim",
+        "16",
+        "--arc-s",
+        "16",
+        "--arc-m",
+        "0.2",
+        "--max-steps",
+        "6",
+        "--save-every",
+        "6",
+        "--no-shuffle",
+        "--no-augment",
+        "--fr-dropout",
+        "0",
+        "--stripe-records",
+        "--lr",
+        "0.05",
+    ];
     let mut one = vec!["train", "FR", "--batch-size", "16", "--run-id", "one"];
     one.extend(common);
     let mut two = vec!["train", "FR", "--batch-size", "8", "--run-id", "two"];

@@ -13,9 +13,34 @@ fn data(dir: &Path) -> (PathBuf, PathBuf) {
 
 fn args<'a>(train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "FR", "--arch", "tiny", "--size", "32", "--batch-size", "32", "--train-sets", s(train), "--out", s(out),
-        "--run-id", run, "--threads", "1", "--workers", "1", "--seed", "3", "--emb-dim", "32", "--arc-s", "16",
-        "--arc-m", "0.2", "--log-every", "1",
+        "train",
+        "FR",
+        "--arch",
+        "tiny",
+        "--size",
+        "32",
+        "--batch-size",
+        "32",
+        "--train-sets",
+        s(train),
+        "--out",
+        s(out),
+        "--run-id",
+        run,
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--seed",
+        "3",
+        "--emb-dim",
+        "32",
+        "--arc-s",
+        "16",
+        "--arc-m",
+        "0.2",
+        "--log-every",
+        "1",
     ]
 }
 
@@ -26,7 +51,8 @@ fn events<'a>(log: &'a [Value], name: &str) -> Vec<&'a Value> {
 /// Every step from 1 to `last` has exactly one progress line and one loss, in order.
 fn assert_one_history(run: &Path, last: u64) {
     let log = log_lines(run);
-    let steps: Vec<u64> = log.iter().filter(|e| e.get("event").is_none()).map(|e| e["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> =
+        log.iter().filter(|e| e.get("event").is_none()).map(|e| e["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=last).collect::<Vec<_>>(), "progress lines of {}", run.display());
     assert_eq!(losses(run, "FR").len() as u64, last, "loss_debug of {}", run.display());
 }
@@ -37,11 +63,27 @@ fn a_nan_that_never_goes_away_ends_the_run_with_the_reason() {
     let (train, _) = data(dir.path());
     let out = dir.path().join("Model");
     let mut a = args(&train, &out, "stuck");
-    a.extend(["--lr", "0.1", "--max-steps", "60", "--save-every", "5", "--inject-nan-at", "7", "--inject-nan-times", "1000", "--max-rollbacks", "4"]);
+    a.extend([
+        "--lr",
+        "0.1",
+        "--max-steps",
+        "60",
+        "--save-every",
+        "5",
+        "--inject-nan-at",
+        "7",
+        "--inject-nan-times",
+        "1000",
+        "--max-rollbacks",
+        "4",
+    ]);
     let res = trainer().args(&a).output().unwrap();
     let msg = text(&res);
     assert!(!res.status.success(), "{msg}");
-    assert!(msg.contains("gave up after 4 rollbacks without getting past step 7 (the last failure: NaN at step 7)"), "{msg}");
+    assert!(
+        msg.contains("gave up after 4 rollbacks without getting past step 7 (the last failure: NaN at step 7)"),
+        "{msg}"
+    );
     assert!(msg.contains("lr ") && msg.contains("checkpoints/step-000000005"), "{msg}");
     let log = log_lines(&out.join("stuck"));
     assert_eq!(events(&log, "rollback").len(), 4, "--max-rollbacks bounds the reloads");
@@ -77,7 +119,22 @@ fn a_nan_after_a_better_validation_returns_to_its_checkpoint_once() {
     let (train, valid) = data(dir.path());
     let out = dir.path().join("Model");
     let mut a = args(&train, &out, "v");
-    a.extend(["--lr", "0.1", "--max-steps", "40", "--save-every", "20", "--valid-every", "10", "--valid-sets", s(&valid), "--valid-pairs", "200", "--inject-nan-at", "15"]);
+    a.extend([
+        "--lr",
+        "0.1",
+        "--max-steps",
+        "40",
+        "--save-every",
+        "20",
+        "--valid-every",
+        "10",
+        "--valid-sets",
+        s(&valid),
+        "--valid-pairs",
+        "200",
+        "--inject-nan-at",
+        "15",
+    ]);
     run_ok(&a);
     let run = out.join("v");
     let log = log_lines(&run);
@@ -95,7 +152,22 @@ fn best_only_improves_and_history_survives_rollback_plus_kill_and_resume() {
     let (train, valid) = data(dir.path());
     let out = dir.path().join("Model");
     let mut a = args(&train, &out, "k");
-    a.extend(["--lr", "0.1", "--max-steps", "100000", "--save-every", "10", "--valid-every", "5", "--valid-sets", s(&valid), "--valid-pairs", "200", "--inject-nan-at", "17"]);
+    a.extend([
+        "--lr",
+        "0.1",
+        "--max-steps",
+        "100000",
+        "--save-every",
+        "10",
+        "--valid-every",
+        "5",
+        "--valid-sets",
+        s(&valid),
+        "--valid-pairs",
+        "200",
+        "--inject-nan-at",
+        "17",
+    ]);
     let mut child = trainer().args(&a).spawn().unwrap();
     wait_for(&out.join("k/checkpoints/step-000000030/state.json"));
     child.kill().unwrap();
@@ -115,6 +187,7 @@ fn best_only_improves_and_history_survives_rollback_plus_kill_and_resume() {
         }
     }
     let bests = events(&log, "best");
-    let best_file: Value = serde_json::from_str(&std::fs::read_to_string(run.join("best/state.json")).unwrap()).unwrap();
+    let best_file: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("best/state.json")).unwrap()).unwrap();
     assert_eq!(best_file["state"]["best_metric"], bests.last().unwrap()["metric"]);
 }

@@ -23,15 +23,44 @@ fn data(dir: &Path) -> std::path::PathBuf {
 /// shuffle, no augmentation, no dropout, records striped over ranks.
 fn common_args<'a>(train: &'a Path, out: &'a Path) -> Vec<&'a str> {
     vec![
-        "--arch", "tiny-nobn", "--size", "32", "--train-sets", s(train), "--out", s(out), "--threads", "1", "--workers", "1", "--emb-dim", "16",
-        "--arc-s", "16", "--arc-m", "0.2", "--no-shuffle", "--no-augment", "--fr-dropout", "0", "--stripe-records", "--lr", "0.05", "--log-every", "1",
+        "--arch",
+        "tiny-nobn",
+        "--size",
+        "32",
+        "--train-sets",
+        s(train),
+        "--out",
+        s(out),
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--emb-dim",
+        "16",
+        "--arc-s",
+        "16",
+        "--arc-m",
+        "0.2",
+        "--no-shuffle",
+        "--no-augment",
+        "--fr-dropout",
+        "0",
+        "--stripe-records",
+        "--lr",
+        "0.05",
+        "--log-every",
+        "1",
     ]
 }
 
 type Tensors = BTreeMap<String, Vec<f32>>;
 
 fn tensors(path: &Path) -> Tensors {
-    safetensors(path).into_iter().filter(|(_, dtype, _)| dtype == "F32").map(|(n, _, bytes)| (n, f32s(&bytes))).collect()
+    safetensors(path)
+        .into_iter()
+        .filter(|(_, dtype, _)| dtype == "F32")
+        .map(|(n, _, bytes)| (n, f32s(&bytes)))
+        .collect()
 }
 
 fn checkpoint(out: &Path, run: &str, step: u64, file: &str) -> Tensors {
@@ -53,14 +82,18 @@ fn assert_same_run(out: &Path, reference: &str, run: &str, steps: u64) {
     for (step, (x, y)) in want.iter().zip(&got).enumerate() {
         assert!((x - y).abs() <= 1e-5 * x.abs(), "{run}, step {}: loss {y} vs {x}", step + 1);
     }
-    let (want, have) = (checkpoint(out, reference, steps, "model.safetensors"), checkpoint(out, run, steps, "model.safetensors"));
+    let (want, have) =
+        (checkpoint(out, reference, steps, "model.safetensors"), checkpoint(out, run, steps, "model.safetensors"));
     assert_eq!(want.keys().collect::<Vec<_>>(), have.keys().collect::<Vec<_>>(), "{run}: tensor names");
     assert_eq!(have["arcface.weight"].len(), 61 * 16, "{run}: the whole matrix");
     for (name, w) in &want {
         let d = max_diff(w, &have[name]);
         assert!(d < 1e-4, "{run}, {name}: max |diff| {d}");
     }
-    let (want, have) = (checkpoint(out, reference, steps, "optimizer.safetensors"), checkpoint(out, run, steps, "optimizer.safetensors"));
+    let (want, have) = (
+        checkpoint(out, reference, steps, "optimizer.safetensors"),
+        checkpoint(out, run, steps, "optimizer.safetensors"),
+    );
     let d = max_diff(&want["arcface.0"], &have["arcface.0"]);
     assert!(d < 1e-4, "{run}, centres' momentum: max |diff| {d}");
 }
@@ -94,7 +127,10 @@ fn mpi_two_and_three_ranks_equal_the_replicated_head() {
     }
     let replicated = log_lines(&out.join("one"));
     let line = replicated.iter().find(|e| e.get("allgather_bytes").is_some()).unwrap();
-    assert_eq!((line["allgather_bytes"].as_u64(), line["head_bytes_per_rank"].as_u64()), (Some(0), Some(61 * 16 * 4 * 3)));
+    assert_eq!(
+        (line["allgather_bytes"].as_u64(), line["head_bytes_per_rank"].as_u64()),
+        (Some(0), Some(61 * 16 * 4 * 3))
+    );
 }
 
 /// Gradient accumulation: 2 ranks × 3 rows × 2 batches per step equal one rank × 6 × 2.
@@ -125,20 +161,39 @@ fn mpi_a_two_rank_checkpoint_resumes_on_three_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let train = data(dir.path());
     let out = dir.path().join("Model");
-    let mut a = vec!["train", "FR", "--batch-size", "4", "--run-id", "r", "--partial-fc", "--max-steps", "4", "--save-every", "4"];
+    let mut a = vec![
+        "train",
+        "FR",
+        "--batch-size",
+        "4",
+        "--run-id",
+        "r",
+        "--partial-fc",
+        "--max-steps",
+        "4",
+        "--save-every",
+        "4",
+    ];
     a.extend(common_args(&train, &out));
     let Some(res) = mpi_train(2, &a) else { return };
     assert!(res.status.success(), "{}", text(&res));
     let run = out.join("r");
-    let resume = ["train", "--resume", s(&run), "--max-steps", "5", "--lr", "1e-30", "--wd-fr", "0", "--sample-rate", "0.05"];
+    let resume =
+        ["train", "--resume", s(&run), "--max-steps", "5", "--lr", "1e-30", "--wd-fr", "0", "--sample-rate", "0.05"];
     let res = mpi_train(3, &resume).unwrap();
     assert!(res.status.success(), "{}", text(&res));
-    let (before, after) = (checkpoint(&out, "r", 4, "model.safetensors"), checkpoint(&out, "r", 5, "model.safetensors"));
+    let (before, after) =
+        (checkpoint(&out, "r", 4, "model.safetensors"), checkpoint(&out, "r", 5, "model.safetensors"));
     assert_eq!(max_diff(&before["arcface.weight"], &after["arcface.weight"]), 0.0, "centres changed at lr 1e-30");
-    let (before, after) = (checkpoint(&out, "r", 4, "optimizer.safetensors"), checkpoint(&out, "r", 5, "optimizer.safetensors"));
+    let (before, after) =
+        (checkpoint(&out, "r", 4, "optimizer.safetensors"), checkpoint(&out, "r", 5, "optimizer.safetensors"));
     let (m0, m1) = (&before["arcface.0"], &after["arcface.0"]);
     assert_eq!(m1.len(), 61 * 16);
-    let decayed = (0..61).filter(|&c| (0..16).all(|k| (m1[c * 16 + k] - 0.9 * m0[c * 16 + k]).abs() <= 1e-7 * m0[c * 16 + k].abs().max(1e-3))).count();
+    let decayed = (0..61)
+        .filter(|&c| {
+            (0..16).all(|k| (m1[c * 16 + k] - 0.9 * m0[c * 16 + k]).abs() <= 1e-7 * m0[c * 16 + k].abs().max(1e-3))
+        })
+        .count();
     // Scored per rank: at most the 12 labels of the global batch, plus ceil(0.05 × 21) = 1.
     assert!(decayed >= 61 - 15, "only {decayed} of 61 centres kept their momentum ×0.9: re-slicing lost them");
     assert!(decayed < 61, "no centre was scored");
@@ -154,7 +209,21 @@ fn mpi_a_rank_killed_during_the_all_gather_ends_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let train = data(dir.path());
     let out = dir.path().join("Model");
-    let mut a = vec!["train", "FR", "--batch-size", "4", "--run-id", "dies", "--partial-fc", "--max-steps", "1000000", "--save-every", "1000000", "--collective-timeout", "10"];
+    let mut a = vec![
+        "train",
+        "FR",
+        "--batch-size",
+        "4",
+        "--run-id",
+        "dies",
+        "--partial-fc",
+        "--max-steps",
+        "1000000",
+        "--save-every",
+        "1000000",
+        "--collective-timeout",
+        "10",
+    ];
     a.extend(common_args(&train, &out));
     // Rank 0 keeps stepping; each step starts with the all-gather of the embeddings, where
     // it then waits for the dead rank.
@@ -174,8 +243,11 @@ fn mpi_amp_and_rollback_under_partial_fc_match_the_replicated_head() {
     let out = dir.path().join("Model");
     let mut a = common_args(&train, &out);
     a.extend(["--max-steps", "10", "--save-every", "5"]);
-    let variants: [(&str, &[&str]); 3] =
-        [("amp", &["--amp"]), ("overflow", &["--amp", "--amp-init-scale", "1e38"]), ("nan", &["--inject-nan-at", "7", "--inject-nan-times", "1"])];
+    let variants: [(&str, &[&str]); 3] = [
+        ("amp", &["--amp"]),
+        ("overflow", &["--amp", "--amp-init-scale", "1e38"]),
+        ("nan", &["--inject-nan-at", "7", "--inject-nan-times", "1"]),
+    ];
     for (name, extra) in variants {
         let one = format!("{name}-one");
         let mut args = vec!["train", "FR", "--batch-size", "12", "--run-id", &one];
@@ -195,7 +267,10 @@ fn mpi_amp_and_rollback_under_partial_fc_match_the_replicated_head() {
                 let last = log.iter().rev().find(|e| e.get("amp_skipped_steps").is_some()).expect("an amp step line");
                 assert!(last["amp_skipped_steps"].as_u64().unwrap() >= 1, "{last}");
             }
-            "nan" => assert!(log.iter().any(|e| e["event"] == "rollback" && e["to_step"] == 5), "no rollback to step 5: {log:?}"),
+            "nan" => assert!(
+                log.iter().any(|e| e["event"] == "rollback" && e["to_step"] == 5),
+                "no rollback to step 5: {log:?}"
+            ),
             _ => {}
         }
     }
@@ -209,13 +284,27 @@ fn mpi_fp16_allreduce_under_partial_fc() {
     let train = data(dir.path());
     let out = dir.path().join("Model");
     for (run, extra) in [("f32", None), ("f16", Some("--fp16-allreduce"))] {
-        let mut args = vec!["train", "FR", "--batch-size", "6", "--run-id", run, "--partial-fc", "--max-steps", "10", "--save-every", "10"];
+        let mut args = vec![
+            "train",
+            "FR",
+            "--batch-size",
+            "6",
+            "--run-id",
+            run,
+            "--partial-fc",
+            "--max-steps",
+            "10",
+            "--save-every",
+            "10",
+        ];
         args.extend(common_args(&train, &out));
         args.extend(extra);
         let Some(res) = mpi_train(2, &args) else { return };
         assert!(res.status.success(), "{run}: {}", text(&res));
     }
-    let bytes = |run: &str| log_lines(&out.join(run)).iter().find_map(|e| e.get("allreduce_bytes")?.as_u64()).expect("allreduce_bytes");
+    let bytes = |run: &str| {
+        log_lines(&out.join(run)).iter().find_map(|e| e.get("allreduce_bytes")?.as_u64()).expect("allreduce_bytes")
+    };
     // The softmax's all-reduces stay f32: the gathered rows' gradient (12 × 16 floats) and
     // the per-row maximum, sum and target logit (3 × 12).
     let softmax = (12 * 16 + 3 * 12) * 4;
@@ -224,7 +313,8 @@ fn mpi_fp16_allreduce_under_partial_fc() {
     for (step, (x, y)) in want.iter().zip(&got).enumerate() {
         assert!((x - y).abs() <= 1e-2 * x.abs(), "step {}: loss {y} with fp16 all-reduce vs {x}", step + 1);
     }
-    let (want, have) = (checkpoint(&out, "f32", 10, "model.safetensors"), checkpoint(&out, "f16", 10, "model.safetensors"));
+    let (want, have) =
+        (checkpoint(&out, "f32", 10, "model.safetensors"), checkpoint(&out, "f16", 10, "model.safetensors"));
     for (name, w) in &want {
         let d = max_diff(w, &have[name]);
         assert!(d < 1e-2, "{name}: max |diff| {d} between the fp16 and f32 all-reduce");
@@ -244,7 +334,19 @@ fn mpi_init_gives_each_rank_its_slice_of_the_centres() {
     one.extend(common_args(&train, &out));
     run_ok(&one);
     let init = out.join("src/checkpoints/step-000000003");
-    let mut pfc = vec!["train", "FR", "--batch-size", "6", "--run-id", "dst", "--partial-fc", "--max-steps", "1", "--save-every", "1"];
+    let mut pfc = vec![
+        "train",
+        "FR",
+        "--batch-size",
+        "6",
+        "--run-id",
+        "dst",
+        "--partial-fc",
+        "--max-steps",
+        "1",
+        "--save-every",
+        "1",
+    ];
     pfc.extend(common_args(&train, &out));
     let lr = pfc.iter().position(|a| *a == "--lr").unwrap() + 1;
     pfc[lr] = "1e-30";

@@ -12,9 +12,36 @@ fn data(dir: &Path) -> (PathBuf, PathBuf) {
 
 fn base_args<'a>(task: &'a str, train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
     vec![
-        "train", task, "--arch", "tiny", "--size", "32", "--batch-size", "32", "--train-sets", s(train),
-        "--out", s(out), "--run-id", run, "--threads", "1", "--workers", "1", "--seed", "3",
-        "--lr", "0.1", "--emb-dim", "32", "--arc-s", "16", "--arc-m", "0.2", "--log-every", "5",
+        "train",
+        task,
+        "--arch",
+        "tiny",
+        "--size",
+        "32",
+        "--batch-size",
+        "32",
+        "--train-sets",
+        s(train),
+        "--out",
+        s(out),
+        "--run-id",
+        run,
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--seed",
+        "3",
+        "--lr",
+        "0.1",
+        "--emb-dim",
+        "32",
+        "--arc-s",
+        "16",
+        "--arc-m",
+        "0.2",
+        "--log-every",
+        "5",
     ]
 }
 
@@ -24,7 +51,18 @@ fn fr_loss_falls_and_held_out_identities_beat_chance() {
     let (train, valid) = data(dir.path());
     let out = dir.path().join("Model");
     let mut args = base_args("FR", &train, &out, "fr");
-    args.extend(["--max-steps", "150", "--valid-sets", s(&valid), "--valid-every", "150", "--save-every", "50", "--valid-pairs", "600"]);
+    args.extend([
+        "--max-steps",
+        "150",
+        "--valid-sets",
+        s(&valid),
+        "--valid-every",
+        "150",
+        "--save-every",
+        "50",
+        "--valid-pairs",
+        "600",
+    ]);
     run_ok(&args);
     let run = out.join("fr");
     let l = losses(&run, "FR");
@@ -118,10 +156,29 @@ fn seed_flags_and_recipe_resolve_into_config_json() {
     let (train, _) = data(dir.path());
     let out = dir.path().join("Model");
     run_ok(&[
-        "train", "FR", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/training/demo-tiny.toml"), "-train_sets", s(&train),
-        "-img_w", "32", "-s", "77", "-fr_dim", "16", "--max-steps", "3", "--out", s(&out), "--run-id", "seed", "--threads", "1",
+        "train",
+        "FR",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/training/demo-tiny.toml"),
+        "-train_sets",
+        s(&train),
+        "-img_w",
+        "32",
+        "-s",
+        "77",
+        "-fr_dim",
+        "16",
+        "--max-steps",
+        "3",
+        "--out",
+        s(&out),
+        "--run-id",
+        "seed",
+        "--threads",
+        "1",
     ]);
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("seed/config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("seed/config.json")).unwrap()).unwrap();
     assert_eq!(cfg["size"], 32);
     assert_eq!(cfg["plateau_steps"], 77);
     assert_eq!(cfg["heads"]["emb_dim"], 16);
@@ -196,17 +253,21 @@ fn amp_loss_scaling_is_exact_and_backs_off_on_overflow() {
     let dir = tempfile::tempdir().unwrap();
     let (train, _) = data(dir.path());
     let out = dir.path().join("Model");
-    for (run, extra) in [("plain", vec![]), ("amp", vec!["--amp"]), ("overflow", vec!["--amp", "--amp-init-scale", "1e38"])] {
+    for (run, extra) in
+        [("plain", vec![]), ("amp", vec!["--amp"]), ("overflow", vec!["--amp", "--amp-init-scale", "1e38"])]
+    {
         let mut a = base_args("FR", &train, &out, run);
         a.extend(["--max-steps", "30", "--save-every", "30"]);
         a.extend(extra);
         run_ok(&a);
     }
-    let (plain, amp) = (weights(&out.join("plain/checkpoints/step-000000030")), weights(&out.join("amp/checkpoints/step-000000030")));
+    let (plain, amp) =
+        (weights(&out.join("plain/checkpoints/step-000000030")), weights(&out.join("amp/checkpoints/step-000000030")));
     for ((name, _, a), (_, _, b)) in plain.iter().zip(&amp) {
         assert!(a == b, "{name} differs between the unscaled and the loss-scaled run");
     }
-    let steps: Vec<serde_json::Value> = log_lines(&out.join("overflow")).into_iter().filter(|e| e.get("loss_scale").is_some()).collect();
+    let steps: Vec<serde_json::Value> =
+        log_lines(&out.join("overflow")).into_iter().filter(|e| e.get("loss_scale").is_some()).collect();
     let (first, last) = (&steps[0], steps.last().unwrap());
     assert!(first["amp_skipped_steps"].as_u64().unwrap() >= 1, "{first}");
     let skipped = last["amp_skipped_steps"].as_u64().unwrap();

@@ -8,10 +8,18 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// `trainer synth` images and their list table: (relative path, identity, gender, age).
-fn synth(dir: &Path, name: &str, identities: u32, per: u32, seed: u32, gender_folders: bool) -> (PathBuf, Vec<(String, u32, i32, i32)>) {
+fn synth(
+    dir: &Path,
+    name: &str,
+    identities: u32,
+    per: u32,
+    seed: u32,
+    gender_folders: bool,
+) -> (PathBuf, Vec<(String, u32, i32, i32)>) {
     let img = dir.join(name);
     let (ids, per, seed) = (identities.to_string(), per.to_string(), seed.to_string());
-    let mut args = vec!["synth", "--out", s(&img), "--identities", &ids, "--per-identity", &per, "--size", "32", "--seed", &seed];
+    let mut args =
+        vec!["synth", "--out", s(&img), "--identities", &ids, "--per-identity", &per, "--size", "32", "--seed", &seed];
     if gender_folders {
         args.push("--gender");
     }
@@ -30,7 +38,13 @@ fn synth(dir: &Path, name: &str, identities: u32, per: u32, seed: u32, gender_fo
 
 /// The seed's format: `NAME.bin` + a headerless 4-column `NAME.idx` with CRLF line ends,
 /// label = `class(row)`.
-fn seed_pair(dir: &Path, name: &str, img: &Path, rows: &[(String, u32, i32, i32)], class: impl Fn(&(String, u32, i32, i32)) -> u32) -> PathBuf {
+fn seed_pair(
+    dir: &Path,
+    name: &str,
+    img: &Path,
+    rows: &[(String, u32, i32, i32)],
+    class: impl Fn(&(String, u32, i32, i32)) -> u32,
+) -> PathBuf {
     let (mut bin, mut idx) = (Vec::new(), String::new());
     for row in rows {
         let bytes = std::fs::read(img.join(&row.0)).unwrap();
@@ -51,9 +65,36 @@ fn pack_folders(img: &Path, out: &Path, name: &str, shards: &str) -> PathBuf {
 
 fn tiny<'a>(task: &'a str, out: &'a Path, run: &'a str) -> Vec<&'a str> {
     vec![
-        "train", task, "--arch", "tiny", "--size", "32", "--batch-size", "16", "--out", s(out), "--run-id", run,
-        "--threads", "1", "--workers", "1", "--seed", "3", "--emb-dim", "32", "--arc-s", "16", "--arc-m", "0.2",
-        "--gender-hidden", "32", "--age-hidden", "32,32", "--log-every", "1",
+        "train",
+        task,
+        "--arch",
+        "tiny",
+        "--size",
+        "32",
+        "--batch-size",
+        "16",
+        "--out",
+        s(out),
+        "--run-id",
+        run,
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--seed",
+        "3",
+        "--emb-dim",
+        "32",
+        "--arc-s",
+        "16",
+        "--arc-m",
+        "0.2",
+        "--gender-hidden",
+        "32",
+        "--age-hidden",
+        "32,32",
+        "--log-every",
+        "1",
     ]
 }
 
@@ -94,8 +135,14 @@ fn a_label_column_of_identities_is_no_gender_and_unlabelled_validation_is_refuse
     a.extend(["--train-sets", s(&ids), "--max-steps", "5"]);
     let res = trainer().args(&a).output().unwrap();
     let msg = text(&res);
-    assert!(!res.status.success() && msg.contains("ids") && msg.contains("`label` column") && msg.contains("2 classes"), "{msg}");
-    assert!(!out.join("ids/loss_debug/Gender_loss.txt").exists() || losses(&out.join("ids"), "Gender").is_empty(), "no step ran");
+    assert!(
+        !res.status.success() && msg.contains("ids") && msg.contains("`label` column") && msg.contains("2 classes"),
+        "{msg}"
+    );
+    assert!(
+        !out.join("ids/loss_debug/Gender_loss.txt").exists() || losses(&out.join("ids"), "Gender").is_empty(),
+        "no step ran"
+    );
 
     let packed = packed_synth(dir.path(), "faces", 8, 4, 1, 1);
     let seed_valid = seed_pair(&dir.path().join("bins"), "nogender", &img, &rows, |r| r.1);
@@ -104,7 +151,10 @@ fn a_label_column_of_identities_is_no_gender_and_unlabelled_validation_is_refuse
     v.extend(["--train-sets", s(&packed), "--valid-sets", &valid, "--max-steps", "5"]);
     let res = trainer().args(&v).output().unwrap();
     let msg = text(&res);
-    assert!(!res.status.success() && msg.contains("no labelled sample for Gender") && msg.contains("nogender"), "{msg}");
+    assert!(
+        !res.status.success() && msg.contains("no labelled sample for Gender") && msg.contains("nogender"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -134,16 +184,32 @@ fn alternate_steps_read_their_own_task_and_decay_on_their_own_losses() {
     let dir = tempfile::tempdir().unwrap();
     let (fr, gender, age) = three_sets(dir.path());
     let out = dir.path().join("Model");
-    let sets = [format!("fr={}", fr.display()), format!("gender={}", gender.display()), format!("age={}", age.display())];
+    let sets =
+        [format!("fr={}", fr.display()), format!("gender={}", gender.display()), format!("age={}", age.display())];
     let mut a = tiny("Multi", &out, "alt");
-    a.extend(["--alternate", "--train-sets", &sets[0], &sets[1], &sets[2], "--max-steps", "270", "--save-every", "30", "--keep-checkpoints", "20"]);
+    a.extend([
+        "--alternate",
+        "--train-sets",
+        &sets[0],
+        &sets[1],
+        &sets[2],
+        "--max-steps",
+        "270",
+        "--save-every",
+        "30",
+        "--keep-checkpoints",
+        "20",
+    ]);
     a.extend(["--plateau-steps", "30", "--min-lr", "1e-30", "--lr", "0.02"]);
     run_ok(&a);
     let run = out.join("alt");
-    let state: Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/step-000000030/state.json")).unwrap()).unwrap();
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/step-000000030/state.json")).unwrap())
+            .unwrap();
     for pool in ["FR", "Gender", "Age"] {
         let p = &state["state"]["positions"][pool];
-        let steps_per_epoch = [("FR", 96 / 16), ("Gender", 96 / 16), ("Age", 96 / 16)].iter().find(|x| x.0 == pool).unwrap().1;
+        let steps_per_epoch =
+            [("FR", 96 / 16), ("Gender", 96 / 16), ("Age", 96 / 16)].iter().find(|x| x.0 == pool).unwrap().1;
         let batches = p["epoch"].as_u64().unwrap() * steps_per_epoch + p["batch"].as_u64().unwrap();
         assert_eq!(batches, 10, "{pool}: 30 alternating steps take 10 batches from each task ({state})");
     }
@@ -159,7 +225,11 @@ fn alternate_steps_read_their_own_task_and_decay_on_their_own_losses() {
         let seen = own.len() * step as usize / 270; // each head trains on every third step
         let window = &own[seen.saturating_sub(30)..seen];
         let count = trainer_data::plateau::count_steps_without_decrease(window, 0.51);
-        assert!(count >= 20, "{head} decayed at step {step} while its own last {} losses were still falling (count {count})", window.len());
+        assert!(
+            count >= 20,
+            "{head} decayed at step {step} while its own last {} losses were still falling (count {count})",
+            window.len()
+        );
     }
 }
 
@@ -172,11 +242,23 @@ fn mpi_multi_on_two_ranks_with_three_datasets_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (fr, gender, age) = three_sets(dir.path());
     let out = dir.path().join("Model");
-    let sets = [format!("fr={}", fr.display()), format!("gender={}", gender.display()), format!("age={}", age.display())];
+    let sets =
+        [format!("fr={}", fr.display()), format!("gender={}", gender.display()), format!("age={}", age.display())];
     let run = |id: &str, steps: &str, extra: &[&str]| {
         let mut a = tiny("Multi", &out, id);
         a.extend(["--train-sets", &sets[0], &sets[1], &sets[2], "--valid-sets", &sets[0], &sets[1], &sets[2]]);
-        a.extend(["--max-steps", steps, "--save-every", "6", "--valid-every", "12", "--valid-pairs", "100", "--collective-timeout", "10"]);
+        a.extend([
+            "--max-steps",
+            steps,
+            "--save-every",
+            "6",
+            "--valid-every",
+            "12",
+            "--valid-pairs",
+            "100",
+            "--collective-timeout",
+            "10",
+        ]);
         a.extend(extra);
         let mut cmd = mpi.job(2);
         cmd.args(&a);
@@ -189,9 +271,8 @@ fn mpi_multi_on_two_ranks_with_three_datasets_resumes_exactly() {
     kill_rank(&out.join("killed"), 1);
     let _ = child.wait();
     wait_for_ranks_to_exit(&out.join("killed"), 2);
-    let resumed = {
-        mpi.job(2).args(["train", "--resume", s(&out.join("killed")), "--max-steps", "24"]).output().unwrap()
-    };
+    let resumed =
+        { mpi.job(2).args(["train", "--resume", s(&out.join("killed")), "--max-steps", "24"]).output().unwrap() };
     assert!(resumed.status.success(), "{}", text(&resumed));
     for task in ["FR", "Gender", "Age"] {
         let (a, b) = (losses(&out.join("straight"), task), losses(&out.join("killed"), task));
@@ -199,7 +280,8 @@ fn mpi_multi_on_two_ranks_with_three_datasets_resumes_exactly() {
         assert!(a.iter().all(|&l| l > 0.0), "{task}: a zero loss means every target was masked: {a:?}");
         assert_eq!(a, b, "{task}: resumed losses differ");
     }
-    let step = log_lines(&out.join("straight")).into_iter().find(|e| e.get("images_per_s").is_some()).expect("a step line");
+    let step =
+        log_lines(&out.join("straight")).into_iter().find(|e| e.get("images_per_s").is_some()).expect("a step line");
     for key in ["epoch", "epoch_FR", "epoch_Gender", "epoch_Age"] {
         assert!(step[key].as_u64().is_some(), "no {key} in {step}");
     }
@@ -242,7 +324,8 @@ fn bars(dir: &Path, per_class: u32, seed: u64) -> PathBuf {
     for (class, folder) in ["0_male", "1_female"].into_iter().enumerate() {
         std::fs::create_dir_all(dir.join(folder)).unwrap();
         for i in 0..per_class {
-            let mut img = image::RgbImage::from_fn(32, 32, |_, _| image::Rgb([next(96) as u8, next(96) as u8, next(96) as u8]));
+            let mut img =
+                image::RgbImage::from_fn(32, 32, |_, _| image::Rgb([next(96) as u8, next(96) as u8, next(96) as u8]));
             let (long, wide, at, along) = (14 + next(12), 3 + next(3), next(24), next(6));
             let colour = image::Rgb([130 + next(126) as u8, 130 + next(126) as u8, 130 + next(126) as u8]);
             for a in along..(along + long).min(32) {
@@ -286,10 +369,23 @@ fn multi_learns_gender_and_age_from_their_own_datasets() {
     let valid = pack_folders(&bars(&dir.path().join("valid-img"), 50, 2), &shards, "gv", "1");
     let out = dir.path().join("Model");
     // Age reads the same folders as buckets 0 and 1.
-    let train = [format!("fr={}", fr.display()), format!("gender={}", gender.display()), format!("age={}", gender.display())];
+    let train =
+        [format!("fr={}", fr.display()), format!("gender={}", gender.display()), format!("age={}", gender.display())];
     let valid = [format!("gender={}", valid.display()), format!("age={}", valid.display())];
     let mut a = tiny("Multi", &out, "m");
-    a.extend(["--train-sets", &train[0], &train[1], &train[2], "--valid-sets", &valid[0], &valid[1], "--max-steps", "150", "--valid-every", "150"]);
+    a.extend([
+        "--train-sets",
+        &train[0],
+        &train[1],
+        &train[2],
+        "--valid-sets",
+        &valid[0],
+        &valid[1],
+        "--max-steps",
+        "150",
+        "--valid-every",
+        "150",
+    ]);
     run_ok(&a);
     let v = valid_event(&out.join("m"));
     for key in ["valid_gender_acc", "valid_age_acc"] {

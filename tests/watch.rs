@@ -15,11 +15,43 @@ type Curves = BTreeMap<String, Vec<(i64, f64, f64)>>;
 
 fn base<'a>(train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "FR", "--arch", "tiny", "--size", "32", "--batch-size", "32", "--train-sets", s(train), "--out", s(out),
-        "--run-id", run, "--threads", "1", "--workers", "1", "--seed", "3", "--emb-dim", "32", "--arc-s", "16",
-        "--arc-m", "0.2", "--log-every", "5", "--save-every", "10",
+        "train",
+        "FR",
+        "--arch",
+        "tiny",
+        "--size",
+        "32",
+        "--batch-size",
+        "32",
+        "--train-sets",
+        s(train),
+        "--out",
+        s(out),
+        "--run-id",
+        run,
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--seed",
+        "3",
+        "--emb-dim",
+        "32",
+        "--arc-s",
+        "16",
+        "--arc-m",
+        "0.2",
+        "--log-every",
+        "5",
+        "--save-every",
+        "10",
         // A flat loss (lr 1e-12) with an 8-step plateau window: decays every 8 steps.
-        "--lr", "1e-12", "--plateau-steps", "8", "--min-lr", "1e-40",
+        "--lr",
+        "1e-12",
+        "--plateau-steps",
+        "8",
+        "--min-lr",
+        "1e-40",
     ]
 }
 
@@ -54,7 +86,9 @@ fn curves_of_log(run: &Path) -> Curves {
                     add(format!("valid/{}", &k["valid_".len()..]), v.as_f64().unwrap());
                 }
             }
-            Some("decay") => add(format!("events/decay/{}", line["head"].as_str().unwrap()), line["lr"].as_f64().unwrap()),
+            Some("decay") => {
+                add(format!("events/decay/{}", line["head"].as_str().unwrap()), line["lr"].as_f64().unwrap())
+            }
             Some("rollback") => add("events/rollback".into(), line["to_step"].as_f64().unwrap()),
             Some(_) => {}
         }
@@ -83,14 +117,24 @@ fn view_with_restarts(events: &[Event]) -> Curves {
 fn load_with_tensorboard(python: &Path, loader: &str, dir: &Path) -> (Option<f64>, Curves) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/read_tensorboard.py");
     let out = Command::new(python).arg(&script).args(["--loader", loader]).arg(dir).output().unwrap();
-    assert!(out.status.success(), "{} --loader {loader} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{} --loader {loader} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut curves: Curves = json["scalars"]
         .as_object()
         .unwrap()
         .iter()
         .map(|(tag, points)| {
-            let points = points.as_array().unwrap().iter().map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap(), p[2].as_f64().unwrap())).collect();
+            let points = points
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap(), p[2].as_f64().unwrap()))
+                .collect();
             (tag.clone(), points)
         })
         .collect();
@@ -108,7 +152,19 @@ fn tensorboard_scalars_mirror_the_log_through_rollback_and_resume() {
     let (train, valid, out) = data(dir.path());
     let mut args = base(&train, &out, "tb");
     // NaN at step 18: back to the checkpoint of step 10, so the line of step 15 is logged twice.
-    args.extend(["--tensorboard", "--max-steps", "30", "--inject-nan-at", "18", "--valid-sets", s(&valid), "--valid-every", "20", "--valid-pairs", "200"]);
+    args.extend([
+        "--tensorboard",
+        "--max-steps",
+        "30",
+        "--inject-nan-at",
+        "18",
+        "--valid-sets",
+        s(&valid),
+        "--valid-every",
+        "20",
+        "--valid-pairs",
+        "200",
+    ]);
     run_ok(&args);
     let run = out.join("tb");
     let tb = run.join("tensorboard");
@@ -129,9 +185,23 @@ fn tensorboard_scalars_mirror_the_log_through_rollback_and_resume() {
     }
     let log = curves_of_log(&run);
     for tag in [
-        "loss", "loss/FR", "lr", "lr/backbone", "lr/fr", "lr/arcface", "speed/images_per_s", "speed/data_wait_frac",
-        "plateau/steps_without_decrease", "plateau/steps_without_decrease_robust", "plateau/steps_without_decrease/FR",
-        "plateau/steps_without_decrease_robust/FR", "run/epoch", "valid/fr_verif_acc", "valid/fr_gap", "events/decay/FR", "events/rollback",
+        "loss",
+        "loss/FR",
+        "lr",
+        "lr/backbone",
+        "lr/fr",
+        "lr/arcface",
+        "speed/images_per_s",
+        "speed/data_wait_frac",
+        "plateau/steps_without_decrease",
+        "plateau/steps_without_decrease_robust",
+        "plateau/steps_without_decrease/FR",
+        "plateau/steps_without_decrease_robust/FR",
+        "run/epoch",
+        "valid/fr_verif_acc",
+        "valid/fr_gap",
+        "events/decay/FR",
+        "events/rollback",
     ] {
         assert!(log.contains_key(tag), "no {tag} in {:?}", log.keys());
     }
@@ -140,7 +210,11 @@ fn tensorboard_scalars_mirror_the_log_through_rollback_and_resume() {
     // What TensorBoard cannot unwrite: step 15 was logged, abandoned, and logged again
     // with a later wall time; a restart marker at step 11 (the first step retried) lies
     // between them, and a resume marker at 31.
-    let loss_15: Vec<f64> = events.iter().filter(|e| e.step == 15 && e.scalars.iter().any(|s| s.tag == "loss")).map(|e| e.wall_time).collect();
+    let loss_15: Vec<f64> = events
+        .iter()
+        .filter(|e| e.step == 15 && e.scalars.iter().any(|s| s.tag == "loss"))
+        .map(|e| e.wall_time)
+        .collect();
     assert_eq!(loss_15.len(), 2, "step 15 logged before and after the rollback");
     let restarts: Vec<i64> = events.iter().filter(|e| e.restart).map(|e| e.step).collect();
     assert_eq!(restarts, [11, 31]);
@@ -161,7 +235,9 @@ fn tensorboard_reads_every_scalar_we_write() {
     let Some(python) = ref_python("tensorboard") else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut expected = Curves::new();
-    let mut note = |tag: &str, step: i64, t: f64, v: f64| expected.entry(tag.to_string()).or_default().push((step, t, f64::from(v as f32)));
+    let mut note = |tag: &str, step: i64, t: f64, v: f64| {
+        expected.entry(tag.to_string()).or_default().push((step, t, f64::from(v as f32)))
+    };
     let mut first = EventWriter::create(dir.path()).unwrap();
     for step in 0..60 {
         let (t, loss, lr) = (1.7e9 + step as f64 * 0.5, 30.0 / (1.0 + step as f64), if step < 40 { 0.1 } else { 0.01 });
@@ -202,11 +278,25 @@ fn plot_draws_a_real_run_and_names_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let (train, valid, out) = data(dir.path());
     let mut args = base(&train, &out, "curves");
-    args.extend(["--max-steps", "40", "--inject-nan-at", "18", "--valid-sets", s(&valid), "--valid-every", "10", "--valid-pairs", "200"]);
+    args.extend([
+        "--max-steps",
+        "40",
+        "--inject-nan-at",
+        "18",
+        "--valid-sets",
+        s(&valid),
+        "--valid-every",
+        "10",
+        "--valid-pairs",
+        "200",
+    ]);
     run_ok(&args);
     let run = out.join("curves");
     let log = log_lines(&run);
-    assert!(log.iter().any(|e| e["event"] == "decay") && log.iter().any(|e| e["event"] == "valid"), "the run needs decays and validation");
+    assert!(
+        log.iter().any(|e| e["event"] == "decay") && log.iter().any(|e| e["event"] == "valid"),
+        "the run needs decays and validation"
+    );
 
     let png = dir.path().join("curves.png");
     let printed = run_ok(&["plot", s(&run), "--out", s(&png), "--width", "900", "--height", "700"]);
@@ -215,7 +305,15 @@ fn plot_draws_a_real_run_and_names_what_is_missing() {
     let svg = dir.path().join("curves.svg");
     run_ok(&["plot", s(&run), s(&run), "--out", s(&svg)]);
     let svg = std::fs::read_to_string(&svg).unwrap();
-    for title in ["loss (light: raw, dark: smoothed)", "learning rate (log scale)", "images/s", "valid_fr_verif_acc", "valid_fr_gap", "lr decay", "rollback"] {
+    for title in [
+        "loss (light: raw, dark: smoothed)",
+        "learning rate (log scale)",
+        "images/s",
+        "valid_fr_verif_acc",
+        "valid_fr_gap",
+        "lr decay",
+        "rollback",
+    ] {
         assert!(svg.contains(&format!(">\n{title}\n<")), "{title:?} missing from the SVG");
     }
 

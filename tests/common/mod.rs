@@ -15,7 +15,11 @@ pub fn trainer() -> Command {
 /// `trainer-torch`, which cargo builds beside `trainer` (`cargo build --workspace`).
 pub fn torch_binary() -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_trainer")).with_file_name("trainer-torch");
-    assert!(path.is_file(), "{} is missing: build the whole workspace (cargo build --release --workspace)", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: build the whole workspace (cargo build --release --workspace)",
+        path.display()
+    );
     path
 }
 
@@ -84,7 +88,10 @@ pub struct Mpi {
 /// Only tests named `*mpi*` may start jobs: the OpenMPI pass selects them by that name.
 pub fn mpi() -> Option<Mpi> {
     let test = std::thread::current().name().unwrap_or("main").to_string();
-    assert!(test == "main" || test.contains("mpi"), "{test} starts mpirun: put `mpi` in its name so the OpenMPI pass runs it");
+    assert!(
+        test == "main" || test.contains("mpi"),
+        "{test} starts mpirun: put `mpi` in its name so the OpenMPI pass runs it"
+    );
     match std::env::var("TRAINER_MPI").as_deref() {
         Err(_) | Ok("mpich") | Ok("") => Mpi::of("mpich"),
         Ok("openmpi") => Mpi::of("openmpi"),
@@ -100,9 +107,13 @@ impl Mpi {
             return None;
         };
         let release = Path::new(env!("CARGO_BIN_EXE_trainer")).parent().expect("target/release");
-        let trainer = if name == "mpich" { release.join("trainer") } else { release.join("../openmpi/release/trainer") };
+        let trainer =
+            if name == "mpich" { release.join("trainer") } else { release.join("../openmpi/release/trainer") };
         if !trainer.with_file_name("trainer-torch").is_file() {
-            missing(&format!("no {name} build at {}: TRAINER_MPI={name} . launch/setup.sh && cargo build --release --workspace", trainer.display()));
+            missing(&format!(
+                "no {name} build at {}: TRAINER_MPI={name} . launch/setup.sh && cargo build --release --workspace",
+                trainer.display()
+            ));
             return None;
         }
         Some(Mpi { name, launcher, trainer })
@@ -125,7 +136,8 @@ impl Mpi {
 
 /// `mpirun.<name>` on PATH (Debian's names), else a plain `mpirun` that says it is `name`.
 fn launcher(name: &str) -> Option<PathBuf> {
-    let on_path = |file: &str| std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(file)).find(|p| p.exists());
+    let on_path =
+        |file: &str| std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(file)).find(|p| p.exists());
     if let Some(named) = on_path(&format!("mpirun.{name}")) {
         return Some(named);
     }
@@ -202,7 +214,8 @@ pub fn wait_for(path: &Path) {
 pub fn safetensors(path: &Path) -> Vec<(String, String, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors header is JSON");
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors header is JSON");
     let data = &bytes[8 + n..];
     let mut out: Vec<(String, String, Vec<u8>)> = header
         .into_iter()
@@ -294,7 +307,11 @@ pub fn kill_rank_one(mpi: &Mpi, args: &[&str], run: &Path) -> (Output, std::time
 pub fn wait_for_ranks_to_exit(run: &Path, ranks: usize) {
     let started = std::time::Instant::now();
     while (0..ranks).filter_map(|r| rank_pid(run, r)).any(|p| Path::new(&format!("/proc/{p}")).exists()) {
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the ranks of {} are still running 60 s after their job ended", run.display());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the ranks of {} are still running 60 s after their job ended",
+            run.display()
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -12,14 +12,25 @@ pub fn trainer(args: &[&str]) -> Output {
 /// Runs and asserts success, returning stdout.
 pub fn ok(args: &[&str]) -> String {
     let out = trainer(args);
-    assert!(out.status.success(), "trainer {args:?} failed:\nstdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "trainer {args:?} failed:\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     text(&out.stdout)
 }
 
 /// Runs and asserts an ordinary failure (exit 1, not a panic), returning stderr.
 pub fn fails(args: &[&str]) -> String {
     let out = trainer(args);
-    assert_eq!(out.status.code(), Some(1), "trainer {args:?} should fail cleanly:\nstdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "trainer {args:?} should fail cleanly:\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     text(&out.stderr)
 }
 
@@ -34,7 +45,9 @@ pub fn s(p: &Path) -> &str {
 /// A small image whose pixels depend on (class, i), as JPEG or PNG bytes.
 pub fn image_bytes(class: u32, i: u32, png: bool) -> Vec<u8> {
     let (w, h) = (24 + i % 5, 20 + class % 3);
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 9 + class * 40) as u8, (y * 11 + i * 7) as u8, (class * 3 + i) as u8]));
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 9 + class * 40) as u8, (y * 11 + i * 7) as u8, (class * 3 + i) as u8])
+    });
     let mut out = std::io::Cursor::new(Vec::new());
     let fmt = if png { image::ImageFormat::Png } else { image::ImageFormat::Jpeg };
     img.write_to(&mut out, fmt).expect("encoding test image");
@@ -44,7 +57,9 @@ pub fn image_bytes(class: u32, i: u32, png: bool) -> Vec<u8> {
 /// A 128×128 JPEG whose entropy-coded data is most of the file, so cutting it in half cuts
 /// the scan (as an interrupted download does), not the headers.
 pub fn large_jpeg(seed: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(128, 128, |x, y| image::Rgb([(x * 2 + seed) as u8, (y * 2) as u8, ((x * y + seed) % 251) as u8]));
+    let img = image::RgbImage::from_fn(128, 128, |x, y| {
+        image::Rgb([(x * 2 + seed) as u8, (y * 2) as u8, ((x * y + seed) % 251) as u8])
+    });
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Jpeg).expect("encoding test image");
     out.into_inner()
@@ -86,7 +101,12 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
 
 /// Record lines of an idx (header dropped), split into columns.
 pub fn idx_rows(idx: &Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(idx).unwrap().lines().filter(|l| !l.starts_with('#') && !l.is_empty()).map(|l| l.split('\t').map(String::from).collect()).collect()
+    std::fs::read_to_string(idx)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split('\t').map(String::from).collect())
+        .collect()
 }
 
 pub fn manifest(dir: &Path, name: &str) -> serde_json::Value {

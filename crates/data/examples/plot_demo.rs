@@ -23,8 +23,16 @@ fn main() -> Result<()> {
             }
             "--demo" => {
                 let dir = PathBuf::from(args.next().context("--demo DIR")?);
-                runs.push(support::write_run(&dir, "fr-resnet50", &support::Synth { steps: 3000, every: 20, multi: false, seed: 1 }));
-                runs.push(support::write_run(&dir, "multi-resnet18", &support::Synth { steps: 2400, every: 20, multi: true, seed: 2 }));
+                runs.push(support::write_run(
+                    &dir,
+                    "fr-resnet50",
+                    &support::Synth { steps: 3000, every: 20, multi: false, seed: 1 },
+                ));
+                runs.push(support::write_run(
+                    &dir,
+                    "multi-resnet18",
+                    &support::Synth { steps: 2400, every: 20, multi: true, seed: 2 },
+                ));
             }
             _ => runs.push(PathBuf::from(a)),
         }

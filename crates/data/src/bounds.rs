@@ -28,7 +28,11 @@ pub fn real(lo: f64, hi: f64, open_lo: bool) -> impl Fn(&str) -> Result<f64, Str
     move |s: &str| {
         let ok = |x: f64| x.is_finite() && x <= hi && if open_lo { x > lo } else { x >= lo };
         let left = if open_lo { '(' } else { '[' };
-        s.trim().parse::<f64>().ok().filter(|&x| ok(x)).ok_or_else(|| format!("expected a finite number in {left}{lo}, {hi}], got {s:?}"))
+        s.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|&x| ok(x))
+            .ok_or_else(|| format!("expected a finite number in {left}{lo}, {hi}], got {s:?}"))
     }
 }
 
@@ -71,7 +75,9 @@ pub fn check_value(arg: &clap::Arg, value: &str) -> Result<(), String> {
 /// meets the flag's own parser and message rather than "unexpected argument '-1'".
 pub fn negative_numbers_as_values(cmd: clap::Command) -> clap::Command {
     let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
-    names.into_iter().fold(cmd.allow_negative_numbers(true), |cmd, name| cmd.mut_subcommand(name, negative_numbers_as_values))
+    names
+        .into_iter()
+        .fold(cmd.allow_negative_numbers(true), |cmd, name| cmd.mut_subcommand(name, negative_numbers_as_values))
 }
 
 #[cfg(test)]

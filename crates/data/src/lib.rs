@@ -24,7 +24,7 @@ pub mod rng;
 pub mod settings;
 pub mod stats;
 pub mod synth;
-pub mod term;
 pub mod targets;
+pub mod term;
 pub mod tools;
 pub mod watch;

@@ -5,6 +5,7 @@
 /// A settings struct with every field at the default its clap attribute declares.
 pub fn clap_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
     let cmd = T::augment_args(clap::Command::new("defaults").no_binary_name(true));
-    let matches = cmd.try_get_matches_from(std::iter::empty::<&str>()).expect("every setting has a default or is optional");
+    let matches =
+        cmd.try_get_matches_from(std::iter::empty::<&str>()).expect("every setting has a default or is optional");
     T::from_arg_matches(&matches).expect("defaults parse into their own struct")
 }

@@ -32,7 +32,9 @@ pub struct Memory {
 pub fn memory() -> Memory {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let mb = |field: &str| {
-        let kb = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse::<f64>().ok());
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse::<f64>().ok());
         kb.map_or(f64::NAN, |kb| kb / 1024.0)
     };
     Memory { anon_mb: mb("RssAnon"), file_mb: mb("RssFile") }

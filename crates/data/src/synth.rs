@@ -65,17 +65,24 @@ const ROUND: usize = 4096;
 
 pub fn synth(args: &SynthArgs) -> Result<()> {
     anyhow::ensure!(args.identities > 0 && args.per_identity > 0, "--identities and --per-identity must be > 0");
-    anyhow::ensure!(args.identities <= MAX_CLASSES, "--identities {} is more than the {MAX_CLASSES} (2^24) classes a dataset may have", args.identities);
+    anyhow::ensure!(
+        args.identities <= MAX_CLASSES,
+        "--identities {} is more than the {MAX_CLASSES} (2^24) classes a dataset may have",
+        args.identities
+    );
     anyhow::ensure!((16..=4096).contains(&args.size), "--size must be in 16..=4096, got {}", args.size);
     let total = args.identities.checked_mul(args.per_identity).context("--identities × --per-identity overflows")?;
     check_disk(args, total)?;
     let start = std::time::Instant::now();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let list_path = args.out.join("list.tsv");
-    let mut list = std::io::BufWriter::new(std::fs::File::create(&list_path).with_context(|| format!("creating {}", list_path.display()))?);
+    let mut list = std::io::BufWriter::new(
+        std::fs::File::create(&list_path).with_context(|| format!("creating {}", list_path.display()))?,
+    );
     list.write_all(b"path\tlabel\tgender\tage\n").with_context(|| format!("writing {}", list_path.display()))?;
     for first in (0..total).step_by(ROUND) {
-        let jobs: Vec<(usize, usize)> = (first..total.min(first + ROUND)).map(|j| (j / args.per_identity, j % args.per_identity)).collect();
+        let jobs: Vec<(usize, usize)> =
+            (first..total.min(first + ROUND)).map(|j| (j / args.per_identity, j % args.per_identity)).collect();
         let id0 = jobs[0].0;
         let ids: Vec<Identity> = (id0..=jobs[jobs.len() - 1].0).map(|i| Identity::new(args.seed, i)).collect();
         let rels: Vec<String> = jobs.iter().map(|&(i, k)| rel_path(args, &ids[i - id0], k)).collect();
@@ -91,13 +98,18 @@ pub fn synth(args: &SynthArgs) -> Result<()> {
         })?;
         for (&(i, _), rel) in jobs.iter().zip(&rels) {
             let id = &ids[i - id0];
-            writeln!(list, "{rel}\t{i}\t{}\t{}", id.gender, id.age).with_context(|| format!("writing {}", list_path.display()))?;
+            writeln!(list, "{rel}\t{i}\t{}\t{}", id.gender, id.age)
+                .with_context(|| format!("writing {}", list_path.display()))?;
         }
     }
     list.flush().with_context(|| format!("writing {}", list_path.display()))?;
     tracing::info!(
         "synth: {total} images of {} identities ({}px {:?}) in {} ({:.1} s)",
-        args.identities, args.size, args.format, args.out.display(), start.elapsed().as_secs_f64()
+        args.identities,
+        args.size,
+        args.format,
+        args.out.display(),
+        start.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -106,7 +118,12 @@ pub fn synth(args: &SynthArgs) -> Result<()> {
 /// and encoded to size the rest (with a quarter's margin, rounded up to the file system's
 /// block), plus its line in `list.tsv`.
 fn check_disk(args: &SynthArgs, total: usize) -> Result<()> {
-    let sample = encode(&render(&Identity::new(args.seed, 0), &Pose::new(args.seed, 0, 0), args.size), args.size, args.format, args.quality)?;
+    let sample = encode(
+        &render(&Identity::new(args.seed, 0), &Pose::new(args.seed, 0, 0), args.size),
+        args.size,
+        args.format,
+        args.quality,
+    )?;
     let (free, block) = free_space(&args.out)?;
     let per_image = (sample.len() as u64 * 5 / 4).div_ceil(block.max(1)) * block.max(1) + 40;
     let need = total as u128 * per_image as u128;
@@ -129,7 +146,8 @@ fn free_space(dir: &Path) -> Result<(u64, u64)> {
     // SAFETY: statvfs fills the zeroed struct we own from a NUL-terminated path.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("reading free space at {}", existing.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading free space at {}", existing.display()));
     }
     Ok((st.f_bavail as u64 * st.f_frsize as u64, st.f_frsize as u64))
 }
@@ -170,12 +188,12 @@ pub struct Identity {
     face: (f32, f32, f32), // centre y, radius x, radius y
     eye: (f32, f32, f32),  // half spacing, height, radius
     iris: Rgb,
-    brow: (f32, f32, f32), // gap above eye, thickness, tilt
-    nose: (f32, f32),      // length, width
+    brow: (f32, f32, f32),       // gap above eye, thickness, tilt
+    nose: (f32, f32),            // length, width
     mouth: (f32, f32, f32, f32), // y, half width, curvature, thickness
     lips: Rgb,
     hair: Rgb,
-    hairline: (f32, f32, f32), // height, wave amplitude, wave phase
+    hairline: (f32, f32, f32),        // height, wave amplitude, wave phase
     marks: Vec<(f32, f32, f32, Rgb)>, // x, y, radius, colour offset
 }
 
@@ -228,10 +246,19 @@ impl Identity {
             iris: colour(&mut r, [30.0, 30.0, 20.0], [120.0, 150.0, 200.0]),
             brow: (range(&mut r, 0.08, 0.14), range(&mut r, 0.015, 0.04), range(&mut r, -0.25, 0.25)),
             nose: (range(&mut r, 0.15, 0.28), range(&mut r, 0.04, 0.09)),
-            mouth: (range(&mut r, 0.33, 0.45), range(&mut r, 0.12, 0.22), range(&mut r, -0.12, 0.12), range(&mut r, 0.015, 0.04)),
+            mouth: (
+                range(&mut r, 0.33, 0.45),
+                range(&mut r, 0.12, 0.22),
+                range(&mut r, -0.12, 0.12),
+                range(&mut r, 0.015, 0.04),
+            ),
             lips,
             hair,
-            hairline: (range(&mut r, -0.55, -0.35), range(&mut r, 0.0, 0.06), range(&mut r, 0.0, std::f32::consts::TAU)),
+            hairline: (
+                range(&mut r, -0.55, -0.35),
+                range(&mut r, 0.0, 0.06),
+                range(&mut r, 0.0, std::f32::consts::TAU),
+            ),
             marks,
         }
     }

@@ -105,13 +105,16 @@ impl FromStr for SetSpec {
     fn from_str(s: &str) -> Result<SetSpec, String> {
         let (head, rest) = match s.split_once('=') {
             Some((prefix, rest)) if !prefix.contains('/') => {
-                let head = Head::parse_key(prefix).ok_or_else(|| format!("{s:?}: the task prefix {prefix:?} is not fr, gender or age"))?;
+                let head = Head::parse_key(prefix)
+                    .ok_or_else(|| format!("{s:?}: the task prefix {prefix:?} is not fr, gender or age"))?;
                 (Some(head), rest)
             }
             _ => (None, s),
         };
         let (path, column) = match rest.rsplit_once('@') {
-            Some((path, col)) if !col.contains('/') => (path, Some(col.parse::<Column>().map_err(|e| format!("{s:?}: {e}"))?)),
+            Some((path, col)) if !col.contains('/') => {
+                (path, Some(col.parse::<Column>().map_err(|e| format!("{s:?}: {e}"))?))
+            }
             _ => (rest, None),
         };
         if path.is_empty() {
@@ -219,7 +222,14 @@ pub fn resolve_column(spec: &SetSpec, head: Head, serves_only_this: bool, stats:
 /// A Gender class must be below the head's class count; the first record that is not
 /// makes an error naming the dataset, the column and that record. (Ages above the last
 /// bucket clip to it, as the seed's did; identities size the FR head.)
-pub fn check_classes(dataset: &str, head: Head, column: Column, classes: usize, stats: &ColumnStats, first_bad: impl Fn() -> Option<String>) -> Result<()> {
+pub fn check_classes(
+    dataset: &str,
+    head: Head,
+    column: Column,
+    classes: usize,
+    stats: &ColumnStats,
+    first_bad: impl Fn() -> Option<String>,
+) -> Result<()> {
     let (known, max) = stats.of(column);
     if head != Head::Gender || known == 0 || max < classes as i64 {
         return Ok(());
@@ -277,8 +287,14 @@ mod tests {
     fn coverage_names_the_missing_task_and_the_stray_prefix() {
         let specs: Vec<SetSpec> = ["fr=a", "gender=b"].iter().map(|s| s.parse().unwrap()).collect();
         let all = [Head::Fr, Head::Gender, Head::Age];
-        assert!(SetSpec::check_coverage(&specs, &all, "training set").unwrap_err().to_string().contains("no training set for Age"));
-        assert!(SetSpec::check_coverage(&specs, &[Head::Fr], "training set").unwrap_err().to_string().contains("does not train Gender"));
+        assert!(SetSpec::check_coverage(&specs, &all, "training set")
+            .unwrap_err()
+            .to_string()
+            .contains("no training set for Age"));
+        assert!(SetSpec::check_coverage(&specs, &[Head::Fr], "training set")
+            .unwrap_err()
+            .to_string()
+            .contains("does not train Gender"));
         assert!(SetSpec::check_coverage(&specs, &[Head::Fr, Head::Gender], "training set").is_ok());
     }
 }

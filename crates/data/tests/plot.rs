@@ -46,7 +46,14 @@ fn svg_has_every_panel_and_mark_legend() {
     let svg = std::fs::read_to_string(&out).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains(r#"width="1000" height="800""#));
-    for text in ["loss (light: raw, dark: smoothed)", "learning rate (log scale)", "images/s", "valid_verif_acc", "valid_gap", "valid_verif_acc_lfw"] {
+    for text in [
+        "loss (light: raw, dark: smoothed)",
+        "learning rate (log scale)",
+        "images/s",
+        "valid_verif_acc",
+        "valid_gap",
+        "valid_verif_acc_lfw",
+    ] {
         assert!(svg.contains(&format!(">\n{text}\n<")), "panel title {text:?} missing");
     }
     for text in ["fr-resnet50", "multi-resnet18 loss_Gender", "multi-resnet18 lr_gender", "lr decay", "rollback"] {
@@ -98,7 +105,11 @@ fn a_malformed_line_is_named_with_its_number() {
     let good = write_run(dir.path(), "good", &Synth { steps: 200, every: 20, multi: false, seed: 1 });
     let bad = dir.path().join("bad");
     std::fs::create_dir(&bad).unwrap();
-    std::fs::write(bad.join("log.txt"), "{\"step\":20,\"loss\":3.0}\n\n{\"step\":40,\"loss\":2.0,}\n{\"step\":60,\"loss\":1.0}\n").unwrap();
+    std::fs::write(
+        bad.join("log.txt"),
+        "{\"step\":20,\"loss\":3.0}\n\n{\"step\":40,\"loss\":2.0,}\n{\"step\":60,\"loss\":1.0}\n",
+    )
+    .unwrap();
     let err = error(&[good, bad.clone()], &dir.path().join("c.png"));
     assert!(err.contains(&format!("{}: line 3: malformed JSON", bad.join("log.txt").display())), "{err}");
 }
@@ -117,7 +128,9 @@ fn a_log_file_can_be_named_directly_and_unknown_keys_are_ignored() {
     let out = dir.path().join("c.svg");
     plot_runs(&[log], &out, 640, 480).unwrap();
     let svg = std::fs::read_to_string(&out).unwrap();
-    assert!(svg.contains(&format!(">\n{}\n<", dir.path().canonicalize().unwrap().file_name().unwrap().to_string_lossy())));
+    assert!(
+        svg.contains(&format!(">\n{}\n<", dir.path().canonicalize().unwrap().file_name().unwrap().to_string_lossy()))
+    );
     assert!(svg.contains(">\nvalid_acc\n<") && !svg.contains("valid_text"));
 }
 

@@ -67,7 +67,10 @@ mod tests {
         assert_eq!(resolve("cpu", &launch(1, 2)).unwrap(), Device::Cpu);
         if !tch::Cuda::is_available() {
             assert_eq!(resolve("auto", &launch(1, 2)).unwrap(), Device::Cpu);
-            assert!(resolve("cuda", &launch(0, 1)).unwrap_err().to_string().contains("CUDA is not available (libtorch sees 0"));
+            assert!(resolve("cuda", &launch(0, 1))
+                .unwrap_err()
+                .to_string()
+                .contains("CUDA is not available (libtorch sees 0"));
         }
     }
 

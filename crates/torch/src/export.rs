@@ -27,7 +27,12 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let mut model = eval::load(&args.run, &args.checkpoint, "cpu")?;
     // Weights become constants of the traced graph, which must not require gradients.
     model.vs.freeze();
-    ensure!(Tasks::from(model.cfg.task).fr, "{} has no FR head to export (task {})", args.run.display(), model.cfg.task.name());
+    ensure!(
+        Tasks::from(model.cfg.task).fr,
+        "{} has no FR head to export (task {})",
+        args.run.display(),
+        model.cfg.task.name()
+    );
     let size = model.cfg.size as i64;
     let example = Tensor::rand([2, 3, size, size], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let mut failure = None;
@@ -38,15 +43,18 @@ pub fn run(args: ExportArgs) -> Result<()> {
             vec![inputs[0].shallow_clone()]
         }
     };
-    let module = tch::no_grad(|| CModule::create_by_tracing("TrainerEmbedding", "forward", std::slice::from_ref(&example), &mut forward))
-        .context("tracing the backbone and FR embedding layer")?;
+    let module = tch::no_grad(|| {
+        CModule::create_by_tracing("TrainerEmbedding", "forward", std::slice::from_ref(&example), &mut forward)
+    })
+    .context("tracing the backbone and FR embedding layer")?;
     if let Some(e) = failure {
         return Err(e);
     }
     let partial = args.out.with_extension("pt.partial");
     module.save(&partial).with_context(|| format!("writing {}", partial.display()))?;
     check_round_trip(&partial, &model.net, size)?;
-    std::fs::rename(&partial, &args.out).with_context(|| format!("renaming {} to {}", partial.display(), args.out.display()))?;
+    std::fs::rename(&partial, &args.out)
+        .with_context(|| format!("renaming {} to {}", partial.display(), args.out.display()))?;
     println!(
         "exported {} (step {}) to {}: input [N, 3, {size}, {size}] float32 RGB, (x - 127.5) / 127.5; output [N, {}] embedding (not normalised)",
         model.checkpoint.display(),
@@ -62,8 +70,14 @@ pub fn run(args: ExportArgs) -> Result<()> {
 fn check_round_trip(path: &std::path::Path, net: &crate::model::Net, size: i64) -> Result<()> {
     let loaded = CModule::load(path).with_context(|| format!("loading {} back", path.display()))?;
     let x = Tensor::rand([3, 3, size, size], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    let (theirs, ours) = tch::no_grad(|| -> Result<(Tensor, Tensor)> { Ok((loaded.forward_ts(&[&x])?, pairs::embed(net, &x)?)) })?;
-    ensure!(theirs.size() == ours.size(), "the exported model gives shape {:?}, the model {:?}", theirs.size(), ours.size());
+    let (theirs, ours) =
+        tch::no_grad(|| -> Result<(Tensor, Tensor)> { Ok((loaded.forward_ts(&[&x])?, pairs::embed(net, &x)?)) })?;
+    ensure!(
+        theirs.size() == ours.size(),
+        "the exported model gives shape {:?}, the model {:?}",
+        theirs.size(),
+        ours.size()
+    );
     let diff = (theirs - ours).abs().max().double_value(&[]);
     ensure!(diff < 1e-4, "the exported model differs from the model by {diff}");
     Ok(())

@@ -83,7 +83,8 @@ impl Sgd {
                     continue;
                 }
                 let factor = |v: f64| Tensor::from(v).to_kind(first.kind()).to_device(first.device());
-                let (wd, m, neg_lr) = (factor(group.weight_decay), factor(momentum), factor(-group.current_lr() * schedule));
+                let (wd, m, neg_lr) =
+                    (factor(group.weight_decay), factor(momentum), factor(-group.current_lr() * schedule));
                 for (p, buf) in group.params.iter_mut().zip(bufs.iter_mut()) {
                     let grad = p.grad();
                     if !grad.defined() {
@@ -139,7 +140,8 @@ impl Sgd {
             return None;
         }
         tch::no_grad(|| {
-            let squares: Vec<Tensor> = grads.iter().map(|g| g.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double)).collect();
+            let squares: Vec<Tensor> =
+                grads.iter().map(|g| g.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double)).collect();
             let norm = Tensor::stack(&squares, 0).sum(tch::Kind::Double).sqrt().double_value(&[]);
             let coef = max_norm / (norm + 1e-6);
             if coef < 1.0 {
@@ -162,12 +164,11 @@ impl Sgd {
         groups.flat_map(|g| &g.params).map(|p| p.grad()).filter(|g| g.defined()).collect()
     }
 
-
-
     /// Everything a resume needs: momentum buffers that exist, by `<group>.<index>`, and
     /// each group's lr scale as a 0-dim f64 tensor `lr_scale.<group>`.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = self.groups.iter().map(|g| (format!("{SCALE_PREFIX}{}", g.name), Tensor::from(g.scale))).collect();
+        let mut out: Vec<(String, Tensor)> =
+            self.groups.iter().map(|g| (format!("{SCALE_PREFIX}{}", g.name), Tensor::from(g.scale))).collect();
         for (g, bufs) in self.groups.iter().zip(&self.buffers) {
             for (i, b) in bufs.iter().enumerate() {
                 if let Some(b) = b {
@@ -225,11 +226,12 @@ impl Sgd {
 /// matching none is left out (frozen), and a group with no variable is dropped. Example: `[("backbone.", lr, wd), ("fr.", ..),
 /// ("arcface.", ..)]`.
 pub fn groups_by_prefix(vs: &tch::nn::VarStore, spec: &[(&str, f64, f64)]) -> Vec<ParamGroup> {
-    let mut named: Vec<(String, Tensor)> =
-        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut groups: Vec<ParamGroup> =
-        spec.iter().map(|(prefix, lr, wd)| ParamGroup::new(prefix.trim_end_matches('.'), Vec::new(), *lr, *wd)).collect();
+    let mut groups: Vec<ParamGroup> = spec
+        .iter()
+        .map(|(prefix, lr, wd)| ParamGroup::new(prefix.trim_end_matches('.'), Vec::new(), *lr, *wd))
+        .collect();
     for (name, t) in named {
         if let Some(gi) = spec.iter().position(|(prefix, _, _)| name.starts_with(prefix)) {
             groups[gi].params.push(t);
@@ -331,7 +333,10 @@ mod tests {
         opt.step_groups(&["b"]);
         assert_eq!(values(&p), vec![1.0]);
         assert!((values(&q)[0] - (1.0 - 0.5 * 1.1)).abs() < 1e-6);
-        assert_eq!(opt.state().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), vec!["lr_scale.a", "lr_scale.b", "b.0"]);
+        assert_eq!(
+            opt.state().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            vec!["lr_scale.a", "lr_scale.b", "b.0"]
+        );
     }
 
     #[test]

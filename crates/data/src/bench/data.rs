@@ -59,14 +59,21 @@ pub struct DataReport {
 
 impl std::fmt::Display for DataReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "median: {:.1} img/s, {:.1} MB/s, {:.3} CPU ms/img ({} worker(s))", self.images_per_s, self.mb_per_s, self.cpu_ms_per_image, self.workers)?;
+        writeln!(
+            f,
+            "median: {:.1} img/s, {:.1} MB/s, {:.3} CPU ms/img ({} worker(s))",
+            self.images_per_s, self.mb_per_s, self.cpu_ms_per_image, self.workers
+        )?;
         writeln!(f, "memory with the loader running: {:.1} MB anonymous, {:.1} MB file-backed (mapped shards: page cache the kernel can drop)", self.rss_anon_mb, self.rss_file_mb)
     }
 }
 
 /// Opens the rank's view and describes the run about to be timed.
 pub fn describe(args: &DataArgs) -> Result<(Arc<RankView>, String)> {
-    anyhow::ensure!(args.batches > 0 && args.reps > 0 && args.batch_size > 0, "--batches, --reps and --batch-size must be > 0");
+    anyhow::ensure!(
+        args.batches > 0 && args.reps > 0 && args.batch_size > 0,
+        "--batches, --reps and --batch-size must be > 0"
+    );
     let view = Arc::new(RankView::open_paths(&args.train_sets, args.rank, args.world, args.stripe_records)?);
     let line = format!(
         "bench data: {} (rank {}/{}: {} records in {} shard file(s)), size {}, batch {}, {} worker(s), {} batches × {} reps",
@@ -115,8 +122,16 @@ pub struct Rep {
 
 /// One repetition: a fresh loader (so start-up and queue fill are paid) for `batches` batches.
 fn time_once(view: &Arc<RankView>, args: &DataArgs, workers: usize, seed: u64) -> Result<Rep> {
-    let cfg = LoaderConfig { size: args.size, batch_size: args.batch_size, workers, prefetch: 2 * workers, seed,
-        sampler: SamplerKind::Uniform, augment: true, steps_per_epoch: None };
+    let cfg = LoaderConfig {
+        size: args.size,
+        batch_size: args.batch_size,
+        workers,
+        prefetch: 2 * workers,
+        seed,
+        sampler: SamplerKind::Uniform,
+        augment: true,
+        steps_per_epoch: None,
+    };
     let (start, cpu_start) = (Instant::now(), cpu_seconds().unwrap_or(f64::NAN));
     let mut loader = Loader::train(view.clone(), cfg, SamplerPosition::START)?;
     let (mut images, mut bytes) = (0usize, 0usize);

@@ -2,8 +2,8 @@
 //! schedule per training step. benches/plateau.sh puts it beside the seed's Python.
 
 use crate::plateau::{
-    count_steps_without_decrease, count_steps_without_decrease_robust, Plateau,
-    DEFAULT_PROBABILITY_OF_DECREASE as P, DEFAULT_QUANTILE_DISCARD as Q,
+    count_steps_without_decrease, count_steps_without_decrease_robust, Plateau, DEFAULT_PROBABILITY_OF_DECREASE as P,
+    DEFAULT_QUANTILE_DISCARD as Q,
 };
 use crate::rng::Rng;
 use crate::stats::median;

@@ -22,22 +22,11 @@ pub use warp::{warp_affine, Interp};
 pub type Landmarks = [[f64; 2]; 5];
 
 /// Names used in error messages, in the order of [`Landmarks`].
-pub const LANDMARK_NAMES: [&str; 5] = [
-    "left eye",
-    "right eye",
-    "nose tip",
-    "left mouth corner",
-    "right mouth corner",
-];
+pub const LANDMARK_NAMES: [&str; 5] = ["left eye", "right eye", "nose tip", "left mouth corner", "right mouth corner"];
 
 /// insightface's ArcFace template for a 112×112 crop.
-pub const ARCFACE_112: Landmarks = [
-    [38.2946, 51.6963],
-    [73.5318, 51.5014],
-    [56.0252, 71.7366],
-    [41.5493, 92.3655],
-    [70.7299, 92.2041],
-];
+pub const ARCFACE_112: Landmarks =
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
 
 /// Largest output side accepted; beyond it a typo in `--size` would allocate gigabytes.
 pub const MAX_SIZE: u32 = 8192;
@@ -84,12 +73,7 @@ pub fn norm_crop(img: &RgbImage, lm: &Landmarks, size: u32) -> Result<RgbImage> 
 }
 
 /// Aligns a face: estimates the transform, checks it against the image, and warps.
-pub fn norm_crop_with(
-    img: &RgbImage,
-    lm: &Landmarks,
-    size: u32,
-    opts: &AlignOptions,
-) -> Result<RgbImage> {
+pub fn norm_crop_with(img: &RgbImage, lm: &Landmarks, size: u32, opts: &AlignOptions) -> Result<RgbImage> {
     let m = estimate_norm(lm, size, opts)?;
     check_against_image(&m, lm, img.width(), img.height(), size, opts)?;
     warp_affine(img, &m, size, size, opts.interp)
@@ -101,12 +85,8 @@ pub fn estimate_norm(lm: &Landmarks, size: u32, opts: &AlignOptions) -> Result<A
     check_size(size)?;
     check_finite(lm)?;
     check_spread(lm, opts)?;
-    let m =
-        umeyama(lm, &arcface_template(size)).context("cannot fit the landmarks to the template")?;
-    ensure!(
-        m.is_finite() && m.det() > 0.0,
-        "the fitted transform is degenerate: {m:?}"
-    );
+    let m = umeyama(lm, &arcface_template(size)).context("cannot fit the landmarks to the template")?;
+    ensure!(m.is_finite() && m.det() > 0.0, "the fitted transform is degenerate: {m:?}");
     let side = crop_side(&m, size);
     ensure!(
         side >= opts.min_crop_side_px,
@@ -124,21 +104,13 @@ fn crop_side(m: &Affine, size: u32) -> f64 {
 }
 
 fn check_size(size: u32) -> Result<()> {
-    ensure!(
-        (1..=MAX_SIZE).contains(&size),
-        "output size {size} is outside 1..={MAX_SIZE}"
-    );
+    ensure!((1..=MAX_SIZE).contains(&size), "output size {size} is outside 1..={MAX_SIZE}");
     Ok(())
 }
 
 fn check_finite(lm: &Landmarks) -> Result<()> {
     for (p, name) in lm.iter().zip(LANDMARK_NAMES) {
-        ensure!(
-            p[0].is_finite() && p[1].is_finite(),
-            "the {name} landmark is not finite: ({}, {})",
-            p[0],
-            p[1]
-        );
+        ensure!(p[0].is_finite() && p[1].is_finite(), "the {name} landmark is not finite: ({}, {})", p[0], p[1]);
     }
     Ok(())
 }
@@ -148,17 +120,11 @@ fn check_spread(lm: &Landmarks, opts: &AlignOptions) -> Result<()> {
     let (major, minor) = covariance_eigenvalues(lm);
     let rms = (major + minor).sqrt();
     if rms < opts.min_spread_px {
-        bail!(
-            "the landmarks (nearly) coincide: spread {rms:.3} px < {} px",
-            opts.min_spread_px
-        );
+        bail!("the landmarks (nearly) coincide: spread {rms:.3} px < {} px", opts.min_spread_px);
     }
     let aspect = (minor.max(0.0) / major).sqrt();
     if aspect < opts.min_aspect {
-        bail!(
-            "the landmarks are (nearly) collinear: minor/major spread {aspect:.4} < {}",
-            opts.min_aspect
-        );
+        bail!("the landmarks are (nearly) collinear: minor/major spread {aspect:.4} < {}", opts.min_aspect);
     }
     Ok(())
 }
@@ -166,10 +132,7 @@ fn check_spread(lm: &Landmarks, opts: &AlignOptions) -> Result<()> {
 /// Eigenvalues (larger, smaller) of the landmarks' population covariance.
 fn covariance_eigenvalues(lm: &Landmarks) -> (f64, f64) {
     let n = lm.len() as f64;
-    let (mx, my) = (
-        lm.iter().map(|p| p[0]).sum::<f64>() / n,
-        lm.iter().map(|p| p[1]).sum::<f64>() / n,
-    );
+    let (mx, my) = (lm.iter().map(|p| p[0]).sum::<f64>() / n, lm.iter().map(|p| p[1]).sum::<f64>() / n);
     let (mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0);
     for p in lm {
         let (dx, dy) = (p[0] - mx, p[1] - my);
@@ -185,14 +148,7 @@ fn covariance_eigenvalues(lm: &Landmarks) -> (f64, f64) {
 
 /// Rejects landmarks that cannot belong to this image: a face centre off the picture, or a
 /// crop much larger than the picture itself.
-fn check_against_image(
-    m: &Affine,
-    lm: &Landmarks,
-    w: u32,
-    h: u32,
-    size: u32,
-    opts: &AlignOptions,
-) -> Result<()> {
+fn check_against_image(m: &Affine, lm: &Landmarks, w: u32, h: u32, size: u32, opts: &AlignOptions) -> Result<()> {
     ensure!(w > 0 && h > 0, "the image is empty ({w}x{h})");
     let cx = lm.iter().map(|p| p[0]).sum::<f64>() / 5.0;
     let cy = lm.iter().map(|p| p[1]).sum::<f64>() / 5.0;

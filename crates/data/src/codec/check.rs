@@ -33,7 +33,8 @@ pub fn check_complete(bytes: &[u8]) -> Result<ImageFormat, String> {
         }
         ImageFormat::Bmp => {
             check_dimensions(bytes, format)?;
-            let field = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+            let field =
+                |at: usize| bytes.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
             let (size, data) = (field(2).unwrap_or(0), field(10).unwrap_or(usize::MAX));
             if bytes.len() < size || bytes.len() < data {
                 return Err(format!("truncated BMP ({} bytes, the header says {})", bytes.len(), size.max(data)));
@@ -110,7 +111,8 @@ fn check_jpeg(b: &[u8]) -> Result<(), String> {
         let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
         let is_sof = (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
         if is_sof {
-            let dims = b.get(i + 5..i + 9).map(|d| (u16::from_be_bytes([d[0], d[1]]), u16::from_be_bytes([d[2], d[3]])));
+            let dims =
+                b.get(i + 5..i + 9).map(|d| (u16::from_be_bytes([d[0], d[1]]), u16::from_be_bytes([d[2], d[3]])));
             match dims {
                 Some((h, w)) => check_sides(ImageFormat::Jpeg, w as usize, h as usize)?,
                 None => return bad("cut frame header"),
@@ -122,7 +124,11 @@ fn check_jpeg(b: &[u8]) -> Result<(), String> {
                 return bad("scan before any frame header");
             }
             let scans = b.get(i + 2 + len..).unwrap_or(&[]);
-            return if scans.windows(2).rev().any(|w| w == [0xFF, 0xD9]) { Ok(()) } else { Err("truncated Jpeg (no end-of-image marker)".into()) };
+            return if scans.windows(2).rev().any(|w| w == [0xFF, 0xD9]) {
+                Ok(())
+            } else {
+                Err("truncated Jpeg (no end-of-image marker)".into())
+            };
         }
         if marker == 0xD9 {
             return bad("end of image before any scan");
@@ -137,7 +143,8 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn encoded(format: ImageFormat, w: u32, h: u32) -> Vec<u8> {
-        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8]));
+        let img =
+            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8]));
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, format).unwrap();
         out.into_inner()

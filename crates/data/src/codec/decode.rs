@@ -62,7 +62,10 @@ impl Decoder {
 
     /// Interleaved RGB8 (w×h) → the normalised 3×size×size slot.
     pub fn from_rgb(&mut self, rgb: &[u8], w: usize, h: usize, size: usize, flip: bool, out: &mut [f32]) -> Result<()> {
-        anyhow::ensure!(rgb.len() == w * h * 3 && out.len() == 3 * size * size, "pixel buffers do not match {w}x{h} → {size}");
+        anyhow::ensure!(
+            rgb.len() == w * h * 3 && out.len() == 3 * size * size,
+            "pixel buffers do not match {w}x{h} → {size}"
+        );
         if w == size && h == size {
             write_chw(rgb, size, flip, &self.lut, out);
         } else if w == 2 * size && h == 2 * size {
@@ -122,14 +125,16 @@ fn area2_chw(rgb: &[u8], size: usize, flip: bool, sums: &mut Vec<u16>, out: &mut
             *s = t as u16 + u as u16;
         }
         let px = sums.chunks_exact(6).map(|p| [p[0] + p[3], p[1] + p[4], p[2] + p[5]]);
-        let rows = (&mut r[y * size..(y + 1) * size], &mut g[y * size..(y + 1) * size], &mut b[y * size..(y + 1) * size]);
+        let rows =
+            (&mut r[y * size..(y + 1) * size], &mut g[y * size..(y + 1) * size], &mut b[y * size..(y + 1) * size]);
         let mut put = |(p, ((ro, go), bo)): ([u16; 3], ((&mut f32, &mut f32), &mut f32))| {
             *ro = p[0] as f32 * SCALE - 1.0;
             *go = p[1] as f32 * SCALE - 1.0;
             *bo = p[2] as f32 * SCALE - 1.0;
         };
         if flip {
-            px.zip(rows.0.iter_mut().rev().zip(rows.1.iter_mut().rev()).zip(rows.2.iter_mut().rev())).for_each(&mut put);
+            px.zip(rows.0.iter_mut().rev().zip(rows.1.iter_mut().rev()).zip(rows.2.iter_mut().rev()))
+                .for_each(&mut put);
         } else {
             px.zip(rows.0.iter_mut().zip(rows.1.iter_mut()).zip(rows.2.iter_mut())).for_each(&mut put);
         }
@@ -140,7 +145,12 @@ fn area2_chw(rgb: &[u8], size: usize, flip: bool, sums: &mut Vec<u16>, out: &mut
 /// scale covering `min_side` (full size when none does, e.g. for `usize::MAX`); every other
 /// format, and JPEGs libjpeg-turbo refuses, through `image`. Returns (width, height).
 /// A damaged image ([`check_complete`]) is an error before any decoder sees it.
-pub fn decode_rgb_into(tj: Option<&mut Decompressor>, bytes: &[u8], min_side: usize, rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
+pub fn decode_rgb_into(
+    tj: Option<&mut Decompressor>,
+    bytes: &[u8],
+    min_side: usize,
+    rgb: &mut Vec<u8>,
+) -> Result<(usize, usize)> {
     let format = check_complete(bytes).map_err(|e| anyhow!("{e}"))?;
     if let (image::ImageFormat::Jpeg, Some(tj)) = (format, tj) {
         if let Ok(dims) = decode_jpeg_scaled(tj, bytes, min_side, rgb) {
@@ -160,14 +170,26 @@ fn covering_scale(w: usize, h: usize, min_side: usize) -> ScalingFactor {
         .unwrap_or(ScalingFactor::ONE)
 }
 
-fn decode_jpeg_scaled(tj: &mut Decompressor, bytes: &[u8], min_side: usize, rgb: &mut Vec<u8>) -> Result<(usize, usize)> {
+fn decode_jpeg_scaled(
+    tj: &mut Decompressor,
+    bytes: &[u8],
+    min_side: usize,
+    rgb: &mut Vec<u8>,
+) -> Result<(usize, usize)> {
     let header = tj.read_header(bytes)?;
-    anyhow::ensure!(header.width <= MAX_SIDE && header.height <= MAX_SIDE, "JPEG of {}x{} is too large", header.width, header.height);
-    let scale = if header.is_lossless { ScalingFactor::ONE } else { covering_scale(header.width, header.height, min_side) };
+    anyhow::ensure!(
+        header.width <= MAX_SIDE && header.height <= MAX_SIDE,
+        "JPEG of {}x{} is too large",
+        header.width,
+        header.height
+    );
+    let scale =
+        if header.is_lossless { ScalingFactor::ONE } else { covering_scale(header.width, header.height, min_side) };
     tj.set_scaling_factor(scale)?;
     let (w, h) = (scale.scale(header.width), scale.scale(header.height));
     rgb.resize(w * h * 3, 0);
-    let image = turbojpeg::Image { pixels: rgb.as_mut_slice(), width: w, pitch: w * 3, height: h, format: PixelFormat::RGB };
+    let image =
+        turbojpeg::Image { pixels: rgb.as_mut_slice(), width: w, pitch: w * 3, height: h, format: PixelFormat::RGB };
     tj.decompress(bytes, image)?;
     Ok((w, h))
 }
@@ -179,9 +201,8 @@ pub fn check_decodes(tj: Option<&mut Decompressor>, bytes: &[u8], scratch: &mut 
 }
 
 fn decode_other(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .context("image format")?;
+    let mut reader =
+        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().context("image format")?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE as u32);
     limits.max_image_height = Some(MAX_SIDE as u32);
@@ -197,7 +218,9 @@ mod tests {
     use image::ImageEncoder;
 
     fn gradient(w: usize, h: usize) -> Vec<u8> {
-        (0..h).flat_map(|y| (0..w).flat_map(move |x| [(x * 255 / (w - 1)) as u8, (y * 255 / (h - 1)) as u8, 200])).collect()
+        (0..h)
+            .flat_map(|y| (0..w).flat_map(move |x| [(x * 255 / (w - 1)) as u8, (y * 255 / (h - 1)) as u8, 200]))
+            .collect()
     }
 
     fn png(rgb: &[u8], w: usize, h: usize) -> Vec<u8> {
@@ -284,7 +307,12 @@ mod tests {
         Decoder::new().decode_into(&png(&rgb, 4, 4), 2, false, &mut out).unwrap();
         let mean = |idx: [u8; 4]| idx.iter().map(|&i| i as f32 * 10.0).sum::<f32>() / 4.0;
         let norm = |v: f32| (v - 127.5) / 127.5;
-        let want = [norm(mean([0, 1, 4, 5])), norm(mean([2, 3, 6, 7])), norm(mean([8, 9, 12, 13])), norm(mean([10, 11, 14, 15]))];
+        let want = [
+            norm(mean([0, 1, 4, 5])),
+            norm(mean([2, 3, 6, 7])),
+            norm(mean([8, 9, 12, 13])),
+            norm(mean([10, 11, 14, 15])),
+        ];
         for (got, want) in out[..4].iter().zip(want) {
             assert!((got - want).abs() < 1e-5, "{got} vs {want}");
         }

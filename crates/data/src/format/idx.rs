@@ -58,9 +58,7 @@ pub fn parse_header(line: &str) -> Result<Version, String> {
         .ok_or_else(|| format!("header {line:?} has no `columns=` token"))?;
     let columns: Vec<&str> = columns.split(',').collect();
     if columns.len() < V1_COLUMNS.len() || columns[..V1_COLUMNS.len()] != V1_COLUMNS {
-        return Err(format!(
-            "header columns {columns:?} do not begin with v1's {V1_COLUMNS:?}"
-        ));
+        return Err(format!("header columns {columns:?} do not begin with v1's {V1_COLUMNS:?}"));
     }
     Ok(Version::V1)
 }
@@ -120,7 +118,9 @@ impl<'a> Cursor<'a> {
 /// no NUL. `pack` stores only such paths and `unpack` writes only such paths.
 pub fn is_contained_path(rel: &str) -> bool {
     use std::path::{Component, Path};
-    !rel.is_empty() && !rel.contains('\0') && Path::new(rel).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    !rel.is_empty()
+        && !rel.contains('\0')
+        && Path::new(rel).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// `path` with `.` components and repeated `/` removed (`./a//b.jpg` → `a/b.jpg`), or
@@ -130,10 +130,13 @@ pub fn normalise_path(path: &str) -> Option<String> {
     if !is_contained_path(path) {
         return None;
     }
-    let parts: Vec<&str> = Path::new(path).components().filter_map(|c| match c {
-        Component::Normal(p) => p.to_str(),
-        _ => None,
-    }).collect();
+    let parts: Vec<&str> = Path::new(path)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => p.to_str(),
+            _ => None,
+        })
+        .collect();
     (!parts.is_empty()).then(|| parts.join("/"))
 }
 
@@ -178,7 +181,10 @@ fn parse_u64(s: &str, what: &str) -> Result<u64, String> {
         if d > 9 {
             return Err(format!("{what} {s:?} is not an unsigned decimal integer"));
         }
-        v = v.checked_mul(10).and_then(|v| v.checked_add(d as u64)).ok_or_else(|| format!("{what} {s:?} overflows u64"))?;
+        v = v
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(d as u64))
+            .ok_or_else(|| format!("{what} {s:?} overflows u64"))?;
     }
     if s.is_empty() {
         return Err(format!("{what} is empty"));

@@ -36,7 +36,14 @@ impl Index {
         let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(false);
         // SAFETY: read-only map of a file we only read; an idx rewritten underneath us can at
         // worst produce a parse error, since every byte is validated.
-        let map = if empty { None } else { Some(unsafe { memmap2::MmapOptions::new().populate().map(&file) }.with_context(|| format!("mapping index {}", path.display()))?) };
+        let map = if empty {
+            None
+        } else {
+            Some(
+                unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+                    .with_context(|| format!("mapping index {}", path.display()))?,
+            )
+        };
         Index::parse(map.as_deref().unwrap_or(&[])).with_context(|| format!("parsing index {}", path.display()))
     }
 
@@ -53,7 +60,8 @@ impl Index {
         let (version, body, first_line) = match text.strip_prefix('#') {
             Some(_) => {
                 let (header, body) = text.split_once('\n').unwrap_or((text, ""));
-                let v = format::parse_header(header.trim_end_matches('\r')).map_err(|e| anyhow::anyhow!("line 1: {e}"))?;
+                let v =
+                    format::parse_header(header.trim_end_matches('\r')).map_err(|e| anyhow::anyhow!("line 1: {e}"))?;
                 (v, body, 2)
             }
             None => (Version::Legacy, text, 1),
@@ -69,7 +77,11 @@ impl Index {
                 },
                 Err((local, e)) => {
                     let before: usize = chunks[..j].iter().map(|c| c.bytes().filter(|&b| b == b'\n').count()).sum();
-                    let hint = if version == Version::Legacy { " (no `# trainer-shard` header, so read as the seed's 4-column format)" } else { "" };
+                    let hint = if version == Version::Legacy {
+                        " (no `# trainer-shard` header, so read as the seed's 4-column format)"
+                    } else {
+                        ""
+                    };
                     bail!("line {}: {e}{hint}", first_line + before + local);
                 }
             }
@@ -195,10 +207,7 @@ mod tests {
 
     #[test]
     fn parses_v1_columns() {
-        let text = v1(&[
-            "a b/(1).jpg\t3\t0\t10\t1\t4\t0000000a",
-            "ü\\t.png\t0\t10\t25\t-1\t-1\tffffffff",
-        ]);
+        let text = v1(&["a b/(1).jpg\t3\t0\t10\t1\t4\t0000000a", "ü\\t.png\t0\t10\t25\t-1\t-1\tffffffff"]);
         let idx = Index::parse(&text).unwrap();
         assert_eq!(idx.version, Version::V1);
         assert_eq!(idx.len(), 2);
@@ -229,7 +238,9 @@ mod tests {
 
     #[test]
     fn chunked_parse_matches_and_counts_lines_across_chunks() {
-        let lines: Vec<String> = (0..5000).map(|i| format!("p{i}/x y.jpg\t{}\t{}\t{}\t-1\t{}\t{:08x}", i % 7, i * 3, i * 3 + 3, i % 5, i)).collect();
+        let lines: Vec<String> = (0..5000)
+            .map(|i| format!("p{i}/x y.jpg\t{}\t{}\t{}\t-1\t{}\t{:08x}", i % 7, i * 3, i * 3 + 3, i % 5, i))
+            .collect();
         let text = v1(&lines.iter().map(String::as_str).collect::<Vec<_>>());
         let whole = std::str::from_utf8(&text).unwrap();
         let body = whole.split_once('\n').unwrap().1;
@@ -245,7 +256,10 @@ mod tests {
         assert_eq!(merged.path_ends, idx.cols.path_ends);
         assert_eq!(merged.paths, idx.cols.paths);
         let merged = Index { version: Version::V1, cols: merged };
-        assert_eq!((merged.path(4321), merged.range(4321), merged.checksum(4321)), ("p4321/x y.jpg", (12963, 12966), Some(4321)));
+        assert_eq!(
+            (merged.path(4321), merged.range(4321), merged.checksum(4321)),
+            ("p4321/x y.jpg", (12963, 12966), Some(4321))
+        );
     }
 
     #[test]
@@ -263,7 +277,25 @@ mod tests {
     #[test]
     fn random_garbage_never_panics() {
         let mut rng = Rng::new(0x5eed);
-        let pieces = ["\t", "\n", "\r", "#", "-", "-1", "0", "99999999999999999999999", "ab", "\\", "\\t", "é", " ", "ffffffff", "trainer-shard", "v1", "columns=path,label,start,end,gender,age,crc32c"];
+        let pieces = [
+            "\t",
+            "\n",
+            "\r",
+            "#",
+            "-",
+            "-1",
+            "0",
+            "99999999999999999999999",
+            "ab",
+            "\\",
+            "\\t",
+            "é",
+            " ",
+            "ffffffff",
+            "trainer-shard",
+            "v1",
+            "columns=path,label,start,end,gender,age,crc32c",
+        ];
         let (mut ok, mut err) = (0, 0);
         for round in 0..3000 {
             let mut text: Vec<u8> = Vec::new();

@@ -26,7 +26,8 @@ impl LabelTable {
         }
         let mut entries = Vec::new();
         for (n, line) in lines.filter(|(_, l)| !l.is_empty()) {
-            let parsed = line.split_once('\t').and_then(|(id, name)| Some((id.parse::<u32>().ok()?, unescape_path(name).ok()?)));
+            let parsed =
+                line.split_once('\t').and_then(|(id, name)| Some((id.parse::<u32>().ok()?, unescape_path(name).ok()?)));
             match parsed {
                 Some((id, name)) => entries.push((id, name.into_owned())),
                 None => bail!("line {}: expected `<label id>\\t<name>`, found {line:?}", n + 1),

@@ -79,12 +79,26 @@ impl<T: Element> NpyWriter<T> {
         let file = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&header(T::DESCR, 0, columns)).with_context(|| format!("writing {}", partial.display()))?;
-        Ok(NpyWriter { out: Some(out), path: path.to_path_buf(), partial, columns, rows: 0, buf: Vec::new(), _element: PhantomData })
+        Ok(NpyWriter {
+            out: Some(out),
+            path: path.to_path_buf(),
+            partial,
+            columns,
+            rows: 0,
+            buf: Vec::new(),
+            _element: PhantomData,
+        })
     }
 
     pub fn write_row(&mut self, row: &[T]) -> Result<()> {
         let width = self.columns.unwrap_or(1);
-        ensure!(row.len() == width, "row {} of {} has {} values, expected {width}", self.rows, self.path.display(), row.len());
+        ensure!(
+            row.len() == width,
+            "row {} of {} has {} values, expected {width}",
+            self.rows,
+            self.path.display(),
+            row.len()
+        );
         self.buf.clear();
         row.iter().for_each(|v| v.put(&mut self.buf));
         let out = self.out.as_mut().context("writer already finished")?;
@@ -101,7 +115,8 @@ impl<T: Element> NpyWriter<T> {
         file.seek(SeekFrom::Start(0)).with_context(context)?;
         file.write_all(&header(T::DESCR, self.rows, self.columns)).with_context(context)?;
         file.sync_all().with_context(context)?;
-        std::fs::rename(&self.partial, &self.path).with_context(|| format!("renaming {} to {}", self.partial.display(), self.path.display()))
+        std::fs::rename(&self.partial, &self.path)
+            .with_context(|| format!("renaming {} to {}", self.partial.display(), self.path.display()))
     }
 }
 
@@ -140,7 +155,10 @@ mod tests {
         assert_eq!(&h[..8], b"\x93NUMPY\x01\x00");
         assert_eq!(u16::from_le_bytes([h[8], h[9]]), 118);
         let text = std::str::from_utf8(&h[10..]).unwrap();
-        assert!(text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551615, "), "{text}");
+        assert!(
+            text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551615, "),
+            "{text}"
+        );
         assert!(text.ends_with(" \n"));
         assert!(std::str::from_utf8(&header("<f8", 3, None)[10..]).unwrap().contains("'shape': (3,), }"));
     }

@@ -93,7 +93,9 @@ fn one_bool(value: &Value) -> Result<bool> {
     match value {
         Value::Bool(b) => Ok(*b),
         Value::Object(o) if is_numpy(&o.callable, "multiarray", "scalar") => {
-            let [dtype, Value::Bytes(data)] = &o.args.items[..] else { bail!("a numpy scalar whose arguments are not (dtype, bytes)") };
+            let [dtype, Value::Bytes(data)] = &o.args.items[..] else {
+                bail!("a numpy scalar whose arguments are not (dtype, bytes)")
+            };
             check_bool_dtype(dtype)?;
             bools(data, 1)?.pop().context("empty numpy scalar")
         }
@@ -104,7 +106,8 @@ fn one_bool(value: &Value) -> Result<bool> {
 /// `numpy.core.X.name` or numpy 2's `numpy._core.X.name`.
 fn is_numpy(callable: &(String, String), module: &str, name: &str) -> bool {
     let m = callable.0.as_str();
-    callable.1 == name && (m.strip_prefix("numpy.core.") == Some(module) || m.strip_prefix("numpy._core.") == Some(module))
+    callable.1 == name
+        && (m.strip_prefix("numpy.core.") == Some(module) || m.strip_prefix("numpy._core.") == Some(module))
 }
 
 /// A 1-D bool ndarray, pickled as `_reconstruct(...)` + BUILD (protocols 2–4) or as
@@ -118,14 +121,18 @@ fn numpy_array(o: &Object) -> Result<Vec<bool>> {
         };
         (shape.clone(), dtype.clone(), data.clone())
     } else if is_numpy(&o.callable, "numeric", "_frombuffer") {
-        let [data, dtype, shape, _order] = &o.args.items[..] else { bail!("numpy _frombuffer with {} arguments, expected 4", o.args.items.len()) };
+        let [data, dtype, shape, _order] = &o.args.items[..] else {
+            bail!("numpy _frombuffer with {} arguments, expected 4", o.args.items.len())
+        };
         (shape.clone(), dtype.clone(), data.clone())
     } else {
         bail!("a {}.{}(...) object, expected a numpy bool array", o.callable.0, o.callable.1);
     };
     check_bool_dtype(&dtype)?;
     let Value::Tuple(shape) = shape else { bail!("a numpy array whose shape is a {}", shape.kind()) };
-    let [Value::Int(n)] = shape.items[..] else { bail!("a numpy array of {} dimensions, expected 1", shape.items.len()) };
+    let [Value::Int(n)] = shape.items[..] else {
+        bail!("a numpy array of {} dimensions, expected 1", shape.items.len())
+    };
     let Value::Bytes(data) = data else { bail!("a numpy bool array whose data is a {}", data.kind()) };
     bools(&data, n)
 }

@@ -124,7 +124,8 @@ impl<'a> Input<'a> {
         let Some(end) = rest.iter().position(|&b| b == b'\n') else {
             bail!("truncated: {what} at byte {} has no end of line", self.pos);
         };
-        let text = std::str::from_utf8(&rest[..end]).map_err(|_| anyhow::anyhow!("{what} at byte {} is not text", self.pos))?;
+        let text = std::str::from_utf8(&rest[..end])
+            .map_err(|_| anyhow::anyhow!("{what} at byte {} is not text", self.pos))?;
         self.pos += end + 1;
         Ok(text)
     }
@@ -153,7 +154,11 @@ pub(crate) fn load(data: &[u8]) -> Result<Value> {
 impl Unpickler<'_> {
     fn stop(&mut self, at: usize) -> Result<Value> {
         if self.stack.len() != 1 || !self.marks.is_empty() {
-            bail!("byte {at}: STOP with {} values and {} marks on the stack, expected one value", self.stack.len(), self.marks.len());
+            bail!(
+                "byte {at}: STOP with {} values and {} marks on the stack, expected one value",
+                self.stack.len(),
+                self.marks.len()
+            );
         }
         let trailing = self.input.data.len() - self.input.pos;
         if trailing > 0 {
@@ -365,7 +370,10 @@ impl Unpickler<'_> {
 
     fn get(&mut self, op: u8, at: usize) -> Result<()> {
         let index = if op == b'h' { self.input.uint(1, "BINGET")? } else { self.input.uint(4, "LONG_BINGET")? };
-        let value = self.memo.get(&index).ok_or_else(|| anyhow::anyhow!("byte {at}: memo GET of index {index}, which was never PUT"))?;
+        let value = self
+            .memo
+            .get(&index)
+            .ok_or_else(|| anyhow::anyhow!("byte {at}: memo GET of index {index}, which was never PUT"))?;
         self.stack.push(value.clone());
         Ok(())
     }
@@ -378,8 +386,13 @@ impl Unpickler<'_> {
             bail!("byte {at}: REDUCE needs a global and a tuple, found {} and {}", callable.kind(), args.kind());
         };
         let value = match (g.0.as_str(), g.1.as_str(), &args.items[..]) {
-            ("_codecs", "encode", [Value::Str(text), Value::Str(codec)]) if matches!(&**codec, "latin1" | "latin-1") => {
-                Value::Bytes(latin1(text).ok_or_else(|| anyhow::anyhow!("byte {at}: _codecs.encode of a str that is not latin-1"))?)
+            ("_codecs", "encode", [Value::Str(text), Value::Str(codec)])
+                if matches!(&**codec, "latin1" | "latin-1") =>
+            {
+                Value::Bytes(
+                    latin1(text)
+                        .ok_or_else(|| anyhow::anyhow!("byte {at}: _codecs.encode of a str that is not latin-1"))?,
+                )
             }
             ("__builtin__" | "builtins", "bytes", []) => Value::Bytes(Arc::from(&[][..])),
             _ => {

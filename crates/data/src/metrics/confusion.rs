@@ -17,21 +17,13 @@ impl Confusion {
 
     /// Adds predictions; true labels below 0 (unknown) are skipped, others must be < classes.
     pub fn add(&mut self, truth: &[i64], predicted: &[i64]) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            truth.len() == predicted.len(),
-            "{} labels but {} predictions",
-            truth.len(),
-            predicted.len()
-        );
+        anyhow::ensure!(truth.len() == predicted.len(), "{} labels but {} predictions", truth.len(), predicted.len());
         for (k, (&t, &p)) in truth.iter().zip(predicted).enumerate() {
             if t < 0 {
                 continue;
             }
             let c = self.classes as i64;
-            anyhow::ensure!(
-                t < c && (0..c).contains(&p),
-                "sample {k}: class {t} predicted {p}, outside 0..{c}"
-            );
+            anyhow::ensure!(t < c && (0..c).contains(&p), "sample {k}: class {t} predicted {p}, outside 0..{c}");
             self.counts[t as usize * self.classes + p as usize] += 1;
         }
         Ok(())
@@ -54,7 +46,10 @@ impl Confusion {
     /// Mean |true − predicted| in classes (for ordered classes such as age buckets); NaN
     /// when empty.
     pub fn mean_abs_error(&self) -> f64 {
-        let cost: u64 = (0..self.classes).flat_map(|t| (0..self.classes).map(move |p| (t, p))).map(|(t, p)| self.count(t, p) * t.abs_diff(p) as u64).sum();
+        let cost: u64 = (0..self.classes)
+            .flat_map(|t| (0..self.classes).map(move |p| (t, p)))
+            .map(|(t, p)| self.count(t, p) * t.abs_diff(p) as u64)
+            .sum();
         cost as f64 / self.total() as f64
     }
 

@@ -42,14 +42,7 @@ pub fn gap(emb: &[f32], dim: usize, labels: &[i64]) -> Gap {
 /// [`gap`] with its limits explicit: all pairs up to `max_n` labelled embeddings, else
 /// `pairs_per_kind` same and different pairs drawn with `seed` (the means are per kind,
 /// so sampling the kinds separately keeps them unbiased).
-pub fn gap_with(
-    emb: &[f32],
-    dim: usize,
-    labels: &[i64],
-    max_n: usize,
-    pairs_per_kind: usize,
-    seed: u64,
-) -> Gap {
+pub fn gap_with(emb: &[f32], dim: usize, labels: &[i64], max_n: usize, pairs_per_kind: usize, seed: u64) -> Gap {
     let rows = normalised_rows(emb, dim);
     let known: Vec<usize> = (0..labels.len().min(rows.len())).filter(|&i| labels[i] >= 0).collect();
     let mut same = Moments::default();
@@ -110,7 +103,11 @@ pub fn verify_pairs(emb: &[f32], dim: usize, pairs: &[(usize, usize, bool)]) -> 
 pub fn pair_gap(squared: &[f64], issame: &[bool]) -> Gap {
     let (mut same, mut diff) = (Moments::default(), Moments::default());
     for (&d, &s) in squared.iter().zip(issame) {
-        if s { same.add(d.max(0.0).sqrt()) } else { diff.add(d.max(0.0).sqrt()) }
+        if s {
+            same.add(d.max(0.0).sqrt())
+        } else {
+            diff.add(d.max(0.0).sqrt())
+        }
     }
     let (same_mean, diff_mean, diff_std) = (same.mean(), diff.mean(), diff.std());
     let value = if diff_std > 0.0 { (diff_mean - same_mean) / diff_std } else { f64::NAN };

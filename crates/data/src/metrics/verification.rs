@@ -33,12 +33,22 @@ pub struct Verification {
 impl Verification {
     /// NaN scores, for a set whose pairs cannot make 10 folds (validation goes on).
     pub fn undefined() -> Verification {
-        Verification { fold_accuracy: vec![], accuracy_mean: f64::NAN, accuracy_std: f64::NAN, fold_threshold: vec![], tar_at_far: None }
+        Verification {
+            fold_accuracy: vec![],
+            accuracy_mean: f64::NAN,
+            accuracy_std: f64::NAN,
+            fold_threshold: vec![],
+            tar_at_far: None,
+        }
     }
 
     /// The mean of the thresholds the folds were scored at.
     pub fn threshold_mean(&self) -> f64 {
-        if self.fold_threshold.is_empty() { f64::NAN } else { mean_std(&self.fold_threshold).0 }
+        if self.fold_threshold.is_empty() {
+            f64::NAN
+        } else {
+            mean_std(&self.fold_threshold).0
+        }
     }
 }
 
@@ -67,7 +77,8 @@ pub fn evaluate(embeddings: &[f64], dim: usize, issame: &[bool]) -> Result<Verif
     ensure!(issame.len() >= FOLDS, "{} pairs are too few for {FOLDS} folds", issame.len());
     let folds = kfold(issame.len(), FOLDS);
     let accuracy = Curves::new(&dist, issame, &folds, &thresholds(400, 0.01));
-    let (fold_accuracy, fold_threshold): (Vec<f64>, Vec<f64>) = (0..folds.len()).map(|f| accuracy.best_accuracy(f)).unzip();
+    let (fold_accuracy, fold_threshold): (Vec<f64>, Vec<f64>) =
+        (0..folds.len()).map(|f| accuracy.best_accuracy(f)).unzip();
     let tar_at_far = tar_at_far(&dist, issame, &folds);
     let (accuracy_mean, accuracy_std) = mean_std(&fold_accuracy);
     Ok(Verification { fold_accuracy, accuracy_mean, accuracy_std, fold_threshold, tar_at_far })
@@ -220,7 +231,8 @@ fn tar_at_far(dist: &[f64], issame: &[bool], folds: &[Range<usize>]) -> Option<T
             return None;
         }
         min_train_diff = min_train_diff.min(train_diff);
-        let far: Vec<f64> = (0..curves.thresholds.len()).map(|i| curves.train(f, i).1 as f64 / train_diff as f64).collect();
+        let far: Vec<f64> =
+            (0..curves.thresholds.len()).map(|i| curves.train(f, i).1 as f64 / train_diff as f64).collect();
         let reached = far.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v)) >= FAR_TARGET;
         let threshold = if reached { slinear(&far, &curves.thresholds, FAR_TARGET) } else { 0.0 };
         let accepted = |same: bool| fold.clone().filter(|&p| issame[p] == same && dist[p] < threshold).count() as f64;

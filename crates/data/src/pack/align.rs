@@ -25,9 +25,14 @@ impl Aligner {
         if !args.align {
             return Ok(None);
         }
-        let table = args.list.as_deref().context("--align needs --list: a table with the landmark columns x1 y1 … x5 y5")?;
+        let table =
+            args.list.as_deref().context("--align needs --list: a table with the landmark columns x1 y1 … x5 y5")?;
         let extras = Extras::read(table)?;
-        ensure!(extras.has_landmarks, "--align: list table {} has no landmark columns (x1 y1 … x5 y5)", table.display());
+        ensure!(
+            extras.has_landmarks,
+            "--align: list table {} has no landmark columns (x1 y1 … x5 y5)",
+            table.display()
+        );
         let encoding = match (args.encoding, t.encoding) {
             (Some(Encoding::Keep), _) => bail!("--align re-encodes the aligned crop: use --encoding jpeg or png"),
             (_, Encoding::Keep) => Encoding::Jpeg,
@@ -42,8 +47,10 @@ impl Aligner {
     pub fn payload(&self, path: &str, bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
         let landmarks = self.extras.landmarks(path)?;
         let mut rgb = Vec::new();
-        let (w, h) = decode_rgb_into(Decompressor::new().ok().as_mut(), bytes, usize::MAX, &mut rgb).map_err(|e| format!("cannot decode: {e:#}"))?;
-        let image = image::RgbImage::from_raw(w as u32, h as u32, rgb).ok_or("decoded pixels do not match the image size")?;
+        let (w, h) = decode_rgb_into(Decompressor::new().ok().as_mut(), bytes, usize::MAX, &mut rgb)
+            .map_err(|e| format!("cannot decode: {e:#}"))?;
+        let image =
+            image::RgbImage::from_raw(w as u32, h as u32, rgb).ok_or("decoded pixels do not match the image size")?;
         let crop = align::norm_crop(&image, &landmarks, self.size).map_err(|e| format!("cannot align: {e:#}"))?;
         encode_rgb(crop.as_raw(), self.size as usize, self.size as usize, &self.transcode)
     }

@@ -80,7 +80,10 @@ mod tests {
                 let total = ls.iter().filter(|&&l| l == c).count();
                 for shard in &out {
                     let here = shard.iter().filter(|&&i| ls[i] == c).count();
-                    assert!(here == total / k || here == total.div_ceil(k), "label {c}: {here} of {total} in one of {k} shards");
+                    assert!(
+                        here == total / k || here == total.div_ceil(k),
+                        "label {c}: {here} of {total} in one of {k} shards"
+                    );
                 }
             }
         }

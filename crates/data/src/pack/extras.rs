@@ -33,14 +33,19 @@ impl Extras {
     pub fn parse(text: &str) -> Result<Extras> {
         let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
         let (_, header) = lines.next().context("the table is empty (it needs a header line naming `path`)")?;
-        let names: HashMap<String, usize> = header.trim_end_matches('\r').split('\t').enumerate().map(|(i, n)| (n.trim().to_string(), i)).collect();
+        let names: HashMap<String, usize> =
+            header.trim_end_matches('\r').split('\t').enumerate().map(|(i, n)| (n.trim().to_string(), i)).collect();
         let Some(&path_col) = names.get("path") else { bail!("line 1: header {header:?} names no `path` column") };
         let (gender_col, age_col) = (names.get("gender").copied(), names.get("age").copied());
         let landmark_cols = LandmarkColumns::from_header(&names).context("line 1")?;
         let mut extras = Extras { by_path: HashMap::new(), has_landmarks: landmark_cols.is_some() };
         for (n, line) in lines {
             let fields: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
-            let path = fields.get(path_col).map(|p| p.trim()).filter(|p| !p.is_empty()).with_context(|| format!("line {}: no path", n + 1))?;
+            let path = fields
+                .get(path_col)
+                .map(|p| p.trim())
+                .filter(|p| !p.is_empty())
+                .with_context(|| format!("line {}: no path", n + 1))?;
             let gender = class_cell(&fields, gender_col).with_context(|| format!("line {}: gender", n + 1))?;
             let age = class_cell(&fields, age_col).with_context(|| format!("line {}: age", n + 1))?;
             let landmarks = landmark_cols.map(|c| c.parse(&fields).map_err(|e| format!("{e:#}")));

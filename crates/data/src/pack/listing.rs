@@ -37,11 +37,14 @@ pub fn from_table(table: &Path) -> Result<Listing> {
 
 pub fn parse_table(text: &str) -> Result<Listing> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let (_, header) = lines.next().context("the table is empty (it needs a header line: path<TAB>label[<TAB>gender][<TAB>age])")?;
+    let (_, header) =
+        lines.next().context("the table is empty (it needs a header line: path<TAB>label[<TAB>gender][<TAB>age])")?;
     let names: Vec<&str> = header.split('\t').map(str::trim).collect();
     let col = |n: &str| names.iter().position(|c| *c == n);
     let (Some(path_col), Some(label_col)) = (col("path"), col("label")) else {
-        bail!("line 1: header {header:?} must name TAB-separated columns `path` and `label` (optional `gender`, `age`)");
+        bail!(
+            "line 1: header {header:?} must name TAB-separated columns `path` and `label` (optional `gender`, `age`)"
+        );
     };
     let (gender_col, age_col) = (col("gender"), col("age"));
     let mut listing = Listing::default();
@@ -52,17 +55,31 @@ pub fn parse_table(text: &str) -> Result<Listing> {
             bail!("line {}: {} columns, the header has {}", n + 1, fields.len(), names.len());
         }
         let label = fields[label_col].trim().parse::<u32>().ok().filter(|&l| (l as usize) < MAX_CLASSES);
-        let label = label.with_context(|| format!("line {}: label {:?} is not an integer in 0..{MAX_CLASSES} (at most 2^24 classes)", n + 1, fields[label_col]))?;
+        let label = label.with_context(|| {
+            format!(
+                "line {}: label {:?} is not an integer in 0..{MAX_CLASSES} (at most 2^24 classes)",
+                n + 1,
+                fields[label_col]
+            )
+        })?;
         let class = |c: Option<usize>, what: &str| -> Result<i8> {
             match c.map(|c| fields[c].trim()) {
                 None | Some("") | Some("-1") => Ok(-1),
-                Some(v) => v.parse::<u8>().ok().filter(|v| *v <= 127).map(|v| v as i8).with_context(|| format!("line {}: {what} {v:?} is neither -1 nor 0..=127", n + 1)),
+                Some(v) => v
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|v| *v <= 127)
+                    .map(|v| v as i8)
+                    .with_context(|| format!("line {}: {what} {v:?} is neither -1 nor 0..=127", n + 1)),
             }
         };
         let (gender, age) = (class(gender_col, "gender")?, class(age_col, "age")?);
         let raw = fields[path_col];
         let Some(rel) = normalise_path(raw) else {
-            bail!("line {}: path {raw:?} must name a file relative to SRC without `..` (unpack could not recreate it)", n + 1);
+            bail!(
+                "line {}: path {raw:?} must name a file relative to SRC without `..` (unpack could not recreate it)",
+                n + 1
+            );
         };
         if let Some(before) = first_line.insert(rel.clone(), n + 1) {
             bail!("lines {before} and {} both name {rel:?}: each file may be listed once (remove one; a file cannot have two labels)", n + 1);

@@ -15,9 +15,9 @@ pub mod walk;
 pub mod writer;
 
 use crate::format::{idx as format, manifest::ShardEntry, LabelTable, Manifest};
+use align::Aligner;
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{bounded, Receiver};
-use align::Aligner;
 use listing::{Item, Listing};
 use rayon::prelude::*;
 use staging::Staging;
@@ -111,20 +111,31 @@ pub fn pack(args: &PackArgs) -> Result<PackSummary> {
     let aligner = Aligner::for_args(args, &t)?;
     let listing = list_inputs(args)?;
     if args.shards > listing.items.len() {
-        bail!("--shards {} is more than the {} inputs found: every shard needs records (use --shards {} or fewer)", args.shards, listing.items.len(), listing.items.len());
+        bail!(
+            "--shards {} is more than the {} inputs found: every shard needs records (use --shards {} or fewer)",
+            args.shards,
+            listing.items.len(),
+            listing.items.len()
+        );
     }
     let staging = Staging::new(&args.out, &args.name, args.force)?;
     let labels: Vec<u32> = listing.items.iter().map(|i| i.label).collect();
     let plan = assign::assign(&labels, args.shards, args.seed, args.group_by_label);
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(workers).build().context("starting worker threads")?;
-    let progress = crate::term::progress_bar(listing.items.len() as u64, "packing [{bar:30}] {pos}/{len} {per_sec} ETA {eta}");
+    let progress =
+        crate::term::progress_bar(listing.items.len() as u64, "packing [{bar:30}] {pos}/{len} {per_sec} ETA {eta}");
     let (tx, rx) = bounded::<Chunk>(2);
     let summary = std::thread::scope(|scope| {
         let writer = scope.spawn(|| write_shards(rx, args, staging, &listing, &progress));
         'shards: for (k, order) in plan.iter().enumerate() {
             for chunk in order.chunks(CHUNK) {
-                let payloads = pool.install(|| chunk.par_iter().map(|&i| read_payload(&args.src, &listing.items[i], &t, aligner.as_ref())).collect());
+                let payloads = pool.install(|| {
+                    chunk
+                        .par_iter()
+                        .map(|&i| read_payload(&args.src, &listing.items[i], &t, aligner.as_ref()))
+                        .collect()
+                });
                 if tx.send(Chunk { k, items: chunk.to_vec(), payloads }).is_err() {
                     break 'shards;
                 }
@@ -142,11 +153,18 @@ pub(super) fn transcode_settings(args: &PackArgs) -> Result<Transcode> {
         bail!("--shards must be at least 1");
     }
     let odd = |c: char| c.is_control() || c == '/' || c == '\\';
-    if args.name.is_empty() || args.name.contains(odd) || args.name.starts_with('.') || args.name.ends_with(".bin") || args.name.ends_with(".idx") {
+    if args.name.is_empty()
+        || args.name.contains(odd)
+        || args.name.starts_with('.')
+        || args.name.ends_with(".bin")
+        || args.name.ends_with(".idx")
+    {
         bail!("--name {:?} must be a plain file name (no '/', no leading '.', not ending in .bin or .idx)", args.name);
     }
     let encoding = match (args.encoding, args.size) {
-        (Some(Encoding::Keep), Some(_)) => bail!("--encoding keep cannot resize; use --encoding jpeg or png with --size"),
+        (Some(Encoding::Keep), Some(_)) => {
+            bail!("--encoding keep cannot resize; use --encoding jpeg or png with --size")
+        }
         (Some(e), _) => e,
         (None, Some(_)) => Encoding::Jpeg,
         (None, None) => Encoding::Keep,
@@ -194,7 +212,11 @@ fn read_payload(src: &Path, item: &Item, t: &Transcode, aligner: Option<&Aligner
 fn read_input(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::File::options().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| format!("unreadable: {e}"))?;
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("unreadable: {e}"))?;
     let meta = file.metadata().map_err(|e| format!("unreadable: {e}"))?;
     if !meta.is_file() {
         return Err(walk::not_regular(meta.file_type()));
@@ -222,7 +244,13 @@ pub struct PackSummary {
 
 /// Appends chunks to shard writers in order, then stages labels, skips and manifest and
 /// commits. Runs on its own thread so writing overlaps reading the next chunk.
-fn write_shards(rx: Receiver<Chunk>, args: &PackArgs, mut staging: Staging, listing: &Listing, progress: &indicatif::ProgressBar) -> Result<PackSummary> {
+fn write_shards(
+    rx: Receiver<Chunk>,
+    args: &PackArgs,
+    mut staging: Staging,
+    listing: &Listing,
+    progress: &indicatif::ProgressBar,
+) -> Result<PackSummary> {
     let n = args.shards;
     let mut skipped = Vec::new();
     for (path, reason) in &listing.rejected {
@@ -262,16 +290,28 @@ fn write_shards(rx: Receiver<Chunk>, args: &PackArgs, mut staging: Staging, list
     }
     let empty = entries.iter().filter(|e| e.records == 0).count();
     if empty == n {
-        bail!("none of the {} inputs could be packed ({} skipped, reasons above); nothing was written", listing.items.len() + listing.rejected.len(), skipped.len());
+        bail!(
+            "none of the {} inputs could be packed ({} skipped, reasons above); nothing was written",
+            listing.items.len() + listing.rejected.len(),
+            skipped.len()
+        );
     }
     if empty > 0 {
         progress.suspend(|| tracing::warn!("{empty} of {n} shards are empty: their inputs were skipped"));
     }
     skipped.sort();
-    let manifest = build_manifest(args, &listing.classes, entries, label_counts, (skipped.len(), listing.excluded.len()));
+    let manifest =
+        build_manifest(args, &listing.classes, entries, label_counts, (skipped.len(), listing.excluded.len()));
     stage_metadata(&mut staging, args, &listing.classes, &skipped, &listing.excluded, &manifest)?;
     staging.commit()?;
-    Ok(PackSummary { manifest, skipped, excluded: listing.excluded.len(), out: PathBuf::new(), name: String::new(), secs: 0.0 })
+    Ok(PackSummary {
+        manifest,
+        skipped,
+        excluded: listing.excluded.len(),
+        out: PathBuf::new(),
+        name: String::new(),
+        secs: 0.0,
+    })
 }
 
 pub(super) fn finish_shard(args: &PackArgs, k: usize, w: ShardWriter) -> Result<ShardEntry> {
@@ -281,7 +321,13 @@ pub(super) fn finish_shard(args: &PackArgs, k: usize, w: ShardWriter) -> Result<
     Ok(ShardEntry { bin: format!("{stem}.bin"), idx: format!("{stem}.idx"), records, bytes, labels })
 }
 
-fn skip(args: &PackArgs, progress: &indicatif::ProgressBar, skipped: &mut Vec<(String, String)>, path: &str, reason: &str) -> Result<()> {
+fn skip(
+    args: &PackArgs,
+    progress: &indicatif::ProgressBar,
+    skipped: &mut Vec<(String, String)>,
+    path: &str,
+    reason: &str,
+) -> Result<()> {
     let reason = reason.trim();
     let full = args.src.join(path);
     if args.strict {
@@ -292,7 +338,13 @@ fn skip(args: &PackArgs, progress: &indicatif::ProgressBar, skipped: &mut Vec<(S
     Ok(())
 }
 
-pub(super) fn build_manifest(args: &PackArgs, classes: &LabelTable, shards: Vec<ShardEntry>, label_counts: BTreeMap<u32, usize>, (skipped, excluded): (usize, usize)) -> Manifest {
+pub(super) fn build_manifest(
+    args: &PackArgs,
+    classes: &LabelTable,
+    shards: Vec<ShardEntry>,
+    label_counts: BTreeMap<u32, usize>,
+    (skipped, excluded): (usize, usize),
+) -> Manifest {
     let settings = serde_json::json!({
         "source": args.src, "list": args.list, "size": args.size,
         "encoding": transcode_settings(args).map(|t| t.encoding).unwrap_or(Encoding::Keep),
@@ -318,7 +370,14 @@ pub(super) fn build_manifest(args: &PackArgs, classes: &LabelTable, shards: Vec<
 
 /// Labels, the skipped table (bad and left-out inputs together, sorted by path) and,
 /// last, the manifest.
-pub(super) fn stage_metadata(staging: &mut Staging, args: &PackArgs, classes: &LabelTable, skipped: &[(String, String)], excluded: &[(String, String)], manifest: &Manifest) -> Result<()> {
+pub(super) fn stage_metadata(
+    staging: &mut Staging,
+    args: &PackArgs,
+    classes: &LabelTable,
+    skipped: &[(String, String)],
+    excluded: &[(String, String)],
+    manifest: &Manifest,
+) -> Result<()> {
     staging.write_small(&format::labels_file(&args.name), classes.to_text().as_bytes())?;
     let mut rows: Vec<&(String, String)> = skipped.iter().chain(excluded).collect();
     rows.sort();
@@ -347,10 +406,21 @@ impl std::fmt::Display for PackSummary {
             mb / secs
         )?;
         let sizes: Vec<usize> = m.shards.iter().map(|e| e.records).collect();
-        writeln!(f, "records per shard: min {} max {}", sizes.iter().min().unwrap_or(&0), sizes.iter().max().unwrap_or(&0))?;
+        writeln!(
+            f,
+            "records per shard: min {} max {}",
+            sizes.iter().min().unwrap_or(&0),
+            sizes.iter().max().unwrap_or(&0)
+        )?;
         if !self.skipped.is_empty() || self.excluded > 0 {
             let table = self.out.join(format::skipped_file(&self.name));
-            writeln!(f, "skipped {} bad inputs and left out {} other entries (listed with reasons in {})", self.skipped.len(), self.excluded, table.display())?;
+            writeln!(
+                f,
+                "skipped {} bad inputs and left out {} other entries (listed with reasons in {})",
+                self.skipped.len(),
+                self.excluded,
+                table.display()
+            )?;
         }
         Ok(())
     }

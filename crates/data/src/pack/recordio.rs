@@ -14,8 +14,8 @@
 use super::align::Aligner;
 use super::extras::Extras;
 use super::listing::Item;
-use super::transcode::{self, Transcode};
 use super::staging::{self, Staging};
+use super::transcode::{self, Transcode};
 use super::writer::ShardWriter;
 use super::{build_manifest, finish_shard, stage_metadata, transcode_settings, PackArgs, PackSummary};
 use crate::format::LabelTable;
@@ -45,12 +45,14 @@ pub fn pack(args: &PackArgs) -> Result<PackSummary> {
         _ => None,
     };
     let extras = aligner.as_ref().map(|a| &a.extras).or(own_extras.as_ref());
-    let reader = RecordReader::open(&args.src, &Options::default()).with_context(|| format!("opening RecordIO set {}", args.src.display()))?;
+    let reader = RecordReader::open(&args.src, &Options::default())
+        .with_context(|| format!("opening RecordIO set {}", args.src.display()))?;
     let file = args.src.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(workers).build().context("starting worker threads")?;
     let total = std::fs::metadata(&args.src).map_or(0, |m| m.len());
-    let progress = crate::term::progress_bar(total, "packing [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}");
+    let progress =
+        crate::term::progress_bar(total, "packing [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}");
     let mut out = Output::new(args, file, extras, &progress)?;
     let (tx, rx) = bounded::<Result<Vec<RecordItem>>>(4);
     let reader = std::thread::scope(|scope| -> Result<RecordReader> {
@@ -94,11 +96,18 @@ fn read_chunks(mut reader: RecordReader, tx: Sender<Result<Vec<RecordItem>>>) ->
     Ok(reader)
 }
 
-fn write_chunks(rx: &Receiver<Result<Vec<RecordItem>>>, pool: &rayon::ThreadPool, out: &mut Output, t: &Transcode, aligner: Option<&Aligner>) -> Result<()> {
+fn write_chunks(
+    rx: &Receiver<Result<Vec<RecordItem>>>,
+    pool: &rayon::ThreadPool,
+    out: &mut Output,
+    t: &Transcode,
+    aligner: Option<&Aligner>,
+) -> Result<()> {
     for chunk in rx {
         let chunk = chunk?;
         let reached = chunk.last().map(offset_of);
-        let prepared: Vec<Prepared> = pool.install(|| chunk.into_par_iter().map(|item| out.prepare(item, t, aligner)).collect());
+        let prepared: Vec<Prepared> =
+            pool.install(|| chunk.into_par_iter().map(|item| out.prepare(item, t, aligner)).collect());
         for p in prepared {
             out.write(p)?;
         }
@@ -119,7 +128,13 @@ fn offset_of(item: &RecordItem) -> u64 {
 fn report_read(reader: &RecordReader, args: &PackArgs) -> Result<()> {
     let s = reader.summary();
     let idx = if reader.idx().is_some() { "through its .idx" } else { "scanned (no .idx)" };
-    tracing::info!("{}: {} images, {} identity records, {} damaged records, read {idx}", args.src.display(), s.images, s.identities, s.skipped);
+    tracing::info!(
+        "{}: {} images, {} identity records, {} damaged records, read {idx}",
+        args.src.display(),
+        s.images,
+        s.identities,
+        s.skipped
+    );
     for warning in reader.check_property()? {
         tracing::warn!("{}: {warning}", args.src.display());
     }
@@ -128,8 +143,16 @@ fn report_read(reader: &RecordReader, args: &PackArgs) -> Result<()> {
 
 /// A record after the workers: its path and, to pack, labels and payload, or why it is skipped.
 enum Prepared {
-    Record { path: String, label: u32, payload: Vec<u8>, crc: u32 },
-    Skipped { path: String, reason: String },
+    Record {
+        path: String,
+        label: u32,
+        payload: Vec<u8>,
+        crc: u32,
+    },
+    Skipped {
+        path: String,
+        reason: String,
+    },
     /// Not an image: identity records (insightface's per-class ranges).
     Ignored,
 }
@@ -148,12 +171,30 @@ struct Output<'a> {
 }
 
 impl<'a> Output<'a> {
-    fn new(args: &'a PackArgs, file: String, extras: Option<&'a Extras>, progress: &'a indicatif::ProgressBar) -> Result<Output<'a>> {
+    fn new(
+        args: &'a PackArgs,
+        file: String,
+        extras: Option<&'a Extras>,
+        progress: &'a indicatif::ProgressBar,
+    ) -> Result<Output<'a>> {
         staging::check_free(&args.out, &args.name, args.force)?;
         let mut staging = Staging::new(&args.out, &args.name, args.force)?;
-        let writers = (0..args.shards).map(|k| ShardWriter::create(&mut staging, &args.name, k, args.shards)).collect::<Result<_>>()?;
-        let dealer = Dealer { group: args.group_by_label, sizes: vec![0; args.shards], by_label: HashMap::new(), next: 0 };
-        Ok(Output { args, file, extras, progress, staging, writers, dealer, label_counts: BTreeMap::new(), skipped: Vec::new() })
+        let writers = (0..args.shards)
+            .map(|k| ShardWriter::create(&mut staging, &args.name, k, args.shards))
+            .collect::<Result<_>>()?;
+        let dealer =
+            Dealer { group: args.group_by_label, sizes: vec![0; args.shards], by_label: HashMap::new(), next: 0 };
+        Ok(Output {
+            args,
+            file,
+            extras,
+            progress,
+            staging,
+            writers,
+            dealer,
+            label_counts: BTreeMap::new(),
+            skipped: Vec::new(),
+        })
     }
 
     /// A record's name: `<file>#<key>`, or `<file>@<offset>` when its key is unknown.
@@ -216,8 +257,16 @@ impl<'a> Output<'a> {
         // Flushed and fsynced side by side, so the file system can write the shards back
         // together (1.8 s instead of 1.9 s for 16 shards of a 256 MiB set here).
         let entries = std::thread::scope(|scope| {
-            let finishing: Vec<_> = self.writers.into_iter().enumerate().map(|(k, w)| scope.spawn(move || finish_shard(args, k, w))).collect();
-            finishing.into_iter().map(|t| t.join().unwrap_or_else(|_| bail!("a shard writer panicked"))).collect::<Result<Vec<_>>>()
+            let finishing: Vec<_> = self
+                .writers
+                .into_iter()
+                .enumerate()
+                .map(|(k, w)| scope.spawn(move || finish_shard(args, k, w)))
+                .collect();
+            finishing
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|_| bail!("a shard writer panicked")))
+                .collect::<Result<Vec<_>>>()
         })?;
         let ids: Vec<u32> = match property_classes {
             Some(n) => (0..u32::try_from(n).context("property: too many classes")?).collect(),
@@ -226,12 +275,23 @@ impl<'a> Output<'a> {
         let classes = LabelTable { entries: ids.into_iter().map(|id| (id, id.to_string())).collect() };
         self.skipped.sort();
         if entries.iter().all(|e| e.records == 0) {
-            bail!("no record of {} could be packed ({} skipped, reasons above); nothing was written", args.src.display(), self.skipped.len());
+            bail!(
+                "no record of {} could be packed ({} skipped, reasons above); nothing was written",
+                args.src.display(),
+                self.skipped.len()
+            );
         }
         let manifest = build_manifest(args, &classes, entries, self.label_counts, (self.skipped.len(), 0));
         stage_metadata(&mut self.staging, args, &classes, &self.skipped, &[], &manifest)?;
         self.staging.commit()?;
-        Ok(PackSummary { manifest, skipped: self.skipped, excluded: 0, out: PathBuf::new(), name: String::new(), secs: 0.0 })
+        Ok(PackSummary {
+            manifest,
+            skipped: self.skipped,
+            excluded: 0,
+            out: PathBuf::new(),
+            name: String::new(),
+            secs: 0.0,
+        })
     }
 }
 

@@ -35,7 +35,13 @@ pub fn dataset_files(out: &Path, name: &str) -> Result<Vec<PathBuf>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("listing {}", out.display())),
     };
-    let sidecars = [format!("{name}.bin"), format!("{name}.idx"), format::labels_file(name), format::manifest_file(name), format::skipped_file(name)];
+    let sidecars = [
+        format!("{name}.bin"),
+        format!("{name}.idx"),
+        format::labels_file(name),
+        format::manifest_file(name),
+        format::skipped_file(name),
+    ];
     let mut found = Vec::new();
     for entry in entries {
         let file = entry.with_context(|| format!("listing {}", out.display()))?.file_name();
@@ -71,7 +77,12 @@ impl Staging {
         std::fs::create_dir_all(out).with_context(|| format!("creating output directory {}", out.display()))?;
         check_free(out, name, force)?;
         let lock_path = out.join(format!("{}{PARTIAL}", format::manifest_file(name)));
-        let lock = File::options().create(true).write(true).truncate(false).open(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+        let lock = File::options()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&lock_path)
+            .with_context(|| format!("creating {}", lock_path.display()))?;
         let locked = match lock.try_lock() {
             Ok(()) => true,
             Err(TryLockError::WouldBlock) => bail!("another `trainer pack` is writing {name:?} into {} right now (it holds {}); wait for it or use another --name", out.display(), lock_path.display()),
@@ -81,7 +92,14 @@ impl Staging {
             }
         };
         lock.set_len(0).with_context(|| format!("truncating {}", lock_path.display()))?;
-        let staging = Staging { out: out.to_path_buf(), name: name.to_string(), files: Vec::new(), lock, lock_path, committed: false };
+        let staging = Staging {
+            out: out.to_path_buf(),
+            name: name.to_string(),
+            files: Vec::new(),
+            lock,
+            lock_path,
+            committed: false,
+        };
         staging.clear_leftovers(locked)?;
         Ok(staging)
     }
@@ -99,7 +117,11 @@ impl Staging {
                 (false, false) => Owner::Running,
             };
             if let Owner::Running = state {
-                tracing::warn!("{} .partial file(s) of {owner:?} in {} belong to a pack that may still be running; left alone", files.len(), self.out.display());
+                tracing::warn!(
+                    "{} .partial file(s) of {owner:?} in {} belong to a pack that may still be running; left alone",
+                    files.len(),
+                    self.out.display()
+                );
                 continue;
             }
             // A dead owner's lock stays held by us while its files go.
@@ -108,7 +130,11 @@ impl Staging {
             }
             drop(state);
             if !files.is_empty() {
-                tracing::warn!("removed {} .partial file(s) left in {} by an interrupted pack of {owner:?}", files.len(), self.out.display());
+                tracing::warn!(
+                    "removed {} .partial file(s) left in {} by an interrupted pack of {owner:?}",
+                    files.len(),
+                    self.out.display()
+                );
             }
         }
         Ok(())
@@ -144,15 +170,19 @@ impl Staging {
         let manifest = self.out.join(format::manifest_file(&self.name));
         remove_if_exists(&manifest)?;
         for (tmp, target) in &self.files {
-            std::fs::rename(tmp, target).with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
+            std::fs::rename(tmp, target)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
         }
-        std::fs::rename(&self.lock_path, &manifest).with_context(|| format!("renaming {} to {}", self.lock_path.display(), manifest.display()))?;
+        std::fs::rename(&self.lock_path, &manifest)
+            .with_context(|| format!("renaming {} to {}", self.lock_path.display(), manifest.display()))?;
         self.committed = true;
         let keep: HashSet<&PathBuf> = self.files.iter().map(|(_, t)| t).chain([&manifest]).collect();
         for old in dataset_files(&self.out, &self.name)?.into_iter().filter(|p| !keep.contains(p)) {
             remove_if_exists(&old)?;
         }
-        File::open(&self.out).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", self.out.display()))
+        File::open(&self.out)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing directory {}", self.out.display()))
     }
 }
 
@@ -217,7 +247,9 @@ fn owner_state(path: &Path) -> Result<Owner> {
 
 fn remove_if_exists(p: &Path) -> Result<()> {
     match std::fs::remove_file(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", p.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", p.display()))
+        }
         _ => Ok(()),
     }
 }

@@ -68,7 +68,9 @@ pub fn encode_rgb(rgb: &[u8], w: usize, h: usize, t: &Transcode) -> Result<Vec<u
 fn fill_square(rgb: &[u8], w: usize, h: usize, s: usize) -> Result<Rgb, String> {
     let src = ImageRef::new(w as u32, h as u32, rgb, PixelType::U8x3).map_err(|e| format!("resize source: {e}"))?;
     let mut dst = Image::new(s as u32, s as u32, PixelType::U8x3);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).fit_into_destination(Some((0.5, 0.5)));
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+        .fit_into_destination(Some((0.5, 0.5)));
     Resizer::new().resize(&src, &mut dst, &options).map_err(|e| format!("resize {w}x{h} to {s}: {e}"))?;
     Ok((dst.into_vec(), s, s))
 }
@@ -78,7 +80,8 @@ fn encode_jpeg(rgb: &[u8], w: usize, h: usize, quality: u8) -> Result<Vec<u8>, S
     let mut c = Compressor::new().map_err(fail)?;
     c.set_quality(quality as i32).map_err(fail)?;
     c.set_subsamp(Subsamp::Sub2x2).map_err(fail)?;
-    c.compress_to_vec(turbojpeg::Image { pixels: rgb, width: w, pitch: w * 3, height: h, format: PixelFormat::RGB }).map_err(fail)
+    c.compress_to_vec(turbojpeg::Image { pixels: rgb, width: w, pitch: w * 3, height: h, format: PixelFormat::RGB })
+        .map_err(fail)
 }
 
 #[cfg(test)]
@@ -121,8 +124,12 @@ mod tests {
         assert_eq!((img.width(), img.height()), (16, 16));
         let rgb = img.to_rgb8();
         // Red rises along x, green along y in the source; the crop keeps both.
-        assert!(rgb.get_pixel(15, 8)[0] > rgb.get_pixel(0, 8)[0] + 60 && rgb.get_pixel(8, 15)[1] > rgb.get_pixel(8, 0)[1] + 40);
-        let same_size = prepare(jpeg(40, 30), &Transcode { encoding: Encoding::Jpeg, size: None, quality: 90 }).unwrap();
+        assert!(
+            rgb.get_pixel(15, 8)[0] > rgb.get_pixel(0, 8)[0] + 60
+                && rgb.get_pixel(8, 15)[1] > rgb.get_pixel(8, 0)[1] + 40
+        );
+        let same_size =
+            prepare(jpeg(40, 30), &Transcode { encoding: Encoding::Jpeg, size: None, quality: 90 }).unwrap();
         let img = image::load_from_memory(&same_size).unwrap();
         assert_eq!((img.width(), img.height()), (40, 30), "no --size: re-encoded at full size");
         let png = prepare(jpeg(40, 30), &Transcode { encoding: Encoding::Png, size: Some(8), quality: 90 }).unwrap();

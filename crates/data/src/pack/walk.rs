@@ -117,7 +117,9 @@ impl Walker {
             return Entry::Bad(format!("symlink to a {}, not a regular file", kind_name(target.file_type())));
         }
         if !self.follow_links {
-            return Entry::Excluded("symlink to a folder, not followed (pass --follow-links to pack what it holds)".into());
+            return Entry::Excluded(
+                "symlink to a folder, not followed (pass --follow-links to pack what it holds)".into(),
+            );
         }
         let id = dir_id(&target);
         if ancestors.contains(&id) {
@@ -134,7 +136,11 @@ impl Walker {
         if let Some(name) = raw.to_str() {
             return Some(name.to_string());
         }
-        let shown = if rel.is_empty() { raw.to_string_lossy().into_owned() } else { format!("{rel}/{}", raw.to_string_lossy()) };
+        let shown = if rel.is_empty() {
+            raw.to_string_lossy().into_owned()
+        } else {
+            format!("{rel}/{}", raw.to_string_lossy())
+        };
         self.reject(&shown, "file name is not UTF-8");
         None
     }
@@ -202,7 +208,18 @@ mod tests {
     #[test]
     fn folders_get_sorted_labels_and_recursive_files() {
         let dir = tempfile::tempdir().unwrap();
-        touch(dir.path(), &["b_cls/2.jpg", "b_cls/1.jpg", "a cls/sub/x (1).jpg", "a cls/.hidden", "a cls/.git/x", "loose.jpg", ".DS_Store"]);
+        touch(
+            dir.path(),
+            &[
+                "b_cls/2.jpg",
+                "b_cls/1.jpg",
+                "a cls/sub/x (1).jpg",
+                "a cls/.hidden",
+                "a cls/.git/x",
+                "loose.jpg",
+                ".DS_Store",
+            ],
+        );
         let l = from_folders(dir.path(), false).unwrap();
         assert_eq!(rels(&l), [("a cls/sub/x (1).jpg", 0), ("b_cls/1.jpg", 1), ("b_cls/2.jpg", 1)]);
         assert_eq!(l.classes.entries, [(0, "a cls".to_string()), (1, "b_cls".to_string())]);
@@ -231,7 +248,9 @@ mod tests {
 
         let plain = from_folders(&src, false).unwrap();
         assert_eq!(rels(&plain), [("a/file_link.jpg", 0), ("a/real/1.jpg", 0), ("b/2.jpg", 1)]);
-        let reason = |l: &Listing, p: &str| l.excluded.iter().chain(&l.rejected).find(|(q, _)| q == p).map(|(_, r)| r.clone()).unwrap_or_default();
+        let reason = |l: &Listing, p: &str| {
+            l.excluded.iter().chain(&l.rejected).find(|(q, _)| q == p).map(|(_, r)| r.clone()).unwrap_or_default()
+        };
         assert!(reason(&plain, "a/loop").contains("--follow-links"));
         assert!(reason(&plain, "a/p").contains("broken symlink"), "{}", reason(&plain, "a/p"));
         assert!(reason(&plain, "b/pipe.jpg").contains("FIFO"));

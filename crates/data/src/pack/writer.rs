@@ -26,7 +26,15 @@ impl ShardWriter {
         let (idx, idx_tmp) = staging.create(&format!("{stem}.idx"))?;
         let mut idx = BufWriter::with_capacity(1 << 16, idx);
         writeln!(idx, "{}", format::header_line()).with_context(|| format!("writing {}", idx_tmp.display()))?;
-        Ok(ShardWriter { bin: BufWriter::with_capacity(1 << 20, bin), idx, bin_tmp, idx_tmp, offset: 0, records: 0, labels: Default::default() })
+        Ok(ShardWriter {
+            bin: BufWriter::with_capacity(1 << 20, bin),
+            idx,
+            bin_tmp,
+            idx_tmp,
+            offset: 0,
+            records: 0,
+            labels: Default::default(),
+        })
     }
 
     pub fn append(&mut self, item: &Item, payload: &[u8], crc: u32) -> Result<()> {
@@ -43,7 +51,8 @@ impl ShardWriter {
     /// Flushes and fsyncs both files; returns the bin's size.
     pub fn finish(self) -> Result<u64> {
         for (w, p) in [(self.bin, &self.bin_tmp), (self.idx, &self.idx_tmp)] {
-            let file = w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("flushing {}", p.display()))?;
+            let file =
+                w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("flushing {}", p.display()))?;
             file.sync_all().with_context(|| format!("syncing {}", p.display()))?;
         }
         Ok(self.offset)

@@ -3,9 +3,9 @@
 //! prefetch queue. Every random choice (order, flip, replacement of a corrupt record) is a
 //! function of (seed, epoch, slot), so thread timing never changes a batch.
 
-use crate::codec::Decoder;
 use super::partition::RankView;
 use super::sampler::{Sampler, SamplerKind, SamplerPosition};
+use crate::codec::Decoder;
 use crate::rng::{mix, Rng};
 use anyhow::{anyhow, bail, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -43,8 +43,16 @@ impl LoaderConfig {
     /// Uniform sampling with flips, one worker per core, two batches ahead per worker.
     pub fn new(size: usize, batch_size: usize) -> LoaderConfig {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        LoaderConfig { size, batch_size, workers, prefetch: 2 * workers, seed: 0, sampler: SamplerKind::Uniform,
-            augment: true, steps_per_epoch: None }
+        LoaderConfig {
+            size,
+            batch_size,
+            workers,
+            prefetch: 2 * workers,
+            seed: 0,
+            sampler: SamplerKind::Uniform,
+            augment: true,
+            steps_per_epoch: None,
+        }
     }
 }
 
@@ -109,7 +117,8 @@ pub struct Loader {
 impl Loader {
     /// Infinite, deterministic from (seed, epoch, rank), starting at `start`.
     pub fn train(view: Arc<RankView>, cfg: LoaderConfig, start: SamplerPosition) -> Result<Loader> {
-        let sampler = Sampler::new(cfg.sampler, view.labels(), cfg.batch_size, cfg.seed, view.rank, cfg.steps_per_epoch)?;
+        let sampler =
+            Sampler::new(cfg.sampler, view.labels(), cfg.batch_size, cfg.seed, view.rank, cfg.steps_per_epoch)?;
         if start.batch >= sampler.steps_per_epoch() {
             bail!("resume position batch {} is past the epoch's {} steps", start.batch, sampler.steps_per_epoch());
         }
@@ -138,8 +147,16 @@ impl Loader {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn spawn(shared: Shared, spare: Sender<Vec<f32>>, workers: usize, prefetch: usize, planner: impl FnOnce(Sender<Job>, Arc<AtomicBool>) + Send + 'static,
-             start: SamplerPosition, sampler: Option<Sampler>, steps: u64) -> Result<Loader> {
+    fn spawn(
+        shared: Shared,
+        spare: Sender<Vec<f32>>,
+        workers: usize,
+        prefetch: usize,
+        planner: impl FnOnce(Sender<Job>, Arc<AtomicBool>) + Send + 'static,
+        start: SamplerPosition,
+        sampler: Option<Sampler>,
+        steps: u64,
+    ) -> Result<Loader> {
         let workers = workers.max(1);
         let (job_tx, job_rx) = bounded::<Job>(prefetch.max(1));
         let (res_tx, res_rx) = bounded(prefetch.max(1) + workers);
@@ -151,7 +168,18 @@ impl Loader {
             let (rx, tx, sh) = (job_rx.clone(), res_tx.clone(), shared.clone());
             threads.push(named(&format!("loader-{w}"), move || work(sh, rx, tx))?);
         }
-        Ok(Loader { results: Some(res_rx), pending: BTreeMap::new(), next_seq: 0, pos: start, sampler, steps, skipped: 0, stop, threads, spare })
+        Ok(Loader {
+            results: Some(res_rx),
+            pending: BTreeMap::new(),
+            next_seq: 0,
+            pos: start,
+            sampler,
+            steps,
+            skipped: 0,
+            stop,
+            threads,
+            spare,
+        })
     }
 
     /// The next batch in order; `None` only at the end of a sequential pass.
@@ -161,7 +189,8 @@ impl Loader {
         }
         let rx = self.results.as_ref().ok_or_else(|| anyhow!("loader is shut down"))?;
         while !self.pending.contains_key(&self.next_seq) {
-            let (seq, batch) = rx.recv().map_err(|_| anyhow!("loader workers stopped before batch {}", self.next_seq))?;
+            let (seq, batch) =
+                rx.recv().map_err(|_| anyhow!("loader workers stopped before batch {}", self.next_seq))?;
             self.pending.insert(seq, batch);
         }
         let batch = self.pending.remove(&self.next_seq).expect("checked above")?;
@@ -232,7 +261,9 @@ fn plan_train(sampler: &Sampler, start: SamplerPosition, tx: Sender<Job>, stop: 
 fn plan_sequential(n: usize, batch_size: usize, tx: Sender<Job>, stop: &AtomicBool) {
     for (seq, first) in (0..n).step_by(batch_size).enumerate() {
         let records = (first as u32..(first + batch_size).min(n) as u32).collect();
-        if stop.load(Ordering::Relaxed) || tx.send(Job { seq: seq as u64, epoch: 0, first_slot: first as u64, records }).is_err() {
+        if stop.load(Ordering::Relaxed)
+            || tx.send(Job { seq: seq as u64, epoch: 0, first_slot: first as u64, records }).is_err()
+        {
             return;
         }
     }
@@ -262,15 +293,37 @@ impl Shared {
             }
         }
         let (spare_tx, spare) = bounded(8);
-        (spare_tx, Shared { view, size, seed, augment, replace, by_label: Arc::new(by_label), prefetch: false, stop: Arc::new(AtomicBool::new(false)), spare })
+        (
+            spare_tx,
+            Shared {
+                view,
+                size,
+                seed,
+                augment,
+                replace,
+                by_label: Arc::new(by_label),
+                prefetch: false,
+                stop: Arc::new(AtomicBool::new(false)),
+                spare,
+            },
+        )
     }
 
     fn build(&self, job: &Job, decoder: &mut Decoder) -> Result<Batch> {
         let slot_len = 3 * self.size * self.size;
         let mut images = self.spare.try_recv().unwrap_or_default();
         images.resize(job.records.len() * slot_len, 0.0);
-        let mut b = Batch { images, labels: Vec::new(), genders: Vec::new(),
-            ages: Vec::new(), n: 0, size: self.size, skipped: 0, records: Vec::new(), bytes: 0 };
+        let mut b = Batch {
+            images,
+            labels: Vec::new(),
+            genders: Vec::new(),
+            ages: Vec::new(),
+            n: 0,
+            size: self.size,
+            skipped: 0,
+            records: Vec::new(),
+            bytes: 0,
+        };
         if self.prefetch {
             // The whole batch's reads go out at once, instead of one page fault at a time.
             job.records.iter().for_each(|&r| self.view.prefetch(r as usize));
@@ -282,7 +335,11 @@ impl Shared {
             let mut rec = first_choice;
             let mut attempt = 0;
             let decoded = loop {
-                match self.view.bytes(rec as usize).and_then(|bytes| decoder.decode_into(bytes, self.size, flip, out).map(|_| bytes.len())) {
+                match self
+                    .view
+                    .bytes(rec as usize)
+                    .and_then(|bytes| decoder.decode_into(bytes, self.size, flip, out).map(|_| bytes.len()))
+                {
                     Ok(len) => break Some(len),
                     Err(e) => {
                         b.skipped += 1;
@@ -291,7 +348,10 @@ impl Shared {
                             tracing::warn!("skipping corrupt {what}: {e:#}");
                             break None;
                         }
-                        tracing::warn!("skipping corrupt {what} (rank {}): {e:#}; replaced by another sample", self.view.rank);
+                        tracing::warn!(
+                            "skipping corrupt {what} (rank {}): {e:#}; replaced by another sample",
+                            self.view.rank
+                        );
                         attempt += 1;
                         if attempt > MAX_REPLACEMENTS {
                             bail!("rank {}: {MAX_REPLACEMENTS} replacements for slot {slot} of epoch {} were all corrupt; last: {what}", self.view.rank, job.epoch);
@@ -349,7 +409,16 @@ mod tests {
     }
 
     fn cfg(batch: usize, workers: usize, sampler: SamplerKind) -> LoaderConfig {
-        LoaderConfig { size: S, batch_size: batch, workers, prefetch: 3, seed: 42, sampler, augment: true, steps_per_epoch: None }
+        LoaderConfig {
+            size: S,
+            batch_size: batch,
+            workers,
+            prefetch: 3,
+            seed: 42,
+            sampler,
+            augment: true,
+            steps_per_epoch: None,
+        }
     }
 
     fn take(l: &mut Loader, n: usize) -> Vec<Batch> {
@@ -374,7 +443,10 @@ mod tests {
             assert!(b.images.iter().any(|&x| x != b.images[0]));
             for (i, &r) in b.records.iter().enumerate() {
                 let [fr, gender, age] = &v.targets;
-                assert_eq!((b.labels[i], b.genders[i], b.ages[i]), (fr[r as usize] as i64, gender[r as usize] as i64, age[r as usize] as i64));
+                assert_eq!(
+                    (b.labels[i], b.genders[i], b.ages[i]),
+                    (fr[r as usize] as i64, gender[r as usize] as i64, age[r as usize] as i64)
+                );
                 assert!(b.ages[i] >= 0, "faces() gives every record an age");
             }
         }
@@ -383,7 +455,8 @@ mod tests {
     #[test]
     fn output_does_not_depend_on_worker_count() {
         let (_d, v) = view_of(&faces(6, 4, 20), 1);
-        let one = take(&mut Loader::train(v.clone(), cfg(4, 1, SamplerKind::Uniform), SamplerPosition::START).unwrap(), 9);
+        let one =
+            take(&mut Loader::train(v.clone(), cfg(4, 1, SamplerKind::Uniform), SamplerPosition::START).unwrap(), 9);
         let three = take(&mut Loader::train(v, cfg(4, 3, SamplerKind::Uniform), SamplerPosition::START).unwrap(), 9);
         same(&one, &three);
     }
@@ -391,7 +464,8 @@ mod tests {
     #[test]
     fn recycled_dirty_buffers_do_not_leak_into_batches() {
         let (_d, v) = view_of(&faces(4, 3, 24), 1);
-        let fresh = take(&mut Loader::train(v.clone(), cfg(3, 1, SamplerKind::Uniform), SamplerPosition::START).unwrap(), 8);
+        let fresh =
+            take(&mut Loader::train(v.clone(), cfg(3, 1, SamplerKind::Uniform), SamplerPosition::START).unwrap(), 8);
         let mut l = Loader::train(v, cfg(3, 1, SamplerKind::Uniform), SamplerPosition::START).unwrap();
         let mut reused = Vec::new();
         for _ in 0..8 {
@@ -453,7 +527,8 @@ mod tests {
         let mut recs = faces(4, 3, 16);
         with_corrupt(&mut recs, &[1, 7]);
         let (_d, v) = view_of(&recs, 1);
-        let mut l = Loader::train(v.clone(), cfg(4, 2, SamplerKind::Balanced { p: 2, k: 2 }), SamplerPosition::START).unwrap();
+        let mut l =
+            Loader::train(v.clone(), cfg(4, 2, SamplerKind::Balanced { p: 2, k: 2 }), SamplerPosition::START).unwrap();
         let batches = take(&mut l, 12);
         assert!(batches.iter().all(|b| b.n == 4));
         let bad: BTreeSet<u32> = [1, 7].into();

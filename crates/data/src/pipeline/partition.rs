@@ -83,7 +83,11 @@ impl RankView {
         let files: Vec<String> = view.dataset.shards.iter().map(|s| s.bin_path().display().to_string()).collect();
         tracing::info!(
             "rank {}/{} reads {} shard file(s){}: {}",
-            opts.rank, opts.world, files.len(), if opts.stripe { " (record stripes)" } else { "" }, files.join(", ")
+            opts.rank,
+            opts.world,
+            files.len(),
+            if opts.stripe { " (record stripes)" } else { "" },
+            files.join(", ")
         );
         Ok(view)
     }
@@ -95,8 +99,17 @@ impl RankView {
     }
 
     fn empty(rank: usize, world: usize) -> RankView {
-        let dataset = Dataset { shards: Vec::new(), num_classes: 0, classes_from: None, name: String::new(), total_shards: 0 };
-        RankView { dataset, records: Vec::new(), targets: Default::default(), identities: 0, sets: Vec::new(), rank, world }
+        let dataset =
+            Dataset { shards: Vec::new(), num_classes: 0, classes_from: None, name: String::new(), total_shards: 0 };
+        RankView {
+            dataset,
+            records: Vec::new(),
+            targets: Default::default(),
+            identities: 0,
+            sets: Vec::new(),
+            rank,
+            world,
+        }
     }
 
     /// Appends a dataset; with `stripe`, the global record count so far decides which
@@ -104,7 +117,8 @@ impl RankView {
     fn append(&mut self, spec: &SetSpec, ds: Dataset, columns: &[(Head, Column)], stripe: bool) {
         let offset = self.identities as i64;
         let mut global = self.dataset.len();
-        let mut info = SetInfo { spec: spec.clone(), records: 0, targets: columns.iter().map(|&(h, c)| (h, c, 0)).collect() };
+        let mut info =
+            SetInfo { spec: spec.clone(), records: 0, targets: columns.iter().map(|&(h, c)| (h, c, 0)).collect() };
         for shard in ds.shards {
             let s = self.dataset.shards.len() as u32;
             for i in 0..shard.len() {
@@ -211,13 +225,16 @@ fn columns_for(spec: &SetSpec, opts: &ViewOptions) -> Result<Vec<(Head, Column)>
     if !classifies {
         return Ok(serves.into_iter().map(|h| (h, Column::Label)).collect());
     }
-    let whole = Dataset::open(&spec.path).with_context(|| format!("opening {} to read its columns", spec.path.display()))?;
+    let whole =
+        Dataset::open(&spec.path).with_context(|| format!("opening {} to read its columns", spec.path.display()))?;
     let stats = column_stats(&whole);
     let only_one = serves.len() == 1;
     let mut out = Vec::new();
     for head in serves {
         let column = resolve_column(spec, head, only_one, &stats);
-        check_classes(&spec.to_string(), head, column, opts.gender_classes, &stats, || first_at_least(&whole, column, opts.gender_classes as i64))?;
+        check_classes(&spec.to_string(), head, column, opts.gender_classes, &stats, || {
+            first_at_least(&whole, column, opts.gender_classes as i64)
+        })?;
         out.push((head, column));
     }
     Ok(out)
@@ -245,7 +262,8 @@ fn first_at_least(ds: &Dataset, column: Column, limit: i64) -> Option<String> {
 }
 
 fn open_for_rank(spec: &Path, rank: usize, world: usize, stripe: bool) -> Result<Dataset> {
-    let total = Dataset::shard_count(spec).with_context(|| format!("rank {rank}: finding shards of {}", spec.display()))?;
+    let total =
+        Dataset::shard_count(spec).with_context(|| format!("rank {rank}: finding shards of {}", spec.display()))?;
     if stripe {
         return Dataset::open(spec).with_context(|| format!("rank {rank}: opening {}", spec.display()));
     }
@@ -258,7 +276,10 @@ fn open_for_rank(spec: &Path, rank: usize, world: usize, stripe: bool) -> Result
         );
     }
     if total % world != 0 {
-        tracing::warn!("{} has {total} shards for {world} ranks: ranks get unequal shares (steps per epoch are still equalised)", spec.display());
+        tracing::warn!(
+            "{} has {total} shards for {world} ranks: ranks get unequal shares (steps per epoch are still equalised)",
+            spec.display()
+        );
     }
     Dataset::open_filtered(spec, |k, _| k % world == rank)
         .with_context(|| format!("rank {rank}: opening shards k ≡ {rank} (mod {world}) of {}", spec.display()))
@@ -291,7 +312,8 @@ mod tests {
     fn ranks_take_shards_k_mod_world_and_cover_everything_once() {
         let dir = tempfile::tempdir().unwrap();
         let spec = write_shards(dir.path(), "d", 5, &recs(40));
-        let views: Vec<RankView> = (0..3).map(|r| RankView::open_paths(std::slice::from_ref(&spec), r, 3, false).unwrap()).collect();
+        let views: Vec<RankView> =
+            (0..3).map(|r| RankView::open_paths(std::slice::from_ref(&spec), r, 3, false).unwrap()).collect();
         assert_eq!(shard_ks(&views[0]), vec![0, 3]);
         assert_eq!(shard_ks(&views[1]), vec![1, 4]);
         assert_eq!(shard_ks(&views[2]), vec![2]);
@@ -313,7 +335,8 @@ mod tests {
     fn stripes_split_records_of_all_shards() {
         let dir = tempfile::tempdir().unwrap();
         let spec = write_shards(dir.path(), "d", 2, &recs(31));
-        let views: Vec<RankView> = (0..4).map(|r| RankView::open_paths(std::slice::from_ref(&spec), r, 4, true).unwrap()).collect();
+        let views: Vec<RankView> =
+            (0..4).map(|r| RankView::open_paths(std::slice::from_ref(&spec), r, 4, true).unwrap()).collect();
         assert!(views.iter().all(|v| v.dataset.shards.len() == 2));
         let sizes: Vec<usize> = views.iter().map(|v| v.len()).collect();
         assert_eq!(sizes, vec![8, 8, 8, 7]);
@@ -347,7 +370,10 @@ mod tests {
         assert_eq!(v.sets[0].targets, vec![(Head::Gender, Column::Label, 6)]);
         assert_eq!(v.num_classes(), 0, "a Gender set adds no identities");
         let shared = RankView::open(&[spec(g.display().to_string())], &ViewOptions::whole(&heads)).unwrap();
-        assert!(shared.targets[Head::Gender as usize].iter().all(|&t| t == -1), "no fallback for a set that serves all heads");
+        assert!(
+            shared.targets[Head::Gender as usize].iter().all(|&t| t == -1),
+            "no fallback for a set that serves all heads"
+        );
         let named = RankView::open(&[spec(format!("{}@label", g.display()))], &ViewOptions::whole(&heads)).unwrap();
         assert_eq!(named.targets[Head::Gender as usize][1], 1);
     }
@@ -357,9 +383,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seed_style: Vec<Rec> = (0..20).map(|i| ((i % 5) as u32, -1, -1, vec![i as u8; 3])).collect();
         let ids = write_shards(dir.path(), "ids", 2, &seed_style);
-        let err = RankView::open(&[format!("gender={}", ids.display()).parse().unwrap()], &ViewOptions::whole(&[Head::Gender])).err().unwrap();
+        let err = RankView::open(
+            &[format!("gender={}", ids.display()).parse().unwrap()],
+            &ViewOptions::whole(&[Head::Gender]),
+        )
+        .err()
+        .unwrap();
         let msg = format!("{err:#}");
-        assert!(msg.contains("`label` column") && msg.contains("record 1 of") && msg.contains("ids-00000-of-00002.idx") && msg.contains("2 classes"), "{msg}");
+        assert!(
+            msg.contains("`label` column")
+                && msg.contains("record 1 of")
+                && msg.contains("ids-00000-of-00002.idx")
+                && msg.contains("2 classes"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -367,8 +404,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = write_shards(dir.path(), "d", 1, &recs(10));
         std::fs::write(dir.path().join("d.labels.tsv"), "label\tname\n0\ta\n1\tb\n2\tc\n").unwrap();
-        let err = format!("{:#}", RankView::open_paths(&[spec], 0, 1, false).err().expect("labels 3 and 4 have no class"));
-        assert!(err.contains("d-00000-of-00001.idx line 5 (record 3, c3/r3.png): label 3 is outside the 3 classes") && err.contains("d.labels.tsv"), "{err}");
+        let err =
+            format!("{:#}", RankView::open_paths(&[spec], 0, 1, false).err().expect("labels 3 and 4 have no class"));
+        assert!(
+            err.contains("d-00000-of-00001.idx line 5 (record 3, c3/r3.png): label 3 is outside the 3 classes")
+                && err.contains("d.labels.tsv"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -43,8 +43,14 @@ pub struct Sampler {
 impl Sampler {
     /// `steps_per_epoch` overrides the natural count (all ranks must agree on it);
     /// epochs are then trimmed or padded with more samples of the same kind.
-    pub fn new(kind: SamplerKind, labels: &[i32], batch_size: usize, seed: u64, rank: usize,
-               steps_per_epoch: Option<u64>) -> Result<Sampler> {
+    pub fn new(
+        kind: SamplerKind,
+        labels: &[i32],
+        batch_size: usize,
+        seed: u64,
+        rank: usize,
+        steps_per_epoch: Option<u64>,
+    ) -> Result<Sampler> {
         if labels.is_empty() {
             bail!("rank {rank} has no records to sample from");
         }
@@ -57,7 +63,10 @@ impl Sampler {
                 bail!("balanced sampler needs P×K = batch size (P={p}, K={k}, batch size {batch_size})");
             }
             if p > classes.len() {
-                bail!("balanced sampler needs P={p} distinct identities per batch but rank {rank} has only {}", classes.len());
+                bail!(
+                    "balanced sampler needs P={p} distinct identities per batch but rank {rank} has only {}",
+                    classes.len()
+                );
             }
         }
         let steps = match steps_per_epoch {

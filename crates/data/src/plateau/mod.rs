@@ -22,8 +22,7 @@ pub use running_gradient::{
     DEFAULT_PROBABILITY_OF_DECREASE, DEFAULT_QUANTILE_DISCARD,
 };
 pub use schedule::{
-    loss_clearly_rose, Plateau, RollbackGuard, SaveDecision, DEFAULT_RISE_PROBABILITY,
-    MIN_STEPS_FOR_RISE_TEST,
+    loss_clearly_rose, Plateau, RollbackGuard, SaveDecision, DEFAULT_RISE_PROBABILITY, MIN_STEPS_FOR_RISE_TEST,
 };
 
 use anyhow::{bail, Context};
@@ -97,8 +96,7 @@ pub struct Losses {
 
 /// Reads losses separated by commas and/or any white space; empty fields are skipped.
 pub fn read_losses(path: &Path) -> anyhow::Result<Losses> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading loss file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading loss file {}", path.display()))?;
     parse_losses(&text).with_context(|| format!("parsing loss file {}", path.display()))
 }
 

@@ -160,11 +160,7 @@ impl Default for RollbackGuard {
 
 impl RollbackGuard {
     pub fn new() -> Self {
-        RollbackGuard {
-            history: VecDeque::new(),
-            steps_since_save: 0,
-            rise_probability: DEFAULT_RISE_PROBABILITY,
-        }
+        RollbackGuard { history: VecDeque::new(), steps_since_save: 0, rise_probability: DEFAULT_RISE_PROBABILITY }
     }
 
     /// Records one step's loss; true when it is non-finite (the loop reloads at once).
@@ -264,7 +260,8 @@ mod tests {
         for i in 0..100 {
             p.push(10.0 - 0.001 * i as f64 + if i % 10 == 0 { 30.0 } else { 0.0 });
             let window: Vec<f64> = p.losses().collect();
-            let robust = count_steps_without_decrease_robust(&window, DEFAULT_PROBABILITY_OF_DECREASE, DEFAULT_QUANTILE_DISCARD);
+            let robust =
+                count_steps_without_decrease_robust(&window, DEFAULT_PROBABILITY_OF_DECREASE, DEFAULT_QUANTILE_DISCARD);
             assert_eq!(p.steps_without_progress_robust(), robust, "step {i}");
         }
         // The same counts as `trainer plateau` gives for this window.

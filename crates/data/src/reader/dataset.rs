@@ -54,7 +54,11 @@ impl Shard {
         let len = file.metadata().with_context(|| format!("reading size of {}", bin.display()))?.len();
         // SAFETY: the map is read-only; a bin truncated by someone else while we read it is the
         // same hazard every mmap reader accepts, and offsets are still checked per record.
-        let map = if len == 0 { None } else { Some(unsafe { Mmap::map(&file) }.with_context(|| format!("memory-mapping {}", bin.display()))?) };
+        let map = if len == 0 {
+            None
+        } else {
+            Some(unsafe { Mmap::map(&file) }.with_context(|| format!("memory-mapping {}", bin.display()))?)
+        };
         Ok(Shard { bin_path: bin.to_path_buf(), idx_path: idx.to_path_buf(), map, index, k })
     }
 
@@ -217,14 +221,23 @@ impl Layout {
         }
         let total = shards[0].1;
         if let Some((k, n)) = shards.iter().find(|(_, n)| *n != total) {
-            bail!("{}: shard files disagree on the shard count ({} vs {k} of {n}); remove stale shards", spec.display(), total);
+            bail!(
+                "{}: shard files disagree on the shard count ({} vs {k} of {n}); remove stale shards",
+                spec.display(),
+                total
+            );
         }
         let files: Vec<_> = (0..total)
             .map(|k| {
                 let stem = dir.join(format::shard_stem(&name, k, total));
                 let (bin, idx) = (stem.with_extension("bin"), stem.with_extension("idx"));
                 if !idx.is_file() || !bin.is_file() {
-                    bail!("{}: shard {k} of {total} is missing ({} and {} must both exist)", spec.display(), bin.display(), idx.display());
+                    bail!(
+                        "{}: shard {k} of {total} is missing ({} and {} must both exist)",
+                        spec.display(),
+                        bin.display(),
+                        idx.display()
+                    );
                 }
                 Ok((k, bin, idx))
             })
@@ -237,7 +250,11 @@ impl Layout {
         let (bin, idx) = (dir.join(format!("{name}.bin")), dir.join(format!("{name}.idx")));
         if !idx.is_file() {
             let others = dataset_names(&dir);
-            let hint = if others.is_empty() { String::new() } else { format!("; datasets in {}: {}", dir.display(), others.join(", ")) };
+            let hint = if others.is_empty() {
+                String::new()
+            } else {
+                format!("; datasets in {}: {}", dir.display(), others.join(", "))
+            };
             bail!(
                 "no dataset at {}: expected {}-00000-of-NNNNN.idx shards or a {} / {} pair{hint}",
                 stem.display(),
@@ -280,7 +297,15 @@ impl Dataset {
         let chosen: Vec<_> = layout.files.iter().filter(|(k, _, _)| select(*k, layout.total)).collect();
         let shards: Vec<Shard> = chosen
             .par_iter()
-            .map(|(k, bin, idx)| if check_bounds { Shard::open(bin, idx, *k) } else { Shard::open_unchecked(bin, idx, *k) })
+            .map(
+                |(k, bin, idx)| {
+                    if check_bounds {
+                        Shard::open(bin, idx, *k)
+                    } else {
+                        Shard::open_unchecked(bin, idx, *k)
+                    }
+                },
+            )
             .collect::<Result<_>>()?;
         let (num_classes, classes_from) = match read_num_classes(&layout)? {
             Some((n, from)) => (n, Some(from)),
@@ -293,11 +318,20 @@ impl Dataset {
     /// `MAX_CLASSES`. The error names the idx file and line of the first record at fault
     /// and the file that declared the count.
     pub fn check_labels(&self) -> Result<()> {
-        let declared = || self.classes_from.as_ref().map_or("the largest label + 1".to_string(), |f| f.display().to_string());
+        let declared =
+            || self.classes_from.as_ref().map_or("the largest label + 1".to_string(), |f| f.display().to_string());
         if self.num_classes > MAX_CLASSES {
-            let top = self.shards.iter().flat_map(|s| s.labels().iter().enumerate().map(move |(i, &l)| (l, s, i))).max_by_key(|t| t.0);
+            let top = self
+                .shards
+                .iter()
+                .flat_map(|s| s.labels().iter().enumerate().map(move |(i, &l)| (l, s, i)))
+                .max_by_key(|t| t.0);
             let at = top.map_or(String::new(), |(l, s, i)| format!("; the largest label is {l}, at {}", s.describe(i)));
-            bail!("{} classes (from {}) is more than the {MAX_CLASSES} (2^24) supported{at}", self.num_classes, declared());
+            bail!(
+                "{} classes (from {}) is more than the {MAX_CLASSES} (2^24) supported{at}",
+                self.num_classes,
+                declared()
+            );
         }
         for shard in &self.shards {
             if let Some(i) = shard.labels().iter().position(|&l| l as usize >= self.num_classes) {
@@ -339,7 +373,8 @@ fn read_num_classes(layout: &Layout) -> Result<Option<(usize, PathBuf)>> {
     let manifest = layout.manifest_path();
     if manifest.is_file() {
         let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
         if let Some(n) = json.get("num_classes").and_then(|v| v.as_u64()) {
             return Ok(Some((n as usize, manifest)));
         }
@@ -363,7 +398,9 @@ fn split_spec(spec: &Path) -> Result<(PathBuf, String)> {
 fn list_shards(dir: &Path, name: &str) -> Result<Vec<(usize, usize)>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("dataset directory {} does not exist", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("dataset directory {} does not exist", dir.display())
+        }
         Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
     };
     let mut found = Vec::new();
@@ -452,7 +489,11 @@ mod tests {
     fn reads_a_seed_pair_and_labels_table() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("seed.bin"), b"AAABB").unwrap();
-        std::fs::write(dir.path().join("seed.idx"), "__gender_test/0_male/enroll (10).jpg\t0\t0\t3\n__gender_test/1_female/x.jpg\t1\t3\t5\n").unwrap();
+        std::fs::write(
+            dir.path().join("seed.idx"),
+            "__gender_test/0_male/enroll (10).jpg\t0\t0\t3\n__gender_test/1_female/x.jpg\t1\t3\t5\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("seed.labels.tsv"), "label\tname\n0\tm\n1\tf\n9\tz\n").unwrap();
         let ds = Dataset::open(&dir.path().join("seed")).unwrap();
         assert_eq!((ds.len(), ds.total_shards, ds.num_classes), (2, 1, 10));
@@ -464,7 +505,12 @@ mod tests {
         std::fs::write(dir.path().join("seed.labels.tsv"), "label\tname\n0\tm\n").unwrap();
         let short = Dataset::open(&dir.path().join("seed")).unwrap();
         let err = format!("{:#}", short.check_labels().unwrap_err());
-        assert!(err.contains("seed.idx line 2 (record 1, __gender_test/1_female/x.jpg): label 1 is outside the 1 classes that") && err.contains("seed.labels.tsv"), "{err}");
+        assert!(
+            err.contains(
+                "seed.idx line 2 (record 1, __gender_test/1_female/x.jpg): label 1 is outside the 1 classes that"
+            ) && err.contains("seed.labels.tsv"),
+            "{err}"
+        );
         let err = format!("{:#}", Dataset::open(&dir.path().join("nope")).err().unwrap());
         assert!(err.contains("no dataset at") && err.contains("seed"), "{err}");
     }

@@ -25,7 +25,10 @@ pub fn check_labels(ds: &Dataset, layout: &Layout, counts: &BTreeMap<u32, (usize
     let mut out = Vec::new();
     let first = |s: usize, i: usize| ds.shards[s].describe(i);
     for (&label, &(n, (s, i))) in counts.range(MAX_CLASSES as u32..) {
-        out.push(format!("label {label} ({n} records, first {}) is not below the {MAX_CLASSES} (2^24) classes a dataset may have", first(s, i)));
+        out.push(format!(
+            "label {label} ({n} records, first {}) is not below the {MAX_CLASSES} (2^24) classes a dataset may have",
+            first(s, i)
+        ));
     }
     let path = layout.labels_path();
     if !path.is_file() {
@@ -40,12 +43,19 @@ pub fn check_labels(ds: &Dataset, layout: &Layout, counts: &BTreeMap<u32, (usize
         if !ids.insert(*id) {
             out.push(format!("{}: label {id} ({name:?}) is listed twice", path.display()));
         } else if *id as usize >= MAX_CLASSES {
-            out.push(format!("{}: label {id} is not below the {MAX_CLASSES} (2^24) classes a dataset may have", path.display()));
+            out.push(format!(
+                "{}: label {id} is not below the {MAX_CLASSES} (2^24) classes a dataset may have",
+                path.display()
+            ));
         }
     }
     let missing: Vec<_> = counts.iter().filter(|(l, _)| !ids.contains(l)).collect();
     for (label, &(n, (s, i))) in missing.iter().take(LISTED) {
-        out.push(format!("{}: no entry for label {label}, which {n} records use (first {})", path.display(), first(s, i)));
+        out.push(format!(
+            "{}: no entry for label {label}, which {n} records use (first {})",
+            path.display(),
+            first(s, i)
+        ));
     }
     if missing.len() > LISTED {
         out.push(format!("{}: ... and {} more labels without an entry", path.display(), missing.len() - LISTED));
@@ -78,14 +88,25 @@ pub fn check_manifest(ds: &Dataset, layout: &Layout, counts: &BTreeMap<u32, (usi
             if e.records != s.len() || e.bytes != s.bin_len() || e.labels != labels {
                 out.push(format!(
                     "{}: manifest says {} records / {} bytes / {} labels, found {} / {} / {labels}",
-                    s.bin_path().display(), e.records, e.bytes, e.labels, s.len(), s.bin_len()
+                    s.bin_path().display(),
+                    e.records,
+                    e.bytes,
+                    e.labels,
+                    s.len(),
+                    s.bin_len()
                 ));
             }
         }
     }
     let found: BTreeMap<u32, usize> = counts.iter().map(|(&l, &(n, _))| (l, n)).collect();
-    let differ: Vec<u32> = found.keys().chain(m.label_counts.keys()).copied().collect::<BTreeSet<_>>().into_iter()
-        .filter(|l| found.get(l) != m.label_counts.get(l)).collect();
+    let differ: Vec<u32> = found
+        .keys()
+        .chain(m.label_counts.keys())
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|l| found.get(l) != m.label_counts.get(l))
+        .collect();
     for l in differ.iter().take(LISTED) {
         let (said, has) = (m.label_counts.get(l).copied().unwrap_or(0), found.get(l).copied().unwrap_or(0));
         out.push(format!("{p}: says label {l} has {said} records, the shards hold {has}"));
@@ -94,7 +115,12 @@ pub fn check_manifest(ds: &Dataset, layout: &Layout, counts: &BTreeMap<u32, (usi
         out.push(format!("{p}: ... and {} more labels whose counts differ", differ.len() - LISTED));
     }
     if layout.labels_path().is_file() && m.num_classes != ds.num_classes {
-        out.push(format!("{p}: says {} classes, {} declares {}", m.num_classes, layout.labels_path().display(), ds.num_classes));
+        out.push(format!(
+            "{p}: says {} classes, {} declares {}",
+            m.num_classes,
+            layout.labels_path().display(),
+            ds.num_classes
+        ));
     }
     out
 }

@@ -32,8 +32,15 @@ pub fn inspect(args: &InspectArgs) -> Result<String> {
     let _ = writeln!(out, "dataset {} — {} shards, format {version}", args.dataset.display(), ds.total_shards);
     let _ = writeln!(out, "records {}  classes {}  payload {:.1} MB", ds.len(), ds.num_classes, bytes as f64 / 1e6);
     let rate = |t: f64| ds.len() as f64 / t.max(1e-9) / 1e6;
-    let cpu_note = cpu.map_or(String::new(), |c| format!(", {:.0} ms CPU = {:.2} M records per CPU-second", c * 1e3, rate(c)));
-    let _ = writeln!(out, "index load: {} records in {:.1} ms wall ({:.2} M records/s){cpu_note}", ds.len(), secs * 1e3, rate(secs));
+    let cpu_note =
+        cpu.map_or(String::new(), |c| format!(", {:.0} ms CPU = {:.2} M records per CPU-second", c * 1e3, rate(c)));
+    let _ = writeln!(
+        out,
+        "index load: {} records in {:.1} ms wall ({:.2} M records/s){cpu_note}",
+        ds.len(),
+        secs * 1e3,
+        rate(secs)
+    );
     print_shards(&mut out, &ds);
     print_classes(&mut out, &ds);
     print_attributes(&mut out, &ds);
@@ -62,7 +69,12 @@ fn print_classes(out: &mut String, ds: &Dataset) {
     sizes.sort_unstable();
     if let (Some(min), Some(max)) = (sizes.first(), sizes.last()) {
         let median = crate::stats::median(&sizes.iter().map(|&c| c as f64).collect::<Vec<_>>());
-        let _ = writeln!(out, "records per class: min {min} median {median} max {max} ({} of {} classes present)", counts.len(), ds.num_classes);
+        let _ = writeln!(
+            out,
+            "records per class: min {min} median {median} max {max} ({} of {} classes present)",
+            counts.len(),
+            ds.num_classes
+        );
     }
     let outside: Vec<_> = counts.iter().filter(|(&l, _)| l as usize >= ds.num_classes).collect();
     if let Some((label, (_, (s, i)))) = outside.first() {
@@ -80,7 +92,10 @@ fn print_attributes(out: &mut String, ds: &Dataset) {
                 *h.entry(v).or_default() += 1;
             }
         }
-        h.iter().map(|(v, n)| if *v < 0 { format!("unknown:{n}") } else { format!("{v}:{n}") }).collect::<Vec<_>>().join(" ")
+        h.iter()
+            .map(|(v, n)| if *v < 0 { format!("unknown:{n}") } else { format!("{v}:{n}") })
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     let _ = writeln!(out, "gender {}", histogram(&|s| s.genders()));
     let _ = writeln!(out, "age    {}", histogram(&|s| s.ages()));
@@ -100,21 +115,40 @@ fn print_tasks(out: &mut String, ds: &Dataset, path: &std::path::Path) {
     let _ = writeln!(out, "  {:<6}  {}", "FR", describe(Column::Label));
     for head in [Head::Gender, Head::Age] {
         let (alone, shared) = (resolve_column(&spec, head, true, &stats), resolve_column(&spec, head, false, &stats));
-        let note = if shared == alone { String::new() } else { format!("  (as {}=DIR/NAME; shared with other tasks: {} {})", head.key(), shared.name(), known(shared)) };
+        let note = if shared == alone {
+            String::new()
+        } else {
+            format!("  (as {}=DIR/NAME; shared with other tasks: {} {})", head.key(), shared.name(), known(shared))
+        };
         let _ = writeln!(out, "  {:<6}  {}{note}", head.name(), describe(alone));
     }
 }
 
 fn print_sidecars(out: &mut String, layout: &Layout, ds: &Dataset) {
     let labels = layout.labels_path();
-    let _ = writeln!(out, "labels table: {}", if labels.is_file() { labels.display().to_string() } else { "none (classes = max label + 1)".into() });
+    let _ = writeln!(
+        out,
+        "labels table: {}",
+        if labels.is_file() { labels.display().to_string() } else { "none (classes = max label + 1)".into() }
+    );
     match Manifest::load(&layout.manifest_path()) {
         Ok(m) => {
             let agrees = m.num_records == ds.len() && m.num_shards == ds.total_shards;
-            let _ = writeln!(out, "manifest: {} records, {} skipped at pack time, settings {}{}", m.num_records, m.skipped, m.settings, if agrees { "" } else { "  (DISAGREES with the shards: run `trainer verify`)" });
+            let _ = writeln!(
+                out,
+                "manifest: {} records, {} skipped at pack time, settings {}{}",
+                m.num_records,
+                m.skipped,
+                m.settings,
+                if agrees { "" } else { "  (DISAGREES with the shards: run `trainer verify`)" }
+            );
         }
-        Err(_) if !layout.manifest_path().exists() => { let _ = writeln!(out, "manifest: none"); }
-        Err(e) => { let _ = writeln!(out, "manifest: unreadable: {e:#}"); }
+        Err(_) if !layout.manifest_path().exists() => {
+            let _ = writeln!(out, "manifest: none");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "manifest: unreadable: {e:#}");
+        }
     }
 }
 
@@ -125,7 +159,16 @@ fn print_head(out: &mut String, ds: &Dataset, n: usize) {
             let (start, end) = s.index().range(i);
             let crc = s.checksum(i).map_or("-".to_string(), |c| format!("{c:08x}"));
             let r = &s.index().cols;
-            let _ = writeln!(out, "{}[{i}]\t{}\tlabel {}\t{} bytes\tgender {}\tage {}\tcrc32c {crc}", s.k(), s.path_of(i), r.labels[i], end - start, r.genders[i], r.ages[i]);
+            let _ = writeln!(
+                out,
+                "{}[{i}]\t{}\tlabel {}\t{} bytes\tgender {}\tage {}\tcrc32c {crc}",
+                s.k(),
+                s.path_of(i),
+                r.labels[i],
+                end - start,
+                r.genders[i],
+                r.ages[i]
+            );
         }
         left -= s.len().min(left);
     }

@@ -61,7 +61,10 @@ impl SafeOut {
                 // O_NOFOLLOW with O_DIRECTORY reports a link as ELOOP or ENOTDIR: look again.
                 return match err.raw_os_error() {
                     Some(libc::ELOOP | libc::ENOTDIR) if is_link(fd.as_raw_fd(), &name) => {
-                        bail!("{} is a symlink; unpack never writes through links (remove it or choose another --out)", shown.display())
+                        bail!(
+                            "{} is a symlink; unpack never writes through links (remove it or choose another --out)",
+                            shown.display()
+                        )
                     }
                     Some(libc::ENOTDIR) => bail!("{} exists and is not a folder", shown.display()),
                     _ => Err(err).with_context(|| format!("opening {}", shown.display())),
@@ -92,7 +95,8 @@ impl SafeOut {
             }
             // SAFETY: unlinks the entry itself (a file or a link), never what a link points to.
             if unsafe { libc::unlinkat(dir, c.as_ptr(), 0) } != 0 {
-                return Err(std::io::Error::last_os_error()).with_context(|| format!("replacing {} (a folder cannot be replaced by a file)", shown.display()));
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("replacing {} (a folder cannot be replaced by a file)", shown.display()));
             }
         }
         unreachable!("the loop returns on its second attempt")

@@ -37,13 +37,21 @@ pub fn unpack(args: &UnpackArgs) -> Result<String> {
             let rel = normalise_path(shard.path_of(i)).context("checked above")?;
             if !seen.insert(rel.clone()) {
                 duplicates += 1;
-                progress.suspend(|| tracing::warn!("{}: record {i} repeats path {rel:?}; the first copy was kept", shard.bin_path().display()));
+                progress.suspend(|| {
+                    tracing::warn!(
+                        "{}: record {i} repeats path {rel:?}; the first copy was kept",
+                        shard.bin_path().display()
+                    )
+                });
                 continue;
             }
             let payload = shard.payload(i)?;
             if let Some(want) = shard.checksum(i) {
                 if crc32c::crc32c(payload) != want {
-                    bail!("{}: record {i} ({rel}): crc32c mismatch; the shard is corrupt (run `trainer verify`)", shard.bin_path().display());
+                    bail!(
+                        "{}: record {i} ({rel}): crc32c mismatch; the shard is corrupt (run `trainer verify`)",
+                        shard.bin_path().display()
+                    );
                 }
             }
             out.write(&rel, payload)?;
@@ -97,14 +105,23 @@ fn check_targets(ds: &Dataset, out: &Path, force: bool) -> Result<()> {
             let target = out.join(rel);
             if present && std::fs::symlink_metadata(&target).is_ok() {
                 if target.symlink_metadata().is_ok_and(|m| m.is_dir()) {
-                    bail!("{} is a folder; record {i} of {} needs a file there", target.display(), shard.bin_path().display());
+                    bail!(
+                        "{} is a folder; record {i} of {} needs a file there",
+                        target.display(),
+                        shard.bin_path().display()
+                    );
                 }
                 existing.push(target);
             }
         }
     }
     if let (false, Some(first)) = (force, existing.first()) {
-        bail!("{} of the files already exist under {} (e.g. {}); pass --force to replace them (nothing was written)", existing.len(), out.display(), first.display());
+        bail!(
+            "{} of the files already exist under {} (e.g. {}); pass --force to replace them (nothing was written)",
+            existing.len(),
+            out.display(),
+            first.display()
+        );
     }
     Ok(())
 }
@@ -112,7 +129,10 @@ fn check_targets(ds: &Dataset, out: &Path, force: bool) -> Result<()> {
 /// Whether a folder on the way exists (false: it will be created); links and files are errors.
 fn folder_present(path: &Path) -> Result<bool> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => bail!("{} is a symlink; unpack never writes through links (remove it or choose another --out)", path.display()),
+        Ok(m) if m.file_type().is_symlink() => bail!(
+            "{} is a symlink; unpack never writes through links (remove it or choose another --out)",
+            path.display()
+        ),
         Ok(m) if m.is_dir() => Ok(true),
         Ok(_) => bail!("{} exists and is not a folder", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

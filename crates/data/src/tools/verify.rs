@@ -36,13 +36,24 @@ pub struct VerifyReport {
 
 impl VerifyReport {
     fn checked(&self) -> &'static str {
-        if self.decoded { "checksums, offsets, decoding, labels, manifest" } else { "checksums, offsets, completeness, labels, manifest" }
+        if self.decoded {
+            "checksums, offsets, decoding, labels, manifest"
+        } else {
+            "checksums, offsets, completeness, labels, manifest"
+        }
     }
 
     /// The one-line verdict: `OK: ...`, or the error for a dataset with problems.
     pub fn verdict(&self, dataset: &std::path::Path) -> Result<String> {
         if !self.problems.is_empty() {
-            bail!("{} problems in {} ({} records, {} shards checked: {})", self.problems.len(), dataset.display(), self.records, self.shards, self.checked());
+            bail!(
+                "{} problems in {} ({} records, {} shards checked: {})",
+                self.problems.len(),
+                dataset.display(),
+                self.records,
+                self.shards,
+                self.checked()
+            );
         }
         let note = if self.legacy { "; seed format has no checksums, so every image was decoded" } else { "" };
         Ok(format!("OK: {} records in {} shards ({}{note})\n", self.records, self.shards, self.checked()))
@@ -69,7 +80,10 @@ pub fn verify(args: &VerifyArgs) -> Result<VerifyReport> {
             .flatten()
             .collect();
         bad.sort_by_key(|(i, _)| *i);
-        problems.extend(bad.into_iter().map(|(i, e)| format!("{}: record {i} ({}): {e}", shard.bin_path().display(), shard.path_of(i))));
+        problems.extend(
+            bad.into_iter()
+                .map(|(i, e)| format!("{}: record {i} ({}): {e}", shard.bin_path().display(), shard.path_of(i))),
+        );
     }
     progress.finish_and_clear();
     let counts = consistency::label_counts(&ds);
@@ -81,7 +95,11 @@ pub fn verify(args: &VerifyArgs) -> Result<VerifyReport> {
 
 /// Offsets, checksum, and the damaged-image rule (`codec::check`): completeness always,
 /// a full decode with `decoder`.
-fn check_record(shard: &Shard, i: usize, decoder: Option<(&mut Option<Decompressor>, &mut Vec<u8>)>) -> Result<(), String> {
+fn check_record(
+    shard: &Shard,
+    i: usize,
+    decoder: Option<(&mut Option<Decompressor>, &mut Vec<u8>)>,
+) -> Result<(), String> {
     let bytes = shard.payload(i).map_err(|e| format!("{e:#}"))?;
     if let Some(want) = shard.checksum(i) {
         let got = crc32c::crc32c(bytes);
@@ -90,7 +108,9 @@ fn check_record(shard: &Shard, i: usize, decoder: Option<(&mut Option<Decompress
         }
     }
     match decoder {
-        Some((tj, scratch)) => check_decodes(tj.as_mut(), bytes, scratch).map_err(|e| format!("does not decode: {e:#}")),
+        Some((tj, scratch)) => {
+            check_decodes(tj.as_mut(), bytes, scratch).map_err(|e| format!("does not decode: {e:#}"))
+        }
         None => check_complete(bytes).map(|_| ()).map_err(|e| format!("damaged image: {e}")),
     }
 }
@@ -106,12 +126,20 @@ fn check_layout(shard: &Shard) -> Vec<String> {
     for i in 0..shard.len() {
         let (start, end) = shard.index().range(i);
         if start != expected {
-            out.push(format!("{}: record {i} ({}) starts at {start}, expected {expected} (payloads must be contiguous)", shard.idx_path().display(), shard.path_of(i)));
+            out.push(format!(
+                "{}: record {i} ({}) starts at {start}, expected {expected} (payloads must be contiguous)",
+                shard.idx_path().display(),
+                shard.path_of(i)
+            ));
         }
         expected = end;
     }
     if expected != shard.bin_len() && out.is_empty() {
-        out.push(format!("{}: records end at byte {expected} but the bin has {} bytes", shard.bin_path().display(), shard.bin_len()));
+        out.push(format!(
+            "{}: records end at byte {expected} but the bin has {} bytes",
+            shard.bin_path().display(),
+            shard.bin_len()
+        ));
     }
     out
 }

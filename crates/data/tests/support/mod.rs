@@ -30,25 +30,46 @@ pub fn log_text(o: &Synth) -> String {
         (rng % 1000) as f64 / 1000.0 - 0.5
     };
     let (mut out, mut lr, t0) = (String::new(), 0.1, 1764400000.0);
-    let (rollback_at, decays) = (o.steps * 3 / 10 / o.every * o.every, [o.steps * 4 / 10 / o.every * o.every, o.steps * 3 / 4 / o.every * o.every]);
+    let (rollback_at, decays) = (
+        o.steps * 3 / 10 / o.every * o.every,
+        [o.steps * 4 / 10 / o.every * o.every, o.steps * 3 / 4 / o.every * o.every],
+    );
     let mut step = o.every;
     let mut rolled_back = false;
     while step <= o.steps {
         let t = t0 + step as f64 * 0.1;
         if step == rollback_at + o.every && !rolled_back {
             rolled_back = true;
-            let groups = if o.multi { format!(r#","loss_FR":null,"loss_Gender":null,"lr_backbone":{lr},"lr_gender":{}"#, lr * 0.5) } else { r#","loss_FR":null"#.to_string() };
-            writeln!(out, r#"{{"step":{step},"loss":null,"lr":{lr},"images_per_s":700.0{groups},"time":{t}}}"#).unwrap();
-            writeln!(out, r#"{{"event":"rollback","step":{step},"to_step":{rollback_at},"loss":null,"lr":{lr},"time":{t}}}"#).unwrap();
+            let groups = if o.multi {
+                format!(r#","loss_FR":null,"loss_Gender":null,"lr_backbone":{lr},"lr_gender":{}"#, lr * 0.5)
+            } else {
+                r#","loss_FR":null"#.to_string()
+            };
+            writeln!(out, r#"{{"step":{step},"loss":null,"lr":{lr},"images_per_s":700.0{groups},"time":{t}}}"#)
+                .unwrap();
+            writeln!(
+                out,
+                r#"{{"event":"rollback","step":{step},"to_step":{rollback_at},"loss":null,"lr":{lr},"time":{t}}}"#
+            )
+            .unwrap();
             step = rollback_at.saturating_sub(o.every * 2).max(o.every);
             continue;
         }
         let base = 2.0 + 20.0 * (-(step as f64) / (o.steps as f64 / 5.0)).exp() + (1.0 - lr * 10.0) * -0.5;
         let loss = base + noise() * 1.5;
         let ips = 700.0 + 60.0 * noise() + o.seed as f64 * 40.0;
-        let mut line = format!(r#"{{"step":{step},"epoch":0,"loss":{loss},"lr":{lr},"images_per_s":{ips},"data_wait_frac":0.02,"world_size":2,"effective_batch":64,"steps_without_decrease":3,"skipped_records":0"#);
+        let mut line = format!(
+            r#"{{"step":{step},"epoch":0,"loss":{loss},"lr":{lr},"images_per_s":{ips},"data_wait_frac":0.02,"world_size":2,"effective_batch":64,"steps_without_decrease":3,"skipped_records":0"#
+        );
         if o.multi {
-            write!(line, r#","loss_FR":{},"loss_Gender":{},"lr_backbone":{lr},"lr_gender":{}"#, loss * 0.8, loss * 0.2 + noise() * 0.2, lr * 0.5).unwrap();
+            write!(
+                line,
+                r#","loss_FR":{},"loss_Gender":{},"lr_backbone":{lr},"lr_gender":{}"#,
+                loss * 0.8,
+                loss * 0.2 + noise() * 0.2,
+                lr * 0.5
+            )
+            .unwrap();
         } else {
             write!(line, r#","loss_FR":{loss}"#).unwrap();
         }
@@ -64,6 +85,11 @@ pub fn log_text(o: &Synth) -> String {
         }
         step += o.every;
     }
-    writeln!(out, r#"{{"event":"end","step":{},"reason":"MaxSteps","decays":{decays:?},"rollbacks":1,"time":{t0}}}"#, o.steps).unwrap();
+    writeln!(
+        out,
+        r#"{{"event":"end","step":{},"reason":"MaxSteps","decays":{decays:?},"rollbacks":1,"time":{t0}}}"#,
+        o.steps
+    )
+    .unwrap();
     out
 }

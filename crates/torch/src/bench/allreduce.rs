@@ -3,11 +3,10 @@
 //! bandwidth and to an unbucketed (one all-reduce per tensor) baseline.
 
 use crate::dist::{self, selftest, Comm, CommOptions, LaunchInfo, ReduceOp};
-use trainer_data::stats::median;
 use anyhow::Result;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
-
+use trainer_data::stats::median;
 
 #[derive(clap::Args, Debug)]
 pub struct AllreduceArgs {
@@ -94,7 +93,6 @@ fn gradients(mb: f64, device: Device) -> (String, Vec<Tensor>) {
     (label, grads)
 }
 
-
 /// Median over iterations of the slowest rank's time.
 fn time_all_reduce(comm: &dyn Comm, grads: &[Tensor], iters: usize) -> Result<f64> {
     for _ in 0..2 {
@@ -131,16 +129,35 @@ fn bench(a: &AllreduceArgs, info: &LaunchInfo, device: Device, opts: &CommOption
     let bytes = (numel * 4) as f64;
     let bucketed = comm(device, info, opts.clone())?;
     let (n, rank0) = (bucketed.world() as f64, bucketed.rank() == 0);
-    let say = |line: String| if rank0 { println!("{line}") };
+    let say = |line: String| {
+        if rank0 {
+            println!("{line}")
+        }
+    };
     say(format!(
         "all-reduce bench: world {n}, backend {}, device {device:?}, launcher {}; fp16 {}; median of {}",
-        bucketed.backend(), info.launcher, if opts.fp16 { "on" } else { "off" }, a.iters
+        bucketed.backend(),
+        info.launcher,
+        if opts.fp16 { "on" } else { "off" },
+        a.iters
     ));
-    say(format!("gradients: {label} ({} tensors, {:.2} M f32, {:.1} MB)", grads.len(), numel as f64 / 1e6, bytes / 1e6));
+    say(format!(
+        "gradients: {label} ({} tensors, {:.2} M f32, {:.1} MB)",
+        grads.len(),
+        numel as f64 / 1e6,
+        bytes / 1e6
+    ));
     let mut per_tensor_opts = opts.clone();
     per_tensor_opts.bucket_bytes = 0;
     let variants = [
-        (format!("bucketed ({} MiB, {} buckets)", a.bucket_mb, dist::bucket::plan(&dist::bucket::numels(&grads), opts.bucket_bytes).len()), bucketed),
+        (
+            format!(
+                "bucketed ({} MiB, {} buckets)",
+                a.bucket_mb,
+                dist::bucket::plan(&dist::bucket::numels(&grads), opts.bucket_bytes).len()
+            ),
+            bucketed,
+        ),
         (format!("per-tensor ({} all-reduces)", grads.len()), comm(device, info, per_tensor_opts)?),
     ];
     let mut best = f64::INFINITY;
@@ -148,27 +165,46 @@ fn bench(a: &AllreduceArgs, info: &LaunchInfo, device: Device, opts: &CommOption
         let t = time_all_reduce(&**c, &grads, a.iters)?;
         best = best.min(t);
         let algbw = bytes / t;
-        say(format!("  {name:<34} time {:8.2} ms   algbw {:6.2} GB/s   busbw {:6.2} GB/s",
-            t * 1e3, algbw / 1e9, algbw * 2.0 * (n - 1.0) / n / 1e9));
+        say(format!(
+            "  {name:<34} time {:8.2} ms   algbw {:6.2} GB/s   busbw {:6.2} GB/s",
+            t * 1e3,
+            algbw / 1e9,
+            algbw * 2.0 * (n - 1.0) / n / 1e9
+        ));
     }
     if let Some(t) = raw_mpi(info, device, opts, &grads, a.iters)? {
         let algbw = bytes / t;
-        say(format!("  {:<34} time {:8.2} ms   algbw {:6.2} GB/s   busbw {:6.2} GB/s",
-            "raw MPI_Allreduce (no flatten/copy)", t * 1e3, algbw / 1e9, algbw * 2.0 * (n - 1.0) / n / 1e9));
+        say(format!(
+            "  {:<34} time {:8.2} ms   algbw {:6.2} GB/s   busbw {:6.2} GB/s",
+            "raw MPI_Allreduce (no flatten/copy)",
+            t * 1e3,
+            algbw / 1e9,
+            algbw * 2.0 * (n - 1.0) / n / 1e9
+        ));
     }
     let copy = memcpy_bandwidth(opts.bucket_bytes.max(1 << 20), a.iters);
     say(format!("  baseline: local memcpy of one bucket {:.2} GB/s", copy / 1e9));
     if let Some(p2p) = point_to_point(info, device, opts, a.iters)? {
         let ring = 2.0 * (n - 1.0) / n * bytes / p2p;
         say(format!("  baseline: MPI point-to-point (ping-pong, one bucket) {:.2} GB/s", p2p / 1e9));
-        say(format!("  ring bound 2(N-1)/N x bytes / p2p = {:.2} ms; the faster variant reaches {:.0}% of it", ring * 1e3, 100.0 * ring / best));
+        say(format!(
+            "  ring bound 2(N-1)/N x bytes / p2p = {:.2} ms; the faster variant reaches {:.0}% of it",
+            ring * 1e3,
+            100.0 * ring / best
+        ));
     }
     Ok(())
 }
 
 /// The same bytes as pre-flattened bucket buffers through MPI alone: the communication
 /// share of the bucketed time (the rest is flatten, copy back and the division).
-fn raw_mpi(info: &LaunchInfo, device: Device, opts: &CommOptions, grads: &[Tensor], iters: usize) -> Result<Option<f64>> {
+fn raw_mpi(
+    info: &LaunchInfo,
+    device: Device,
+    opts: &CommOptions,
+    grads: &[Tensor],
+    iters: usize,
+) -> Result<Option<f64>> {
     #[cfg(feature = "mpi")]
     if info.world > 1 && !device.is_cuda() {
         let mpi = dist::mpi::Mpi::new(info.clone(), opts.clone())?;

@@ -70,12 +70,19 @@ pub fn run(a: HeadBenchArgs) -> Result<()> {
 }
 
 fn measure_all(a: &HeadBenchArgs, comm: &dyn Comm, device: Device) -> Result<()> {
-    let say = |line: String| if comm.rank() == 0 { println!("{line}") };
+    let say = |line: String| {
+        if comm.rank() == 0 {
+            println!("{line}")
+        }
+    };
     say(format!(
         "head bench: world {}, backend {}, device {device:?}, emb {}, batch {} per rank; median of {} steps (slowest rank)",
         comm.world(), comm.backend(), a.emb_dim, a.batch_size, a.iters
     ));
-    say(format!("{:>9}  {:<18} {:>10} {:>9} {:>14} {:>14} {:>14}", "classes", "head", "step ms", "vs repl.", "allreduce MB", "allgather MB", "head MB/rank"));
+    say(format!(
+        "{:>9}  {:<18} {:>10} {:>9} {:>14} {:>14} {:>14}",
+        "classes", "head", "step ms", "vs repl.", "allreduce MB", "allgather MB", "head MB/rank"
+    ));
     for &classes in &a.classes {
         ClassSlice::check(comm.world(), classes)?;
         let replicated = match a.max_replicated.is_some_and(|m| classes > m) {
@@ -86,15 +93,21 @@ fn measure_all(a: &HeadBenchArgs, comm: &dyn Comm, device: Device) -> Result<()>
         if let Some(f) = &replicated {
             rows.push(("replicated".to_string(), f));
         }
-        let pfc: Vec<(String, Figures)> =
-            a.sample_rates.iter().map(|&r| Ok((format!("partial-fc r={r}"), partial_fc_step(a, comm, device, classes, r)?))).collect::<Result<_>>()?;
+        let pfc: Vec<(String, Figures)> = a
+            .sample_rates
+            .iter()
+            .map(|&r| Ok((format!("partial-fc r={r}"), partial_fc_step(a, comm, device, classes, r)?)))
+            .collect::<Result<_>>()?;
         rows.extend(pfc.iter().map(|(n, f)| (n.clone(), f)));
         for (name, f) in rows {
             let ratio = replicated.as_ref().map_or("-".to_string(), |r| format!("{:.2}x", r.step_s / f.step_s));
             let mb = |b: usize| b as f64 / 1e6;
             say(format!(
                 "{classes:>9}  {name:<18} {:>10.1} {ratio:>9} {:>14.1} {:>14.2} {:>14.1}",
-                f.step_s * 1e3, mb(f.bytes.allreduce), mb(f.bytes.allgather), mb(f.head_bytes)
+                f.step_s * 1e3,
+                mb(f.bytes.allreduce),
+                mb(f.bytes.allgather),
+                mb(f.head_bytes)
             ));
         }
     }

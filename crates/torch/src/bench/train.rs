@@ -4,11 +4,11 @@
 
 use crate::model::loss::cross_entropy;
 use crate::model::{Arch, Head, HeadConfig, Net, Tasks};
-use trainer_data::stats::{cpu_seconds, median};
 use crate::optim::{groups_by_prefix, Sgd};
 use anyhow::{bail, Context, Result};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
+use trainer_data::stats::{cpu_seconds, median};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainBenchArgs {
@@ -118,7 +118,8 @@ pub fn measure(a: &TrainBenchArgs, device: Device) -> Result<TrainBench> {
     }
     let labels: Vec<i64> = (0..a.batch_size).map(|i| i % a.classes as i64).collect();
     let targets = Tensor::from_slice(&labels).to_device(device);
-    let mut r = TrainBench { step_secs: Vec::new(), cpu_secs: None, phase_secs: Default::default(), last_loss: f64::NAN };
+    let mut r =
+        TrainBench { step_secs: Vec::new(), cpu_secs: None, phase_secs: Default::default(), last_loss: f64::NAN };
     let mut cpu_start = None;
     let sync = || {
         if let Device::Cuda(n) = device {
@@ -153,7 +154,6 @@ pub fn measure(a: &TrainBenchArgs, device: Device) -> Result<TrainBench> {
     r.cpu_secs = cpu_start.zip(cpu_seconds()).map(|(s, e)| e - s);
     Ok(r)
 }
-
 
 fn to_channels_last(t: &Tensor) -> Tensor {
     t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])

@@ -90,7 +90,9 @@ fn outcome(path: &[String], long: &str, value: &str) -> Result<Outcome, String> 
     let args = TrainArgs::from_arg_matches(sub).map_err(|e: clap::Error| e.to_string())?;
     match args.resolve(sub) {
         Ok(_) => Ok(Outcome::Accepted),
-        Err(e) if e.downcast_ref::<trainer_data::term::BadSettings>().is_some() => Ok(Outcome::Refused(format!("{e:#}"))),
+        Err(e) if e.downcast_ref::<trainer_data::term::BadSettings>().is_some() => {
+            Ok(Outcome::Refused(format!("{e:#}")))
+        }
         Err(e) => Err(format!("{argv:?}: not a usage error: {e:#}")),
     }
 }
@@ -131,7 +133,11 @@ fn every_flag_of_every_command_survives_hostile_values() {
 
 #[test]
 fn the_known_panics_are_usage_errors() {
-    for (path, long, value) in [(&["train"][..], "pk", "0x5"), (&["train"], "collective-timeout", "-1"), (&["bench", "allreduce"], "iters", "0")] {
+    for (path, long, value) in [
+        (&["train"][..], "pk", "0x5"),
+        (&["train"], "collective-timeout", "-1"),
+        (&["bench", "allreduce"], "iters", "0"),
+    ] {
         let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
         match outcome(&path, long, value) {
             Ok(Outcome::Refused(msg)) => assert!(msg.contains(&format!("--{long}")), "{msg}"),

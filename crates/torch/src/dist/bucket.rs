@@ -73,7 +73,9 @@ pub fn unflatten_divided(flat: &Tensor, tensors: &[Tensor], divisor: f64) -> Res
 /// broadcast, so mismatched lists fail on every rank instead of writing past a buffer.
 pub fn layout_hash(tensors: &[Tensor]) -> u64 {
     use trainer_data::rng::mix;
-    tensors.iter().fold(tensors.len() as u64, |h, t| t.size().iter().fold(mix(h ^ t.kind().elt_size_in_bytes() as u64), |h, &d| mix(h ^ d as u64)))
+    tensors.iter().fold(tensors.len() as u64, |h, t| {
+        t.size().iter().fold(mix(h ^ t.kind().elt_size_in_bytes() as u64), |h, &d| mix(h ^ d as u64))
+    })
 }
 
 pub fn numels(tensors: &[Tensor]) -> Vec<usize> {

@@ -66,7 +66,10 @@ pub fn backstop(after: std::time::Duration) {
 }
 
 fn payload(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "(no message)".into())
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// The words for an out-of-memory error, when `message` is one.
@@ -128,14 +131,22 @@ pub fn stale_listing() -> bool {
 /// Test hook at the start of each step.
 pub fn maybe_panic() {
     if due(Fault::Panic) {
-        panic!("injected fault (TRAINER_FAULT): rank {} panics at step {}", RANK.load(Ordering::Relaxed), STEP.load(Ordering::Relaxed));
+        panic!(
+            "injected fault (TRAINER_FAULT): rank {} panics at step {}",
+            RANK.load(Ordering::Relaxed),
+            STEP.load(Ordering::Relaxed)
+        );
     }
 }
 
 /// Test hook inside a collective, after its watchdog is armed.
 pub fn maybe_hang() {
     if due(Fault::Hang) {
-        eprintln!("injected fault (TRAINER_FAULT): rank {} hangs in a collective at step {}", RANK.load(Ordering::Relaxed), STEP.load(Ordering::Relaxed));
+        eprintln!(
+            "injected fault (TRAINER_FAULT): rank {} hangs in a collective at step {}",
+            RANK.load(Ordering::Relaxed),
+            STEP.load(Ordering::Relaxed)
+        );
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
@@ -160,7 +171,10 @@ mod tests {
     fn out_of_memory_is_named_with_the_batch() {
         set_memory_hint("batch size 64 per rank".into());
         let msg = out_of_memory_hint("Torch(\"CUDA out of memory. Tried to allocate 2.00 GiB\")").unwrap();
-        assert!(msg.starts_with("CUDA ran out of memory with batch size 64 per rank") && msg.contains("--batch-size"), "{msg}");
+        assert!(
+            msg.starts_with("CUDA ran out of memory with batch size 64 per rank") && msg.contains("--batch-size"),
+            "{msg}"
+        );
         assert_eq!(out_of_memory_hint("index out of range"), None);
     }
 }

@@ -80,7 +80,8 @@ mod tests {
     fn each_launcher_is_read() {
         assert_eq!(expected(env(&[("OMPI_COMM_WORLD_SIZE", "4")])).unwrap().size, 4);
         assert_eq!(expected(env(&[("PMI_SIZE", "2"), ("PMI_RANK", "0")])).unwrap().variable, "PMI_SIZE");
-        let step = expected(env(&[("SLURM_STEP_ID", "0"), ("SLURM_STEP_NUM_TASKS", "8"), ("SLURM_NTASKS", "8")])).unwrap();
+        let step =
+            expected(env(&[("SLURM_STEP_ID", "0"), ("SLURM_STEP_NUM_TASKS", "8"), ("SLURM_NTASKS", "8")])).unwrap();
         assert_eq!((step.variable, step.size), ("SLURM_STEP_NUM_TASKS", 8));
     }
 
@@ -95,7 +96,12 @@ mod tests {
     fn a_world_of_one_under_a_launcher_of_four_is_refused_with_the_fix() {
         let e = expected(env(&[("OMPI_COMM_WORLD_SIZE", "4")]));
         let msg = check(1, e.clone(), "MPICH Version: 4.0.2").unwrap_err().to_string();
-        assert!(msg.contains("OpenMPI's mpirun") && msg.contains("started 4 processes (OMPI_COMM_WORLD_SIZE=4)") && msg.contains("MPICH Version: 4.0.2"), "{msg}");
+        assert!(
+            msg.contains("OpenMPI's mpirun")
+                && msg.contains("started 4 processes (OMPI_COMM_WORLD_SIZE=4)")
+                && msg.contains("MPICH Version: 4.0.2"),
+            "{msg}"
+        );
         assert!(msg.contains("TRAINER_MPI=openmpi") && msg.contains("--mpi=pmi2"), "{msg}");
         assert!(check(4, e, "MPICH").is_ok());
         assert!(check(1, None, "MPICH").is_ok());

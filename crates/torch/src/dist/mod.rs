@@ -114,9 +114,10 @@ fn env_launcher() -> Option<&'static str> {
 /// the logs of ranks other than 0 from the first line on).
 pub fn env_rank() -> Option<usize> {
     let read = |v: &str| std::env::var(v).ok()?.trim().parse().ok();
-    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"].iter().find_map(|v| read(v)).or_else(|| {
-        std::env::var_os("SLURM_STEP_ID").and_then(|_| read("SLURM_PROCID"))
-    })
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]
+        .iter()
+        .find_map(|v| read(v))
+        .or_else(|| std::env::var_os("SLURM_STEP_ID").and_then(|_| read("SLURM_PROCID")))
 }
 
 /// Whether a launcher (mpirun, srun) started this process.

@@ -83,7 +83,14 @@ impl Mpi {
         let world = universe().context("MPI is not initialised (not started by a launcher?)")?.world();
         ensure!(world.rank() as usize == info.rank, "rank changed between launch_info and init");
         let watchdog = Watchdog::start(info.rank, opts.timeout, |m: &str| abort_world(m));
-        Ok(Mpi { info, opts, world, watchdog, f16_sum: UserOperation::commutative(f16_sum), buffers: Default::default() })
+        Ok(Mpi {
+            info,
+            opts,
+            world,
+            watchdog,
+            f16_sum: UserOperation::commutative(f16_sum),
+            buffers: Default::default(),
+        })
     }
 
     /// Sums a contiguous CPU f32 tensor over ranks into a new tensor.
@@ -230,7 +237,11 @@ impl Comm for Mpi {
                 if self.opts.fp16 {
                     self.world.all_reduce_into(as_slice::<u16>(&send), as_mut_slice::<u16>(&recv), &self.f16_sum);
                 } else {
-                    self.world.all_reduce_into(as_slice::<f32>(&send), as_mut_slice::<f32>(&recv), SystemOperation::sum());
+                    self.world.all_reduce_into(
+                        as_slice::<f32>(&send),
+                        as_mut_slice::<f32>(&recv),
+                        SystemOperation::sum(),
+                    );
                 }
             }
             bucket::unflatten_divided(&recv, group, n)?;
@@ -261,7 +272,12 @@ impl Comm for Mpi {
         let _no_grad = tch::no_grad_guard();
         let mut sizes = [t.numel() as f64, -(t.numel() as f64)];
         self.world.all_reduce_into(&[sizes[0], sizes[1]][..], &mut sizes[..], SystemOperation::max());
-        ensure!(sizes[0] == -sizes[1], "rank {}: all_gather of {:?} elements, but the ranks' sizes differ", self.info.rank, t.size());
+        ensure!(
+            sizes[0] == -sizes[1],
+            "rank {}: all_gather of {:?} elements, but the ranks' sizes differ",
+            self.info.rank,
+            t.size()
+        );
         let local = t.to_device(Device::Cpu).contiguous();
         let mut shape = t.size();
         if let Some(rows) = shape.first_mut() {
@@ -269,7 +285,10 @@ impl Comm for Mpi {
         }
         let out = Tensor::empty(shape.as_slice(), (t.kind(), Device::Cpu));
         unsafe {
-            let bytes = std::slice::from_raw_parts(local.data_ptr() as *const u8, local.numel() * local.kind().elt_size_in_bytes());
+            let bytes = std::slice::from_raw_parts(
+                local.data_ptr() as *const u8,
+                local.numel() * local.kind().elt_size_in_bytes(),
+            );
             self.world.all_gather_into(bytes, as_mut_bytes(&out));
         }
         Ok(out.to_device(t.device()))

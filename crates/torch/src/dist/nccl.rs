@@ -25,9 +25,26 @@ use tch::{Device, Kind, Tensor};
 
 type GetUniqueId = unsafe extern "C" fn(*mut ncclUniqueId) -> ncclResult_t;
 type InitRank = unsafe extern "C" fn(*mut ncclComm_t, c_int, ncclUniqueId, c_int) -> ncclResult_t;
-type AllReduce = unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t) -> ncclResult_t;
-type AllGather = unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, ncclComm_t, cudaStream_t) -> ncclResult_t;
-type Broadcast = unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, c_int, ncclComm_t, cudaStream_t) -> ncclResult_t;
+type AllReduce = unsafe extern "C" fn(
+    *const c_void,
+    *mut c_void,
+    usize,
+    ncclDataType_t,
+    ncclRedOp_t,
+    ncclComm_t,
+    cudaStream_t,
+) -> ncclResult_t;
+type AllGather =
+    unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, ncclComm_t, cudaStream_t) -> ncclResult_t;
+type Broadcast = unsafe extern "C" fn(
+    *const c_void,
+    *mut c_void,
+    usize,
+    ncclDataType_t,
+    c_int,
+    ncclComm_t,
+    cudaStream_t,
+) -> ncclResult_t;
 type Destroy = unsafe extern "C" fn(ncclComm_t) -> ncclResult_t;
 type ErrorString = unsafe extern "C" fn(ncclResult_t) -> *const c_char;
 type GetVersion = unsafe extern "C" fn(*mut c_int) -> ncclResult_t;
@@ -56,7 +73,8 @@ pub struct Library {
 pub fn candidates() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::env::var_os("NCCL_LIBRARY").map(PathBuf::from).into_iter().collect();
     out.extend(["libnccl.so.2", "libnccl.so"].map(PathBuf::from));
-    let torch_dirs = loaded_libtorch_dir().into_iter().chain(std::env::var_os("LIBTORCH").map(|d| PathBuf::from(d).join("lib")));
+    let torch_dirs =
+        loaded_libtorch_dir().into_iter().chain(std::env::var_os("LIBTORCH").map(|d| PathBuf::from(d).join("lib")));
     for dir in torch_dirs {
         let wheel = dir.join("../../nvidia/nccl/lib/libnccl.so.2");
         if !out.contains(&wheel) {
@@ -145,8 +163,12 @@ pub fn abort_live() {
 /// A CUDA runtime entry point that libtorch_cuda already loaded.
 fn cuda_symbol<T: Copy>(name: &[u8]) -> Result<T> {
     let this = libloading::os::unix::Library::this();
-    let sym: libloading::os::unix::Symbol<T> = unsafe { this.get(name) }
-        .with_context(|| format!("{} is not loaded: is this binary linked with libtorch_cuda?", String::from_utf8_lossy(&name[..name.len() - 1])))?;
+    let sym: libloading::os::unix::Symbol<T> = unsafe { this.get(name) }.with_context(|| {
+        format!(
+            "{} is not loaded: is this binary linked with libtorch_cuda?",
+            String::from_utf8_lossy(&name[..name.len() - 1])
+        )
+    })?;
     Ok(*sym)
 }
 
@@ -172,7 +194,9 @@ impl Nccl {
     /// rank over `host`, and each rank joins with ncclCommInitRank.
     pub fn new(host: Box<dyn Comm>, device: Device, opts: CommOptions) -> Result<Nccl> {
         let rank = host.rank();
-        let Device::Cuda(index) = device else { bail!("rank {rank}: the NCCL backend needs a CUDA device, got {device:?}") };
+        let Device::Cuda(index) = device else {
+            bail!("rank {rank}: the NCCL backend needs a CUDA device, got {device:?}")
+        };
         let lib = library().with_context(|| format!("rank {rank}: NCCL backend"))?;
         let visible = tch::Cuda::device_count();
         ensure!(
@@ -194,7 +218,11 @@ impl Nccl {
         let mut comm: ncclComm_t = std::ptr::null_mut();
         {
             let _armed = watchdog.arm(Op::Init);
-            lib.check(unsafe { (lib.init_rank)(&mut comm, host.world() as c_int, id, rank as c_int) }, "ncclCommInitRank", rank)?;
+            lib.check(
+                unsafe { (lib.init_rank)(&mut comm, host.world() as c_int, id, rank as c_int) },
+                "ncclCommInitRank",
+                rank,
+            )?;
         }
         LIVE.store(comm as *mut c_void, Ordering::Release);
         tracing::info!(rank, device = index, nccl = lib.version, path = %lib.path.display(), "NCCL communicator ready");
@@ -209,7 +237,9 @@ impl Nccl {
             (flat, ncclDataType_t::ncclFloat32)
         };
         let ptr = buf.data_ptr();
-        let r = unsafe { (self.lib.all_reduce)(ptr, ptr, buf.numel(), dtype, ncclRedOp_t::ncclSum, self.comm, std::ptr::null_mut()) };
+        let r = unsafe {
+            (self.lib.all_reduce)(ptr, ptr, buf.numel(), dtype, ncclRedOp_t::ncclSum, self.comm, std::ptr::null_mut())
+        };
         self.lib.check(r, "ncclAllReduce", self.rank())?;
         bucket::unflatten_divided(&buf, group, self.world() as f64)
     }
@@ -218,7 +248,17 @@ impl Nccl {
         in_place_on_contiguous(t, |staged| {
             let bytes = staged.numel() * staged.kind().elt_size_in_bytes();
             let ptr = staged.data_ptr();
-            let r = unsafe { (self.lib.broadcast)(ptr, ptr, bytes, ncclDataType_t::ncclUint8, root as c_int, self.comm, std::ptr::null_mut()) };
+            let r = unsafe {
+                (self.lib.broadcast)(
+                    ptr,
+                    ptr,
+                    bytes,
+                    ncclDataType_t::ncclUint8,
+                    root as c_int,
+                    self.comm,
+                    std::ptr::null_mut(),
+                )
+            };
             self.lib.check(r, "ncclBroadcast", self.rank())
         })
     }
@@ -244,7 +284,16 @@ impl Nccl {
         }
         let out = Tensor::empty(shape.as_slice(), (t.kind(), t.device()));
         let bytes = local.numel() * local.kind().elt_size_in_bytes();
-        let r = unsafe { (self.lib.all_gather)(local.data_ptr(), out.data_ptr(), bytes, ncclDataType_t::ncclUint8, self.comm, std::ptr::null_mut()) };
+        let r = unsafe {
+            (self.lib.all_gather)(
+                local.data_ptr(),
+                out.data_ptr(),
+                bytes,
+                ncclDataType_t::ncclUint8,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        };
         self.lib.check(r, "ncclAllGather", self.rank())?;
         Ok(out)
     }
@@ -259,7 +308,17 @@ impl Nccl {
         };
         in_place_on_contiguous(t, |staged| {
             let ptr = staged.data_ptr();
-            let r = unsafe { (self.lib.all_reduce)(ptr, ptr, staged.numel(), ncclDataType_t::ncclFloat32, op, self.comm, std::ptr::null_mut()) };
+            let r = unsafe {
+                (self.lib.all_reduce)(
+                    ptr,
+                    ptr,
+                    staged.numel(),
+                    ncclDataType_t::ncclFloat32,
+                    op,
+                    self.comm,
+                    std::ptr::null_mut(),
+                )
+            };
             self.lib.check(r, "ncclAllReduce", self.rank())
         })
     }
@@ -280,7 +339,11 @@ impl Nccl {
                 code => bail!("rank {}: CUDA error {code} while waiting for an NCCL collective", self.rank()),
             }
             let mut async_err = ncclResult_t::ncclSuccess;
-            self.lib.check(unsafe { (self.lib.get_async_error)(self.comm, &mut async_err) }, "ncclCommGetAsyncError", self.rank())?;
+            self.lib.check(
+                unsafe { (self.lib.get_async_error)(self.comm, &mut async_err) },
+                "ncclCommGetAsyncError",
+                self.rank(),
+            )?;
             self.lib.check(async_err, "collective (asynchronous error)", self.rank())?;
             std::thread::sleep(std::time::Duration::from_micros(50));
         }
@@ -385,7 +448,10 @@ impl Comm for Nccl {
 impl Drop for Nccl {
     fn drop(&mut self) {
         // Not live any more; an abort that already took it has ended the process.
-        if LIVE.compare_exchange(self.comm as *mut c_void, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if LIVE
+            .compare_exchange(self.comm as *mut c_void, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             unsafe { (self.lib.destroy)(self.comm) };
         }
     }

@@ -98,7 +98,10 @@ fn check_mean_fp16(comm: &dyn Comm, device: Device) -> Result<()> {
     }
     ensure!(worst < 2e-3, "rank {r}: fp16 all-reduce error {worst:.2e} exceeds 2e-3");
     // Values off the f16 grid must come back rounded, or the compression never ran.
-    ensure!(comm.world() == 1 || inexact > 0, "rank {r}: fp16 all-reduce returned exact f32 results: compression was not applied");
+    ensure!(
+        comm.world() == 1 || inexact > 0,
+        "rank {r}: fp16 all-reduce returned exact f32 results: compression was not applied"
+    );
     Ok(())
 }
 
@@ -152,7 +155,9 @@ fn check_gather_and_reduce(comm: &dyn Comm, device: Device) -> Result<()> {
     let (r, n) = (comm.rank() as i64, comm.world() as i64);
     let mine = (Tensor::arange(6, (Kind::Int64, device)) + 100 * r).view([2, 3]);
     let all = comm.all_gather(&mine)?;
-    let want = (Tensor::arange(6 * n, (Kind::Int64, device)).view([n, 6]) + Tensor::arange(n, (Kind::Int64, device)).view([n, 1]) * 94).view([2 * n, 3]);
+    let want = (Tensor::arange(6 * n, (Kind::Int64, device)).view([n, 6])
+        + Tensor::arange(n, (Kind::Int64, device)).view([n, 1]) * 94)
+        .view([2 * n, 3]);
     ensure!(all.device() == device && all.equal(&want), "rank {r}: all_gather gave {all}, expected {want}");
     let t = Tensor::from_slice(&[r as f32 + 1.0, -(r as f32)]).to_device(device);
     comm.all_reduce(&t, ReduceOp::Max)?;
@@ -163,7 +168,11 @@ fn check_gather_and_reduce(comm: &dyn Comm, device: Device) -> Result<()> {
     let m = Tensor::from_slice(&[r as f32, 1.0, -(r as f32), 2.0]).to_device(device).view([2, 2]);
     let view = m.tr();
     comm.all_reduce(&view, ReduceOp::Min)?;
-    ensure!(values(&m.view([-1])) == [0.0, 1.0, -(n as f32 - 1.0), 2.0], "rank {r}: all_reduce Min of a view gave {:?}", values(&m.view([-1])));
+    ensure!(
+        values(&m.view([-1])) == [0.0, 1.0, -(n as f32 - 1.0), 2.0],
+        "rank {r}: all_reduce Min of a view gave {:?}",
+        values(&m.view([-1]))
+    );
     Ok(())
 }
 

@@ -24,7 +24,17 @@ pub enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 9] = [Op::AllReduceMean, Op::Broadcast, Op::AllReduceF64, Op::BroadcastBytes, Op::Barrier, Op::Init, Op::AllGather, Op::AllReduce, Op::Checkpoint];
+    const ALL: [Op; 9] = [
+        Op::AllReduceMean,
+        Op::Broadcast,
+        Op::AllReduceF64,
+        Op::BroadcastBytes,
+        Op::Barrier,
+        Op::Init,
+        Op::AllGather,
+        Op::AllReduce,
+        Op::Checkpoint,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -67,7 +77,12 @@ impl Drop for Armed<'_> {
 impl Watchdog {
     /// Starts the watching thread; `on_expire` gets the message and must end the job.
     pub fn start(rank: usize, timeout: Duration, on_expire: impl Fn(&str) + Send + 'static) -> Watchdog {
-        let state = Arc::new(State { origin: Instant::now(), armed_at: AtomicU64::new(0), op: AtomicU8::new(0), limit_ms: AtomicU64::new(0) });
+        let state = Arc::new(State {
+            origin: Instant::now(),
+            armed_at: AtomicU64::new(0),
+            op: AtomicU8::new(0),
+            limit_ms: AtomicU64::new(0),
+        });
         let watched = Arc::clone(&state);
         let poll = (timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let spawned = std::thread::Builder::new().name(format!("watchdog-rank{rank}")).spawn(move || loop {
@@ -113,7 +128,8 @@ fn expired(s: &State) -> Option<(Op, Duration)> {
     }
     let now = s.origin.elapsed().as_millis() as u64 + 1;
     let limit = s.limit_ms.load(Ordering::Relaxed);
-    (now.saturating_sub(armed_at) > limit).then(|| (Op::ALL[s.op.load(Ordering::Relaxed) as usize], Duration::from_millis(limit)))
+    (now.saturating_sub(armed_at) > limit)
+        .then(|| (Op::ALL[s.op.load(Ordering::Relaxed) as usize], Duration::from_millis(limit)))
 }
 
 #[cfg(test)]
@@ -141,7 +157,10 @@ mod tests {
     fn a_checkpoint_wait_has_its_own_time_out() {
         let (w, rx) = watchdog(50);
         let armed = w.arm_for(Op::Checkpoint, Duration::from_secs(3600));
-        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "the collective time-out applied to a checkpoint");
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the collective time-out applied to a checkpoint"
+        );
         drop(armed);
         let _armed = w.arm(Op::Barrier);
         assert!(rx.recv_timeout(Duration::from_secs(30)).is_ok());

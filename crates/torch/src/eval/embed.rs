@@ -43,10 +43,16 @@ pub struct EmbedArgs {
 
 pub fn run(args: EmbedArgs) -> Result<()> {
     let model = super::load(&args.run, &args.checkpoint, &args.device)?;
-    ensure!(Tasks::from(model.cfg.task).fr, "{} has no FR head to embed with (task {})", args.run.display(), model.cfg.task.name());
+    ensure!(
+        Tasks::from(model.cfg.task).fr,
+        "{} has no FR head to embed with (task {})",
+        args.run.display(),
+        model.cfg.task.name()
+    );
     let batch = args.batch_size.unwrap_or(model.cfg.batch_size).max(1);
     let tsv = args.out.with_extension("tsv");
-    let mut table = std::io::BufWriter::new(std::fs::File::create(&tsv).with_context(|| format!("creating {}", tsv.display()))?);
+    let mut table =
+        std::io::BufWriter::new(std::fs::File::create(&tsv).with_context(|| format!("creating {}", tsv.display()))?);
     let written = if pairs::is_pair_set(&args.sets) {
         embed_pair_set(&args, &model, batch, &mut table)?
     } else {
@@ -58,14 +64,22 @@ pub fn run(args: EmbedArgs) -> Result<()> {
 }
 
 /// Rows of `plain` (plus `mirrored`, added, with `--flip`) into the array.
-fn write_rows(npy: &mut Option<NpyWriter<f32>>, out: &Path, dim: usize, plain: &[f32], mirrored: Option<&[f32]>) -> Result<()> {
+fn write_rows(
+    npy: &mut Option<NpyWriter<f32>>,
+    out: &Path,
+    dim: usize,
+    plain: &[f32],
+    mirrored: Option<&[f32]>,
+) -> Result<()> {
     let npy = match npy {
         Some(w) => w,
         None => npy.insert(NpyWriter::create(out, dim)?),
     };
     for (r, row) in plain.chunks(dim).enumerate() {
         match mirrored {
-            Some(m) => npy.write_row(&row.iter().zip(&m[r * dim..(r + 1) * dim]).map(|(a, b)| a + b).collect::<Vec<f32>>())?,
+            Some(m) => {
+                npy.write_row(&row.iter().zip(&m[r * dim..(r + 1) * dim]).map(|(a, b)| a + b).collect::<Vec<f32>>())?
+            }
             None => npy.write_row(row)?,
         }
     }
@@ -74,7 +88,10 @@ fn write_rows(npy: &mut Option<NpyWriter<f32>>, out: &Path, dim: usize, plain: &
 
 fn embed_pair_set(args: &EmbedArgs, model: &super::Loaded, batch: usize, table: &mut impl Write) -> Result<usize> {
     let set = pairs::open(&args.sets)?;
-    let bar = trainer_data::term::progress_bar(set.images.len() as u64, "embedding [{bar:30}] {pos}/{len} {per_sec} ETA {eta}");
+    let bar = trainer_data::term::progress_bar(
+        set.images.len() as u64,
+        "embedding [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
+    );
     let e = pairs::embed_images(&model.net, &set.images, model.cfg.size, batch, model.device, |n| bar.inc(n as u64))
         .with_context(|| format!("embedding {}", args.sets.display()))?;
     bar.finish_and_clear();
@@ -93,7 +110,8 @@ fn embed_dataset(args: &EmbedArgs, model: &super::Loaded, batch: usize, table: &
     let view = Arc::new(RankView::open_paths(std::slice::from_ref(&args.sets), 0, 1, false)?);
     let workers = args.workers.unwrap_or(model.cfg.workers);
     let mut loader = Loader::sequential(Arc::clone(&view), model.cfg.size, batch, workers)?;
-    let bar = trainer_data::term::progress_bar(view.len() as u64, "embedding [{bar:30}] {pos}/{len} {per_sec} ETA {eta}");
+    let bar =
+        trainer_data::term::progress_bar(view.len() as u64, "embedding [{bar:30}] {pos}/{len} {per_sec} ETA {eta}");
     writeln!(table, "path\tlabel")?;
     let (mut npy, mut rows) = (None, 0);
     while let Some(b) = loader.next_batch()? {

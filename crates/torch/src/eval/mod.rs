@@ -107,7 +107,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
 /// would print NaN).
 fn check_pairs(cfg: &TrainConfig) -> Result<()> {
     use trainer_data::pipeline::{RankView, ViewOptions};
-    let fr_sets = cfg.valid_sets.iter().filter(|s| s.serves(&cfg.heads()).contains(&Head::Fr) && !pairs::is_pair_set(&s.path));
+    let fr_sets =
+        cfg.valid_sets.iter().filter(|s| s.serves(&cfg.heads()).contains(&Head::Fr) && !pairs::is_pair_set(&s.path));
     for set in fr_sets {
         let view = RankView::open(std::slice::from_ref(set), &ViewOptions::whole(&[Head::Fr]))?;
         let labels: Vec<i64> = view.labels().iter().map(|&l| l as i64).collect();

@@ -53,17 +53,28 @@ pub struct Embeddings {
 }
 
 /// Embeds every image of `images` at `size`×`size`, `batch` at a time, decoding on all cores.
-pub fn embed_images(net: &Net, images: &[Arc<[u8]>], size: usize, batch: usize, device: Device, mut progress: impl FnMut(usize)) -> Result<Embeddings> {
+pub fn embed_images(
+    net: &Net,
+    images: &[Arc<[u8]>],
+    size: usize,
+    batch: usize,
+    device: Device,
+    mut progress: impl FnMut(usize),
+) -> Result<Embeddings> {
     let mut out = Embeddings { plain: Vec::new(), mirrored: Vec::new(), dim: 0 };
     let slot = 3 * size * size;
     for (c, chunk) in images.chunks(batch.max(1)).enumerate() {
         let first = c * batch.max(1);
         let mut pixels = vec![0f32; chunk.len() * slot];
-        pixels.par_chunks_mut(slot).zip(chunk.par_iter()).enumerate().try_for_each_init(Decoder::new, |d, (i, (out, bytes))| {
-            d.decode_into(bytes, size, false, out).with_context(|| format!("image {} does not decode", first + i))
-        })?;
+        pixels.par_chunks_mut(slot).zip(chunk.par_iter()).enumerate().try_for_each_init(
+            Decoder::new,
+            |d, (i, (out, bytes))| {
+                d.decode_into(bytes, size, false, out).with_context(|| format!("image {} does not decode", first + i))
+            },
+        )?;
         let x = Tensor::from_slice(&pixels).view([chunk.len() as i64, 3, size as i64, size as i64]).to_device(device);
-        let (plain, mirrored) = tch::no_grad(|| -> Result<(Tensor, Tensor)> { Ok((embed(net, &x)?, embed(net, &x.flip([3]))?)) })?;
+        let (plain, mirrored) =
+            tch::no_grad(|| -> Result<(Tensor, Tensor)> { Ok((embed(net, &x)?, embed(net, &x.flip([3]))?)) })?;
         out.dim = plain.size()[1] as usize;
         out.plain.extend(to_f32(&plain)?);
         out.mirrored.extend(to_f32(&mirrored)?);
@@ -111,8 +122,13 @@ pub fn record(name: &str, s: &PairScores, m: &mut Metrics) {
     m.values.insert(format!("valid_{name}_verif_acc"), v.accuracy_mean);
     m.values.insert(format!("valid_{name}_verif_std"), v.accuracy_std);
     m.values.insert(format!("valid_{name}_gap"), s.gap.value);
-    let mut row = Row::new(name).cell("pairs", s.pairs).cell("verification", format!("{:.4} ± {:.4}", v.accuracy_mean, v.accuracy_std));
-    let mut report = format!("{name}: verification {:.4} ± {:.4} on {} pairs (threshold {threshold:.3}), gap {:.3}", v.accuracy_mean, v.accuracy_std, s.pairs, s.gap.value);
+    let mut row = Row::new(name)
+        .cell("pairs", s.pairs)
+        .cell("verification", format!("{:.4} ± {:.4}", v.accuracy_mean, v.accuracy_std));
+    let mut report = format!(
+        "{name}: verification {:.4} ± {:.4} on {} pairs (threshold {threshold:.3}), gap {:.3}",
+        v.accuracy_mean, v.accuracy_std, s.pairs, s.gap.value
+    );
     match v.tar_at_far.as_ref().filter(|t| t.reliable) {
         Some(t) => {
             m.values.insert(format!("valid_{name}_verif_tar"), t.tar_mean);

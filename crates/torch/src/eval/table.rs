@@ -44,7 +44,8 @@ pub fn render(rows: &[Row]) -> String {
         let value = |c: &str| r.cells.iter().find(|(k, _)| k == c).map_or("-", |(_, v)| v.as_str());
         lines.push(std::iter::once(r.set.as_str()).chain(columns.iter().map(|c| value(c))).collect());
     }
-    let widths: Vec<usize> = (0..=columns.len()).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..=columns.len()).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for l in &lines {
         let cells: Vec<String> = l.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
@@ -60,7 +61,11 @@ mod tests {
 
     #[test]
     fn one_row_per_set_with_the_union_of_columns() {
-        let rows = [Row::new("lfw").cell("verification", "0.9950 ± 0.0030").cell("pairs", 6000), Row::new("faces").cell("pairs", 20), Row::new("faces").cell("gender", "0.91")];
+        let rows = [
+            Row::new("lfw").cell("verification", "0.9950 ± 0.0030").cell("pairs", 6000),
+            Row::new("faces").cell("pairs", 20),
+            Row::new("faces").cell("gender", "0.91"),
+        ];
         let text = render(&rows);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);

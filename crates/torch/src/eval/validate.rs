@@ -66,15 +66,22 @@ impl Validator {
     /// given for is an error now, not NaN at the end.
     pub fn open(cfg: &TrainConfig) -> Result<Validator> {
         let run = cfg.heads();
-        let (pair_specs, specs): (Vec<SetSpec>, Vec<SetSpec>) = cfg.sets(&cfg.valid_sets).into_iter().partition(|s| pairs::is_pair_set(&s.path));
+        let (pair_specs, specs): (Vec<SetSpec>, Vec<SetSpec>) =
+            cfg.sets(&cfg.valid_sets).into_iter().partition(|s| pairs::is_pair_set(&s.path));
         let pair_sets = open_pair_sets(&pair_specs, &run)?;
         let mut sets: Vec<ValidSet> = Vec::new();
         for spec in specs {
             let opts = ViewOptions { gender_classes: cfg.heads.gender_classes, ..ViewOptions::whole(&run) };
-            let view = RankView::open(std::slice::from_ref(&spec), &opts).with_context(|| format!("opening validation set {spec}"))?;
+            let view = RankView::open(std::slice::from_ref(&spec), &opts)
+                .with_context(|| format!("opening validation set {spec}"))?;
             let heads = labelled_heads(&spec, &view)?;
             let name = unique_name(&spec, &sets);
-            let suffix = heads.iter().map(|&h| (h, if sets.iter().any(|s| s.heads.contains(&h)) { format!("_{name}") } else { String::new() })).collect();
+            let suffix = heads
+                .iter()
+                .map(|&h| {
+                    (h, if sets.iter().any(|s| s.heads.contains(&h)) { format!("_{name}") } else { String::new() })
+                })
+                .collect();
             sets.push(ValidSet { spec, name, view: Arc::new(view), heads, suffix });
         }
         let (best_key, lower_is_better) = best_key(cfg, &sets, &pair_sets)?;
@@ -107,7 +114,11 @@ impl Validator {
                     record_fr(&set.name, &out, cfg, &key, &mut m);
                     continue;
                 }
-                let ((pred, truth), classes) = if head == Head::Gender { (&out.gender, cfg.heads.gender_classes) } else { (&out.age, cfg.heads.age_classes) };
+                let ((pred, truth), classes) = if head == Head::Gender {
+                    (&out.gender, cfg.heads.gender_classes)
+                } else {
+                    (&out.age, cfg.heads.age_classes)
+                };
                 let mut c = Confusion::new(classes);
                 c.add(truth, pred).with_context(|| format!("validation set {}", set.spec))?;
                 m.values.insert(key("acc"), c.accuracy());
@@ -119,7 +130,8 @@ impl Validator {
             }
         }
         for (name, set) in &self.pair_sets {
-            let scores = pairs::evaluate(net, set, cfg.size, cfg.batch_size.max(1), device).with_context(|| format!("pair set {name}"))?;
+            let scores = pairs::evaluate(net, set, cfg.size, cfg.batch_size.max(1), device)
+                .with_context(|| format!("pair set {name}"))?;
             pairs::record(name, &scores, &mut m);
         }
         m.primary = m.values.get(&self.best_key).copied();
@@ -146,8 +158,13 @@ fn record_fr(name: &str, out: &Outputs, cfg: &TrainConfig, key: &dyn Fn(&str) ->
     let threshold = v.threshold_mean();
     m.values.insert(key("gap"), g.value);
     m.values.insert(key("verif_acc"), v.accuracy_mean);
-    m.reports.push(format!("{name} FR: verification {:.4} ± {:.4} (threshold {threshold:.3}), gap {:.3}", v.accuracy_mean, v.accuracy_std, g.value));
-    let row = Row::new(name).cell("pairs", pairs.len()).cell("verification", format!("{:.4} ± {:.4}", v.accuracy_mean, v.accuracy_std));
+    m.reports.push(format!(
+        "{name} FR: verification {:.4} ± {:.4} (threshold {threshold:.3}), gap {:.3}",
+        v.accuracy_mean, v.accuracy_std, g.value
+    ));
+    let row = Row::new(name)
+        .cell("pairs", pairs.len())
+        .cell("verification", format!("{:.4} ± {:.4}", v.accuracy_mean, v.accuracy_std));
     m.rows.push(row.cell("threshold", format!("{threshold:.3}")).cell("gap", format!("{:.3}", g.value)));
 }
 
@@ -176,9 +193,18 @@ fn labelled_heads(spec: &SetSpec, view: &RankView) -> Result<Vec<Head>> {
         if known > 0 {
             heads.push(head);
         } else if spec.head.is_some() {
-            bail!("validation set {spec} has no labelled sample for {} (column `{}` is -1 for all {} records)", head.name(), column.name(), info.records);
+            bail!(
+                "validation set {spec} has no labelled sample for {} (column `{}` is -1 for all {} records)",
+                head.name(),
+                column.name(),
+                info.records
+            );
         } else {
-            tracing::warn!("validation set {spec} has no labelled sample for {} (column `{}`): it validates the other tasks only", head.name(), column.name());
+            tracing::warn!(
+                "validation set {spec} has no labelled sample for {} (column `{}`): it validates the other tasks only",
+                head.name(),
+                column.name()
+            );
         }
     }
     if heads.is_empty() {
@@ -189,7 +215,11 @@ fn labelled_heads(spec: &SetSpec, view: &RankView) -> Result<Vec<Head>> {
 
 /// The set's file name, made unique among the sets before it.
 fn unique_name(spec: &SetSpec, before: &[ValidSet]) -> String {
-    let base = spec.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.path.display().to_string());
+    let base = spec
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| spec.path.display().to_string());
     let taken = |n: &str| before.iter().any(|s| s.name == n);
     (1..).map(|i| if i == 1 { base.clone() } else { format!("{base}{i}") }).find(|n| !taken(n)).unwrap_or(base)
 }
@@ -197,14 +227,29 @@ fn unique_name(spec: &SetSpec, before: &[ValidSet]) -> String {
 /// `--best-metric`, or the main metric of the run's leading task (FR verification for
 /// Multi); it must be a key validation will log.
 fn best_key(cfg: &TrainConfig, sets: &[ValidSet], pair_sets: &[(String, PairSet)]) -> Result<(String, bool)> {
-    let mut keys: Vec<String> = sets.iter().flat_map(|s| s.heads.iter().flat_map(move |&h| metric_keys(h).iter().map(move |k| format!("valid_{}_{k}{}", h.key(), s.suffix[&h])))).collect();
-    keys.extend(pair_sets.iter().flat_map(|(name, _)| [format!("valid_{name}_verif_acc"), format!("valid_{name}_gap")]));
+    let mut keys: Vec<String> = sets
+        .iter()
+        .flat_map(|s| {
+            s.heads.iter().flat_map(move |&h| {
+                metric_keys(h).iter().map(move |k| format!("valid_{}_{k}{}", h.key(), s.suffix[&h]))
+            })
+        })
+        .collect();
+    keys.extend(
+        pair_sets.iter().flat_map(|(name, _)| [format!("valid_{name}_verif_acc"), format!("valid_{name}_gap")]),
+    );
     let key = match &cfg.best_metric {
         Some(k) => k.clone(),
         // The first set given leads: a pair set's accuracy, or the lead task's main metric.
-        None if cfg.valid_sets.first().is_some_and(|s| pairs::is_pair_set(&s.path)) => format!("valid_{}_verif_acc", pair_sets[0].0),
+        None if cfg.valid_sets.first().is_some_and(|s| pairs::is_pair_set(&s.path)) => {
+            format!("valid_{}_verif_acc", pair_sets[0].0)
+        }
         None => {
-            let lead = cfg.heads().into_iter().find(|h| sets.iter().any(|s| s.heads.contains(h))).context("no validation set validates a task of this run")?;
+            let lead = cfg
+                .heads()
+                .into_iter()
+                .find(|h| sets.iter().any(|s| s.heads.contains(h)))
+                .context("no validation set validates a task of this run")?;
             format!("valid_{}_{}", lead.key(), metric_keys(lead)[0])
         }
     };
@@ -224,7 +269,13 @@ fn metric_keys(head: Head) -> &'static [&'static str] {
     }
 }
 
-fn infer(net: &Net, cfg: &TrainConfig, device: Device, view: &Arc<RankView>, bar: &indicatif::ProgressBar) -> Result<Outputs> {
+fn infer(
+    net: &Net,
+    cfg: &TrainConfig,
+    device: Device,
+    view: &Arc<RankView>,
+    bar: &indicatif::ProgressBar,
+) -> Result<Outputs> {
     let mut loader = Loader::sequential(Arc::clone(view), cfg.size, cfg.batch_size.max(1), cfg.workers)?;
     let mut out = Outputs::default();
     let tasks = net.tasks();

@@ -49,7 +49,14 @@ impl ArcFace {
 
     /// Partial FC: only `slice` of the centres, drawn as the whole matrix would be (so a
     /// run starts from the same centres whatever the rank count), then cut.
-    pub fn new_slice(p: &nn::Path, classes: usize, slice: ClassSlice, emb_dim: usize, s: f64, margin: Margin) -> ArcFace {
+    pub fn new_slice(
+        p: &nn::Path,
+        classes: usize,
+        slice: ClassSlice,
+        emb_dim: usize,
+        s: f64,
+        margin: Margin,
+    ) -> ArcFace {
         let full = Tensor::randn([classes as i64, emb_dim as i64], (tch::Kind::Float, p.device())) * 0.01 + 0.0;
         let weight = p.var_copy("weight", &full.narrow(0, slice.start as i64, slice.len as i64));
         ArcFace { weight, s, margin, classes }

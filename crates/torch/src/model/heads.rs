@@ -71,18 +71,36 @@ impl Default for HeadConfig {
 impl HeadConfig {
     /// Rejects settings that would fail deep inside libtorch (from a recipe or flags).
     pub fn validate(&self) -> anyhow::Result<()> {
-        let dropouts = [("fr_dropout", self.fr_dropout), ("gender_dropout", self.gender_dropout), ("age_dropout", self.age_dropout)];
+        let dropouts = [
+            ("fr_dropout", self.fr_dropout),
+            ("gender_dropout", self.gender_dropout),
+            ("age_dropout", self.age_dropout),
+        ];
         for (name, p) in dropouts {
             anyhow::ensure!((0.0..1.0).contains(&p), "{name} = {p}: a dropout probability is in [0, 1)");
         }
         anyhow::ensure!(self.emb_dim > 0, "--emb-dim (emb_dim) must be positive");
         anyhow::ensure!(self.s > 0.0, "ArcFace scale --arc-s (s) = {} must be positive", self.s);
-        anyhow::ensure!((0.0..std::f64::consts::PI).contains(&self.m), "ArcFace margin --arc-m (m) = {} must be in [0, π)", self.m);
+        anyhow::ensure!(
+            (0.0..std::f64::consts::PI).contains(&self.m),
+            "ArcFace margin --arc-m (m) = {} must be in [0, π)",
+            self.m
+        );
         self.margin()?;
-        anyhow::ensure!(self.gender_classes >= 2 && self.age_classes >= 2, "--gender-classes and --age-classes (gender_classes, age_classes) must be at least 2");
-        anyhow::ensure!(self.soft_target > 0.0 && self.soft_target <= 1.0, "--soft-target (soft_target) = {} must be in (0, 1]", self.soft_target);
+        anyhow::ensure!(
+            self.gender_classes >= 2 && self.age_classes >= 2,
+            "--gender-classes and --age-classes (gender_classes, age_classes) must be at least 2"
+        );
+        anyhow::ensure!(
+            self.soft_target > 0.0 && self.soft_target <= 1.0,
+            "--soft-target (soft_target) = {} must be in (0, 1]",
+            self.soft_target
+        );
         let hidden = self.gender_hidden.iter().chain(&self.age_hidden);
-        anyhow::ensure!(hidden.into_iter().all(|&h| h > 0), "hidden layer widths (--gender-hidden, --age-hidden) must be positive");
+        anyhow::ensure!(
+            hidden.into_iter().all(|&h| h > 0),
+            "hidden layer widths (--gender-hidden, --age-hidden) must be positive"
+        );
         Ok(())
     }
 }
@@ -139,7 +157,10 @@ impl ClassifierHead {
         let mut width = in_dim as i64;
         for (i, &h) in hidden.iter().enumerate() {
             let hp = p / "hidden" / i.to_string();
-            layers.push((nn::linear(&hp / "fc", width, h as i64, Default::default()), BatchNorm::new(&hp / "bn", h as i64)));
+            layers.push((
+                nn::linear(&hp / "fc", width, h as i64, Default::default()),
+                BatchNorm::new(&hp / "bn", h as i64),
+            ));
             width = h as i64;
         }
         let out = nn::linear(p / "out", width, classes as i64, Default::default());
@@ -191,7 +212,13 @@ mod tests {
         assert_eq!(HeadConfig { m: 0.3, ..Default::default() }.margin().unwrap(), Margin::arcface(0.3));
         let cos = HeadConfig { margin: Some(MarginKind::Cosface), m3: Some(0.4), ..Default::default() };
         assert_eq!(cos.margin().unwrap(), Margin::cosface(0.4));
-        let comb = HeadConfig { margin: Some(MarginKind::Combined), m1: Some(0.9), m2: Some(0.4), m3: Some(0.15), ..Default::default() };
+        let comb = HeadConfig {
+            margin: Some(MarginKind::Combined),
+            m1: Some(0.9),
+            m2: Some(0.4),
+            m3: Some(0.15),
+            ..Default::default()
+        };
         assert_eq!(comb.margin().unwrap(), Margin { m1: 0.9, m2: 0.4, m3: 0.15 });
     }
 

@@ -94,8 +94,9 @@ struct IBasicBlock {
 
 impl IBasicBlock {
     fn new(p: &nn::Path, c_in: i64, width: i64, stride: i64) -> IBasicBlock {
-        let downsample = (stride != 1 || c_in != width)
-            .then(|| (conv(p / "downsample" / "0", c_in, width, 1, stride), BatchNorm::new(p / "downsample" / "1", width)));
+        let downsample = (stride != 1 || c_in != width).then(|| {
+            (conv(p / "downsample" / "0", c_in, width, 1, stride), BatchNorm::new(p / "downsample" / "1", width))
+        });
         IBasicBlock {
             bn1: BatchNorm::new(p / "bn1", c_in),
             conv1: conv(p / "conv1", c_in, width, 3, 1),

@@ -85,7 +85,13 @@ fn check_against_twin(depth: usize) {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let (w1, io1, w2, io2, out2) = (file("twin.safetensors"), file("io1.safetensors"), file("ours.safetensors"), file("io2.safetensors"), file("out2.safetensors"));
+    let (w1, io1, w2, io2, out2) = (
+        file("twin.safetensors"),
+        file("io1.safetensors"),
+        file("ours.safetensors"),
+        file("io2.safetensors"),
+        file("out2.safetensors"),
+    );
     let d = depth.to_string();
     let made = twin(&py, &["make", "--depth", &d, "--seed", "5", "--batch", "2", "--weights", &w1, "--io", &io1]);
     let Some(made) = made else { return unavailable(&format!("{} has no PyTorch", py.display())) };

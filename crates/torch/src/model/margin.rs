@@ -79,7 +79,11 @@ impl Margin {
         };
         for &(name, given, value) in fixed {
             if let Some(v) = given {
-                ensure!(v == value, "--margin {} has {name} = {value}; for {name} = {v} use --margin combined", kind.name());
+                ensure!(
+                    v == value,
+                    "--margin {} has {name} = {value}; for {name} = {v} use --margin combined",
+                    kind.name()
+                );
             }
         }
         let margin = Margin { m1: m1.unwrap_or(d.m1), m2: m2.unwrap_or(d.m2), m3: m3.unwrap_or(d.m3) };
@@ -96,7 +100,10 @@ impl Margin {
         ensure!((0.0..PI).contains(&m2), "m2 = {m2} must be in [0, π)");
         ensure!((0.0..=1.0).contains(&m3), "m3 = {m3} must be in [0, 1]");
         // m1·θ + m2 ≥ θ on [0, π], else the "margin" would raise the target near θ = π.
-        ensure!(m1 >= 1.0 || m2 >= (1.0 - m1) * PI, "m1 = {m1}, m2 = {m2}: m1·θ + m2 falls below θ before π; m2 must be at least (1 − m1)·π");
+        ensure!(
+            m1 >= 1.0 || m2 >= (1.0 - m1) * PI,
+            "m1 = {m1}, m2 = {m2}: m1·θ + m2 falls below θ before π; m2 must be at least (1 − m1)·π"
+        );
         let u = self.fallback_angle();
         ensure!(
             u * u.sin() >= 1.0 - u.cos(),
@@ -177,16 +184,16 @@ mod tests {
         let (arc_u, comb_u, sph_u) = (0.5f64, (PI - (PI - 0.4) / 0.9), (PI - (PI - 0.2) / 1.2));
         let cases: &[(Margin, f64, f64)] = &[
             (ARC, 0.5, (PI / 3.0 + 0.5).cos()),
-            (ARC, -0.8, ((-0.8f64).acos() + 0.5).cos()),                   // θ + m just below π
-            (ARC, -0.95, -0.95 - arc_u * arc_u.sin()),                     // θ ≈ 2.82: fallback
+            (ARC, -0.8, ((-0.8f64).acos() + 0.5).cos()), // θ + m just below π
+            (ARC, -0.95, -0.95 - arc_u * arc_u.sin()),   // θ ≈ 2.82: fallback
             (COS, 0.3, 0.3 - 0.35),
             (COS, -1.0, -1.35),
             (COMB, 0.5, (0.9 * PI / 3.0 + 0.4).cos() - 0.15),
-            (COMB, -0.99, (0.9 * (-0.99f64).acos() + 0.4).cos() - 0.15),   // θ = 3.0 < θ* = 3.046
-            (COMB, -0.999, -0.999 - comb_u * comb_u.sin() - 0.15),         // θ = 3.097: fallback
+            (COMB, -0.99, (0.9 * (-0.99f64).acos() + 0.4).cos() - 0.15), // θ = 3.0 < θ* = 3.046
+            (COMB, -0.999, -0.999 - comb_u * comb_u.sin() - 0.15),       // θ = 3.097: fallback
             (SPHERE, 0.866, (1.2 * 0.866f64.acos() + 0.2).cos() - 0.1),
-            (SPHERE, -0.5, (1.2 * 2.0 * PI / 3.0 + 0.2).cos() - 0.1),      // θ = 2.094 < θ* = 2.451
-            (SPHERE, -0.866, -0.866 - sph_u * sph_u.sin() - 0.1),          // θ = 2.618: fallback
+            (SPHERE, -0.5, (1.2 * 2.0 * PI / 3.0 + 0.2).cos() - 0.1), // θ = 2.094 < θ* = 2.451
+            (SPHERE, -0.866, -0.866 - sph_u * sph_u.sin() - 0.1),     // θ = 2.618: fallback
         ];
         for &(m, c, want) in cases {
             close(target(m, c as f32), want, &format!("{m:?} at cos θ = {c}"));

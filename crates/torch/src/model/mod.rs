@@ -108,7 +108,14 @@ impl Net {
     }
 
     /// A net whose ArcFace layer holds only `slice` of the class centres (Partial FC).
-    pub fn with_slice(root: &nn::Path, arch: Arch, cfg: &HeadConfig, num_classes: usize, tasks: Tasks, slice: Option<ClassSlice>) -> Result<Net> {
+    pub fn with_slice(
+        root: &nn::Path,
+        arch: Arch,
+        cfg: &HeadConfig,
+        num_classes: usize,
+        tasks: Tasks,
+        slice: Option<ClassSlice>,
+    ) -> Result<Net> {
         let backbone = Backbone::new(&(root / "backbone"), arch, cfg)?;
         let d = backbone.out_dim();
         let fr = match tasks.fr {
@@ -212,7 +219,9 @@ mod tests {
         let cfg = HeadConfig { emb_dim: 64, gender_hidden: vec![16], fr_dropout: 0.0, ..Default::default() };
         let net = Net::new(&vs.root(), Arch::Iresnet18, &cfg, 7, Task::Multi.into()).unwrap();
         let vars = vs.variables();
-        assert!(vars.contains_key("backbone.features.running_mean") && vars.contains_key("backbone.layer4.1.prelu.weight"));
+        assert!(
+            vars.contains_key("backbone.features.running_mean") && vars.contains_key("backbone.layer4.1.prelu.weight")
+        );
         assert!(!vars.keys().any(|k| k.starts_with("fr.")));
         assert_eq!(vars["gender.hidden.0.fc.weight"].size(), vec![16, 64]);
         let feats = net.features(&Tensor::randn([2, 3, 112, 112], (Kind::Float, Device::Cpu)), false);

@@ -102,7 +102,10 @@ impl ClassSlice {
 
     /// Every rank must hold at least one class (an empty slice has no softmax terms).
     pub fn check(world: usize, classes: usize) -> Result<()> {
-        ensure!(classes >= world, "--partial-fc splits {classes} identities over {world} ranks: every rank needs at least one");
+        ensure!(
+            classes >= world,
+            "--partial-fc splits {classes} identities over {world} ranks: every rank needs at least one"
+        );
         Ok(())
     }
 
@@ -146,7 +149,12 @@ pub fn sample_rows(len: usize, positives: &[i64], rate: f64, seed: u64, step: u6
 /// of each row's label in them or -1, `valid [M]` the rows that have a label. Returns the
 /// loss (no graph) and a surrogate whose gradient with respect to `logits` is exactly the
 /// loss's: `Σ (softmax − onehot) · logits / n`, with the softmax terms detached.
-pub fn distributed_ce(comm: &dyn Comm, logits: &Tensor, local_target: &Tensor, valid: &Tensor) -> Result<(Tensor, Tensor)> {
+pub fn distributed_ce(
+    comm: &dyn Comm,
+    logits: &Tensor,
+    local_target: &Tensor,
+    valid: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let l = logits.to_kind(Kind::Float);
     let has = local_target.ge(0);
     let index = local_target.clamp_min(0).unsqueeze(1);
@@ -181,7 +189,14 @@ mod tests {
     #[test]
     fn slices_are_contiguous_and_differ_by_at_most_one() {
         let s: Vec<ClassSlice> = (0..3).map(|r| ClassSlice::of(r, 3, 61)).collect();
-        assert_eq!(s, vec![ClassSlice { start: 0, len: 21 }, ClassSlice { start: 21, len: 20 }, ClassSlice { start: 41, len: 20 }]);
+        assert_eq!(
+            s,
+            vec![
+                ClassSlice { start: 0, len: 21 },
+                ClassSlice { start: 21, len: 20 },
+                ClassSlice { start: 41, len: 20 }
+            ]
+        );
         assert!(ClassSlice::check(4, 3).is_err());
         let local = s[1].local_labels(&Tensor::from_slice(&[0i64, 21, 40, 41, -1]));
         assert_eq!(Vec::<i64>::try_from(local).unwrap(), vec![-1, 0, 19, -1, -1]);

@@ -63,13 +63,22 @@ impl Arch {
         let (kind, blocks): (BlockKind, &'static [usize]) = match self {
             Arch::Tiny | Arch::TinyNobn => {
                 let norm = self == Arch::Tiny;
-                return Blueprint { kind: BlockKind::Basic, blocks: &[1, 1], widths: &[16, 32], stem_width: 16, full_stem: false, norm };
+                return Blueprint {
+                    kind: BlockKind::Basic,
+                    blocks: &[1, 1],
+                    widths: &[16, 32],
+                    stem_width: 16,
+                    full_stem: false,
+                    norm,
+                };
             }
             Arch::Resnet18 => (BlockKind::Basic, &[2, 2, 2, 2]),
             Arch::Resnet34 => (BlockKind::Basic, &[3, 4, 6, 3]),
             Arch::Resnet50 => (BlockKind::Bottleneck, &[3, 4, 6, 3]),
             Arch::Resnet101 => (BlockKind::Bottleneck, &[3, 4, 23, 3]),
-            Arch::Iresnet18 | Arch::Iresnet34 | Arch::Iresnet50 | Arch::Iresnet100 => unreachable!("IResNets are built by iresnet.rs"),
+            Arch::Iresnet18 | Arch::Iresnet34 | Arch::Iresnet50 | Arch::Iresnet100 => {
+                unreachable!("IResNets are built by iresnet.rs")
+            }
         };
         Blueprint { kind, blocks, widths: W, stem_width: 64, full_stem: true, norm: true }
     }
@@ -226,7 +235,9 @@ mod tests {
 
     #[test]
     fn every_arch_pools_to_out_dim() {
-        for (arch, size) in [(Arch::Tiny, 32), (Arch::Resnet18, 64), (Arch::Resnet34, 32), (Arch::Resnet50, 32), (Arch::Resnet101, 32)] {
+        for (arch, size) in
+            [(Arch::Tiny, 32), (Arch::Resnet18, 64), (Arch::Resnet34, 32), (Arch::Resnet50, 32), (Arch::Resnet101, 32)]
+        {
             assert_eq!(shape(arch, size), vec![2, arch.out_dim() as i64], "{arch:?}");
         }
         assert_eq!(Arch::Resnet50.out_dim(), 2048);
@@ -238,8 +249,14 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let _ = ResNet::new(&vs.root(), Arch::Resnet50);
         let vars = vs.variables();
-        for name in ["conv1.weight", "bn1.num_batches_tracked", "layer1.0.downsample.0.weight",
-                     "layer1.0.downsample.1.running_var", "layer4.2.conv3.weight", "layer3.5.bn2.bias"] {
+        for name in [
+            "conv1.weight",
+            "bn1.num_batches_tracked",
+            "layer1.0.downsample.0.weight",
+            "layer1.0.downsample.1.running_var",
+            "layer4.2.conv3.weight",
+            "layer3.5.bn2.bias",
+        ] {
             assert!(vars.contains_key(name), "missing {name}");
         }
         // torchvision resnet50 minus fc: 318 tensors (161 parameters − fc's 2, plus BN buffers).

@@ -4,11 +4,11 @@
 //! torchvision the test fails under `CI=true` (as launch/test.sh runs) and otherwise says
 //! so and passes.
 
+use super::resnet::{Arch, ResNet};
 use std::path::PathBuf;
 use std::process::Command;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
-use super::resnet::{Arch, ResNet};
 
 fn python() -> Option<PathBuf> {
     let venv = std::env::var_os("TORCH_VENV")?;

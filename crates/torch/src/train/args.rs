@@ -38,7 +38,9 @@ impl TrainArgs {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("--resume {}: cannot read {}", run_dir.display(), path.display()))
                     .context(trainer_data::term::BadSettings)?;
-                serde_json::from_str(&text).with_context(|| format!("--resume {}: {} is not a valid run config", run_dir.display(), path.display()))?
+                serde_json::from_str(&text).with_context(|| {
+                    format!("--resume {}: {} is not a valid run config", run_dir.display(), path.display())
+                })?
             }
             None => TrainConfig::default(),
         };

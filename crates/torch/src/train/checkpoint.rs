@@ -53,9 +53,13 @@ pub fn load_state(dir: &Path) -> Result<StateFile> {
         .with_context(|| format!("checkpoint {}: {STATE_FILE} is corrupt", dir.display()))?;
     for (name, want) in &file.checksums {
         let p = dir.join(name);
-        let got = format!("{:08x}", file_crc(&p).with_context(|| format!("checkpoint {}: missing {name}", dir.display()))?);
+        let got =
+            format!("{:08x}", file_crc(&p).with_context(|| format!("checkpoint {}: missing {name}", dir.display()))?);
         if &got != want {
-            bail!("checkpoint {}: {name} is corrupt (crc32c {got}, expected {want}); resume from an older checkpoint", dir.display());
+            bail!(
+                "checkpoint {}: {name} is corrupt (crc32c {got}, expected {want}); resume from an older checkpoint",
+                dir.display()
+            );
         }
     }
     Ok(file)
@@ -86,8 +90,9 @@ pub fn latest(run_dir: &Path) -> Result<PathBuf> {
     if crate::dist::failure::stale_listing() {
         dirs.pop();
     }
-    dirs.pop()
-        .with_context(|| format!("{} has no checkpoints (looked in {}/checkpoints)", run_dir.display(), run_dir.display()))
+    dirs.pop().with_context(|| {
+        format!("{} has no checkpoints (looked in {}/checkpoints)", run_dir.display(), run_dir.display())
+    })
 }
 
 /// Rank 0 picks the checkpoint to resume from and tells every rank its path and the CRC of
@@ -105,7 +110,8 @@ pub fn agree_latest(comm: &dyn Comm, run_dir: &Path) -> Result<PathBuf> {
     let text = String::from_utf8(bytes)?;
     let (crc, dir) = text.split_once(' ').context("malformed checkpoint choice from rank 0")?;
     let dir = PathBuf::from(dir);
-    let mine = file_crc(&dir.join(STATE_FILE)).with_context(|| format!("rank {}: resuming from {} (rank 0's choice)", comm.rank(), dir.display()))?;
+    let mine = file_crc(&dir.join(STATE_FILE))
+        .with_context(|| format!("rank {}: resuming from {} (rank 0's choice)", comm.rank(), dir.display()))?;
     if format!("{mine:08x}") != crc {
         bail!("rank {}: {} differs from rank 0's copy (crc32c {mine:08x}, rank 0 {crc}); the ranks do not see the same run directory", comm.rank(), dir.join(STATE_FILE).display());
     }

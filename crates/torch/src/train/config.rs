@@ -258,14 +258,25 @@ impl TrainConfig {
     /// Resolves the settings of a run: `base` (the defaults, or a resumed run's saved
     /// settings), overlaid by the recipe if any, overlaid by the flags actually typed.
     /// Every error is the user's settings (`BadSettings`: exit status 2).
-    pub fn resolve(base: TrainConfig, recipe: Option<&Path>, typed: &TrainConfig, matches: &ArgMatches) -> Result<TrainConfig> {
+    pub fn resolve(
+        base: TrainConfig,
+        recipe: Option<&Path>,
+        typed: &TrainConfig,
+        matches: &ArgMatches,
+    ) -> Result<TrainConfig> {
         Self::resolve_inner(base, recipe, typed, matches).context(trainer_data::term::BadSettings)
     }
 
-    fn resolve_inner(base: TrainConfig, recipe: Option<&Path>, typed: &TrainConfig, matches: &ArgMatches) -> Result<TrainConfig> {
+    fn resolve_inner(
+        base: TrainConfig,
+        recipe: Option<&Path>,
+        typed: &TrainConfig,
+        matches: &ArgMatches,
+    ) -> Result<TrainConfig> {
         let mut table = toml::Table::try_from(base)?;
         if let Some(path) = recipe {
-            let text = std::fs::read_to_string(path).with_context(|| format!("--config {}: cannot read the recipe", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--config {}: cannot read the recipe", path.display()))?;
             let recipe: toml::Table = text.parse().with_context(|| format!("parsing recipe {}", path.display()))?;
             super::recipe_check::check(&recipe).with_context(|| format!("recipe {}", path.display()))?;
             merge(&mut table, recipe);
@@ -306,7 +317,10 @@ impl TrainConfig {
         }
         crate::model::backbone::check_input_side(self.arch, self.size)?;
         if self.schedule == Schedule::Poly && self.max_steps.is_none_or(|m| m <= self.warmup_steps) {
-            bail!("--schedule poly decays to 0 at --max-steps: give --max-steps above --warmup-steps ({})", self.warmup_steps);
+            bail!(
+                "--schedule poly decays to 0 at --max-steps: give --max-steps above --warmup-steps ({})",
+                self.warmup_steps
+            );
         }
         if !(self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
             bail!("sample_rate must be in (0, 1], got {}", self.sample_rate);
@@ -361,7 +375,9 @@ impl TrainConfig {
 
 /// The settings the user typed, as a table shaped like the config (heads nested).
 fn given_on_command_line(typed: &TrainConfig, matches: &ArgMatches) -> Result<toml::Table> {
-    let typed_here = |key: &str| matches.ids().any(|id| id.as_str() == key) && matches.value_source(key) == Some(ValueSource::CommandLine);
+    let typed_here = |key: &str| {
+        matches.ids().any(|id| id.as_str() == key) && matches.value_source(key) == Some(ValueSource::CommandLine)
+    };
     let mut all = toml::Table::try_from(typed)?;
     let mut heads = match all.remove("heads") {
         Some(toml::Value::Table(t)) => t,
@@ -398,12 +414,16 @@ fn parse_pk(s: &str) -> Result<[usize; 2], String> {
 /// P identities and K images each: both at least 1, and a batch of P×K that fits.
 fn check_pk([p, k]: [usize; 2]) -> Result<(), String> {
     let batch = p.checked_mul(k).filter(|&b| p >= 1 && k >= 1 && b as u64 <= bounds::MAX_BATCH);
-    batch.map(|_| ()).ok_or_else(|| format!("P and K must be at least 1 and P×K at most {}, got {p}x{k}", bounds::MAX_BATCH))
+    batch
+        .map(|_| ())
+        .ok_or_else(|| format!("P and K must be at least 1 and P×K at most {}, got {p}x{k}", bounds::MAX_BATCH))
 }
 
 fn parse_weights(s: &str) -> Result<[f64; 3], String> {
     let parts: Vec<&str> = s.split(',').collect();
-    let [fr, gender, age] = parts.as_slice() else { return Err("expected three weights FR,Gender,Age, e.g. 1,0.5,0.5".into()) };
+    let [fr, gender, age] = parts.as_slice() else {
+        return Err("expected three weights FR,Gender,Age, e.g. 1,0.5,0.5".into());
+    };
     let num = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
     let w = [num(fr)?, num(gender)?, num(age)?];
     check_weights(w)?;
@@ -441,7 +461,11 @@ mod tests {
     fn flags_override_recipe_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let recipe = dir.path().join("r.toml");
-        std::fs::write(&recipe, "task = 'Gender'\nsize = 64\nlr = 0.5\ntrain_sets = ['a']\n[heads]\nemb_dim = 128\ns = 32.0\n").unwrap();
+        std::fs::write(
+            &recipe,
+            "task = 'Gender'\nsize = 64\nlr = 0.5\ntrain_sets = ['a']\n[heads]\nemb_dim = 128\ns = 32.0\n",
+        )
+        .unwrap();
         let cfg = resolve(Some(&recipe), &["--lr", "0.01", "--arc-s", "16"]).unwrap();
         assert_eq!(cfg.task, Task::Gender, "a default on the command line does not override the recipe");
         assert_eq!((cfg.size, cfg.lr, cfg.batch_size), (64, 0.01, 50));
@@ -450,7 +474,11 @@ mod tests {
 
     #[test]
     fn negated_flags_and_parsed_values() {
-        let cfg = resolve(None, &["Multi", "--train-sets", "a", "--no-shuffle", "--pk", "4x2", "--loss-weights", "1,0.5,0.25"]).unwrap();
+        let cfg = resolve(
+            None,
+            &["Multi", "--train-sets", "a", "--no-shuffle", "--pk", "4x2", "--loss-weights", "1,0.5,0.25"],
+        )
+        .unwrap();
         assert!(!cfg.shuffle && cfg.augment && cfg.rollback);
         assert_eq!((cfg.task, cfg.pk, cfg.loss_weights), (Task::Multi, [4, 2], [1.0, 0.5, 0.25]));
     }
@@ -476,12 +504,15 @@ mod tests {
 
     #[test]
     fn iresnet_needs_112_and_margins_parse() {
-        let msg = format!("{:#}", resolve(None, &["--train-sets", "a", "--arch", "iresnet50", "--size", "224"]).unwrap_err());
+        let msg =
+            format!("{:#}", resolve(None, &["--train-sets", "a", "--arch", "iresnet50", "--size", "224"]).unwrap_err());
         assert!(msg.contains("--size 112"), "{msg}");
-        let cfg = resolve(None, &["--train-sets", "a", "--arch", "iresnet100", "--margin", "cosface", "--m3", "0.4"]).unwrap();
+        let cfg = resolve(None, &["--train-sets", "a", "--arch", "iresnet100", "--margin", "cosface", "--m3", "0.4"])
+            .unwrap();
         assert_eq!((cfg.arch, cfg.heads.margin().unwrap()), (Arch::Iresnet100, crate::model::Margin::cosface(0.4)));
         assert!(resolve(None, &["--train-sets", "a", "--margin", "arcface", "--m1", "1.2"]).is_err());
-        assert!(format!("{:#}", resolve(None, &["--train-sets", "a", "--schedule", "poly"]).unwrap_err()).contains("--max-steps"));
+        assert!(format!("{:#}", resolve(None, &["--train-sets", "a", "--schedule", "poly"]).unwrap_err())
+            .contains("--max-steps"));
         assert!(Cli::command().try_get_matches_from(["train", "--train-sets", "a", "--clip-grad-norm", "0"]).is_err());
     }
 
@@ -489,14 +520,25 @@ mod tests {
     fn the_arcface_torch_recipe_resolves() {
         let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../training/fr-iresnet50-pfc.toml");
         assert!(format!("{:#}", resolve(Some(&recipe), &["--train-sets", "a"]).unwrap_err()).contains("--max-steps"));
-        let cfg = resolve(Some(&recipe), &["--train-sets", "a", "--max-steps", "1000", "--sample-rate", "0.1"]).unwrap();
-        assert_eq!((cfg.arch, cfg.schedule, cfg.partial_fc, cfg.sample_rate, cfg.clip_grad_norm), (Arch::Iresnet50, Schedule::Poly, true, 0.1, Some(5.0)));
-        assert_eq!((cfg.batch_size, cfg.heads.margin().unwrap(), cfg.heads.fr_dropout), (128, crate::model::Margin::arcface(0.5), 0.0));
+        let cfg =
+            resolve(Some(&recipe), &["--train-sets", "a", "--max-steps", "1000", "--sample-rate", "0.1"]).unwrap();
+        assert_eq!(
+            (cfg.arch, cfg.schedule, cfg.partial_fc, cfg.sample_rate, cfg.clip_grad_norm),
+            (Arch::Iresnet50, Schedule::Poly, true, 0.1, Some(5.0))
+        );
+        assert_eq!(
+            (cfg.batch_size, cfg.heads.margin().unwrap(), cfg.heads.fr_dropout),
+            (128, crate::model::Margin::arcface(0.5), 0.0)
+        );
     }
 
     #[test]
     fn missing_train_sets_is_explained() {
         let err = resolve(None, &[]).unwrap_err();
-        assert!(format!("{err:#}").contains("--train-sets") && err.downcast_ref::<trainer_data::term::BadSettings>().is_some(), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("--train-sets")
+                && err.downcast_ref::<trainer_data::term::BadSettings>().is_some(),
+            "{err:#}"
+        );
     }
 }

@@ -50,13 +50,25 @@ pub struct Judge {
 
 impl Judge {
     pub fn new(heads: &[Head], enabled: bool, max_rollbacks: u32) -> Judge {
-        Judge { guards: heads.iter().map(|&h| (h, RollbackGuard::new())).collect(), enabled, max_rollbacks, in_a_row: 0, failed_at: 0 }
+        Judge {
+            guards: heads.iter().map(|&h| (h, RollbackGuard::new())).collect(),
+            enabled,
+            max_rollbacks,
+            in_a_row: 0,
+            failed_at: 0,
+        }
     }
 
     /// Rank 0's decision for the step just taken (`state.step` counts it), given each
     /// trained head's loss; `save_point` is dlib's "time to save or reload"; the plateau
     /// rule sees the losses only when `plateau` (not in a warm-up, not under poly).
-    pub fn decide(&mut self, state: &mut TrainState, losses: &[(Head, f64)], save_point: bool, plateau: bool) -> Decision {
+    pub fn decide(
+        &mut self,
+        state: &mut TrainState,
+        losses: &[(Head, f64)],
+        save_point: bool,
+        plateau: bool,
+    ) -> Decision {
         if state.step > self.failed_at {
             self.in_a_row = 0;
         }
@@ -66,12 +78,19 @@ impl Judge {
             if non_finite {
                 return self.roll_back(head, "NaN", state.step, loss);
             }
-            if let Some(factor) = state.plateaus.get_mut(&head).filter(|_| plateau).and_then(|p| if loss.is_finite() { p.push(loss) } else { None }) {
+            if let Some(factor) = state.plateaus.get_mut(&head).filter(|_| plateau).and_then(|p| {
+                if loss.is_finite() {
+                    p.push(loss)
+                } else {
+                    None
+                }
+            }) {
                 d.decays.push((head, factor));
             }
         }
         if self.enabled && save_point {
-            let rose = self.guards.iter_mut().find_map(|(&h, g)| (g.at_save_point() == SaveDecision::Reload).then_some(h));
+            let rose =
+                self.guards.iter_mut().find_map(|(&h, g)| (g.at_save_point() == SaveDecision::Reload).then_some(h));
             if let Some(head) = rose {
                 let loss = losses.iter().find(|(h, _)| *h == head).map_or(f64::NAN, |(_, l)| *l);
                 return self.roll_back(head, "rising loss", state.step, loss);
@@ -91,10 +110,14 @@ impl Judge {
         }
         self.failed_at = self.failed_at.max(step);
         self.in_a_row += 1;
-        let rollback = Rollback { head, reason: reason.into(), failed_step: step, loss, in_a_row: self.in_a_row, shrink };
+        let rollback =
+            Rollback { head, reason: reason.into(), failed_step: step, loss, in_a_row: self.in_a_row, shrink };
         let give_up = (self.in_a_row > self.max_rollbacks).then(|| {
             let what = if self.guards.len() > 1 { format!("{} {reason}", head.name()) } else { reason.to_string() };
-            format!("gave up after {} rollbacks without getting past step {} (the last failure: {what} at step {step})", self.max_rollbacks, self.failed_at)
+            format!(
+                "gave up after {} rollbacks without getting past step {} (the last failure: {what} at step {step})",
+                self.max_rollbacks, self.failed_at
+            )
         });
         Decision { decays: vec![], rollback: Some(rollback), give_up }
     }
@@ -170,7 +193,8 @@ mod tests {
     #[test]
     fn a_rollback_for_a_non_finite_loss_survives_the_broadcast_encoding() {
         for loss in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 2.5] {
-            let rb = Rollback { head: Head::Fr, reason: "NaN".into(), failed_step: 7, loss, in_a_row: 1, shrink: false };
+            let rb =
+                Rollback { head: Head::Fr, reason: "NaN".into(), failed_step: 7, loss, in_a_row: 1, shrink: false };
             let d = Decision { decays: vec![(Head::Gender, 0.1)], rollback: Some(rb), give_up: None };
             let back: Decision = serde_json::from_slice(&serde_json::to_vec(&d).unwrap()).unwrap();
             let got = back.rollback.as_ref().unwrap().loss;
@@ -204,7 +228,10 @@ mod tests {
             let rb = d.rollback.clone().expect("a rollback");
             seen.push((rb.in_a_row, rb.shrink, d.give_up.is_some()));
         }
-        assert_eq!(seen, vec![(1, false, false), (2, false, false), (3, true, false), (4, true, false), (5, true, true)]);
+        assert_eq!(
+            seen,
+            vec![(1, false, false), (2, false, false), (3, true, false), (4, true, false), (5, true, true)]
+        );
         // Getting past the failing step resets the count.
         st.step = 8;
         assert!(j.decide(&mut st, &[(Head::Fr, 1.0), (Head::Gender, 0.5)], false, true).rollback.is_none());
@@ -218,6 +245,9 @@ mod tests {
         let (mut st, mut j) = (state(), Judge::new(&[Head::Fr], false, 10));
         st.step = 1;
         assert!(j.decide(&mut st, &[(Head::Fr, f64::NAN)], true, true).rollback.is_none());
-        assert_eq!([1, 2, 3, 4, 11, 12, 13, 21, 22, 101].map(ordinal).join(" "), "1st 2nd 3rd 4th 11th 12th 13th 21st 22nd 101st");
+        assert_eq!(
+            [1, 2, 3, 4, 11, 12, 13, 21, 22, 101].map(ordinal).join(" "),
+            "1st 2nd 3rd 4th 11th 12th 13th 21st 22nd 101st"
+        );
     }
 }

@@ -129,13 +129,16 @@ impl Session {
         let step = self.state.step;
         crate::dist::failure::set_step(step + 1);
         crate::dist::failure::maybe_panic();
-        tch::manual_seed(trainer_data::rng::mix(self.cfg.seed ^ step.wrapping_mul(0x9E37)) as i64 ^ self.comm.rank() as i64);
+        tch::manual_seed(
+            trainer_data::rng::mix(self.cfg.seed ^ step.wrapping_mul(0x9E37)) as i64 ^ self.comm.rank() as i64,
+        );
         let heads = heads_for_step(&self.cfg, step);
         self.replica.zero_grad();
         let (mut wait, mut total, mut skipped, mut images) = (0.0, 0.0, 0.0, 0.0);
         let mut labelled = [0.0; 3];
         let mut parts = vec![0.0; heads.len()];
-        let inject = self.cfg.inject_nan_at.is_some_and(|at| step + 1 >= at && self.state.rollbacks < self.cfg.inject_nan_times);
+        let inject =
+            self.cfg.inject_nan_at.is_some_and(|at| step + 1 >= at && self.state.rollbacks < self.cfg.inject_nan_times);
         let accum = self.cfg.accum as f64;
         let mut bytes = CommBytes::default();
         let scale = self.state.loss_scale.as_ref().map_or(1.0, |s| s.scale);
@@ -147,7 +150,12 @@ impl Session {
             images += batches.iter().map(|p| p.batch.n as f64).sum::<f64>();
             labelled.iter_mut().zip(labelled_in(&batches)).for_each(|(a, n)| *a += n);
             let pfc = self.replica.slice().map(|slice| PfcStep {
-                comm: &*self.comm, slice, sample_rate: self.cfg.sample_rate, seed: self.cfg.seed, step, grad_factor: scale / accum,
+                comm: &*self.comm,
+                slice,
+                sample_rate: self.cfg.sample_rate,
+                seed: self.cfg.seed,
+                step,
+                grad_factor: scale / accum,
             });
             if pfc.is_some() {
                 let rows = batches.iter().filter(|p| p.heads.contains(&Head::Fr)).map(|p| p.batch.n).sum();
@@ -174,7 +182,8 @@ impl Session {
             self.replica.step(&heads);
         }
 
-        let out_of_time = self.cfg.time_limit.is_some_and(|t| self.state.elapsed_secs + clock.elapsed().as_secs_f64() >= t);
+        let out_of_time =
+            self.cfg.time_limit.is_some_and(|t| self.state.elapsed_secs + clock.elapsed().as_secs_f64() >= t);
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let mut v = vec![total, flag(signal.load(Ordering::Relaxed)), flag(out_of_time), skipped, images];
         v.extend(labelled);
@@ -225,7 +234,11 @@ impl Session {
         }
         scale.update(finite);
         if !finite {
-            tracing::warn!("step {}: inf/NaN gradients under --amp; step skipped, loss scale now {:e}", self.state.step + 1, scale.scale);
+            tracing::warn!(
+                "step {}: inf/NaN gradients under --amp; step skipped, loss scale now {:e}",
+                self.state.step + 1,
+                scale.scale
+            );
         }
         Ok(finite)
     }
@@ -236,7 +249,11 @@ impl Session {
         let save_point = self.state.step.is_multiple_of(self.cfg.save_every);
         // `state.step` already counts this step: its 0-based index is one less.
         let plateau = plateau_counts(self.cfg.schedule, self.cfg.warmup_steps, self.state.step - 1);
-        let mine = if self.comm.rank() == 0 { self.judge.decide(&mut self.state, &stats.losses, save_point, plateau) } else { Decision::default() };
+        let mine = if self.comm.rank() == 0 {
+            self.judge.decide(&mut self.state, &stats.losses, save_point, plateau)
+        } else {
+            Decision::default()
+        };
         decisions::broadcast(&*self.comm, mine)
     }
 
@@ -258,10 +275,21 @@ impl Session {
         for &(head, factor) in decays {
             let groups = self.decay_groups(head);
             self.replica.scale_lr(&groups, factor);
-            let change = LrChange { step: self.state.step, cause: "plateau".into(), head, groups: groups.iter().map(|g| g.to_string()).collect(), factor };
+            let change = LrChange {
+                step: self.state.step,
+                cause: "plateau".into(),
+                head,
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                factor,
+            };
             self.state.lr_changes.push(change);
             let lr = self.lr_shown();
-            self.log.rank_note(&format!("lr decay at step {} ({} plateau): {} × {factor} → lr {lr:.3e}", self.state.step, head.name(), groups.join(", ")))?;
+            self.log.rank_note(&format!(
+                "lr decay at step {} ({} plateau): {} × {factor} → lr {lr:.3e}",
+                self.state.step,
+                head.name(),
+                groups.join(", ")
+            ))?;
             self.log.event(json!({"event": "decay", "step": self.state.step, "head": head, "groups": groups, "factor": factor, "lr": lr}))?;
         }
         Ok(())
@@ -281,7 +309,8 @@ impl Session {
     fn roll_back(&mut self, rb: Rollback) -> Result<()> {
         let Good { replica, state, .. } = &self.good;
         self.replica.restore(replica)?;
-        let (rollbacks, skipped, best, positions) = (self.state.rollbacks + 1, self.state.skipped_records, self.state.best_metric, self.pools.positions());
+        let (rollbacks, skipped, best, positions) =
+            (self.state.rollbacks + 1, self.state.skipped_records, self.state.best_metric, self.pools.positions());
         self.state = state.clone();
         // Fresh batches for the retry (the same ones could fail again); counts and the
         // best metric (which only ever improves) belong to the run, not to the state
@@ -294,19 +323,35 @@ impl Session {
             let mut groups = head_groups(rb.head).to_vec();
             groups.push(BACKBONE);
             self.replica.scale_lr(&groups, factor);
-            let change = LrChange { step: self.state.step, cause: "rollback".into(), head: rb.head, groups: groups.iter().map(|g| g.to_string()).collect(), factor };
+            let change = LrChange {
+                step: self.state.step,
+                cause: "rollback".into(),
+                head: rb.head,
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                factor,
+            };
             self.state.lr_changes.push(change);
             // The shrink outlives later reloads (as dlib's rate does): the good state has it.
-            self.good = Good { replica: self.replica.snapshot(), state: self.state.clone(), checkpoint: self.good.checkpoint.clone() };
+            self.good = Good {
+                replica: self.replica.snapshot(),
+                state: self.state.clone(),
+                checkpoint: self.good.checkpoint.clone(),
+            };
         }
         let lr = self.lr_shown();
         let discarded = self.log.rewind(self.state.step, &self.state.loss_counts)?;
         let what = if self.heads.len() > 1 { format!("{} {}", rb.head.name(), rb.reason) } else { rb.reason.clone() };
         let lr_note = if rb.shrink { format!("lr {lr_before:.3e} → {lr:.3e}") } else { "lr unchanged".into() };
-        let msg = format!("rolled back to step {} ({what} at step {}); {lr_note} ({} reload)", self.state.step, rb.failed_step, ordinal(rb.in_a_row));
+        let msg = format!(
+            "rolled back to step {} ({what} at step {}); {lr_note} ({} reload)",
+            self.state.step,
+            rb.failed_step,
+            ordinal(rb.in_a_row)
+        );
         tracing::warn!("{msg}");
         self.log.rank_note(&msg)?;
-        let discarded: serde_json::Map<String, serde_json::Value> = discarded.into_iter().map(|(h, v)| (h.name().to_string(), json!(v))).collect();
+        let discarded: serde_json::Map<String, serde_json::Value> =
+            discarded.into_iter().map(|(h, v)| (h.name().to_string(), json!(v))).collect();
         self.log.event(json!({
             "event": "rollback", "step": rb.failed_step, "to_step": self.state.step, "head": rb.head, "reason": rb.reason,
             "loss": rb.loss, "reload": rb.in_a_row, "lr_before": lr_before, "lr": lr, "discarded_losses": discarded,
@@ -403,7 +448,8 @@ impl Session {
         let whole = self.replica.gather_head(&*self.comm)?;
         if self.comm.rank() == 0 {
             self.log.flush()?;
-            checkpoint::save(&dir, &state, |tmp| self.replica.save(tmp, &whole)).with_context(|| format!("writing checkpoint {}", dir.display()))?;
+            checkpoint::save(&dir, &state, |tmp| self.replica.save(tmp, &whole))
+                .with_context(|| format!("writing checkpoint {}", dir.display()))?;
             checkpoint::prune(&self.run_dir, self.cfg.keep_checkpoints)?;
             self.log.event(json!({"event": "checkpoint", "step": self.state.step, "path": dir}))?;
         }
@@ -425,14 +471,20 @@ impl Session {
         let hash = self.replica.param_hash();
         self.log.rank_note(&format!("step {} param_hash {hash:016x}", self.state.step))?;
         if let Some(own) = self.replica.slice_hash() {
-            self.log.rank_note(&format!("step {} slice_hash {own:016x} (this rank's Partial FC centres)", self.state.step))?;
+            self.log.rank_note(&format!(
+                "step {} slice_hash {own:016x} (this rank's Partial FC centres)",
+                self.state.step
+            ))?;
         }
         let halves = [(hash >> 32) as f64, (hash & 0xffff_ffff) as f64];
         let (mut lo, mut hi) = (halves, halves);
         self.comm.all_reduce_f64(&mut lo, ReduceOp::Min)?;
         self.comm.all_reduce_f64(&mut hi, ReduceOp::Max)?;
         if lo != hi {
-            let msg = format!("param_hash differs between ranks at step {} (this rank {hash:016x}); replicas diverged", self.state.step);
+            let msg = format!(
+                "param_hash differs between ranks at step {} (this rank {hash:016x}); replicas diverged",
+                self.state.step
+            );
             self.log.rank_note(&msg)?;
             self.comm.abort(&msg);
         }

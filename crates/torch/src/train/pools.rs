@@ -47,7 +47,9 @@ pub fn plan(cfg: &TrainConfig) -> Vec<(String, Vec<Head>, Vec<SetSpec>)> {
     }
     heads
         .iter()
-        .map(|&h| (h.name().to_string(), vec![h], sets.iter().filter(|s| s.head.is_none_or(|x| x == h)).cloned().collect()))
+        .map(|&h| {
+            (h.name().to_string(), vec![h], sets.iter().filter(|s| s.head.is_none_or(|x| x == h)).cloned().collect())
+        })
         .collect()
 }
 
@@ -61,7 +63,13 @@ impl Pools {
             // shards. FR data keeps the shard rule (and its error) unless --stripe-records.
             let striped = cfg.stripe_records || (!heads.contains(&Head::Fr) && needs_stripes(&specs, world)?);
             // Datasets without a task prefix serve every head of the run, wherever they are read.
-            let opts = ViewOptions { rank, world, stripe: striped, heads: cfg.heads(), gender_classes: cfg.heads.gender_classes };
+            let opts = ViewOptions {
+                rank,
+                world,
+                stripe: striped,
+                heads: cfg.heads(),
+                gender_classes: cfg.heads.gender_classes,
+            };
             let view = RankView::open(&specs, &opts)
                 .with_context(|| format!("rank {rank} of {world}: opening the {key} training data"))?;
             let view = Arc::new(view);
@@ -121,7 +129,8 @@ impl Pools {
 /// instead, and says so).
 fn needs_stripes(specs: &[SetSpec], world: usize) -> Result<bool> {
     for spec in specs {
-        let shards = Dataset::shard_count(&spec.path).with_context(|| format!("finding the shards of {}", spec.path.display()))?;
+        let shards = Dataset::shard_count(&spec.path)
+            .with_context(|| format!("finding the shards of {}", spec.path.display()))?;
         if shards < world {
             tracing::info!("{spec} has {shards} shard(s) for {world} ranks: its records are split across ranks instead (record stripes)");
             return Ok(true);
@@ -139,7 +148,14 @@ fn pool_seed(seed: u64, key: &str) -> u64 {
 }
 
 /// All ranks run the same steps per epoch of a pool: the smallest rank's share sets it.
-fn loader(comm: &dyn Comm, cfg: &TrainConfig, view: &Arc<RankView>, batch: usize, key: &str, position: SamplerPosition) -> Result<Loader> {
+fn loader(
+    comm: &dyn Comm,
+    cfg: &TrainConfig,
+    view: &Arc<RankView>,
+    batch: usize,
+    key: &str,
+    position: SamplerPosition,
+) -> Result<Loader> {
     let mut steps = [(view.records.len() / batch).max(1) as f64];
     comm.all_reduce_f64(&mut steps, ReduceOp::Min)?;
     let sampler = match cfg.sampler {

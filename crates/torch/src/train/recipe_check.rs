@@ -43,7 +43,9 @@ mod tests {
 
     #[test]
     fn recipe_values_out_of_bounds_are_refused_naming_the_key() {
-        for bad in ["batch_size = 0", "collective_timeout = -1.0", "lr = nan", "lr = inf", "time_limit = 1e30", "workers = 0"] {
+        for bad in
+            ["batch_size = 0", "collective_timeout = -1.0", "lr = nan", "lr = inf", "time_limit = 1e30", "workers = 0"]
+        {
             let msg = format!("{:#}", check_text(bad).unwrap_err());
             assert!(msg.starts_with(bad.split(' ').next().unwrap()), "{bad}: {msg}");
         }

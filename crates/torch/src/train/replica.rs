@@ -63,7 +63,12 @@ impl Replica {
         if !cfg.freeze_backbone {
             spec.push(("backbone.", cfg.lr, cfg.wd_backbone));
         }
-        spec.extend([("fr.", lr_fr, cfg.wd_fr), ("arcface.", lr_fr, cfg.wd_fr), ("gender.", lr_gender, cfg.wd_gender), ("age.", lr_age, cfg.wd_age)]);
+        spec.extend([
+            ("fr.", lr_fr, cfg.wd_fr),
+            ("arcface.", lr_fr, cfg.wd_fr),
+            ("gender.", lr_gender, cfg.wd_gender),
+            ("age.", lr_age, cfg.wd_age),
+        ]);
         let opt = Sgd::new(groups_by_prefix(&vs, &spec), cfg.momentum);
         if let Some(init) = &cfg.init {
             load_init(&mut vs, init, slice.map(|s| (s, num_classes)))?;
@@ -191,13 +196,17 @@ impl Replica {
     /// This rank's rows of the whole-matrix tensor `name` (Partial FC); others unchanged.
     fn cut(&self, named: Vec<(String, Tensor)>, name: &str) -> Vec<(String, Tensor)> {
         let Some(sl) = self.slice else { return named };
-        named.into_iter().map(|(n, t)| if n == name { (n, t.narrow(0, sl.start as i64, sl.len as i64)) } else { (n, t) }).collect()
+        named
+            .into_iter()
+            .map(|(n, t)| if n == name { (n, t.narrow(0, sl.start as i64, sl.len as i64)) } else { (n, t) })
+            .collect()
     }
 
     /// Partial FC: the whole centre matrix and its momentum on rank 0 (None elsewhere, and
     /// without Partial FC). Every rank must call it.
     pub fn gather_head(&self, comm: &dyn Comm) -> Result<WholeHead> {
-        let (Some(_), Some(weight)) = (self.slice, self.vs.variables().get(HEAD_WEIGHT).map(|w| w.shallow_clone())) else {
+        let (Some(_), Some(weight)) = (self.slice, self.vs.variables().get(HEAD_WEIGHT).map(|w| w.shallow_clone()))
+        else {
             return Ok(WholeHead::default());
         };
         let total = self.net.classes(Head::Fr);
@@ -219,15 +228,21 @@ impl Replica {
         if comm.world() == 1 {
             return Ok(());
         }
-        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(n, _)| self.replicated(n)).collect();
+        let mut named: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().filter(|(n, _)| self.replicated(n)).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let tensors: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
         tch::no_grad(|| comm.broadcast(&tensors, 0))?;
         let state = self.opt.state();
-        let shared: Vec<(String, Tensor)> = state.iter().filter(|(n, _)| self.replicated(n)).map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        let shared: Vec<(String, Tensor)> =
+            state.iter().filter(|(n, _)| self.replicated(n)).map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
         let mut bytes = names_and_shapes(&shared);
         comm.broadcast_bytes(&mut bytes, 0)?;
-        anyhow::ensure!(bytes == names_and_shapes(&shared), "rank {}: optimiser state differs in layout from rank 0's", comm.rank());
+        anyhow::ensure!(
+            bytes == names_and_shapes(&shared),
+            "rank {}: optimiser state differs in layout from rank 0's",
+            comm.rank()
+        );
         let tensors: Vec<Tensor> = shared.iter().map(|(_, t)| t.shallow_clone()).collect();
         tch::no_grad(|| comm.broadcast(&tensors, 0))?;
         self.opt.load_state(&state)
@@ -283,9 +298,17 @@ fn gather_rows(comm: &dyn Comm, mine: &Tensor, total: usize) -> Result<Tensor> {
     let world = comm.world();
     let widest = ClassSlice::of(0, world, total).len as i64;
     let pad = widest - mine.size()[0];
-    let padded = if pad > 0 { Tensor::cat(&[mine.to_kind(tch::Kind::Float), mine.new_zeros([pad, mine.size()[1]], (tch::Kind::Float, mine.device()))], 0) } else { mine.to_kind(tch::Kind::Float) };
+    let padded = if pad > 0 {
+        Tensor::cat(
+            &[mine.to_kind(tch::Kind::Float), mine.new_zeros([pad, mine.size()[1]], (tch::Kind::Float, mine.device()))],
+            0,
+        )
+    } else {
+        mine.to_kind(tch::Kind::Float)
+    };
     let all = comm.all_gather(&padded.to_device(Device::Cpu))?;
-    let parts: Vec<Tensor> = (0..world).map(|r| all.narrow(0, r as i64 * widest, ClassSlice::of(r, world, total).len as i64)).collect();
+    let parts: Vec<Tensor> =
+        (0..world).map(|r| all.narrow(0, r as i64 * widest, ClassSlice::of(r, world, total).len as i64)).collect();
     Ok(Tensor::cat(&parts, 0))
 }
 
@@ -296,7 +319,12 @@ fn copy_into(vs: &VarStore, named: &[(String, Tensor)]) -> Result<()> {
     tch::no_grad(|| {
         for (name, var) in vs.variables() {
             let Some(t) = saved.get(name.as_str()) else { bail!("no tensor {name} in the checkpoint") };
-            anyhow::ensure!(t.size() == var.size(), "{name}: shape {:?} in the checkpoint, {:?} in this model", t.size(), var.size());
+            anyhow::ensure!(
+                t.size() == var.size(),
+                "{name}: shape {:?} in the checkpoint, {:?} in this model",
+                t.size(),
+                var.size()
+            );
             var.shallow_clone().copy_(t);
         }
         Ok(())
@@ -317,13 +345,16 @@ fn names_and_shapes(state: &[(String, Tensor)]) -> Vec<u8> {
 /// (`slice` of `total` classes) the whole saved centre matrix loads as this rank's rows.
 fn load_init(vs: &mut VarStore, init: &Path, slice: Option<(ClassSlice, usize)>) -> Result<()> {
     let file = if init.is_dir() { init.join(checkpoint::MODEL_FILE) } else { init.to_path_buf() };
-    let saved = Tensor::read_safetensors(&file).with_context(|| format!("--init {}: cannot read weights", file.display()))?;
+    let saved =
+        Tensor::read_safetensors(&file).with_context(|| format!("--init {}: cannot read weights", file.display()))?;
     let vars = vs.variables();
     let (mut loaded, mut skipped) = (0usize, Vec::new());
     tch::no_grad(|| {
         for (name, t) in &saved {
             let t = &match slice {
-                Some((s, total)) if name == HEAD_WEIGHT && t.size().first() == Some(&(total as i64)) => t.narrow(0, s.start as i64, s.len as i64),
+                Some((s, total)) if name == HEAD_WEIGHT && t.size().first() == Some(&(total as i64)) => {
+                    t.narrow(0, s.start as i64, s.len as i64)
+                }
                 _ => t.shallow_clone(),
             };
             match vars.get(name) {
@@ -357,7 +388,10 @@ mod tests {
     fn alternate_steps_update_only_the_backbone_and_that_steps_head() {
         let cfg = TrainConfig { task: Task::Multi, alternate: true, ..TrainConfig::default() };
         let per_step: Vec<Vec<&str>> = (0..3).map(|s| groups_for(&heads_for_step(&cfg, s))).collect();
-        assert_eq!(per_step, vec![vec!["backbone", "fr", "arcface"], vec!["backbone", "gender"], vec!["backbone", "age"]]);
+        assert_eq!(
+            per_step,
+            vec![vec!["backbone", "fr", "arcface"], vec!["backbone", "gender"], vec!["backbone", "age"]]
+        );
         let together = TrainConfig { alternate: false, ..cfg };
         assert_eq!(groups_for(&heads_for_step(&together, 0)), vec!["backbone", "fr", "arcface", "gender", "age"]);
     }

@@ -34,7 +34,9 @@ impl Holder {
 
     /// True only when the holder is certainly gone: same host, and no such process.
     fn is_dead(&self) -> bool {
-        self.host == hostname() && unsafe { libc::kill(self.pid as libc::pid_t, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        self.host == hostname()
+            && unsafe { libc::kill(self.pid as libc::pid_t, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
     }
 }
 
@@ -42,7 +44,11 @@ pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0;
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { "unknown-host".into() }
+    if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "unknown-host".into()
+    }
 }
 
 /// Held by rank 0 for the whole run; removed when the run ends normally.
@@ -87,7 +93,9 @@ pub fn acquire(run_dir: &Path, force: bool) -> Result<RunLock> {
     for _ in 0..3 {
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut f) => {
-                f.write_all(&serde_json::to_vec(&me)?).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))?;
+                f.write_all(&serde_json::to_vec(&me)?)
+                    .and_then(|_| f.sync_all())
+                    .with_context(|| format!("writing {}", path.display()))?;
                 return Ok(RunLock { path: Some(path), me });
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

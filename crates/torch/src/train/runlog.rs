@@ -44,7 +44,12 @@ struct LossFile {
 impl RunLog {
     /// Opens the run's logs for appending. On resume (`cut_to` = the checkpoint's step and
     /// its loss counts) the files are first cut back to that state.
-    pub fn open(run_dir: &Path, rank: usize, heads: &[Head], cut_to: Option<(u64, &BTreeMap<Head, u64>)>) -> Result<RunLog> {
+    pub fn open(
+        run_dir: &Path,
+        rank: usize,
+        heads: &[Head],
+        cut_to: Option<(u64, &BTreeMap<Head, u64>)>,
+    ) -> Result<RunLog> {
         let rank_log = BufWriter::new(append(&run_dir.join(format!("rank{rank}.log")))?);
         let dir = run_dir.join("loss_debug");
         let log_path = run_dir.join("log.txt");
@@ -261,7 +266,10 @@ mod tests {
         assert_eq!(gone[&Head::Fr], vec![3.0, 4.0]);
         log.loss(Head::Fr, 9.0).unwrap();
         log.flush().unwrap();
-        assert_eq!(fs::read_to_string(dir.path().join("loss_debug/FR_loss.txt")).unwrap(), "1.000000,2.000000,9.000000,");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("loss_debug/FR_loss.txt")).unwrap(),
+            "1.000000,2.000000,9.000000,"
+        );
         let kept: Vec<Value> = lines(dir.path());
         assert_eq!(kept.len(), 3, "{kept:?}");
         assert_eq!(kept[2]["event"], "rollback");

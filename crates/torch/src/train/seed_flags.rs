@@ -61,16 +61,30 @@ mod tests {
     use super::*;
 
     fn tr(args: &[&str]) -> Vec<String> {
-        translate(args.iter().map(OsString::from).collect())
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect()
+        translate(args.iter().map(OsString::from).collect()).into_iter().map(|a| a.into_string().unwrap()).collect()
     }
 
     #[test]
     fn seed_flags_become_conventional() {
-        let got = tr(&["trainer", "train", "FR", "-train_sets", "a", "b", "-valid_sets", "c", "-img_w", "224", "-s", "500"]);
-        assert_eq!(got, ["trainer", "train", "FR", "--train-sets", "a", "b", "--valid-sets", "c", "--size", "224", "--plateau-steps", "500"]);
+        let got =
+            tr(&["trainer", "train", "FR", "-train_sets", "a", "b", "-valid_sets", "c", "-img_w", "224", "-s", "500"]);
+        assert_eq!(
+            got,
+            [
+                "trainer",
+                "train",
+                "FR",
+                "--train-sets",
+                "a",
+                "b",
+                "--valid-sets",
+                "c",
+                "--size",
+                "224",
+                "--plateau-steps",
+                "500"
+            ]
+        );
     }
 
     #[test]

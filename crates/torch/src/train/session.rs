@@ -83,7 +83,11 @@ impl Session {
         let mut state = TrainState::new(&cfg, &heads, world, num_classes);
         if let Some((ckpt, saved)) = &resumed {
             if saved.num_classes != num_classes {
-                bail!("{}: the checkpoint's ArcFace layer has {} identities but the training data now has {num_classes}", ckpt.display(), saved.num_classes);
+                bail!(
+                    "{}: the checkpoint's ArcFace layer has {} identities but the training data now has {num_classes}",
+                    ckpt.display(),
+                    saved.num_classes
+                );
             }
             replica.load(ckpt)?;
             state = saved.clone();
@@ -92,7 +96,8 @@ impl Session {
         state.positions = pools.positions();
 
         let checkpoint = resumed.map(|(ckpt, _)| ckpt);
-        let mut log = RunLog::open(&run_dir, rank, &heads, checkpoint.as_ref().map(|_| (state.step, &state.loss_counts)))?;
+        let mut log =
+            RunLog::open(&run_dir, rank, &heads, checkpoint.as_ref().map(|_| (state.step, &state.loss_counts)))?;
         if cfg.tensorboard {
             log.enable_tensorboard()?;
         }
@@ -101,16 +106,28 @@ impl Session {
         }
         note_rank(&mut log, &*comm, &pools, device, threads)?;
         if let Some(ckpt) = &checkpoint {
-            log.rank_note(&format!("resuming from {} at step {} (rank 0's choice, state.json CRC checked)", ckpt.display(), state.step))?;
+            log.rank_note(&format!(
+                "resuming from {} at step {} (rank 0's choice, state.json CRC checked)",
+                ckpt.display(),
+                state.step
+            ))?;
         }
         if cfg.amp && !device.is_cuda() {
             log.rank_note("--amp applies to CUDA devices only; training in f32 on the CPU")?;
         }
         if let Some(sl) = slice {
-            log.rank_note(&format!("Partial FC: identities {}..{} of {num_classes} on this rank, sample rate {}", sl.start, sl.start + sl.len, cfg.sample_rate))?;
+            log.rank_note(&format!(
+                "Partial FC: identities {}..{} of {num_classes} on this rank, sample rate {}",
+                sl.start,
+                sl.start + sl.len,
+                cfg.sample_rate
+            ))?;
         }
         if state.world_size != world {
-            log.rank_note(&format!("resumed with world size {world}, checkpoint had {}: data order differs from an uninterrupted run", state.world_size))?;
+            log.rank_note(&format!(
+                "resumed with world size {world}, checkpoint had {}: data order differs from an uninterrupted run",
+                state.world_size
+            ))?;
         }
         log.event(json!({
             "event": if checkpoint.is_some() { "resume" } else { "start" }, "step": state.step, "checkpoint": checkpoint,
@@ -131,7 +148,21 @@ impl Session {
         let judge = Judge::new(&heads, cfg.rollback && rank == 0, cfg.max_rollbacks);
         let good = Good { replica: replica.snapshot(), state: state.clone(), checkpoint };
         let labelled = pools.epochs().into_iter().map(|(h, e)| (h, (e, 0.0))).collect();
-        Ok(Session { cfg, heads, comm, run_dir, replica, pools, validator, state, log, judge, good, labelled, _lock: lock })
+        Ok(Session {
+            cfg,
+            heads,
+            comm,
+            run_dir,
+            replica,
+            pools,
+            validator,
+            state,
+            log,
+            judge,
+            good,
+            labelled,
+            _lock: lock,
+        })
     }
 }
 
@@ -214,7 +245,12 @@ fn broadcast_state(comm: &dyn Comm, state: TrainState) -> Result<TrainState> {
 fn describe_targets(comm: &dyn Comm, pools: &Pools) -> Result<serde_json::Value> {
     let mut out = Vec::new();
     for pool in pools.iter() {
-        let mut counts: Vec<f64> = pool.view.sets.iter().flat_map(|s| std::iter::once(s.records as f64).chain(s.targets.iter().map(|t| t.2 as f64))).collect();
+        let mut counts: Vec<f64> = pool
+            .view
+            .sets
+            .iter()
+            .flat_map(|s| std::iter::once(s.records as f64).chain(s.targets.iter().map(|t| t.2 as f64)))
+            .collect();
         comm.all_reduce_f64(&mut counts, ReduceOp::Sum)?;
         let mut counts = counts.into_iter();
         let mut sets = Vec::new();
@@ -229,7 +265,14 @@ fn describe_targets(comm: &dyn Comm, pools: &Pools) -> Result<serde_json::Value>
                     entry.0 += known;
                     entry.1.push(format!("{} (column {})", set.spec, column.name()));
                     targets.push(json!({"task": head, "column": column, "known": known as u64}));
-                    tracing::info!("{} learns from {} (column `{}`): {} of {} records labelled", head.name(), set.spec, column.name(), known, records);
+                    tracing::info!(
+                        "{} learns from {} (column `{}`): {} of {} records labelled",
+                        head.name(),
+                        set.spec,
+                        column.name(),
+                        known,
+                        records
+                    );
                 }
             }
             sets.push(json!({"dataset": set.spec.to_string(), "records": records as u64, "targets": targets}));

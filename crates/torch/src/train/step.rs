@@ -4,8 +4,8 @@ use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::config::TrainConfig;
-use crate::model::loss::{cross_entropy, soft_cross_entropy};
 use super::pools::Part;
+use crate::model::loss::{cross_entropy, soft_cross_entropy};
 use crate::model::partial_fc::PfcStep;
 use crate::model::{Head, Net};
 use trainer_data::pipeline::Batch;
@@ -155,14 +155,26 @@ mod tests {
     fn tiny_multi_net_overfits_fixed_batches() {
         tch::manual_seed(1);
         let vs = nn::VarStore::new(Device::Cpu);
-        let heads = HeadConfig { s: 16.0, m: 0.2, fr_dropout: 0.0, gender_dropout: 0.0, age_dropout: 0.0, ..tiny_heads() };
+        let heads =
+            HeadConfig { s: 16.0, m: 0.2, fr_dropout: 0.0, gender_dropout: 0.0, age_dropout: 0.0, ..tiny_heads() };
         let cfg = TrainConfig { task: Task::Multi, heads: heads.clone(), ..TrainConfig::default() };
         let net = Net::new(&vs.root(), Arch::Tiny, &heads, 4, Task::Multi.into()).unwrap();
-        let spec = [("backbone.", 0.05, 5e-4), ("fr.", 0.05, 5e-4), ("arcface.", 0.05, 5e-4), ("gender.", 0.05, 5e-4), ("age.", 0.05, 5e-4)];
+        let spec = [
+            ("backbone.", 0.05, 5e-4),
+            ("fr.", 0.05, 5e-4),
+            ("arcface.", 0.05, 5e-4),
+            ("gender.", 0.05, 5e-4),
+            ("age.", 0.05, 5e-4),
+        ];
         let mut opt = Sgd::new(groups_by_prefix(&vs, &spec), 0.9);
         let batches: Vec<Batch> = (0..2)
             .map(|b| {
-                let mut bt = batch(8, (0..8).map(|i| (i + b) % 4).collect(), (0..8).map(|i| if i == 3 { -1 } else { i % 2 }).collect(), (0..8).map(|i| (i * 3 + b) % 7).collect());
+                let mut bt = batch(
+                    8,
+                    (0..8).map(|i| (i + b) % 4).collect(),
+                    (0..8).map(|i| if i == 3 { -1 } else { i % 2 }).collect(),
+                    (0..8).map(|i| (i * 3 + b) % 7).collect(),
+                );
                 bt.images = Vec::<f32>::try_from(Tensor::randn([8 * 3 * 32 * 32], (Kind::Float, Device::Cpu))).unwrap();
                 bt
             })

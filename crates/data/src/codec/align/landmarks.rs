@@ -7,8 +7,7 @@ use anyhow::{bail, Context, Result};
 use super::{Landmarks, LANDMARK_NAMES};
 
 /// Header names of the landmark columns, in the order x, y of each point of [`Landmarks`].
-pub const LANDMARK_COLUMNS: [&str; 10] =
-    ["x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4", "x5", "y5"];
+pub const LANDMARK_COLUMNS: [&str; 10] = ["x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4", "x5", "y5"];
 
 /// Where the ten landmark columns sit in a row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,12 +23,8 @@ impl LandmarkColumns {
         if found.iter().all(Option::is_none) {
             return Ok(None);
         }
-        let missing: Vec<&str> = LANDMARK_COLUMNS
-            .iter()
-            .zip(&found)
-            .filter(|(_, f)| f.is_none())
-            .map(|(n, _)| *n)
-            .collect();
+        let missing: Vec<&str> =
+            LANDMARK_COLUMNS.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(n, _)| *n).collect();
         if !missing.is_empty() {
             bail!(
                 "the header has some landmark columns but lacks {} (all of {} are needed)",
@@ -37,9 +32,7 @@ impl LandmarkColumns {
                 LANDMARK_COLUMNS.join(" ")
             );
         }
-        Ok(Some(Self {
-            index: found.map(|f| f.unwrap_or_default()),
-        }))
+        Ok(Some(Self { index: found.map(|f| f.unwrap_or_default()) }))
     }
 
     /// Reads the five points of one row (already split on tabs).
@@ -47,8 +40,7 @@ impl LandmarkColumns {
         let mut lm = [[0.0; 2]; 5];
         for (k, (&col, name)) in self.index.iter().zip(LANDMARK_COLUMNS).enumerate() {
             let point = LANDMARK_NAMES[k / 2];
-            lm[k / 2][k % 2] =
-                parse_cell(row, col, name).with_context(|| format!("{point} landmark"))?;
+            lm[k / 2][k % 2] = parse_cell(row, col, name).with_context(|| format!("{point} landmark"))?;
         }
         Ok(lm)
     }
@@ -57,19 +49,13 @@ impl LandmarkColumns {
 /// One coordinate: present, a number, and finite.
 fn parse_cell(row: &[&str], col: usize, name: &str) -> Result<f64> {
     let Some(raw) = row.get(col) else {
-        bail!(
-            "column {name} (field {}) is missing: the row has only {} fields",
-            col + 1,
-            row.len()
-        );
+        bail!("column {name} (field {}) is missing: the row has only {} fields", col + 1, row.len());
     };
     let text = raw.trim();
     if text.is_empty() {
         bail!("column {name} is empty (missing landmark)");
     }
-    let value: f64 = text
-        .parse()
-        .map_err(|_| anyhow::anyhow!("column {name}: {text:?} is not a number"))?;
+    let value: f64 = text.parse().map_err(|_| anyhow::anyhow!("column {name}: {text:?} is not a number"))?;
     if !value.is_finite() {
         bail!("column {name}: {text:?} is not finite (missing landmark?)");
     }

@@ -45,19 +45,13 @@ impl Affine {
     pub fn invert(&self) -> Result<Affine> {
         let [[m0, m1, m2], [m3, m4, m5]] = self.0;
         let det = m0 * m4 - m1 * m3;
-        ensure!(
-            det != 0.0 && det.is_finite(),
-            "the transform is singular (determinant {det})"
-        );
+        ensure!(det != 0.0 && det.is_finite(), "the transform is singular (determinant {det})");
         let d = 1.0 / det;
         let (a11, a22, a12, a21) = (m4 * d, m0 * d, -m1 * d, -m3 * d);
         let b1 = -a11 * m2 - a12 * m5;
         let b2 = -a21 * m2 - a22 * m5;
         let inv = Affine([[a11, a12, b1], [a21, a22, b2]]);
-        ensure!(
-            inv.is_finite(),
-            "the inverse transform is not finite: {inv:?}"
-        );
+        ensure!(inv.is_finite(), "the inverse transform is not finite: {inv:?}");
         Ok(inv)
     }
 }
@@ -65,17 +59,8 @@ impl Affine {
 /// The similarity (rotation, uniform scale, translation; never a reflection) that maps `src`
 /// onto `dst` with the least squared error, as scikit-image's `SimilarityTransform.estimate`.
 pub fn umeyama(src: &[[f64; 2]], dst: &[[f64; 2]]) -> Result<Affine> {
-    ensure!(
-        src.len() == dst.len(),
-        "{} source points but {} target points",
-        src.len(),
-        dst.len()
-    );
-    ensure!(
-        src.len() >= 2,
-        "a similarity needs at least 2 point pairs, got {}",
-        src.len()
-    );
+    ensure!(src.len() == dst.len(), "{} source points but {} target points", src.len(), dst.len());
+    ensure!(src.len() >= 2, "a similarity needs at least 2 point pairs, got {}", src.len());
     let (ms, md) = (mean(src), mean(dst));
     let n = src.len() as f64;
     let (mut var, mut a) = (0.0, [[0.0; 2]; 2]);
@@ -88,16 +73,10 @@ pub fn umeyama(src: &[[f64; 2]], dst: &[[f64; 2]]) -> Result<Affine> {
         a[1][1] += dy * sy;
     }
     var /= n;
-    ensure!(
-        var > 0.0 && var.is_finite(),
-        "the source points coincide (variance {var})"
-    );
+    ensure!(var > 0.0 && var.is_finite(), "the source points coincide (variance {var})");
     let alpha = (a[0][0] + a[1][1]) / (2.0 * n);
     let beta = (a[1][0] - a[0][1]) / (2.0 * n);
-    ensure!(
-        alpha != 0.0 || beta != 0.0,
-        "no rotation correlates the two point sets (zero scale)"
-    );
+    ensure!(alpha != 0.0 || beta != 0.0, "no rotation correlates the two point sets (zero scale)");
     let (p, q) = (2.0 * alpha / var, 2.0 * beta / var);
     let tx = md[0] - (p * ms[0] - q * ms[1]);
     let ty = md[1] - (q * ms[0] + p * ms[1]);
@@ -106,8 +85,6 @@ pub fn umeyama(src: &[[f64; 2]], dst: &[[f64; 2]]) -> Result<Affine> {
 
 fn mean(pts: &[[f64; 2]]) -> [f64; 2] {
     let n = pts.len() as f64;
-    let (sx, sy) = pts
-        .iter()
-        .fold((0.0, 0.0), |(x, y), p| (x + p[0], y + p[1]));
+    let (sx, sy) = pts.iter().fold((0.0, 0.0), |(x, y), p| (x + p[0], y + p[1]));
     [sx / n, sy / n]
 }

@@ -36,10 +36,7 @@ fn err_text(r: anyhow::Result<impl std::fmt::Debug>) -> String {
 fn template_onto_itself_is_identity_and_keeps_the_image() {
     let img = noise_image(112, 112, 1);
     for interp in [Interp::Float, Interp::Fixed] {
-        let opts = AlignOptions {
-            interp,
-            ..Default::default()
-        };
+        let opts = AlignOptions { interp, ..Default::default() };
         let m = estimate_norm(&ARCFACE_112, 112, &opts).unwrap();
         assert_close(&m, &Affine::IDENTITY, 1e-12);
         let out = norm_crop_with(&img, &ARCFACE_112, 112, &opts).unwrap();
@@ -55,41 +52,26 @@ fn template_scales_with_the_output_size() {
 
 #[test]
 fn recovers_a_known_rotation_scale_and_shift() {
-    for (angle, scale, tx, ty) in [
-        (30.0, 0.5, 10.0, -20.0),
-        (-75.0, 1.7, -3.5, 40.25),
-        (180.0, 0.25, 100.0, 7.0),
-        (5.0, 3.0, 0.0, 0.0),
-    ] {
+    for (angle, scale, tx, ty) in
+        [(30.0, 0.5, 10.0, -20.0), (-75.0, 1.7, -3.5, 40.25), (180.0, 0.25, 100.0, 7.0), (5.0, 3.0, 0.0, 0.0)]
+    {
         let truth = similarity(angle, scale, tx, ty);
         let inv = truth.invert().unwrap();
         let src = ARCFACE_112.map(|p| inv.apply(p));
         let m = umeyama(&src, &ARCFACE_112).unwrap();
         assert_close(&m, &truth, 1e-9);
         let turn = (m.rotation_deg() - angle).to_radians();
-        assert!(
-            (m.scale() - scale).abs() < 1e-9 && turn.cos() > 1.0 - 1e-12,
-            "{m:?}"
-        );
+        assert!((m.scale() - scale).abs() < 1e-9 && turn.cos() > 1.0 - 1e-12, "{m:?}");
     }
 }
 
 fn residual(m: &Affine, src: &[[f64; 2]], dst: &[[f64; 2]]) -> f64 {
-    src.iter()
-        .zip(dst)
-        .map(|(s, d)| (m.apply(*s)[0] - d[0]).powi(2) + (m.apply(*s)[1] - d[1]).powi(2))
-        .sum()
+    src.iter().zip(dst).map(|(s, d)| (m.apply(*s)[0] - d[0]).powi(2) + (m.apply(*s)[1] - d[1]).powi(2)).sum()
 }
 
 #[test]
 fn fit_is_the_least_squares_similarity() {
-    let src: Landmarks = [
-        [101.0, 97.5],
-        [149.2, 103.0],
-        [122.0, 131.4],
-        [99.1, 160.0],
-        [144.0, 166.6],
-    ];
+    let src: Landmarks = [[101.0, 97.5], [149.2, 103.0], [122.0, 131.4], [99.1, 160.0], [144.0, 166.6]];
     let m = umeyama(&src, &ARCFACE_112).unwrap();
     let best = residual(&m, &src, &ARCFACE_112);
     let (p, q) = (m.0[0][0], m.0[1][0]);
@@ -101,14 +83,8 @@ fn fit_is_the_least_squares_similarity() {
         (0.0, 0.0, 1e-3, 0.0),
         (0.0, 0.0, 0.0, -1e-3),
     ] {
-        let moved = Affine([
-            [p + dp, -(q + dq), m.0[0][2] + dx],
-            [q + dq, p + dp, m.0[1][2] + dy],
-        ]);
-        assert!(
-            residual(&moved, &src, &ARCFACE_112) > best,
-            "a nudge by {dp} {dq} {dx} {dy} fits better"
-        );
+        let moved = Affine([[p + dp, -(q + dq), m.0[0][2] + dx], [q + dq, p + dp, m.0[1][2] + dy]]);
+        assert!(residual(&moved, &src, &ARCFACE_112) > best, "a nudge by {dp} {dq} {dx} {dy} fits better");
     }
 }
 
@@ -118,10 +94,7 @@ fn mirrored_landmarks_still_give_a_proper_rotation() {
     let m = estimate_norm(&mirrored, 112, &AlignOptions::default()).unwrap();
     let [[a, b, _], [c, d, _]] = m.0;
     assert!(m.det() > 0.0, "{m:?}");
-    assert!(
-        (a - d).abs() < 1e-12 && (b + c).abs() < 1e-12,
-        "not a rotation: {m:?}"
-    );
+    assert!((a - d).abs() < 1e-12 && (b + c).abs() < 1e-12, "not a rotation: {m:?}");
 }
 
 #[test]
@@ -134,13 +107,7 @@ fn bad_landmarks_are_errors_that_say_why() {
     inf[4][0] = f64::INFINITY;
     assert!(err_text(estimate_norm(&inf, 112, &opts)).contains("right mouth corner"));
     assert!(err_text(estimate_norm(&[[50.0, 60.0]; 5], 112, &opts)).contains("coincide"));
-    let line = [
-        [10.0, 10.0],
-        [20.0, 20.0],
-        [30.0, 30.0],
-        [40.0, 40.0],
-        [50.0, 50.0 + 1e-3],
-    ];
+    let line = [[10.0, 10.0], [20.0, 20.0], [30.0, 30.0], [40.0, 40.0], [50.0, 50.0 + 1e-3]];
     assert!(err_text(estimate_norm(&line, 112, &opts)).contains("collinear"));
     let tiny = ARCFACE_112.map(|[x, y]| [x * 0.05, y * 0.05]);
     assert!(err_text(estimate_norm(&tiny, 112, &opts)).contains("absurd scale"));
@@ -164,9 +131,7 @@ fn singular_or_oversized_warps_are_errors() {
     let img = noise_image(8, 8, 3);
     let flat = Affine([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0]]);
     assert!(err_text(warp_affine(&img, &flat, 4, 4, Interp::Float)).contains("singular"));
-    assert!(
-        err_text(warp_affine(&img, &Affine::IDENTITY, 0, 4, Interp::Float)).contains("outside")
-    );
+    assert!(err_text(warp_affine(&img, &Affine::IDENTITY, 0, 4, Interp::Float)).contains("outside"));
     assert!(warp_affine(&img, &Affine::IDENTITY, MAX_SIZE + 1, 4, Interp::Fixed).is_err());
 }
 
@@ -190,11 +155,7 @@ fn rounding_follows_each_opencv_generation() {
     let img = RgbImage::from_fn(4, 1, |x, _| image::Rgb([[1, 2, 2, 3][x as usize]; 3]));
     let half = Affine([[1.0, 0.0, -0.5], [0.0, 1.0, 0.0]]);
     let float = warp_affine(&img, &half, 3, 1, Interp::Float).unwrap();
-    assert_eq!(
-        row(&float, 0),
-        [2, 2, 2],
-        "1.5 → 2 and 2.5 → 2: half to even"
-    );
+    assert_eq!(row(&float, 0), [2, 2, 2], "1.5 → 2 and 2.5 → 2: half to even");
     let fixed = warp_affine(&img, &half, 3, 1, Interp::Fixed).unwrap();
     assert_eq!(row(&fixed, 0), [2, 2, 3], "fixed point rounds halves up");
 }
@@ -203,58 +164,32 @@ fn rounding_follows_each_opencv_generation() {
 fn fixed_point_quantises_positions_to_a_32nd() {
     let img = RgbImage::from_fn(2, 1, |x, _| image::Rgb([[0, 255][x as usize]; 3]));
     let shift = Affine([[1.0, 0.0, -0.01], [0.0, 1.0, 0.0]]);
-    assert_eq!(
-        row(&warp_affine(&img, &shift, 1, 1, Interp::Float).unwrap(), 0),
-        [3]
-    );
-    assert_eq!(
-        row(&warp_affine(&img, &shift, 1, 1, Interp::Fixed).unwrap(), 0),
-        [0]
-    );
+    assert_eq!(row(&warp_affine(&img, &shift, 1, 1, Interp::Float).unwrap(), 0), [3]);
+    assert_eq!(row(&warp_affine(&img, &shift, 1, 1, Interp::Fixed).unwrap(), 0), [0]);
 }
 
 fn header(names: &[&str]) -> HashMap<String, usize> {
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.to_string(), i))
-        .collect()
+    names.iter().enumerate().map(|(i, n)| (n.to_string(), i)).collect()
 }
 
-const FULL: [&str; 12] = [
-    "path", "label", "x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4", "x5", "y5",
-];
+const FULL: [&str; 12] = ["path", "label", "x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4", "x5", "y5"];
 
 #[test]
 fn landmark_columns_are_read_by_name() {
     let mut names = FULL.to_vec();
     names.swap(2, 11);
-    let cols = LandmarkColumns::from_header(&header(&names))
-        .unwrap()
-        .unwrap();
-    let row = [
-        "a.jpg", "3", "10", "1", "2", "3", "4", "5", "6", "7", "8", " 9.5 ",
-    ];
-    assert_eq!(
-        cols.parse(&row).unwrap(),
-        [[9.5, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 10.0]]
-    );
-    assert_eq!(
-        LandmarkColumns::from_header(&header(&["path", "label"])).unwrap(),
-        None
-    );
+    let cols = LandmarkColumns::from_header(&header(&names)).unwrap().unwrap();
+    let row = ["a.jpg", "3", "10", "1", "2", "3", "4", "5", "6", "7", "8", " 9.5 "];
+    assert_eq!(cols.parse(&row).unwrap(), [[9.5, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 10.0]]);
+    assert_eq!(LandmarkColumns::from_header(&header(&["path", "label"])).unwrap(), None);
     let partial = err_text(LandmarkColumns::from_header(&header(&FULL[..7])));
     assert!(partial.contains("lacks y3, x4, y4, x5, y5"), "{partial}");
 }
 
 #[test]
 fn bad_landmark_cells_name_the_column_and_value() {
-    let cols = LandmarkColumns::from_header(&header(&FULL))
-        .unwrap()
-        .unwrap();
-    let good = [
-        "a.jpg", "3", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10",
-    ];
+    let cols = LandmarkColumns::from_header(&header(&FULL)).unwrap().unwrap();
+    let good = ["a.jpg", "3", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
     let with = |i: usize, v: &'static str| {
         let mut r = good;
         r[i] = v;

@@ -38,11 +38,7 @@ pub fn warp_affine(img: &RgbImage, m: &Affine, w: u32, h: u32, interp: Interp) -
         img.height()
     );
     let inv = m.invert().context("cannot warp")?;
-    let src = Source {
-        data: img.as_raw(),
-        w: i64::from(img.width()),
-        h: i64::from(img.height()),
-    };
+    let src = Source { data: img.as_raw(), w: i64::from(img.width()), h: i64::from(img.height()) };
     let mut out = vec![0u8; w as usize * h as usize * 3];
     if src.w > 0 && src.h > 0 {
         match interp {
@@ -71,22 +67,12 @@ impl Source<'_> {
             let i = ((iy * self.w + ix) * 3) as usize;
             let j = i + (self.w * 3) as usize;
             let (t, b) = (&self.data[i..i + 6], &self.data[j..j + 6]);
-            return Some([
-                [t[0], t[1], t[2]],
-                [t[3], t[4], t[5]],
-                [b[0], b[1], b[2]],
-                [b[3], b[4], b[5]],
-            ]);
+            return Some([[t[0], t[1], t[2]], [t[3], t[4], t[5]], [b[0], b[1], b[2]], [b[3], b[4], b[5]]]);
         }
         if ix >= self.w || ix + 1 < 0 || iy >= self.h || iy + 1 < 0 {
             return None;
         }
-        Some([
-            self.pixel(ix, iy),
-            self.pixel(ix + 1, iy),
-            self.pixel(ix, iy + 1),
-            self.pixel(ix + 1, iy + 1),
-        ])
+        Some([self.pixel(ix, iy), self.pixel(ix + 1, iy), self.pixel(ix, iy + 1), self.pixel(ix + 1, iy + 1)])
     }
 
     fn pixel(&self, x: i64, y: i64) -> [u8; 3] {
@@ -136,26 +122,13 @@ struct FloatRow {
 impl FloatRow {
     fn new(n: usize) -> Self {
         let plane = |k: usize| vec![0.0; k * n];
-        Self {
-            n,
-            ix: plane(1),
-            iy: plane(1),
-            a: plane(1),
-            b: plane(1),
-            corners: vec![0; 12 * n],
-            value: plane(3),
-        }
+        Self { n, ix: plane(1), iy: plane(1), a: plane(1), b: plane(1), corners: vec![0; 12 * n], value: plane(3) }
     }
 
     /// Splits the source position of each output column into cell and fraction.
     fn locate(&mut self, at: impl Fn(f32) -> (f32, f32)) {
         let n = self.n;
-        let (ix, iy, a, b) = (
-            &mut self.ix[..n],
-            &mut self.iy[..n],
-            &mut self.a[..n],
-            &mut self.b[..n],
-        );
+        let (ix, iy, a, b) = (&mut self.ix[..n], &mut self.iy[..n], &mut self.a[..n], &mut self.b[..n]);
         for x in 0..n {
             let (sx, sy) = at(x as i32 as f32);
             (ix[x], iy[x]) = (floor(sx), floor(sy));
@@ -166,9 +139,7 @@ impl FloatRow {
     /// Fetches the 2×2 corners of each column's cell.
     fn gather(&mut self, src: &Source) {
         for x in 0..self.n {
-            let q = src
-                .quad(self.ix[x] as i64, self.iy[x] as i64)
-                .unwrap_or_default();
+            let q = src.quad(self.ix[x] as i64, self.iy[x] as i64).unwrap_or_default();
             for (k, p) in q.iter().enumerate() {
                 for (c, &v) in p.iter().enumerate() {
                     self.corners[(4 * c + k) * self.n + x] = v;
@@ -241,12 +212,8 @@ const FRAC_MASK: i64 = (1 << INTER_BITS) - 1;
 /// are products of the 1/32 fractions, so they sum to exactly 1024.
 fn warp_fixed(src: &Source, inv: &Affine, out: &mut [u8], ow: usize) {
     let [[m0, m1, m2], [m3, m4, m5]] = inv.0;
-    let ax: Vec<i64> = (0..ow)
-        .map(|x| cv_round(m0 * x as f64 * AB_SCALE))
-        .collect();
-    let ay: Vec<i64> = (0..ow)
-        .map(|x| cv_round(m3 * x as f64 * AB_SCALE))
-        .collect();
+    let ax: Vec<i64> = (0..ow).map(|x| cv_round(m0 * x as f64 * AB_SCALE)).collect();
+    let ay: Vec<i64> = (0..ow).map(|x| cv_round(m3 * x as f64 * AB_SCALE)).collect();
     for (y, row) in out.chunks_exact_mut(ow * 3).enumerate() {
         let x0 = cv_round((m1 * y as f64 + m2) * AB_SCALE) + ROUND_DELTA;
         let y0 = cv_round((m4 * y as f64 + m5) * AB_SCALE) + ROUND_DELTA;
@@ -278,20 +245,7 @@ mod tests {
 
     #[test]
     fn floor_matches_std_and_clamps_far_values() {
-        for v in [
-            -2.5f32,
-            -1.0,
-            -0.75,
-            -1e-7,
-            0.0,
-            1e-7,
-            0.5,
-            0.999_999_9,
-            1.0,
-            2.5,
-            3.5,
-            4_194_303.5,
-        ] {
+        for v in [-2.5f32, -1.0, -0.75, -1e-7, 0.0, 1e-7, 0.5, 0.999_999_9, 1.0, 2.5, 3.5, 4_194_303.5] {
             assert_eq!(floor(v), v.floor(), "{v}");
         }
         assert_eq!(floor(1e12), 4_194_304.0);
@@ -300,15 +254,7 @@ mod tests {
 
     #[test]
     fn rounding_to_u8_is_half_to_even() {
-        let cases = [
-            (-0.4, 0),
-            (0.5, 0),
-            (1.5, 2),
-            (2.5, 2),
-            (127.49, 127),
-            (254.5, 254),
-            (255.0001, 255),
-        ];
+        let cases = [(-0.4, 0), (0.5, 0), (1.5, 2), (2.5, 2), (127.49, 127), (254.5, 254), (255.0001, 255)];
         for (v, want) in cases {
             assert_eq!(round_to_u8(v), want, "{v}");
         }

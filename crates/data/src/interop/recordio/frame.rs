@@ -68,7 +68,8 @@ pub(crate) fn read_frame(s: &mut Stream, limit: Limit, max_bytes: usize, split: 
         let head = s.peek(8)?;
         if room < 8 || head.len() < 8 {
             let left = room.min(head.len() as u64);
-            let reason = format!("truncated: {left} bytes before {} at offset {at}, too few for a part header", limit.what);
+            let reason =
+                format!("truncated: {left} bytes before {} at offset {at}, too few for a part header", limit.what);
             return damaged(start, reason, Next::ScanFrom(at + 4));
         }
         let (magic, lrec) = (word(head, 0), word(head, 4));
@@ -78,11 +79,13 @@ pub(crate) fn read_frame(s: &mut Stream, limit: Limit, max_bytes: usize, split: 
         }
         let padded = (len + 3) & !3;
         if 8 + padded > room {
-            let reason = format!("part at offset {at} claims {len} bytes but only {} remain before {}", room - 8, limit.what);
+            let reason =
+                format!("part at offset {at} claims {len} bytes but only {} remain before {}", room - 8, limit.what);
             return damaged(start, reason, Next::ScanFrom(at + 4));
         }
         if payload.len() as u64 + 4 + len > max_bytes as u64 {
-            let reason = format!("record larger than the {max_bytes}-byte limit (part at offset {at} adds {len} bytes)");
+            let reason =
+                format!("record larger than the {max_bytes}-byte limit (part at offset {at} adds {len} bytes)");
             return damaged(start, reason, Next::ScanFrom(at + 4));
         }
         s.consume(8);
@@ -111,13 +114,26 @@ pub(crate) fn read_frame(s: &mut Stream, limit: Limit, max_bytes: usize, split: 
 /// Why a part header cannot continue the record being read, if it cannot.
 fn judge_header(start: u64, at: u64, parts: u32, magic: u32, flag: u32) -> Option<(String, Next)> {
     if magic != MAGIC {
-        let what = if parts == 0 { "record".to_string() } else { format!("part {} of the record at offset {start}", parts + 1) };
-        return Some((format!("bad magic 0x{magic:08x} at offset {at} where a {what} should start"), Next::ScanFrom(at + 4)));
+        let what = if parts == 0 {
+            "record".to_string()
+        } else {
+            format!("part {} of the record at offset {start}", parts + 1)
+        };
+        return Some((
+            format!("bad magic 0x{magic:08x} at offset {at} where a {what} should start"),
+            Next::ScanFrom(at + 4),
+        ));
     }
     match (parts, flag) {
         (0, 0 | 1) | (1.., 2 | 3) => None,
-        (0, 2 | 3) => Some((format!("a continuation part (flag {flag}) at offset {at} with no first part before it"), Next::ScanFrom(at + 4))),
-        (1.., 0 | 1) => Some((format!("record split in parts ends without its last part: the part at offset {at} starts a new record"), Next::At(at))),
+        (0, 2 | 3) => Some((
+            format!("a continuation part (flag {flag}) at offset {at} with no first part before it"),
+            Next::ScanFrom(at + 4),
+        )),
+        (1.., 0 | 1) => Some((
+            format!("record split in parts ends without its last part: the part at offset {at} starts a new record"),
+            Next::At(at),
+        )),
         _ => Some((format!("invalid continuation flag {flag} at offset {at}"), Next::ScanFrom(at + 4))),
     }
 }

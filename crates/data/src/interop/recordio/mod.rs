@@ -123,7 +123,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { idx: IdxSource::Beside, layout: LayoutChoice::Detect, property: true, buffer_bytes: 128 << 10, max_record_bytes: 64 << 20 }
+        Options {
+            idx: IdxSource::Beside,
+            layout: LayoutChoice::Detect,
+            property: true,
+            buffer_bytes: 128 << 10,
+            max_record_bytes: 64 << 20,
+        }
     }
 }
 
@@ -182,10 +188,14 @@ impl RecordReader {
             let raw = self.next_raw().map_err(|e| self.io_error(e))?;
             if let Raw::Record { key: Some(0), offset, head, body } = &raw {
                 let parsed = payload::parse_parts(head, body).ok();
-                let header = parsed.and_then(|p| payload::detect_header(&p, head.len() + body.len())).filter(|_| layout == LayoutChoice::Detect);
+                let header = parsed
+                    .and_then(|p| payload::detect_header(&p, head.len() + body.len()))
+                    .filter(|_| layout == LayoutChoice::Detect);
                 if let Some(header) = header {
                     if let Some(property) = &self.property {
-                        property.check_header(&header).with_context(|| format!("{} (header record at offset {offset})", self.path.display()))?;
+                        property
+                            .check_header(&header)
+                            .with_context(|| format!("{} (header record at offset {offset})", self.path.display()))?;
                     }
                     self.header = Some(header);
                     self.summary.header = Some(header);
@@ -223,7 +233,9 @@ impl RecordReader {
     /// are returned, mismatches that would break training are errors.
     pub fn check_property(&self) -> Result<Vec<String>> {
         match &self.property {
-            Some(p) => p.check(&self.summary).with_context(|| format!("{} against its property file", self.path.display())),
+            Some(p) => {
+                p.check(&self.summary).with_context(|| format!("{} against its property file", self.path.display()))
+            }
             None => Ok(Vec::new()),
         }
     }
@@ -281,22 +293,31 @@ impl RecordReader {
             let reason = format!("{} bytes after the last indexed record are not in the idx", len - pos);
             return Ok(Raw::Skipped(Skipped { key: None, offset: pos, reason, resumed_at: None }));
         };
-        let skip = |reason: String| Ok(Raw::Skipped(Skipped { key: Some(entry.key), offset: entry.offset, reason, resumed_at: None }));
+        let skip = |reason: String| {
+            Ok(Raw::Skipped(Skipped { key: Some(entry.key), offset: entry.offset, reason, resumed_at: None }))
+        };
         if entry.offset >= len {
             self.cursor += 1;
             return skip(format!("the idx puts it at offset {}, past the end of the file ({len} bytes)", entry.offset));
         }
         if entry.offset % 4 != 0 {
             self.cursor += 1;
-            return skip(format!("the idx puts it at offset {}, which is not 4-aligned, so no record starts there", entry.offset));
+            return skip(format!(
+                "the idx puts it at offset {}, which is not 4-aligned, so no record starts there",
+                entry.offset
+            ));
         }
         if entry.offset < pos {
             self.cursor += 1;
-            return skip(format!("the idx puts it at offset {}, inside the record read before it (which ends at {pos})", entry.offset));
+            return skip(format!(
+                "the idx puts it at offset {}, inside the record read before it (which ends at {pos})",
+                entry.offset
+            ));
         }
         if entry.offset > pos {
             self.stream.seek_to(entry.offset)?;
-            let reason = format!("{} bytes before the record with key {} are not in the idx", entry.offset - pos, entry.key);
+            let reason =
+                format!("{} bytes before the record with key {} are not in the idx", entry.offset - pos, entry.key);
             return Ok(Raw::Skipped(Skipped { key: None, offset: pos, reason, resumed_at: Some(entry.offset) }));
         }
         self.cursor += 1;
@@ -343,7 +364,9 @@ impl RecordReader {
             (Some(h), Some(k)) if h.identities().contains(&k) => true,
             (Some(h), Some(k)) => {
                 let (first, end) = (h.first_identity_key, h.end_key);
-                return skipped(format!("key {k} is outside the header's layout (images 1..{first}, identities {first}..{end})"));
+                return skipped(format!(
+                    "key {k} is outside the header's layout (images 1..{first}, identities {first}..{end})"
+                ));
             }
             (Some(_), None) => range.is_some(),
         };

@@ -38,7 +38,10 @@ pub(crate) fn parse(payload: &[u8]) -> Result<Parsed, String> {
     let label = f32::from_bits(u32_at(4));
     let labels_end = HEADER_BYTES as u64 + 4 * flag as u64;
     if labels_end > payload.len() as u64 {
-        return Err(format!("header flag {flag} announces {flag} labels but the payload has only {} bytes", payload.len()));
+        return Err(format!(
+            "header flag {flag} announces {flag} labels but the payload has only {} bytes",
+            payload.len()
+        ));
     }
     let labels: Vec<f32> = (0..flag as usize).map(|i| f32::from_bits(u32_at(HEADER_BYTES + 4 * i))).collect();
     Ok(Parsed { flag, label, id: u64_at(8), id2: u64_at(16), labels, image_start: labels_end as usize })
@@ -69,7 +72,9 @@ pub(crate) fn detect_header(p: &Parsed, payload_len: usize) -> Option<Header> {
 /// The length of the image header and its labels when `first` (a payload's first bytes)
 /// holds all of it, else 0: the frame reader's split point.
 pub(crate) fn header_len(first: &[u8]) -> usize {
-    let Some(flag) = first.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize) else { return 0 };
+    let Some(flag) = first.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize) else {
+        return 0;
+    };
     let n = HEADER_BYTES.saturating_add(flag.saturating_mul(4));
     if n <= first.len() {
         n

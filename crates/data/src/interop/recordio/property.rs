@@ -16,7 +16,8 @@ pub struct Property {
 
 impl Property {
     pub fn read(path: &Path) -> Result<Property> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading property file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading property file {}", path.display()))?;
         Property::parse(&text).with_context(|| format!("parsing property file {}", path.display()))
     }
 
@@ -35,8 +36,11 @@ impl Property {
         let [classes, height, width] = fields[..] else {
             bail!("expected `classes,height,width`, found {:?}", text.trim());
         };
-        let number = |name: &str, v: &str| v.parse::<u64>().with_context(|| format!("{name} {v:?} is not a non-negative integer"));
-        let (classes, height, width) = (number("classes", classes)?, number("height", height)?, number("width", width)?);
+        let number = |name: &str, v: &str| {
+            v.parse::<u64>().with_context(|| format!("{name} {v:?} is not a non-negative integer"))
+        };
+        let (classes, height, width) =
+            (number("classes", classes)?, number("height", height)?, number("width", width)?);
         let side = |name: &str, v: u64| u32::try_from(v).with_context(|| format!("{name} {v} is too large"));
         Ok(Property { classes, height: side("height", height)?, width: side("width", width)? })
     }
@@ -61,7 +65,11 @@ impl Property {
             self.check_header(header)?;
         }
         if let Some((key, label)) = summary.first_bad_label {
-            bail!("{} images have a label that is not a class number (first: {label} at {})", summary.bad_labels, key_text(key));
+            bail!(
+                "{} images have a label that is not a class number (first: {label} at {})",
+                summary.bad_labels,
+                key_text(key)
+            );
         }
         if let Some(max) = summary.max_class {
             if max >= self.classes {
@@ -76,8 +84,14 @@ impl Property {
         let want = (self.height, self.width);
         let other: u64 = summary.image_sizes.iter().filter(|(size, _)| *size != Some(want)).map(|(_, n)| n).sum();
         if other > 0 {
-            let sizes: Vec<String> = summary.image_sizes.iter().map(|(s, n)| format!("{}: {n}", size_text(*s))).collect();
-            warnings.push(format!("{other} images are not {}x{} (height x width) as property says ({})", want.0, want.1, sizes.join(", ")));
+            let sizes: Vec<String> =
+                summary.image_sizes.iter().map(|(s, n)| format!("{}: {n}", size_text(*s))).collect();
+            warnings.push(format!(
+                "{other} images are not {}x{} (height x width) as property says ({})",
+                want.0,
+                want.1,
+                sizes.join(", ")
+            ));
         }
         Ok(warnings)
     }

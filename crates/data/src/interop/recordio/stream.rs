@@ -64,7 +64,10 @@ impl Stream {
                 let got = (&mut self.file).take(rest as u64).read_to_end(out)?;
                 self.pos += got as u64;
                 if got < rest {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file became shorter while being read"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file became shorter while being read",
+                    ));
                 }
                 return Ok(());
             }

@@ -7,8 +7,8 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::drawing::DrawingAreaErrorKind;
 use plotters::element::DashedPathElement;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 type Chart<'a, DB, Y> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>;
 
@@ -42,11 +42,18 @@ pub fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> 
     root.present().map_err(failed)
 }
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, x: (f64, f64), s: &Sizes) -> Result<()> {
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    x: (f64, f64),
+    s: &Sizes,
+) -> Result<()> {
     let Some(y) = panel.y_range() else {
         let inner = area.titled(&panel.title, ("sans-serif", s.title)).map_err(failed)?;
         let (w, h) = inner.dim_in_pixel();
-        let style = TextStyle::from(("sans-serif", s.label).into_font()).color(&RGBColor(110, 110, 110)).pos(Pos::new(HPos::Center, VPos::Center));
+        let style = TextStyle::from(("sans-serif", s.label).into_font())
+            .color(&RGBColor(110, 110, 110))
+            .pos(Pos::new(HPos::Center, VPos::Center));
         return inner.draw(&Text::new("no data", (w as i32 / 2, h as i32 / 2), style)).map_err(failed);
     };
     let mut builder = ChartBuilder::on(area);
@@ -126,7 +133,9 @@ where
     let anno = if dash == 0 {
         chart.draw_series(pieces.iter().map(|p| PathElement::new(p.clone(), style))).map_err(failed)?
     } else {
-        chart.draw_series(pieces.iter().map(|p| DashedPathElement::new(p.iter().copied(), dash, gap, style))).map_err(failed)?
+        chart
+            .draw_series(pieces.iter().map(|p| DashedPathElement::new(p.iter().copied(), dash, gap, style)))
+            .map_err(failed)?
     };
     if let Some(label) = &line.label {
         let dash = if dash == 0 { 24 } else { dash };
@@ -134,7 +143,9 @@ where
     }
     if line.dots {
         let in_range = |p: &&(f64, f64)| (y.0..=y.1).contains(&p.1);
-        chart.draw_series(line.segments.iter().flatten().filter(in_range).map(|&p| Circle::new(p, 3, color.filled()))).map_err(failed)?;
+        chart
+            .draw_series(line.segments.iter().flatten().filter(in_range).map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(failed)?;
     }
     Ok(())
 }
@@ -167,7 +178,9 @@ where
         let anno = chart.draw_series(std::iter::empty::<Circle<(f64, f64), i32>>()).map_err(failed)?;
         match kind {
             MarkKind::Decay => anno.label("lr decay").legend(|(x, y)| Circle::new((x + 12, y), 4, BLACK.filled())),
-            MarkKind::Rollback => anno.label("rollback").legend(|(x, y)| Cross::new((x + 12, y), 6, BLACK.stroke_width(2))),
+            MarkKind::Rollback => {
+                anno.label("rollback").legend(|(x, y)| Cross::new((x + 12, y), 6, BLACK.stroke_width(2)))
+            }
         };
     }
     Ok(())

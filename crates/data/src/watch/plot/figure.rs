@@ -102,7 +102,11 @@ pub fn build(runs: &[RunLog], max_points: usize) -> Figure {
 }
 
 fn loss_panel(runs: &[RunLog]) -> Panel {
-    let mut p = Panel { title: "loss (light: raw, dark: smoothed)".into(), legend: Some(Corner::UpperRight), ..Panel::default() };
+    let mut p = Panel {
+        title: "loss (light: raw, dark: smoothed)".into(),
+        legend: Some(Corner::UpperRight),
+        ..Panel::default()
+    };
     for (i, run) in runs.iter().enumerate() {
         let total = run.losses.get("loss");
         let mut dash = 0;
@@ -121,13 +125,25 @@ fn loss_panel(runs: &[RunLog]) -> Panel {
 }
 
 fn lr_panel(runs: &[RunLog]) -> Panel {
-    let mut p = Panel { title: "learning rate (log scale)".into(), log_y: true, legend: Some(Corner::LowerLeft), ..Panel::default() };
+    let mut p = Panel {
+        title: "learning rate (log scale)".into(),
+        log_y: true,
+        legend: Some(Corner::LowerLeft),
+        ..Panel::default()
+    };
     for (i, run) in runs.iter().enumerate() {
         let color = run_color(i);
         let total = run.lrs.get("lr");
         for (dash, (key, series)) in run.lrs.iter().filter(|(k, s)| *k == "lr" || total != Some(*s)).enumerate() {
             let label = Some(if key == "lr" { run.name.clone() } else { format!("{} {key}", run.name) });
-            p.lines.push(Line { segments: series.segments.clone(), color, kind: LineKind::Plain, dash, dots: false, label });
+            p.lines.push(Line {
+                segments: series.segments.clone(),
+                color,
+                kind: LineKind::Plain,
+                dash,
+                dots: false,
+                label,
+            });
         }
         p.marks.extend(run.decays.iter().map(|&(x, y)| Mark { kind: MarkKind::Decay, x, y, color }));
         p.marks.extend(run.rollbacks.iter().map(|r| Mark { kind: MarkKind::Rollback, x: r.step, y: r.lr, color }));
@@ -155,7 +171,11 @@ fn valid_panels(runs: &[RunLog]) -> Vec<Panel> {
     }
     let mut metrics: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for &key in &keys {
-        let metric = keys.iter().copied().filter(|m| key == *m || key.strip_prefix(m).is_some_and(|rest| rest.starts_with('_'))).min_by_key(|m| m.len());
+        let metric = keys
+            .iter()
+            .copied()
+            .filter(|m| key == *m || key.strip_prefix(m).is_some_and(|rest| rest.starts_with('_')))
+            .min_by_key(|m| m.len());
         metrics.entry(metric.unwrap_or(key)).or_default().push(key);
     }
     metrics.into_iter().map(|(metric, sets)| metric_panel(runs, metric, &sets)).collect()
@@ -166,7 +186,14 @@ fn metric_panel(runs: &[RunLog], metric: &str, sets: &[&str]) -> Panel {
     for (dash, key) in sets.iter().enumerate() {
         for (i, run) in runs.iter().enumerate() {
             if let Some(s) = run.valid.get(*key) {
-                p.lines.push(Line { segments: s.segments.clone(), color: run_color(i), kind: LineKind::Plain, dash, dots: true, label: None });
+                p.lines.push(Line {
+                    segments: s.segments.clone(),
+                    color: run_color(i),
+                    kind: LineKind::Plain,
+                    dash,
+                    dots: true,
+                    label: None,
+                });
             }
         }
         if sets.len() > 1 {

@@ -39,13 +39,23 @@ pub struct PlotArgs {
 /// Plots as `args` says; returns the line to print.
 pub fn plot(args: &PlotArgs) -> Result<String> {
     plot_runs(&args.runs, &args.out, args.width, args.height)?;
-    Ok(format!("wrote {} ({}x{}, {} run{})\n", args.out.display(), args.width, args.height, args.runs.len(), if args.runs.len() == 1 { "" } else { "s" }))
+    Ok(format!(
+        "wrote {} ({}x{}, {} run{})\n",
+        args.out.display(),
+        args.width,
+        args.height,
+        args.runs.len(),
+        if args.runs.len() == 1 { "" } else { "s" }
+    ))
 }
 
 /// Renders the runs (each a run directory holding `log.txt`, or a log file) to `out`.
 pub fn plot_runs(runs: &[PathBuf], out: &Path, width: u32, height: u32) -> Result<()> {
     ensure!(!runs.is_empty(), "no run to plot");
-    ensure!((200..=16384).contains(&width) && (150..=16384).contains(&height), "plot size {width}x{height} is outside 200x150 to 16384x16384");
+    ensure!(
+        (200..=16384).contains(&width) && (150..=16384).contains(&height),
+        "plot size {width}x{height} is outside 200x150 to 16384x16384"
+    );
     let mut logs = runs.iter().map(|r| RunLog::open(r)).collect::<Result<Vec<_>>>()?;
     disambiguate_names(&mut logs);
     register_font()?;
@@ -75,7 +85,9 @@ fn disambiguate_names(logs: &mut [RunLog]) {
 
 fn register_font() -> Result<()> {
     static LOADED: OnceLock<bool> = OnceLock::new();
-    let ok = *LOADED.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok());
+    let ok = *LOADED.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok()
+    });
     ensure!(ok, "the embedded DejaVu Sans font could not be loaded");
     Ok(())
 }
@@ -97,7 +109,9 @@ fn write_atomically(out: &Path, write: impl FnOnce(&mut dyn std::io::Write) -> R
     let partial = out.with_file_name(format!("{}.partial", name.to_string_lossy()));
     let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let mut w = BufWriter::new(file);
-    write(&mut w).and_then(|()| Ok(std::io::Write::flush(&mut w)?)).with_context(|| format!("writing {}", partial.display()))?;
+    write(&mut w)
+        .and_then(|()| Ok(std::io::Write::flush(&mut w)?))
+        .with_context(|| format!("writing {}", partial.display()))?;
     drop(w);
     std::fs::rename(&partial, out).with_context(|| format!("renaming {} to {}", partial.display(), out.display()))
 }

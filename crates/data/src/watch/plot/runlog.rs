@@ -99,7 +99,9 @@ impl RunLog {
                     log.add_progress(&obj, step, segment);
                 }
                 Some("decay") => log.decays.push((step, num(&obj, "lr"))),
-                Some("rollback") => log.rollbacks.push(Rollback { step, to_step: num(&obj, "to_step"), lr: num(&obj, "lr") }),
+                Some("rollback") => {
+                    log.rollbacks.push(Rollback { step, to_step: num(&obj, "to_step"), lr: num(&obj, "lr") })
+                }
                 Some("valid") => log.add_valid(&obj, step, segment),
                 Some(_) => {}
             }

@@ -23,7 +23,11 @@ fn a_log_becomes_curves_and_marks() {
     assert_eq!(log.losses.keys().collect::<Vec<_>>(), ["loss", "loss_FR"], "loss_scale is no task loss");
     assert_eq!(log.lrs["lr"].points().count(), 4);
     assert_eq!(log.lrs["lr_head"].segments, vec![vec![(60.0, 0.02)]]);
-    assert_eq!(log.images_per_s.points().map(|p| p.1).collect::<Vec<_>>(), [712.5, 700.0, 720.0], "a string is not a number");
+    assert_eq!(
+        log.images_per_s.points().map(|p| p.1).collect::<Vec<_>>(),
+        [712.5, 700.0, 720.0],
+        "a string is not a number"
+    );
     assert_eq!(log.decays, vec![(40.0, Some(0.01))]);
     assert_eq!((log.rollbacks[0].step, log.rollbacks[0].to_step, log.rollbacks[0].lr), (40.0, Some(20.0), Some(0.1)));
     assert_eq!(log.valid.keys().collect::<Vec<_>>(), ["valid_gap", "valid_verif_acc"]);
@@ -53,7 +57,10 @@ fn a_duplicate_task_loss_is_drawn_once_and_marks_are_kept() {
     let log = RunLog { name: "r".into(), ..RunLog::parse(LOG).unwrap() };
     let fig = figure::build(&[log], 1000);
     let titles: Vec<&str> = fig.panels.iter().map(|p| p.title.as_str()).collect();
-    assert_eq!(titles, ["loss (light: raw, dark: smoothed)", "learning rate (log scale)", "images/s", "valid_gap", "valid_verif_acc"]);
+    assert_eq!(
+        titles,
+        ["loss (light: raw, dark: smoothed)", "learning rate (log scale)", "images/s", "valid_gap", "valid_verif_acc"]
+    );
     let labels: Vec<_> = fig.panels[0].lines.iter().filter_map(|l| l.label.clone()).collect();
     assert_eq!(labels, ["r", "r loss_FR"], "loss_FR differs from loss at step 60");
     let kinds: Vec<_> = fig.panels[1].marks.iter().map(|m| (m.kind, m.x, m.y)).collect();
@@ -67,8 +74,18 @@ fn validation_sets_of_one_metric_share_a_panel() {
     let fig = figure::build(&[RunLog::parse(line).unwrap()], 1000);
     let panels: Vec<_> = fig.panels[3..].iter().map(|p| (p.title.as_str(), p.lines.len(), p.styles.clone())).collect();
     let styles = |a: &str| vec![(a.to_string(), 0), (format!("{a}_lfw"), 1)];
-    assert_eq!(panels, [("valid_gap", 2, styles("valid_gap")), ("valid_gender_acc", 2, styles("valid_gender_acc")), ("valid_verif_acc", 2, styles("valid_verif_acc"))]);
-    let alone = figure::build(&[RunLog::parse(r#"{"event":"valid","step":1,"valid_acc":0.5,"valid_gender_acc":0.7}"#).unwrap()], 1000);
+    assert_eq!(
+        panels,
+        [
+            ("valid_gap", 2, styles("valid_gap")),
+            ("valid_gender_acc", 2, styles("valid_gender_acc")),
+            ("valid_verif_acc", 2, styles("valid_verif_acc"))
+        ]
+    );
+    let alone = figure::build(
+        &[RunLog::parse(r#"{"event":"valid","step":1,"valid_acc":0.5,"valid_gender_acc":0.7}"#).unwrap()],
+        1000,
+    );
     assert_eq!(alone.panels.len(), 5, "valid_gender_acc does not extend valid_acc");
     assert!(alone.panels[3].styles.is_empty());
 }
@@ -83,12 +100,16 @@ fn a_run_without_validation_gets_an_empty_panel() {
 
 #[test]
 fn y_ranges_pad_and_ignore_raw_spikes() {
-    let text: String = (0..100).map(|i| format!("{{\"step\":{i},\"loss\":{}}}\n", if i == 50 { 1e6 } else { 1.0 + f64::from(i % 3) })).collect();
+    let text: String = (0..100)
+        .map(|i| format!("{{\"step\":{i},\"loss\":{}}}\n", if i == 50 { 1e6 } else { 1.0 + f64::from(i % 3) }))
+        .collect();
     let log = RunLog::parse(&text).unwrap();
     let fig = figure::build(&[log], 1000);
     let (lo, hi) = fig.panels[0].y_range().unwrap();
     assert!(lo < 1.0 && lo > 0.5 && hi > 3.0 && hi < 4.0, "{lo} {hi}");
-    let falling: String = (0..100).map(|i| format!("{{\"step\":{i},\"loss\":{}}}\n", 2.0 + 38.0 * (-f64::from(i) / 10.0).exp())).collect();
+    let falling: String = (0..100)
+        .map(|i| format!("{{\"step\":{i},\"loss\":{}}}\n", 2.0 + 38.0 * (-f64::from(i) / 10.0).exp()))
+        .collect();
     let (_, hi) = figure::build(&[RunLog::parse(&falling).unwrap()], 1000).panels[0].y_range().unwrap();
     assert!(hi > 40.0, "the first, highest point stays in view: {hi}");
 }
@@ -135,7 +156,15 @@ fn decimation_keeps_the_envelope_in_order() {
 
 #[test]
 fn axis_numbers_stay_short() {
-    let cases = [(0.0, "0"), (2.5, "2.5"), (20.0, "20"), (12_000.0, "12k"), (1_250_000.0, "1.25M"), (0.94, "0.94"), (0.000_25, "2.5e-4")];
+    let cases = [
+        (0.0, "0"),
+        (2.5, "2.5"),
+        (20.0, "20"),
+        (12_000.0, "12k"),
+        (1_250_000.0, "1.25M"),
+        (0.94, "0.94"),
+        (0.000_25, "2.5e-4"),
+    ];
     for (v, s) in cases {
         assert_eq!(short_number(v), s);
     }

@@ -38,7 +38,12 @@ pub struct Event {
 
 impl Event {
     fn head(&self) -> proto::Head<'_> {
-        proto::Head { wall_time: self.wall_time, step: self.step, file_version: self.file_version.as_deref(), restart: self.restart }
+        proto::Head {
+            wall_time: self.wall_time,
+            step: self.step,
+            file_version: self.file_version.as_deref(),
+            restart: self.restart,
+        }
     }
 }
 
@@ -75,7 +80,11 @@ impl EventWriter {
             let path = dir.join(format!("events.out.tfevents.{}.{host}.{pid}.{n}", now as u64));
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => {
-                    let mut w = EventWriter { path, out: BufWriter::with_capacity(64 << 10, file), scratch: Vec::with_capacity(256) };
+                    let mut w = EventWriter {
+                        path,
+                        out: BufWriter::with_capacity(64 << 10, file),
+                        scratch: Vec::with_capacity(256),
+                    };
                     w.write(&Event { wall_time: now, file_version: Some(FILE_VERSION.into()), ..Event::default() })?;
                     return Ok(w);
                 }
@@ -124,7 +133,8 @@ impl EventWriter {
     }
 
     fn put(&mut self) -> Result<()> {
-        record::write_record(&mut self.out, &self.scratch).with_context(|| format!("writing TensorBoard event file {}", self.path.display()))
+        record::write_record(&mut self.out, &self.scratch)
+            .with_context(|| format!("writing TensorBoard event file {}", self.path.display()))
     }
 
     /// Hands buffered events to the OS (no fsync: a lost tail only loses curve points).
@@ -142,7 +152,9 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>> {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            proto::decode_event(r.data).map_err(|e| anyhow::anyhow!("{}: record {i} at byte offset {}: bad Event protobuf: {e:#}", path.display(), r.offset))
+            proto::decode_event(r.data).map_err(|e| {
+                anyhow::anyhow!("{}: record {i} at byte offset {}: bad Event protobuf: {e:#}", path.display(), r.offset)
+            })
         })
         .collect()
 }
@@ -156,7 +168,8 @@ pub(crate) fn now() -> f64 {
 /// code); "localhost" where it is unavailable.
 fn hostname() -> String {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let name: String = raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' }).collect();
+    let name: String =
+        raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' }).collect();
     if name.is_empty() {
         "localhost".into()
     } else {

@@ -101,7 +101,10 @@ pub fn decode_event(data: &[u8]) -> Result<Event> {
                 ev.file_version = Some(String::from_utf8(s.to_vec()).context("file_version is not UTF-8")?);
             }
             5 => decode_summary(r.expect(field, wire, LEN)?, &mut ev.scalars).context("in the summary")?,
-            7 => ev.restart = decode_session_status(r.expect(field, wire, LEN)?).context("in the session log")? == Some(SESSION_START),
+            7 => {
+                ev.restart = decode_session_status(r.expect(field, wire, LEN)?).context("in the session log")?
+                    == Some(SESSION_START)
+            }
             _ => r.skip(wire)?,
         }
     }
@@ -113,7 +116,9 @@ fn decode_summary(data: &[u8], scalars: &mut Vec<Scalar>) -> Result<()> {
     while let Some((field, wire)) = r.key()? {
         match field {
             1 => {
-                if let Some(s) = decode_value(r.expect(field, wire, LEN)?).with_context(|| format!("in value {}", scalars.len()))? {
+                if let Some(s) =
+                    decode_value(r.expect(field, wire, LEN)?).with_context(|| format!("in value {}", scalars.len()))?
+                {
                     scalars.push(s);
                 }
             }

@@ -61,8 +61,14 @@ impl RunScalars {
 pub fn scalars_of(ev: &Map<String, Value>) -> Vec<(String, f64)> {
     let num = |key: &str| ev.get(key).and_then(Value::as_f64).filter(|v| v.is_finite());
     match ev.get("event").and_then(Value::as_str) {
-        None => ev.iter().filter(|(k, _)| !NOT_SCALARS.contains(&k.as_str())).filter_map(|(k, _)| Some((tag_of(k), num(k)?))).collect(),
-        Some("valid") => ev.iter().filter_map(|(k, _)| Some((format!("valid/{}", k.strip_prefix("valid_")?), num(k)?))).collect(),
+        None => ev
+            .iter()
+            .filter(|(k, _)| !NOT_SCALARS.contains(&k.as_str()))
+            .filter_map(|(k, _)| Some((tag_of(k), num(k)?)))
+            .collect(),
+        Some("valid") => {
+            ev.iter().filter_map(|(k, _)| Some((format!("valid/{}", k.strip_prefix("valid_")?), num(k)?))).collect()
+        }
         Some("decay") => {
             let task = ev.get("head").and_then(Value::as_str).unwrap_or("all");
             num("lr").map(|lr| (format!("events/decay/{task}"), lr)).into_iter().collect()

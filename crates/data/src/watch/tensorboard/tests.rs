@@ -62,7 +62,10 @@ fn file_version_event_comes_first_even_without_scalars() {
     assert_eq!(evs.len(), 1, "dropping the writer flushes the first event");
     assert_eq!(evs[0].file_version.as_deref(), Some("brain.Event:2"));
     let name = path.file_name().unwrap().to_str().unwrap();
-    assert!(name.starts_with("events.out.tfevents.") && name.contains(&format!(".{}.{}.", hostname(), std::process::id())), "{name}");
+    assert!(
+        name.starts_with("events.out.tfevents.") && name.contains(&format!(".{}.{}.", hostname(), std::process::id())),
+        "{name}"
+    );
 }
 
 #[test]
@@ -224,7 +227,8 @@ fn each_kind_of_log_event_gives_its_scalars() {
         got
     };
     let want = |pairs: &[(&str, f64)]| pairs.iter().map(|&(t, v)| (t.to_string(), v)).collect::<Vec<_>>();
-    let progress = json!({"step": 20, "time": 5.5, "loss": 2.5, "loss_FR": null, "lr_fr": 0.1, "note": "text", "world_size": 2});
+    let progress =
+        json!({"step": 20, "time": 5.5, "loss": 2.5, "loss_FR": null, "lr_fr": 0.1, "note": "text", "world_size": 2});
     assert_eq!(of(progress), want(&[("loss", 2.5), ("lr/fr", 0.1), ("run/world_size", 2.0)]));
     let valid = json!({"event": "valid", "step": 20, "time": 1.0, "valid_verif_acc": 0.9, "valid_gap_lfw": 2.0});
     assert_eq!(of(valid), want(&[("valid/gap_lfw", 2.0), ("valid/verif_acc", 0.9)]));
@@ -255,7 +259,8 @@ fn rollbacks_and_resumes_mark_the_restart() {
         sink.event(&v).unwrap();
     }
     let evs = read_events(sink.path()).unwrap();
-    let summary: Vec<(i64, f64, bool, Vec<Scalar>)> = evs[1..].iter().map(|e| (e.step, e.wall_time, e.restart, e.scalars.clone())).collect();
+    let summary: Vec<(i64, f64, bool, Vec<Scalar>)> =
+        evs[1..].iter().map(|e| (e.step, e.wall_time, e.restart, e.scalars.clone())).collect();
     assert_eq!(
         summary,
         [
