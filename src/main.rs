@@ -110,6 +110,15 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
+        // The libtorch commands are handed over in parse-only mode too: trainer-torch parses them.
+        Command::Train(_)
+        | Command::Eval(_)
+        | Command::Embed(_)
+        | Command::Export(_)
+        | Command::Bench(BenchCommand::Train(_) | BenchCommand::Allreduce(_) | BenchCommand::Head(_)) => {
+            handover::exec_torch()
+        }
+        _ if trainer_data::bounds::parse_only() => Ok(()),
         Command::Pack(a) => term::print(&pack::pack(&a)?.to_string()),
         Command::Inspect(a) => term::print(&tools::inspect::inspect(&a)?),
         Command::Verify(a) => verify(&a),
@@ -119,13 +128,6 @@ fn run(command: Command) -> Result<()> {
         Command::Plot(a) => term::print(&watch::plot::plot(&a)?),
         Command::Bench(BenchCommand::Data(a)) => bench_data(&a),
         Command::Bench(BenchCommand::Plateau(a)) => term::print(&bench::plateau::run(&a)?.to_string()),
-        Command::Train(_)
-        | Command::Eval(_)
-        | Command::Embed(_)
-        | Command::Export(_)
-        | Command::Bench(BenchCommand::Train(_) | BenchCommand::Allreduce(_) | BenchCommand::Head(_)) => {
-            handover::exec_torch()
-        }
     }
 }
 

@@ -80,6 +80,12 @@ pub fn negative_numbers_as_values(cmd: clap::Command) -> clap::Command {
         .fold(cmd.allow_negative_numbers(true), |cmd, name| cmd.mut_subcommand(name, negative_numbers_as_values))
 }
 
+/// `TRAINER_PARSE_ONLY=1`: both binaries parse their arguments with these command trees and
+/// stop, so `launch/doc-check.sh` can check every command the docs show without running it.
+pub fn parse_only() -> bool {
+    std::env::var_os("TRAINER_PARSE_ONLY").is_some_and(|v| v == "1")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

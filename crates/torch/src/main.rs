@@ -1,5 +1,6 @@
 //! `trainer-torch`: the libtorch half of `trainer` — `train`, `eval`, `embed`, `export`,
-//! `bench train` and `bench allreduce`. Users run `trainer`, which hands these commands over by `exec`.
+//! `bench train`, `bench allreduce` and `bench head`. Users run `trainer`, which hands these
+//! commands over by `exec`.
 
 use clap::FromArgMatches;
 use std::process::ExitCode;
@@ -12,6 +13,9 @@ fn main() -> ExitCode {
     let args = train::seed_flags::translate(std::env::args_os().collect());
     let matches = trainer_torch::cli::command().get_matches_from(args);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if trainer_data::bounds::parse_only() {
+        return ExitCode::SUCCESS;
+    }
     trainer_torch::dist::failure::install_panic_hook();
     // Progress lines come from rank 0; the others only warn, unless `train --verbose`.
     let verbose = matches.subcommand_matches("train").is_some_and(|m| m.get_flag("verbose"));
