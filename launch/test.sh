@@ -16,6 +16,8 @@ cargo build --release --locked --workspace
 links() { ldd "target/$1/trainer-torch" | grep -q "$2" || { echo "target/$1/trainer-torch does not link $2" >&2; exit 1; }; }
 links release libmpich.so
 links openmpi/release libmpi.so.40
+# Every command the docs show still parses, and their examples on built-in data run (docs/testing.md).
+launch/doc-check.sh
 # Two test threads: the tests that start `mpirun -n 2` or train must not starve each other.
 cargo test --release --locked --workspace --no-fail-fast -- --test-threads 2
 # Every test that starts mpirun has `mpi` in its name (tests/common/mod.rs checks it).
