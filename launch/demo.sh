@@ -5,7 +5,8 @@
 # OpenMPI build (see launch/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. launch/setup.sh
+# Only what the demo needs: the tests' reference implementations stay out (launch/test.sh).
+TRAINER_SETUP=demo . launch/setup.sh
 cargo build --release
 T=${CARGO_TARGET_DIR:-target}/release/trainer
 DATA=${DEMO_DATA:-/tmp/trainer-demo}

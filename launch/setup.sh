@@ -9,6 +9,10 @@
 # Source it (`. launch/setup.sh`) to get LIBTORCH_USE_PYTORCH, PATH, TORCH_VENV and
 # TRAINER_REF_PYTHON set; sourcing leaves the caller's shell options alone.
 #
+# TRAINER_SETUP says what for: `all` (the default; launch/test.sh) installs everything above;
+# `demo` (launch/demo.sh) only what building and training need: the Debian packages and
+# PyTorch, without torchvision and the reference virtualenv, which only tests use.
+#
 # TRAINER_MPI picks the MPI the build links: mpich (the default) or openmpi. Each has its
 # own target directory (target/release, target/openmpi/release) because rsmpi's bindings
 # are generated at build time from whichever mpicc it finds, and cargo does not notice a
@@ -17,6 +21,11 @@
 [[ "${BASH_SOURCE[0]}" == "$0" ]] && set -euo pipefail
 
 TRAINER_MPI=${TRAINER_MPI:-mpich}
+TRAINER_SETUP=${TRAINER_SETUP:-all}
+case "$TRAINER_SETUP" in
+  all | demo) ;;
+  *) echo "setup: TRAINER_SETUP=$TRAINER_SETUP: expected all or demo" >&2; return 2 2>/dev/null || exit 2 ;;
+esac
 case "$TRAINER_MPI" in
   mpich) mpi_apt=(mpich libmpich-dev) ;;
   openmpi) mpi_apt=(openmpi-bin libopenmpi-dev) ;;
@@ -51,13 +60,13 @@ if [ -z "${LIBTORCH:-}" ]; then
     "$TORCH_VENV/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy pillow
   fi
   # torchvision only for the interchange test (our safetensors load into its ResNets).
-  if ! "$TORCH_VENV/bin/python" -c "import torchvision" 2>/dev/null; then
+  if [ "$TRAINER_SETUP" = all ] && ! "$TORCH_VENV/bin/python" -c "import torchvision" 2>/dev/null; then
     "$TORCH_VENV/bin/pip" install -q --disable-pip-version-check --no-deps "torchvision==$TORCHVISION_VERSION"
   fi
   export LIBTORCH_USE_PYTORCH=1
   export PATH="$TORCH_VENV/bin:$PATH"
 fi
-if ! "$REF_VENV/bin/python" -c "import mxnet, dlib, cv2, skimage, sklearn, scipy, tensorboard" 2>/dev/null; then
+if [ "$TRAINER_SETUP" = all ] && ! "$REF_VENV/bin/python" -c "import mxnet, dlib, cv2, skimage, sklearn, scipy, tensorboard" 2>/dev/null; then
   echo "setup: installing the reference implementations into $REF_VENV (one-time)" >&2
   mkdir -p "$TRAINER_CACHE"
   python3 -m venv "$REF_VENV"
