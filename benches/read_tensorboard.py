@@ -11,7 +11,7 @@ as JSON, so that a test can compare them with what `trainer` wrote:
 --loader python (default): `EventAccumulator`, the Python loader.
 --loader rust: the data server that `tensorboard --logdir` runs by default (the
   `tensorboard-data-server` package, "rustboard"), queried over gRPC as the web UI's
-  backend does. The two differ after a restart: see the README, "Watching a run".
+  backend does. The two differ after a restart: see docs/watching.md.
 
 Every event file in DIR is read (a resumed run adds one), in name order.
 

@@ -1,7 +1,7 @@
 //! `--tensorboard`: a run's `log.txt` events mirrored as TensorBoard scalars, so the
 //! curves in TensorBoard are the log's, point for point (same steps, same wall times).
 //!
-//! Tags (README, "Watching a run"): progress lines give `loss`, `loss/<task>`, `lr`,
+//! Tags (docs/watching.md): progress lines give `loss`, `loss/<task>`, `lr`,
 //! `lr/<group>`, `speed/images_per_s`, `speed/data_wait_frac`,
 //! `plateau/steps_without_decrease[_robust][/<task>]`, `amp/loss_scale`,
 //! `amp/skipped_steps`, `allreduce/<what>` and `run/<key>` for the rest; `valid` events
