@@ -23,9 +23,11 @@ fi
 # Pages being written on other branches: a link to one is accepted until it exists.
 pending=(docs/ijb.md docs/slurm.md docs/hostile-input.md docs/model-zoo.md)
 # Other tools' flags the prose names (cargo, the linker, mpirun, srun, tensorboard).
-foreign_flags="--release --no-as-needed --allow-run-as-root --oversubscribe --hostfile --mpi --logdir --load_fast"
+foreign_flags="--release --no-as-needed --allow-run-as-root --oversubscribe --hostfile --mpi --logdir --load_fast
+  --nodes --ntasks --ntasks-per-node --gpus-per-node --cpus-per-task --time --job-name --output --kill-on-bad-exit"
 
 failures=0
+ran=""
 fail() { echo "$1: $2" >&2; failures=$((failures + 1)); }
 
 # Commands of fenced sh/bash blocks, one per line: FILE:LINE<TAB>check|run<TAB>command, with
@@ -259,6 +261,7 @@ for file in "$@"; do
   [ "$(basename "$file")" = code-map.md ] && check_code_map "$file"
   if [ "${DOC_CHECK_RUN:-1}" != 0 ] && extract "$file" | awk -F'\t' '$2 == "run" { f = 1 } END { exit !f }'; then
     run_blocks "$file"
+    ran=1
   fi
 done
 
@@ -274,4 +277,4 @@ if [ $failures -gt 0 ]; then
   echo "doc-check: $failures problem(s) in the docs" >&2
   exit 1
 fi
-echo "doc-check: $# file(s), every command parses, every link resolves"
+echo "doc-check: $# file(s): every command parses, every link and path resolves${ran:+, the examples ran}"
