@@ -22,9 +22,10 @@ if [ $# -eq 0 ]; then
 fi
 # Pages being written on other branches: a link to one is accepted until it exists.
 pending=(docs/ijb.md docs/slurm.md docs/hostile-input.md docs/model-zoo.md)
-# Other tools' flags the prose names (cargo, the linker, mpirun, srun, tensorboard).
+# Other tools' flags the prose names (cargo, the linker, mpirun, sbatch/srun, tensorboard).
 foreign_flags="--release --no-as-needed --allow-run-as-root --oversubscribe --hostfile --mpi --logdir --load_fast
-  --nodes --ntasks --ntasks-per-node --gpus-per-node --cpus-per-task --time --job-name --output --kill-on-bad-exit"
+  --nodes --ntasks --ntasks-per-node --gpus-per-node --cpus-per-task --time --job-name --output --kill-on-bad-exit
+  --signal --requeue --open-mode --partition --gres"
 
 failures=0
 ran=""
