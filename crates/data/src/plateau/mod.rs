@@ -5,24 +5,28 @@
 //! - every step: `guard.record(loss)` (true on a NaN/inf loss: reload at once), else
 //!   `if let Some(f) = plateau.push(loss) { sgd.scale_lr(f) }`;
 //! - at each save point: `guard.at_save_point()`: `Save` → write the checkpoint (with the
-//!   `Plateau` in it); `Reload` → load the last checkpoint (its `Plateau` too);
-//! - on any reload: `if guard.reload() { sgd.scale_lr(plateau.shrink_now()) }`.
+//!   `Plateau` in it); `Reload(failure)` → load the last checkpoint (its `Plateau` too);
+//!   `Accept` → a rise that shrinking did not stop is the run's new level: undo those
+//!   shrinks and save;
+//! - on any reload: `if guard.reload(&failure) { sgd.scale_lr(plateau.shrink_now()) }`.
 //!   The guard itself stays out of checkpoints (dlib keeps its threshold across reloads).
 //!
 //! Cost: `push` is O(1) except on check steps, one every `threshold / 200 + 1` steps as in
 //! dlib, where the O(threshold) count runs (about 2 ms at 15000 losses here, so ~25 µs a
 //! step amortised; the seed's per-suffix Python refit took seconds per check).
 
+mod rise;
 mod running_gradient;
 mod schedule;
 
+pub use rise::{RiseTest, RISE_FRACTION, RISE_SIGMAS};
 pub use running_gradient::{
     count_steps_without_decrease, count_steps_without_decrease_robust, find_upper_quantile, normal_cdf,
     probability_values_are_increasing, probability_values_are_increasing_robust, RunningGradient,
     DEFAULT_PROBABILITY_OF_DECREASE, DEFAULT_QUANTILE_DISCARD,
 };
 pub use schedule::{
-    loss_clearly_rose, Plateau, RollbackGuard, SaveDecision, DEFAULT_RISE_PROBABILITY, MIN_STEPS_FOR_RISE_TEST,
+    Failure, Plateau, RollbackGuard, SaveDecision, DEFAULT_RISE_PROBABILITY, MAX_RISE_SHRINKS, MIN_STEPS_FOR_RISE_TEST,
 };
 
 use anyhow::{bail, Context};

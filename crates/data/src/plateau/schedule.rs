@@ -1,8 +1,8 @@
 //! dlib's `dnn_trainer` learning-rate rule (dlib/dnn/trainer.h) and its rollback safeguard.
 
+use super::rise::RiseTest;
 use super::running_gradient::{
-    count_backwards, count_steps_without_decrease_robust, probability_values_are_increasing,
-    DEFAULT_PROBABILITY_OF_DECREASE, DEFAULT_QUANTILE_DISCARD,
+    count_backwards, count_steps_without_decrease_robust, DEFAULT_PROBABILITY_OF_DECREASE, DEFAULT_QUANTILE_DISCARD,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -111,45 +111,53 @@ impl Plateau {
     }
 }
 
+/// Why the losses since the last save fail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Failure {
+    /// A NaN or infinite loss: reload at once, as dlib does.
+    NonFinite,
+    /// A finite loss clearly rose (see [`RiseTest`]).
+    Rose(RiseTest),
+}
+
 /// What a save point decides.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum SaveDecision {
     /// The loss is fine: save the state.
     Save,
-    /// The loss turned non-finite or clearly rose: return to the last saved state instead
-    /// (and call [`RollbackGuard::reload`]).
-    Reload,
+    /// Return to the last saved state instead (and call [`RollbackGuard::reload`]).
+    Reload(Failure),
+    /// The loss still rises after the safeguard shrank the learning rate
+    /// [`MAX_RISE_SHRINKS`] times from the same state: the shrinks are not what it
+    /// needs, so the new level is accepted as the run's own. Save, and undo the shrinks
+    /// (`undo` of them).
+    Accept { test: RiseTest, undo: u32 },
 }
 
 /// dlib's rule: below 30 steps since the save only a non-finite loss counts.
 pub const MIN_STEPS_FOR_RISE_TEST: usize = 30;
 pub const DEFAULT_RISE_PROBABILITY: f64 = 0.99;
 const MAX_RISE_PROBABILITY: f64 = 0.99999;
-
-/// Whether to roll back, judging the losses dlib would look at: the last
-/// `2 * steps_since_save` values of `recent` (a little before the save too). True if any
-/// is NaN or infinite (dlib checks NaN; an infinite loss is as broken), or, once
-/// `steps_since_save >= 30`, when P(values are increasing) > `rise_probability`.
-pub fn loss_clearly_rose(recent: &[f64], steps_since_save: usize, rise_probability: f64) -> bool {
-    let window = &recent[recent.len().saturating_sub(2 * steps_since_save)..];
-    if window.iter().any(|v| !v.is_finite()) {
-        return true;
-    }
-    steps_since_save >= MIN_STEPS_FOR_RISE_TEST
-        && window.len() > 2
-        && probability_values_are_increasing(window) > rise_probability
-}
+/// Shrinks for a rising (finite) loss in a row, retrying from one saved state, before
+/// the state's level is accepted. dlib has no bound and shrinks towards its minimum
+/// learning rate, ending the run.
+pub const MAX_RISE_SHRINKS: u32 = 2;
 
 /// The stateful side of dlib's safeguard: the losses since a little before the last save
-/// and the rise threshold, which tightens towards 0.99999 on each reload in a row (so
+/// and the slope threshold, which tightens towards 0.99999 on each reload in a row (so
 /// training cannot loop on reloads: at the cap the learning rate shrinks too) and relaxes
-/// back to 0.99 after a good tested save. Keep it outside the checkpoint: dlib does not
-/// restore the threshold when it reloads.
+/// back to 0.99 after a good tested save. Unlike dlib, a finite rise must also be large
+/// against the loss's noise ([`RiseTest`]), and at most [`MAX_RISE_SHRINKS`] shrinks come
+/// from it in a row. Keep it outside the checkpoint: dlib does not restore the threshold
+/// when it reloads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RollbackGuard {
     history: VecDeque<f64>,
     steps_since_save: usize,
     rise_probability: f64,
+    /// Shrinks for a rising loss since the last good save.
+    #[serde(default)]
+    rise_shrinks: u32,
 }
 
 impl Default for RollbackGuard {
@@ -160,7 +168,12 @@ impl Default for RollbackGuard {
 
 impl RollbackGuard {
     pub fn new() -> Self {
-        RollbackGuard { history: VecDeque::new(), steps_since_save: 0, rise_probability: DEFAULT_RISE_PROBABILITY }
+        RollbackGuard {
+            history: VecDeque::new(),
+            steps_since_save: 0,
+            rise_probability: DEFAULT_RISE_PROBABILITY,
+            rise_shrinks: 0,
+        }
     }
 
     /// Records one step's loss; true when it is non-finite (the loop reloads at once).
@@ -170,19 +183,28 @@ impl RollbackGuard {
         !loss.is_finite()
     }
 
-    /// Decides at a save point whether the losses since the last save clearly rose.
+    /// Decides at a save point whether the losses since the last save failed.
     pub fn at_save_point(&mut self) -> SaveDecision {
         let k = self.steps_since_save;
-        let start = self.history.len().saturating_sub(2 * k);
-        let window = &self.history.make_contiguous()[start..];
-        let non_finite = window.iter().any(|v| !v.is_finite());
-        let tested = !non_finite && k >= MIN_STEPS_FOR_RISE_TEST && window.len() > 2;
-        if non_finite || (tested && loss_clearly_rose(window, k, self.rise_probability)) {
-            return SaveDecision::Reload;
+        let losses = self.history.make_contiguous();
+        let split = losses.len() - k;
+        let (before, after) = (&losses[split.saturating_sub(k)..split], &losses[split..]);
+        if before.iter().chain(after).any(|v| !v.is_finite()) {
+            return SaveDecision::Reload(Failure::NonFinite);
         }
-        if tested {
-            self.rise_probability = self.rise_probability.powf(10.0).max(DEFAULT_RISE_PROBABILITY);
+        if k < MIN_STEPS_FOR_RISE_TEST {
+            self.saved();
+            return SaveDecision::Save;
         }
+        let test = RiseTest::run(before, after, self.rise_probability);
+        if test.rose() && self.rise_shrinks >= MAX_RISE_SHRINKS {
+            return SaveDecision::Accept { test, undo: self.accept() };
+        }
+        if test.rose() {
+            return SaveDecision::Reload(Failure::Rose(test));
+        }
+        self.rise_probability = self.rise_probability.powf(10.0).max(DEFAULT_RISE_PROBABILITY);
+        self.rise_shrinks = 0;
         self.saved();
         SaveDecision::Save
     }
@@ -195,15 +217,34 @@ impl RollbackGuard {
         self.steps_since_save = 0;
     }
 
-    /// This head's loss failed (NaN, or clearly rose) and the run returns to the last
-    /// save: forget the losses since it and tighten the threshold. True when the
-    /// threshold is at its cap: reloads keep coming, so the learning rate shrinks too
-    /// (dlib's rule; with a fresh guard, the third reload in a row).
-    pub fn reload(&mut self) -> bool {
-        let at_cap = self.rise_probability >= MAX_RISE_PROBABILITY;
+    /// This head's loss failed and the run returns to the last save: forget the losses
+    /// since it and tighten the threshold. True when the learning rate shrinks too
+    /// ([`Self::reload_would_shrink`]).
+    pub fn reload(&mut self, failure: &Failure) -> bool {
+        let shrink = self.reload_would_shrink();
         self.rise_probability = (0.1 * self.rise_probability + 0.9).min(MAX_RISE_PROBABILITY);
         self.rewind();
-        at_cap || self.rise_probability >= MAX_RISE_PROBABILITY
+        if shrink && matches!(failure, Failure::Rose(_)) {
+            self.rise_shrinks += 1;
+        }
+        shrink
+    }
+
+    /// The threshold is at its cap, or reaches it with this reload: reloads keep coming,
+    /// so the learning rate shrinks too (dlib's rule; with a fresh guard, the third
+    /// reload in a row).
+    pub fn reload_would_shrink(&self) -> bool {
+        (0.1 * self.rise_probability + 0.9).min(MAX_RISE_PROBABILITY) >= MAX_RISE_PROBABILITY
+    }
+
+    /// The losses since the save are the run's new level: count them as saved and start
+    /// the threshold afresh. Returns how many rise shrinks that level survived (to undo).
+    pub fn accept(&mut self) -> u32 {
+        let undo = self.rise_shrinks;
+        self.rise_probability = DEFAULT_RISE_PROBABILITY;
+        self.rise_shrinks = 0;
+        self.saved();
+        undo
     }
 
     /// Another head's loss failed and the run returns to the last save: forget the losses
@@ -302,61 +343,121 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    #[test]
-    fn rollback_on_non_finite_losses_in_the_window() {
-        let mut recent = vec![1.0; 10];
-        recent.push(f64::NAN);
-        // NaN counts at once, even one step after the save.
-        assert!(loss_clearly_rose(&recent, 1, DEFAULT_RISE_PROBABILITY));
-        recent[10] = f64::INFINITY;
-        assert!(loss_clearly_rose(&recent, 1, DEFAULT_RISE_PROBABILITY));
-        // A NaN older than the window (2 × steps since save) is ignored.
-        let mut old = vec![f64::NAN];
-        old.extend([1.0; 10]);
-        assert!(!loss_clearly_rose(&old, 5, DEFAULT_RISE_PROBABILITY));
-    }
-
-    #[test]
-    fn rollback_when_the_loss_clearly_rose() {
-        let rising: Vec<f64> = (0..60).map(|i| 1.0 + 0.01 * i as f64 + 0.001 * (i % 3) as f64).collect();
-        let falling: Vec<f64> = rising.iter().rev().copied().collect();
-        assert!(loss_clearly_rose(&rising, 30, DEFAULT_RISE_PROBABILITY));
-        assert!(!loss_clearly_rose(&falling, 30, DEFAULT_RISE_PROBABILITY));
-        // Under 30 steps since the save dlib does not judge the trend.
-        assert!(!loss_clearly_rose(&rising, 29, DEFAULT_RISE_PROBABILITY));
-    }
-
-    #[test]
-    fn guard_tightens_on_repeated_rollbacks_then_shrinks() {
+    /// Replays a loss series through a guard that saves every `every` steps, as the
+    /// train loop does; returns the first save point that did not save, and its decision.
+    fn replay(losses: &[f64], every: usize) -> Option<(usize, SaveDecision)> {
         let mut g = RollbackGuard::new();
-        let rise = |g: &mut RollbackGuard, base: f64| {
-            for i in 0..40 {
-                g.record(base + 0.01 * i as f64 + 0.002 * (i % 2) as f64);
+        for (i, &loss) in losses.iter().enumerate() {
+            if g.record(loss) {
+                return Some((i + 1, SaveDecision::Reload(Failure::NonFinite)));
             }
-        };
-        rise(&mut g, 1.0);
-        g.saved();
-        // Each reload moves the threshold 90% of the way to 1 (0.999, 0.9999), capped at
-        // 0.99999; reaching the cap means the learning rate should shrink too.
-        rise(&mut g, 2.0);
-        assert_eq!(g.at_save_point(), SaveDecision::Reload);
-        assert!(!g.reload());
-        assert!((g.rise_probability() - 0.999).abs() < 1e-12);
-        // The reload forgets the losses since the save, and keeps the saved ones.
-        assert_eq!(g.history.len(), 40);
-        rise(&mut g, 2.0);
-        assert_eq!(g.at_save_point(), SaveDecision::Reload);
-        assert!(!g.reload());
-        rise(&mut g, 2.0);
-        assert_eq!(g.at_save_point(), SaveDecision::Reload);
-        assert!(g.reload(), "the third reload in a row shrinks");
-        // A good stretch saves, trims to 2 × 40 values, and relaxes the threshold (t^10).
-        for i in 0..40 {
-            g.record(1.0 - 0.01 * i as f64);
+            if (i + 1) % every == 0 {
+                let d = g.at_save_point();
+                if d != SaveDecision::Save {
+                    return Some((i + 1, d));
+                }
+            }
         }
+        None
+    }
+
+    fn noisy(seed: u64, n: usize, sigma: f64, level: impl Fn(usize) -> f64) -> Vec<f64> {
+        let mut rng = crate::rng::Rng::new(seed);
+        (0..n).map(|i| level(i) + sigma * ((0..12).map(|_| rng.unit()).sum::<f64>() - 6.0)).collect()
+    }
+
+    #[test]
+    fn healthy_series_never_roll_back() {
+        // The run: 36 → 15.4 by step 600, then level at ~16 with less noise.
+        let fall_then_flat = noisy(1, 4000, 1.0, |i| if i < 600 { 36.0 - 0.034 * i as f64 } else { 16.0 });
+        let plateau = noisy(2, 4000, 0.8, |_| 15.0);
+        let drift_down = noisy(3, 4000, 0.5, |i| 15.0 - 0.0005 * i as f64);
+        // A fall, then a level a little above the lowest losses of the fall.
+        let overshoot = noisy(4, 2000, 0.6, |i| if i < 600 { 30.0 - 0.0245 * i as f64 } else { 15.8 });
+        for (name, series) in [
+            ("fall then flat", fall_then_flat),
+            ("plateau", plateau),
+            ("drift down", drift_down),
+            ("overshoot", overshoot),
+        ] {
+            for every in [50, 100, 300] {
+                assert_eq!(replay(&series, every), None, "{name}, a save every {every} steps");
+            }
+        }
+    }
+
+    #[test]
+    fn divergence_rolls_back() {
+        // A climb of 5 over the 100 steps since the save, at σ 0.5: caught at that save.
+        let climb = noisy(5, 1000, 0.5, |i| 15.0 + if i < 500 { 0.0 } else { 0.05 * (i - 500) as f64 });
+        let jump = noisy(6, 1000, 0.5, |i| if i < 530 { 15.0 } else { 25.0 });
+        let mut nan = noisy(7, 1000, 0.5, |_| 15.0);
+        nan[512] = f64::NAN;
+        for (name, series, at) in [("climb", climb, 600), ("jump", jump, 600), ("NaN", nan, 513)] {
+            let (step, decision) = replay(&series, 100).unwrap_or_else(|| panic!("{name}: no rollback"));
+            assert_eq!(step, at, "{name}");
+            assert!(matches!(decision, SaveDecision::Reload(_)), "{name}: {decision:?}");
+        }
+    }
+
+    #[test]
+    fn non_finite_losses_before_or_after_the_save_reload() {
+        let mut g = RollbackGuard::new();
+        (0..10).for_each(|_| _ = g.record(1.0));
+        g.saved();
+        assert!(g.record(f64::INFINITY), "an infinite loss is reported at once");
+        assert_eq!(g.at_save_point(), SaveDecision::Reload(Failure::NonFinite));
+    }
+
+    /// A guard whose last save holds `n` flat losses, then `n` rising ones since.
+    fn rising_guard(n: usize) -> RollbackGuard {
+        let mut g = RollbackGuard::new();
+        (0..n).for_each(|_| _ = g.record(1.0));
+        g.saved();
+        (0..n).for_each(|i| _ = g.record(1.0 + 0.05 * i as f64));
+        g
+    }
+
+    #[test]
+    fn guard_tightens_then_shrinks_twice_then_accepts_the_new_level() {
+        let mut g = rising_guard(40);
+        let mut shrinks = vec![];
+        for _ in 0..4 {
+            let SaveDecision::Reload(failure) = g.at_save_point() else { panic!("expected a reload") };
+            assert!(matches!(failure, Failure::Rose(_)));
+            shrinks.push(g.reload(&failure));
+            // The reload forgets the losses since the save, and keeps the saved ones.
+            assert_eq!(g.history.len(), 40);
+            (0..40).for_each(|i| _ = g.record(1.0 + 0.05 * i as f64 + 0.002 * (i % 2) as f64));
+        }
+        // The threshold moves 90% of the way to 1 per reload (0.999, 0.9999, 0.99999):
+        // the third and later reloads in a row shrink (dlib's rule), at most twice here.
+        assert_eq!(shrinks, [false, false, true, true]);
+        let SaveDecision::Accept { test, undo } = g.at_save_point() else { panic!("expected an acceptance") };
+        assert_eq!(undo, MAX_RISE_SHRINKS);
+        assert!(test.rose());
+        // Accepted: the losses count as saved, and the threshold starts afresh.
+        assert_eq!((g.steps_since_save, g.rise_probability()), (0, DEFAULT_RISE_PROBABILITY));
+        // The accepted losses (a climb from 1 to 2.95, median 1.98) are the reference now.
+        (0..40).for_each(|i| _ = g.record(1.9 + 0.001 * (i % 3) as f64));
+        assert_eq!(g.at_save_point(), SaveDecision::Save, "within the accepted losses: no rise");
+    }
+
+    #[test]
+    fn a_good_save_resets_the_rise_shrinks() {
+        let mut g = rising_guard(40);
+        for retry in 0..3 {
+            if retry > 0 {
+                (0..40).for_each(|i| _ = g.record(1.0 + 0.05 * i as f64));
+            }
+            let SaveDecision::Reload(failure) = g.at_save_point() else { panic!("expected a reload") };
+            g.reload(&failure);
+        }
+        assert_eq!(g.rise_shrinks, 1);
+        (0..40).for_each(|i| _ = g.record(1.0 - 0.001 * i as f64));
         assert_eq!(g.at_save_point(), SaveDecision::Save);
-        assert_eq!(g.history.len(), 80);
-        assert!(g.rise_probability() < 0.99999 && g.rise_probability() >= DEFAULT_RISE_PROBABILITY);
+        assert_eq!(g.rise_shrinks, 0);
+        assert!(g.rise_probability() < MAX_RISE_PROBABILITY && g.rise_probability() >= DEFAULT_RISE_PROBABILITY);
     }
 
     #[test]
@@ -365,15 +466,16 @@ mod tests {
         assert!(!g.record(1.0));
         g.saved();
         assert!(g.record(f64::NAN));
-        assert!(!g.reload());
+        assert!(!g.reload(&Failure::NonFinite));
         // The NaN came after the save, so the reload drops it, and no later save point
         // sees it again.
         assert!(g.history.iter().all(|v| v.is_finite()));
         assert_eq!(g.at_save_point(), SaveDecision::Save);
         assert!(g.record(f64::NAN));
-        assert!(!g.reload());
+        assert!(!g.reload(&Failure::NonFinite));
         assert!(g.record(f64::INFINITY));
-        assert!(g.reload(), "a third non-finite reload in a row shrinks the learning rate");
+        assert!(g.reload(&Failure::NonFinite), "a third non-finite reload in a row shrinks the learning rate");
+        assert_eq!(g.rise_shrinks, 0, "NaN shrinks are dlib's, unbounded by the rise rule");
     }
 
     #[test]

@@ -64,7 +64,12 @@ pub fn load(run: &Path, checkpoint: &str, device: &str) -> Result<Loaded> {
         dir => PathBuf::from(dir),
     };
     let saved = checkpoint::load_state(&ckpt)?.state;
-    let cfg = saved.config.clone();
+    // The run's stored config is the newest (a resume may have changed settings since
+    // this checkpoint); a checkpoint copied out of its run carries its own.
+    let cfg = match run.join(crate::train::run_config::FILE).is_file() {
+        true => crate::train::run_config::read(run)?,
+        false => saved.config.clone(),
+    };
     let device = crate::device::resolve(device, &crate::dist::launch_info()?)?;
     let mut vs = VarStore::new(device);
     let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, saved.num_classes, cfg.task.into())?;

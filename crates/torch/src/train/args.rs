@@ -33,15 +33,9 @@ impl TrainArgs {
     /// Flags over recipe over defaults; on `--resume`, flags over the run's saved settings.
     pub fn resolve(&self, matches: &ArgMatches) -> Result<TrainConfig> {
         let base = match &self.resume {
-            Some(run_dir) => {
-                let path = run_dir.join("config.json");
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("--resume {}: cannot read {}", run_dir.display(), path.display()))
-                    .context(trainer_data::term::BadSettings)?;
-                serde_json::from_str(&text).with_context(|| {
-                    format!("--resume {}: {} is not a valid run config", run_dir.display(), path.display())
-                })?
-            }
+            Some(run_dir) => super::run_config::read(run_dir)
+                .with_context(|| format!("--resume {}", run_dir.display()))
+                .context(trainer_data::term::BadSettings)?,
             None => TrainConfig::default(),
         };
         TrainConfig::resolve(base, self.config.as_deref(), &self.settings, matches)

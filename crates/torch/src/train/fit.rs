@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::checkpoint;
-use super::decisions::{self, ordinal, Decision, Rollback};
+use super::decisions::{self, Decision};
 use super::replica::{head_groups, BACKBONE};
 use super::scaler::scaled_loss;
 use super::schedule::{lr_factor, plateau_counts};
 use super::session::{Good, Session};
-use super::state::LrChange;
+use super::state::{LrCause, LrChange};
 use super::step::{heads_for_step, labelled as labelled_in, losses};
 use crate::dist::ReduceOp;
 use crate::model::partial_fc::{CommBytes, PfcStep};
@@ -71,6 +71,17 @@ impl Window {
 
 impl Session {
     pub fn fit(mut self, signal: &AtomicBool) -> Result<StopReason> {
+        if let Some(max) = self.cfg.max_steps.filter(|&m| self.state.step >= m) {
+            let msg = format!(
+                "the run is finished: step {} of --max-steps {max}; nothing to do (give a larger --max-steps to go on)",
+                self.state.step
+            );
+            if self.comm.rank() == 0 {
+                eprintln!("{msg}");
+            }
+            self.log.rank_note(&msg)?;
+            return Ok(StopReason::MaxSteps);
+        }
         let clock = Instant::now();
         let mut window = Window::new();
         let bar = self.progress_bar();
@@ -91,6 +102,9 @@ impl Session {
             if let Some(rb) = decision.rollback {
                 self.roll_back(rb)?;
                 continue;
+            }
+            if let Some(accepted) = &decision.accepted {
+                self.accept_level(accepted)?;
             }
             self.apply_decays(&decision.decays)?;
             if self.state.step.is_multiple_of(self.cfg.log_every) {
@@ -250,7 +264,7 @@ impl Session {
         // `state.step` already counts this step: its 0-based index is one less.
         let plateau = plateau_counts(self.cfg.schedule, self.cfg.warmup_steps, self.state.step - 1);
         let mine = if self.comm.rank() == 0 {
-            self.judge.decide(&mut self.state, &stats.losses, save_point, plateau)
+            self.judge.decide(&mut self.state, &stats.losses, save_point, plateau, self.replica.max_lr())
         } else {
             Decision::default()
         };
@@ -277,7 +291,7 @@ impl Session {
             self.replica.scale_lr(&groups, factor);
             let change = LrChange {
                 step: self.state.step,
-                cause: "plateau".into(),
+                cause: LrCause::Plateau,
                 head,
                 groups: groups.iter().map(|g| g.to_string()).collect(),
                 factor,
@@ -296,66 +310,12 @@ impl Session {
     }
 
     /// The learning rate to report: the backbone's, or the first trained head's.
-    fn lr_shown(&self) -> f64 {
+    pub(super) fn lr_shown(&self) -> f64 {
         self.replica.lr(BACKBONE).or_else(|| self.replica.lrs().first().map(|(_, lr)| *lr)).unwrap_or(0.0)
     }
 
     fn good_checkpoint(&self) -> String {
         self.good.checkpoint.as_ref().map_or("(none yet: the start of the run)".into(), |p| p.display().to_string())
-    }
-
-    /// Returns to the latest good state; the files forget the discarded steps, and the
-    /// `rollback` event keeps their losses.
-    fn roll_back(&mut self, rb: Rollback) -> Result<()> {
-        let Good { replica, state, .. } = &self.good;
-        self.replica.restore(replica)?;
-        let (rollbacks, skipped, best, positions) =
-            (self.state.rollbacks + 1, self.state.skipped_records, self.state.best_metric, self.pools.positions());
-        self.state = state.clone();
-        // Fresh batches for the retry (the same ones could fail again); counts and the
-        // best metric (which only ever improves) belong to the run, not to the state
-        // returned to.
-        (self.state.rollbacks, self.state.skipped_records, self.state.positions) = (rollbacks, skipped, positions);
-        self.state.best_metric = best;
-        let lr_before = self.lr_shown();
-        if rb.shrink {
-            let factor = self.state.plateaus.get_mut(&rb.head).map_or(self.cfg.shrink, |p| p.shrink_now());
-            let mut groups = head_groups(rb.head).to_vec();
-            groups.push(BACKBONE);
-            self.replica.scale_lr(&groups, factor);
-            let change = LrChange {
-                step: self.state.step,
-                cause: "rollback".into(),
-                head: rb.head,
-                groups: groups.iter().map(|g| g.to_string()).collect(),
-                factor,
-            };
-            self.state.lr_changes.push(change);
-            // The shrink outlives later reloads (as dlib's rate does): the good state has it.
-            self.good = Good {
-                replica: self.replica.snapshot(),
-                state: self.state.clone(),
-                checkpoint: self.good.checkpoint.clone(),
-            };
-        }
-        let lr = self.lr_shown();
-        let discarded = self.log.rewind(self.state.step, &self.state.loss_counts)?;
-        let what = if self.heads.len() > 1 { format!("{} {}", rb.head.name(), rb.reason) } else { rb.reason.clone() };
-        let lr_note = if rb.shrink { format!("lr {lr_before:.3e} → {lr:.3e}") } else { "lr unchanged".into() };
-        let msg = format!(
-            "rolled back to step {} ({what} at step {}); {lr_note} ({} reload)",
-            self.state.step,
-            rb.failed_step,
-            ordinal(rb.in_a_row)
-        );
-        tracing::warn!("{msg}");
-        self.log.rank_note(&msg)?;
-        let discarded: serde_json::Map<String, serde_json::Value> =
-            discarded.into_iter().map(|(h, v)| (h.name().to_string(), json!(v))).collect();
-        self.log.event(json!({
-            "event": "rollback", "step": rb.failed_step, "to_step": self.state.step, "head": rb.head, "reason": rb.reason,
-            "loss": rb.loss, "reload": rb.in_a_row, "lr_before": lr_before, "lr": lr, "discarded_losses": discarded,
-        }))
     }
 
     fn stop_reason(&self, stats: &StepStats) -> Option<StopReason> {
@@ -528,7 +488,8 @@ impl Session {
         if self.good.state.step != self.state.step || self.good.checkpoint.is_none() {
             self.checkpoint(clock)?;
         }
-        let decays: Vec<u64> = self.state.lr_changes.iter().filter(|c| c.cause == "plateau").map(|c| c.step).collect();
+        let decays: Vec<u64> =
+            self.state.lr_changes.iter().filter(|c| c.cause == LrCause::Plateau).map(|c| c.step).collect();
         self.log.event(json!({
             "event": "end", "step": self.state.step, "reason": format!("{reason:?}"), "decays": decays,
             "lr_changes": self.state.lr_changes, "rollbacks": self.state.rollbacks, "lr": self.lr_shown(),

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 
 use super::checkpoint;
 use super::config::TrainConfig;
-use super::decisions::Judge;
+use super::decisions::{Judge, Limits};
 use super::pools::Pools;
 use super::provenance;
 use super::replica::{Replica, Snapshot};
+use super::run_config;
 use super::runlog::{utc_stamp, RunLog};
 use super::state::TrainState;
 use crate::dist::{self, Comm, CommOptions, LaunchInfo, ReduceOp};
@@ -91,6 +92,8 @@ impl Session {
             }
             replica.load(ckpt)?;
             state = saved.clone();
+            // The run goes on with the settings resolved now (flags over config.json).
+            state.config = cfg.clone();
         }
         replica.broadcast_from_rank0(&*comm)?;
         state.positions = pools.positions();
@@ -101,8 +104,15 @@ impl Session {
         if cfg.tensorboard {
             log.enable_tensorboard()?;
         }
-        if rank == 0 && resume.is_none() {
-            checkpoint::write_synced(&run_dir.join("config.json"), &serde_json::to_vec_pretty(&cfg)?)?;
+        let overrides = match resume {
+            Some(_) => run_config::overrides(&run_config::read(&run_dir)?, &cfg)?,
+            None => vec![],
+        };
+        if rank == 0 {
+            run_config::write(&run_dir, &cfg)?;
+        }
+        if !overrides.is_empty() {
+            log.rank_note(&format!("settings changed on resume: {}", overrides.join(", ")))?;
         }
         note_rank(&mut log, &*comm, &pools, device, threads)?;
         if let Some(ckpt) = &checkpoint {
@@ -129,7 +139,7 @@ impl Session {
                 state.world_size
             ))?;
         }
-        log.event(json!({
+        let mut event = json!({
             "event": if checkpoint.is_some() { "resume" } else { "start" }, "step": state.step, "checkpoint": checkpoint,
             "world_size": world, "ranks_per_node": launch.local_world,
             "effective_batch": pools.images_per_step(&heads) * cfg.accum * world, "datasets": datasets,
@@ -137,7 +147,11 @@ impl Session {
             "command": std::env::args().collect::<Vec<_>>(), "version": env!("CARGO_PKG_VERSION"),
             "versions": provenance::versions(comm.backend()), "hosts": provenance::hosts(&*comm)?,
             "records_per_rank": provenance::records_per_rank(&*comm, &pools)?, "config": &cfg,
-        }))?;
+        });
+        if checkpoint.is_some() {
+            event["overrides"] = json!(overrides);
+        }
+        log.event(event)?;
         crate::dist::failure::set_memory_hint(format!(
             "batch size {} per rank (effective batch {})",
             pools.images_per_step(&heads),
@@ -145,7 +159,13 @@ impl Session {
         ));
 
         let validator = if cfg.valid_sets.is_empty() { None } else { Some(Validator::open(&cfg)?) };
-        let judge = Judge::new(&heads, cfg.rollback && rank == 0, cfg.max_rollbacks);
+        let limits = Limits {
+            enabled: cfg.rollback && rank == 0,
+            max_rollbacks: cfg.max_rollbacks,
+            min_lr: cfg.min_lr,
+            shrink: cfg.shrink,
+        };
+        let judge = Judge::new(&heads, limits);
         let good = Good { replica: replica.snapshot(), state: state.clone(), checkpoint };
         let labelled = pools.epochs().into_iter().map(|(h, e)| (h, (e, 0.0))).collect();
         Ok(Session {

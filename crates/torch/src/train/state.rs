@@ -41,11 +41,22 @@ pub struct TrainState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LrChange {
     pub step: u64,
-    /// "plateau" (dlib's rule on `head`'s losses) or "rollback" (repeated reloads).
-    pub cause: String,
+    pub cause: LrCause,
     pub head: Head,
     pub groups: Vec<String>,
     pub factor: f64,
+}
+
+/// Why a learning rate changed; written as "plateau", "rollback" or "accepted".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrCause {
+    /// dlib's plateau rule on `head`'s losses.
+    Plateau,
+    /// Reloads kept coming (the safeguard's shrink).
+    Rollback,
+    /// A rise that the shrinks did not stop was accepted: the shrinks are undone.
+    Accepted,
 }
 
 impl TrainState {

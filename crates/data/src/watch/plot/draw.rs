@@ -91,7 +91,7 @@ where
     for line in &panel.lines {
         draw_line(&mut chart, line, y)?;
     }
-    draw_marks(&mut chart, &panel.marks, y)?;
+    draw_marks(&mut chart, &panel.marks, y, s.label)?;
     for (label, dash) in &panel.styles {
         let (dash, gap) = match DASHES[dash % DASHES.len()] {
             (0, _) => (24, 0),
@@ -151,8 +151,9 @@ where
 }
 
 /// Decays: a thin solid vertical line and a dot at the new rate. Rollbacks: a dashed
-/// vertical line and a cross. Both in the run's colour; the legend names the shapes.
-fn draw_marks<'a, DB, Y>(chart: &mut Chart<'a, DB, Y>, marks: &[Mark], y: (f64, f64)) -> Result<()>
+/// vertical line and a cross, with what triggered it written beside. Accepted levels: a
+/// triangle. All in the run's colour; the legend names the shapes.
+fn draw_marks<'a, DB, Y>(chart: &mut Chart<'a, DB, Y>, marks: &[Mark], y: (f64, f64), label: u32) -> Result<()>
 where
     DB: DrawingBackend + 'a,
     Y: Ranged<ValueType = f64>,
@@ -161,6 +162,7 @@ where
         let style = m.color.mix(0.6).stroke_width(1);
         let span = vec![(m.x, y.0), (m.x, y.1)];
         let on_curve = m.y.filter(|v| (y.0..=y.1).contains(v)).map(|v| (m.x, v));
+        let at = on_curve.unwrap_or((m.x, y.1));
         match m.kind {
             MarkKind::Decay => {
                 chart.draw_series([PathElement::new(span, style)]).map_err(failed)?;
@@ -168,18 +170,27 @@ where
             }
             MarkKind::Rollback => {
                 chart.draw_series([DashedPathElement::new(span, 4, 4, style)]).map_err(failed)?;
-                let at = on_curve.unwrap_or((m.x, y.1));
                 chart.draw_series([Cross::new(at, 6, m.color.stroke_width(2))]).map_err(failed)?;
             }
+            MarkKind::Accepted => {
+                chart.draw_series([TriangleMarker::new(at, 6, m.color.filled())]).map_err(failed)?;
+            }
+        }
+        if let Some(note) = &m.note {
+            let font = ("sans-serif", label.saturating_sub(2).max(8)).into_font().color(&m.color);
+            chart.draw_series([Text::new(note.clone(), at, font)]).map_err(failed)?;
         }
     }
-    let kinds = [MarkKind::Decay, MarkKind::Rollback];
+    let kinds = [MarkKind::Decay, MarkKind::Rollback, MarkKind::Accepted];
     for kind in kinds.into_iter().filter(|k| marks.iter().any(|m| m.kind == *k)) {
         let anno = chart.draw_series(std::iter::empty::<Circle<(f64, f64), i32>>()).map_err(failed)?;
         match kind {
             MarkKind::Decay => anno.label("lr decay").legend(|(x, y)| Circle::new((x + 12, y), 4, BLACK.filled())),
             MarkKind::Rollback => {
                 anno.label("rollback").legend(|(x, y)| Cross::new((x + 12, y), 6, BLACK.stroke_width(2)))
+            }
+            MarkKind::Accepted => {
+                anno.label("rise accepted").legend(|(x, y)| TriangleMarker::new((x + 12, y), 6, BLACK.filled()))
             }
         };
     }

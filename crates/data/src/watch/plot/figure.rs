@@ -79,6 +79,8 @@ pub enum LineKind {
 pub enum MarkKind {
     Decay,
     Rollback,
+    /// The safeguard accepted a rise as the run's new level.
+    Accepted,
 }
 
 pub struct Mark {
@@ -87,6 +89,8 @@ pub struct Mark {
     /// Where on the curve the marker sits, when the log says (the learning rate).
     pub y: Option<f64>,
     pub color: RGBColor,
+    /// Written beside the mark: why a rollback happened.
+    pub note: Option<String>,
 }
 
 /// Builds every panel; `max_points` bounds the points drawn per segment (decimated).
@@ -145,8 +149,10 @@ fn lr_panel(runs: &[RunLog]) -> Panel {
                 label,
             });
         }
-        p.marks.extend(run.decays.iter().map(|&(x, y)| Mark { kind: MarkKind::Decay, x, y, color }));
-        p.marks.extend(run.rollbacks.iter().map(|r| Mark { kind: MarkKind::Rollback, x: r.step, y: r.lr, color }));
+        let mark = |kind, x, y, note| Mark { kind, x, y, color, note };
+        p.marks.extend(run.decays.iter().map(|&(x, y)| mark(MarkKind::Decay, x, y, None)));
+        p.marks.extend(run.rollbacks.iter().map(|r| mark(MarkKind::Rollback, r.step, r.lr, Some(r.note.clone()))));
+        p.marks.extend(run.accepted.iter().map(|&(x, y)| mark(MarkKind::Accepted, x, y, None)));
     }
     p
 }
@@ -267,7 +273,12 @@ pub fn decimate(points: &[(f64, f64)], max_points: usize) -> Vec<(f64, f64)> {
 fn x_range(runs: &[RunLog]) -> (f64, f64) {
     let steps = runs.iter().flat_map(|r| {
         let curves = r.losses.values().chain(r.lrs.values()).chain(r.valid.values()).chain([&r.images_per_s]);
-        let marks = r.decays.iter().map(|d| d.0).chain(r.rollbacks.iter().map(|b| b.step));
+        let marks = r
+            .decays
+            .iter()
+            .map(|d| d.0)
+            .chain(r.rollbacks.iter().map(|b| b.step))
+            .chain(r.accepted.iter().map(|a| a.0));
         curves.flat_map(|s| s.points().map(|p| p.0)).chain(marks).collect::<Vec<_>>()
     });
     let (lo, hi) = steps.fold((0.0f64, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));

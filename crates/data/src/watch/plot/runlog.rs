@@ -38,6 +38,8 @@ pub struct Rollback {
     pub step: f64,
     pub to_step: Option<f64>,
     pub lr: Option<f64>,
+    /// What triggered it, short: "NaN", or the rise against its threshold.
+    pub note: String,
 }
 
 /// Everything plotted of one run. Curves are keyed by their log key (`loss`,
@@ -54,6 +56,8 @@ pub struct RunLog {
     /// Step and new learning rate of each decay.
     pub decays: Vec<(f64, Option<f64>)>,
     pub rollbacks: Vec<Rollback>,
+    /// Rises the safeguard accepted as the run's new level: step and the lr it went on at.
+    pub accepted: Vec<(f64, Option<f64>)>,
 }
 
 impl RunLog {
@@ -99,9 +103,13 @@ impl RunLog {
                     log.add_progress(&obj, step, segment);
                 }
                 Some("decay") => log.decays.push((step, num(&obj, "lr"))),
-                Some("rollback") => {
-                    log.rollbacks.push(Rollback { step, to_step: num(&obj, "to_step"), lr: num(&obj, "lr") })
-                }
+                Some("rollback") => log.rollbacks.push(Rollback {
+                    step,
+                    to_step: num(&obj, "to_step"),
+                    lr: num(&obj, "lr"),
+                    note: rollback_note(&obj),
+                }),
+                Some("rise_accepted") => log.accepted.push((step, num(&obj, "lr"))),
                 Some("valid") => log.add_valid(&obj, step, segment),
                 Some(_) => {}
             }
@@ -138,6 +146,16 @@ impl RunLog {
 }
 
 /// A finite number under `key`; null (how serde_json writes NaN) and other types are None.
+/// "NaN", or "rise 1.23 > 0.45" from the event's `rise_test` (older logs: the reason).
+fn rollback_note(obj: &Map<String, Value>) -> String {
+    let test = obj.get("rise_test").and_then(Value::as_object);
+    let rise = test.and_then(|t| Some((num(t, "rise")?, num(t, "rise_threshold")?)));
+    match rise {
+        Some((rise, threshold)) => format!("rise {rise:.3} > {threshold:.3}"),
+        None => obj.get("reason").and_then(Value::as_str).unwrap_or("rollback").to_string(),
+    }
+}
+
 fn num(obj: &Map<String, Value>, key: &str) -> Option<f64> {
     obj.get(key).and_then(Value::as_f64).filter(|v| v.is_finite())
 }

@@ -33,6 +33,31 @@ fn a_log_becomes_curves_and_marks() {
     assert_eq!(log.valid.keys().collect::<Vec<_>>(), ["valid_gap", "valid_verif_acc"]);
 }
 
+/// A rise rollback names its statistic and threshold beside its mark; an accepted level
+/// gets its own mark on the learning-rate panel.
+#[test]
+fn rise_rollbacks_say_what_rose_and_accepted_levels_are_marked() {
+    let log = RunLog::parse(concat!(
+        r#"{"step":100,"loss":2.0,"lr":0.1}"#,
+        "\n",
+        r#"{"event":"rollback","step":200,"to_step":100,"reason":"rising loss","lr":0.1,"#,
+        r#""rise_test":{"rise":1.2345,"rise_threshold":0.5,"p_increasing":0.999}}"#,
+        "\n",
+        r#"{"event":"rollback","step":150,"to_step":100,"reason":"NaN","lr":0.1}"#,
+        "\n",
+        r#"{"event":"rise_accepted","step":300,"lr":0.1}"#,
+        "\n",
+    ))
+    .unwrap();
+    let notes: Vec<&str> = log.rollbacks.iter().map(|r| r.note.as_str()).collect();
+    assert_eq!(notes, ["rise 1.234 > 0.500", "NaN"]);
+    assert_eq!(log.accepted, vec![(300.0, Some(0.1))]);
+    let fig = figure::build(std::slice::from_ref(&log), 1000);
+    let marks: Vec<_> = fig.panels.iter().flat_map(|p| &p.marks).collect();
+    assert!(marks.iter().any(|m| m.kind == MarkKind::Accepted && m.x == 300.0), "no accepted mark");
+    assert!(marks.iter().any(|m| m.note.as_deref() == Some("rise 1.234 > 0.500")));
+}
+
 #[test]
 fn broken_logs_are_reported_by_line() {
     let err = |text: &str| format!("{:#}", RunLog::parse(text).unwrap_err());

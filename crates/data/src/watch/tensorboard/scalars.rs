@@ -6,7 +6,8 @@
 //! `plateau/steps_without_decrease[_robust][/<task>]`, `amp/loss_scale`,
 //! `amp/skipped_steps`, `allreduce/<what>` and `run/<key>` for the rest; `valid` events
 //! give `valid/<metric>[_<set>]`; a decay gives `events/decay/<task>` (the run's lr after
-//! it) and a rollback `events/rollback` (the step returned to). A resume or a rollback
+//! it), a rollback `events/rollback` (the step returned to) and a rise the safeguard
+//! accepted `events/rise_accepted` (the lr the run goes on at). A resume or a rollback
 //! also writes a restart marker at the first step run again.
 
 use super::{now, EventWriter};
@@ -74,6 +75,7 @@ pub fn scalars_of(ev: &Map<String, Value>) -> Vec<(String, f64)> {
             num("lr").map(|lr| (format!("events/decay/{task}"), lr)).into_iter().collect()
         }
         Some("rollback") => num("to_step").map(|to| ("events/rollback".to_string(), to)).into_iter().collect(),
+        Some("rise_accepted") => num("lr").map(|lr| ("events/rise_accepted".to_string(), lr)).into_iter().collect(),
         Some(_) => vec![],
     }
 }
