@@ -10,7 +10,10 @@ cd "$(dirname "$0")/.."
 . launch/setup.sh
 # Tests that need mpirun, the PyTorch venv or the reference venv fail instead of skipping.
 export CI=${CI:-true}
+# Gates: the format (rustfmt.toml) and clippy's lints, before anything runs.
+cargo fmt --all --check
 cargo build --release --locked --workspace
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
 # The OpenMPI build: its packages beside MPICH's, its own target directory (launch/setup.sh).
 (TRAINER_MPI=openmpi; . launch/setup.sh; cargo build --release --locked --workspace)
 links() { ldd "target/$1/trainer-torch" | grep -q "$2" || { echo "target/$1/trainer-torch does not link $2" >&2; exit 1; }; }
