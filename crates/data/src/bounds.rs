@@ -36,6 +36,15 @@ pub fn real(lo: f64, hi: f64, open_lo: bool) -> impl Fn(&str) -> Result<f64, Str
     }
 }
 
+/// Strictly between 0 and 1 (a factor that must shrink, and not to nothing).
+pub fn open_unit(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|&x| x > 0.0 && x < 1.0)
+        .ok_or_else(|| format!("expected a number in (0, 1), got {s:?}"))
+}
+
 /// Above zero, at most `hi` (learning rates, scales, sizes in MiB).
 pub fn positive(hi: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
     real(0.0, hi, true)

@@ -21,7 +21,7 @@ pub struct HeadConfig {
     #[arg(long)]
     pub emb_bn: bool,
     /// ArcFace scale s.
-    #[arg(long = "arc-s", default_value_t = 64.0)]
+    #[arg(long = "arc-s", default_value_t = 64.0, value_parser = trainer_data::bounds::positive(1e4))]
     pub s: f64,
     /// ArcFace additive angular margin m (radians); the same as --m2 with --margin arcface.
     #[arg(long = "arc-m", default_value_t = 0.5)]
