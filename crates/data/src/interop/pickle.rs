@@ -530,7 +530,7 @@ impl Unpickler<'_> {
         let Some(Value::Dict(dict)) = self.stack.last() else {
             bail!("byte {at}: SETITEM on something that is not a dict");
         };
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             bail!("byte {at}: SETITEMS with an odd number ({}) of keys and values", items.len());
         }
         let depth = nest(&items, at)?;
