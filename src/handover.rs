@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 
-/// The binary that runs `train`, `eval`, `embed`, `export` and `bench train|allreduce|head`.
+/// The binary that runs `train`, `eval`, `embed`, `export`, `import` and `bench train|allreduce|head`.
 pub const TORCH_BINARY: &str = "trainer-torch";
 
 /// A command that runs in `trainer-torch`: its arguments, untouched (`--help` included).

@@ -55,13 +55,21 @@ see `trainer eval --help` for its flags."
 see `trainer embed --help` for its flags."
     )]
     Embed(Forwarded),
-    /// Trace a run's backbone and FR embedding layer to TorchScript (torch.jit.load, libtorch).
+    /// Trace a run's backbone and FR embedding layer to TorchScript (torch.jit.load, libtorch),
+    /// or write its backbone as arcface_torch's backbone.pth (--format arcface-torch).
     #[command(
         disable_help_flag = true,
         long_about = "Export a run's model to TorchScript. Runs in trainer-torch: \
 see `trainer export --help` for its flags."
     )]
     Export(Forwarded),
+    /// Make a run directory from arcface_torch's backbone.pth (`import arcface-torch FILE ...`).
+    #[command(
+        disable_help_flag = true,
+        long_about = "Import another trainer's weights as a run. Runs in trainer-torch: \
+see `trainer import --help` for its flags."
+    )]
+    Import(Forwarded),
     /// Run dlib's plateau test on a loss file: steps_without_decrease and the robust count.
     Plateau(plateau::PlateauArgs),
     /// Draw runs' curves from their log.txt (loss, lr with decays and rollbacks, validation,
@@ -115,6 +123,7 @@ fn run(command: Command) -> Result<()> {
         | Command::Eval(_)
         | Command::Embed(_)
         | Command::Export(_)
+        | Command::Import(_)
         | Command::Bench(BenchCommand::Train(_) | BenchCommand::Allreduce(_) | BenchCommand::Head(_)) => {
             handover::exec_torch()
         }

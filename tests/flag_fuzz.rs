@@ -11,7 +11,8 @@ use std::process::Output;
 
 const VALUES: [&str; 6] = ["0", "-1", "nan", "inf", "1e30", ""];
 /// Commands that run in trainer-torch.
-const TORCH: [&str; 7] = ["train", "eval", "embed", "export", "bench train", "bench allreduce", "bench head"];
+const TORCH: [&str; 8] =
+    ["train", "eval", "embed", "export", "import arcface-torch", "bench train", "bench allreduce", "bench head"];
 /// Flags that take names or paths: any text is a name there.
 const TEXT: [&str; 5] = ["--out", "--name", "--list", "--train-sets", "--write-losses"];
 /// (command, flag, value) accepted because the value means something.

@@ -3,7 +3,7 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::{bench, eval, export, train};
+use crate::{arcface_torch, bench, eval, export, train};
 
 #[derive(Parser, Debug)]
 #[command(name = "trainer", version, about = "The libtorch commands of trainer (run them through `trainer`)")]
@@ -20,8 +20,12 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Write a run's FR embeddings of a dataset or pair set as a .npy (+ .tsv of row names).
     Embed(eval::embed::EmbedArgs),
-    /// Trace the backbone and FR embedding layer to TorchScript (torch.jit.load, libtorch).
+    /// Trace the backbone and FR embedding layer to TorchScript (torch.jit.load, libtorch),
+    /// or write the backbone as arcface_torch's state dict (--format arcface-torch).
     Export(export::ExportArgs),
+    /// Make a run directory from another trainer's weights (arcface_torch's backbone.pth).
+    #[command(subcommand)]
+    Import(arcface_torch::ImportCommand),
     /// Benchmarks that need libtorch: training step, all-reduce.
     #[command(subcommand)]
     Bench(Bench),

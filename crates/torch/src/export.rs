@@ -3,6 +3,9 @@
 //! `launch/export_onnx.py`, ONNX). Input: NCHW float32 RGB, (x − 127.5)/127.5, any batch
 //! size; output: the embedding `[N, emb_dim]` before L2 normalisation. The weights are
 //! stored in the file as constants of the traced graph.
+//!
+//! `--format arcface-torch` writes the backbone as arcface_torch's `torch.save` state dict
+//! instead (`arcface_torch.rs`).
 
 use anyhow::{ensure, Context, Result};
 use std::path::PathBuf;
@@ -15,16 +18,29 @@ use crate::model::Tasks;
 pub struct ExportArgs {
     /// The run directory (Model/<run-id>).
     pub run: PathBuf,
-    /// The TorchScript file to write.
+    /// The file to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// torchscript (backbone + FR embedding layer, traced) or arcface-torch (the backbone's
+    /// state dict as `torch.save` writes it, for arcface_torch's `get_model(...).load_state_dict`).
+    #[arg(long, value_enum, default_value_t = ExportFormat::Torchscript)]
+    pub format: ExportFormat,
     /// best, latest, or a checkpoint directory.
     #[arg(long, default_value = "best")]
     pub checkpoint: String,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Torchscript,
+    ArcfaceTorch,
+}
+
 pub fn run(args: ExportArgs) -> Result<()> {
     let mut model = eval::load(&args.run, &args.checkpoint, "cpu")?;
+    if args.format == ExportFormat::ArcfaceTorch {
+        return trainer_data::term::print(&format!("{}\n", crate::arcface_torch::export(&model, &args.out)?));
+    }
     // Weights become constants of the traced graph, which must not require gradients.
     model.vs.freeze();
     ensure!(

@@ -1,9 +1,11 @@
 //! trainer's libtorch half, in the order a batch meets it: `model` (ResNet, heads, ArcFace)
 //! → `optim` (SGD with state we own) → `dist` (single / MPI / NCCL collectives) → `train`
 //! (configuration, session, loop, checkpoints, logs) → `eval` (validation, `trainer
-//! eval` and `trainer embed`) → `export` (TorchScript). `bench` times the training step and the all-reduce; `device` resolves
+//! eval` and `trainer embed`) → `export` (TorchScript) and `arcface_torch` (its `torch.save`
+//! backbone files in and out). `bench` times the training step and the all-reduce; `device` resolves
 //! `--device`. The data side (shards, pipeline, plateau rule, metrics) is `trainer_data`.
 
+pub mod arcface_torch;
 pub mod bench;
 pub mod cli;
 pub mod device;

@@ -6,7 +6,7 @@ use clap::FromArgMatches;
 use std::process::ExitCode;
 use trainer_data::term;
 use trainer_torch::cli::{Bench, Cli, Command};
-use trainer_torch::{bench, eval, export, train};
+use trainer_torch::{arcface_torch, bench, eval, export, train};
 
 /// Parses arguments (translating the seed's single-dash flags), sets up logging, runs.
 fn main() -> ExitCode {
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Embed(a) => eval::embed::run(a),
         Command::Export(a) => export::run(a),
+        Command::Import(a) => arcface_torch::run_import(a),
         Command::Bench(Bench::Train(a)) => bench::train::run(a),
         Command::Bench(Bench::Allreduce(a)) => bench::allreduce::run(a),
         Command::Bench(Bench::Head(a)) => bench::head::run(a),

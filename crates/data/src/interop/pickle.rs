@@ -3,6 +3,10 @@
 //! and nothing else. Every length is checked against the bytes actually present before
 //! anything is allocated; containers are sealed once nested, so the value graph can hold no
 //! cycle and stays at most `MAX_DEPTH` deep (dropping it cannot overflow the stack).
+//!
+//! `Flavour::TorchSave` also admits what `torch.save` writes for a state dict: dicts
+//! (`collections.OrderedDict()` is built as one), persistent ids (the tensor storages) and
+//! floats; a pair file with those opcodes is still refused.
 
 use anyhow::{bail, Result};
 use std::cell::{Cell, RefCell};
@@ -22,8 +26,21 @@ pub(crate) enum Value {
     Str(Rc<str>),
     Tuple(Rc<Tuple>),
     List(Rc<List>),
+    Float(f64),
     Global(Rc<(String, String)>),
     Object(Rc<Object>),
+    Dict(Rc<Dict>),
+    /// `BINPERSID`: the id the pickler's `persistent_id` gave (torch: a storage reference).
+    Persistent(Rc<Tuple>),
+}
+
+/// Which opcodes a file may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flavour {
+    /// insightface's pair sets: no dicts, no persistent ids.
+    PairFile,
+    /// `torch.save`'s `data.pkl`.
+    TorchSave,
 }
 
 #[derive(Debug)]
@@ -35,6 +52,16 @@ pub(crate) struct Tuple {
 #[derive(Debug, Default)]
 pub(crate) struct List {
     pub items: RefCell<Vec<Value>>,
+    sealed: Cell<bool>,
+    depth: Cell<u8>,
+}
+
+/// A dict or `OrderedDict`, items in pickle order, with the `BUILD` state an `OrderedDict`
+/// carries (a state dict's `_metadata`).
+#[derive(Debug, Default)]
+pub(crate) struct Dict {
+    pub items: RefCell<Vec<(Value, Value)>>,
+    pub state: RefCell<Option<Value>>,
     sealed: Cell<bool>,
     depth: Cell<u8>,
 }
@@ -55,6 +82,8 @@ impl Value {
             Value::Tuple(t) => t.depth,
             Value::List(l) => l.depth.get(),
             Value::Object(o) => o.depth.get(),
+            Value::Dict(d) => d.depth.get(),
+            Value::Persistent(t) => t.depth,
             _ => 0,
         }
     }
@@ -64,6 +93,7 @@ impl Value {
         match self {
             Value::List(l) => l.sealed.set(true),
             Value::Object(o) => o.sealed.set(true),
+            Value::Dict(d) => d.sealed.set(true),
             _ => {}
         }
     }
@@ -80,6 +110,9 @@ impl Value {
             Value::List(l) => format!("list of length {}", l.items.borrow().len()),
             Value::Global(g) => format!("global {}.{}", g.0, g.1),
             Value::Object(o) => format!("{}.{}(...) object", o.callable.0, o.callable.1),
+            Value::Float(x) => format!("float {x}"),
+            Value::Dict(d) => format!("dict of length {}", d.items.borrow().len()),
+            Value::Persistent(t) => format!("persistent id of length {}", t.items.len()),
         }
     }
 }
@@ -136,11 +169,23 @@ pub(crate) struct Unpickler<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
+    flavour: Flavour,
 }
 
-/// Loads one pickle from `data`, which must hold exactly that pickle.
+/// Loads one pair-file pickle from `data`, which must hold exactly that pickle.
 pub(crate) fn load(data: &[u8]) -> Result<Value> {
-    let mut u = Unpickler { input: Input { data, pos: 0 }, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() };
+    load_as(data, Flavour::PairFile)
+}
+
+/// Loads one pickle of `flavour` from `data`, which must hold exactly that pickle.
+pub(crate) fn load_as(data: &[u8], flavour: Flavour) -> Result<Value> {
+    let mut u = Unpickler {
+        input: Input { data, pos: 0 },
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        flavour,
+    };
     loop {
         let at = u.input.pos;
         let op = u.input.take(1, "an opcode")?[0];
@@ -308,12 +353,17 @@ impl Unpickler<'_> {
             }
             b'R' => self.reduce(at)?,
             b'b' => self.build(at)?,
+            b'}' | b'd' | b's' | b'u' | b'Q' | b'G' if self.flavour == Flavour::TorchSave => self.step_torch(op, at)?,
             b'p' | b'g' | b'S' | b'V' | b'F' | b'L' => {
                 bail!("byte {at}: opcode {:?} of a protocol 0 (text) pickle, which is not supported: save it with protocol 2", op as char)
             }
             _ => {
                 let shown = if op.is_ascii_graphic() { format!(" ({:?})", op as char) } else { String::new() };
-                bail!("byte {at}: opcode 0x{op:02x}{shown} is not one a pair file uses");
+                let file = match self.flavour {
+                    Flavour::PairFile => "a pair file",
+                    Flavour::TorchSave => "a torch.save state dict",
+                };
+                bail!("byte {at}: opcode 0x{op:02x}{shown} is not one {file} uses");
             }
         }
         Ok(())
@@ -395,6 +445,7 @@ impl Unpickler<'_> {
                 )
             }
             ("__builtin__" | "builtins", "bytes", []) => Value::Bytes(Arc::from(&[][..])),
+            ("collections", "OrderedDict", []) if self.flavour == Flavour::TorchSave => Value::Dict(Rc::default()),
             _ => {
                 let depth = 1 + args.depth;
                 if depth > MAX_DEPTH {
@@ -417,6 +468,15 @@ impl Unpickler<'_> {
 
     fn build(&mut self, at: usize) -> Result<()> {
         let state = self.pop(at, "BUILD")?;
+        if let Some(Value::Dict(dict)) = self.stack.last() {
+            let depth = nest(std::slice::from_ref(&state), at)?;
+            if dict.sealed.get() || dict.state.borrow().is_some() {
+                bail!("byte {at}: BUILD on a dict that is already built or nested");
+            }
+            dict.depth.set(dict.depth.get().max(depth));
+            *dict.state.borrow_mut() = Some(state);
+            return Ok(());
+        }
         let Some(Value::Object(object)) = self.stack.last() else {
             bail!("byte {at}: BUILD on something other than a reconstructed object");
         };
@@ -426,6 +486,63 @@ impl Unpickler<'_> {
         }
         object.depth.set(object.depth.get().max(depth));
         *object.state.borrow_mut() = Some(state);
+        Ok(())
+    }
+}
+
+impl Unpickler<'_> {
+    /// The opcodes only `Flavour::TorchSave` admits.
+    fn step_torch(&mut self, op: u8, at: usize) -> Result<()> {
+        match op {
+            b'}' => self.stack.push(Value::Dict(Rc::default())),
+            b'd' => {
+                let items = self.pop_mark(at, "DICT")?;
+                self.stack.push(Value::Dict(Rc::default()));
+                self.set_items(items, at)?;
+            }
+            b's' => {
+                let value = self.pop(at, "SETITEM")?;
+                let key = self.pop(at, "SETITEM")?;
+                self.set_items(vec![key, value], at)?;
+            }
+            b'u' => {
+                let items = self.pop_mark(at, "SETITEMS")?;
+                self.set_items(items, at)?;
+            }
+            b'Q' => {
+                let pid = self.pop(at, "BINPERSID")?;
+                let Value::Tuple(t) = pid else { bail!("byte {at}: a persistent id that is a {}", pid.kind()) };
+                if t.depth >= MAX_DEPTH {
+                    bail!("byte {at}: containers nest deeper than {MAX_DEPTH} levels");
+                }
+                self.stack.push(Value::Persistent(t));
+            }
+            _ => {
+                let bits = self.input.uint(8, "BINFLOAT")?.swap_bytes();
+                self.stack.push(Value::Float(f64::from_bits(bits)));
+            }
+        }
+        Ok(())
+    }
+
+    /// `SETITEM(S)`: key, value pairs into the dict below them on the stack.
+    fn set_items(&mut self, items: Vec<Value>, at: usize) -> Result<()> {
+        let Some(Value::Dict(dict)) = self.stack.last() else {
+            bail!("byte {at}: SETITEM on something that is not a dict");
+        };
+        if !items.len().is_multiple_of(2) {
+            bail!("byte {at}: SETITEMS with an odd number ({}) of keys and values", items.len());
+        }
+        let depth = nest(&items, at)?;
+        if dict.sealed.get() {
+            bail!("byte {at}: SETITEM on a dict that is already inside another value");
+        }
+        dict.depth.set(dict.depth.get().max(depth));
+        let mut pairs = items.into_iter();
+        let mut stored = dict.items.borrow_mut();
+        while let (Some(k), Some(v)) = (pairs.next(), pairs.next()) {
+            stored.push((k, v));
+        }
         Ok(())
     }
 }

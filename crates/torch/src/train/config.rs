@@ -152,7 +152,7 @@ pub struct TrainConfig {
     /// Seed for shuffling, augmentation and initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Start from these weights (a checkpoint dir or .safetensors); matching names load,
+    /// Start from these weights (a run dir, a checkpoint dir or .safetensors); matching names load,
     /// e.g. an FR backbone for a Gender run.
     #[arg(long)]
     pub init: Option<PathBuf>,

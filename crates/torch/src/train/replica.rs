@@ -339,12 +339,21 @@ fn names_and_shapes(state: &[(String, Tensor)]) -> Vec<u8> {
     state.iter().map(|(n, t)| format!("{n}:{:?};", t.size())).collect::<String>().into_bytes()
 }
 
-/// `--init`: a checkpoint dir or a .safetensors file. Tensors whose name and shape match
+/// `--init`: a run dir (its best, else latest checkpoint: an imported arcface_torch
+/// backbone is one), a checkpoint dir or a .safetensors file. Tensors whose name and shape match
 /// load; the others (another identity count's ArcFace centres, a head this model lacks)
 /// are skipped and listed, so an FR backbone can start a Gender run. Under Partial FC
 /// (`slice` of `total` classes) the whole saved centre matrix loads as this rank's rows.
 fn load_init(vs: &mut VarStore, init: &Path, slice: Option<(ClassSlice, usize)>) -> Result<()> {
-    let file = if init.is_dir() { init.join(checkpoint::MODEL_FILE) } else { init.to_path_buf() };
+    let file = match init.is_dir() {
+        true if init.join(checkpoint::MODEL_FILE).exists() => init.join(checkpoint::MODEL_FILE),
+        true if init.join("best").join(checkpoint::MODEL_FILE).exists() => {
+            init.join("best").join(checkpoint::MODEL_FILE)
+        }
+        true if init.join("checkpoints").is_dir() => checkpoint::latest(init)?.join(checkpoint::MODEL_FILE),
+        true => init.join(checkpoint::MODEL_FILE),
+        false => init.to_path_buf(),
+    };
     let saved =
         Tensor::read_safetensors(&file).with_context(|| format!("--init {}: cannot read weights", file.display()))?;
     let vars = vs.variables();
