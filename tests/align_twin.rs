@@ -110,18 +110,12 @@ fn reference_python() -> Option<PathBuf> {
     let probe = Command::new(&python).arg(twin_script()).arg("--check").output();
     match probe {
         Ok(out) if out.status.success() => Some(python),
-        Ok(out) => {
-            common::missing(&format!(
-                "{} cannot run the twin fully: {}",
-                python.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-            None
-        }
-        Err(e) => {
-            common::missing(&format!("cannot run {}: {e}", python.display()));
-            None
-        }
+        Ok(out) => common::missing(&format!(
+            "{} cannot run the twin fully: {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => common::missing(&format!("cannot run {}: {e}", python.display())),
     }
 }
 

@@ -36,7 +36,11 @@ fn train_help_and_bench_train_are_answered_by_trainer_torch() {
 fn missing_trainer_torch_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let lone = dir.path().join("trainer");
-    std::fs::copy(env!("CARGO_BIN_EXE_trainer"), &lone).unwrap();
+    // `cp`, not `std::fs::copy`: a file this process held open for writing would be
+    // inherited by a child another test thread forks meanwhile, and executing the copy
+    // while that child still holds it fails with ETXTBSY ("Text file busy").
+    let cp = Command::new("cp").arg(env!("CARGO_BIN_EXE_trainer")).arg(&lone).output().expect("cp runs");
+    assert!(cp.status.success(), "{}", text(&cp));
     let out = Command::new(&lone).args(["train", "FR", "--train-sets", "x"]).output().unwrap();
     let msg = text(&out);
     assert!(!out.status.success());

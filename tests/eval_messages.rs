@@ -10,30 +10,8 @@ fn eval_tells_a_missing_run_from_one_without_validation_and_refuses_a_tiny_set()
     let dir = tempfile::tempdir().unwrap();
     let train = packed_synth(dir.path(), "train", 6, 4, 1, 1);
     let out = dir.path().join("Model");
-    run_ok(&[
-        "train",
-        "FR",
-        "--arch",
-        "tiny",
-        "--size",
-        "32",
-        "--batch-size",
-        "8",
-        "--train-sets",
-        s(&train),
-        "--out",
-        s(&out),
-        "--run-id",
-        "r",
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--emb-dim",
-        "16",
-        "--max-steps",
-        "2",
-    ]);
+    let tiny = tiny_train("FR", &out, "r").set("--train-sets", s(&train)).set("--batch-size", "8");
+    run_ok(&tiny.set("--emb-dim", "16").set("--max-steps", "2").args());
     let run = out.join("r");
 
     let missing = trainer().args(["eval", s(&out.join("typo")), "--device", "cpu"]).output().unwrap();

@@ -1,7 +1,7 @@
 //! insightface's verification pair sets in validation and `trainer eval` (told apart from a
 //! seed-format legacy `NAME.bin` + `NAME.idx` by content), `trainer embed` to `.npy`, and
 //! `trainer export` to TorchScript, loaded by the PyTorch venv and compared with `embed`
-//! (and converted to ONNX by `launch/export_onnx.py` when that venv has `onnx`).
+//! (and converted to ONNX by `launch/export_onnx.py`, then run by ONNX Runtime).
 
 mod common;
 use common::*;
@@ -25,12 +25,6 @@ fn faces(dir: &Path) -> Vec<Vec<Vec<u8>>> {
             files.iter().map(|f| png(&image::open(f).unwrap().to_rgb8())).collect()
         })
         .collect()
-}
-
-fn png(img: &image::RgbImage) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
 }
 
 /// `lfw.bin`-style pairs alternating same and different identity.
@@ -82,37 +76,9 @@ fn pair_sets_validate_evaluate_embed_and_export() {
     write_pair_set(&lfw, &faces);
     let legacy = write_legacy(dir.path(), &faces);
     let out = dir.path().join("Model");
-    run_ok(&[
-        "train",
-        "FR",
-        "--arch",
-        "tiny",
-        "--size",
-        "32",
-        "--batch-size",
-        "16",
-        "--train-sets",
-        s(&train),
-        "--out",
-        s(&out),
-        "--run-id",
-        "r",
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--emb-dim",
-        "16",
-        "--max-steps",
-        "6",
-        "--valid-every",
-        "6",
-        "--valid-sets",
-        s(&lfw),
-        s(&legacy),
-        "--valid-pairs",
-        "40",
-    ]);
+    let tiny = tiny_train("FR", &out, "r").set("--train-sets", s(&train)).set("--emb-dim", "16");
+    let tiny = tiny.set("--max-steps", "6").set("--valid-every", "6").set_all("--valid-sets", &[s(&lfw), s(&legacy)]);
+    run_ok(&tiny.set("--valid-pairs", "40").args());
     let run = out.join("r");
     let valid = log_lines(&run).into_iter().rfind(|e| e["event"] == "valid").expect("a validation event");
     for key in ["valid_lfw_verif_acc", "valid_lfw_verif_std", "valid_lfw_gap", "valid_fr_verif_acc"] {
@@ -157,16 +123,14 @@ fn pair_sets_validate_evaluate_embed_and_export() {
     let diff: f64 = String::from_utf8_lossy(&check.stdout).trim().parse().unwrap();
     assert!(diff < 1e-4, "TorchScript and trainer embed differ by {diff}");
 
-    let has_onnx =
-        std::process::Command::new(&python).args(["-c", "import onnx"]).output().is_ok_and(|o| o.status.success());
-    if !has_onnx {
-        notice("the PyTorch venv has no `onnx`: launch/export_onnx.py was not run");
-        return;
-    }
+    // launch/setup.sh installs onnx and onnxruntime beside torch: the ONNX model is written,
+    // checked and run against the TorchScript one.
+    let Some(python) = torch_python("torch, onnx, onnxruntime") else { return };
     let onnx = dir.path().join("model.onnx");
     let script = format!("{}/launch/export_onnx.py", env!("CARGO_MANIFEST_DIR"));
     let conv =
         std::process::Command::new(&python).args([&script, s(&model), s(&onnx), "--size", "32"]).output().unwrap();
     assert!(conv.status.success() && onnx.exists(), "{}", text(&conv));
-    notice(String::from_utf8_lossy(&conv.stdout).trim());
+    let report = String::from_utf8_lossy(&conv.stdout);
+    assert!(report.contains("ONNX Runtime matches TorchScript"), "onnxruntime did not run the model: {report}");
 }

@@ -17,7 +17,7 @@ print(json.dumps(out))
 "#;
 
 fn le_hex(values: &[f32]) -> String {
-    values.iter().flat_map(|v| v.to_le_bytes()).map(|b| format!("{b:02x}")).collect()
+    common::hex(&values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::hex;
 use common::rec::{bytes, pack, Label, RecWriter, MAGIC};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -28,10 +29,6 @@ fn mxnet_records(python: &Path, prefixes: &[&Path]) -> Vec<Records> {
             .collect()
     };
     prefixes.iter().map(|p| of(p)).collect()
-}
-
-fn hex(data: &[u8]) -> String {
-    data.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn labels(v: &Value) -> Vec<f64> {

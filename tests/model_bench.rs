@@ -1,14 +1,11 @@
 //! `trainer bench train` as a user runs it: small model, few steps, parseable output.
 
-use std::process::Command;
-
-fn trainer(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("run trainer")
-}
+mod common;
+use common::output;
 
 #[test]
 fn bench_train_reports_images_per_second() {
-    let out = trainer(&[
+    let out = output(&[
         "bench",
         "train",
         "--arch",
@@ -43,12 +40,12 @@ fn bench_train_reports_images_per_second() {
 
 #[test]
 fn bench_train_rejects_bad_device_and_arch() {
-    let out = trainer(&["bench", "train", "--arch", "tiny", "--device", "gpu7"]);
+    let out = output(&["bench", "train", "--arch", "tiny", "--device", "gpu7"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not auto, cpu, cuda or cuda:N"));
-    let out = trainer(&["bench", "train", "--arch", "resnet9"]);
+    let out = output(&["bench", "train", "--arch", "resnet9"]);
     assert!(!out.status.success());
-    let out = trainer(&["bench", "train", "--arch", "tiny", "--steps", "0"]);
+    let out = output(&["bench", "train", "--arch", "tiny", "--steps", "0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--steps"));
 }

@@ -8,34 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn tiny<'a>(train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "FR",
-        "--arch",
-        "tiny",
-        "--size",
-        "32",
-        "--batch-size",
-        "8",
-        "--train-sets",
-        s(train),
-        "--out",
-        s(out),
-        "--run-id",
-        run,
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--emb-dim",
-        "32",
-        "--arc-s",
-        "16",
-        "--arc-m",
-        "0.2",
-        "--log-every",
-        "5",
-    ]
+    tiny_train("FR", out, run).set("--train-sets", s(train)).set("--batch-size", "8").args()
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! `trainer pack SRC --list faces.tsv --align --size S`: faces aligned with their five
 //! landmarks; records with missing or degenerate landmarks are skipped and reported.
 
-mod shards_support;
+mod common;
 
-use shards_support::{fails, ok, s, tree};
+use common::shards::{fails, ok, tree};
+use common::{png, s};
 
 /// insightface's 112×112 ArcFace template.
 const TEMPLATE: [[f64; 2]; 5] =
@@ -11,12 +12,6 @@ const TEMPLATE: [[f64; 2]; 5] =
 
 fn face(seed: u32) -> image::RgbImage {
     image::RgbImage::from_fn(112, 112, |x, y| image::Rgb([(x * 2 + seed * 30) as u8, (y * 2) as u8, (x + y) as u8]))
-}
-
-fn png(img: &image::RgbImage) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
 }
 
 fn cells(points: &[[f64; 2]; 5]) -> String {

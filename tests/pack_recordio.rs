@@ -4,10 +4,10 @@
 //! labels, with and without the `.idx`.
 
 mod common;
-mod shards_support;
 
 use common::rec::{pack, Label, RecWriter, MAGIC};
-use shards_support::{fails, idx_rows, image_bytes, manifest, ok, s, tree};
+use common::shards::{fails, idx_rows, manifest, ok, tree};
+use common::{image_bytes, s};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

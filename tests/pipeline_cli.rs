@@ -1,16 +1,14 @@
 //! `trainer synth` and `trainer bench data` driven as a user types them.
 
+mod common;
+use common::output;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).env("RUST_LOG", "info").output().unwrap()
-}
-
+/// Runs and asserts success, returning stdout and the logs.
 fn ok(args: &[&str]) -> String {
-    let out = trainer(args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = output(args);
+    let text = common::text(&out);
     assert!(out.status.success(), "trainer {args:?} failed:\n{text}");
     text
 }
@@ -126,7 +124,7 @@ fn bench_data_reads_the_rank_shards_and_refuses_too_few() {
 
     let mut too_many = vec!["bench", "data", "--train-sets", &spec, "--world", "4", "--rank", "0"];
     too_many.extend_from_slice(&small);
-    let out = trainer(&too_many);
+    let out = output(&too_many);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("3 shard") && err.contains("4 ranks") && err.contains("--stripe-records"), "{err}");

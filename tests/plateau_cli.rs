@@ -2,14 +2,10 @@
 //! (benches/seed_plateau.py) on random and hand-made loss series.
 
 mod common;
-use common::torch_python;
+use common::{output, torch_python};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use trainer_data::rng::Rng;
-
-fn trainer(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("run trainer")
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -28,15 +24,15 @@ fn prints_both_counts_for_a_hand_worked_series() {
     // Worked in running_gradient's unit tests: a final spike fools the plain count (8)
     // but not the robust one (4). Mixed separators as loss_debug files come.
     let f = write(dir.path(), "loss.txt", "4,3, 2\n1,0,0\t0,9,\n");
-    let out = trainer(&["plateau", f.to_str().unwrap()]);
+    let out = output(&["plateau", f.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(first_line(&out), "steps_without_decrease=8 robust=4");
     assert!(stdout.contains("losses=8"), "{stdout}");
 
     // dlib shrinks only when both counts reach the threshold over the last T losses.
-    let out = trainer(&["plateau", f.to_str().unwrap(), "--threshold", "4"]);
+    let out = output(&["plateau", f.to_str().unwrap(), "--threshold", "4"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("shrink=yes"));
-    let out = trainer(&["plateau", f.to_str().unwrap(), "--threshold", "8"]);
+    let out = output(&["plateau", f.to_str().unwrap(), "--threshold", "8"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("shrink=no"));
 }
 
@@ -44,15 +40,15 @@ fn prints_both_counts_for_a_hand_worked_series() {
 fn bad_token_names_file_and_position() {
     let dir = tempfile::tempdir().unwrap();
     let f = write(dir.path(), "bad.txt", "0.5,0.4,\n0.3,oops,0.2");
-    let out = trainer(&["plateau", f.to_str().unwrap()]);
+    let out = output(&["plateau", f.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.txt") && err.contains("token 4") && err.contains("oops"), "{err}");
 
-    let out = trainer(&["plateau", dir.path().join("missing.txt").to_str().unwrap()]);
+    let out = output(&["plateau", dir.path().join("missing.txt").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.txt"));
 
-    let out = trainer(&["plateau", f.to_str().unwrap(), "--p", "0.4"]);
+    let out = output(&["plateau", f.to_str().unwrap(), "--p", "0.4"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--p"));
 }
 
@@ -111,11 +107,9 @@ fn agrees_with_python_reference() {
         .collect();
     let mut nontrivial = 0;
     for (p, q) in [("0.51", "0.1"), ("0.6", "0.25")] {
-        let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
-            .args(["plateau", "--p", p, "--quantile", q])
-            .args(&files)
-            .output()
-            .unwrap();
+        let mut args = vec!["plateau", "--p", p, "--quantile", q];
+        args.extend(files.iter().map(String::as_str));
+        let out = output(&args);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let ours = count_lines(&out.stdout);
         for imp in ["exact", "seed"] {
@@ -145,9 +139,9 @@ fn agrees_with_python_reference() {
 fn bench_writes_a_loss_file_trainer_plateau_reads() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bench_losses.txt");
-    let out = trainer(&["bench", "plateau", "--n", "500", "--runs", "1", "--write-losses", f.to_str().unwrap()]);
+    let out = output(&["bench", "plateau", "--n", "500", "--runs", "1", "--write-losses", f.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success() && stdout.contains("rust_check n=500"), "{stdout}");
-    let out = trainer(&["plateau", f.to_str().unwrap()]);
+    let out = output(&["plateau", f.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("losses=500"));
 }

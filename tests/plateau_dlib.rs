@@ -3,14 +3,10 @@
 //! non-finite values in a loss file.
 
 mod common;
-use common::ref_python;
+use common::{output, ref_python};
 use std::path::Path;
 use std::process::Command;
 use trainer_data::rng::Rng;
-
-fn trainer(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("run trainer")
-}
 
 /// Random walks, noisy decays with spikes and ties, plus hand-made series whose robust
 /// quantile index (n-1)·0.9 ends in exactly .5 (n = 6, 16, 26): dlib's `std::round`
@@ -70,7 +66,7 @@ fn counts_match_the_cpp_dlib_on_random_and_hand_made_series() {
     let theirs = child.wait_with_output().unwrap();
     assert!(theirs.status.success());
     let theirs: Vec<String> = String::from_utf8_lossy(&theirs.stdout).lines().map(String::from).collect();
-    let out = trainer(&[&["plateau"][..], &files.iter().map(String::as_str).collect::<Vec<_>>()].concat());
+    let out = output(&[&["plateau"][..], &files.iter().map(String::as_str).collect::<Vec<_>>()].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ours: Vec<String> =
         String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("steps_")).map(String::from).collect();
@@ -91,7 +87,7 @@ fn non_finite_losses_are_left_out_and_counted_never_read_as_improving() {
     std::fs::write(&clean, rising.join(",") + ",").unwrap();
     let nan = dir.path().join("nan.txt");
     std::fs::write(&nan, rising.join(",") + ",NaN,").unwrap();
-    let run = |p: &Path| String::from_utf8_lossy(&trainer(&["plateau", p.to_str().unwrap()]).stdout).to_string();
+    let run = |p: &Path| String::from_utf8_lossy(&output(&["plateau", p.to_str().unwrap()]).stdout).to_string();
     let (a, b) = (run(&clean), run(&nan));
     assert!(a.starts_with("steps_without_decrease=40 "), "a rising series has no decrease: {a}");
     assert_eq!(a.lines().next(), b.lines().next(), "the trailing NaN changes no count");
@@ -99,7 +95,7 @@ fn non_finite_losses_are_left_out_and_counted_never_read_as_improving() {
 
     let big = dir.path().join("big.txt");
     std::fs::write(&big, "1,2,1e400,3").unwrap();
-    let out = trainer(&["plateau", big.to_str().unwrap()]);
+    let out = output(&["plateau", big.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("big.txt") && err.contains("token 3") && err.contains("1e400"),

@@ -2,31 +2,19 @@
 //! symlink loops, FIFOs, damaged images, duplicate list rows, leftovers of a killed pack,
 //! and values too large to honour.
 
-mod shards_support;
-use shards_support::*;
+mod common;
+use common::shards::*;
+use common::*;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-/// Runs trainer, killing it (and failing the test) if it has not finished after two
-/// minutes: a hang must fail the suite, not stall it.
+/// Runs trainer (at its default log level, as `output`), killing it (and failing the test)
+/// if it has not finished after two minutes: a hang must fail the suite, not stall it.
 fn bounded(args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(120) {
-            child.kill().unwrap();
-            panic!("trainer {args:?} hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    let child = spawn_piped(trainer().env("RUST_LOG", "info").args(args));
+    wait_within(child, Duration::from_secs(120), &format!("trainer {args:?}"))
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
@@ -39,7 +27,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 /// Exit status 1 or 2 (clap's usage errors), never a crash, with `want` on stderr.
 fn refused(args: &[&str], want: &str) {
     let out = bounded(args);
-    let err = text(&out.stderr);
+    let err = lossy(&out.stderr);
     assert!(matches!(out.status.code(), Some(1 | 2)), "trainer {args:?} should be refused:\n{err}");
     assert!(err.contains(want), "trainer {args:?}: want {want:?} in:\n{err}");
 }
@@ -108,7 +96,7 @@ fn symlink_loops_fifos_and_hidden_files_are_listed_not_packed() {
         let mut args = vec!["pack", s(&src), "--name", "d", "--out", s(&out), "--force"];
         args.extend(follow.then_some("--follow-links"));
         let run = bounded(&args);
-        assert!(run.status.success(), "{}", text(&run.stderr));
+        assert!(run.status.success(), "{}", lossy(&run.stderr));
         let back = tmp.path().join(format!("back{follow}"));
         ok(&["unpack", s(&out.join("d")), "--out", s(&back)]);
         assert_eq!(tree(&back), tree_without_specials(&src), "each image exactly once (follow {follow})");
@@ -158,7 +146,7 @@ fn a_truncated_jpeg_is_skipped_in_both_modes_and_trailing_bytes_are_kept() {
         let out = tmp.path().join(format!("o{}", extra.len()));
         let mut args = vec!["pack", s(&src), "--name", "d", "--out", s(&out)];
         args.extend_from_slice(extra);
-        let stderr = text(&bounded(&args).stderr);
+        let stderr = lossy(&bounded(&args).stderr);
         assert!(stderr.contains("cut.jpg") && stderr.contains("truncated"), "{extra:?}: {stderr}");
         let skipped = std::fs::read_to_string(out.join("d.skipped.tsv")).unwrap();
         assert!(skipped.contains("cut.jpg\t") && !skipped.contains("tail.jpg"), "{extra:?}: {skipped}");
@@ -220,8 +208,8 @@ fn leftovers_of_a_killed_pack_are_removed_by_the_next_pack_and_a_running_one_is_
     busy.lock().unwrap();
     std::fs::write(out.join("busy-00000-of-00001.bin.partial"), b"being written").unwrap();
     let run = bounded(&["pack", s(&src), "--name", "d", "--out", s(&out)]);
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    assert!(text(&run.stderr).contains("interrupted pack of \"old\""), "{}", text(&run.stderr));
+    assert!(run.status.success(), "{}", lossy(&run.stderr));
+    assert!(lossy(&run.stderr).contains("interrupted pack of \"old\""), "{}", lossy(&run.stderr));
     let left: Vec<String> = files_in(&out).into_iter().filter(|n| n.ends_with(".partial")).collect();
     assert_eq!(left, ["busy-00000-of-00001.bin.partial", "busy.manifest.json.partial", "notes.partial"]);
 

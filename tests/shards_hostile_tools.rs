@@ -2,11 +2,12 @@
 //! existing files, damaged images in hand-made shards, a labels table that disagrees with
 //! the shards, and a stdout closed by `| head`.
 
-mod shards_support;
-use shards_support::*;
+mod common;
+use common::shards::*;
+use common::*;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use trainer_data::format::idx::{format_v1, header_line};
 
 /// A one-shard v1 dataset written by hand (valid checksums), so a damaged payload reaches
@@ -92,7 +93,7 @@ fn a_truncated_jpeg_is_damaged_for_verify_and_the_loader_and_trailing_bytes_are_
     let err = fails(&["verify", s(&tmp.path().join("seed"))]);
     assert!(err.contains("a/cut.jpg") && err.contains("truncated") && !err.contains("a/tail.jpg"), "{err}");
     // The loader replaces the cut record and keeps the one with a tail.
-    let run = trainer(&[
+    let run = output(&[
         "bench",
         "data",
         "--train-sets",
@@ -108,7 +109,7 @@ fn a_truncated_jpeg_is_damaged_for_verify_and_the_loader_and_trailing_bytes_are_
         "--workers",
         "1",
     ]);
-    let (stdout, logs) = (text(&run.stdout), text(&run.stderr));
+    let (stdout, logs) = (lossy(&run.stdout), lossy(&run.stderr));
     assert!(run.status.success() && stdout.contains("corrupt skipped"), "{stdout}{logs}");
     assert!(logs.contains("c/cut.jpg") && logs.contains("truncated") && !logs.contains("c/tail.jpg"), "{logs}");
 }
@@ -148,7 +149,7 @@ fn a_short_labels_table_fails_verify_shows_in_inspect_and_stops_training_naming_
         "{bench}"
     );
     let run = tmp.path().join("run");
-    let train = trainer(&[
+    let train = output(&[
         "train",
         "FR",
         "--train-sets",
@@ -166,7 +167,7 @@ fn a_short_labels_table_fails_verify_shows_in_inspect_and_stops_training_naming_
         "--out",
         s(&run),
     ]);
-    let err = text(&train.stderr);
+    let err = lossy(&train.stderr);
     assert!(!train.status.success() && err.contains(".idx line ") && err.contains("label 1 is outside"), "{err}");
 }
 
@@ -191,7 +192,7 @@ fn a_manifest_that_disagrees_with_the_shards_fails_verify() {
 fn with_closed_stdout(args: &[&str]) -> std::process::Output {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).stdout(writer).stderr(Stdio::piped()).output().unwrap()
+    trainer().env("RUST_LOG", "info").args(args).stdout(writer).stderr(Stdio::piped()).output().unwrap()
 }
 
 #[test]
@@ -226,7 +227,7 @@ fn every_data_command_exits_quietly_when_stdout_is_closed() {
     ];
     for args in commands {
         let out = with_closed_stdout(&args);
-        let err = text(&out.stderr);
+        let err = lossy(&out.stderr);
         assert!(
             out.status.success() && !err.contains("panicked") && !err.contains("error"),
             "trainer {args:?}: {:?}\n{err}",

@@ -1,7 +1,8 @@
 //! `trainer pack` end to end: round trip, determinism, balance, bad inputs, transcoding.
 
-mod shards_support;
-use shards_support::*;
+mod common;
+use common::shards::*;
+use common::*;
 use std::collections::BTreeMap;
 
 #[test]
@@ -83,9 +84,9 @@ fn bad_inputs_are_skipped_and_reported_and_strict_fails() {
     std::fs::write(class.join("notes.jpg"), b"this is text, not a picture").unwrap();
     std::fs::write(class.join("cut.jpg"), &good[..good.len() * 2 / 3]).unwrap();
     let out = tmp.path().join("o");
-    let run = trainer(&["pack", s(&src), "--name", "d", "--out", s(&out)]);
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    let stderr = text(&run.stderr);
+    let run = output(&["pack", s(&src), "--name", "d", "--out", s(&out)]);
+    assert!(run.status.success(), "{}", lossy(&run.stderr));
+    let stderr = lossy(&run.stderr);
     for bad in ["empty.jpg", "notes.jpg", "cut.jpg"] {
         assert!(stderr.contains(bad), "stderr should name {bad}: {stderr}");
     }

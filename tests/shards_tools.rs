@@ -1,7 +1,8 @@
 //! inspect / verify / unpack on the seed's format and on damaged datasets.
 
-mod shards_support;
-use shards_support::*;
+mod common;
+use common::shards::*;
+use common::*;
 use std::path::Path;
 
 /// Writes a seed-format pair (4 columns, no header) as the seed's packer did.

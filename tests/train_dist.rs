@@ -11,34 +11,7 @@ fn mpi_train(np: usize, args: &[&str]) -> Option<Output> {
 }
 
 fn tiny<'a>(task: &'a str, train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        task,
-        "--arch",
-        "tiny",
-        "--size",
-        "32",
-        "--batch-size",
-        "16",
-        "--train-sets",
-        s(train),
-        "--out",
-        s(out),
-        "--run-id",
-        run,
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--emb-dim",
-        "32",
-        "--arc-s",
-        "16",
-        "--arc-m",
-        "0.2",
-        "--log-every",
-        "5",
-    ]
+    tiny_train(task, out, run).set("--train-sets", s(train)).args()
 }
 
 fn rank_log(run: &Path, rank: usize) -> String {

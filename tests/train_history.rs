@@ -12,36 +12,8 @@ fn data(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn args<'a>(train: &'a Path, out: &'a Path, run: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "FR",
-        "--arch",
-        "tiny",
-        "--size",
-        "32",
-        "--batch-size",
-        "32",
-        "--train-sets",
-        s(train),
-        "--out",
-        s(out),
-        "--run-id",
-        run,
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--seed",
-        "3",
-        "--emb-dim",
-        "32",
-        "--arc-s",
-        "16",
-        "--arc-m",
-        "0.2",
-        "--log-every",
-        "1",
-    ]
+    let tiny = tiny_train("FR", out, run).set("--train-sets", s(train)).set("--batch-size", "32");
+    tiny.set("--seed", "3").set("--log-every", "1").args()
 }
 
 fn events<'a>(log: &'a [Value], name: &str) -> Vec<&'a Value> {

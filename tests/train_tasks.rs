@@ -63,39 +63,10 @@ fn pack_folders(img: &Path, out: &Path, name: &str, shards: &str) -> PathBuf {
     out.join(name)
 }
 
+/// This file's tiny run, its training sets still to give: seed 3, small gender and age heads.
 fn tiny<'a>(task: &'a str, out: &'a Path, run: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        task,
-        "--arch",
-        "tiny",
-        "--size",
-        "32",
-        "--batch-size",
-        "16",
-        "--out",
-        s(out),
-        "--run-id",
-        run,
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--seed",
-        "3",
-        "--emb-dim",
-        "32",
-        "--arc-s",
-        "16",
-        "--arc-m",
-        "0.2",
-        "--gender-hidden",
-        "32",
-        "--age-hidden",
-        "32,32",
-        "--log-every",
-        "1",
-    ]
+    let tiny = tiny_train(task, out, run).set("--seed", "3").set("--gender-hidden", "32");
+    tiny.set("--age-hidden", "32,32").set("--log-every", "1").args()
 }
 
 fn valid_event(run: &Path) -> Value {

@@ -1,68 +1,33 @@
-//! Helpers for the shard tests: tiny images in class folders, running the binary,
+//! Helpers for the shard tests: tiny images in class folders, running the data commands,
 //! reading a dataset's files.
-#![allow(dead_code)]
 
+use super::images::image_bytes;
+use super::{lossy, output};
 use std::path::{Path, PathBuf};
-use std::process::Output;
-
-pub fn trainer(args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("running trainer")
-}
 
 /// Runs and asserts success, returning stdout.
 pub fn ok(args: &[&str]) -> String {
-    let out = trainer(args);
+    let out = output(args);
     assert!(
         out.status.success(),
         "trainer {args:?} failed:\nstdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
+        lossy(&out.stdout),
+        lossy(&out.stderr)
     );
-    text(&out.stdout)
+    lossy(&out.stdout)
 }
 
 /// Runs and asserts an ordinary failure (exit 1, not a panic), returning stderr.
 pub fn fails(args: &[&str]) -> String {
-    let out = trainer(args);
+    let out = output(args);
     assert_eq!(
         out.status.code(),
         Some(1),
         "trainer {args:?} should fail cleanly:\nstdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
+        lossy(&out.stdout),
+        lossy(&out.stderr)
     );
-    text(&out.stderr)
-}
-
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-pub fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
-/// A small image whose pixels depend on (class, i), as JPEG or PNG bytes.
-pub fn image_bytes(class: u32, i: u32, png: bool) -> Vec<u8> {
-    let (w, h) = (24 + i % 5, 20 + class % 3);
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x * 9 + class * 40) as u8, (y * 11 + i * 7) as u8, (class * 3 + i) as u8])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    let fmt = if png { image::ImageFormat::Png } else { image::ImageFormat::Jpeg };
-    img.write_to(&mut out, fmt).expect("encoding test image");
-    out.into_inner()
-}
-
-/// A 128×128 JPEG whose entropy-coded data is most of the file, so cutting it in half cuts
-/// the scan (as an interrupted download does), not the headers.
-pub fn large_jpeg(seed: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(128, 128, |x, y| {
-        image::Rgb([(x * 2 + seed) as u8, (y * 2) as u8, ((x * y + seed) % 251) as u8])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Jpeg).expect("encoding test image");
-    out.into_inner()
+    lossy(&out.stderr)
 }
 
 /// `classes` folders with awkward names, `per_class` images each (JPEG and PNG mixed).
