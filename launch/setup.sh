@@ -64,7 +64,7 @@ if [ -z "${LIBTORCH:-}" ]; then
     "$TORCH_VENV/bin/pip" install -q --disable-pip-version-check --no-deps "torchvision==$TORCHVISION_VERSION"
   fi
   # onnx and onnxruntime only for the test of launch/export_onnx.py (tests/eval_pairsets.rs).
-  if ! "$TORCH_VENV/bin/python" -c "import onnx, onnxruntime" 2>/dev/null; then
+  if [ "$TRAINER_SETUP" = all ] && ! "$TORCH_VENV/bin/python" -c "import onnx, onnxruntime" 2>/dev/null; then
     "$TORCH_VENV/bin/pip" install -q --disable-pip-version-check "onnx==1.23.2" "onnxruntime==1.32.0"
   fi
   export LIBTORCH_USE_PYTORCH=1
