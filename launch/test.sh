@@ -16,6 +16,11 @@ cargo build --release --locked --workspace
 links() { ldd "target/$1/trainer-torch" | grep -q "$2" || { echo "target/$1/trainer-torch does not link $2" >&2; exit 1; }; }
 links release libmpich.so
 links openmpi/release libmpi.so.40
+# A one-node Slurm for tests/slurm.rs (sbatch, srun, requeue), stopped when the tests end.
+slurm_dir=$(mktemp -d)
+trap 'launch/slurm-cluster.sh stop "$slurm_dir"' EXIT
+launch/slurm-cluster.sh start "$slurm_dir"
+export SLURM_CONF=$slurm_dir/slurm.conf
 # Two test threads: the tests that start `mpirun -n 2` or train must not starve each other.
 cargo test --release --locked --workspace --no-fail-fast -- --test-threads 2
 # Every test that starts mpirun has `mpi` in its name (tests/common/mod.rs checks it).
