@@ -279,3 +279,41 @@ fn slurm_srun_without_pmi_is_refused() {
     assert!(output.contains("not requeued"), "{output}");
     assert!(events(&log_lines(&setup.run(&job)), "start").is_empty(), "no rank trained");
 }
+
+/// `--auto-resume` as a user types it outside Slurm (`--run-id` names the run): fresh, then
+/// continued with a higher --max-steps, then nothing left to train, then another run refused.
+#[test]
+fn auto_resume_continues_its_own_run_and_refuses_another() {
+    let setup = Setup::new();
+    let run = setup.out().join("r");
+    let train = |max_steps: &str, size: &str| {
+        trainer()
+            .env("RUST_LOG", "info")
+            .args(["train", "FR", "--auto-resume", "--run-id", "r", "--arch", "tiny", "--size", size])
+            .args(["--batch-size", "8", "--emb-dim", "32", "--threads", "1", "--workers", "1", "--log-every", "5"])
+            .args(["--save-every", "5", "--max-steps", max_steps, "--train-sets", s(&setup.train)])
+            .args(["--out", s(&setup.out())])
+            .env_remove("SLURM_JOB_ID")
+            .output()
+            .expect("spawn trainer")
+    };
+    for steps in ["10", "20"] {
+        let out = train(steps, "32");
+        assert!(out.status.success(), "--max-steps {steps}: {}", text(&out));
+    }
+    let log = log_lines(&run);
+    let (start, resume) = (events(&log, "start"), events(&log, "resume"));
+    assert_eq!((start.len(), resume.len()), (1, 1), "a fresh start, then one resume");
+    assert_eq!(resume[0]["step"], 10);
+    assert_eq!(resume[0]["slurm_restart_count"], Value::Null);
+    assert_eq!(losses(&run, "FR").len(), 20);
+
+    let again = train("20", "32");
+    assert!(again.status.success() && text(&again).contains("nothing left to train"), "{}", text(&again));
+    assert_eq!(log_lines(&run).len(), log.len(), "a finished run is left as it was");
+
+    let other = train("20", "48");
+    assert_eq!(other.status.code(), Some(2), "{}", text(&other));
+    let msg = text(&other);
+    assert!(msg.contains("holds another run") && msg.contains("size 32 there, 48 here"), "{msg}");
+}
