@@ -47,18 +47,28 @@ impl Job {
     }
 
     /// Waits until the job has ended, lifting the delay Slurm puts on a requeued job
-    /// (about two minutes) whenever it waits on it; returns its final state.
+    /// (about two minutes) whenever it waits on it; returns its final state. The delay is
+    /// lifted only 2 s into it: slurmd refuses a credential issued in the same second as the
+    /// old allocation's was revoked ("Job credential revoked"), and the job then fails.
     fn wait_end(&self, limit: Duration) -> String {
         let t = Instant::now();
+        let mut delayed_since = None;
         loop {
             let fields = self.fields();
             let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or("");
             let state = get("JobState").to_string();
-            if state == "PENDING" && get("Reason") == "BeginTime" {
-                Command::new("scontrol")
-                    .args(["update", &format!("JobId={}", self.id), "StartTime=now"])
-                    .output()
-                    .expect("run scontrol update");
+            let delayed = state == "PENDING" && get("Reason") == "BeginTime";
+            match delayed_since {
+                _ if !delayed => delayed_since = None,
+                None => delayed_since = Some(Instant::now()),
+                Some(since) if since.elapsed() >= Duration::from_secs(2) => {
+                    delayed_since = None;
+                    Command::new("scontrol")
+                        .args(["update", &format!("JobId={}", self.id), "StartTime=now"])
+                        .output()
+                        .expect("run scontrol update");
+                }
+                Some(_) => {}
             }
             if !["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", ""]
                 .contains(&state.as_str())
