@@ -119,8 +119,11 @@ fn run(command: Command) -> Result<()> {
         Command::Plot(a) => term::print(&watch::plot::plot(&a)?),
         Command::Bench(BenchCommand::Data(a)) => bench_data(&a),
         Command::Bench(BenchCommand::Plateau(a)) => term::print(&bench::plateau::run(&a)?.to_string()),
-        Command::Train(_)
-        | Command::Eval(_)
+        Command::Train(_) => {
+            handover::ignore_sigusr1_until_handled();
+            handover::exec_torch()
+        }
+        Command::Eval(_)
         | Command::Embed(_)
         | Command::Export(_)
         | Command::Bench(BenchCommand::Train(_) | BenchCommand::Allreduce(_) | BenchCommand::Head(_)) => {
