@@ -21,6 +21,11 @@ links release libmpich.so
 links openmpi/release libmpi.so.40
 # Every command the docs show still parses, and their examples on built-in data run (docs/testing.md).
 launch/doc-check.sh
+# A one-node Slurm for tests/slurm.rs (sbatch, srun, requeue), stopped when the tests end.
+slurm_dir=$(mktemp -d)
+trap 'launch/slurm-cluster.sh stop "$slurm_dir"' EXIT
+launch/slurm-cluster.sh start "$slurm_dir"
+export SLURM_CONF=$slurm_dir/slurm.conf
 # Two test threads: the tests that start `mpirun -n 2` or train must not starve each other.
 cargo test --release --locked --workspace --no-fail-fast -- --test-threads 2
 # Every test that starts mpirun has `mpi` in its name (tests/common/mod.rs checks it).

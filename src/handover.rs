@@ -16,6 +16,17 @@ pub struct Forwarded {
     pub args: Vec<OsString>,
 }
 
+/// `train` under Slurm may be sent SIGUSR1 (the warning before the time limit) before
+/// trainer-torch has installed its handler, and the signal's default action would kill the
+/// rank. Ignored until then: the disposition survives `exec`, the handler replaces it, and
+/// launch/slurm.sbatch repeats the signal until the ranks have stopped.
+pub fn ignore_sigusr1_until_handled() {
+    // SAFETY: setting a disposition to SIG_IGN runs no code in the signal's context.
+    unsafe {
+        libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+    }
+}
+
 /// Replaces this process with `trainer-torch` and the same arguments.
 pub fn exec_torch() -> Result<()> {
     let exe = std::env::current_exe().context("locating the trainer binary")?;

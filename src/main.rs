@@ -119,8 +119,11 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<()> {
     match command {
         // The libtorch commands are handed over in parse-only mode too: trainer-torch parses them.
-        Command::Train(_)
-        | Command::Eval(_)
+        Command::Train(_) => {
+            handover::ignore_sigusr1_until_handled();
+            handover::exec_torch()
+        }
+        Command::Eval(_)
         | Command::Embed(_)
         | Command::Export(_)
         | Command::Import(_)

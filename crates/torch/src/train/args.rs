@@ -18,6 +18,11 @@ pub struct TrainArgs {
     /// Continue a run from its latest checkpoint: the run directory (Model/<run-id>).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// Continue this command's own run when its directory (--out/--run-id) has a checkpoint,
+    /// start it when not; a directory holding another run is refused. Under Slurm the run id
+    /// defaults to <task>-slurm-<job id>, which a requeued job keeps (launch/slurm.sbatch).
+    #[arg(long, conflicts_with = "resume")]
+    pub auto_resume: bool,
     /// Take over the run directory's lock (`trainer.lock`) even when another job holds it:
     /// only when that job is known to be gone (e.g. killed on another node).
     #[arg(long)]
@@ -32,7 +37,12 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// Flags over recipe over defaults; on `--resume`, flags over the run's saved settings.
     pub fn resolve(&self, matches: &ArgMatches) -> Result<TrainConfig> {
-        let base = match &self.resume {
+        self.resolve_from(self.resume.as_deref(), matches)
+    }
+
+    /// As `resolve`, continuing the run in `resume` when given.
+    pub fn resolve_from(&self, resume: Option<&std::path::Path>, matches: &ArgMatches) -> Result<TrainConfig> {
+        let base = match resume {
             Some(run_dir) => super::run_config::read(run_dir)
                 .with_context(|| format!("--resume {}", run_dir.display()))
                 .context(trainer_data::term::BadSettings)?,

@@ -4,6 +4,7 @@
 //! the same code runs as a single rank.
 
 mod args;
+mod auto_resume;
 pub mod checkpoint;
 pub mod config;
 mod decisions;
@@ -32,10 +33,16 @@ pub use session::Session;
 /// Settings are checked before any rank does work (a bad value exits with status 2 on
 /// every rank); then the launch is checked against the launcher's own count.
 pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
-    let cfg = args.resolve(matches)?;
+    let (cfg, resume) = match auto_resume::start_point(&args, matches)? {
+        auto_resume::Start::Train(cfg, resume) => (*cfg, resume),
+        auto_resume::Start::Finished { run_dir, step } => {
+            tracing::info!("{} is already at step {step} (--max-steps): nothing left to train", run_dir.display());
+            return Ok(());
+        }
+    };
     let launch = crate::dist::launch_info()?;
     let signal = fit::install_signal_flag()?;
-    let result = Session::start(cfg, args.resume.as_deref(), &launch, args.force).and_then(|s| s.fit(&signal));
+    let result = Session::start(cfg, resume.as_deref(), &launch, args.force).and_then(|s| s.fit(&signal));
     match result {
         Ok(reason) => {
             tracing::info!("rank {}: finished ({reason:?})", launch.rank);

@@ -1,7 +1,9 @@
 //! One job per run directory. Rank 0 creates `Model/<run>/trainer.lock` exclusively,
 //! holding its host, pid and job; a second job on the same run directory is refused at
 //! once, naming the holder. A lock left by a dead process on this host is taken over
-//! with a warning; `--force` takes any lock over (the holder is known to be gone).
+//! with a warning, and so is one left by an earlier allocation of this same Slurm job (a
+//! requeued job keeps its id, and Slurm runs one allocation of a job at a time); `--force`
+//! takes any lock over (the holder is known to be gone).
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -19,12 +21,16 @@ pub struct Holder {
     /// The scheduler's job id (Slurm, PBS, LSF) when there is one.
     pub job: Option<String>,
     pub since: String,
+    /// Slurm's `SLURM_RESTART_COUNT`: how many times the job had been requeued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u64>,
 }
 
 impl Holder {
     fn me() -> Holder {
         let job = ["SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID"].iter().find_map(|v| std::env::var(v).ok());
-        Holder { host: hostname(), pid: std::process::id(), job, since: super::runlog::utc_stamp() }
+        let restarts = super::auto_resume::slurm_restart_count();
+        Holder { host: hostname(), pid: std::process::id(), job, since: super::runlog::utc_stamp(), restarts }
     }
 
     fn describe(&self) -> String {
@@ -32,7 +38,15 @@ impl Holder {
         format!("{job}pid {} on {}, since {}", self.pid, self.host, self.since)
     }
 
-    /// True only when the holder is certainly gone: same host, and no such process.
+    /// True only when the holder is certainly gone: an earlier allocation of `me`'s own
+    /// job, or a process on this host that no longer exists.
+    fn is_gone(&self, me: &Holder) -> bool {
+        let earlier_allocation =
+            self.job.is_some() && self.job == me.job && self.restarts.unwrap_or(0) < me.restarts.unwrap_or(0);
+        earlier_allocation || self.is_dead()
+    }
+
+    /// Same host, and no such process.
     fn is_dead(&self) -> bool {
         self.host == hostname()
             && unsafe { libc::kill(self.pid as libc::pid_t, 0) } != 0
@@ -101,7 +115,7 @@ pub fn acquire(run_dir: &Path, force: bool) -> Result<RunLock> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let holder = read(&path);
                 let who = holder.as_ref().map(Holder::describe).unwrap_or_else(|| "an unreadable lock".into());
-                if force || holder.as_ref().is_some_and(Holder::is_dead) {
+                if force || holder.as_ref().is_some_and(|h| h.is_gone(&me)) {
                     let why = if force { "--force" } else { "its process is gone" };
                     tracing::warn!("{}: taking over the lock of {who} ({why})", run_dir.display());
                     let _ = std::fs::remove_file(&path);
@@ -138,15 +152,31 @@ mod tests {
     #[test]
     fn a_dead_holder_on_this_host_or_force_is_taken_over() {
         let dir = tempfile::tempdir().unwrap();
-        let dead = Holder { host: hostname(), pid: i32::MAX as u32, job: None, since: "then".into() };
+        let dead = Holder { host: hostname(), pid: i32::MAX as u32, job: None, since: "then".into(), restarts: None };
         std::fs::write(dir.path().join(LOCK_FILE), serde_json::to_vec(&dead).unwrap()).unwrap();
         let lock = acquire(dir.path(), false).unwrap();
         assert_eq!(read(&dir.path().join(LOCK_FILE)).unwrap().pid, std::process::id());
         drop(lock);
-        let elsewhere = Holder { host: "other-host".into(), pid: 1, job: Some("42".into()), since: "then".into() };
+        let elsewhere =
+            Holder { host: "other-host".into(), pid: 1, job: Some("42".into()), since: "then".into(), restarts: None };
         std::fs::write(dir.path().join(LOCK_FILE), serde_json::to_vec(&elsewhere).unwrap()).unwrap();
         let msg = format!("{:#}", acquire(dir.path(), false).err().unwrap());
         assert!(msg.contains("job 42, pid 1 on other-host"), "{msg}");
         acquire(dir.path(), true).unwrap();
+    }
+
+    #[test]
+    fn an_earlier_allocation_of_the_same_job_is_gone() {
+        let at = |job: &str, restarts| Holder {
+            host: "other-host".into(),
+            pid: 1,
+            job: Some(job.into()),
+            since: "then".into(),
+            restarts,
+        };
+        assert!(at("42", None).is_gone(&at("42", Some(1))));
+        assert!(at("42", Some(1)).is_gone(&at("42", Some(2))));
+        assert!(!at("42", Some(1)).is_gone(&at("42", Some(1))), "the same allocation is alive");
+        assert!(!at("41", None).is_gone(&at("42", Some(3))), "another job");
     }
 }

@@ -161,6 +161,19 @@ impl RunLog {
     }
 }
 
+/// Cuts a run's files back to before its first step: what a fresh start in a directory that
+/// an attempt without any checkpoint left behind begins with.
+pub fn forget_steps(run_dir: &Path) -> Result<()> {
+    cut_log(&run_dir.join("log.txt"), 0, &RESUME_KEEPS)?;
+    let Ok(entries) = fs::read_dir(run_dir.join("loss_debug")) else { return Ok(()) };
+    for entry in entries.filter_map(|e| e.ok()) {
+        if entry.file_name().to_string_lossy().ends_with("_loss.txt") {
+            cut_loss_file(&entry.path(), 0)?;
+        }
+    }
+    Ok(())
+}
+
 fn append(path: &PathBuf) -> Result<File> {
     OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))
 }

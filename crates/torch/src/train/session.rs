@@ -144,6 +144,7 @@ impl Session {
             "world_size": world, "ranks_per_node": launch.local_world,
             "effective_batch": pools.images_per_step(&heads) * cfg.accum * world, "datasets": datasets,
             "device": format!("{device:?}"), "backend": comm.backend(), "num_classes": num_classes,
+            "slurm_restart_count": super::auto_resume::slurm_restart_count(),
             "command": std::env::args().collect::<Vec<_>>(), "version": env!("CARGO_PKG_VERSION"),
             "versions": provenance::versions(comm.backend()), "hosts": provenance::hosts(&*comm)?,
             "records_per_rank": provenance::records_per_rank(&*comm, &pools)?, "config": &cfg,
