@@ -89,12 +89,12 @@ impl Job {
 /// The cluster (SLURM_CONF) and sbatch, or a failure under CI.
 fn slurm() -> Option<()> {
     if std::env::var_os("SLURM_CONF").is_none() {
-        missing("no Slurm: SLURM_CONF is not set (launch/test.sh starts one with launch/slurm-cluster.sh start DIR)");
-        return None;
+        return missing(
+            "no Slurm: SLURM_CONF is not set (launch/test.sh starts one with launch/slurm-cluster.sh start DIR)",
+        );
     }
     if Command::new("sinfo").arg("-h").output().map_or(true, |o| !o.status.success()) {
-        missing("no Slurm answers: sinfo failed (launch/slurm-cluster.sh start DIR)");
-        return None;
+        return missing("no Slurm answers: sinfo failed (launch/slurm-cluster.sh start DIR)");
     }
     Some(())
 }
@@ -104,11 +104,10 @@ fn build(name: &str) -> Option<PathBuf> {
     let release = Path::new(env!("CARGO_BIN_EXE_trainer")).parent().expect("target/release");
     let trainer = if name == "mpich" { release.join("trainer") } else { release.join("../openmpi/release/trainer") };
     if !trainer.with_file_name("trainer-torch").is_file() {
-        missing(&format!(
+        return missing(&format!(
             "no {name} build at {}: TRAINER_MPI={name} . launch/setup.sh && cargo build --release --workspace",
             trainer.display()
         ));
-        return None;
     }
     Some(trainer)
 }
