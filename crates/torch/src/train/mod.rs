@@ -11,7 +11,7 @@ mod fit;
 mod pools;
 mod provenance;
 mod recipe_check;
-mod replica;
+pub mod replica;
 mod run_lock;
 pub mod runlog;
 pub mod scaler;

@@ -145,6 +145,7 @@ impl Session {
         ));
 
         let validator = if cfg.valid_sets.is_empty() { None } else { Some(Validator::open(&cfg)?) };
+        validator.as_ref().map(|v| v.check_all(cfg.size)).transpose()?;
         let judge = Judge::new(&heads, cfg.rollback && rank == 0, cfg.max_rollbacks);
         let good = Good { replica: replica.snapshot(), state: state.clone(), checkpoint };
         let labelled = pools.epochs().into_iter().map(|(h, e)| (h, (e, 0.0))).collect();
@@ -187,6 +188,7 @@ fn scale_lr(cfg: &mut TrainConfig, factor: f64) {
 fn resume_point(comm: &dyn Comm, run_dir: &Path, cfg: &TrainConfig) -> Result<(PathBuf, TrainState)> {
     let ckpt = checkpoint::agree_latest(comm, run_dir)?;
     let mut state = checkpoint::load_state(&ckpt)?.state;
+    checkpoint::check_resume_step(&state, cfg.max_steps)?;
     state.loss_scale = match (cfg.amp, state.loss_scale.take()) {
         (true, kept) => kept.or_else(|| Some(super::scaler::LossScale::new(cfg.amp_init_scale))),
         (false, _) => None,
