@@ -163,7 +163,7 @@ impl RunLog {
     }
 }
 
-fn append(path: &PathBuf) -> Result<File> {
+fn append(path: &Path) -> Result<File> {
     trainer_data::output::open_append(path)
 }
 
