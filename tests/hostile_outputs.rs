@@ -201,3 +201,35 @@ fn png_face(shade: u8) -> Vec<u8> {
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
     bytes
 }
+
+#[test]
+fn pack_and_unpack_refuse_a_device_or_fifo_at_their_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    run_ok(&["synth", "--out", s(&img), "--identities", "2", "--per-identity", "2", "--size", "32"]);
+    let list = img.join("list.tsv");
+    let out = dir.path().join("shards");
+    std::fs::create_dir_all(&out).unwrap();
+    // --force: the names are taken, so only the output rule stands in the way.
+    let pack = |name: &str| {
+        ["pack", s(&img), "--list", s(&list), "--name", name, "--out", s(&out), "--force"].map(String::from)
+    };
+
+    let manifest = out.join("d.manifest.json");
+    device(&manifest);
+    refused(&args(&pack("d")), "is a device");
+    assert!(std::fs::symlink_metadata(&manifest).unwrap().file_type().is_char_device());
+    let bin = out.join("e-00000-of-00001.bin");
+    fifo(&bin);
+    refused(&args(&pack("e")), "is a FIFO");
+    assert!(std::fs::symlink_metadata(&bin).unwrap().file_type().is_fifo());
+    assert!(partials(&out).is_empty(), "{:?}", partials(&out));
+
+    run_ok(&args(&pack("ok")));
+    let first = std::fs::read_to_string(&list).unwrap().lines().nth(1).unwrap().split('\t').next().unwrap().to_string();
+    let back = dir.path().join("back");
+    std::fs::create_dir_all(back.join(&first).parent().unwrap()).unwrap();
+    fifo(&back.join(&first));
+    refused(&["unpack", s(&out.join("ok")), "--out", s(&back), "--force"], "is a FIFO");
+    assert!(std::fs::symlink_metadata(back.join(&first)).unwrap().file_type().is_fifo());
+}
