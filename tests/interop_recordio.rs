@@ -71,6 +71,7 @@ fn plain_records_and_split_records_read_back_exactly() {
             id: k + 100,
             id2: 7,
             image: img,
+            outside_layout: false,
         });
     }
     assert_eq!(part_flags(&w.rec).iter().filter(|&&f| f != 0).count(), 5, "the magic image must be written in 5 parts");

@@ -13,6 +13,7 @@ use tch::{CModule, Device, Kind, Tensor};
 
 use crate::eval::{self, pairs};
 use crate::model::Tasks;
+use trainer_data::output::{self, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
@@ -66,11 +67,16 @@ pub fn run(args: ExportArgs) -> Result<()> {
     if let Some(e) = failure {
         return Err(e);
     }
-    let partial = args.out.with_extension("pt.partial");
-    module.save(&partial).with_context(|| format!("writing {}", partial.display()))?;
-    check_round_trip(&partial, &model.net, size)?;
-    std::fs::rename(&partial, &args.out)
-        .with_context(|| format!("renaming {} to {}", partial.display(), args.out.display()))?;
+    // libtorch writes by name: it is given the descriptor's name of the temporary we created.
+    let mut output = Output::new();
+    let (file, partial) = output.create(&args.out)?;
+    module
+        .save(output::fd_path(&file))
+        .map_err(crate::errors::cut)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    check_round_trip(&output::fd_path(&file), &model.net, size)
+        .with_context(|| format!("checking {}", partial.display()))?;
+    output.commit()?;
     println!(
         "exported {} (step {}) to {}: input [N, 3, {size}, {size}] float32 RGB, (x - 127.5) / 127.5; output [N, {}] embedding (not normalised)",
         model.checkpoint.display(),

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod device;
 pub mod dist;
+pub mod errors;
 pub mod eval;
 pub mod export;
 pub mod model;

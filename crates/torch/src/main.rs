@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     let verbose = matches.subcommand_matches("train").is_some_and(|m| m.get_flag("verbose"));
     let quiet = trainer_torch::dist::env_rank().is_some_and(|r| r != 0) && !verbose;
     term::init_tracing_at(if quiet { "warn" } else { "info" });
-    term::finish(match cli.command {
+    let result = match cli.command {
         Command::Train(a) => train::run(*a, matches.subcommand_matches("train").unwrap_or(&matches)),
         Command::Eval(a) => eval::run(a),
         Command::Embed(a) => eval::embed::run(a),
@@ -30,5 +30,6 @@ fn main() -> ExitCode {
         Command::Bench(Bench::Train(a)) => bench::train::run(a),
         Command::Bench(Bench::Allreduce(a)) => bench::allreduce::run(a),
         Command::Bench(Bench::Head(a)) => bench::head::run(a),
-    })
+    };
+    term::finish(result.map_err(trainer_torch::errors::shorten))
 }

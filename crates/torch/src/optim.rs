@@ -198,6 +198,9 @@ impl Sgd {
             if t.size() != p.size() {
                 bail!("optimizer state {name}: shape {:?} but the parameter is {:?}", t.size(), p.size());
             }
+            if t.kind() != p.kind() {
+                bail!("optimizer state {name}: dtype {:?} but the parameter is {:?}", t.kind(), p.kind());
+            }
             fresh[gi][i] = Some(t.to_device(p.device()).to_kind(p.kind()).detach().copy());
         }
         self.buffers = fresh;

@@ -14,7 +14,7 @@ pub struct LabelTable {
 
 impl LabelTable {
     pub fn load(path: &Path) -> Result<LabelTable> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::sidefile::read_text(path, crate::sidefile::Limit::label_table())?;
         LabelTable::parse(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -22,7 +22,10 @@ impl LabelTable {
         let mut lines = text.lines().enumerate();
         match lines.next() {
             Some((_, h)) if h == LABELS_HEADER => {}
-            other => bail!("line 1: expected header {LABELS_HEADER:?}, found {:?}", other.map(|o| o.1).unwrap_or("")),
+            other => bail!(
+                "line 1: expected header {LABELS_HEADER:?}, found {}",
+                crate::sidefile::quote(other.map(|o| o.1).unwrap_or(""))
+            ),
         }
         let mut entries = Vec::new();
         for (n, line) in lines.filter(|(_, l)| !l.is_empty()) {
@@ -30,7 +33,7 @@ impl LabelTable {
                 line.split_once('\t').and_then(|(id, name)| Some((id.parse::<u32>().ok()?, unescape_path(name).ok()?)));
             match parsed {
                 Some((id, name)) => entries.push((id, name.into_owned())),
-                None => bail!("line {}: expected `<label id>\\t<name>`, found {line:?}", n + 1),
+                None => bail!("line {}: expected `<label id>\\t<name>`, found {}", n + 1, crate::sidefile::quote(line)),
             }
         }
         Ok(LabelTable { entries })

@@ -9,6 +9,8 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
+use crate::output::Output;
+
 /// Header bytes, magic included: room for 20-digit dimensions, a multiple of 64 as NumPy
 /// itself aligns the data.
 const HEADER_BYTES: usize = 128;
@@ -55,9 +57,13 @@ fn header(descr: &str, rows: u64, columns: Option<usize>) -> Vec<u8> {
     out
 }
 
-/// Writes a `(rows, columns)` array one row at a time.
+/// Writes a `(rows, columns)` array one row at a time, under the output rule
+/// (`crate::output`): `<path>.partial` is renamed into place by `finish`, or, for an array
+/// staged with other files (`create_staged`), by the caller's `Output::commit`.
 pub struct NpyWriter<T: Element> {
     out: Option<BufWriter<File>>,
+    /// The array's own staging; `None` when the caller commits it with other files.
+    own: Option<Output>,
     path: PathBuf,
     partial: PathBuf,
     columns: Option<usize>,
@@ -69,18 +75,24 @@ pub struct NpyWriter<T: Element> {
 impl<T: Element> NpyWriter<T> {
     /// A 2-D array of `columns` columns.
     pub fn create(path: &Path, columns: usize) -> Result<NpyWriter<T>> {
-        NpyWriter::open(path, Some(columns))
+        let mut own = Output::new();
+        let mut w = NpyWriter::open(&mut own, path, Some(columns))?;
+        w.own = Some(own);
+        Ok(w)
     }
 
-    fn open(path: &Path, columns: Option<usize>) -> Result<NpyWriter<T>> {
-        let mut name = path.file_name().with_context(|| format!("{} has no file name", path.display()))?.to_os_string();
-        name.push(".partial");
-        let partial = path.with_file_name(name);
-        let file = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    /// A 2-D array staged in `output`: `finish` completes it, `output.commit()` names it.
+    pub fn create_staged(output: &mut Output, path: &Path, columns: usize) -> Result<NpyWriter<T>> {
+        NpyWriter::open(output, path, Some(columns))
+    }
+
+    fn open(output: &mut Output, path: &Path, columns: Option<usize>) -> Result<NpyWriter<T>> {
+        let (file, partial) = output.create(path)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&header(T::DESCR, 0, columns)).with_context(|| format!("writing {}", partial.display()))?;
         Ok(NpyWriter {
             out: Some(out),
+            own: None,
             path: path.to_path_buf(),
             partial,
             columns,
@@ -107,7 +119,7 @@ impl<T: Element> NpyWriter<T> {
         Ok(())
     }
 
-    /// Writes the final shape, syncs and gives the file its name.
+    /// Writes the final shape, syncs and (unless staged with other files) gives the file its name.
     pub fn finish(mut self) -> Result<()> {
         let out = self.out.take().context("writer already finished")?;
         let context = || format!("finishing {}", self.partial.display());
@@ -115,16 +127,9 @@ impl<T: Element> NpyWriter<T> {
         file.seek(SeekFrom::Start(0)).with_context(context)?;
         file.write_all(&header(T::DESCR, self.rows, self.columns)).with_context(context)?;
         file.sync_all().with_context(context)?;
-        std::fs::rename(&self.partial, &self.path)
-            .with_context(|| format!("renaming {} to {}", self.partial.display(), self.path.display()))
-    }
-}
-
-impl<T: Element> Drop for NpyWriter<T> {
-    /// An unfinished array is not left behind.
-    fn drop(&mut self) {
-        if self.out.take().is_some() {
-            let _ = std::fs::remove_file(&self.partial);
+        match self.own.take() {
+            Some(own) => own.commit(),
+            None => Ok(()),
         }
     }
 }
@@ -139,7 +144,9 @@ pub fn write_matrix<T: Element>(path: &Path, columns: usize, data: &[T]) -> Resu
 
 /// Writes `data` as a 1-D array.
 pub fn write_vector<T: Element>(path: &Path, data: &[T]) -> Result<()> {
-    let mut w = NpyWriter::open(path, None)?;
+    let mut own = Output::new();
+    let mut w = NpyWriter::open(&mut own, path, None)?;
+    w.own = Some(own);
     data.iter().try_for_each(|v| w.write_row(std::slice::from_ref(v)))?;
     w.finish()
 }

@@ -27,7 +27,7 @@ impl Aligner {
         }
         let table =
             args.list.as_deref().context("--align needs --list: a table with the landmark columns x1 y1 … x5 y5")?;
-        let extras = Extras::read(table)?;
+        let extras = Extras::read(table, crate::sidefile::Limit::folder_table())?;
         ensure!(
             extras.has_landmarks,
             "--align: list table {} has no landmark columns (x1 y1 … x5 y5)",

@@ -3,6 +3,7 @@
 //! for a `.rec` source they are the names pack gives its records (`train.rec#123`).
 
 use crate::codec::align::{LandmarkColumns, Landmarks};
+use crate::sidefile::{self, quote, Limit};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,11 +21,14 @@ pub struct Extras {
     by_path: HashMap<String, Extra>,
     /// Whether the table has landmark columns at all.
     pub has_landmarks: bool,
+    /// The line of each path, for rows that name nothing.
+    lines: HashMap<String, usize>,
 }
 
 impl Extras {
-    pub fn read(table: &Path) -> Result<Extras> {
-        let text = std::fs::read_to_string(table).with_context(|| format!("reading list table {}", table.display()))?;
+    /// Reads the table within `limit` (`sidefile::Limit::recordio_table` or `folder_table`).
+    pub fn read(table: &Path, limit: Limit) -> Result<Extras> {
+        let text = sidefile::read_text(table, limit)?;
         Extras::parse(&text).with_context(|| format!("parsing list table {}", table.display()))
     }
 
@@ -33,12 +37,16 @@ impl Extras {
     pub fn parse(text: &str) -> Result<Extras> {
         let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
         let (_, header) = lines.next().context("the table is empty (it needs a header line naming `path`)")?;
-        let names: HashMap<String, usize> =
-            header.trim_end_matches('\r').split('\t').enumerate().map(|(i, n)| (n.trim().to_string(), i)).collect();
-        let Some(&path_col) = names.get("path") else { bail!("line 1: header {header:?} names no `path` column") };
+        let columns: Vec<&str> = header.trim_end_matches('\r').split('\t').map(str::trim).collect();
+        super::listing::check_unique_columns(&columns)?;
+        let names: HashMap<String, usize> = columns.iter().enumerate().map(|(i, n)| (n.to_string(), i)).collect();
+        let Some(&path_col) = names.get("path") else {
+            bail!("line 1: header {} names no `path` column", quote(header))
+        };
         let (gender_col, age_col) = (names.get("gender").copied(), names.get("age").copied());
         let landmark_cols = LandmarkColumns::from_header(&names).context("line 1")?;
-        let mut extras = Extras { by_path: HashMap::new(), has_landmarks: landmark_cols.is_some() };
+        let mut extras =
+            Extras { by_path: HashMap::new(), has_landmarks: landmark_cols.is_some(), lines: HashMap::new() };
         for (n, line) in lines {
             let fields: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
             let path = fields
@@ -49,9 +57,19 @@ impl Extras {
             let gender = class_cell(&fields, gender_col).with_context(|| format!("line {}: gender", n + 1))?;
             let age = class_cell(&fields, age_col).with_context(|| format!("line {}: age", n + 1))?;
             let landmarks = landmark_cols.map(|c| c.parse(&fields).map_err(|e| format!("{e:#}")));
-            extras.by_path.entry(path.to_string()).or_insert(Extra { gender, age, landmarks });
+            if extras.by_path.contains_key(path) {
+                bail!("line {}: {} is listed twice; list each path once", n + 1, quote(path));
+            }
+            extras.lines.insert(path.to_string(), n + 1);
+            extras.by_path.insert(path.to_string(), Extra { gender, age, landmarks });
         }
         Ok(extras)
+    }
+
+    /// The first row (by line) whose path is not among `seen`: a row naming a record or
+    /// file that does not exist.
+    pub fn first_unused(&self, seen: &std::collections::HashSet<String>) -> Option<(usize, &str)> {
+        self.lines.iter().filter(|(p, _)| !seen.contains(*p)).map(|(p, &n)| (n, p.as_str())).min()
     }
 
     pub fn get(&self, path: &str) -> Option<&Extra> {
@@ -76,7 +94,7 @@ fn class_cell(fields: &[&str], col: Option<usize>) -> Result<i8> {
     }
     match text.parse::<i8>() {
         Ok(v) if v >= 0 => Ok(v),
-        _ => bail!("{text:?} is neither -1 nor 0..=127"),
+        _ => bail!("{} is neither -1 nor 0..=127", quote(text)),
     }
 }
 

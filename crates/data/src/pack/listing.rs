@@ -3,6 +3,7 @@
 
 use crate::format::idx::{normalise_path, MAX_CLASSES};
 use crate::format::LabelTable;
+use crate::sidefile::{self, quote};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,7 +32,7 @@ pub struct Listing {
 /// A TAB-separated table whose header names its columns: `path` and `label` required,
 /// `gender` and `age` optional (-1 or empty = unknown). Paths are relative to SRC.
 pub fn from_table(table: &Path) -> Result<Listing> {
-    let text = std::fs::read_to_string(table).with_context(|| format!("reading list table {}", table.display()))?;
+    let text = sidefile::read_text(table, sidefile::Limit::folder_table())?;
     parse_table(&text).with_context(|| format!("parsing list table {}", table.display()))
 }
 
@@ -39,11 +40,13 @@ pub fn parse_table(text: &str) -> Result<Listing> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let (_, header) =
         lines.next().context("the table is empty (it needs a header line: path<TAB>label[<TAB>gender][<TAB>age])")?;
-    let names: Vec<&str> = header.split('\t').map(str::trim).collect();
+    let names: Vec<&str> = header.trim_end_matches('\r').split('\t').map(str::trim).collect();
+    check_unique_columns(&names)?;
     let col = |n: &str| names.iter().position(|c| *c == n);
     let (Some(path_col), Some(label_col)) = (col("path"), col("label")) else {
         bail!(
-            "line 1: header {header:?} must name TAB-separated columns `path` and `label` (optional `gender`, `age`)"
+            "line 1: header {} must name TAB-separated columns `path` and `label` (optional `gender`, `age`)",
+            quote(header)
         );
     };
     let (gender_col, age_col) = (col("gender"), col("age"));
@@ -57,9 +60,9 @@ pub fn parse_table(text: &str) -> Result<Listing> {
         let label = fields[label_col].trim().parse::<u32>().ok().filter(|&l| (l as usize) < MAX_CLASSES);
         let label = label.with_context(|| {
             format!(
-                "line {}: label {:?} is not an integer in 0..{MAX_CLASSES} (at most 2^24 classes)",
+                "line {}: label {} is not an integer in 0..{MAX_CLASSES} (at most 2^24 classes)",
                 n + 1,
-                fields[label_col]
+                quote(fields[label_col])
             )
         })?;
         let class = |c: Option<usize>, what: &str| -> Result<i8> {
@@ -70,19 +73,20 @@ pub fn parse_table(text: &str) -> Result<Listing> {
                     .ok()
                     .filter(|v| *v <= 127)
                     .map(|v| v as i8)
-                    .with_context(|| format!("line {}: {what} {v:?} is neither -1 nor 0..=127", n + 1)),
+                    .with_context(|| format!("line {}: {what} {} is neither -1 nor 0..=127", n + 1, quote(v))),
             }
         };
         let (gender, age) = (class(gender_col, "gender")?, class(age_col, "age")?);
         let raw = fields[path_col];
         let Some(rel) = normalise_path(raw) else {
             bail!(
-                "line {}: path {raw:?} must name a file relative to SRC without `..` (unpack could not recreate it)",
-                n + 1
+                "line {}: path {} must name a file relative to SRC without `..` (unpack could not recreate it)",
+                n + 1,
+                quote(raw)
             );
         };
         if let Some(before) = first_line.insert(rel.clone(), n + 1) {
-            bail!("lines {before} and {} both name {rel:?}: each file may be listed once (remove one; a file cannot have two labels)", n + 1);
+            bail!("lines {before} and {} both name {}: each file may be listed once (remove one; a file cannot have two labels)", n + 1, quote(&rel));
         }
         listing.items.push(Item { rel, label, gender, age });
     }
@@ -91,6 +95,21 @@ pub fn parse_table(text: &str) -> Result<Listing> {
     ids.dedup();
     listing.classes.entries = ids.into_iter().map(|id| (id, id.to_string())).collect();
     Ok(listing)
+}
+
+/// A header naming one column twice is an error: which copy would win is a guess.
+pub fn check_unique_columns(names: &[&str]) -> Result<()> {
+    for (i, name) in names.iter().enumerate().filter(|(_, n)| !n.is_empty()) {
+        if let Some(j) = names[..i].iter().position(|n| n == name) {
+            bail!(
+                "line 1: column {} is named twice (columns {} and {}); name each column once",
+                quote(name),
+                j + 1,
+                i + 1
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -19,11 +19,11 @@ use super::transcode::{self, Transcode};
 use super::writer::ShardWriter;
 use super::{build_manifest, finish_shard, stage_metadata, transcode_settings, PackArgs, PackSummary};
 use crate::format::LabelTable;
-use crate::interop::recordio::{ImageRecord, Options, RecordItem, RecordReader};
+use crate::interop::recordio::{class_id, ImageRecord, Options, RecordItem, RecordReader};
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -41,7 +41,10 @@ pub fn pack(args: &PackArgs) -> Result<PackSummary> {
     let t = transcode_settings(args)?;
     let aligner = Aligner::for_args(args, &t)?;
     let own_extras = match (&aligner, &args.list) {
-        (None, Some(table)) => Some(Extras::read(table)?),
+        (None, Some(table)) => {
+            let rec_bytes = std::fs::metadata(&args.src).map_or(0, |m| m.len());
+            Some(Extras::read(table, crate::sidefile::Limit::recordio_table(rec_bytes))?)
+        }
         _ => None,
     };
     let extras = aligner.as_ref().map(|a| &a.extras).or(own_extras.as_ref());
@@ -65,6 +68,7 @@ pub fn pack(args: &PackArgs) -> Result<PackSummary> {
     })?;
     progress.finish_and_clear();
     report_read(&reader, args)?;
+    check_layout(&reader, args)?;
     let property_classes = reader.property().map(|p| p.classes);
     let summary = out.commit(property_classes)?;
     Ok(PackSummary { out: args.out.clone(), name: args.name.clone(), secs: started.elapsed().as_secs_f64(), ..summary })
@@ -141,6 +145,26 @@ fn report_read(reader: &RecordReader, args: &PackArgs) -> Result<()> {
     Ok(())
 }
 
+/// A record 0 whose layout the records after it contradict: the records were kept as the
+/// images they are; said as a warning, or an error under `--strict`.
+fn check_layout(reader: &RecordReader, args: &PackArgs) -> Result<()> {
+    let s = reader.summary();
+    let (Some(h), Some((key, offset))) = (reader.header(), s.first_layout_conflict) else { return Ok(()) };
+    let text = format!(
+        "{}: record 0 announces images 1..{} and identity records {}..{}, but {} image records lie outside that          (first: key {key} at offset {offset}); they were kept as images",
+        args.src.display(),
+        h.first_identity_key,
+        h.first_identity_key,
+        h.end_key,
+        s.layout_conflicts
+    );
+    if args.strict {
+        bail!("{text} (--strict: nothing was written)");
+    }
+    tracing::warn!("{text}");
+    Ok(())
+}
+
 /// A record after the workers: its path and, to pack, labels and payload, or why it is skipped.
 enum Prepared {
     Record {
@@ -168,6 +192,8 @@ struct Output<'a> {
     dealer: Dealer,
     label_counts: BTreeMap<u32, usize>,
     skipped: Vec<(String, String)>,
+    /// Every record's name, packed or skipped, when a list table must name only these.
+    names: HashSet<String>,
 }
 
 impl<'a> Output<'a> {
@@ -194,6 +220,7 @@ impl<'a> Output<'a> {
             dealer,
             label_counts: BTreeMap::new(),
             skipped: Vec::new(),
+            names: HashSet::new(),
         })
     }
 
@@ -217,8 +244,9 @@ impl<'a> Output<'a> {
             }
         };
         let path = self.path(r.key, r.offset);
-        let Some(label) = class(r.label) else {
-            return Prepared::Skipped { path, reason: format!("label {} is not a class number", r.label) };
+        let Some(label) = class_id(r.label) else {
+            let reason = format!("label {} is not a class number (a whole number in 0..2^24)", r.label);
+            return Prepared::Skipped { path, reason };
         };
         let payload = match aligner {
             Some(a) => a.payload(&path, &r.image),
@@ -231,6 +259,9 @@ impl<'a> Output<'a> {
     }
 
     fn write(&mut self, p: Prepared) -> Result<()> {
+        if let (Some(_), Prepared::Record { path, .. } | Prepared::Skipped { path, .. }) = (self.extras, &p) {
+            self.names.insert(path.clone());
+        }
         match p {
             Prepared::Record { path, label, payload, crc } => {
                 let extra = self.extras.and_then(|x| x.get(&path));
@@ -254,6 +285,7 @@ impl<'a> Output<'a> {
     /// Finishes every shard, stages labels, skips and manifest, and commits.
     fn commit(mut self, property_classes: Option<u64>) -> Result<PackSummary> {
         let args = self.args;
+        self.check_counts()?;
         // Flushed and fsynced side by side, so the file system can write the shards back
         // together (1.8 s instead of 1.9 s for 16 shards of a 256 MiB set here).
         let entries = std::thread::scope(|scope| {
@@ -295,9 +327,29 @@ impl<'a> Output<'a> {
     }
 }
 
-/// A RecordIO label as a class id: a whole number in 0..2^24 (what an f32 holds exactly).
-fn class(label: f32) -> Option<u32> {
-    (label.is_finite() && label >= 0.0 && label.fract() == 0.0 && label <= (1u32 << 24) as f32).then_some(label as u32)
+impl Output<'_> {
+    /// After the read, before anything is committed: `--shards` against the records (as a
+    /// folder pack checks it against its inputs), and every list row against the records.
+    fn check_counts(&self) -> Result<()> {
+        let records: usize = self.label_counts.values().sum();
+        if records > 0 && self.args.shards > records {
+            bail!(
+                "--shards {} is more than the {records} records packed from {}: every shard needs records \
+                 (use --shards {records} or fewer); nothing was written",
+                self.args.shards,
+                self.args.src.display()
+            );
+        }
+        if let Some((line, path)) = self.extras.and_then(|x| x.first_unused(&self.names)) {
+            bail!(
+                "list table line {line}: {} names no record of {} (records are named <file>#<key>, or <file>@<offset> \
+                 after damage; see skipped.tsv of a pack without --list); nothing was written",
+                crate::sidefile::quote(path),
+                self.args.src.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Deals records to shards in the order they come (see the module docs).
@@ -339,10 +391,11 @@ mod tests {
 
     #[test]
     fn labels_must_be_class_numbers() {
-        assert_eq!(class(3.0), Some(3));
-        assert_eq!(class(0.0), Some(0));
-        for bad in [-1.0, 2.5, f32::NAN, f32::INFINITY, 3e7] {
-            assert_eq!(class(bad), None, "{bad}");
+        assert_eq!(class_id(3.0), Some(3));
+        assert_eq!(class_id(0.0), Some(0));
+        assert_eq!(class_id(16777215.0), Some(16777215));
+        for bad in [-1.0, 2.5, f32::NAN, f32::INFINITY, 3e7, 16777216.0] {
+            assert_eq!(class_id(bad), None, "{bad}");
         }
     }
 }

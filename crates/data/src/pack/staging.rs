@@ -8,13 +8,14 @@
 //! (no lock held) from those of one still running, and removes only the former.
 
 use crate::format::idx as format;
+use crate::output;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const PARTIAL: &str = ".partial";
+use crate::output::PARTIAL;
 
 /// Files staged under temporary names; dropped without `commit`, they are deleted.
 pub struct Staging {
@@ -77,12 +78,8 @@ impl Staging {
         std::fs::create_dir_all(out).with_context(|| format!("creating output directory {}", out.display()))?;
         check_free(out, name, force)?;
         let lock_path = out.join(format!("{}{PARTIAL}", format::manifest_file(name)));
-        let lock = File::options()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&lock_path)
-            .with_context(|| format!("creating {}", lock_path.display()))?;
+        output::check_target(&out.join(format::manifest_file(name)))?;
+        let lock = open_lock(&lock_path)?;
         let locked = match lock.try_lock() {
             Ok(()) => true,
             Err(TryLockError::WouldBlock) => bail!("another `trainer pack` is writing {name:?} into {} right now (it holds {}); wait for it or use another --name", out.display(), lock_path.display()),
@@ -143,8 +140,9 @@ impl Staging {
     /// A new temporary file that `commit` will rename to `<out>/<file_name>`.
     pub fn create(&mut self, file_name: &str) -> Result<(File, PathBuf)> {
         let target = self.out.join(file_name);
+        output::check_target(&target)?;
         let tmp = self.out.join(format!("{file_name}{PARTIAL}"));
-        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let file = output::create_temp(&tmp)?;
         self.files.push((tmp.clone(), target));
         Ok((file, tmp))
     }
@@ -168,6 +166,10 @@ impl Staging {
     /// and syncs the directory.
     pub fn commit(mut self) -> Result<()> {
         let manifest = self.out.join(format::manifest_file(&self.name));
+        let old = dataset_files(&self.out, &self.name)?;
+        for target in self.files.iter().map(|(_, t)| t).chain([&manifest]).chain(&old) {
+            output::check_target(target)?;
+        }
         remove_if_exists(&manifest)?;
         for (tmp, target) in &self.files {
             std::fs::rename(tmp, target)
@@ -196,6 +198,25 @@ impl Drop for Staging {
             let _ = std::fs::remove_file(&self.lock_path);
         }
     }
+}
+
+/// The manifest's temporary, which is also the pack's lock: created if absent, never
+/// through a link, and only a regular file of ours (an interrupted pack's) is reused.
+fn open_lock(path: &Path) -> Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let lock = File::options()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("creating {} (a link there is never followed)", path.display()))?;
+    let meta = lock.metadata().with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    if !meta.is_file() || meta.uid() != unsafe { libc::geteuid() } {
+        bail!("{} is already there and is not a temporary of ours; remove it", path.display());
+    }
+    Ok(lock)
 }
 
 /// `.partial` files in `out` that a pack writes, grouped by the dataset they belong to.
@@ -245,7 +266,13 @@ fn owner_state(path: &Path) -> Result<Owner> {
     }
 }
 
+/// Removes `p` unless it is something the output rule never replaces (then it is kept and
+/// named as a warning).
 fn remove_if_exists(p: &Path) -> Result<()> {
+    if let Err(e) = output::check_target(p) {
+        tracing::warn!("{e:#}; left in place");
+        return Ok(());
+    }
     match std::fs::remove_file(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("removing {}", p.display()))

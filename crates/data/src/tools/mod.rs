@@ -3,6 +3,5 @@
 
 pub mod consistency;
 pub mod inspect;
-pub mod safe_out;
 pub mod unpack;
 pub mod verify;

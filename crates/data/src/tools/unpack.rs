@@ -1,8 +1,8 @@
 //! `trainer unpack`: records back to byte-identical files at their original paths, never
 //! outside `--out` and never over an existing file unless `--force`.
 
-use super::safe_out::SafeOut;
 use crate::format::idx::normalise_path;
+use crate::output::SafeOut;
 use crate::reader::Dataset;
 use anyhow::{bail, Context, Result};
 use std::collections::{HashMap, HashSet};

@@ -3,7 +3,7 @@
 //! float32 NumPy array, one row per image in record order, with a `.tsv` beside it naming
 //! each row: `path label` for a dataset, `path pair issame` for a pair set.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use tch::Tensor;
 use super::pairs;
 use crate::model::Tasks;
 use trainer_data::interop::npy::NpyWriter;
+use trainer_data::output::Output;
 use trainer_data::pipeline::{Loader, RankView};
 
 #[derive(clap::Args, Debug)]
@@ -51,43 +52,65 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     );
     let batch = args.batch_size.unwrap_or(model.cfg.batch_size).max(1);
     let tsv = args.out.with_extension("tsv");
-    let mut table =
-        std::io::BufWriter::new(std::fs::File::create(&tsv).with_context(|| format!("creating {}", tsv.display()))?);
+    ensure!(tsv != args.out, "--out {} would be its own row table: give the array a .npy name", args.out.display());
+    // Both files are staged and renamed together: a failure leaves an earlier pair as it was.
+    let mut output = Output::new();
+    let (file, _) = output.create(&tsv)?;
+    let mut table = std::io::BufWriter::new(file);
     let written = if pairs::is_pair_set(&args.sets) {
-        embed_pair_set(&args, &model, batch, &mut table)?
+        embed_pair_set(&args, &model, batch, &mut output, &mut table)?
     } else {
-        embed_dataset(&args, &model, batch, &mut table)?
+        embed_dataset(&args, &model, batch, &mut output, &mut table)?
     };
-    table.flush().with_context(|| format!("writing {}", tsv.display()))?;
+    let file = table.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", tsv.display()))?;
+    file.sync_all().with_context(|| format!("writing {}", tsv.display()))?;
+    output.commit()?;
     eprintln!("wrote {written} embeddings to {} and their names to {}", args.out.display(), tsv.display());
     Ok(())
 }
 
-/// Rows of `plain` (plus `mirrored`, added, with `--flip`) into the array.
-fn write_rows(
-    npy: &mut Option<NpyWriter<f32>>,
-    out: &Path,
-    dim: usize,
-    plain: &[f32],
-    mirrored: Option<&[f32]>,
-) -> Result<()> {
-    let npy = match npy {
+/// Rows of `plain` (plus `mirrored`, added, with `--flip`) into the array; an embedding
+/// that is not finite (NaN weights) is an error, as in `eval` and `export`.
+fn write_rows(rows: Rows<'_>, dim: usize, plain: &[f32], mirrored: Option<&[f32]>) -> Result<()> {
+    ensure!(dim > 0, "the model gives embeddings of dimension 0");
+    let npy = match rows.npy {
         Some(w) => w,
-        None => npy.insert(NpyWriter::create(out, dim)?),
+        None => rows.npy.insert(NpyWriter::create_staged(rows.output, rows.out, dim)?),
     };
     for (r, row) in plain.chunks(dim).enumerate() {
-        match mirrored {
-            Some(m) => {
-                npy.write_row(&row.iter().zip(&m[r * dim..(r + 1) * dim]).map(|(a, b)| a + b).collect::<Vec<f32>>())?
-            }
-            None => npy.write_row(row)?,
+        let row = match mirrored {
+            Some(m) => row.iter().zip(&m[r * dim..(r + 1) * dim]).map(|(a, b)| a + b).collect::<Vec<f32>>(),
+            None => row.to_vec(),
+        };
+        if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
+            bail!(
+                "row {} of the embeddings is not finite ({bad}): the checkpoint's weights are damaged or diverged; nothing was written",
+                rows.first + r
+            );
         }
+        npy.write_row(&row)?;
     }
     Ok(())
 }
 
-fn embed_pair_set(args: &EmbedArgs, model: &super::Loaded, batch: usize, table: &mut impl Write) -> Result<usize> {
+/// Where `write_rows` puts rows: the array (made on the first batch, once its width is
+/// known) staged in the output, and the index of the first row.
+struct Rows<'a> {
+    npy: &'a mut Option<NpyWriter<f32>>,
+    output: &'a mut Output,
+    out: &'a Path,
+    first: usize,
+}
+
+fn embed_pair_set(
+    args: &EmbedArgs,
+    model: &super::Loaded,
+    batch: usize,
+    output: &mut Output,
+    table: &mut impl Write,
+) -> Result<usize> {
     let set = pairs::open(&args.sets)?;
+    ensure!(!set.images.is_empty(), "{} holds 0 pairs: there is nothing to embed", args.sets.display());
     let bar = trainer_data::term::progress_bar(
         set.images.len() as u64,
         "embedding [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
@@ -96,7 +119,8 @@ fn embed_pair_set(args: &EmbedArgs, model: &super::Loaded, batch: usize, table: 
         .with_context(|| format!("embedding {}", args.sets.display()))?;
     bar.finish_and_clear();
     let mut npy = None;
-    write_rows(&mut npy, &args.out, e.dim, &e.plain, args.flip.then_some(e.mirrored.as_slice()))?;
+    let rows = Rows { npy: &mut npy, output, out: &args.out, first: 0 };
+    write_rows(rows, e.dim, &e.plain, args.flip.then_some(e.mirrored.as_slice()))?;
     npy.context("the pair set has no images")?.finish()?;
     let file = args.sets.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     writeln!(table, "path\tpair\tissame")?;
@@ -106,7 +130,13 @@ fn embed_pair_set(args: &EmbedArgs, model: &super::Loaded, batch: usize, table: 
     Ok(set.images.len())
 }
 
-fn embed_dataset(args: &EmbedArgs, model: &super::Loaded, batch: usize, table: &mut impl Write) -> Result<usize> {
+fn embed_dataset(
+    args: &EmbedArgs,
+    model: &super::Loaded,
+    batch: usize,
+    output: &mut Output,
+    table: &mut impl Write,
+) -> Result<usize> {
     let view = Arc::new(RankView::open_paths(std::slice::from_ref(&args.sets), 0, 1, false)?);
     let workers = args.workers.unwrap_or(model.cfg.workers);
     let mut loader = Loader::sequential(Arc::clone(&view), model.cfg.size, batch, workers)?;
@@ -122,7 +152,8 @@ fn embed_dataset(args: &EmbedArgs, model: &super::Loaded, batch: usize, table: &
         })?;
         let dim = plain.size()[1] as usize;
         let mirrored = mirrored.as_ref().map(pairs::to_f32).transpose()?;
-        write_rows(&mut npy, &args.out, dim, &pairs::to_f32(&plain)?, mirrored.as_deref())?;
+        let rows_at = Rows { npy: &mut npy, output: &mut *output, out: &args.out, first: rows };
+        write_rows(rows_at, dim, &pairs::to_f32(&plain)?, mirrored.as_deref())?;
         for &r in &b.records {
             let id = view.records[r as usize];
             let path = view.dataset.shards[id.shard as usize].path_of(id.index as usize);

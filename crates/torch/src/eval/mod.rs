@@ -10,7 +10,7 @@ pub mod validate;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::eval::validate::Validator;
 use crate::model::{Head, Net};
@@ -71,10 +71,13 @@ pub fn load(run: &Path, checkpoint: &str, device: &str) -> Result<Loaded> {
         false => saved.config.clone(),
     };
     let device = crate::device::resolve(device, &crate::dist::launch_info()?)?;
-    let mut vs = VarStore::new(device);
+    let vs = VarStore::new(device);
     let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, saved.num_classes, cfg.task.into())?;
     let model = ckpt.join(checkpoint::MODEL_FILE);
-    vs.load(&model).with_context(|| format!("loading {}", model.display()))?;
+    let named = Tensor::read_safetensors(&model)
+        .map_err(crate::errors::cut)
+        .with_context(|| format!("loading {}", model.display()))?;
+    crate::train::replica::copy_into(&vs, &named).with_context(|| format!("loading {}", model.display()))?;
     Ok(Loaded { net, vs, cfg, checkpoint: ckpt, step: saved.step, device })
 }
 

@@ -88,6 +88,40 @@ impl Validator {
         Ok(Validator { sets, pair_sets, best_key, lower_is_better, progress: false })
     }
 
+    /// Decodes every image of every set once, before training starts: a set that is empty,
+    /// an image that does not decode or a record that fails its checksum is an error naming
+    /// the set and the image now, not after the last training step.
+    pub fn check_all(&self, size: usize) -> Result<()> {
+        for (name, set) in &self.pair_sets {
+            anyhow::ensure!(
+                !set.is_empty(),
+                "validation pair set {name} holds 0 pairs: there is nothing to validate on"
+            );
+            decode_all(set.images.len(), size, |i| Ok(&set.images[i]))
+                .with_context(|| format!("validation pair set {name}"))?;
+        }
+        for set in &self.sets {
+            let view = &set.view;
+            anyhow::ensure!(
+                !view.is_empty(),
+                "validation set {} holds 0 records: there is nothing to validate on",
+                set.spec
+            );
+            decode_all(view.len(), size, |r| {
+                let id = view.records[r];
+                let shard = &view.dataset.shards[id.shard as usize];
+                let (i, path) = (id.index as usize, shard.path_of(id.index as usize));
+                let payload = shard.payload(i).with_context(|| format!("record {path}"))?;
+                if shard.checksum(i).is_some_and(|want| crc32c::crc32c(payload) != want) {
+                    bail!("record {path} of {} fails its crc32c (run `trainer verify`)", shard.bin_path().display());
+                }
+                Ok(payload)
+            })
+            .with_context(|| format!("validation set {}", set.spec))?;
+        }
+        Ok(())
+    }
+
     /// Shows a progress bar per set while it runs, when stderr is a terminal.
     pub fn with_progress(self) -> Validator {
         Validator { progress: true, ..self }
@@ -179,7 +213,9 @@ fn open_pair_sets(specs: &[SetSpec], run: &[Head]) -> Result<Vec<(String, PairSe
             if let Some(h) = s.head.filter(|h| *h != Head::Fr) {
                 bail!("{s}: a pair set validates FR, not {}", h.name());
             }
-            Ok((pairs::set_name(&s.path), pairs::open(&s.path)?))
+            let set = pairs::open(&s.path)?;
+            anyhow::ensure!(!set.is_empty(), "pair set {s} holds 0 pairs: there is nothing to validate on");
+            Ok((pairs::set_name(&s.path), set))
         })
         .collect()
 }
@@ -309,4 +345,17 @@ fn to_vec_f32(t: &Tensor) -> Vec<f32> {
 
 fn argmax(logits: &Tensor) -> Vec<i64> {
     Vec::<i64>::try_from(logits.argmax(1, false).to_device(Device::Cpu)).unwrap_or_default()
+}
+
+/// Decodes images `0..n` (bytes from `get`) at `size`, on all cores; the first failure names its image.
+fn decode_all<'a>(n: usize, size: usize, get: impl Fn(usize) -> Result<&'a [u8]> + Sync) -> Result<()> {
+    use rayon::prelude::*;
+    use trainer_data::codec::Decoder;
+    (0..n).into_par_iter().try_for_each_init(
+        || (Decoder::new(), vec![0f32; 3 * size * size]),
+        |(d, buf), i| {
+            let bytes = get(i)?;
+            d.decode_into(bytes, size, false, buf).with_context(|| format!("image {i} does not decode"))
+        },
+    )
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::state::TrainState;
 use crate::dist::Comm;
+use trainer_data::output;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIM_FILE: &str = "optimizer.safetensors";
@@ -27,10 +28,11 @@ pub struct StateFile {
 /// Writes a checkpoint into `dir` atomically; `write_tensors` fills the temp directory.
 pub fn save(dir: &Path, state: &TrainState, write_tensors: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = with_suffix(dir, ".tmp");
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
+    output::check_dir_target(dir)?;
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    output::create_temp_dir(&tmp)?;
     write_tensors(&tmp)?;
     let mut checksums = BTreeMap::new();
     for name in [MODEL_FILE, OPTIM_FILE] {
@@ -51,6 +53,7 @@ pub fn load_state(dir: &Path) -> Result<StateFile> {
     let bytes = fs::read(&path).with_context(|| format!("checkpoint {}: cannot read {STATE_FILE}", dir.display()))?;
     let file: StateFile = serde_json::from_slice(&bytes)
         .with_context(|| format!("checkpoint {}: {STATE_FILE} is corrupt", dir.display()))?;
+    check_counters(&file.state).with_context(|| format!("checkpoint {}: {STATE_FILE}", dir.display()))?;
     for (name, want) in &file.checksums {
         let p = dir.join(name);
         let got =
@@ -63,6 +66,42 @@ pub fn load_state(dir: &Path) -> Result<StateFile> {
         }
     }
     Ok(file)
+}
+
+/// Past 2^53 a step no longer survives the f64s of the logs; no real run comes near it.
+const MAX_COUNTER: u64 = 1 << 53;
+
+/// Counters no run can have reached (a tampered or damaged `state.json`) are an error
+/// before they wrap or name checkpoints that do not exist.
+fn check_counters(state: &TrainState) -> Result<()> {
+    let big = |what: &str, v: u64| -> Result<()> {
+        anyhow::ensure!(v <= MAX_COUNTER, "{what} is {v}, past 2^53: the file is damaged or was edited");
+        Ok(())
+    };
+    big("step", state.step)?;
+    big("rollbacks", state.rollbacks)?;
+    for (head, n) in &state.loss_counts {
+        big(&format!("the {head:?} loss count"), *n)?;
+    }
+    if let Some(late) = state.lr_changes.iter().find(|c| c.step > state.step) {
+        bail!("a learning-rate change at step {} is later than the checkpoint's step {}", late.step, state.step);
+    }
+    anyhow::ensure!(
+        state.elapsed_secs.is_finite() && state.elapsed_secs >= 0.0,
+        "elapsed_secs is {}, expected a finite count of seconds",
+        state.elapsed_secs
+    );
+    Ok(())
+}
+
+/// A resumed run cannot start past the steps it is allowed to take.
+pub fn check_resume_step(state: &TrainState, max_steps: Option<u64>) -> Result<()> {
+    match max_steps {
+        Some(max) if state.step > max => {
+            bail!("the checkpoint is at step {}, past --max-steps {max}: raise --max-steps to continue it", state.step)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The checkpoint directories of a run, oldest first.
@@ -134,8 +173,8 @@ pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
 /// Copies a finished checkpoint to `dst` (e.g. `best/`), atomically.
 pub fn copy_to(src: &Path, dst: &Path) -> Result<()> {
     let tmp = with_suffix(dst, ".tmp");
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
+    output::check_dir_target(dst)?;
+    output::create_temp_dir(&tmp)?;
     for entry in fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let entry = entry?;
         let to = tmp.join(entry.file_name());
@@ -145,7 +184,14 @@ pub fn copy_to(src: &Path, dst: &Path) -> Result<()> {
     replace_dir(&tmp, dst)
 }
 
+/// Puts the finished folder `tmp` at `dst` (a folder there is replaced, a link there is
+/// replaced without being followed).
 fn replace_dir(tmp: &Path, dst: &Path) -> Result<()> {
+    output::check_dir_target(dst)?;
+    let is_link = fs::symlink_metadata(dst).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link {
+        fs::remove_file(dst).with_context(|| format!("replacing the link {}", dst.display()))?;
+    }
     if dst.exists() {
         let old = with_suffix(dst, ".old");
         let _ = fs::remove_dir_all(&old);
@@ -161,12 +207,9 @@ fn replace_dir(tmp: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes a small file whole (synced) under the output rule.
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
+    output::write_file(path, bytes)
 }
 
 fn fsync(path: &Path) -> Result<()> {

@@ -12,7 +12,7 @@ mod fit;
 mod pools;
 mod provenance;
 mod recipe_check;
-mod replica;
+pub mod replica;
 pub mod run_config;
 mod run_lock;
 pub mod runlog;

@@ -10,7 +10,7 @@
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -50,7 +50,9 @@ impl RunLog {
         heads: &[Head],
         cut_to: Option<(u64, &BTreeMap<Head, u64>)>,
     ) -> Result<RunLog> {
-        let rank_log = BufWriter::new(append(&run_dir.join(format!("rank{rank}.log")))?);
+        let rank_log_path = run_dir.join(format!("rank{rank}.log"));
+        let rank_log = BufWriter::new(append(&rank_log_path)?);
+        crate::errors::set_rank_log(rank_log_path);
         let dir = run_dir.join("loss_debug");
         let log_path = run_dir.join("log.txt");
         if rank == 0 {
@@ -174,8 +176,8 @@ pub fn forget_steps(run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn append(path: &PathBuf) -> Result<File> {
-    OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))
+fn append(path: &Path) -> Result<File> {
+    trainer_data::output::open_append(path)
 }
 
 /// Keeps the first `keep` losses of a loss file; returns the ones after them.
@@ -207,13 +209,10 @@ fn cut_log(path: &Path, step: u64, keep: &[&str]) -> Result<()> {
     replace(path, kept.as_bytes())
 }
 
-/// Replaces a file's contents atomically (a crash leaves the old or the new file).
+/// Replaces a file's contents atomically (a crash leaves the old or the new file), under
+/// the output rule.
 fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+    trainer_data::output::write_file(path, bytes)
 }
 
 pub fn unix_time() -> f64 {

@@ -160,6 +160,7 @@ impl Session {
         ));
 
         let validator = if cfg.valid_sets.is_empty() { None } else { Some(Validator::open(&cfg)?) };
+        validator.as_ref().map(|v| v.check_all(cfg.size)).transpose()?;
         let limits = Limits {
             enabled: cfg.rollback && rank == 0,
             max_rollbacks: cfg.max_rollbacks,
@@ -208,6 +209,7 @@ fn scale_lr(cfg: &mut TrainConfig, factor: f64) {
 fn resume_point(comm: &dyn Comm, run_dir: &Path, cfg: &TrainConfig) -> Result<(PathBuf, TrainState)> {
     let ckpt = checkpoint::agree_latest(comm, run_dir)?;
     let mut state = checkpoint::load_state(&ckpt)?.state;
+    checkpoint::check_resume_step(&state, cfg.max_steps)?;
     state.loss_scale = match (cfg.amp, state.loss_scale.take()) {
         (true, kept) => kept.or_else(|| Some(super::scaler::LossScale::new(cfg.amp_init_scale))),
         (false, _) => None,

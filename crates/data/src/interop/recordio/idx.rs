@@ -1,8 +1,8 @@
 //! MXNet's `.idx`: one `key<TAB>byte offset` line per record, written by
 //! `MXIndexedRecordIO` as each record starts.
 
+use crate::sidefile::{self, quote, Limit};
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,21 +14,22 @@ pub struct IdxEntry {
 /// Reads an idx file into entries sorted by offset (file order). A line that does not
 /// parse, a key listed twice or two keys at one offset is an error naming the line: such
 /// an idx cannot be trusted to label records, and the set can still be read without it.
-pub fn read_idx(path: &Path) -> Result<Vec<IdxEntry>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening idx {}", path.display()))?;
-    parse_lines(BufReader::with_capacity(1 << 20, file)).with_context(|| format!("reading idx {}", path.display()))
+/// The file is read within limits set by the `.rec`'s size (`rec_bytes`): one short line
+/// per record at most.
+pub fn read_idx(path: &Path, rec_bytes: u64) -> Result<Vec<IdxEntry>> {
+    let text = sidefile::read_text(path, Limit::recordio_idx(rec_bytes))?;
+    parse_lines(&text).with_context(|| format!("reading idx {}", path.display()))
 }
 
-fn parse_lines(reader: impl BufRead) -> Result<Vec<IdxEntry>> {
+fn parse_lines(text: &str) -> Result<Vec<IdxEntry>> {
     let mut entries = Vec::new();
     let mut key_lines: Vec<(u64, usize)> = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("line {}", i + 1))?;
+    for (i, line) in text.lines().enumerate() {
         let text = line.trim_end_matches('\r');
         if text.trim().is_empty() {
             continue;
         }
-        let entry = parse_line(text).with_context(|| format!("line {}: {text:?}", i + 1))?;
+        let entry = parse_line(text).with_context(|| format!("line {}: {}", i + 1, quote(text)))?;
         key_lines.push((entry.key, i + 1));
         entries.push(entry);
     }
@@ -59,13 +60,13 @@ mod tests {
 
     #[test]
     fn sorts_by_offset_and_rejects_duplicates() {
-        let ok = parse_lines("2\t16\n0\t0\n1\t8\n\n".as_bytes()).unwrap();
+        let ok = parse_lines("2\t16\n0\t0\n1\t8\n\n").unwrap();
         assert_eq!(ok.iter().map(|e| e.key).collect::<Vec<_>>(), vec![0, 1, 2]);
-        let dup_key = parse_lines("0\t0\n0\t8\n".as_bytes()).unwrap_err();
+        let dup_key = parse_lines("0\t0\n0\t8\n").unwrap_err();
         assert!(format!("{dup_key:#}").contains("line 2: key 0 was already listed on line 1"), "{dup_key:#}");
-        let dup_offset = parse_lines("0\t0\n1\t0\n".as_bytes()).unwrap_err();
+        let dup_offset = parse_lines("0\t0\n1\t0\n").unwrap_err();
         assert!(format!("{dup_offset:#}").contains("both start at offset 0"), "{dup_offset:#}");
-        let bad = parse_lines("0\t0\nx\t8\n".as_bytes()).unwrap_err();
+        let bad = parse_lines("0\t0\nx\t8\n").unwrap_err();
         assert!(format!("{bad:#}").contains("line 2"), "{bad:#}");
     }
 }

@@ -3,8 +3,9 @@
 //! The `.rec` is read front to back through one reused buffer, never whole: sets are tens
 //! of GB. The `.idx`, when there is one, names each record's key, bounds each record (a
 //! length that runs into the next indexed record is damage), and is where reading resumes
-//! after damage; without it keys are record ordinals and reading resumes at the next
-//! 4-aligned plausible part header. A damaged record is reported as [`RecordItem::Skipped`]
+//! after damage; without it keys are record ordinals up to the first damage, and reading
+//! resumes at the next part header (magic): records after it are named by offset, since
+//! how many records the damage took is unknowable and a guessed count would shift names. A damaged record is reported as [`RecordItem::Skipped`]
 //! and reading goes on; only I/O errors end the iteration.
 
 mod frame;
@@ -16,6 +17,7 @@ mod summary;
 
 pub use frame::MAGIC;
 pub use idx::{read_idx, IdxEntry};
+pub use payload::class_id;
 pub use property::{image_size, Property};
 pub use summary::Summary;
 
@@ -59,6 +61,9 @@ pub struct ImageRecord {
     pub id2: u64,
     /// The encoded image exactly as stored.
     pub image: Vec<u8>,
+    /// The header's layout puts this key among the identity records or past them: the
+    /// record is kept as an image, and the contradiction reported.
+    pub outside_layout: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,7 +167,7 @@ impl RecordReader {
             IdxSource::Path(p) => Some(p.clone()),
             IdxSource::Ignore => None,
         };
-        let idx = idx.map(|p| read_idx(&p)).transpose()?;
+        let idx = idx.map(|p| read_idx(&p, stream.len)).transpose()?;
         let property = if options.property { Property::beside(path)? } else { None };
         let mut reader = RecordReader {
             path: path.to_path_buf(),
@@ -268,8 +273,11 @@ impl RecordReader {
             Frame::Damaged { offset, reason, next } => {
                 let resumed_at = match next {
                     Next::At(at) => {
+                        // The part there may start the next record or be the damaged one's
+                        // tail: ordinals are unknowable from here, and records are named by
+                        // offset rather than risk naming every later one wrongly.
                         self.stream.seek_to(at)?;
-                        self.ordinal = key.map(|k| k + 1);
+                        self.ordinal = None;
                         Some(at)
                     }
                     Next::ScanFrom(from) => {
@@ -358,17 +366,17 @@ impl RecordReader {
         };
         let total = head.len() + body.len();
         let range = payload::range_record(&parsed, total);
-        let is_identity = match (self.header, key) {
-            (None, _) => false,
-            (Some(h), Some(k)) if h.images().contains(&k) => false,
-            (Some(h), Some(k)) if h.identities().contains(&k) => true,
-            (Some(h), Some(k)) => {
-                let (first, end) = (h.first_identity_key, h.end_key);
-                return skipped(format!(
-                    "key {k} is outside the header's layout (images 1..{first}, identities {first}..{end})"
-                ));
+        // A record the layout calls an identity but that holds an image (or a key past the
+        // layout) contradicts record 0: it is kept as the image it is, and counted.
+        let (is_identity, outside_layout) = match (self.header, key) {
+            (None, _) => (false, false),
+            (Some(h), Some(k)) if h.images().contains(&k) => (false, false),
+            (Some(h), Some(k)) if h.identities().contains(&k) => {
+                let image = range.is_none() && parsed.has_image(total);
+                (!image, image)
             }
-            (Some(_), None) => range.is_some(),
+            (Some(_), Some(_)) => (range.is_some(), range.is_none()),
+            (Some(_), None) => (range.is_some(), false),
         };
         if is_identity {
             let Some((first_image, end_image)) = range else {
@@ -388,7 +396,7 @@ impl RecordReader {
         let extra_labels = parsed.labels.get(1..).unwrap_or_default().to_vec();
         let (id, id2) = (parsed.id, parsed.id2);
         let image = payload::into_image(head, body, parsed.image_start);
-        RecordItem::Image(ImageRecord { key, offset, label, extra_labels, id, id2, image })
+        RecordItem::Image(ImageRecord { key, offset, label, extra_labels, id, id2, image, outside_layout })
     }
 }
 

@@ -52,6 +52,13 @@ pub(crate) fn whole(v: f32) -> Option<u64> {
     (v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= (1u32 << 24) as f32).then_some(v as u64)
 }
 
+/// A label as a class id: a whole number in `0..MAX_CLASSES` (2^24, the limit every
+/// dataset has, and all an f32 holds exactly).
+pub fn class_id(v: f32) -> Option<u32> {
+    let max = crate::format::idx::MAX_CLASSES as f32;
+    (v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < max).then_some(v as u32)
+}
+
 /// A `[start, end]` pair of whole numbers in a record without image bytes: the shape of
 /// insightface's header record and of its identity records.
 pub(crate) fn range_record(p: &Parsed, payload_len: usize) -> Option<(u64, u64)> {

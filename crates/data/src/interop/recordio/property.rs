@@ -16,8 +16,7 @@ pub struct Property {
 
 impl Property {
     pub fn read(path: &Path) -> Result<Property> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading property file {}", path.display()))?;
+        let text = crate::sidefile::read_text(path, crate::sidefile::Limit::property())?;
         Property::parse(&text).with_context(|| format!("parsing property file {}", path.display()))
     }
 
@@ -34,10 +33,11 @@ impl Property {
     pub fn parse(text: &str) -> Result<Property> {
         let fields: Vec<&str> = text.trim().split(',').map(str::trim).collect();
         let [classes, height, width] = fields[..] else {
-            bail!("expected `classes,height,width`, found {:?}", text.trim());
+            bail!("expected `classes,height,width`, found {}", crate::sidefile::quote(text.trim()));
         };
         let number = |name: &str, v: &str| {
-            v.parse::<u64>().with_context(|| format!("{name} {v:?} is not a non-negative integer"))
+            v.parse::<u64>()
+                .with_context(|| format!("{name} {} is not a non-negative integer", crate::sidefile::quote(v)))
         };
         let (classes, height, width) =
             (number("classes", classes)?, number("height", height)?, number("width", width)?);
@@ -64,13 +64,7 @@ impl Property {
         if let Some(header) = &summary.header {
             self.check_header(header)?;
         }
-        if let Some((key, label)) = summary.first_bad_label {
-            bail!(
-                "{} images have a label that is not a class number (first: {label} at {})",
-                summary.bad_labels,
-                key_text(key)
-            );
-        }
+
         if let Some(max) = summary.max_class {
             if max >= self.classes {
                 bail!("class {max} was read but property declares only {} classes (0..{})", self.classes, self.classes);
@@ -95,10 +89,6 @@ impl Property {
         }
         Ok(warnings)
     }
-}
-
-fn key_text(key: Option<u64>) -> String {
-    key.map_or("an unknown key".to_string(), |k| format!("key {k}"))
 }
 
 fn size_text(size: Option<(u32, u32)>) -> String {

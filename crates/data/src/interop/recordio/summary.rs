@@ -1,7 +1,7 @@
 //! Running totals of a read, kept so the set can be checked against its `property` file
 //! (and reported) without a second pass over tens of GB.
 
-use super::payload::whole;
+use super::payload::class_id;
 use super::property::image_size;
 use super::{Header, RecordItem};
 
@@ -17,7 +17,7 @@ pub struct Summary {
     pub image_bytes: u64,
     /// The largest whole-number class read.
     pub max_class: Option<u64>,
-    /// Images whose class is negative, fractional, not finite or beyond 2^24.
+    /// Images whose class is negative, fractional, not finite or 2^24 or more (skipped).
     pub bad_labels: u64,
     /// (key, label) of the first such image.
     pub first_bad_label: Option<(Option<u64>, f32)>,
@@ -26,6 +26,10 @@ pub struct Summary {
     /// Images whose size was new after `MAX_SIZES` distinct ones.
     pub untracked_sizes: u64,
     classes_seen: Vec<u64>,
+    /// Images whose key the header's layout puts elsewhere (kept as images).
+    pub layout_conflicts: u64,
+    /// (key, offset) of the first such image.
+    pub first_layout_conflict: Option<(u64, u64)>,
 }
 
 impl Summary {
@@ -35,6 +39,10 @@ impl Summary {
             RecordItem::Identity(_) => self.identities += 1,
             RecordItem::Image(image) => {
                 self.images += 1;
+                if image.outside_layout {
+                    self.layout_conflicts += 1;
+                    self.first_layout_conflict.get_or_insert((image.key.unwrap_or(0), image.offset));
+                }
                 self.image_bytes += image.image.len() as u64;
                 self.count_class(image.key, image.label);
                 self.count_size(image_size(&image.image));
@@ -43,7 +51,7 @@ impl Summary {
     }
 
     fn count_class(&mut self, key: Option<u64>, label: f32) {
-        let Some(class) = whole(label) else {
+        let Some(class) = class_id(label).map(u64::from) else {
             self.bad_labels += 1;
             self.first_bad_label.get_or_insert((key, label));
             return;

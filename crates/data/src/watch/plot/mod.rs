@@ -13,7 +13,7 @@ mod tests;
 
 pub use runlog::{Rollback, RunLog, Series};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use plotters::prelude::*;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -102,16 +102,15 @@ fn encode_png(w: &mut dyn std::io::Write, rgb: &[u8], width: u32, height: u32) -
     Ok(())
 }
 
-/// Writes `<out>.partial` and renames it over `out`, so that a viewer refreshing the
-/// picture during training never reads half a file.
+/// Writes `<out>.partial` and renames it over `out` under the output rule (`crate::output`),
+/// so that a viewer refreshing the picture during training never reads half a file.
 fn write_atomically(out: &Path, write: impl FnOnce(&mut dyn std::io::Write) -> Result<()>) -> Result<()> {
-    let Some(name) = out.file_name() else { bail!("{}: not a file name", out.display()) };
-    let partial = out.with_file_name(format!("{}.partial", name.to_string_lossy()));
-    let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let mut output = crate::output::Output::new();
+    let (file, partial) = output.create(out)?;
     let mut w = BufWriter::new(file);
     write(&mut w)
         .and_then(|()| Ok(std::io::Write::flush(&mut w)?))
         .with_context(|| format!("writing {}", partial.display()))?;
     drop(w);
-    std::fs::rename(&partial, out).with_context(|| format!("renaming {} to {}", partial.display(), out.display()))
+    output.commit()
 }

@@ -15,6 +15,7 @@ pub use scalars::{tag_of, RunScalars};
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -78,7 +79,12 @@ impl EventWriter {
         for _ in 0..1000 {
             let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
             let path = dir.join(format!("events.out.tfevents.{}.{host}.{pid}.{n}", now as u64));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+            {
                 Ok(file) => {
                     let mut w = EventWriter {
                         path,

@@ -1,4 +1,4 @@
-//! Writing files below a folder without ever leaving it: each path component is opened
+//! `unpack`'s side of the output rule (see `output`): writing files below a folder without ever leaving it: each path component is opened
 //! relative to its parent's descriptor with `O_NOFOLLOW` (`openat`/`mkdirat`), so a
 //! symlink anywhere below the folder — planted before or during the run — is refused
 //! instead of written through. Files are created with `O_EXCL`; replacing one (`force`)
@@ -93,6 +93,9 @@ impl SafeOut {
             if !self.force {
                 bail!("{} already exists; pass --force to replace it", shown.display());
             }
+            if let Some(kind) = unreplaceable(dir, &c) {
+                bail!("{} is {kind}; an output only replaces a regular file or a link", shown.display());
+            }
             // SAFETY: unlinks the entry itself (a file or a link), never what a link points to.
             if unsafe { libc::unlinkat(dir, c.as_ptr(), 0) } != 0 {
                 return Err(std::io::Error::last_os_error())
@@ -100,6 +103,22 @@ impl SafeOut {
             }
         }
         unreachable!("the loop returns on its second attempt")
+    }
+}
+
+/// What `name` in folder `dir` is (not followed) when it is neither a regular file nor a link.
+fn unreplaceable(dir: RawFd, name: &CString) -> Option<&'static str> {
+    // SAFETY: fstatat fills the zeroed struct we own; the name is NUL-terminated.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return None;
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFLNK => None,
+        libc::S_IFDIR => Some("a folder"),
+        libc::S_IFCHR | libc::S_IFBLK => Some("a device"),
+        libc::S_IFIFO => Some("a FIFO"),
+        _ => Some("a socket"),
     }
 }
 
