@@ -4,10 +4,10 @@
 //! is written (docs/hostile-input.md).
 
 mod common;
-mod shards_support;
 
 use common::rec::{frame, pack, part_header, Label, RecWriter};
-use shards_support::{fails, idx_rows, image_bytes, manifest, ok, s, tree};
+use common::shards::{fails, idx_rows, manifest, ok, tree};
+use common::{image_bytes, lossy, output, s};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -130,7 +130,7 @@ fn a_split_record_without_idx_never_renames_the_records_after_it() {
     let list = tmp.path().join("list.tsv");
     let rows: String = (1..=IMAGES).map(|k| format!("train.rec#{k}\t{}\n", k % 2)).collect();
     std::fs::write(&list, format!("path\tgender\n{rows}")).unwrap();
-    let listed = shards_support::trainer(&["pack", s(&rec), "--name", "y", "--out", s(&out), "--list", s(&list)]);
+    let listed = output(&["pack", s(&rec), "--name", "y", "--out", s(&out), "--list", s(&list)]);
     if listed.status.success() {
         let back = unpacked(tmp.path(), &out.join("y"));
         let rows: Vec<Vec<String>> = std::fs::read_dir(&out)
@@ -145,7 +145,7 @@ fn a_split_record_without_idx_never_renames_the_records_after_it() {
             assert_eq!(row[4], (key % 2).to_string(), "{row:?}: gender of another image");
         }
     } else {
-        let err = shards_support::text(&listed.stderr);
+        let err = lossy(&listed.stderr);
         assert!(err.contains("list table line") && err.contains("names no record"), "{err}");
     }
 }
@@ -185,8 +185,8 @@ fn shards_beyond_the_records_and_a_contradicting_record_0_are_checked() {
 
     let err = fails(&["pack", s(&rec), "--name", "x", "--out", s(&out), "--strict"]);
     assert!(err.contains("record 0 announces images 1..3") && err.contains("key 3"), "{err}");
-    let done = shards_support::trainer(&["pack", s(&rec), "--name", "x", "--out", s(&out)]);
-    let said = shards_support::text(&done.stderr);
+    let done = output(&["pack", s(&rec), "--name", "x", "--out", s(&out)]);
+    let said = lossy(&done.stderr);
     assert!(done.status.success() && said.contains("record 0 announces") && said.contains("kept"), "{said}");
     let back = unpacked(tmp.path(), &out.join("x"));
     assert_eq!(back.len(), IMAGES as usize, "every image is kept: {:?}", back.keys());
