@@ -144,6 +144,36 @@ pub fn write_vector<T: Element>(path: &Path, data: &[T]) -> Result<()> {
     w.finish()
 }
 
+/// Reads a 2-D little-endian float32 C-order array (NumPy's default for `np.save` of a
+/// float32 matrix, header version 1 or 2): (rows, columns, values).
+pub fn read_f32_matrix(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bad = |why: &str| anyhow::anyhow!("{}: {why}", path.display());
+    ensure!(bytes.len() >= 10 && &bytes[..6] == b"\x93NUMPY", bad("not a .npy file"));
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        v => return Err(bad(&format!("unsupported .npy version {v}"))),
+    };
+    let header =
+        bytes.get(start..start + len).and_then(|h| std::str::from_utf8(h).ok()).ok_or_else(|| bad("bad header"))?;
+    let compact: String = header.chars().filter(|c| !c.is_whitespace()).collect();
+    ensure!(compact.contains("'descr':'<f4'"), bad(&format!("not float32 little-endian: {header}")));
+    ensure!(compact.contains("'fortran_order':False"), bad("Fortran order is not supported"));
+    let shape = compact.split("'shape':(").nth(1).and_then(|s| s.split(')').next()).ok_or_else(|| bad("no shape"))?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad(&format!("bad shape ({shape})")))?;
+    ensure!(dims.len() == 2, bad(&format!("shape ({shape}) is not 2-D")));
+    let data = &bytes[start + len..];
+    ensure!(data.len() == dims[0] * dims[1] * 4, bad(&format!("{} data bytes for shape ({shape})", data.len())));
+    let values = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Ok((dims[0], dims[1], values))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +191,15 @@ mod tests {
         );
         assert!(text.ends_with(" \n"));
         assert!(std::str::from_utf8(&header("<f8", 3, None)[10..]).unwrap().contains("'shape': (3,), }"));
+    }
+
+    #[test]
+    fn a_written_matrix_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.npy");
+        write_matrix(&p, 3, &[1f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        assert_eq!(read_f32_matrix(&p).unwrap(), (2, 3, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        write_vector(&p, &[1f32, 2.0]).unwrap();
+        assert!(read_f32_matrix(&p).unwrap_err().to_string().contains("not 2-D"));
     }
 }

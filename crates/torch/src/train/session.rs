@@ -144,7 +144,8 @@ impl Session {
             pools.images_per_step(&heads) * cfg.accum * world
         ));
 
-        let validator = if cfg.valid_sets.is_empty() { None } else { Some(Validator::open(&cfg)?) };
+        let validates = !cfg.valid_sets.is_empty() || cfg.valid_ijb.is_some();
+        let validator = if validates { Some(Validator::open(&cfg)?) } else { None };
         let judge = Judge::new(&heads, cfg.rollback && rank == 0, cfg.max_rollbacks);
         let good = Good { replica: replica.snapshot(), state: state.clone(), checkpoint };
         let labelled = pools.epochs().into_iter().map(|(h, e)| (h, (e, 0.0))).collect();
