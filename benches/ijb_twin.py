@@ -76,6 +76,7 @@ def align(d, target, out):
         img = cv2.warpAffine(img, m, (112, 112), borderValue=0.0)
         crops[i] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     np.save(out, crops)
+    print(json.dumps({"crops": len(lines)}))
 
 
 # ---- pooling and scoring (eval_ijbc.py's image2template_feature and verification) -------

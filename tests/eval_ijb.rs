@@ -10,8 +10,8 @@ use common::*;
 use std::path::{Path, PathBuf};
 
 /// Largest score difference accepted between trainer and the twin: the same model on the
-/// same pixels, up to float summation order (and a rare grey level from the alignment).
-const SCORE_TOLERANCE: f64 = 2e-3;
+/// same pixels, up to float summation order (measured here: 3e-8).
+const SCORE_TOLERANCE: f64 = 1e-5;
 
 fn twin() -> String {
     format!("{}/benches/ijb_twin.py", env!("CARGO_MANIFEST_DIR"))
@@ -108,7 +108,7 @@ fn ijb_matches_the_eval_ijbc_twin_and_refuses_bad_input() {
         let model = dir.path().join("model.pt");
         run_ok(&["export", s(&run), "--out", s(&model)]);
         let crops = dir.path().join("crops.npy");
-        py(&python, &[&twin(), "align", s(&ijb), "--out", s(&crops)]).to_string();
+        py(&python, &[&twin(), "align", s(&ijb), "--out", s(&crops)]);
         let feats = dir.path().join("feats.npy");
         let embed = format!("{}/benches/ijb_twin_embed.py", env!("CARGO_MANIFEST_DIR"));
         let out = std::process::Command::new(&torch).args([&embed, s(&model), s(&crops), s(&feats)]).output().unwrap();

@@ -103,6 +103,6 @@ pub fn percent(tpr: f64) -> String {
 fn centre(s: &str, w: usize) -> String {
     let len = s.chars().count();
     let pad = w.saturating_sub(len);
-    let left = if pad % 2 == 1 && len % 2 == 0 { pad / 2 + 1 } else { pad / 2 };
+    let left = if !pad.is_multiple_of(2) && len.is_multiple_of(2) { pad / 2 + 1 } else { pad / 2 };
     format!("{}{s}{}", " ".repeat(left), " ".repeat(pad - left))
 }

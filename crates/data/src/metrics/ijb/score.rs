@@ -1,5 +1,10 @@
 //! Pair scores: the dot product of the two L2-normalised templates, in the pair file's order
 //! (eval_ijbc.py's `verification`), over all pairs in parallel chunks.
+//!
+//! IJB-C's 15.6 M pairs touch 23 k template rows (47 MB) in no useful order, so taken as they
+//! come nearly every row is a cache miss. The pairs are first bucketed (a counting sort) by
+//! which tile of templates each side falls in, so that each stretch of work reads two tiles
+//! that stay in cache; the scores are then put back in the pair file's order.
 
 use rayon::prelude::*;
 
@@ -9,17 +14,44 @@ use super::pool::Templates;
 /// Pairs per parallel task: large enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 1 << 14;
 
+/// Bytes of template rows per tile: two tiles sit in a core's L2 with room to spare.
+const TILE_BYTES: usize = 256 << 10;
+
 /// One f64 score per pair.
 pub fn scores(templates: &Templates, pairs: &Pairs) -> Vec<f64> {
-    let mut out = vec![0f64; pairs.len()];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-        let base = c * CHUNK;
-        for (k, s) in chunk.iter_mut().enumerate() {
-            let i = base + k;
-            *s = dot(templates.row(pairs.first[i]), templates.row(pairs.second[i]));
+    let order = tiled_order(templates, pairs);
+    let mut in_order = vec![0f64; pairs.len()];
+    in_order.par_chunks_mut(CHUNK).zip(order.par_chunks(CHUNK)).for_each(|(out, idx)| {
+        for (s, &i) in out.iter_mut().zip(idx) {
+            *s = dot(templates.row(pairs.first[i as usize]), templates.row(pairs.second[i as usize]));
         }
     });
+    let mut out = vec![0f64; pairs.len()];
+    for (&i, &s) in order.iter().zip(&in_order) {
+        out[i as usize] = s;
+    }
     out
+}
+
+/// Pair indices grouped by (tile of the first template, tile of the second).
+fn tiled_order(templates: &Templates, pairs: &Pairs) -> Vec<u32> {
+    let per_tile = (TILE_BYTES / (4 * templates.dim.max(1))).max(1) as u32;
+    let tiles = (templates.len() as u32).div_ceil(per_tile).max(1) as usize;
+    let bucket = |i: usize| (pairs.first[i] / per_tile) as usize * tiles + (pairs.second[i] / per_tile) as usize;
+    let mut starts = vec![0usize; tiles * tiles + 1];
+    for i in 0..pairs.len() {
+        starts[bucket(i) + 1] += 1;
+    }
+    for b in 0..tiles * tiles {
+        starts[b + 1] += starts[b];
+    }
+    let mut order = vec![0u32; pairs.len()];
+    for i in 0..pairs.len() {
+        let b = bucket(i);
+        order[starts[b]] = i as u32;
+        starts[b] += 1;
+    }
+    order
 }
 
 /// Lanes summed separately so the compiler keeps them in vector registers.
