@@ -21,7 +21,7 @@ if [ $# -eq 0 ]; then
   set -- "$root/README.md" "$root"/docs/*.md
 fi
 # Pages being written on other branches: a link to one is accepted until it exists.
-pending=(docs/ijb.md)
+pending=()
 # Other tools' flags the prose names (cargo, the linker, mpirun, sbatch/srun, tensorboard).
 foreign_flags="--release --no-as-needed --allow-run-as-root --oversubscribe --hostfile --mpi --logdir --load_fast
   --nodes --ntasks --ntasks-per-node --gpus-per-node --cpus-per-task --time --job-name --output --kill-on-bad-exit

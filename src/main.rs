@@ -93,6 +93,8 @@ see `trainer bench train --help` for its flags."
     Train(Forwarded),
     /// dlib's plateau check at n losses, and the schedule's cost per step.
     Plateau(bench::plateau::PlateauBenchArgs),
+    /// IJB-B/IJB-C pooling, pair scoring and TAR table on given per-image features, timed.
+    Ijb(bench::ijb::IjbBenchArgs),
     /// All-reduce time and bus bandwidth against the ring bound (run under mpirun).
     #[command(
         disable_help_flag = true,
@@ -140,6 +142,7 @@ fn run(command: Command) -> Result<()> {
         Command::Plot(a) => term::print(&watch::plot::plot(&a)?),
         Command::Bench(BenchCommand::Data(a)) => bench_data(&a),
         Command::Bench(BenchCommand::Plateau(a)) => term::print(&bench::plateau::run(&a)?.to_string()),
+        Command::Bench(BenchCommand::Ijb(a)) => term::print(&bench::ijb::run(&a)?),
     }
 }
 

@@ -2,4 +2,5 @@
 //! (`plateau`). Each returns its figures; `trainer bench data|plateau` prints them.
 
 pub mod data;
+pub mod ijb;
 pub mod plateau;

@@ -151,6 +151,62 @@ pub fn write_vector<T: Element>(path: &Path, data: &[T]) -> Result<()> {
     w.finish()
 }
 
+/// Reads a 2-D little-endian float32 C-order array (NumPy's default for `np.save` of a
+/// float32 matrix, header version 1 to 3): (rows, columns, values). The data is read in
+/// pieces straight into the result, so a 1 GB array takes 1 GB, not two.
+pub fn read_f32_matrix(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
+    use std::io::Read;
+    let bad = |why: &str| anyhow::anyhow!("{}: {why}", path.display());
+    let mut file = std::io::BufReader::new(File::open(path).with_context(|| format!("reading {}", path.display()))?);
+    let mut head = [0u8; 12];
+    file.read_exact(&mut head[..10]).map_err(|_| bad("not a .npy file"))?;
+    ensure!(&head[..6] == b"\x93NUMPY", bad("not a .npy file"));
+    let len = match head[6] {
+        1 => u16::from_le_bytes([head[8], head[9]]) as usize,
+        2 | 3 => {
+            file.read_exact(&mut head[10..12]).map_err(|_| bad("truncated header"))?;
+            u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize
+        }
+        v => return Err(bad(&format!("unsupported .npy version {v}"))),
+    };
+    ensure!(len <= 1 << 20, bad("header too long"));
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header).map_err(|_| bad("truncated header"))?;
+    let (rows, columns) = matrix_shape(&String::from_utf8_lossy(&header)).map_err(|e| bad(&e))?;
+    let total = rows.checked_mul(columns).ok_or_else(|| bad("shape overflows"))?;
+    let mut values = Vec::with_capacity(total);
+    let mut buf = vec![0u8; 1 << 20];
+    while values.len() < total {
+        let want = ((total - values.len()) * 4).min(buf.len());
+        file.read_exact(&mut buf[..want]).map_err(|_| bad(&format!("holds fewer than {rows}x{columns} values")))?;
+        values.extend(buf[..want].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+    }
+    ensure!(file.read(&mut buf[..1])? == 0, bad(&format!("holds more than {rows}x{columns} values")));
+    Ok((rows, columns, values))
+}
+
+/// (rows, columns) from a header dictionary, which must describe a float32 C-order matrix.
+fn matrix_shape(header: &str) -> Result<(usize, usize), String> {
+    let compact: String = header.chars().filter(|c| !c.is_whitespace()).collect();
+    if !compact.contains("'descr':'<f4'") {
+        return Err(format!("not float32 little-endian: {header}"));
+    }
+    if !compact.contains("'fortran_order':False") {
+        return Err("Fortran order is not supported".into());
+    }
+    let shape = compact.split("'shape':(").nth(1).and_then(|s| s.split(')').next()).ok_or("no shape")?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("bad shape ({shape})"))?;
+    match dims[..] {
+        [r, c] => Ok((r, c)),
+        _ => Err(format!("shape ({shape}) is not 2-D")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +224,15 @@ mod tests {
         );
         assert!(text.ends_with(" \n"));
         assert!(std::str::from_utf8(&header("<f8", 3, None)[10..]).unwrap().contains("'shape': (3,), }"));
+    }
+
+    #[test]
+    fn a_written_matrix_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.npy");
+        write_matrix(&p, 3, &[1f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        assert_eq!(read_f32_matrix(&p).unwrap(), (2, 3, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        write_vector(&p, &[1f32, 2.0]).unwrap();
+        assert!(read_f32_matrix(&p).unwrap_err().to_string().contains("not 2-D"));
     }
 }

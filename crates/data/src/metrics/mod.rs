@@ -6,6 +6,7 @@
 //! Labels below 0 mean "unknown" and are left out.
 
 mod confusion;
+pub mod ijb;
 pub mod verification;
 
 pub use confusion::Confusion;

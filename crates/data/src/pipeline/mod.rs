@@ -3,6 +3,7 @@
 //! `partition` picks the rank's records, `sampler` orders them per epoch, and `loader` runs
 //! `codec::Decoder`s on worker threads to fill batches.
 
+pub mod ijb;
 pub mod loader;
 pub mod partition;
 pub mod sampler;

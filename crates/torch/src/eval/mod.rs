@@ -3,6 +3,7 @@
 //! model's embeddings, `pairs` scores insightface's verification pair sets.
 
 pub mod embed;
+pub mod ijb;
 pub mod pairs;
 pub mod table;
 pub mod validate;
@@ -16,6 +17,7 @@ use crate::eval::validate::Validator;
 use crate::model::{Head, Net};
 use crate::train::checkpoint;
 use crate::train::config::TrainConfig;
+use trainer_data::metrics::ijb::Target;
 use trainer_data::targets::SetSpec;
 
 #[derive(clap::Args, Debug)]
@@ -38,6 +40,21 @@ pub struct EvalArgs {
     /// Same/different pairs drawn for verification.
     #[arg(long, value_parser = trainer_data::bounds::count::<usize>(1 << 26))]
     pub pairs: Option<usize>,
+    /// IJB-B/IJB-C 1:1 verification on this folder (loose_crop/ and meta/, as insightface
+    /// distributes it), computed as eval_ijbc.py does; alone unless --valid-sets is given too.
+    #[arg(long, value_name = "DIR")]
+    pub ijb: Option<PathBuf>,
+    /// Which benchmark the --ijb folder holds (its meta files' prefix); default: the one whose
+    /// pair file is there (IJBC when both are).
+    #[arg(long, value_enum, requires = "ijb")]
+    pub target: Option<Target>,
+    /// With --ijb: write OUT/ijbc.npy (one float64 score per pair, in the pair file's order)
+    /// and OUT/ijbc_roc.png (ijbb_… for IJB-B).
+    #[arg(long, value_name = "OUT", requires = "ijb")]
+    pub save_scores: Option<PathBuf>,
+    /// Images per forward pass for --ijb (default: the run's batch size).
+    #[arg(long, value_parser = trainer_data::bounds::count::<usize>(trainer_data::bounds::MAX_BATCH))]
+    pub batch_size: Option<usize>,
 }
 
 /// insightface's fold count for verification accuracy.
@@ -82,12 +99,51 @@ pub fn load(run: &Path, checkpoint: &str, device: &str) -> Result<Loaded> {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let Loaded { net, cfg, checkpoint: ckpt, step, device, .. } = load(&args.run, &args.checkpoint, &args.device)?;
-    let mut cfg = cfg;
+    let loaded = load(&args.run, &args.checkpoint, &args.device)?;
+    if let Some(dir) = &args.ijb {
+        anyhow::ensure!(
+            crate::model::Tasks::from(loaded.cfg.task).fr,
+            "{} has no FR head to embed with (task {})",
+            args.run.display(),
+            loaded.cfg.task.name()
+        );
+        if !args.valid_sets.is_empty() {
+            run_sets(&args, &loaded)?;
+        }
+        return run_ijb(&args, &loaded, dir);
+    }
+    run_sets(&args, &loaded)
+}
+
+/// `--ijb`: the table, the JSON line, and with --save-scores the scores and the ROC.
+fn run_ijb(args: &EvalArgs, model: &Loaded, dir: &Path) -> Result<()> {
+    let opts = ijb::IjbOptions {
+        target: args.target.map_or_else(|| Target::detect(dir), Ok)?,
+        size: model.cfg.size,
+        batch: args.batch_size.unwrap_or(model.cfg.batch_size).max(1),
+        workers: args.workers.unwrap_or(model.cfg.workers).max(1),
+        progress: true,
+    };
+    let outcome = ijb::evaluate(&model.net, dir, &opts, model.device)?;
+    let mut out = ijb::render(&outcome, serde_json::json!({"checkpoint": model.checkpoint, "step": model.step}));
+    if let Some(save) = &args.save_scores {
+        let [scores, png] = trainer_data::metrics::ijb::output::save(&outcome, save)?;
+        out += &format!("wrote {} and {}\n", scores.display(), png.display());
+    }
+    trainer_data::term::print(&out)
+}
+
+/// The validation sets (the run's own or --valid-sets), one table row each.
+fn run_sets(args: &EvalArgs, model: &Loaded) -> Result<()> {
+    let (net, ckpt, step, device) = (&model.net, &model.checkpoint, model.step, model.device);
+    let mut cfg = model.cfg.clone();
     if !args.valid_sets.is_empty() {
         cfg.valid_sets = args.valid_sets.clone();
     }
-    anyhow::ensure!(!cfg.valid_sets.is_empty(), "give --valid-sets: the run has none");
+    if args.ijb.is_some() {
+        cfg.valid_ijb = None;
+    }
+    anyhow::ensure!(!cfg.valid_sets.is_empty() || cfg.valid_ijb.is_some(), "give --valid-sets: the run has none");
     if let Some(w) = args.workers {
         cfg.workers = w;
     }
@@ -97,7 +153,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if cfg.heads().contains(&Head::Fr) {
         check_pairs(&cfg)?;
     }
-    let metrics = Validator::open(&cfg)?.with_progress().run(&net, &cfg, device)?;
+    let metrics = Validator::open(&cfg)?.with_progress().run(net, &cfg, device)?;
     let mut out = String::new();
     for r in &metrics.reports {
         out += &format!("{r}\n");

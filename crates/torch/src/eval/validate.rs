@@ -12,11 +12,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tch::{Device, Tensor};
 
+use super::ijb::IjbSet;
 use super::pairs;
 use super::table::Row;
 use crate::model::{Head, Net};
 use crate::train::config::TrainConfig;
 use trainer_data::interop::pairs::PairSet;
+use trainer_data::metrics::ijb::Target;
 use trainer_data::metrics::{draw_pairs, gap, verify_pairs, Confusion, Verification};
 use trainer_data::pipeline::{Loader, RankView, ViewOptions};
 use trainer_data::targets::SetSpec;
@@ -35,6 +37,8 @@ pub struct Validator {
     sets: Vec<ValidSet>,
     /// insightface's pair sets, by name (FR only).
     pair_sets: Vec<(String, PairSet)>,
+    /// `--valid-ijb`: IJB-B/IJB-C 1:1 verification.
+    ijb: Option<IjbSet>,
     /// The key that picks `best/`, and whether lower is better for it.
     best_key: String,
     lower_is_better: bool,
@@ -84,8 +88,9 @@ impl Validator {
                 .collect();
             sets.push(ValidSet { spec, name, view: Arc::new(view), heads, suffix });
         }
-        let (best_key, lower_is_better) = best_key(cfg, &sets, &pair_sets)?;
-        Ok(Validator { sets, pair_sets, best_key, lower_is_better, progress: false })
+        let ijb = cfg.valid_ijb.as_deref().map(IjbSet::open).transpose()?;
+        let (best_key, lower_is_better) = best_key(cfg, &sets, &pair_sets, ijb.as_ref().map(IjbSet::target))?;
+        Ok(Validator { sets, pair_sets, ijb, best_key, lower_is_better, progress: false })
     }
 
     /// Decodes every image of every set once, before training starts: a set that is empty,
@@ -167,6 +172,9 @@ impl Validator {
             let scores = pairs::evaluate(net, set, cfg.size, cfg.batch_size.max(1), device)
                 .with_context(|| format!("pair set {name}"))?;
             pairs::record(name, &scores, &mut m);
+        }
+        if let Some(ijb) = &self.ijb {
+            ijb.record(net, cfg, device, self.progress, &mut m).context("IJB validation")?;
         }
         m.primary = m.values.get(&self.best_key).copied();
         Ok(m)
@@ -262,7 +270,12 @@ fn unique_name(spec: &SetSpec, before: &[ValidSet]) -> String {
 
 /// `--best-metric`, or the main metric of the run's leading task (FR verification for
 /// Multi); it must be a key validation will log.
-fn best_key(cfg: &TrainConfig, sets: &[ValidSet], pair_sets: &[(String, PairSet)]) -> Result<(String, bool)> {
+fn best_key(
+    cfg: &TrainConfig,
+    sets: &[ValidSet],
+    pair_sets: &[(String, PairSet)],
+    ijb: Option<Target>,
+) -> Result<(String, bool)> {
     let mut keys: Vec<String> = sets
         .iter()
         .flat_map(|s| {
@@ -274,12 +287,16 @@ fn best_key(cfg: &TrainConfig, sets: &[ValidSet], pair_sets: &[(String, PairSet)
     keys.extend(
         pair_sets.iter().flat_map(|(name, _)| [format!("valid_{name}_verif_acc"), format!("valid_{name}_gap")]),
     );
+    let ijb_key = ijb.map(|t| format!("{}_tar_far_1e-4", t.prefix()));
+    keys.extend(ijb_key.clone());
     let key = match &cfg.best_metric {
         Some(k) => k.clone(),
         // The first set given leads: a pair set's accuracy, or the lead task's main metric.
         None if cfg.valid_sets.first().is_some_and(|s| pairs::is_pair_set(&s.path)) => {
             format!("valid_{}_verif_acc", pair_sets[0].0)
         }
+        // IJB alone: TAR at FAR 1e-4, the benchmark's headline number.
+        None if cfg.valid_sets.is_empty() && ijb_key.is_some() => ijb_key.clone().unwrap_or_default(),
         None => {
             let lead = cfg
                 .heads()

@@ -183,6 +183,10 @@ pub struct TrainConfig {
     /// Same/different pairs drawn from each validation set for verification accuracy.
     #[arg(long, default_value_t = 3000, value_parser = bounds::count::<usize>(1 << 26))]
     pub valid_pairs: usize,
+    /// IJB-B/IJB-C 1:1 verification at each validation: the folder (loose_crop/ and meta/,
+    /// as for `trainer eval --ijb`); logs ijbc_tar_far_1e-6 … _1e-1, ijbc_auc (ijbb_… for IJB-B).
+    #[arg(long, value_name = "DIR")]
+    pub valid_ijb: Option<PathBuf>,
     /// Mixed precision: fp16 autocast of the backbone on CUDA (heads and losses stay f32)
     /// with dynamic loss scaling, as PyTorch's autocast + GradScaler. On CPU only the loss
     /// scaling runs, which changes no result. No speed-up on GPUs without tensor cores.

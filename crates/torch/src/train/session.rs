@@ -159,7 +159,8 @@ impl Session {
             pools.images_per_step(&heads) * cfg.accum * world
         ));
 
-        let validator = if cfg.valid_sets.is_empty() { None } else { Some(Validator::open(&cfg)?) };
+        let validates = !cfg.valid_sets.is_empty() || cfg.valid_ijb.is_some();
+        let validator = if validates { Some(Validator::open(&cfg)?) } else { None };
         validator.as_ref().map(|v| v.check_all(cfg.size)).transpose()?;
         let limits = Limits {
             enabled: cfg.rollback && rank == 0,

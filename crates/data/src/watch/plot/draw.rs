@@ -197,11 +197,14 @@ where
     Ok(())
 }
 
-/// Axis numbers that stay short: 1.2M, 150k, 0.94, 2.5e-5.
+/// Axis numbers that stay short: 3.0e12, 1.2M, 150k, 0.94, 2.5e-5 (a 1e300 step from a
+/// damaged log is a short label too).
 pub fn short_number(v: f64) -> String {
     let a = v.abs();
     let trim = |s: String| if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
-    if a >= 1e6 {
+    if a >= 1e9 {
+        format!("{v:.1e}")
+    } else if a >= 1e6 {
         format!("{}M", trim(format!("{:.2}", v / 1e6)))
     } else if a >= 1e4 {
         format!("{}k", trim(format!("{:.1}", v / 1e3)))

@@ -7,10 +7,12 @@
 
 mod draw;
 mod figure;
+mod roc;
 mod runlog;
 #[cfg(test)]
 mod tests;
 
+pub use roc::plot_roc;
 pub use runlog::{Rollback, RunLog, Series};
 
 use anyhow::{ensure, Context, Result};
