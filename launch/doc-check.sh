@@ -22,8 +22,9 @@ if [ $# -eq 0 ]; then
 fi
 # Pages being written on other branches: a link to one is accepted until it exists.
 pending=()
-# Other tools' flags the prose names (cargo, the linker, mpirun, sbatch/srun, tensorboard).
-foreign_flags="--release --no-as-needed --allow-run-as-root --oversubscribe --hostfile --mpi --logdir --load_fast
+# Other tools' flags the prose names (cargo, the linker, mpirun, sbatch/srun, tensorboard,
+# arcface_torch's train.py).
+foreign_flags="--release --all --workspace --all-targets --test --test-threads --locked --network --no-as-needed --allow-run-as-root --oversubscribe --hostfile --mpi --logdir --load_fast
   --nodes --ntasks --ntasks-per-node --gpus-per-node --cpus-per-task --time --job-name --output --kill-on-bad-exit
   --signal --requeue --open-mode --partition --gres"
 

@@ -34,30 +34,8 @@ fn ijb_folder(python: &Path, dir: &Path) -> PathBuf {
 fn tiny_run(dir: &Path) -> PathBuf {
     let train = packed_synth(dir, "train", 8, 4, 1, 1);
     let out = dir.join("Model");
-    run_ok(&[
-        "train",
-        "FR",
-        "--arch",
-        "tiny",
-        "--size",
-        "112",
-        "--batch-size",
-        "8",
-        "--train-sets",
-        s(&train),
-        "--out",
-        s(&out),
-        "--run-id",
-        "r",
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--emb-dim",
-        "16",
-        "--max-steps",
-        "3",
-    ]);
+    let tiny = tiny_train("FR", &out, "r").bare().set("--size", "112").set("--batch-size", "8");
+    run_ok(&tiny.set("--emb-dim", "16").set("--train-sets", s(&train)).set("--max-steps", "3").args());
     out.join("r")
 }
 
@@ -78,7 +56,7 @@ const KEYS: [&str; 6] = ["1e-6", "1e-5", "1e-4", "1e-3", "1e-2", "1e-1"];
 
 #[test]
 fn ijb_matches_the_eval_ijbc_twin_and_refuses_bad_input() {
-    let Some(python) = ref_python("cv2, skimage, sklearn") else { return };
+    let Some(python) = ref_python("cv2, skimage, sklearn, tensorboard") else { return };
     let dir = tempfile::tempdir().unwrap();
     let ijb = ijb_folder(&python, dir.path());
     let run = tiny_run(dir.path());
@@ -130,7 +108,34 @@ fn ijb_matches_the_eval_ijbc_twin_and_refuses_bad_input() {
     }
     assert!((line["ijbc_auc"].as_f64().unwrap() - table["auc"].as_f64().unwrap()).abs() < 1e-12);
 
+    valid_ijb_during_training(&python, dir.path(), &ijb);
     bad_inputs(dir.path(), &ijb, &run);
+}
+
+/// `--valid-ijb`: the same keys at each validation of a training run, in log.txt and, read
+/// back by TensorBoard's own loader, in its event files; `best/` follows TAR at FAR 1e-4.
+fn valid_ijb_during_training(python: &Path, dir: &Path, ijb: &Path) {
+    let (train, out) = (dir.join("shards/train"), dir.join("Model"));
+    let tiny = tiny_train("FR", &out, "v").bare().set("--size", "112").set("--batch-size", "8");
+    let tiny = tiny.set("--emb-dim", "16").set("--train-sets", s(&train)).set("--max-steps", "4");
+    run_ok(&tiny.set("--valid-ijb", s(ijb)).set("--valid-every", "2").set_all("--tensorboard", &[]).args());
+    let log = log_lines(&out.join("v"));
+    let valid: Vec<&serde_json::Value> = log.iter().filter(|e| e["event"] == "valid").collect();
+    let tar = |e: &serde_json::Value| {
+        let obj = e.as_object().unwrap();
+        obj.iter().find(|(k, _)| k.ends_with("ijbc_tar_far_1e-4")).and_then(|(_, v)| v.as_f64())
+    };
+    assert!(valid.len() >= 2, "validations at steps 2 and 4: {log:?}");
+    assert!(valid.iter().all(|e| tar(e).is_some_and(|t| (0.0..=1.0).contains(&t))), "{valid:?}");
+    let best = log.iter().find(|e| e["event"] == "best").expect("a best event");
+    let at_best = valid.iter().find(|e| e["step"] == best["step"]).expect("a validation at the best step");
+    assert_eq!(best["metric"].as_f64(), tar(at_best), "best/ follows TAR at FAR 1e-4: {best}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/read_tensorboard.py");
+    let tb = std::process::Command::new(python).arg(&script).arg(out.join("v/tensorboard")).output().unwrap();
+    assert!(tb.status.success(), "{}", text(&tb));
+    let scalars: serde_json::Value = serde_json::from_slice(&tb.stdout).unwrap();
+    let tags: Vec<&String> = scalars["scalars"].as_object().unwrap().keys().collect();
+    assert!(tags.iter().any(|t| t.starts_with("valid/") && t.ends_with("ijbc_tar_far_1e-4")), "{tags:?}");
 }
 
 /// A copy of the folder with one meta file changed by `edit`.

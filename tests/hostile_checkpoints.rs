@@ -14,30 +14,8 @@ fn tiny_run(dir: &Path, id: &str, steps: &str, extra: &[&str]) -> std::process::
         packed_synth(dir, "train", 6, 4, 1, 1);
     }
     let out = dir.join("Model");
-    let mut args = vec![
-        "train",
-        "FR",
-        "--arch",
-        "tiny",
-        "--size",
-        "32",
-        "--batch-size",
-        "8",
-        "--train-sets",
-        s(&train),
-        "--out",
-        s(&out),
-        "--run-id",
-        id,
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--emb-dim",
-        "16",
-        "--max-steps",
-        steps,
-    ];
+    let tiny = tiny_train("FR", &out, id).bare().set("--batch-size", "8").set("--emb-dim", "16");
+    let mut args = tiny.set("--train-sets", s(&train)).set("--max-steps", steps).args();
     args.extend_from_slice(extra);
     trainer().args(&args).output().unwrap()
 }

@@ -93,30 +93,8 @@ fn plot_never_writes_through_a_link_a_device_a_fifo_or_a_folder() {
 fn tiny_run(dir: &Path) -> PathBuf {
     let train = packed_synth(dir, "train", 6, 4, 1, 1);
     let out = dir.join("Model");
-    run_ok(&[
-        "train",
-        "FR",
-        "--arch",
-        "tiny",
-        "--size",
-        "32",
-        "--batch-size",
-        "8",
-        "--train-sets",
-        s(&train),
-        "--out",
-        s(&out),
-        "--run-id",
-        "r",
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--emb-dim",
-        "16",
-        "--max-steps",
-        "2",
-    ]);
+    let tiny = tiny_train("FR", &out, "r").bare().set("--batch-size", "8").set("--emb-dim", "16");
+    run_ok(&tiny.set("--train-sets", s(&train)).set("--max-steps", "2").args());
     out.join("r")
 }
 

@@ -47,6 +47,12 @@ impl<'a> TinyTrain<'a> {
         self
     }
 
+    /// Only the run's shape (arch, size, batch, paths, threads, embedding size): the
+    /// ArcFace and logging flags take the trainer's defaults.
+    pub fn bare(self) -> Self {
+        self.unset("--arc-s").unset("--arc-m").unset("--log-every")
+    }
+
     /// Leaves `flag` out: the run takes the trainer's default.
     pub fn unset(mut self, flag: &str) -> Self {
         self.flags.retain(|(f, _)| *f != flag);
