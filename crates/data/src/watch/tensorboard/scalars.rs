@@ -67,9 +67,12 @@ pub fn scalars_of(ev: &Map<String, Value>) -> Vec<(String, f64)> {
             .filter(|(k, _)| !NOT_SCALARS.contains(&k.as_str()))
             .filter_map(|(k, _)| Some((tag_of(k), num(k)?)))
             .collect(),
-        Some("valid") => {
-            ev.iter().filter_map(|(k, _)| Some((format!("valid/{}", k.strip_prefix("valid_")?), num(k)?))).collect()
-        }
+        // Pair sets and packed sets log `valid_<metric>`, IJB its own `ijbc_…`/`ijbb_…` keys.
+        Some("valid") => ev
+            .iter()
+            .filter(|(k, _)| !NOT_SCALARS.contains(&k.as_str()))
+            .filter_map(|(k, _)| Some((format!("valid/{}", k.strip_prefix("valid_").unwrap_or(k)), num(k)?)))
+            .collect(),
         Some("decay") => {
             let task = ev.get("head").and_then(Value::as_str).unwrap_or("all");
             num("lr").map(|lr| (format!("events/decay/{task}"), lr)).into_iter().collect()

@@ -232,6 +232,8 @@ fn each_kind_of_log_event_gives_its_scalars() {
     assert_eq!(of(progress), want(&[("loss", 2.5), ("lr/fr", 0.1), ("run/world_size", 2.0)]));
     let valid = json!({"event": "valid", "step": 20, "time": 1.0, "valid_verif_acc": 0.9, "valid_gap_lfw": 2.0});
     assert_eq!(of(valid), want(&[("valid/gap_lfw", 2.0), ("valid/verif_acc", 0.9)]));
+    let ijb = json!({"event": "valid", "step": 20, "time": 1.0, "ijbc_tar_far_1e-4": 0.5, "ijbc_auc": 0.75});
+    assert_eq!(of(ijb), want(&[("valid/ijbc_auc", 0.75), ("valid/ijbc_tar_far_1e-4", 0.5)]));
     let decay = json!({"event": "decay", "step": 8, "head": "Gender", "factor": 0.1, "lr": 0.01});
     assert_eq!(of(decay), want(&[("events/decay/Gender", 0.01)]));
     let rollback = json!({"event": "rollback", "step": 18, "to_step": 10, "loss": null});
