@@ -14,7 +14,7 @@ const VALUES: [&str; 6] = ["0", "-1", "nan", "inf", "1e30", ""];
 const TORCH: [&str; 8] =
     ["train", "eval", "embed", "export", "import arcface-torch", "bench train", "bench allreduce", "bench head"];
 /// Flags that take names or paths: any text is a name there.
-const TEXT: [&str; 5] = ["--out", "--name", "--list", "--train-sets", "--write-losses"];
+const TEXT: [&str; 7] = ["--out", "--name", "--list", "--train-sets", "--write-losses", "--features", "--save-scores"];
 /// (command, flag, value) accepted because the value means something.
 const MEANINGFUL: &[(&str, &str, &str)] = &[
     ("inspect", "--head", "0"),
@@ -53,6 +53,8 @@ fn value_flags(help: &str) -> Vec<String> {
 
 struct Fixture {
     dir: tempfile::TempDir,
+    ijb: String,
+    features: String,
     ds: String,
     img: String,
     list: String,
@@ -65,13 +67,45 @@ fn fixture() -> Fixture {
     let img = dir.path().join("fz-img");
     let losses = dir.path().join("loss.txt");
     std::fs::write(&losses, "3 2.5 2 1.8 1.7 1.65 1.6 1.6").unwrap();
+    let (ijb, features) = ijb_meta(dir.path());
     Fixture {
+        ijb,
+        features,
         ds,
         list: s(&img.join("list.tsv")).to_string(),
         img: s(&img).to_string(),
         losses: s(&losses).to_string(),
         dir,
     }
+}
+
+/// An IJB-C meta folder of 4 images in 3 templates and 3 pairs (loose_crop/ is not read
+/// by `bench ijb`), and 2-d float32 features for its images: (folder, features .npy).
+fn ijb_meta(dir: &Path) -> (String, String) {
+    let meta = dir.join("ijb/meta");
+    std::fs::create_dir_all(&meta).unwrap();
+    let names = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"];
+    let landmarks: String = names.iter().map(|n| format!("{n} 38 51 73 51 56 71 41 92 70 92 0.9\n")).collect();
+    std::fs::write(meta.join("ijbc_name_5pts_score.txt"), landmarks).unwrap();
+    let tid_mid: String =
+        names.iter().zip([(1, 1), (2, 2), (3, 3), (3, 4)]).map(|(n, (t, m))| format!("{n} {t} {m}\n")).collect();
+    std::fs::write(meta.join("ijbc_face_tid_mid.txt"), tid_mid).unwrap();
+    std::fs::write(meta.join("ijbc_template_pair_label.txt"), "1 2 1\n1 3 0\n2 3 0\n").unwrap();
+    // numpy's .npy v1.0: magic, header length, a dict padded to 64 bytes, little-endian f32s.
+    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2), }".to_string();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend((header.len() as u16).to_le_bytes());
+    npy.extend(header.as_bytes());
+    for v in [1.0f32, 0.0, 0.9, 0.1, 0.0, 1.0, 0.1, 0.9] {
+        npy.extend(v.to_le_bytes());
+    }
+    let features = dir.join("ijb/features.npy");
+    std::fs::write(&features, npy).unwrap();
+    (s(&dir.join("ijb")).to_string(), s(&features).to_string())
 }
 
 /// A command line of `command` that works: positionals, then (flag, value) pairs.
@@ -99,6 +133,7 @@ fn baseline(command: &str, f: &Fixture, fresh: &Path) -> (Vec<String>, Vec<(Stri
             ]),
         ),
         "bench plateau" => (Vec::new(), pairs(&[("--n", "100"), ("--runs", "1")])),
+        "bench ijb" => (vec![f.ijb.clone()], pairs(&[("--features", &f.features), ("--save-scores", &out)])),
         other => panic!("no baseline for `trainer {other}`: add one"),
     }
 }
