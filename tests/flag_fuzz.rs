@@ -93,7 +93,7 @@ fn ijb_meta(dir: &Path) -> (String, String) {
     std::fs::write(meta.join("ijbc_template_pair_label.txt"), "1 2 1\n1 3 0\n2 3 0\n").unwrap();
     // numpy's .npy v1.0: magic, header length, a dict padded to 64 bytes, little-endian f32s.
     let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
