@@ -17,8 +17,6 @@ pub const RISE_SIGMAS: f64 = 3.0;
 /// ...and this fraction of the loss before the save, so that a nearly noiseless loss
 /// (a large batch, a tiny head) is not rolled back for a wobble of a fraction of a percent.
 pub const RISE_FRACTION: f64 = 0.02;
-/// The median of n normal values has a standard error of about 1.2533 σ / √n.
-const MEDIAN_EFFICIENCY: f64 = 1.2533;
 /// Converts a median absolute deviation into a standard deviation for normal noise.
 const MAD_TO_SIGMA: f64 = 1.4826;
 
@@ -100,14 +98,6 @@ impl RiseTest {
             self.p_threshold
         )
     }
-
-    /// The standard error of `rise` if both levels were pure noise: the test's rise
-    /// threshold is many times this for any window the safeguard judges (k ≥ 30).
-    pub fn chance_rise(&self) -> f64 {
-        let n_after = (self.steps_after - self.steps_after / 2) as f64;
-        let n_before = if self.steps_before == 0 { (self.steps_after / 2) as f64 } else { self.steps_before as f64 };
-        MEDIAN_EFFICIENCY * self.noise * (1.0 / n_after + 1.0 / n_before).sqrt()
-    }
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -145,6 +135,14 @@ mod tests {
         sigma * ((0..12).map(|_| rng.unit()).sum::<f64>() - 6.0)
     }
 
+    /// The standard error of `rise` if both levels were pure noise (the median of n normal
+    /// values has a standard error of about 1.2533 σ / √n).
+    fn chance_rise(t: &RiseTest) -> f64 {
+        let n_after = (t.steps_after - t.steps_after / 2) as f64;
+        let n_before = if t.steps_before == 0 { (t.steps_after / 2) as f64 } else { t.steps_before as f64 };
+        1.2533 * t.noise * (1.0 / n_after + 1.0 / n_before).sqrt()
+    }
+
     fn test(before: &[f64], after: &[f64]) -> RiseTest {
         RiseTest::run(before, after, DEFAULT_RISE_PROBABILITY)
     }
@@ -177,7 +175,7 @@ mod tests {
         let after: Vec<f64> = (0..100).map(|i| 15.0 + 0.1 * i as f64 + noise(&mut rng, 1.0)).collect();
         let t = test(&before, &after);
         assert!(t.rose(), "{}", t.describe());
-        assert!(t.rise_threshold > 8.0 * t.chance_rise(), "{t:?}");
+        assert!(t.rise_threshold > 8.0 * chance_rise(&t), "{t:?}");
     }
 
     #[test]
