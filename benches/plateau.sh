@@ -15,8 +15,8 @@ trap 'rm -rf "$tmp"' EXIT
 "$PYTHON" benches/seed_plateau.py time "$tmp/losses.txt" --runs "$RUNS" --impl exact | tee "$tmp/exact.txt"
 
 # The same losses must give the same counts everywhere before timings mean anything.
-ours=$("$TRAINER" plateau "$tmp/losses.txt" | head -1)
-theirs=$("$PYTHON" benches/seed_plateau.py count "$tmp/losses.txt" --impl seed | head -1)
+ours=$("$TRAINER" plateau "$tmp/losses.txt" | sed -n 1p)
+theirs=$("$PYTHON" benches/seed_plateau.py count "$tmp/losses.txt" --impl seed | sed -n 1p)
 echo "counts: trainer [$ours] python seed [$theirs]"
 [ "$ours" = "$theirs" ] || { echo "counts differ" >&2; exit 1; }
 

@@ -134,10 +134,10 @@ check_links() {
       local path="$dir/$target" short
       short=$(realpath -m --relative-to="$root" "$path")
       if [ ! -e "$path" ]; then
-        printf '%s\n' "${pending[@]}" | grep -qx "$short" || fail "${file#"$root"/}:$n" "broken link: $rel"
+        grep -qx "$short" <<<"$(printf '%s\n' "${pending[@]}")" || fail "${file#"$root"/}:$n" "broken link: $rel"
         continue
       fi
-      if [ -n "$frag" ] && [[ $path == *.md ]] && ! anchors "$path" | grep -qx -- "$frag"; then
+      if [ -n "$frag" ] && [[ $path == *.md ]] && ! grep -qx -- "$frag" <<<"$(anchors "$path")"; then
         fail "${file#"$root"/}:$n" "no heading for #$frag in $short"
       fi
     done
@@ -221,7 +221,7 @@ check_code_map() {
   done <<<"$covered"
   # Every source file's folder is a row or a name in the map.
   while IFS= read -r path; do
-    printf '%s\n' "$covered" | cut -f2 | grep -qxF -e "$path" -e "$(dirname "$path")/" ||
+    grep -qxF -e "$path" -e "$(dirname "$path")/" <<<"$(cut -f2 <<<"$covered")" ||
       fail "$short" "$path is in no folder the code map names"
   done < <(git -C "$root" ls-files --cached --others --exclude-standard '*.rs')
 }

@@ -87,7 +87,7 @@ start_munge() {
 wait_idle() {
   local i
   for i in $(seq 1 60); do
-    if SLURM_CONF=$dir/slurm.conf sinfo -h -N -o '%t' 2>/dev/null | grep -qx idle; then
+    if grep -qx idle <<<"$(SLURM_CONF=$dir/slurm.conf sinfo -h -N -o '%t' 2>/dev/null)"; then
       return 0
     fi
     sleep 0.5

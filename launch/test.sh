@@ -16,7 +16,9 @@ cargo build --release --locked --workspace
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 # The OpenMPI build: its packages beside MPICH's, its own target directory (launch/setup.sh).
 (TRAINER_MPI=openmpi; . launch/setup.sh; cargo build --release --locked --workspace)
-links() { ldd "target/$1/trainer-torch" | grep -q "$2" || { echo "target/$1/trainer-torch does not link $2" >&2; exit 1; }; }
+# ldd is read whole first: under pipefail, `ldd | grep -q` fails whenever grep quits before ldd
+# has written its last line (SIGPIPE), which a loaded machine makes likely.
+links() { grep -q "$2" <<<"$(ldd "target/$1/trainer-torch")" || { echo "target/$1/trainer-torch does not link $2" >&2; exit 1; }; }
 links release libmpich.so
 links openmpi/release libmpi.so.40
 # Every command the docs show still parses, and their examples on built-in data run (docs/testing.md).
