@@ -19,4 +19,4 @@ TRAINER=$T PYTHON=$PY DEVICE=cuda:0 BATCH=128 THREADS=2 STEPS=20 WARMUP=5 REPEAT
 echo "== CPU 2 threads"
 TRAINER=$T PYTHON=$PY DEVICE=cpu BATCH=16 THREADS=2 STEPS=8 WARMUP=3 REPEATS=3 timeout 200 bash benches/train.sh
 echo "== CPU 2 threads, trainer channels-last"
-timeout 60 $T bench train --arch resnet50 --size 112 --batch-size 16 --steps 8 --warmup 3 --threads 2 --channels-last
+timeout 60 $T bench train --arch resnet50 --size 112 --batch-size 16 --steps 8 --warmup 3 --threads 2 --channels-last --device cpu

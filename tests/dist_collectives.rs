@@ -88,7 +88,7 @@ fn mpi_a_killed_rank_ends_the_job() {
 
 #[test]
 fn mpi_a_hung_rank_trips_the_watchdog() {
-    let args = ["bench", "allreduce", "--check", "--hang-rank", "1", "--timeout-s", "3"];
+    let args = ["bench", "allreduce", "--check", "--hang-rank", "1", "--collective-timeout", "3"];
     let Some(job) = mpirun(2, &args) else { return };
     let out = run_bounded(job, "hang-rank");
     assert!(!out.status.success(), "{}", text(&out));

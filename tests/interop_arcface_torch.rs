@@ -36,7 +36,7 @@ fn arcface_torch_backbone_round_trips_with_pytorch() {
     run_ok(&["import", "arcface-torch", s(&d.join("backbone.pth")), "--arch", "iresnet18", "--out", s(&run)]);
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).expect("config.json");
-    assert_eq!((config["arch"].as_str(), config["heads"]["emb_dim"].as_u64()), (Some("iresnet18"), Some(64)));
+    assert_eq!((config["model"]["arch"].as_str(), config["heads"]["emb_dim"].as_u64()), (Some("iresnet18"), Some(64)));
 
     let (traced, exported) = (d.join("model.pt"), d.join("exported.pth"));
     run_ok(&["export", s(&run), "--out", s(&traced)]);

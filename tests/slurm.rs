@@ -213,7 +213,7 @@ fn slurm_sbatch_trains_two_ranks_with_each_build() {
         let start = events(&log, "start");
         assert_eq!(start.len(), 1, "{name}: one start event");
         assert_eq!(start[0]["world_size"], 2, "{name}: {}", start[0]);
-        assert_eq!(start[0]["config"]["run_id"], format!("FR-slurm-{}", job.id));
+        assert_eq!(start[0]["config"]["run"]["run_id"], format!("FR-slurm-{}", job.id));
         assert_one_history(&run, 12, &job);
         let output = job.output();
         assert!(output.contains(&format!("srun --mpi={plugin} --kill-on-bad-exit=1")), "{name}:\n{output}");

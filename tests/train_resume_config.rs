@@ -32,10 +32,10 @@ fn settings_changed_on_resume_are_recorded_and_used_by_later_resumes_and_eval() 
     train(&out, &second);
     let resumed = last_event(&run, "resume");
     let overrides: Vec<&str> = resumed["overrides"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
-    for want in ["max_steps: 10 → 20", "lr: 0.1 → 0.05", "valid_pairs: 3000 → 200"] {
+    for want in ["schedule.max_steps: 10 → 20", "optim.lr: 0.1 → 0.05", "valid.valid_pairs: 3000 → 200"] {
         assert!(overrides.contains(&want), "{want} not in {overrides:?}");
     }
-    assert!(overrides.iter().any(|o| o.starts_with("valid_sets: [] → [")), "{overrides:?}");
+    assert!(overrides.iter().any(|o| o.starts_with("valid.valid_sets: [] → [")), "{overrides:?}");
     assert_eq!(last_event(&run, "end")["step"], 20);
 
     // Again with no flags: the run is finished at the recorded --max-steps 20, with the
@@ -43,7 +43,10 @@ fn settings_changed_on_resume_are_recorded_and_used_by_later_resumes_and_eval() 
     let said = train(&out, &["--resume", s(&run)]);
     assert!(said.contains("the run is finished: step 20 of --max-steps 20"), "{said}");
     let again = last_event(&run, "resume");
-    assert_eq!((again["config"]["max_steps"].as_u64(), again["config"]["lr"].as_f64()), (Some(20), Some(0.05)));
+    assert_eq!(
+        (again["config"]["schedule"]["max_steps"].as_u64(), again["config"]["optim"]["lr"].as_f64()),
+        (Some(20), Some(0.05))
+    );
     assert_eq!(again["overrides"].as_array().map(Vec::len), Some(0), "{again}");
     assert_eq!(losses(&run, "FR").len(), 20, "a finished run takes no step");
 

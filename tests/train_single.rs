@@ -150,10 +150,10 @@ fn seed_flags_and_recipe_resolve_into_config_json() {
     ]);
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("seed/config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["size"], 32);
-    assert_eq!(cfg["plateau_steps"], 77);
+    assert_eq!(cfg["model"]["size"], 32);
+    assert_eq!(cfg["schedule"]["plateau_steps"], 77);
     assert_eq!(cfg["heads"]["emb_dim"], 16);
-    assert_eq!(cfg["arch"], "tiny", "the recipe's arch is kept");
+    assert_eq!(cfg["model"]["arch"], "tiny", "the recipe's arch is kept");
 }
 
 #[test]

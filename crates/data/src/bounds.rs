@@ -36,6 +36,15 @@ pub fn real(lo: f64, hi: f64, open_lo: bool) -> impl Fn(&str) -> Result<f64, Str
     }
 }
 
+/// A finite real number in `lo..hi` (a probability that must leave something, an angle
+/// short of a half turn).
+pub fn below(lo: f64, hi: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let x = s.trim().parse::<f64>().ok().filter(|&x| x.is_finite() && x >= lo && x < hi);
+        x.ok_or_else(|| format!("expected a finite number in [{lo}, {hi}), got {s:?}"))
+    }
+}
+
 /// Strictly between 0 and 1 (a factor that must shrink, and not to nothing).
 pub fn open_unit(s: &str) -> Result<f64, String> {
     s.trim()

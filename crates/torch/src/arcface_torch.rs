@@ -13,7 +13,7 @@ use trainer_data::interop::torch_save::{self, DType, StoredTensor};
 
 use crate::model::{Arch, Head, HeadConfig, Net, Task};
 use crate::train::checkpoint;
-use crate::train::config::TrainConfig;
+use crate::train::config::{ModelConfig, TrainConfig};
 use crate::train::state::TrainState;
 
 /// The variable prefix of the backbone: what follows it is arcface_torch's name.
@@ -61,7 +61,7 @@ pub fn import(args: &ImportArgs) -> Result<String> {
     };
     let cfg = imported_config(args.arch, emb_dim);
     let vs = VarStore::new(Device::Cpu);
-    Net::new(&vs.root(), cfg.arch, &cfg.heads, 0, Task::Fr.into())?;
+    Net::new(&vs.root(), cfg.model.arch, &cfg.heads, 0, Task::Fr.into())?;
     load_backbone(&vs, &tensors)
         .with_context(|| format!("{} as arcface_torch's {}", args.file.display(), arch_name(args.arch)))?;
     let partial = with_suffix(&args.out, ".partial");
@@ -106,13 +106,13 @@ fn embedding_size(arch: Arch, tensors: &[StoredTensor]) -> Result<usize> {
 /// An FR run of `arch` with no identities yet: the settings `train --init` and eval read.
 fn imported_config(arch: Arch, emb_dim: usize) -> TrainConfig {
     let heads = HeadConfig { emb_dim, fr_dropout: 0.0, ..HeadConfig::default() };
-    TrainConfig {
+    let model = ModelConfig {
         task: Task::Fr,
         arch,
         size: crate::model::iresnet::INPUT_SIDE as usize,
-        heads,
-        ..TrainConfig::default()
-    }
+        ..ModelConfig::default()
+    };
+    TrainConfig { model, heads, ..TrainConfig::default() }
 }
 
 fn write_run(dir: &Path, cfg: &TrainConfig, vs: &VarStore) -> Result<()> {
@@ -209,8 +209,8 @@ pub fn backbone_state(vs: &VarStore) -> Result<Vec<StoredTensor>> {
 }
 
 /// `trainer export RUN --format arcface-torch`: the backbone of `model` as `backbone.pth`.
-pub fn export(model: &crate::eval::Loaded, out: &Path) -> Result<String> {
-    check_arch(model.cfg.arch)?;
+pub fn export(model: &crate::trained::Loaded, out: &Path) -> Result<String> {
+    check_arch(model.cfg.model.arch)?;
     let tensors = backbone_state(&model.vs)?;
     torch_save::write(out, &tensors)?;
     Ok(format!(
@@ -219,7 +219,7 @@ pub fn export(model: &crate::eval::Loaded, out: &Path) -> Result<String> {
         model.step,
         out.display(),
         tensors.len(),
-        arch_name(model.cfg.arch)
+        arch_name(model.cfg.model.arch)
     ))
 }
 

@@ -9,7 +9,39 @@ use tch::Device;
 
 use crate::dist::LaunchInfo;
 
-pub fn resolve(spec: &str, launch: &LaunchInfo) -> Result<Device> {
+/// `--device`: the one definition every command that runs a model flattens in. It is
+/// stored as a plain string (`"device": "auto"`) in `config.json` and recipes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::Args)]
+#[serde(transparent)]
+pub struct DeviceArg {
+    /// auto (this rank's GPU when CUDA exists, else cpu), cpu, cuda (cuda:<local rank>), cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_spec)]
+    pub device: String,
+}
+
+impl Default for DeviceArg {
+    fn default() -> Self {
+        trainer_data::settings::clap_defaults()
+    }
+}
+
+impl DeviceArg {
+    pub fn resolve(&self, launch: &LaunchInfo) -> Result<Device> {
+        resolve(&self.device, launch)
+    }
+}
+
+/// The spelling only; whether the GPU exists is known when the device is opened.
+fn parse_spec(s: &str) -> Result<String, String> {
+    let gpu = s.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+    match s {
+        "auto" | "cpu" | "cuda" => Ok(s.to_string()),
+        _ if gpu => Ok(s.to_string()),
+        _ => Err(format!("expected auto, cpu, cuda or cuda:N, got {s:?}")),
+    }
+}
+
+fn resolve(spec: &str, launch: &LaunchInfo) -> Result<Device> {
     match spec {
         "auto" if tch::Cuda::is_available() => local_gpu(launch),
         "auto" | "cpu" => Ok(Device::Cpu),

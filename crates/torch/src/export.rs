@@ -11,14 +11,15 @@ use anyhow::{ensure, Context, Result};
 use std::path::PathBuf;
 use tch::{CModule, Device, Kind, Tensor};
 
-use crate::eval::{self, pairs};
-use crate::model::Tasks;
+use crate::device::DeviceArg;
+use crate::trained::ModelArgs;
+
 use trainer_data::output::{self, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
-    /// The run directory (Model/<run-id>).
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// The file to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -26,9 +27,6 @@ pub struct ExportArgs {
     /// state dict as `torch.save` writes it, for arcface_torch's `get_model(...).load_state_dict`).
     #[arg(long, value_enum, default_value_t = ExportFormat::Torchscript)]
     pub format: ExportFormat,
-    /// best, latest, or a checkpoint directory.
-    #[arg(long, default_value = "best")]
-    pub checkpoint: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -38,22 +36,18 @@ pub enum ExportFormat {
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
-    let mut model = eval::load(&args.run, &args.checkpoint, "cpu")?;
+    // Traced on the CPU: a TorchScript file that loads anywhere.
+    let mut model = args.model.load(&DeviceArg { device: "cpu".into() }, 0)?;
     if args.format == ExportFormat::ArcfaceTorch {
         return trainer_data::term::print(&format!("{}\n", crate::arcface_torch::export(&model, &args.out)?));
     }
     // Weights become constants of the traced graph, which must not require gradients.
     model.vs.freeze();
-    ensure!(
-        Tasks::from(model.cfg.task).fr,
-        "{} has no FR head to export (task {})",
-        args.run.display(),
-        model.cfg.task.name()
-    );
-    let size = model.cfg.size as i64;
+    model.require_fr("export")?;
+    let size = model.cfg.model.size as i64;
     let example = Tensor::rand([2, 3, size, size], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let mut failure = None;
-    let mut forward = |inputs: &[Tensor]| match pairs::embed(&model.net, &inputs[0]) {
+    let mut forward = |inputs: &[Tensor]| match model.net.embed_batch(&inputs[0]) {
         Ok(e) => vec![e],
         Err(e) => {
             failure = Some(e);
@@ -93,7 +87,7 @@ fn check_round_trip(path: &std::path::Path, net: &crate::model::Net, size: i64) 
     let loaded = CModule::load(path).with_context(|| format!("loading {} back", path.display()))?;
     let x = Tensor::rand([3, 3, size, size], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let (theirs, ours) =
-        tch::no_grad(|| -> Result<(Tensor, Tensor)> { Ok((loaded.forward_ts(&[&x])?, pairs::embed(net, &x)?)) })?;
+        tch::no_grad(|| -> Result<(Tensor, Tensor)> { Ok((loaded.forward_ts(&[&x])?, net.embed_batch(&x)?)) })?;
     ensure!(
         theirs.size() == ours.size(),
         "the exported model gives shape {:?}, the model {:?}",

@@ -16,3 +16,4 @@ pub mod export;
 pub mod model;
 pub mod optim;
 pub mod train;
+pub mod trained;

@@ -2,9 +2,10 @@
 //! algorithm and bus bandwidth, next to the ring bound from a measured point-to-point
 //! bandwidth and to an unbucketed (one all-reduce per tensor) baseline.
 
+use crate::device::DeviceArg;
 use crate::dist::{self, selftest, Comm, CommOptions, LaunchInfo, ReduceOp};
 use anyhow::Result;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use trainer_data::stats::median;
 
@@ -17,22 +18,15 @@ pub struct AllreduceArgs {
     /// Timed all-reduces per variant; the median is reported.
     #[arg(long, default_value_t = 10, value_parser = trainer_data::bounds::count::<usize>(1 << 20))]
     pub iters: usize,
-    /// Bucket size in MiB (gradients are fused into flat buffers of about this size).
-    #[arg(long, default_value_t = 25.0, value_parser = trainer_data::bounds::positive(65536.0))]
-    pub bucket_mb: f64,
-    /// Send gradients as f16.
-    #[arg(long)]
-    pub fp16: bool,
-    /// cpu (MPI) or cuda (the local rank's GPU, NCCL; also with a single process).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub comm: dist::CommArgs,
+    // cpu: MPI; cuda: the local rank's GPU, NCCL (also with a single process).
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Verify every collective's results (means, broadcasts, scalars, bytes, fp16)
     /// instead of timing.
     #[arg(long)]
     pub check: bool,
-    /// Seconds a collective may stay in flight before the job is aborted.
-    #[arg(long, default_value_t = 60.0, value_parser = trainer_data::bounds::seconds)]
-    pub timeout_s: f64,
     /// Test only: this rank exits with status 3 during --check.
     #[arg(long, hide = true)]
     pub die_rank: Option<usize>,
@@ -46,12 +40,8 @@ pub fn run(a: AllreduceArgs) -> Result<()> {
     // One core's share per rank: libtorch's copies must not fight MPI for the cores.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     tch::set_num_threads((cores / info.local_world).max(1) as i32);
-    let device = crate::device::resolve(&a.device, &info)?;
-    let opts = CommOptions {
-        bucket_bytes: dist::mib_to_bytes(a.bucket_mb),
-        fp16: a.fp16,
-        timeout: Duration::from_secs_f64(a.timeout_s),
-    };
+    let device = a.device.resolve(&info)?;
+    let opts = a.comm.options();
     let result = if a.check {
         let faults = selftest::Faults { die_rank: a.die_rank, hang_rank: a.hang_rank };
         selftest::run(device, &opts, faults, |o| comm(device, &info, o)).map(|line| println!("{line}"))
@@ -153,7 +143,7 @@ fn bench(a: &AllreduceArgs, info: &LaunchInfo, device: Device, opts: &CommOption
         (
             format!(
                 "bucketed ({} MiB, {} buckets)",
-                a.bucket_mb,
+                a.comm.bucket_mb,
                 dist::bucket::plan(&dist::bucket::numels(&grads), opts.bucket_bytes).len()
             ),
             bucketed,

@@ -36,9 +36,8 @@ pub struct HeadBenchArgs {
     /// momentum take 12 × classes × emb-dim bytes on every rank).
     #[arg(long, value_parser = trainer_data::bounds::count::<usize>(1 << 31))]
     pub max_replicated: Option<usize>,
-    /// cpu or cuda (the local rank's GPU).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArg,
 }
 
 /// One variant's figures.
@@ -54,7 +53,7 @@ pub fn run(a: HeadBenchArgs) -> Result<()> {
     let info = dist::launch_info()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     tch::set_num_threads((cores / info.local_world).max(1) as i32);
-    let device = crate::device::resolve(&a.device, &info)?;
+    let device = a.device.resolve(&info)?;
     let comm = dist::init(device, CommOptions { timeout: Duration::from_secs(600), ..Default::default() })?;
     let result = measure_all(&a, &*comm, device);
     // The communicator's MPI objects must go before MPI_Finalize.

@@ -30,9 +30,8 @@ pub struct TrainBenchArgs {
     /// Identities of the ArcFace layer.
     #[arg(long, default_value_t = 1000, value_parser = trainer_data::bounds::int::<usize>(2, 1 << 24))]
     pub classes: usize,
-    /// auto, cpu or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArg,
     /// libtorch intra-op threads (default: one per core).
     #[arg(long, value_parser = trainer_data::bounds::count::<usize>(trainer_data::bounds::MAX_THREADS))]
     pub threads: Option<usize>,
@@ -67,7 +66,7 @@ impl TrainBench {
 pub fn run(a: TrainBenchArgs) -> Result<()> {
     let threads = a.threads.unwrap_or_else(default_threads);
     tch::set_num_threads(threads as i32);
-    let device = crate::device::resolve(&a.device, &crate::dist::LaunchInfo::single())?;
+    let device = a.device.resolve(&crate::dist::LaunchInfo::single())?;
     let r = measure(&a, device).with_context(|| format!("training benchmark {:?} at {}px", a.arch, a.size))?;
     let med = r.median_secs();
     println!(

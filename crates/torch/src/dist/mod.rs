@@ -72,7 +72,39 @@ pub struct CommOptions {
 
 impl Default for CommOptions {
     fn default() -> Self {
-        CommOptions { bucket_bytes: 25 << 20, fp16: false, timeout: Duration::from_secs(60) }
+        CommArgs::default().options()
+    }
+}
+
+/// The collective settings as flags: `trainer train`'s `[comm]` section and `trainer bench
+/// allreduce`'s flags, one definition for both.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommArgs {
+    /// All-reduce bucket size in MiB (DDP's bucket_cap_mb).
+    #[arg(long, default_value_t = 25.0, value_parser = trainer_data::bounds::positive(65536.0))]
+    pub bucket_mb: f64,
+    /// Compress gradients to fp16 for the all-reduce.
+    #[arg(long)]
+    pub fp16_allreduce: bool,
+    /// Seconds a collective may wait for a peer before the job is aborted.
+    #[arg(long, default_value_t = 60.0, value_parser = trainer_data::bounds::seconds)]
+    pub collective_timeout: f64,
+}
+
+impl Default for CommArgs {
+    fn default() -> Self {
+        trainer_data::settings::clap_defaults()
+    }
+}
+
+impl CommArgs {
+    pub fn options(&self) -> CommOptions {
+        CommOptions {
+            bucket_bytes: mib_to_bytes(self.bucket_mb),
+            fp16: self.fp16_allreduce,
+            timeout: Duration::from_secs_f64(self.collective_timeout),
+        }
     }
 }
 

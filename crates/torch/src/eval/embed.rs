@@ -10,15 +10,18 @@ use std::sync::Arc;
 use tch::Tensor;
 
 use super::pairs;
-use crate::model::Tasks;
+use crate::device::DeviceArg;
+use crate::trained::{Loaded, ModelArgs};
 use trainer_data::interop::npy::NpyWriter;
 use trainer_data::output::Output;
 use trainer_data::pipeline::{Loader, RankView};
 
 #[derive(clap::Args, Debug)]
 pub struct EmbedArgs {
-    /// The run directory (Model/<run-id>).
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// What to embed: a dataset (`DIR/NAME`) or an insightface pair set (`lfw.bin`, ...).
     #[arg(long)]
     pub sets: PathBuf,
@@ -28,12 +31,6 @@ pub struct EmbedArgs {
     /// Add the embedding of the mirrored image (insightface's test-time flip).
     #[arg(long)]
     pub flip: bool,
-    /// best, latest, or a checkpoint directory.
-    #[arg(long, default_value = "best")]
-    pub checkpoint: String,
-    /// auto, cpu or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
     /// Images per forward pass (default: the run's batch size).
     #[arg(long, value_parser = trainer_data::bounds::count::<usize>(trainer_data::bounds::MAX_BATCH))]
     pub batch_size: Option<usize>,
@@ -43,14 +40,9 @@ pub struct EmbedArgs {
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
-    let model = super::load(&args.run, &args.checkpoint, &args.device)?;
-    ensure!(
-        Tasks::from(model.cfg.task).fr,
-        "{} has no FR head to embed with (task {})",
-        args.run.display(),
-        model.cfg.task.name()
-    );
-    let batch = args.batch_size.unwrap_or(model.cfg.batch_size).max(1);
+    let model = args.model.load(&args.device, args.workers.unwrap_or(1))?;
+    model.require_fr("embed with")?;
+    let batch = args.batch_size.unwrap_or(model.cfg.data.batch_size).max(1);
     let tsv = args.out.with_extension("tsv");
     ensure!(tsv != args.out, "--out {} would be its own row table: give the array a .npy name", args.out.display());
     // Both files are staged and renamed together: a failure leaves an earlier pair as it was.
@@ -104,7 +96,7 @@ struct Rows<'a> {
 
 fn embed_pair_set(
     args: &EmbedArgs,
-    model: &super::Loaded,
+    model: &Loaded,
     batch: usize,
     output: &mut Output,
     table: &mut impl Write,
@@ -115,8 +107,9 @@ fn embed_pair_set(
         set.images.len() as u64,
         "embedding [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
     );
-    let e = pairs::embed_images(&model.net, &set.images, model.cfg.size, batch, model.device, |n| bar.inc(n as u64))
-        .with_context(|| format!("embedding {}", args.sets.display()))?;
+    let e =
+        pairs::embed_images(&model.net, &set.images, model.cfg.model.size, batch, model.device, |n| bar.inc(n as u64))
+            .with_context(|| format!("embedding {}", args.sets.display()))?;
     bar.finish_and_clear();
     let mut npy = None;
     let rows = Rows { npy: &mut npy, output, out: &args.out, first: 0 };
@@ -132,14 +125,14 @@ fn embed_pair_set(
 
 fn embed_dataset(
     args: &EmbedArgs,
-    model: &super::Loaded,
+    model: &Loaded,
     batch: usize,
     output: &mut Output,
     table: &mut impl Write,
 ) -> Result<usize> {
     let view = Arc::new(RankView::open_paths(std::slice::from_ref(&args.sets), 0, 1, false)?);
-    let workers = args.workers.unwrap_or(model.cfg.workers);
-    let mut loader = Loader::sequential(Arc::clone(&view), model.cfg.size, batch, workers)?;
+    let workers = args.workers.unwrap_or(model.cfg.data.workers);
+    let mut loader = Loader::sequential(Arc::clone(&view), model.cfg.model.size, batch, workers)?;
     let bar =
         trainer_data::term::progress_bar(view.len() as u64, "embedding [{bar:30}] {pos}/{len} {per_sec} ETA {eta}");
     writeln!(table, "path\tlabel")?;
@@ -147,8 +140,8 @@ fn embed_dataset(
     while let Some(b) = loader.next_batch()? {
         let x = crate::train::step::images(&b, model.device);
         let (plain, mirrored) = tch::no_grad(|| -> Result<(Tensor, Option<Tensor>)> {
-            let mirrored = if args.flip { Some(pairs::embed(&model.net, &x.flip([3]))?) } else { None };
-            Ok((pairs::embed(&model.net, &x)?, mirrored))
+            let mirrored = if args.flip { Some(model.net.embed_batch(&x.flip([3]))?) } else { None };
+            Ok((model.net.embed_batch(&x)?, mirrored))
         })?;
         let dim = plain.size()[1] as usize;
         let mirrored = mirrored.as_ref().map(pairs::to_f32).transpose()?;

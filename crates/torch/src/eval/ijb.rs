@@ -47,7 +47,7 @@ pub fn embed(net: &Net, dir: &Path, meta: &Meta, opts: &IjbOptions, device: Devi
     let s = opts.size as i64;
     while let Some(b) = loader.next_batch()? {
         let x = Tensor::from_slice(&b.pixels).view([b.n as i64, 3, s, s]).to_device(device);
-        let sum = tch::no_grad(|| -> Result<Tensor> { Ok(pairs::embed(net, &x)? + pairs::embed(net, &x.flip([3]))?) })
+        let sum = tch::no_grad(|| -> Result<Tensor> { Ok(net.embed_batch(&x)? + net.embed_batch(&x.flip([3]))?) })
             .with_context(|| format!("embedding images {}..{}", b.first + 1, b.first + b.n))?;
         dim = sum.size()[1] as usize;
         feats.extend(pairs::to_f32(&sum)?);
@@ -86,9 +86,9 @@ impl IjbSet {
     pub fn record(&self, net: &Net, cfg: &TrainConfig, device: Device, progress: bool, m: &mut Metrics) -> Result<()> {
         let opts = IjbOptions {
             target: self.meta.target,
-            size: cfg.size,
-            batch: cfg.batch_size.max(1),
-            workers: cfg.workers.max(1),
+            size: cfg.model.size,
+            batch: cfg.data.batch_size.max(1),
+            workers: cfg.data.workers.max(1),
             progress,
         };
         let (feats, dim) = embed(net, &self.dir, &self.meta, &opts, device)?;

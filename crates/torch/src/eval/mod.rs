@@ -8,32 +8,27 @@ pub mod pairs;
 pub mod table;
 pub mod validate;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
-use tch::nn::VarStore;
-use tch::{Device, Tensor};
 
+use crate::device::DeviceArg;
 use crate::eval::validate::Validator;
-use crate::model::{Head, Net};
-use crate::train::checkpoint;
+use crate::model::Head;
 use crate::train::config::TrainConfig;
+use crate::trained::{Loaded, ModelArgs};
 use trainer_data::metrics::ijb::Target;
 use trainer_data::targets::SetSpec;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// The run directory (Model/<run-id>).
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Validation sets: datasets (`[TASK=]DIR/NAME[@COLUMN]`, as for training) or
     /// insightface pair sets (`lfw.bin`, `cfp_fp.bin`, ...); default: the run's own.
     #[arg(long, num_args = 1.., value_name = "[TASK=]DIR/NAME[@COLUMN]|PAIRS.bin")]
     pub valid_sets: Vec<SetSpec>,
-    /// best, latest, or a checkpoint directory.
-    #[arg(long, default_value = "best")]
-    pub checkpoint: String,
-    /// auto, cpu or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
     /// Decode threads.
     #[arg(long, value_parser = trainer_data::bounds::count::<usize>(trainer_data::bounds::MAX_THREADS))]
     pub workers: Option<usize>,
@@ -57,56 +52,16 @@ pub struct EvalArgs {
     pub batch_size: Option<usize>,
 }
 
+/// Decoders assumed when choosing libtorch's threads before the run's own count is read.
+const DEFAULT_DECODERS: usize = 1;
+
 /// insightface's fold count for verification accuracy.
 const FOLDS: usize = 10;
 
-/// A run's model as a checkpoint left it, ready for inference.
-pub struct Loaded {
-    pub net: Net,
-    /// Owns the weights `net` uses.
-    pub vs: VarStore,
-    pub cfg: TrainConfig,
-    pub checkpoint: PathBuf,
-    pub step: u64,
-    pub device: Device,
-}
-
-/// Loads `checkpoint` (best, latest or a directory) of the run in `run` onto `device`.
-pub fn load(run: &Path, checkpoint: &str, device: &str) -> Result<Loaded> {
-    anyhow::ensure!(run.is_dir(), "run folder {} does not exist (give Model/<run-id>)", run.display());
-    let ckpt = match checkpoint {
-        "latest" => checkpoint::latest(run)?,
-        "best" if run.join("best").exists() => run.join("best"),
-        "best" => checkpoint::latest(run).context("no best/ checkpoint (the run had no validation set)")?,
-        dir => PathBuf::from(dir),
-    };
-    let saved = checkpoint::load_state(&ckpt)?.state;
-    // The run's stored config is the newest (a resume may have changed settings since
-    // this checkpoint); a checkpoint copied out of its run carries its own.
-    let cfg = match run.join(crate::train::run_config::FILE).is_file() {
-        true => crate::train::run_config::read(run)?,
-        false => saved.config.clone(),
-    };
-    let device = crate::device::resolve(device, &crate::dist::launch_info()?)?;
-    let vs = VarStore::new(device);
-    let net = Net::new(&vs.root(), cfg.arch, &cfg.heads, saved.num_classes, cfg.task.into())?;
-    let model = ckpt.join(checkpoint::MODEL_FILE);
-    let named = Tensor::read_safetensors(&model)
-        .map_err(crate::errors::cut)
-        .with_context(|| format!("loading {}", model.display()))?;
-    crate::train::replica::copy_into(&vs, &named).with_context(|| format!("loading {}", model.display()))?;
-    Ok(Loaded { net, vs, cfg, checkpoint: ckpt, step: saved.step, device })
-}
-
 pub fn run(args: EvalArgs) -> Result<()> {
-    let loaded = load(&args.run, &args.checkpoint, &args.device)?;
+    let loaded = args.model.load(&args.device, args.workers.unwrap_or(DEFAULT_DECODERS))?;
     if let Some(dir) = &args.ijb {
-        anyhow::ensure!(
-            crate::model::Tasks::from(loaded.cfg.task).fr,
-            "{} has no FR head to embed with (task {})",
-            args.run.display(),
-            loaded.cfg.task.name()
-        );
+        loaded.require_fr("embed with")?;
         if !args.valid_sets.is_empty() {
             run_sets(&args, &loaded)?;
         }
@@ -119,13 +74,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
 fn run_ijb(args: &EvalArgs, model: &Loaded, dir: &Path) -> Result<()> {
     let opts = ijb::IjbOptions {
         target: args.target.map_or_else(|| Target::detect(dir), Ok)?,
-        size: model.cfg.size,
-        batch: args.batch_size.unwrap_or(model.cfg.batch_size).max(1),
-        workers: args.workers.unwrap_or(model.cfg.workers).max(1),
+        size: model.cfg.model.size,
+        batch: args.batch_size.unwrap_or(model.cfg.data.batch_size).max(1),
+        workers: args.workers.unwrap_or(model.cfg.data.workers).max(1),
         progress: true,
     };
     let outcome = ijb::evaluate(&model.net, dir, &opts, model.device)?;
-    let mut out = ijb::render(&outcome, serde_json::json!({"checkpoint": model.checkpoint, "step": model.step}));
+    let mut out = ijb::render(&outcome, model.identity());
     if let Some(save) = &args.save_scores {
         let [scores, png] = trainer_data::metrics::ijb::output::save(&outcome, save)?;
         out += &format!("wrote {} and {}\n", scores.display(), png.display());
@@ -135,20 +90,23 @@ fn run_ijb(args: &EvalArgs, model: &Loaded, dir: &Path) -> Result<()> {
 
 /// The validation sets (the run's own or --valid-sets), one table row each.
 fn run_sets(args: &EvalArgs, model: &Loaded) -> Result<()> {
-    let (net, ckpt, step, device) = (&model.net, &model.checkpoint, model.step, model.device);
+    let (net, device) = (&model.net, model.device);
     let mut cfg = model.cfg.clone();
     if !args.valid_sets.is_empty() {
-        cfg.valid_sets = args.valid_sets.clone();
+        cfg.valid.valid_sets = args.valid_sets.clone();
     }
     if args.ijb.is_some() {
-        cfg.valid_ijb = None;
+        cfg.valid.valid_ijb = None;
     }
-    anyhow::ensure!(!cfg.valid_sets.is_empty() || cfg.valid_ijb.is_some(), "give --valid-sets: the run has none");
+    anyhow::ensure!(
+        !cfg.valid.valid_sets.is_empty() || cfg.valid.valid_ijb.is_some(),
+        "give --valid-sets: the run has none"
+    );
     if let Some(w) = args.workers {
-        cfg.workers = w;
+        cfg.data.workers = w;
     }
     if let Some(p) = args.pairs {
-        cfg.valid_pairs = p;
+        cfg.valid.valid_pairs = p;
     }
     if cfg.heads().contains(&Head::Fr) {
         check_pairs(&cfg)?;
@@ -159,7 +117,7 @@ fn run_sets(args: &EvalArgs, model: &Loaded) -> Result<()> {
         out += &format!("{r}\n");
     }
     out += &table::render(&metrics.rows);
-    let mut line = serde_json::json!({"checkpoint": ckpt, "step": step});
+    let mut line = model.identity();
     for (k, v) in &metrics.values {
         line[k] = serde_json::json!(v);
     }
@@ -171,12 +129,15 @@ fn run_sets(args: &EvalArgs, model: &Loaded) -> Result<()> {
 /// would print NaN).
 fn check_pairs(cfg: &TrainConfig) -> Result<()> {
     use trainer_data::pipeline::{RankView, ViewOptions};
-    let fr_sets =
-        cfg.valid_sets.iter().filter(|s| s.serves(&cfg.heads()).contains(&Head::Fr) && !pairs::is_pair_set(&s.path));
+    let fr_sets = cfg
+        .valid
+        .valid_sets
+        .iter()
+        .filter(|s| s.serves(&cfg.heads()).contains(&Head::Fr) && !pairs::is_pair_set(&s.path));
     for set in fr_sets {
         let view = RankView::open(std::slice::from_ref(set), &ViewOptions::whole(&[Head::Fr]))?;
         let labels: Vec<i64> = view.labels().iter().map(|&l| l as i64).collect();
-        let pairs = trainer_data::metrics::draw_pairs(&labels, cfg.valid_pairs, cfg.seed).len();
+        let pairs = trainer_data::metrics::draw_pairs(&labels, cfg.valid.valid_pairs, cfg.run.seed).len();
         anyhow::ensure!(
             pairs >= FOLDS,
             "{set} gives {pairs} verification pairs ({} records), too few for {FOLDS}-fold verification: it needs identities with at least 2 images each, and at least {FOLDS} pairs",

@@ -73,19 +73,15 @@ pub fn embed_images(
             },
         )?;
         let x = Tensor::from_slice(&pixels).view([chunk.len() as i64, 3, size as i64, size as i64]).to_device(device);
-        let (plain, mirrored) =
-            tch::no_grad(|| -> Result<(Tensor, Tensor)> { Ok((embed(net, &x)?, embed(net, &x.flip([3]))?)) })?;
+        let (plain, mirrored) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
+            Ok((net.embed_batch(&x)?, net.embed_batch(&x.flip([3]))?))
+        })?;
         out.dim = plain.size()[1] as usize;
         out.plain.extend(to_f32(&plain)?);
         out.mirrored.extend(to_f32(&mirrored)?);
         progress(chunk.len());
     }
     Ok(out)
-}
-
-/// The FR embedding (before L2 normalisation) of a batch, in inference mode.
-pub fn embed(net: &Net, x: &Tensor) -> Result<Tensor> {
-    net.embed(&net.features(x, false), false)
 }
 
 pub fn to_f32(t: &Tensor) -> Result<Vec<f32>> {

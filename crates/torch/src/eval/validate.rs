@@ -71,7 +71,7 @@ impl Validator {
     pub fn open(cfg: &TrainConfig) -> Result<Validator> {
         let run = cfg.heads();
         let (pair_specs, specs): (Vec<SetSpec>, Vec<SetSpec>) =
-            cfg.sets(&cfg.valid_sets).into_iter().partition(|s| pairs::is_pair_set(&s.path));
+            cfg.sets(&cfg.valid.valid_sets).into_iter().partition(|s| pairs::is_pair_set(&s.path));
         let pair_sets = open_pair_sets(&pair_specs, &run)?;
         let mut sets: Vec<ValidSet> = Vec::new();
         for spec in specs {
@@ -88,7 +88,7 @@ impl Validator {
                 .collect();
             sets.push(ValidSet { spec, name, view: Arc::new(view), heads, suffix });
         }
-        let ijb = cfg.valid_ijb.as_deref().map(IjbSet::open).transpose()?;
+        let ijb = cfg.valid.valid_ijb.as_deref().map(IjbSet::open).transpose()?;
         let (best_key, lower_is_better) = best_key(cfg, &sets, &pair_sets, ijb.as_ref().map(IjbSet::target))?;
         Ok(Validator { sets, pair_sets, ijb, best_key, lower_is_better, progress: false })
     }
@@ -169,7 +169,7 @@ impl Validator {
             }
         }
         for (name, set) in &self.pair_sets {
-            let scores = pairs::evaluate(net, set, cfg.size, cfg.batch_size.max(1), device)
+            let scores = pairs::evaluate(net, set, cfg.model.size, cfg.data.batch_size.max(1), device)
                 .with_context(|| format!("pair set {name}"))?;
             pairs::record(name, &scores, &mut m);
         }
@@ -192,7 +192,7 @@ impl Validator {
 /// FR verification on pairs drawn from a packed set, and the seed's Gap.
 fn record_fr(name: &str, out: &Outputs, cfg: &TrainConfig, key: &dyn Fn(&str) -> String, m: &mut Metrics) {
     let g = gap(&out.emb, out.dim, &out.labels);
-    let pairs = draw_pairs(&out.labels, cfg.valid_pairs, cfg.seed);
+    let pairs = draw_pairs(&out.labels, cfg.valid.valid_pairs, cfg.run.seed);
     let v = verify_pairs(&out.emb, out.dim, &pairs).unwrap_or_else(|e| {
         tracing::warn!("{name}: verification undefined: {e:#}");
         Verification::undefined()
@@ -289,14 +289,14 @@ fn best_key(
     );
     let ijb_key = ijb.map(|t| format!("{}_tar_far_1e-4", t.prefix()));
     keys.extend(ijb_key.clone());
-    let key = match &cfg.best_metric {
+    let key = match &cfg.valid.best_metric {
         Some(k) => k.clone(),
         // The first set given leads: a pair set's accuracy, or the lead task's main metric.
-        None if cfg.valid_sets.first().is_some_and(|s| pairs::is_pair_set(&s.path)) => {
+        None if cfg.valid.valid_sets.first().is_some_and(|s| pairs::is_pair_set(&s.path)) => {
             format!("valid_{}_verif_acc", pair_sets[0].0)
         }
         // IJB alone: TAR at FAR 1e-4, the benchmark's headline number.
-        None if cfg.valid_sets.is_empty() && ijb_key.is_some() => ijb_key.clone().unwrap_or_default(),
+        None if cfg.valid.valid_sets.is_empty() && ijb_key.is_some() => ijb_key.clone().unwrap_or_default(),
         None => {
             let lead = cfg
                 .heads()
@@ -329,7 +329,8 @@ fn infer(
     view: &Arc<RankView>,
     bar: &indicatif::ProgressBar,
 ) -> Result<Outputs> {
-    let mut loader = Loader::sequential(Arc::clone(view), cfg.size, cfg.batch_size.max(1), cfg.workers)?;
+    let mut loader =
+        Loader::sequential(Arc::clone(view), cfg.model.size, cfg.data.batch_size.max(1), cfg.data.workers)?;
     let mut out = Outputs::default();
     let tasks = net.tasks();
     while let Some(batch) = loader.next_batch()? {

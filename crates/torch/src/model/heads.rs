@@ -5,6 +5,7 @@ use super::layers::BatchNorm;
 use super::margin::{Margin, MarginKind};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
+use trainer_data::bounds;
 
 /// Every knob of the heads and the losses on them; defaults are the seed's. Each field is
 /// a `trainer train` flag and a `[heads]` recipe key.
@@ -12,96 +13,59 @@ use tch::Tensor;
 #[serde(default, deny_unknown_fields)]
 pub struct HeadConfig {
     /// Embedding size of the FR head.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = bounds::count::<usize>(1 << 16))]
     pub emb_dim: usize,
     /// Dropout before the FR embedding layer.
-    #[arg(long, default_value_t = 0.4)]
+    #[arg(long, default_value_t = 0.4, value_parser = bounds::below(0.0, 1.0))]
     pub fr_dropout: f64,
     /// BatchNorm on the embedding before normalising (insightface's `features` BN).
     #[arg(long)]
     pub emb_bn: bool,
     /// ArcFace scale s.
-    #[arg(long = "arc-s", default_value_t = 64.0, value_parser = trainer_data::bounds::positive(1e4))]
+    #[arg(long = "arc-s", default_value_t = 64.0, value_parser = bounds::positive(1e4))]
     pub s: f64,
     /// ArcFace additive angular margin m (radians); the same as --m2 with --margin arcface.
-    #[arg(long = "arc-m", default_value_t = 0.5)]
+    #[arg(long = "arc-m", default_value_t = 0.5, value_parser = bounds::below(0.0, std::f64::consts::PI))]
     pub m: f64,
     /// Margin on the true class, cos(m1·θ + m2) − m3: arcface (1, --arc-m, 0), cosface
     /// (1, 0, 0.35) or combined (1, 0.3, 0.2); --m1/--m2/--m3 override the terms.
     #[arg(long, value_enum)]
     pub margin: Option<MarginKind>,
     /// Multiplicative angular margin m1 (combined only).
-    #[arg(long, value_parser = trainer_data::bounds::positive(16.0))]
+    #[arg(long, value_parser = bounds::positive(16.0))]
     pub m1: Option<f64>,
     /// Additive angular margin m2, radians (arcface, combined).
-    #[arg(long, value_parser = trainer_data::bounds::real(0.0, std::f64::consts::PI, false))]
+    #[arg(long, value_parser = bounds::below(0.0, std::f64::consts::PI))]
     pub m2: Option<f64>,
     /// Additive cosine margin m3 (cosface, combined).
-    #[arg(long, value_parser = trainer_data::bounds::real(0.0, 2.0, false))]
+    #[arg(long, value_parser = bounds::real(0.0, 2.0, false))]
     pub m3: Option<f64>,
     /// Hidden layer widths of the Gender head, e.g. 512 or 512,256.
-    #[arg(long, value_delimiter = ',', default_values_t = [512])]
+    #[arg(long, value_delimiter = ',', default_values_t = [512], value_parser = bounds::count::<usize>(1 << 16))]
     pub gender_hidden: Vec<usize>,
     /// Dropout before the Gender head.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = bounds::below(0.0, 1.0))]
     pub gender_dropout: f64,
     /// Gender classes.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = bounds::int::<usize>(2, 1 << 16))]
     pub gender_classes: usize,
     /// Hidden layer widths of the Age head.
-    #[arg(long, value_delimiter = ',', default_values_t = [512, 512])]
+    #[arg(long, value_delimiter = ',', default_values_t = [512, 512], value_parser = bounds::count::<usize>(1 << 16))]
     pub age_hidden: Vec<usize>,
     /// Dropout before the Age head.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = bounds::below(0.0, 1.0))]
     pub age_dropout: f64,
     /// Age buckets; ages above the last are clipped to it (the seed's 7).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 7, value_parser = bounds::int::<usize>(2, 1 << 16))]
     pub age_classes: usize,
     /// Probability on the true class of the Gender/Age soft one-hot targets.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = bounds::real(0.0, 1.0, true))]
     pub soft_target: f64,
 }
 
 impl Default for HeadConfig {
     fn default() -> Self {
         trainer_data::settings::clap_defaults()
-    }
-}
-
-impl HeadConfig {
-    /// Rejects settings that would fail deep inside libtorch (from a recipe or flags).
-    pub fn validate(&self) -> anyhow::Result<()> {
-        let dropouts = [
-            ("fr_dropout", self.fr_dropout),
-            ("gender_dropout", self.gender_dropout),
-            ("age_dropout", self.age_dropout),
-        ];
-        for (name, p) in dropouts {
-            anyhow::ensure!((0.0..1.0).contains(&p), "{name} = {p}: a dropout probability is in [0, 1)");
-        }
-        anyhow::ensure!(self.emb_dim > 0, "--emb-dim (emb_dim) must be positive");
-        anyhow::ensure!(self.s > 0.0, "ArcFace scale --arc-s (s) = {} must be positive", self.s);
-        anyhow::ensure!(
-            (0.0..std::f64::consts::PI).contains(&self.m),
-            "ArcFace margin --arc-m (m) = {} must be in [0, π)",
-            self.m
-        );
-        self.margin()?;
-        anyhow::ensure!(
-            self.gender_classes >= 2 && self.age_classes >= 2,
-            "--gender-classes and --age-classes (gender_classes, age_classes) must be at least 2"
-        );
-        anyhow::ensure!(
-            self.soft_target > 0.0 && self.soft_target <= 1.0,
-            "--soft-target (soft_target) = {} must be in (0, 1]",
-            self.soft_target
-        );
-        let hidden = self.gender_hidden.iter().chain(&self.age_hidden);
-        anyhow::ensure!(
-            hidden.into_iter().all(|&h| h > 0),
-            "hidden layer widths (--gender-hidden, --age-hidden) must be positive"
-        );
-        Ok(())
     }
 }
 
@@ -194,17 +158,21 @@ impl ModuleT for ClassifierHead {
 mod tests {
     use super::*;
 
+    /// Each bound is the flag's (and, through `recipe_check`, the recipe key's).
     #[test]
-    fn defaults_are_valid_and_bad_values_are_named() {
-        HeadConfig::default().validate().unwrap();
-        let bad = HeadConfig { fr_dropout: 1.0, ..Default::default() };
-        assert!(bad.validate().unwrap_err().to_string().contains("fr_dropout"));
-        let bad = HeadConfig { m: 4.0, ..Default::default() };
-        assert!(bad.validate().unwrap_err().to_string().contains("margin"));
-        let bad = HeadConfig { age_hidden: vec![512, 0], ..Default::default() };
-        assert!(bad.validate().is_err());
-        let bad = HeadConfig { margin: Some(MarginKind::Cosface), m2: Some(0.5), ..Default::default() };
-        assert!(bad.validate().unwrap_err().to_string().contains("combined"));
+    fn bad_values_are_refused_at_the_flag() {
+        use clap::{Args, FromArgMatches};
+        let parse = |args: &[&str]| {
+            let cmd = HeadConfig::augment_args(clap::Command::new("heads").no_binary_name(true));
+            cmd.try_get_matches_from(args).map(|m| HeadConfig::from_arg_matches(&m).unwrap())
+        };
+        for bad in [&["--fr-dropout", "1"][..], &["--arc-m", "4"], &["--age-hidden", "512,0"], &["--age-classes", "1"]]
+        {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(bad[0]), "{bad:?}: {err}");
+        }
+        let cos = parse(&["--margin", "cosface", "--m2", "0.5"]).unwrap();
+        assert!(cos.margin().unwrap_err().to_string().contains("combined"));
     }
 
     #[test]

@@ -154,6 +154,12 @@ impl Net {
         })
     }
 
+    /// The FR embedding of a batch of images in inference mode: what `eval`, `embed`,
+    /// `export` and validation compute.
+    pub fn embed_batch(&self, x: &Tensor) -> Result<Tensor> {
+        self.embed(&self.features(x, false), false)
+    }
+
     /// A head's logits on backbone features: ArcFace's scaled margin logits for FR (the
     /// margin needs the identity `labels`; rows labelled -1 get none), class logits for
     /// Gender and Age.

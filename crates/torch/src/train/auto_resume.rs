@@ -34,7 +34,7 @@ pub fn start_point(args: &TrainArgs, matches: &ArgMatches) -> Result<Start> {
     }
     let fresh = args.resolve_from(None, matches)?;
     let run_id = run_id(&fresh, |v| std::env::var(v).ok()).context(BadSettings)?;
-    let run_dir = fresh.out.join(&run_id);
+    let run_dir = fresh.run.out.join(&run_id);
     note_run_dir(&run_dir)?;
     if checkpoint::list(&run_dir)?.is_empty() {
         same_run_or_none(&run_dir, &fresh).context(BadSettings)?;
@@ -42,13 +42,13 @@ pub fn start_point(args: &TrainArgs, matches: &ArgMatches) -> Result<Start> {
             forget_uncheckpointed(&run_dir, args.force)?;
         }
         let mut cfg = fresh;
-        cfg.run_id = Some(run_id);
+        cfg.run.run_id = Some(run_id);
         return Ok(Start::Train(Box::new(cfg), None));
     }
     same_run_or_none(&run_dir, &fresh).context(BadSettings)?;
     let cfg = args.resolve_from(Some(&run_dir), matches)?;
     let step = checkpoint::load_state(&checkpoint::latest(&run_dir)?)?.state.step;
-    if cfg.max_steps.is_some_and(|m| step >= m) {
+    if cfg.schedule.max_steps.is_some_and(|m| step >= m) {
         return Ok(Start::Finished { run_dir, step });
     }
     Ok(Start::Train(Box::new(cfg), Some(run_dir)))
@@ -56,11 +56,11 @@ pub fn start_point(args: &TrainArgs, matches: &ArgMatches) -> Result<Start> {
 
 /// `--run-id` when given; under Slurm, one derived from the job id.
 fn run_id(cfg: &TrainConfig, env: impl Fn(&str) -> Option<String>) -> Result<String> {
-    if let Some(id) = &cfg.run_id {
+    if let Some(id) = &cfg.run.run_id {
         return Ok(id.clone());
     }
     match env("SLURM_JOB_ID").filter(|j| !j.trim().is_empty()) {
-        Some(job) => Ok(format!("{}-slurm-{}", cfg.task.name(), job.trim())),
+        Some(job) => Ok(format!("{}-slurm-{}", cfg.model.task.name(), job.trim())),
         None => bail!(
             "--auto-resume needs to know which run to come back to: give --run-id (under Slurm it defaults to \
              <task>-slurm-<job id>)"
@@ -72,12 +72,12 @@ fn run_id(cfg: &TrainConfig, env: impl Fn(&str) -> Option<String>) -> Result<Str
 /// run, which a resume would silently corrupt.
 fn identity(cfg: &TrainConfig) -> [(&'static str, Value); 6] {
     [
-        ("task", json!(cfg.task)),
-        ("train_sets", json!(cfg.train_sets)),
-        ("arch", json!(cfg.arch)),
-        ("size", json!(cfg.size)),
+        ("task", json!(cfg.model.task)),
+        ("train_sets", json!(cfg.data.train_sets)),
+        ("arch", json!(cfg.model.arch)),
+        ("size", json!(cfg.model.size)),
         ("emb_dim", json!(cfg.heads.emb_dim)),
-        ("seed", json!(cfg.seed)),
+        ("seed", json!(cfg.run.seed)),
     ]
 }
 
@@ -153,7 +153,7 @@ mod tests {
         assert_eq!(run_id(&cfg, env(&[("SLURM_JOB_ID", "4242")])).unwrap(), "FR-slurm-4242");
         let msg = format!("{:#}", run_id(&cfg, env(&[])).unwrap_err());
         assert!(msg.contains("--run-id"), "{msg}");
-        cfg.run_id = Some("mine".into());
+        cfg.run.run_id = Some("mine".into());
         assert_eq!(run_id(&cfg, env(&[("SLURM_JOB_ID", "4242")])).unwrap(), "mine");
     }
 
@@ -164,10 +164,10 @@ mod tests {
         same_run_or_none(dir.path(), &cfg).unwrap();
         std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
         let mut same = cfg.clone();
-        (same.max_steps, same.lr) = (Some(99), 0.5);
+        (same.schedule.max_steps, same.optim.lr) = (Some(99), 0.5);
         same_run_or_none(dir.path(), &same).unwrap();
         let mut other = cfg.clone();
-        (other.size, other.seed) = (64, 7);
+        (other.model.size, other.run.seed) = (64, 7);
         let msg = format!("{:#}", same_run_or_none(dir.path(), &other).unwrap_err());
         assert!(
             msg.contains("another run") && msg.contains("size 112 there, 64 here") && msg.contains("seed"),

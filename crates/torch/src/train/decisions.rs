@@ -240,7 +240,9 @@ mod tests {
     }
 
     fn state() -> TrainState {
-        TrainState::new(&TrainConfig { plateau_steps: 8, ..TrainConfig::default() }, &[Head::Fr, Head::Gender], 1, 10)
+        let mut cfg = TrainConfig::default();
+        cfg.schedule.plateau_steps = 8;
+        TrainState::new(&cfg, &[Head::Fr, Head::Gender], 1, 10)
     }
 
     /// A NaN loss (the usual reason for a rollback) crosses the broadcast's JSON intact.

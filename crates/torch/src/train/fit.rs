@@ -75,7 +75,7 @@ impl Window {
 
 impl Session {
     pub fn fit(mut self, signal: &AtomicBool) -> Result<StopReason> {
-        if let Some(max) = self.cfg.max_steps.filter(|&m| self.state.step >= m) {
+        if let Some(max) = self.cfg.schedule.max_steps.filter(|&m| self.state.step >= m) {
             let msg = format!(
                 "the run is finished: step {} of --max-steps {max}; nothing to do (give a larger --max-steps to go on)",
                 self.state.step
@@ -111,17 +111,18 @@ impl Session {
                 self.accept_level(accepted)?;
             }
             self.apply_decays(&decision.decays)?;
-            if self.state.step.is_multiple_of(self.cfg.log_every) {
+            if self.state.step.is_multiple_of(self.cfg.run.log_every) {
                 self.log_progress(&stats, &window)?;
                 window = Window::new();
             }
             if let Some(stop) = self.stop_reason(&stats) {
                 break stop;
             }
-            if self.state.step.is_multiple_of(self.cfg.valid_every) {
+            if self.state.step.is_multiple_of(self.cfg.valid.valid_every) {
                 self.validate_and_keep_best(clock)?;
             }
-            if self.state.step.is_multiple_of(self.cfg.save_every) && self.good.state.step != self.state.step {
+            if self.state.step.is_multiple_of(self.cfg.checkpoint.save_every) && self.good.state.step != self.state.step
+            {
                 self.checkpoint(clock)?;
             }
         };
@@ -135,12 +136,13 @@ impl Session {
         if self.comm.rank() != 0 {
             return indicatif::ProgressBar::hidden();
         }
-        let template = if self.cfg.max_steps.is_some() {
+        let template = if self.cfg.schedule.max_steps.is_some() {
             "{elapsed_precise} [{bar:30}] step {pos}/{len} ({per_sec}, eta {eta}) {msg}"
         } else {
             "{elapsed_precise} step {pos} ({per_sec}) {msg}"
         };
-        trainer_data::term::progress_bar(self.cfg.max_steps.unwrap_or(0), template).with_position(self.state.step)
+        trainer_data::term::progress_bar(self.cfg.schedule.max_steps.unwrap_or(0), template)
+            .with_position(self.state.step)
     }
 
     fn train_step(&mut self, signal: &AtomicBool, clock: Instant) -> Result<StepStats> {
@@ -148,19 +150,22 @@ impl Session {
         crate::dist::failure::set_step(step + 1);
         crate::dist::failure::maybe_panic();
         tch::manual_seed(
-            trainer_data::rng::mix(self.cfg.seed ^ step.wrapping_mul(0x9E37)) as i64 ^ self.comm.rank() as i64,
+            trainer_data::rng::mix(self.cfg.run.seed ^ step.wrapping_mul(0x9E37)) as i64 ^ self.comm.rank() as i64,
         );
         let heads = heads_for_step(&self.cfg, step);
         self.replica.zero_grad();
         let (mut wait, mut total, mut skipped, mut images) = (0.0, 0.0, 0.0, 0.0);
         let mut labelled = [0.0; 3];
         let mut parts = vec![0.0; heads.len()];
-        let inject =
-            self.cfg.inject_nan_at.is_some_and(|at| step + 1 >= at && self.state.rollbacks < self.cfg.inject_nan_times);
-        let accum = self.cfg.accum as f64;
+        let inject = self
+            .cfg
+            .schedule
+            .inject_nan_at
+            .is_some_and(|at| step + 1 >= at && self.state.rollbacks < self.cfg.schedule.inject_nan_times);
+        let accum = self.cfg.optim.accum as f64;
         let mut bytes = CommBytes::default();
         let scale = self.state.loss_scale.as_ref().map_or(1.0, |s| s.scale);
-        for _ in 0..self.cfg.accum {
+        for _ in 0..self.cfg.optim.accum {
             let t = Instant::now();
             let batches = self.pools.next(&heads)?;
             wait += t.elapsed().as_secs_f64();
@@ -170,8 +175,8 @@ impl Session {
             let pfc = self.replica.slice().map(|slice| PfcStep {
                 comm: &*self.comm,
                 slice,
-                sample_rate: self.cfg.sample_rate,
-                seed: self.cfg.seed,
+                sample_rate: self.cfg.model.sample_rate,
+                seed: self.cfg.run.seed,
                 step,
                 grad_factor: scale / accum,
             });
@@ -181,7 +186,7 @@ impl Session {
             }
             let l = losses(self.replica.net(), &self.cfg, &batches, self.replica.device(), pfc.as_ref())?;
             let objective = if inject { l.total * f64::NAN } else { l.total };
-            scaled_loss(&objective, self.cfg.accum, self.state.loss_scale.as_ref()).backward();
+            scaled_loss(&objective, self.cfg.optim.accum, self.state.loss_scale.as_ref()).backward();
             total += objective.double_value(&[]) / accum;
             for (head, p) in &l.parts {
                 if let Some(i) = heads.iter().position(|h| h == head) {
@@ -191,17 +196,23 @@ impl Session {
         }
         let grads = self.replica.grads();
         tch::no_grad(|| self.comm.all_reduce_mean(&grads))?;
-        bytes.allreduce += grads.iter().map(|g| g.numel() * if self.cfg.fp16_allreduce { 2 } else { 4 }).sum::<usize>();
+        bytes.allreduce +=
+            grads.iter().map(|g| g.numel() * if self.cfg.comm.fp16_allreduce { 2 } else { 4 }).sum::<usize>();
         if self.unscale(&self.replica.all_grads())? {
-            if let Some(max) = self.cfg.clip_grad_norm {
+            if let Some(max) = self.cfg.optim.clip_grad_norm {
                 self.replica.clip_backbone(max);
             }
-            self.replica.set_lr_factor(lr_factor(self.cfg.schedule, self.cfg.warmup_steps, self.cfg.max_steps, step));
+            self.replica.set_lr_factor(lr_factor(
+                self.cfg.schedule.schedule,
+                self.cfg.schedule.warmup_steps,
+                self.cfg.schedule.max_steps,
+                step,
+            ));
             self.replica.step(&heads);
         }
 
         let out_of_time =
-            self.cfg.time_limit.is_some_and(|t| self.state.elapsed_secs + clock.elapsed().as_secs_f64() >= t);
+            self.cfg.schedule.time_limit.is_some_and(|t| self.state.elapsed_secs + clock.elapsed().as_secs_f64() >= t);
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let mut v = vec![total, flag(signal.load(Ordering::Relaxed)), flag(out_of_time), skipped, images];
         v.extend(labelled);
@@ -213,7 +224,7 @@ impl Session {
             losses: heads.iter().zip(&v[8..]).map(|(&h, p)| (h, p / world)).collect(),
             labelled: [v[5], v[6], v[7]],
             images: v[4],
-            total: (!self.cfg.alternate || self.heads.len() == 1).then_some(v[0] / world),
+            total: (!self.cfg.optim.alternate || self.heads.len() == 1).then_some(v[0] / world),
             signalled: v[1] > 0.0,
             out_of_time: v[2] > 0.0,
             data_wait: wait,
@@ -264,9 +275,9 @@ impl Session {
     /// Rank 0 judges the mean losses (its plateau rules are the ones checkpoints keep);
     /// every rank gets the same decision.
     fn decide(&mut self, stats: &StepStats) -> Result<Decision> {
-        let save_point = self.state.step.is_multiple_of(self.cfg.save_every);
+        let save_point = self.state.step.is_multiple_of(self.cfg.checkpoint.save_every);
         // `state.step` already counts this step: its 0-based index is one less.
-        let plateau = plateau_counts(self.cfg.schedule, self.cfg.warmup_steps, self.state.step - 1);
+        let plateau = plateau_counts(self.cfg.schedule.schedule, self.cfg.schedule.warmup_steps, self.state.step - 1);
         let mine = if self.comm.rank() == 0 {
             self.judge.decide(&mut self.state, &stats.losses, save_point, plateau, self.replica.max_lr())
         } else {
@@ -286,7 +297,7 @@ impl Session {
     }
 
     fn plateau_task(&self) -> Head {
-        self.cfg.plateau_task.filter(|h| self.heads.contains(h)).unwrap_or(self.heads[0])
+        self.cfg.schedule.plateau_task.filter(|h| self.heads.contains(h)).unwrap_or(self.heads[0])
     }
 
     fn apply_decays(&mut self, decays: &[(Head, f64)]) -> Result<()> {
@@ -329,10 +340,10 @@ impl Session {
         if stats.out_of_time {
             return Some(StopReason::TimeLimit);
         }
-        if self.cfg.max_steps.is_some_and(|m| self.state.step >= m) {
+        if self.cfg.schedule.max_steps.is_some_and(|m| self.state.step >= m) {
             return Some(StopReason::MaxSteps);
         }
-        if self.replica.max_lr() < self.cfg.min_lr {
+        if self.replica.max_lr() < self.cfg.schedule.min_lr {
             return Some(StopReason::MinLr);
         }
         None
@@ -353,7 +364,7 @@ impl Session {
     fn log_progress(&mut self, stats: &StepStats, window: &Window) -> Result<()> {
         let world = self.comm.world();
         let secs = window.start.elapsed().as_secs_f64().max(1e-9);
-        let effective_batch = self.pools.images_per_step(&self.heads) * self.cfg.accum * world;
+        let effective_batch = self.pools.images_per_step(&self.heads) * self.cfg.optim.accum * world;
         let mut ev = json!({
             "step": self.state.step,
             "lr": self.lr_shown(),
@@ -414,13 +425,13 @@ impl Session {
             self.log.flush()?;
             checkpoint::save(&dir, &state, |tmp| self.replica.save(tmp, &whole))
                 .with_context(|| format!("writing checkpoint {}", dir.display()))?;
-            checkpoint::prune(&self.run_dir, self.cfg.keep_checkpoints)?;
+            checkpoint::prune(&self.run_dir, self.cfg.checkpoint.keep_checkpoints)?;
             self.log.event(json!({"event": "checkpoint", "step": self.state.step, "path": dir}))?;
         }
         self.log.flush()?;
         self.comm.barrier_within(self.checkpoint_timeout())?;
         self.good = Good { replica: self.replica.snapshot(), state: self.state.clone(), checkpoint: Some(dir.clone()) };
-        if !self.state.step.is_multiple_of(self.cfg.save_every) {
+        if !self.state.step.is_multiple_of(self.cfg.checkpoint.save_every) {
             // Off the save rhythm (a better validation): the guards count from here too.
             self.judge.saved();
         }
@@ -428,7 +439,7 @@ impl Session {
     }
 
     fn checkpoint_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.cfg.checkpoint_timeout)
+        std::time::Duration::from_secs_f64(self.cfg.checkpoint.checkpoint_timeout)
     }
 
     fn check_param_hash(&mut self) -> Result<()> {

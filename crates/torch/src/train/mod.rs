@@ -11,7 +11,6 @@ mod decisions;
 mod fit;
 mod pools;
 mod provenance;
-mod recipe_check;
 pub mod replica;
 pub mod run_config;
 mod run_lock;

@@ -41,7 +41,7 @@ pub struct Pools {
 /// Which datasets each pool reads: one shared pool when no dataset names a task.
 pub fn plan(cfg: &TrainConfig) -> Vec<(String, Vec<Head>, Vec<SetSpec>)> {
     let heads = cfg.heads();
-    let sets = cfg.sets(&cfg.train_sets);
+    let sets = cfg.sets(&cfg.data.train_sets);
     if sets.iter().all(|s| s.head.is_none()) || heads.len() == 1 {
         return vec![("all".into(), heads, sets)];
     }
@@ -61,7 +61,7 @@ impl Pools {
         for (key, heads, specs) in plan(cfg) {
             // Gender and Age sets are small: they split records when they have too few
             // shards. FR data keeps the shard rule (and its error) unless --stripe-records.
-            let striped = cfg.stripe_records || (!heads.contains(&Head::Fr) && needs_stripes(&specs, world)?);
+            let striped = cfg.data.stripe_records || (!heads.contains(&Head::Fr) && needs_stripes(&specs, world)?);
             // Datasets without a task prefix serve every head of the run, wherever they are read.
             let opts = ViewOptions {
                 rank,
@@ -158,19 +158,21 @@ fn loader(
 ) -> Result<Loader> {
     let mut steps = [(view.records.len() / batch).max(1) as f64];
     comm.all_reduce_f64(&mut steps, ReduceOp::Min)?;
-    let sampler = match cfg.sampler {
-        _ if !cfg.shuffle => SamplerKind::Sequential,
-        SamplerChoice::Pk if key == "all" || key == "FR" => SamplerKind::Balanced { p: cfg.pk[0], k: cfg.pk[1] },
+    let sampler = match cfg.data.sampler {
+        _ if !cfg.data.shuffle => SamplerKind::Sequential,
+        SamplerChoice::Pk if key == "all" || key == "FR" => {
+            SamplerKind::Balanced { p: cfg.data.pk[0], k: cfg.data.pk[1] }
+        }
         _ => SamplerKind::Uniform,
     };
     let lc = LoaderConfig {
-        size: cfg.size,
+        size: cfg.model.size,
         batch_size: batch,
-        workers: cfg.workers,
-        prefetch: cfg.prefetch,
-        seed: pool_seed(cfg.seed, key),
+        workers: cfg.data.workers,
+        prefetch: cfg.data.prefetch,
+        seed: pool_seed(cfg.run.seed, key),
         sampler,
-        augment: cfg.augment,
+        augment: cfg.data.augment,
         steps_per_epoch: Some(steps[0] as u64),
     };
     Loader::train(Arc::clone(view), lc, position)

@@ -55,22 +55,23 @@ impl Replica {
     /// A fresh model (seeded), its optimiser groups, and `--init` weights if given.
     /// With `slice` (Partial FC), the ArcFace layer holds only those centres.
     pub fn build(cfg: &TrainConfig, num_classes: usize, device: Device, slice: Option<ClassSlice>) -> Result<Replica> {
-        tch::manual_seed(cfg.seed as i64);
+        tch::manual_seed(cfg.run.seed as i64);
         let mut vs = VarStore::new(device);
-        let net = Net::with_slice(&vs.root(), cfg.arch, &cfg.heads, num_classes, Tasks::from(cfg.task), slice)?;
+        let net =
+            Net::with_slice(&vs.root(), cfg.model.arch, &cfg.heads, num_classes, Tasks::from(cfg.model.task), slice)?;
         let [lr_fr, lr_gender, lr_age] = cfg.head_lrs();
         let mut spec = vec![];
-        if !cfg.freeze_backbone {
-            spec.push(("backbone.", cfg.lr, cfg.wd_backbone));
+        if !cfg.model.freeze_backbone {
+            spec.push(("backbone.", cfg.optim.lr, cfg.optim.wd_backbone));
         }
         spec.extend([
-            ("fr.", lr_fr, cfg.wd_fr),
-            ("arcface.", lr_fr, cfg.wd_fr),
-            ("gender.", lr_gender, cfg.wd_gender),
-            ("age.", lr_age, cfg.wd_age),
+            ("fr.", lr_fr, cfg.optim.wd_fr),
+            ("arcface.", lr_fr, cfg.optim.wd_fr),
+            ("gender.", lr_gender, cfg.optim.wd_gender),
+            ("age.", lr_age, cfg.optim.wd_age),
         ]);
-        let opt = Sgd::new(groups_by_prefix(&vs, &spec), cfg.momentum);
-        if let Some(init) = &cfg.init {
+        let opt = Sgd::new(groups_by_prefix(&vs, &spec), cfg.optim.momentum);
+        if let Some(init) = &cfg.model.init {
             load_init(&mut vs, init, slice.map(|s| (s, num_classes)))?;
         }
         Ok(Replica { vs, net, opt, device, slice })
@@ -408,13 +409,15 @@ mod tests {
 
     #[test]
     fn alternate_steps_update_only_the_backbone_and_that_steps_head() {
-        let cfg = TrainConfig { task: Task::Multi, alternate: true, ..TrainConfig::default() };
+        let mut cfg = TrainConfig::default();
+        (cfg.model.task, cfg.optim.alternate) = (Task::Multi, true);
         let per_step: Vec<Vec<&str>> = (0..3).map(|s| groups_for(&heads_for_step(&cfg, s))).collect();
         assert_eq!(
             per_step,
             vec![vec!["backbone", "fr", "arcface"], vec!["backbone", "gender"], vec!["backbone", "age"]]
         );
-        let together = TrainConfig { alternate: false, ..cfg };
+        cfg.optim.alternate = false;
+        let together = cfg;
         assert_eq!(groups_for(&heads_for_step(&together, 0)), vec!["backbone", "fr", "arcface", "gender", "age"]);
     }
 }

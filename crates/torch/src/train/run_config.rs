@@ -15,7 +15,8 @@ pub const FILE: &str = "config.json";
 pub fn read(run_dir: &Path) -> Result<TrainConfig> {
     let path = run_dir.join(FILE);
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a valid run config", path.display()))
+    let value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    TrainConfig::from_json(value).with_context(|| format!("{} is not a valid run config", path.display()))
 }
 
 /// Replaces the run's stored config (atomically, synced).
@@ -51,11 +52,12 @@ mod tests {
 
     #[test]
     fn overrides_name_each_changed_setting_with_both_values() {
-        let before = TrainConfig { max_steps: Some(100), ..TrainConfig::default() };
-        let mut after = TrainConfig { max_steps: Some(200), lr: 0.05, ..before.clone() };
-        after.heads.s = 32.0;
+        let mut before = TrainConfig::default();
+        before.schedule.max_steps = Some(100);
+        let mut after = before.clone();
+        (after.schedule.max_steps, after.optim.lr, after.heads.s) = (Some(200), 0.05, 32.0);
         let got = overrides(&before, &after).unwrap();
-        assert_eq!(got, ["heads.s: 64.0 → 32.0", "lr: 0.1 → 0.05", "max_steps: 100 → 200"]);
+        assert_eq!(got, ["heads.s: 64.0 → 32.0", "optim.lr: 0.1 → 0.05", "schedule.max_steps: 100 → 200"]);
         assert!(overrides(&before, &before).unwrap().is_empty());
     }
 }

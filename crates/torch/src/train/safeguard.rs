@@ -27,7 +27,7 @@ impl Session {
         self.state.best_metric = best;
         let lr_before = self.lr_shown();
         if rb.shrink {
-            let factor = self.state.plateaus.get_mut(&rb.head).map_or(self.cfg.shrink, |p| p.shrink_now());
+            let factor = self.state.plateaus.get_mut(&rb.head).map_or(self.cfg.schedule.shrink, |p| p.shrink_now());
             let groups = rollback_groups(rb.head);
             self.replica.scale_lr(&groups, factor);
             let change = LrChange {

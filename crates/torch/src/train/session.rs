@@ -50,8 +50,8 @@ pub struct Good {
 
 impl Session {
     pub fn start(mut cfg: TrainConfig, resume: Option<&Path>, launch: &LaunchInfo, force: bool) -> Result<Session> {
-        let device = crate::device::resolve(&cfg.device, launch)?;
-        let threads = cfg.threads.unwrap_or_else(|| default_threads(launch.local_world));
+        let device = cfg.run.device.resolve(launch)?;
+        let threads = cfg.run.threads.unwrap_or_else(|| default_threads(launch.local_world));
         tch::set_num_threads(threads as i32);
         let comm = dist::init(device, comm_options(&cfg))?;
         let (rank, world) = (comm.rank(), comm.world());
@@ -68,12 +68,12 @@ impl Session {
         comm.all_reduce_f64(&mut classes, ReduceOp::Max)?;
         let num_classes = classes[0] as usize;
         let datasets = describe_targets(&*comm, &pools)?;
-        if cfg.scale_lr && resume.is_none() {
-            let factor = (world * cfg.accum) as f64;
+        if cfg.optim.scale_lr && resume.is_none() {
+            let factor = (world * cfg.optim.accum) as f64;
             scale_lr(&mut cfg, factor);
         }
         let heads = cfg.heads();
-        let slice = match cfg.partial_fc {
+        let slice = match cfg.model.partial_fc {
             true => {
                 ClassSlice::check(world, num_classes)?;
                 Some(ClassSlice::of(rank, world, num_classes))
@@ -101,7 +101,7 @@ impl Session {
         let checkpoint = resumed.map(|(ckpt, _)| ckpt);
         let mut log =
             RunLog::open(&run_dir, rank, &heads, checkpoint.as_ref().map(|_| (state.step, &state.loss_counts)))?;
-        if cfg.tensorboard {
+        if cfg.run.tensorboard {
             log.enable_tensorboard()?;
         }
         let overrides = match resume {
@@ -122,7 +122,7 @@ impl Session {
                 state.step
             ))?;
         }
-        if cfg.amp && !device.is_cuda() {
+        if cfg.optim.amp && !device.is_cuda() {
             log.rank_note("--amp applies to CUDA devices only; training in f32 on the CPU")?;
         }
         if let Some(sl) = slice {
@@ -130,7 +130,7 @@ impl Session {
                 "Partial FC: identities {}..{} of {num_classes} on this rank, sample rate {}",
                 sl.start,
                 sl.start + sl.len,
-                cfg.sample_rate
+                cfg.model.sample_rate
             ))?;
         }
         if state.world_size != world {
@@ -142,7 +142,7 @@ impl Session {
         let mut event = json!({
             "event": if checkpoint.is_some() { "resume" } else { "start" }, "step": state.step, "checkpoint": checkpoint,
             "world_size": world, "ranks_per_node": launch.local_world,
-            "effective_batch": pools.images_per_step(&heads) * cfg.accum * world, "datasets": datasets,
+            "effective_batch": pools.images_per_step(&heads) * cfg.optim.accum * world, "datasets": datasets,
             "device": format!("{device:?}"), "backend": comm.backend(), "num_classes": num_classes,
             "slurm_restart_count": super::auto_resume::slurm_restart_count(),
             "command": std::env::args().collect::<Vec<_>>(), "version": env!("CARGO_PKG_VERSION"),
@@ -156,17 +156,17 @@ impl Session {
         crate::dist::failure::set_memory_hint(format!(
             "batch size {} per rank (effective batch {})",
             pools.images_per_step(&heads),
-            pools.images_per_step(&heads) * cfg.accum * world
+            pools.images_per_step(&heads) * cfg.optim.accum * world
         ));
 
-        let validates = !cfg.valid_sets.is_empty() || cfg.valid_ijb.is_some();
+        let validates = !cfg.valid.valid_sets.is_empty() || cfg.valid.valid_ijb.is_some();
         let validator = if validates { Some(Validator::open(&cfg)?) } else { None };
-        validator.as_ref().map(|v| v.check_all(cfg.size)).transpose()?;
+        validator.as_ref().map(|v| v.check_all(cfg.model.size)).transpose()?;
         let limits = Limits {
-            enabled: cfg.rollback && rank == 0,
-            max_rollbacks: cfg.max_rollbacks,
-            min_lr: cfg.min_lr,
-            shrink: cfg.shrink,
+            enabled: cfg.schedule.rollback && rank == 0,
+            max_rollbacks: cfg.schedule.max_rollbacks,
+            min_lr: cfg.schedule.min_lr,
+            shrink: cfg.schedule.shrink,
         };
         let judge = Judge::new(&heads, limits);
         let good = Good { replica: replica.snapshot(), state: state.clone(), checkpoint };
@@ -191,16 +191,16 @@ impl Session {
 
 fn comm_options(cfg: &TrainConfig) -> CommOptions {
     CommOptions {
-        bucket_bytes: dist::mib_to_bytes(cfg.bucket_mb),
-        fp16: cfg.fp16_allreduce,
-        timeout: std::time::Duration::from_secs_f64(cfg.collective_timeout),
+        bucket_bytes: dist::mib_to_bytes(cfg.comm.bucket_mb),
+        fp16: cfg.comm.fp16_allreduce,
+        timeout: std::time::Duration::from_secs_f64(cfg.comm.collective_timeout),
     }
 }
 
 /// `--scale-lr`: every learning rate × world size × accumulation.
 fn scale_lr(cfg: &mut TrainConfig, factor: f64) {
-    cfg.lr *= factor;
-    for lr in [&mut cfg.lr_fr, &mut cfg.lr_gender, &mut cfg.lr_age].into_iter().flatten() {
+    cfg.optim.lr *= factor;
+    for lr in [&mut cfg.optim.lr_fr, &mut cfg.optim.lr_gender, &mut cfg.optim.lr_age].into_iter().flatten() {
         *lr *= factor;
     }
 }
@@ -210,9 +210,9 @@ fn scale_lr(cfg: &mut TrainConfig, factor: f64) {
 fn resume_point(comm: &dyn Comm, run_dir: &Path, cfg: &TrainConfig) -> Result<(PathBuf, TrainState)> {
     let ckpt = checkpoint::agree_latest(comm, run_dir)?;
     let mut state = checkpoint::load_state(&ckpt)?.state;
-    checkpoint::check_resume_step(&state, cfg.max_steps)?;
-    state.loss_scale = match (cfg.amp, state.loss_scale.take()) {
-        (true, kept) => kept.or_else(|| Some(super::scaler::LossScale::new(cfg.amp_init_scale))),
+    checkpoint::check_resume_step(&state, cfg.schedule.max_steps)?;
+    state.loss_scale = match (cfg.optim.amp, state.loss_scale.take()) {
+        (true, kept) => kept.or_else(|| Some(super::scaler::LossScale::new(cfg.optim.amp_init_scale))),
         (false, _) => None,
     };
     tracing::info!("resuming {} at step {}", ckpt.display(), state.step);
@@ -246,8 +246,8 @@ fn agree_run_dir(comm: &dyn Comm, cfg: &TrainConfig, resume: Option<&Path>) -> R
     let mut bytes = match resume {
         Some(dir) => dir.to_string_lossy().into_owned().into_bytes(),
         None => {
-            let id = cfg.run_id.clone().unwrap_or_else(|| format!("{}-{}", cfg.task.name(), utc_stamp()));
-            cfg.out.join(id).to_string_lossy().into_owned().into_bytes()
+            let id = cfg.run.run_id.clone().unwrap_or_else(|| format!("{}-{}", cfg.model.task.name(), utc_stamp()));
+            cfg.run.out.join(id).to_string_lossy().into_owned().into_bytes()
         }
     };
     comm.broadcast_bytes(&mut bytes, 0)?;

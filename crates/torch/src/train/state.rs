@@ -34,6 +34,9 @@ pub struct TrainState {
     /// Losses written to each head's `loss_debug` file up to this step: what a resume or
     /// a rollback cuts the file back to.
     pub loss_counts: BTreeMap<Head, u64>,
+    /// The settings when this checkpoint was written (in either form, `config/legacy.rs`):
+    /// what `eval` reads of a checkpoint copied out of its run.
+    #[serde(deserialize_with = "TrainConfig::deserialize_any_form")]
     pub config: TrainConfig,
 }
 
@@ -64,7 +67,10 @@ impl TrainState {
         TrainState {
             step: 0,
             positions: BTreeMap::new(),
-            plateaus: heads.iter().map(|&h| (h, Plateau::new(config.plateau_steps, config.shrink))).collect(),
+            plateaus: heads
+                .iter()
+                .map(|&h| (h, Plateau::new(config.schedule.plateau_steps, config.schedule.shrink)))
+                .collect(),
             lr_changes: vec![],
             rollbacks: 0,
             best_metric: None,
@@ -72,7 +78,7 @@ impl TrainState {
             skipped_records: 0,
             world_size,
             num_classes,
-            loss_scale: config.amp.then(|| LossScale::new(config.amp_init_scale)),
+            loss_scale: config.optim.amp.then(|| LossScale::new(config.optim.amp_init_scale)),
             loss_counts: heads.iter().map(|&h| (h, 0)).collect(),
             config: config.clone(),
         }

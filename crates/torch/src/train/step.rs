@@ -25,7 +25,7 @@ pub struct Losses {
 /// Which heads this step trains: all of the run's, or one in turn with `alternate`.
 pub fn heads_for_step(cfg: &TrainConfig, step: u64) -> Vec<Head> {
     let all = cfg.heads();
-    if cfg.alternate && all.len() > 1 {
+    if cfg.optim.alternate && all.len() > 1 {
         vec![all[(step % all.len() as u64) as usize]]
     } else {
         all
@@ -68,16 +68,17 @@ pub fn head_loss(net: &Net, cfg: &TrainConfig, head: Head, feats: &Tensor, y: &T
 /// gathered embeddings' gradients back into this rank's backbone.
 pub fn losses(net: &Net, cfg: &TrainConfig, parts: &[Part], device: Device, pfc: Option<&PfcStep>) -> Result<Losses> {
     let x = Tensor::cat(&parts.iter().map(|p| images(&p.batch, device)).collect::<Vec<_>>(), 0);
-    let amp = cfg.amp && device.is_cuda();
+    let amp = cfg.optim.amp && device.is_cuda();
     // libtorch 2.11 warns on every autocast toggle, so toggle only when asked to.
     let backbone = |train| match amp {
         true => tch::autocast(true, || net.features(&x, train)).to_kind(Kind::Float),
         false => net.features(&x, train),
     };
-    let feats = if cfg.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(true) };
+    let feats = if cfg.model.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(true) };
     let mut losses = Vec::new();
     let mut feedback = Vec::new();
-    let weights = if parts.iter().map(|p| p.heads.len()).sum::<usize>() > 1 { cfg.loss_weights } else { [1.0; 3] };
+    let weights =
+        if parts.iter().map(|p| p.heads.len()).sum::<usize>() > 1 { cfg.optim.loss_weights } else { [1.0; 3] };
     let mut row = 0;
     for part in parts {
         let rows = feats.narrow(0, row, part.batch.n as i64);
@@ -157,7 +158,8 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let heads =
             HeadConfig { s: 16.0, m: 0.2, fr_dropout: 0.0, gender_dropout: 0.0, age_dropout: 0.0, ..tiny_heads() };
-        let cfg = TrainConfig { task: Task::Multi, heads: heads.clone(), ..TrainConfig::default() };
+        let mut cfg = TrainConfig { heads: heads.clone(), ..TrainConfig::default() };
+        cfg.model.task = Task::Multi;
         let net = Net::new(&vs.root(), Arch::Tiny, &heads, 4, Task::Multi.into()).unwrap();
         let spec = [
             ("backbone.", 0.05, 5e-4),
