@@ -65,8 +65,7 @@ fn comm(device: Device, info: &LaunchInfo, opts: CommOptions) -> Result<Box<dyn 
     if device.is_cuda() && info.world == 1 {
         return Ok(Box::new(dist::nccl::Nccl::new(Box::new(dist::single::Single), device, opts)?));
     }
-    let _ = info;
-    dist::init(device, opts)
+    dist::init(info, device, opts)
 }
 
 fn gradients(mb: f64, device: Device) -> (String, Vec<Tensor>) {

@@ -186,15 +186,15 @@ fn launch_info_unchecked() -> LaunchInfo {
 }
 
 /// Single process when not under a launcher, world is 1, or the mpi feature is off; MPI
-/// otherwise; NCCL for gradients when `device` is CUDA (probing libnccl first).
-pub fn init(device: tch::Device, opts: CommOptions) -> anyhow::Result<Box<dyn Comm>> {
-    let info = launch_info()?;
+/// otherwise; NCCL for gradients when `device` is CUDA (probing libnccl first). `info` is
+/// what `launch_info` returned (it chose the device).
+pub fn init(info: &LaunchInfo, device: tch::Device, opts: CommOptions) -> anyhow::Result<Box<dyn Comm>> {
     if info.world == 1 {
         return Ok(Box::new(single::Single));
     }
     #[cfg(feature = "mpi")]
     {
-        let mpi = Box::new(mpi::Mpi::new(info, opts.clone())?);
+        let mpi = Box::new(mpi::Mpi::new(info.clone(), opts.clone())?);
         if device.is_cuda() {
             #[cfg(feature = "nccl")]
             return Ok(Box::new(nccl::Nccl::new(mpi, device, opts)?));

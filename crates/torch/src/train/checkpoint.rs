@@ -79,7 +79,7 @@ fn check_counters(state: &TrainState) -> Result<()> {
         Ok(())
     };
     big("step", state.step)?;
-    big("rollbacks", state.rollbacks)?;
+    big("rollbacks", state.run.rollbacks)?;
     for (head, n) in &state.loss_counts {
         big(&format!("the {head:?} loss count"), *n)?;
     }

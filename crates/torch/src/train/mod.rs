@@ -8,14 +8,12 @@ mod auto_resume;
 pub mod checkpoint;
 pub mod config;
 mod decisions;
-mod fit;
 mod pools;
 mod provenance;
 pub mod replica;
 pub mod run_config;
 mod run_lock;
 pub mod runlog;
-mod safeguard;
 pub mod scaler;
 pub mod schedule;
 pub mod seed_flags;
@@ -40,7 +38,7 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         }
     };
     let launch = crate::dist::launch_info()?;
-    let signal = fit::install_signal_flag()?;
+    let signal = session::install_signal_flag()?;
     let result = Session::start(cfg, resume.as_deref(), &launch, args.force).and_then(|s| s.fit(&signal));
     match result {
         Ok(reason) => {

@@ -10,22 +10,21 @@ use crate::model::Head;
 use trainer_data::pipeline::SamplerPosition;
 use trainer_data::plateau::Plateau;
 
+/// What a resume continues from. A rollback returns to an earlier one, keeping `run`.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct TrainState {
     /// Optimiser steps completed.
     pub step: u64,
-    /// The sampler position of each data pool's next batch ("all", or a task's name).
-    pub positions: BTreeMap<String, SamplerPosition>,
+    /// What belongs to the run rather than to the point it is at (stored in the same flat
+    /// `state.json` object).
+    #[serde(flatten)]
+    pub run: RunProgress,
     /// dlib's plateau rule, one per trained head, each fed only its head's losses.
     pub plateaus: BTreeMap<Head, Plateau>,
     /// Every learning-rate change so far, in order.
     pub lr_changes: Vec<LrChange>,
-    pub rollbacks: u64,
-    /// The best validation metric recorded in the run; `best/` holds its checkpoint.
-    pub best_metric: Option<f64>,
     /// Training seconds before this process started (time limits span resumes).
     pub elapsed_secs: f64,
-    pub skipped_records: u64,
     pub world_size: usize,
     /// Identities the ArcFace layer was built for (over all ranks' shards).
     pub num_classes: usize,
@@ -38,6 +37,25 @@ pub struct TrainState {
     /// what `eval` reads of a checkpoint copied out of its run.
     #[serde(deserialize_with = "TrainConfig::deserialize_any_form")]
     pub config: TrainConfig,
+}
+
+/// The run's own counts and position, which a rollback keeps: the retry takes fresh
+/// batches (the same ones could fail again), and the best metric only ever improves.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct RunProgress {
+    /// The sampler position of each data pool's next batch ("all", or a task's name).
+    pub positions: BTreeMap<String, SamplerPosition>,
+    pub rollbacks: u64,
+    /// The best validation metric recorded in the run; `best/` holds its checkpoint.
+    pub best_metric: Option<f64>,
+    pub skipped_records: u64,
+}
+
+impl TrainState {
+    /// Returns to `good`, keeping the run's progress.
+    pub fn roll_back_to(&mut self, good: &TrainState) {
+        *self = TrainState { run: self.run.clone(), ..good.clone() };
+    }
 }
 
 /// One change of learning rate: which parameter groups, by what factor, and why.
@@ -66,16 +84,13 @@ impl TrainState {
     pub fn new(config: &TrainConfig, heads: &[Head], world_size: usize, num_classes: usize) -> TrainState {
         TrainState {
             step: 0,
-            positions: BTreeMap::new(),
+            run: RunProgress::default(),
             plateaus: heads
                 .iter()
                 .map(|&h| (h, Plateau::new(config.schedule.plateau_steps, config.schedule.shrink)))
                 .collect(),
             lr_changes: vec![],
-            rollbacks: 0,
-            best_metric: None,
             elapsed_secs: 0.0,
-            skipped_records: 0,
             world_size,
             num_classes,
             loss_scale: config.optim.amp.then(|| LossScale::new(config.optim.amp_init_scale)),

@@ -4,27 +4,21 @@
 use anyhow::Result;
 use serde_json::json;
 
-use super::decisions::{ordinal, Accepted, Rollback};
-use super::replica::{head_groups, BACKBONE};
-use super::session::{Good, Session};
-use super::state::{LrCause, LrChange};
+use super::{Good, Session};
 use crate::model::Head;
+use crate::train::decisions::{ordinal, Accepted, Rollback};
+use crate::train::replica::{head_groups, BACKBONE};
+use crate::train::state::{LrCause, LrChange};
 use trainer_data::plateau::Failure;
 
 impl Session {
     /// Returns to the latest good state; the files forget the discarded steps, and the
     /// `rollback` event keeps their losses.
     pub(super) fn roll_back(&mut self, rb: Rollback) -> Result<()> {
-        let Good { replica, state, .. } = &self.good;
-        self.replica.restore(replica)?;
-        let (rollbacks, skipped, best, positions) =
-            (self.state.rollbacks + 1, self.state.skipped_records, self.state.best_metric, self.pools.positions());
-        self.state = state.clone();
-        // Fresh batches for the retry (the same ones could fail again); counts and the
-        // best metric (which only ever improves) belong to the run, not to the state
-        // returned to.
-        (self.state.rollbacks, self.state.skipped_records, self.state.positions) = (rollbacks, skipped, positions);
-        self.state.best_metric = best;
+        self.replica.restore(&self.good.replica)?;
+        self.state.run.positions = self.pools.positions();
+        self.state.run.rollbacks += 1;
+        self.state.roll_back_to(&self.good.state);
         let lr_before = self.lr_shown();
         if rb.shrink {
             let factor = self.state.plateaus.get_mut(&rb.head).map_or(self.cfg.schedule.shrink, |p| p.shrink_now());

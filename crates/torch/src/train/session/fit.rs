@@ -8,17 +8,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::checkpoint;
-use super::decisions::{self, Decision};
-use super::replica::{head_groups, BACKBONE};
-use super::scaler::scaled_loss;
-use super::schedule::{lr_factor, plateau_counts};
-use super::session::{Good, Session};
-use super::state::{LrCause, LrChange};
-use super::step::{heads_for_step, labelled as labelled_in, losses};
+use super::sums::StepSums;
+use super::{Good, Session};
 use crate::dist::ReduceOp;
 use crate::model::partial_fc::{CommBytes, PfcStep};
 use crate::model::Head;
+use crate::train::checkpoint;
+use crate::train::decisions::{self, Decision};
+use crate::train::replica::{head_groups, BACKBONE};
+use crate::train::scaler::scaled_loss;
+use crate::train::schedule::{lr_factor, plateau_counts};
+use crate::train::state::{LrCause, LrChange};
+use crate::train::step::{heads_for_step, labelled as labelled_in, losses};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -154,14 +155,13 @@ impl Session {
         );
         let heads = heads_for_step(&self.cfg, step);
         self.replica.zero_grad();
-        let (mut wait, mut total, mut skipped, mut images) = (0.0, 0.0, 0.0, 0.0);
-        let mut labelled = [0.0; 3];
-        let mut parts = vec![0.0; heads.len()];
+        let mut wait = 0.0;
+        let mut sums = StepSums { parts: vec![0.0; heads.len()], ..StepSums::default() };
         let inject = self
             .cfg
             .schedule
             .inject_nan_at
-            .is_some_and(|at| step + 1 >= at && self.state.rollbacks < self.cfg.schedule.inject_nan_times);
+            .is_some_and(|at| step + 1 >= at && self.state.run.rollbacks < self.cfg.schedule.inject_nan_times);
         let accum = self.cfg.optim.accum as f64;
         let mut bytes = CommBytes::default();
         let scale = self.state.loss_scale.as_ref().map_or(1.0, |s| s.scale);
@@ -169,9 +169,9 @@ impl Session {
             let t = Instant::now();
             let batches = self.pools.next(&heads)?;
             wait += t.elapsed().as_secs_f64();
-            skipped += batches.iter().map(|p| p.batch.skipped as f64).sum::<f64>();
-            images += batches.iter().map(|p| p.batch.n as f64).sum::<f64>();
-            labelled.iter_mut().zip(labelled_in(&batches)).for_each(|(a, n)| *a += n);
+            sums.skipped += batches.iter().map(|p| p.batch.skipped as f64).sum::<f64>();
+            sums.images += batches.iter().map(|p| p.batch.n as f64).sum::<f64>();
+            sums.labelled.iter_mut().zip(labelled_in(&batches)).for_each(|(a, n)| *a += n);
             let pfc = self.replica.slice().map(|slice| PfcStep {
                 comm: &*self.comm,
                 slice,
@@ -187,10 +187,10 @@ impl Session {
             let l = losses(self.replica.net(), &self.cfg, &batches, self.replica.device(), pfc.as_ref())?;
             let objective = if inject { l.total * f64::NAN } else { l.total };
             scaled_loss(&objective, self.cfg.optim.accum, self.state.loss_scale.as_ref()).backward();
-            total += objective.double_value(&[]) / accum;
+            sums.total += objective.double_value(&[]) / accum;
             for (head, p) in &l.parts {
                 if let Some(i) = heads.iter().position(|h| h == head) {
-                    parts[i] += if inject { f64::NAN } else { p.double_value(&[]) / accum };
+                    sums.parts[i] += if inject { f64::NAN } else { p.double_value(&[]) / accum };
                 }
             }
         }
@@ -214,19 +214,17 @@ impl Session {
         let out_of_time =
             self.cfg.schedule.time_limit.is_some_and(|t| self.state.elapsed_secs + clock.elapsed().as_secs_f64() >= t);
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        let mut v = vec![total, flag(signal.load(Ordering::Relaxed)), flag(out_of_time), skipped, images];
-        v.extend(labelled);
-        v.extend(&parts);
-        self.comm.all_reduce_f64(&mut v, ReduceOp::Sum)?;
+        (sums.signalled, sums.out_of_time) = (flag(signal.load(Ordering::Relaxed)), flag(out_of_time));
+        let all = sums.all_reduce(&*self.comm)?;
         let world = self.comm.world() as f64;
-        self.state.skipped_records += v[3] as u64;
+        self.state.run.skipped_records += all.skipped as u64;
         Ok(StepStats {
-            losses: heads.iter().zip(&v[8..]).map(|(&h, p)| (h, p / world)).collect(),
-            labelled: [v[5], v[6], v[7]],
-            images: v[4],
-            total: (!self.cfg.optim.alternate || self.heads.len() == 1).then_some(v[0] / world),
-            signalled: v[1] > 0.0,
-            out_of_time: v[2] > 0.0,
+            losses: heads.iter().zip(&all.parts).map(|(&h, p)| (h, p / world)).collect(),
+            labelled: all.labelled,
+            images: all.images,
+            total: (!self.cfg.optim.alternate || self.heads.len() == 1).then_some(all.total / world),
+            signalled: all.signalled > 0.0,
+            out_of_time: all.out_of_time > 0.0,
             data_wait: wait,
             comm_bytes: bytes,
         })
@@ -372,7 +370,7 @@ impl Session {
             "data_wait_frac": window.wait / secs,
             "world_size": world,
             "effective_batch": effective_batch,
-            "skipped_records": self.state.skipped_records,
+            "skipped_records": self.state.run.skipped_records,
             "allreduce_bytes": stats.comm_bytes.allreduce,
             "allgather_bytes": stats.comm_bytes.allgather,
             "head_bytes_per_rank": self.replica.head_bytes(),
@@ -416,7 +414,7 @@ impl Session {
     fn checkpoint(&mut self, clock: Instant) -> Result<std::path::PathBuf> {
         self.check_param_hash()?;
         let dir = checkpoint::step_dir(&self.run_dir, self.state.step);
-        self.state.positions = self.pools.positions();
+        self.state.run.positions = self.pools.positions();
         self.state.loss_counts = self.log.counts();
         let mut state = self.state.clone();
         state.elapsed_secs += clock.elapsed().as_secs_f64();
@@ -482,11 +480,11 @@ impl Session {
             }
         }
         // BatchNorm statistics differ per rank, so rank 0's verdict is the one all follow.
-        let better = metrics.primary.filter(|&m| validator.better(m, self.state.best_metric));
+        let better = metrics.primary.filter(|&m| validator.better(m, self.state.run.best_metric));
         let mut verdict = vec![u8::from(better.is_some())];
         self.comm.broadcast_bytes(&mut verdict, 0)?;
         if verdict[0] == 1 {
-            self.state.best_metric = better;
+            self.state.run.best_metric = better;
             let dir = self.checkpoint(clock)?;
             if self.comm.rank() == 0 {
                 checkpoint::copy_to(&dir, &self.run_dir.join("best"))?;
@@ -507,7 +505,7 @@ impl Session {
             self.state.lr_changes.iter().filter(|c| c.cause == LrCause::Plateau).map(|c| c.step).collect();
         self.log.event(json!({
             "event": "end", "step": self.state.step, "reason": format!("{reason:?}"), "decays": decays,
-            "lr_changes": self.state.lr_changes, "rollbacks": self.state.rollbacks, "lr": self.lr_shown(),
+            "lr_changes": self.state.lr_changes, "rollbacks": self.state.run.rollbacks, "lr": self.lr_shown(),
         }))?;
         self.log.flush()
     }
