@@ -3,7 +3,8 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::{arcface_torch, bench, eval, export, train};
+use crate::trained::arcface_torch;
+use crate::{bench, train, trained};
 
 #[derive(Parser, Debug)]
 #[command(name = "trainer", version, about = "The libtorch commands of trainer (run them through `trainer`)")]
@@ -17,12 +18,12 @@ pub enum Command {
     /// Train FR, Gender, Age or Multi (single process, or one rank per process under mpirun).
     Train(Box<train::TrainArgs>),
     /// Evaluate a run's checkpoint on validation sets.
-    Eval(eval::EvalArgs),
+    Eval(trained::eval::EvalArgs),
     /// Write a run's FR embeddings of a dataset or pair set as a .npy (+ .tsv of row names).
-    Embed(eval::embed::EmbedArgs),
+    Embed(trained::embed::EmbedArgs),
     /// Trace the backbone and FR embedding layer to TorchScript (torch.jit.load, libtorch),
     /// or write the backbone as arcface_torch's state dict (--format arcface-torch).
-    Export(export::ExportArgs),
+    Export(trained::export::ExportArgs),
     /// Make a run directory from another trainer's weights (arcface_torch's backbone.pth).
     #[command(subcommand)]
     Import(arcface_torch::ImportCommand),

@@ -50,7 +50,11 @@ fn keep(full: &str) {
     tracing::debug!("{full}");
     if let Some(path) = RANK_LOG.get() {
         if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
-            let _ = writeln!(f, "{:.3} error (full text): {full}", crate::train::runlog::unix_time());
+            let _ = writeln!(
+                f,
+                "{:.3} error (full text): {full}",
+                std::time::UNIX_EPOCH.elapsed().map_or(0.0, |d| d.as_secs_f64())
+            );
         }
     }
 }

@@ -5,14 +5,13 @@
 //! backbone files in and out). `bench` times the training step and the all-reduce; `device` resolves
 //! `--device`. The data side (shards, pipeline, plateau rule, metrics) is `trainer_data`.
 
-pub mod arcface_torch;
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod device;
 pub mod dist;
 pub mod errors;
 pub mod eval;
-pub mod export;
 pub mod model;
 pub mod optim;
 pub mod train;

@@ -6,7 +6,8 @@ use clap::FromArgMatches;
 use std::process::ExitCode;
 use trainer_data::term;
 use trainer_torch::cli::{Bench, Cli, Command};
-use trainer_torch::{arcface_torch, bench, eval, export, train};
+use trainer_torch::trained::arcface_torch;
+use trainer_torch::{bench, train, trained};
 
 /// Parses arguments (translating the seed's single-dash flags), sets up logging, runs.
 fn main() -> ExitCode {
@@ -23,9 +24,9 @@ fn main() -> ExitCode {
     term::init_tracing_at(if quiet { "warn" } else { "info" });
     let result = match cli.command {
         Command::Train(a) => train::run(*a, matches.subcommand_matches("train").unwrap_or(&matches)),
-        Command::Eval(a) => eval::run(a),
-        Command::Embed(a) => eval::embed::run(a),
-        Command::Export(a) => export::run(a),
+        Command::Eval(a) => trained::eval::run(a),
+        Command::Embed(a) => trained::embed::run(a),
+        Command::Export(a) => trained::export::run(a),
         Command::Import(a) => arcface_torch::run_import(a),
         Command::Bench(Bench::Train(a)) => bench::train::run(a),
         Command::Bench(Bench::Allreduce(a)) => bench::allreduce::run(a),

@@ -2,8 +2,9 @@
 //! algorithm and bus bandwidth, next to the ring bound from a measured point-to-point
 //! bandwidth and to an unbucketed (one all-reduce per tensor) baseline.
 
+use super::selftest;
 use crate::device::DeviceArg;
-use crate::dist::{self, selftest, Comm, CommOptions, LaunchInfo, ReduceOp};
+use crate::dist::{self, Comm, CommOptions, LaunchInfo, ReduceOp};
 use anyhow::Result;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};

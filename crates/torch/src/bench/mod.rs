@@ -4,4 +4,5 @@
 
 pub mod allreduce;
 pub mod head;
+pub mod selftest;
 pub mod train;

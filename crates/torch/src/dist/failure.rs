@@ -47,10 +47,22 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// Aborts the live NCCL communicator (if any), then the MPI job; never returns.
+/// What `end_job` runs before it aborts the job: a backend's way to stop its in-flight
+/// work (NCCL's communicator abort), registered by the backend.
+static BEFORE_END: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Registers `hook` to run first when the job ends (once per process; later calls keep
+/// the first hook).
+pub fn before_end_job(hook: fn()) {
+    let _ = BEFORE_END.set(hook);
+}
+
+/// Stops the backend's in-flight work (the live NCCL communicator, if any), then aborts
+/// the MPI job; never returns.
 pub fn end_job(reason: &str) -> ! {
-    #[cfg(feature = "nccl")]
-    super::nccl::abort_live();
+    if let Some(hook) = BEFORE_END.get() {
+        hook();
+    }
     backstop(std::time::Duration::from_secs(15));
     super::abort_job(reason)
 }

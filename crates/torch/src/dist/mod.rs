@@ -10,7 +10,6 @@ pub mod launch_check;
 pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
-pub mod selftest;
 pub mod single;
 pub mod watchdog;
 

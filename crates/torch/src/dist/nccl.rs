@@ -225,6 +225,7 @@ impl Nccl {
             )?;
         }
         LIVE.store(comm as *mut c_void, Ordering::Release);
+        super::failure::before_end_job(abort_live);
         tracing::info!(rank, device = index, nccl = lib.version, path = %lib.path.display(), "NCCL communicator ready");
         Ok(Nccl { host, lib, comm, opts, watchdog })
     }

@@ -7,11 +7,11 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use tch::{Device, Tensor};
 
+use super::metrics::Metrics;
 use super::pairs;
 use super::table::Row;
-use super::validate::Metrics;
+use crate::config::TrainConfig;
 use crate::model::Net;
-use crate::train::config::TrainConfig;
 use trainer_data::metrics::ijb::{self, Meta, Outcome, Target, FAR_NAMES};
 use trainer_data::pipeline::ijb::{jobs, IjbLoader};
 

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use tch::{Device, Tensor};
 
+use super::metrics::Metrics;
 use super::table::Row;
-use super::validate::Metrics;
 use crate::model::Net;
 use trainer_data::codec::Decoder;
 use trainer_data::interop::pairs::PairSet;

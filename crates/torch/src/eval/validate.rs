@@ -13,10 +13,11 @@ use std::sync::Arc;
 use tch::{Device, Tensor};
 
 use super::ijb::IjbSet;
+use super::metrics::Metrics;
 use super::pairs;
 use super::table::Row;
+use crate::config::TrainConfig;
 use crate::model::{Head, Net};
-use crate::train::config::TrainConfig;
 use trainer_data::interop::pairs::PairSet;
 use trainer_data::metrics::ijb::Target;
 use trainer_data::metrics::{draw_pairs, gap, verify_pairs, Confusion, Verification};
@@ -44,15 +45,6 @@ pub struct Validator {
     lower_is_better: bool,
     /// A bar per set on a terminal (`trainer eval`; training has its own bar).
     progress: bool,
-}
-
-/// Metric values by log key, the one that picks the best checkpoint, and printable reports.
-pub struct Metrics {
-    pub values: BTreeMap<String, f64>,
-    pub primary: Option<f64>,
-    pub reports: Vec<String>,
-    /// One row per set for `trainer eval`'s table.
-    pub rows: Vec<Row>,
 }
 
 /// Per-image outputs of one pass over a set.
@@ -142,7 +134,7 @@ impl Validator {
     }
 
     pub fn run(&self, net: &Net, cfg: &TrainConfig, device: Device) -> Result<Metrics> {
-        let mut m = Metrics { values: BTreeMap::new(), primary: None, reports: vec![], rows: vec![] };
+        let mut m = Metrics::default();
         for set in &self.sets {
             let bar = self.bar(&set.name, set.view.len());
             let out = tch::no_grad(|| infer(net, cfg, device, &set.view, &bar))?;
@@ -334,7 +326,7 @@ fn infer(
     let mut out = Outputs::default();
     let tasks = net.tasks();
     while let Some(batch) = loader.next_batch()? {
-        let x = crate::train::step::images(&batch, device);
+        let x = crate::model::input::images(&batch, device);
         let feats = net.features(&x, false);
         if tasks.fr {
             // insightface's protocol: the embedding plus its mirror's, normalised later.

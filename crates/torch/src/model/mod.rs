@@ -8,6 +8,7 @@
 pub mod arcface;
 pub mod backbone;
 pub mod heads;
+pub mod input;
 pub mod iresnet;
 #[cfg(test)]
 mod iresnet_twin_test;
@@ -18,6 +19,7 @@ pub mod partial_fc;
 pub mod resnet;
 #[cfg(test)]
 mod torchvision_test;
+pub mod weights;
 
 pub use arcface::ArcFace;
 pub use backbone::Backbone;

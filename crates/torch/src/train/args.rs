@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::ArgMatches;
 use std::path::PathBuf;
 
-use super::config::TrainConfig;
+use crate::config::TrainConfig;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "The seed's flags work too: -train_sets -valid_sets -img_w -lr_f -lr_g -lr_a \

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::args::TrainArgs;
 use super::checkpoint;
-use super::config::TrainConfig;
+use crate::config::TrainConfig;
 use trainer_data::term::BadSettings;
 
 /// The environment variable naming a file where rank 0 writes the run directory, so that
@@ -132,11 +132,6 @@ fn forget_uncheckpointed(run_dir: &Path, force: bool) -> Result<()> {
     let _lock = super::run_lock::acquire(run_dir, force)?;
     tracing::warn!("{}: an earlier attempt left no checkpoint; starting the run again from step 0", run_dir.display());
     super::runlog::forget_steps(run_dir)
-}
-
-/// `SLURM_RESTART_COUNT`: how many times Slurm has requeued this job (for the `resume` event).
-pub fn slurm_restart_count() -> Option<u64> {
-    std::env::var("SLURM_RESTART_COUNT").ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

@@ -233,7 +233,7 @@ pub fn ordinal(n: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::config::TrainConfig;
+    use crate::config::TrainConfig;
 
     fn limits(enabled: bool, max_rollbacks: u32) -> Limits {
         Limits { enabled, max_rollbacks, min_lr: 1e-5, shrink: 0.1 }

@@ -6,7 +6,6 @@
 mod args;
 mod auto_resume;
 pub mod checkpoint;
-pub mod config;
 mod decisions;
 mod pools;
 mod provenance;
@@ -23,8 +22,8 @@ pub mod step;
 
 use anyhow::Result;
 
+pub use crate::config::TrainConfig;
 pub use args::TrainArgs;
-pub use config::TrainConfig;
 pub use session::Session;
 
 /// Settings are checked before any rank does work (a bad value exits with status 2 on

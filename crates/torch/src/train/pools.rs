@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::config::{SamplerChoice, TrainConfig};
+use crate::config::{SamplerChoice, TrainConfig};
 use crate::dist::{Comm, ReduceOp};
 use crate::model::Head;
 use trainer_data::pipeline::{Batch, Loader, LoaderConfig, RankView, SamplerKind, SamplerPosition, ViewOptions};

@@ -34,7 +34,7 @@ fn nccl_version() -> Option<i32> {
 pub fn hosts(comm: &dyn Comm) -> Result<BTreeMap<String, usize>> {
     let mut out = BTreeMap::new();
     for r in 0..comm.world() {
-        let mut name = if comm.rank() == r { super::run_lock::hostname().into_bytes() } else { Vec::new() };
+        let mut name = if comm.rank() == r { hostname().into_bytes() } else { Vec::new() };
         comm.broadcast_bytes(&mut name, r)?;
         *out.entry(String::from_utf8_lossy(&name).into_owned()).or_insert(0) += 1;
     }
@@ -51,4 +51,21 @@ pub fn records_per_rank(comm: &dyn Comm, pools: &Pools) -> Result<Value> {
         out.insert(pool.key.to_string(), json!(counts.iter().map(|&c| c as u64).collect::<Vec<_>>()));
     }
     Ok(Value::Object(out))
+}
+
+/// This machine's name, as the lock file and the start event record it.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "unknown-host".into()
+    }
+}
+
+/// `SLURM_RESTART_COUNT`: how many times Slurm has requeued this job (for the `resume` event).
+pub fn slurm_restart_count() -> Option<u64> {
+    std::env::var("SLURM_RESTART_COUNT").ok()?.trim().parse().ok()
 }

@@ -7,7 +7,7 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use super::checkpoint;
-use super::config::TrainConfig;
+use crate::config::TrainConfig;
 use crate::dist::Comm;
 use crate::model::{ClassSlice, Head, Net, Tasks};
 use crate::optim::{groups_by_prefix, Sgd};
@@ -187,7 +187,7 @@ impl Replica {
         let model = dir.join(checkpoint::MODEL_FILE);
         let named = Tensor::read_safetensors(&model).with_context(|| format!("loading {}", model.display()))?;
         let named = self.cut(named, HEAD_WEIGHT);
-        copy_into(&self.vs, &named).with_context(|| format!("loading {}", model.display()))?;
+        crate::model::weights::copy_into(&self.vs, &named).with_context(|| format!("loading {}", model.display()))?;
         let optim = dir.join(checkpoint::OPTIM_FILE);
         let named = Tensor::read_safetensors(&optim).with_context(|| format!("loading {}", optim.display()))?;
         let named = self.cut(named, HEAD_MOMENTUM);
@@ -311,38 +311,6 @@ fn gather_rows(comm: &dyn Comm, mine: &Tensor, total: usize) -> Result<Tensor> {
     let parts: Vec<Tensor> =
         (0..world).map(|r| all.narrow(0, r as i64 * widest, ClassSlice::of(r, world, total).len as i64)).collect();
     Ok(Tensor::cat(&parts, 0))
-}
-
-/// Copies every variable from `named`, by name. Every tensor's dtype and shape are checked
-/// against the model's, and the names must be the same set, before anything is copied: a
-/// relabelled or reshaped tensor is an error naming it, never a cast or a panic in libtorch.
-pub fn copy_into(vs: &VarStore, named: &[(String, Tensor)]) -> Result<()> {
-    let saved: std::collections::HashMap<&str, &Tensor> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let vars = vs.variables();
-    for (name, var) in &vars {
-        let Some(t) = saved.get(name.as_str()) else { bail!("no tensor {name} in the checkpoint") };
-        anyhow::ensure!(
-            t.kind() == var.kind(),
-            "{name}: dtype {:?} in the checkpoint, {:?} in this model",
-            t.kind(),
-            var.kind()
-        );
-        anyhow::ensure!(
-            t.size() == var.size(),
-            "{name}: shape {:?} in the checkpoint, {:?} in this model",
-            t.size(),
-            var.size()
-        );
-    }
-    if let Some((extra, _)) = named.iter().find(|(n, _)| !vars.contains_key(n)) {
-        bail!("{extra}: in the checkpoint but not in this model ({} tensors there, {} here)", named.len(), vars.len());
-    }
-    tch::no_grad(|| {
-        for (name, var) in &vars {
-            var.shallow_clone().copy_(saved[name.as_str()]);
-        }
-    });
-    Ok(())
 }
 
 fn is_bn_statistic(name: &str) -> bool {

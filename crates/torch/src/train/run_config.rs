@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::Path;
 
 use super::checkpoint;
-use super::config::TrainConfig;
+use crate::config::TrainConfig;
 
 pub const FILE: &str = "config.json";
 

@@ -5,6 +5,7 @@
 //! requeued job keeps its id, and Slurm runs one allocation of a job at a time); `--force`
 //! takes any lock over (the holder is known to be gone).
 
+use super::provenance;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -29,8 +30,14 @@ pub struct Holder {
 impl Holder {
     fn me() -> Holder {
         let job = ["SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID"].iter().find_map(|v| std::env::var(v).ok());
-        let restarts = super::auto_resume::slurm_restart_count();
-        Holder { host: hostname(), pid: std::process::id(), job, since: super::runlog::utc_stamp(), restarts }
+        let restarts = provenance::slurm_restart_count();
+        Holder {
+            host: provenance::hostname(),
+            pid: std::process::id(),
+            job,
+            since: super::runlog::utc_stamp(),
+            restarts,
+        }
     }
 
     fn describe(&self) -> String {
@@ -48,20 +55,9 @@ impl Holder {
 
     /// Same host, and no such process.
     fn is_dead(&self) -> bool {
-        self.host == hostname()
+        self.host == provenance::hostname()
             && unsafe { libc::kill(self.pid as libc::pid_t, 0) } != 0
             && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-    }
-}
-
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0;
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    if ok {
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "unknown-host".into()
     }
 }
 
@@ -152,7 +148,13 @@ mod tests {
     #[test]
     fn a_dead_holder_on_this_host_or_force_is_taken_over() {
         let dir = tempfile::tempdir().unwrap();
-        let dead = Holder { host: hostname(), pid: i32::MAX as u32, job: None, since: "then".into(), restarts: None };
+        let dead = Holder {
+            host: provenance::hostname(),
+            pid: i32::MAX as u32,
+            job: None,
+            since: "then".into(),
+            restarts: None,
+        };
         std::fs::write(dir.path().join(LOCK_FILE), serde_json::to_vec(&dead).unwrap()).unwrap();
         let lock = acquire(dir.path(), false).unwrap();
         assert_eq!(read(&dir.path().join(LOCK_FILE)).unwrap().pid, std::process::id());

@@ -8,8 +8,8 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-/// PyTorch's defaults (insightface's arcface_torch grows every 100 steps instead).
-pub const INIT_SCALE: f64 = 65536.0;
+/// PyTorch's defaults (insightface's arcface_torch grows every 100 steps instead; the first
+/// scale is `--amp-init-scale`).
 pub const GROWTH_INTERVAL: u64 = 2000;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -2,16 +2,7 @@
 //! linear ramp, then 1 under the plateau rule (which shrinks the rates itself), or
 //! arcface_torch's polynomial decay to 0 at `--max-steps` (`--schedule poly`, power 2).
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// dlib's plateau rule (the default): shrink by --shrink after --plateau-steps.
-    Plateau,
-    /// arcface_torch's PolyScheduler: lr × (1 − t/T)², T = --max-steps − --warmup-steps.
-    Poly,
-}
+use crate::config::Schedule;
 
 /// arcface_torch's PolyScheduler power.
 const POLY_POWER: f64 = 2.0;

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::config::TrainConfig;
 use super::scaler::LossScale;
+use crate::config::TrainConfig;
 use crate::model::Head;
 use trainer_data::pipeline::SamplerPosition;
 use trainer_data::plateau::Plateau;

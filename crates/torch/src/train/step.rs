@@ -3,18 +3,12 @@
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
-use super::config::TrainConfig;
 use super::pools::Part;
+use crate::config::TrainConfig;
 use crate::model::loss::{cross_entropy, soft_cross_entropy};
 use crate::model::partial_fc::PfcStep;
 use crate::model::{Head, Net};
 use trainer_data::pipeline::Batch;
-
-/// A batch's images as an NCHW tensor on `device`.
-pub fn images(b: &Batch, device: Device) -> Tensor {
-    let s = b.size as i64;
-    Tensor::from_slice(&b.images).view([b.n as i64, 3, s, s]).to_device(device)
-}
 
 /// The weighted total to backpropagate and each head's own loss (for logs).
 pub struct Losses {
@@ -67,7 +61,7 @@ pub fn head_loss(net: &Net, cfg: &TrainConfig, head: Head, feats: &Tensor, y: &T
 /// `PfcStep::loss`) and `total` carries, beside the loss values, a term that only feeds the
 /// gathered embeddings' gradients back into this rank's backbone.
 pub fn losses(net: &Net, cfg: &TrainConfig, parts: &[Part], device: Device, pfc: Option<&PfcStep>) -> Result<Losses> {
-    let x = Tensor::cat(&parts.iter().map(|p| images(&p.batch, device)).collect::<Vec<_>>(), 0);
+    let x = Tensor::cat(&parts.iter().map(|p| crate::model::input::images(&p.batch, device)).collect::<Vec<_>>(), 0);
     let amp = cfg.optim.amp && device.is_cuda();
     // libtorch 2.11 warns on every autocast toggle, so toggle only when asked to.
     let backbone = |train| match amp {

@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Device;
 
-use super::config::TrainConfig;
 use super::decisions::{Judge, Limits};
 use super::pools::Pools;
 use super::replica::{Replica, Snapshot};
 use super::run_lock::RunLock;
 use super::runlog::RunLog;
 use super::state::TrainState;
+use crate::config::TrainConfig;
 use crate::dist::{self, Comm, LaunchInfo, ReduceOp};
 use crate::eval::validate::Validator;
 use crate::model::{ClassSlice, Head};

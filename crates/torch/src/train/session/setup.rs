@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Device;
 
+use crate::config::TrainConfig;
 use crate::dist::{Comm, LaunchInfo, ReduceOp};
 use crate::model::{ClassSlice, Head};
 use crate::train::checkpoint;
-use crate::train::config::TrainConfig;
 use crate::train::pools::Pools;
 use crate::train::provenance;
 use crate::train::run_config;
@@ -61,7 +61,7 @@ impl Start<'_> {
             "checkpoint": self.checkpoint, "world_size": comm.world(), "ranks_per_node": self.launch.local_world,
             "effective_batch": effective_batch, "datasets": datasets,
             "device": format!("{:?}", self.device), "backend": comm.backend(), "num_classes": state.num_classes,
-            "slurm_restart_count": crate::train::auto_resume::slurm_restart_count(),
+            "slurm_restart_count": crate::train::provenance::slurm_restart_count(),
             "command": std::env::args().collect::<Vec<_>>(), "version": env!("CARGO_PKG_VERSION"),
             "versions": provenance::versions(comm.backend()), "hosts": provenance::hosts(comm)?,
             "records_per_rank": provenance::records_per_rank(comm, pools)?, "config": cfg,

@@ -1,16 +1,21 @@
-//! A trained model, as `eval`, `embed` and `export` select it: a run directory, one of its
-//! checkpoints, and how many threads libtorch may use. One definition of those flags for
-//! the three commands, and one way to load what they name.
+//! A trained run's model, and the commands that read it: `eval`, `embed` and `export`
+//! select it the same way (a run directory, one of its checkpoints, libtorch's threads),
+//! with one definition of those flags and one way to load what they name.
+
+pub mod arcface_torch;
+pub mod embed;
+pub mod eval;
+pub mod export;
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
+use crate::config::TrainConfig;
 use crate::device::DeviceArg;
 use crate::model::{Net, Tasks};
 use crate::train::checkpoint;
-use crate::train::config::TrainConfig;
 use trainer_data::bounds;
 
 #[derive(clap::Args, Debug)]
@@ -70,7 +75,7 @@ impl ModelArgs {
         let named = Tensor::read_safetensors(&model)
             .map_err(crate::errors::cut)
             .with_context(|| format!("loading {}", model.display()))?;
-        crate::train::replica::copy_into(&vs, &named).with_context(|| format!("loading {}", model.display()))?;
+        crate::model::weights::copy_into(&vs, &named).with_context(|| format!("loading {}", model.display()))?;
         Ok(Loaded { run: run.clone(), net, vs, cfg, checkpoint: ckpt, step: saved.step, device })
     }
 }

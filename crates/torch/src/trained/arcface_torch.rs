@@ -11,9 +11,9 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use trainer_data::interop::torch_save::{self, DType, StoredTensor};
 
+use crate::config::{ModelConfig, TrainConfig};
 use crate::model::{Arch, Head, HeadConfig, Net, Task};
 use crate::train::checkpoint;
-use crate::train::config::{ModelConfig, TrainConfig};
 use crate::train::state::TrainState;
 
 /// The variable prefix of the backbone: what follows it is arcface_torch's name.

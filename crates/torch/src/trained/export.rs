@@ -11,8 +11,8 @@ use anyhow::{ensure, Context, Result};
 use std::path::PathBuf;
 use tch::{CModule, Device, Kind, Tensor};
 
+use super::ModelArgs;
 use crate::device::DeviceArg;
-use crate::trained::ModelArgs;
 
 use trainer_data::output::{self, Output};
 
@@ -39,7 +39,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     // Traced on the CPU: a TorchScript file that loads anywhere.
     let mut model = args.model.load(&DeviceArg { device: "cpu".into() }, 0)?;
     if args.format == ExportFormat::ArcfaceTorch {
-        return trainer_data::term::print(&format!("{}\n", crate::arcface_torch::export(&model, &args.out)?));
+        return trainer_data::term::print(&format!("{}\n", crate::trained::arcface_torch::export(&model, &args.out)?));
     }
     // Weights become constants of the traced graph, which must not require gradients.
     model.vs.freeze();

@@ -2,7 +2,7 @@
 //! predict (rank r contributes r + 1, so the mean is (N + 1) / 2), plus injected faults
 //! (a rank that dies, a rank that hangs) for the failure tests.
 
-use super::{Comm, CommOptions, ReduceOp};
+use crate::dist::{Comm, CommOptions, ReduceOp};
 use anyhow::{ensure, Result};
 use tch::{Device, Kind, Tensor};
 

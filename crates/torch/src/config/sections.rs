@@ -10,12 +10,14 @@ use std::path::PathBuf;
 
 use crate::device::DeviceArg;
 use crate::model::{Arch, Head, Task};
-use crate::train::schedule::Schedule;
 use trainer_data::bounds;
 use trainer_data::targets::{Column, SetSpec};
 
 /// Largest learning rate accepted (anything above is a typo).
 const MAX_LR: f64 = 1e6;
+
+/// `--amp`'s first loss scale, as PyTorch's GradScaler.
+pub const AMP_INIT_SCALE: f64 = 65536.0;
 
 /// Implements `Default` from the clap attributes, so defaults are declared once.
 macro_rules! clap_default {
@@ -58,6 +60,15 @@ pub struct ModelConfig {
     /// plus uniformly drawn negatives (1 = all; arcface_torch uses 0.1 at ≥ 1 M identities).
     #[arg(long, default_value_t = 1.0, value_parser = bounds::real(0.0, 1.0, true))]
     pub sample_rate: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// dlib's plateau rule (the default): shrink by --shrink after --plateau-steps.
+    Plateau,
+    /// arcface_torch's PolyScheduler: lr × (1 − t/T)², T = --max-steps − --warmup-steps.
+    Poly,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -170,7 +181,7 @@ pub struct OptimConfig {
     #[arg(long)]
     pub amp: bool,
     /// First loss scale of --amp (halved on overflow, doubled after 2000 good steps).
-    #[arg(long, default_value_t = crate::train::scaler::INIT_SCALE, value_parser = bounds::real(1.0, f32::MAX as f64, false))]
+    #[arg(long, default_value_t = AMP_INIT_SCALE, value_parser = bounds::real(1.0, f32::MAX as f64, false))]
     pub amp_init_scale: f64,
 }
 

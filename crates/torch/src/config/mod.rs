@@ -18,12 +18,12 @@ use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-pub use super::schedule::Schedule;
 pub use crate::dist::CommArgs;
 pub use crate::model::Task;
 use crate::model::{Head, HeadConfig, Tasks};
 pub use sections::{
-    CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RunConfig, SamplerChoice, ScheduleConfig, ValidConfig,
+    CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RunConfig, SamplerChoice, Schedule, ScheduleConfig,
+    ValidConfig,
 };
 use trainer_data::targets::SetSpec;
 

@@ -1,0 +1,10 @@
+//! A loader batch as the network's input.
+
+use tch::{Device, Tensor};
+use trainer_data::pipeline::Batch;
+
+/// A batch's images as an NCHW tensor on `device`.
+pub fn images(b: &Batch, device: Device) -> Tensor {
+    let s = b.size as i64;
+    Tensor::from_slice(&b.images).view([b.n as i64, 3, s, s]).to_device(device)
+}
