@@ -37,7 +37,7 @@ fn parse_spec(s: &str) -> Result<String, String> {
     match s {
         "auto" | "cpu" | "cuda" => Ok(s.to_string()),
         _ if gpu => Ok(s.to_string()),
-        _ => Err(format!("expected auto, cpu, cuda or cuda:N, got {s:?}")),
+        _ => Err(format!("{s:?} is not auto, cpu, cuda or cuda:N")),
     }
 }
 

@@ -50,10 +50,6 @@ impl LabelTable {
     pub fn num_classes(&self) -> usize {
         self.entries.iter().map(|(id, _)| *id as usize + 1).max().unwrap_or(0)
     }
-
-    pub fn name_of(&self, id: u32) -> Option<&str> {
-        self.entries.iter().find(|(i, _)| *i == id).map(|(_, n)| n.as_str())
-    }
 }
 
 #[cfg(test)]

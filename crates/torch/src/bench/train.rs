@@ -3,7 +3,7 @@
 //! `benches/pytorch_train.py` is the same step in PyTorch; `benches/train.sh` runs both.
 
 use crate::model::loss::cross_entropy;
-use crate::model::{Arch, Head, HeadConfig, Net, Tasks};
+use crate::model::{Arch, Head, HeadConfig, Net, Task};
 use crate::optim::{groups_by_prefix, Sgd};
 use anyhow::{bail, Context, Result};
 use std::time::Instant;
@@ -100,7 +100,7 @@ pub fn measure(a: &TrainBenchArgs, device: Device) -> Result<TrainBench> {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let cfg = HeadConfig::default();
-    let net = Net::new(&vs.root(), a.arch, &cfg, a.classes, Tasks { fr: true, gender: false, age: false })?;
+    let net = Net::new(&vs.root(), a.arch, &cfg, a.classes, Task::Fr)?;
     let spec = [("backbone.", 0.01, 5e-4), ("fr.", 0.01, 5e-4), ("arcface.", 0.01, 5e-4)];
     let mut opt = Sgd::new(groups_by_prefix(&vs, &spec), 0.9);
     let mut x = Tensor::randn([a.batch_size, 3, a.size, a.size], (Kind::Float, device));

@@ -20,7 +20,7 @@ use std::path::Path;
 
 pub use crate::dist::CommArgs;
 pub use crate::model::Task;
-use crate::model::{Head, HeadConfig, Tasks};
+use crate::model::{Head, HeadConfig};
 pub use sections::{
     CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RunConfig, SamplerChoice, Schedule, ScheduleConfig,
     ValidConfig,
@@ -152,7 +152,7 @@ impl TrainConfig {
 
     /// The heads the run trains, in FR, Gender, Age order.
     pub fn heads(&self) -> Vec<Head> {
-        Tasks::from(self.model.task).heads()
+        self.model.task.heads()
     }
 
     /// The datasets as given, with `--target-column` filled in where a Gender or Age

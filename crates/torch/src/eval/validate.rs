@@ -324,22 +324,22 @@ fn infer(
     let mut loader =
         Loader::sequential(Arc::clone(view), cfg.model.size, cfg.data.batch_size.max(1), cfg.data.workers)?;
     let mut out = Outputs::default();
-    let tasks = net.tasks();
+    let heads = net.heads();
     while let Some(batch) = loader.next_batch()? {
         let x = crate::model::input::images(&batch, device);
         let feats = net.features(&x, false);
-        if tasks.fr {
+        if heads.contains(&Head::Fr) {
             // insightface's protocol: the embedding plus its mirror's, normalised later.
             let e = net.embed(&feats, false)? + net.embed(&net.features(&x.flip([3]), false), false)?;
             out.dim = e.size()[1] as usize;
-            out.emb.extend(to_vec_f32(&e));
+            out.emb.extend(pairs::to_f32(&e)?);
         }
-        if tasks.gender {
-            out.gender.0.extend(argmax(&net.logits(Head::Gender, &feats, None, false)?));
+        if heads.contains(&Head::Gender) {
+            out.gender.0.extend(argmax(&net.logits(Head::Gender, &feats, None, false)?)?);
             out.gender.1.extend(&batch.genders);
         }
-        if tasks.age {
-            out.age.0.extend(argmax(&net.logits(Head::Age, &feats, None, false)?));
+        if heads.contains(&Head::Age) {
+            out.age.0.extend(argmax(&net.logits(Head::Age, &feats, None, false)?)?);
             let top = net.classes(Head::Age) as i64 - 1;
             out.age.1.extend(batch.ages.iter().map(|&a| a.min(top)));
         }
@@ -349,12 +349,8 @@ fn infer(
     Ok(out)
 }
 
-fn to_vec_f32(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.to_device(Device::Cpu).flatten(0, -1)).unwrap_or_default()
-}
-
-fn argmax(logits: &Tensor) -> Vec<i64> {
-    Vec::<i64>::try_from(logits.argmax(1, false).to_device(Device::Cpu)).unwrap_or_default()
+fn argmax(logits: &Tensor) -> Result<Vec<i64>> {
+    Ok(Vec::<i64>::try_from(logits.argmax(1, false).to_device(Device::Cpu))?)
 }
 
 /// Decodes images `0..n` (bytes from `get`) at `size`, on all cores; the first failure names its image.

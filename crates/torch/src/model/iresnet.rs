@@ -10,7 +10,7 @@
 use super::layers::BatchNorm;
 use anyhow::{bail, ensure, Result};
 use tch::nn::{self, Init, Module, ModuleT};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// The only input side the 512·7·7 `fc` fits (aligned 112×112 faces).
 pub const INPUT_SIDE: i64 = 112;
@@ -126,19 +126,6 @@ impl ModuleT for IBasicBlock {
     }
 }
 
-/// `features`: BatchNorm1d whose scale insightface pins to 1 and never trains. The weight is
-/// a non-trainable variable, so it is saved and loaded but no optimiser group picks it up.
-fn fixed_scale_bn(p: nn::Path, channels: i64) -> BatchNorm {
-    let tracked = Tensor::zeros([], (Kind::Int64, p.device()));
-    BatchNorm {
-        weight: p.ones_no_train("weight", &[channels]),
-        bias: p.var("bias", &[channels], Init::Const(0.)),
-        running_mean: p.zeros_no_train("running_mean", &[channels]),
-        running_var: p.ones_no_train("running_var", &[channels]),
-        num_batches_tracked: p.add("num_batches_tracked", tracked, false),
-    }
-}
-
 /// `fc` as PyTorch's `nn.Linear` initialises it: weight and bias from U(±1/√fan_in)
 /// (tch's default weight init is √6 times wider).
 fn linear(p: nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
@@ -188,7 +175,7 @@ impl IResNet {
             bn2: BatchNorm::new(p / "bn2", c_in),
             dropout,
             fc: linear(p / "fc", flat, emb_dim as i64),
-            features: fixed_scale_bn(p / "features", emb_dim as i64),
+            features: BatchNorm::fixed_scale(p / "features", emb_dim as i64),
         })
     }
 
@@ -239,7 +226,7 @@ impl ModuleT for IResNet {
 mod tests {
     use super::*;
     use std::collections::HashMap;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     fn build(depth: usize, dropout: f64) -> (nn::VarStore, IResNet) {
         let vs = nn::VarStore::new(Device::Cpu);

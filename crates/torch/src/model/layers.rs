@@ -24,18 +24,30 @@ pub fn conv2d(p: nn::Path, c_in: i64, c_out: i64, ksize: i64, stride: i64) -> nn
 /// bias 0, and a `num_batches_tracked` counter so PyTorch loads the weights strictly.
 #[derive(Debug)]
 pub struct BatchNorm {
-    pub weight: Tensor,
-    pub bias: Tensor,
-    pub running_mean: Tensor,
-    pub running_var: Tensor,
-    pub num_batches_tracked: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    num_batches_tracked: Tensor,
 }
 
 impl BatchNorm {
     pub fn new(p: nn::Path, channels: i64) -> BatchNorm {
+        let weight = p.var("weight", &[channels], Init::Const(1.));
+        Self::with_weight(p, channels, weight)
+    }
+
+    /// A BatchNorm whose scale is pinned to 1 and never trained (insightface's `features`):
+    /// the weight is saved and loaded, but no optimiser group picks it up.
+    pub fn fixed_scale(p: nn::Path, channels: i64) -> BatchNorm {
+        let weight = p.ones_no_train("weight", &[channels]);
+        Self::with_weight(p, channels, weight)
+    }
+
+    fn with_weight(p: nn::Path, channels: i64, weight: Tensor) -> BatchNorm {
         let tracked = Tensor::zeros([], (Kind::Int64, p.device()));
         BatchNorm {
-            weight: p.var("weight", &[channels], Init::Const(1.)),
+            weight,
             bias: p.var("bias", &[channels], Init::Const(0.)),
             running_mean: p.zeros_no_train("running_mean", &[channels]),
             running_var: p.ones_no_train("running_var", &[channels]),

@@ -48,6 +48,19 @@ pub enum Task {
 }
 
 impl Task {
+    /// Whether the task trains `head` (Multi trains all three).
+    pub fn has(self, head: Head) -> bool {
+        matches!(
+            (self, head),
+            (Task::Multi, _) | (Task::Fr, Head::Fr) | (Task::Gender, Head::Gender) | (Task::Age, Head::Age)
+        )
+    }
+
+    /// The heads the task trains, in FR, Gender, Age order.
+    pub fn heads(self) -> Vec<Head> {
+        Head::ALL.into_iter().filter(|&h| self.has(h)).collect()
+    }
+
     /// As in default run ids: `FR-20261129-080000`.
     pub fn name(self) -> &'static str {
         match self {
@@ -59,39 +72,9 @@ impl Task {
     }
 }
 
-/// Which heads a `Net` has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Tasks {
-    pub fr: bool,
-    pub gender: bool,
-    pub age: bool,
-}
-
-impl From<Task> for Tasks {
-    fn from(t: Task) -> Tasks {
-        let multi = t == Task::Multi;
-        Tasks { fr: multi || t == Task::Fr, gender: multi || t == Task::Gender, age: multi || t == Task::Age }
-    }
-}
-
 /// One of the net's heads (`Task::Multi` trains all three on one backbone). It lives
 /// with the data, which knows what each record teaches each head.
 pub use trainer_data::targets::Head;
-
-impl Tasks {
-    pub fn has(self, head: Head) -> bool {
-        match head {
-            Head::Fr => self.fr,
-            Head::Gender => self.gender,
-            Head::Age => self.age,
-        }
-    }
-
-    /// The heads present, in FR, Gender, Age order.
-    pub fn heads(self) -> Vec<Head> {
-        Head::ALL.into_iter().filter(|&h| self.has(h)).collect()
-    }
-}
 
 /// Backbone plus the heads of the chosen tasks. What the heads compute is here; the
 /// losses on them are the training step's business.
@@ -105,8 +88,8 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn new(root: &nn::Path, arch: Arch, cfg: &HeadConfig, num_classes: usize, tasks: Tasks) -> Result<Net> {
-        Net::with_slice(root, arch, cfg, num_classes, tasks, None)
+    pub fn new(root: &nn::Path, arch: Arch, cfg: &HeadConfig, num_classes: usize, task: Task) -> Result<Net> {
+        Net::with_slice(root, arch, cfg, num_classes, task, None)
     }
 
     /// A net whose ArcFace layer holds only `slice` of the class centres (Partial FC).
@@ -115,12 +98,12 @@ impl Net {
         arch: Arch,
         cfg: &HeadConfig,
         num_classes: usize,
-        tasks: Tasks,
+        task: Task,
         slice: Option<ClassSlice>,
     ) -> Result<Net> {
         let backbone = Backbone::new(&(root / "backbone"), arch, cfg)?;
         let d = backbone.out_dim();
-        let fr = match tasks.fr {
+        let fr = match task.has(Head::Fr) {
             true => {
                 let head = (!backbone.embeds()).then(|| FrHead::new(&(root / "fr"), d, cfg));
                 let (p, margin) = (root / "arcface", cfg.margin()?);
@@ -132,13 +115,15 @@ impl Net {
             }
             false => None,
         };
-        let gender = tasks.gender.then(|| ClassifierHead::gender(&(root / "gender"), d, cfg));
-        let age = tasks.age.then(|| ClassifierHead::age(&(root / "age"), d, cfg));
+        let gender = task.has(Head::Gender).then(|| ClassifierHead::gender(&(root / "gender"), d, cfg));
+        let age = task.has(Head::Age).then(|| ClassifierHead::age(&(root / "age"), d, cfg));
         Ok(Net { backbone, fr, gender, age })
     }
 
-    pub fn tasks(&self) -> Tasks {
-        Tasks { fr: self.fr.is_some(), gender: self.gender.is_some(), age: self.age.is_some() }
+    /// The heads the net has, in FR, Gender, Age order.
+    pub fn heads(&self) -> Vec<Head> {
+        let has = [self.fr.is_some(), self.gender.is_some(), self.age.is_some()];
+        Head::ALL.into_iter().zip(has).filter_map(|(h, has)| has.then_some(h)).collect()
     }
 
     /// Backbone features `[N, out_dim]`: pooled (ResNet) or the embedding (IResNet).
@@ -207,8 +192,8 @@ mod tests {
     fn heads_follow_the_task() {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = HeadConfig { emb_dim: 32, gender_hidden: vec![16], ..Default::default() };
-        let net = Net::new(&vs.root(), Arch::Tiny, &cfg, 5, Task::Gender.into()).unwrap();
-        assert_eq!(net.tasks(), Tasks { fr: false, gender: true, age: false });
+        let net = Net::new(&vs.root(), Arch::Tiny, &cfg, 5, Task::Gender).unwrap();
+        assert_eq!(net.heads(), [Head::Gender]);
         assert_eq!((net.classes(Head::Gender), net.classes(Head::Fr)), (2, 0));
         let vars = vs.variables();
         assert!(vars.contains_key("backbone.layer2.0.downsample.0.weight"));
@@ -225,7 +210,7 @@ mod tests {
     fn iresnet_embeds_without_an_fr_layer() {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = HeadConfig { emb_dim: 64, gender_hidden: vec![16], fr_dropout: 0.0, ..Default::default() };
-        let net = Net::new(&vs.root(), Arch::Iresnet18, &cfg, 7, Task::Multi.into()).unwrap();
+        let net = Net::new(&vs.root(), Arch::Iresnet18, &cfg, 7, Task::Multi).unwrap();
         let vars = vs.variables();
         assert!(
             vars.contains_key("backbone.features.running_mean") && vars.contains_key("backbone.layer4.1.prelu.weight")

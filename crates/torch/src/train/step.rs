@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn targets_reject_out_of_range_and_clip_ages() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = Net::new(&vs.root(), Arch::Tiny, &tiny_heads(), 5, Task::Multi.into()).unwrap();
+        let net = Net::new(&vs.root(), Arch::Tiny, &tiny_heads(), 5, Task::Multi).unwrap();
         let b = batch(2, vec![0, 5], vec![0, 2], vec![9, -1]);
         assert!(targets(&net, Head::Fr, &b, Device::Cpu).unwrap_err().to_string().contains("identity label 5"));
         assert!(targets(&net, Head::Gender, &b, Device::Cpu).is_err());
@@ -154,7 +154,7 @@ mod tests {
             HeadConfig { s: 16.0, m: 0.2, fr_dropout: 0.0, gender_dropout: 0.0, age_dropout: 0.0, ..tiny_heads() };
         let mut cfg = TrainConfig { heads: heads.clone(), ..TrainConfig::default() };
         cfg.model.task = Task::Multi;
-        let net = Net::new(&vs.root(), Arch::Tiny, &heads, 4, Task::Multi.into()).unwrap();
+        let net = Net::new(&vs.root(), Arch::Tiny, &heads, 4, Task::Multi).unwrap();
         let spec = [
             ("backbone.", 0.05, 5e-4),
             ("fr.", 0.05, 5e-4),

@@ -61,7 +61,7 @@ pub fn import(args: &ImportArgs) -> Result<String> {
     };
     let cfg = imported_config(args.arch, emb_dim);
     let vs = VarStore::new(Device::Cpu);
-    Net::new(&vs.root(), cfg.model.arch, &cfg.heads, 0, Task::Fr.into())?;
+    Net::new(&vs.root(), cfg.model.arch, &cfg.heads, 0, Task::Fr)?;
     load_backbone(&vs, &tensors)
         .with_context(|| format!("{} as arcface_torch's {}", args.file.display(), arch_name(args.arch)))?;
     let partial = with_suffix(&args.out, ".partial");
@@ -211,7 +211,7 @@ pub fn backbone_state(vs: &VarStore) -> Result<Vec<StoredTensor>> {
 /// `trainer export RUN --format arcface-torch`: the backbone of `model` as `backbone.pth`.
 pub fn export(model: &crate::trained::Loaded, out: &Path) -> Result<String> {
     check_arch(model.cfg.model.arch)?;
-    let tensors = backbone_state(&model.vs)?;
+    let tensors = backbone_state(model.vars())?;
     torch_save::write(out, &tensors)?;
     Ok(format!(
         "exported {} (step {}) to {}: {} tensors, arcface_torch's {} state dict (torch.load, then load_state_dict)",

@@ -42,7 +42,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         return trainer_data::term::print(&format!("{}\n", crate::trained::arcface_torch::export(&model, &args.out)?));
     }
     // Weights become constants of the traced graph, which must not require gradients.
-    model.vs.freeze();
+    model.freeze();
     model.require_fr("export")?;
     let size = model.cfg.model.size as i64;
     let example = Tensor::rand([2, 3, size, size], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;

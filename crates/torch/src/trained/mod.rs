@@ -14,7 +14,7 @@ use tch::{Device, Tensor};
 
 use crate::config::TrainConfig;
 use crate::device::DeviceArg;
-use crate::model::{Net, Tasks};
+use crate::model::{Head, Net};
 use crate::train::checkpoint;
 use trainer_data::bounds;
 
@@ -37,7 +37,7 @@ pub struct Loaded {
     pub run: PathBuf,
     pub net: Net,
     /// Owns the weights `net` uses.
-    pub vs: VarStore,
+    vs: VarStore,
     pub cfg: TrainConfig,
     pub checkpoint: PathBuf,
     pub step: u64,
@@ -70,7 +70,7 @@ impl ModelArgs {
             false => saved.config.clone(),
         };
         let vs = VarStore::new(device);
-        let net = Net::new(&vs.root(), cfg.model.arch, &cfg.heads, saved.num_classes, cfg.model.task.into())?;
+        let net = Net::new(&vs.root(), cfg.model.arch, &cfg.heads, saved.num_classes, cfg.model.task)?;
         let model = ckpt.join(checkpoint::MODEL_FILE);
         let named = Tensor::read_safetensors(&model)
             .map_err(crate::errors::cut)
@@ -81,6 +81,16 @@ impl ModelArgs {
 }
 
 impl Loaded {
+    /// The weights, by name.
+    pub fn vars(&self) -> &VarStore {
+        &self.vs
+    }
+
+    /// Weights that no longer require gradients: what a traced graph takes as constants.
+    pub fn freeze(&mut self) {
+        self.vs.freeze();
+    }
+
     /// What a result line says it was computed with: checkpoint, step, libtorch threads.
     pub fn identity(&self) -> serde_json::Value {
         serde_json::json!({"checkpoint": self.checkpoint, "step": self.step, "threads": tch::get_num_threads()})
@@ -89,7 +99,7 @@ impl Loaded {
     /// Refuses a model without an FR head for a command that needs embeddings.
     pub fn require_fr(&self, what: &str) -> Result<()> {
         let task = self.cfg.model.task;
-        anyhow::ensure!(Tasks::from(task).fr, "{} has no FR head to {what} (task {})", self.run.display(), task.name());
+        anyhow::ensure!(task.has(Head::Fr), "{} has no FR head to {what} (task {})", self.run.display(), task.name());
         Ok(())
     }
 }
