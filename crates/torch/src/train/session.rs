@@ -12,6 +12,7 @@ use super::decisions::{Judge, Limits};
 use super::pools::Pools;
 use super::provenance;
 use super::replica::{Replica, Snapshot};
+use super::run_claim::{self, Claiming};
 use super::run_config;
 use super::runlog::{utc_stamp, RunLog};
 use super::state::TrainState;
@@ -38,6 +39,8 @@ pub struct Session {
     pub(super) labelled: BTreeMap<Head, (u64, f64)>,
     /// Rank 0's hold on the run directory (released when the session ends).
     pub(super) _lock: super::run_lock::RunLock,
+    /// A run `--force` replaced, removed at the first checkpoint.
+    pub(super) replaced: super::run_claim::Replaced,
 }
 
 /// The latest good state: the replica's tensors in host memory and the loop state
@@ -49,15 +52,17 @@ pub struct Good {
 }
 
 impl Session {
-    pub fn start(mut cfg: TrainConfig, resume: Option<&Path>, launch: &LaunchInfo, force: bool) -> Result<Session> {
+    pub fn start(mut cfg: TrainConfig, resume: Option<&Path>, launch: &LaunchInfo, how: Claiming) -> Result<Session> {
         let device = crate::device::resolve(&cfg.device, launch)?;
         let threads = cfg.threads.unwrap_or_else(|| default_threads(launch.local_world));
         tch::set_num_threads(threads as i32);
         let comm = dist::init(device, comm_options(&cfg))?;
         let (rank, world) = (comm.rank(), comm.world());
         let run_dir = agree_run_dir(&*comm, &cfg, resume)?;
+        let existed = run_claim::existed(&run_dir);
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-        let lock = super::run_lock::take(&*comm, &run_dir, force)?;
+        let lock = super::run_lock::take(&*comm, &run_dir, how.force)?;
+        let claim = run_claim::claim(&*comm, &run_dir, existed, how)?;
         let resumed = match resume {
             Some(_) => Some(resume_point(&*comm, &run_dir, &cfg)?),
             None => None,
@@ -139,6 +144,8 @@ impl Session {
                 state.world_size
             ))?;
         }
+        // From here the checkpoints are this world's (their state.json says who wrote them).
+        state.world_size = world;
         let mut event = json!({
             "event": if checkpoint.is_some() { "resume" } else { "start" }, "step": state.step, "checkpoint": checkpoint,
             "world_size": world, "ranks_per_node": launch.local_world,
@@ -185,6 +192,7 @@ impl Session {
             good,
             labelled,
             _lock: lock,
+            replaced: claim.keep(),
         })
     }
 }
