@@ -7,7 +7,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-use super::run_lock::LOCK_FILE;
+use super::run_lock::{take, RunLock, LOCK_FILE};
 use crate::dist::Comm;
 
 /// Where a replaced run waits for the new run's first checkpoint.
@@ -33,24 +33,30 @@ pub struct Claim {
     armed: bool,
 }
 
-/// Whether `dir` exists, seen before it is created (rank 0's view is the one that counts).
-pub fn existed(dir: &Path) -> bool {
-    dir.exists()
-}
-
-/// Rank 0 checks the (locked) directory and moves a replaced run aside; every rank fails
-/// with rank 0's reason.
-pub fn claim(comm: &dyn Comm, dir: &Path, existed: bool, how: Claiming) -> Result<Claim> {
-    let mine = match comm.rank() {
-        0 => settle(dir, existed, how),
-        _ => Ok(Claim { dir: dir.to_path_buf(), created: false, replaced: None, armed: false }),
+/// Creates and locks the run directory, then rank 0 checks it and moves a replaced run
+/// aside; every rank fails with rank 0's reason. Rank 0 creates the directory before the
+/// lock's broadcast and the other ranks after it, so rank 0 knows whether it was there.
+pub fn claim(comm: &dyn Comm, dir: &Path, how: Claiming) -> Result<(RunLock, Claim)> {
+    let rank0 = comm.rank() == 0;
+    let existed = dir.exists();
+    let create = || std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()));
+    if rank0 {
+        create()?;
+    }
+    let lock = take(comm, dir, how.force)?;
+    if !rank0 {
+        create()?;
+    }
+    let mine = match rank0 {
+        true => settle(dir, existed, how),
+        false => Ok(Claim { dir: dir.to_path_buf(), created: false, replaced: None, armed: false }),
     };
     let mut verdict = mine.as_ref().err().map(|e| format!("{e:#}").into_bytes()).unwrap_or_default();
     comm.broadcast_bytes(&mut verdict, 0)?;
-    if !verdict.is_empty() && comm.rank() != 0 {
+    if !verdict.is_empty() && !rank0 {
         bail!("{}", String::from_utf8_lossy(&verdict));
     }
-    mine
+    Ok((lock, mine?))
 }
 
 fn settle(dir: &Path, existed: bool, how: Claiming) -> Result<Claim> {

@@ -1,7 +1,7 @@
 //! Setting a run up on one rank: device, communicator, run directory, data, model and the
 //! state to start from (fresh, `--init`, or `--resume`); `fit.rs` then runs it.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,10 +59,7 @@ impl Session {
         let comm = dist::init(device, comm_options(&cfg))?;
         let (rank, world) = (comm.rank(), comm.world());
         let run_dir = agree_run_dir(&*comm, &cfg, resume)?;
-        let existed = run_claim::existed(&run_dir);
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-        let lock = super::run_lock::take(&*comm, &run_dir, how.force)?;
-        let claim = run_claim::claim(&*comm, &run_dir, existed, how)?;
+        let (lock, claim) = run_claim::claim(&*comm, &run_dir, how)?;
         let resumed = match resume {
             Some(_) => Some(resume_point(&*comm, &run_dir, &cfg)?),
             None => None,
