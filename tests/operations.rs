@@ -37,13 +37,14 @@ fn a_second_job_on_a_run_directory_is_refused_naming_the_holder() {
         "{msg}"
     );
 
-    // The holder dies without cleaning up: the next job on this host takes the lock over.
+    // The holder dies without cleaning up: the same command typed again with --auto-resume
+    // (the run has no checkpoint, so it starts over) takes the lock over.
     let pid = first.id();
     Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     let _ = wait_within(first, Duration::from_secs(30), "killed first job");
     assert!(lock.exists(), "a killed job leaves its lock behind");
     let mut third = trainer();
-    third.args(tiny(&train, &out, "shared")).args(["--max-steps", "1", "--save-every", "1"]);
+    third.args(tiny(&train, &out, "shared")).args(["--max-steps", "1", "--save-every", "1", "--auto-resume"]);
     let done = wait_within(spawn_piped(&mut third), Duration::from_secs(120), "third job");
     let msg = text(&done);
     assert!(done.status.success(), "{msg}");

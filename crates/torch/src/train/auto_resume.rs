@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::args::TrainArgs;
 use super::checkpoint;
+use super::{resume_rules, run_config};
 use crate::config::TrainConfig;
 use trainer_data::term::BadSettings;
 
@@ -23,14 +24,25 @@ pub const RUN_DIR_FILE_VAR: &str = "TRAINER_RUN_DIR_FILE";
 pub enum Start {
     /// The settings, and the run directory to resume (`None`: a fresh run).
     Train(Box<TrainConfig>, Option<PathBuf>),
-    /// `--auto-resume` found the run already at `--max-steps`: nothing is left to train.
-    Finished { run_dir: PathBuf, step: u64 },
+    /// The run to resume is already at `--max-steps`: nothing is left to train.
+    Finished { run_dir: PathBuf, step: u64, max: u64 },
 }
 
 /// Without `--auto-resume`, the settings and `--resume` as typed.
 pub fn start_point(args: &TrainArgs, matches: &ArgMatches) -> Result<Start> {
     if !args.auto_resume {
-        return Ok(Start::Train(Box::new(args.resolve(matches)?), args.resume.clone()));
+        let cfg = args.resolve(matches)?;
+        if let Some(run_dir) = &args.resume {
+            resume_rules::check(&run_config::read(run_dir)?, &cfg, run_dir).context(BadSettings)?;
+            if let Some(step) = resume_rules::finished(run_dir, &cfg)? {
+                return Ok(Start::Finished {
+                    run_dir: run_dir.clone(),
+                    step,
+                    max: cfg.schedule.max_steps.unwrap_or(step),
+                });
+            }
+        }
+        return Ok(Start::Train(Box::new(cfg), args.resume.clone()));
     }
     let fresh = args.resolve_from(None, matches)?;
     let run_id = run_id(&fresh, |v| std::env::var(v).ok()).context(BadSettings)?;
@@ -47,9 +59,9 @@ pub fn start_point(args: &TrainArgs, matches: &ArgMatches) -> Result<Start> {
     }
     same_run_or_none(&run_dir, &fresh).context(BadSettings)?;
     let cfg = args.resolve_from(Some(&run_dir), matches)?;
-    let step = checkpoint::load_state(&checkpoint::latest(&run_dir)?)?.state.step;
-    if cfg.schedule.max_steps.is_some_and(|m| step >= m) {
-        return Ok(Start::Finished { run_dir, step });
+    resume_rules::check(&run_config::read(&run_dir)?, &cfg, &run_dir).context(BadSettings)?;
+    if let Some(step) = resume_rules::finished(&run_dir, &cfg)? {
+        return Ok(Start::Finished { run_dir, step, max: cfg.schedule.max_steps.unwrap_or(step) });
     }
     Ok(Start::Train(Box::new(cfg), Some(run_dir)))
 }

@@ -10,6 +10,8 @@ mod decisions;
 mod pools;
 mod provenance;
 pub mod replica;
+mod resume_rules;
+mod run_claim;
 pub mod run_config;
 mod run_lock;
 pub mod runlog;
@@ -31,14 +33,15 @@ pub use session::Session;
 pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     let (cfg, resume) = match auto_resume::start_point(&args, matches)? {
         auto_resume::Start::Train(cfg, resume) => (*cfg, resume),
-        auto_resume::Start::Finished { run_dir, step } => {
-            tracing::info!("{} is already at step {step} (--max-steps): nothing left to train", run_dir.display());
+        auto_resume::Start::Finished { run_dir, step, max } => {
+            resume_rules::say_finished(&run_dir, step, max);
             return Ok(());
         }
     };
     let launch = crate::dist::launch_info()?;
     let signal = session::install_signal_flag()?;
-    let result = Session::start(cfg, resume.as_deref(), &launch, args.force).and_then(|s| s.fit(&signal));
+    let how = run_claim::Claiming { continues: resume.is_some() || args.auto_resume, force: args.force };
+    let result = Session::start(cfg, resume.as_deref(), &launch, how).and_then(|s| s.fit(&signal));
     match result {
         Ok(reason) => {
             tracing::info!("rank {}: finished ({reason:?})", launch.rank);

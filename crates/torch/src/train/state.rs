@@ -25,6 +25,7 @@ pub struct TrainState {
     pub lr_changes: Vec<LrChange>,
     /// Training seconds before this process started (time limits span resumes).
     pub elapsed_secs: f64,
+    /// The ranks of the run that wrote this state (a resume on another count rewrites it).
     pub world_size: usize,
     /// Identities the ArcFace layer was built for (over all ranks' shards).
     pub num_classes: usize,

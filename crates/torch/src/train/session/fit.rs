@@ -76,17 +76,6 @@ impl Window {
 
 impl Session {
     pub fn fit(mut self, signal: &AtomicBool) -> Result<StopReason> {
-        if let Some(max) = self.cfg.schedule.max_steps.filter(|&m| self.state.step >= m) {
-            let msg = format!(
-                "the run is finished: step {} of --max-steps {max}; nothing to do (give a larger --max-steps to go on)",
-                self.state.step
-            );
-            if self.comm.rank() == 0 {
-                eprintln!("{msg}");
-            }
-            self.log.rank_note(&msg)?;
-            return Ok(StopReason::MaxSteps);
-        }
         let clock = Instant::now();
         let mut window = Window::new();
         let bar = self.progress_bar();
@@ -425,6 +414,7 @@ impl Session {
                 .with_context(|| format!("writing checkpoint {}", dir.display()))?;
             checkpoint::prune(&self.run_dir, self.cfg.checkpoint.keep_checkpoints)?;
             self.log.event(json!({"event": "checkpoint", "step": self.state.step, "path": dir}))?;
+            self.replaced.checkpointed()?;
         }
         self.log.flush()?;
         self.comm.barrier_within(self.checkpoint_timeout())?;

@@ -15,6 +15,7 @@ use tch::Device;
 use super::decisions::{Judge, Limits};
 use super::pools::Pools;
 use super::replica::{Replica, Snapshot};
+use super::run_claim::{self, Claim, Claiming, Replaced};
 use super::run_lock::RunLock;
 use super::runlog::RunLog;
 use super::state::TrainState;
@@ -44,6 +45,8 @@ pub struct Session {
     labelled: BTreeMap<Head, (u64, f64)>,
     /// Rank 0's hold on the run directory (released when the session ends).
     _lock: RunLock,
+    /// A run `--force` replaced, removed at the first checkpoint.
+    replaced: Replaced,
 }
 
 /// The latest good state: the replica's tensors in host memory and the loop state
@@ -58,6 +61,8 @@ struct Good {
 struct RunDir {
     path: PathBuf,
     lock: RunLock,
+    /// Undoes what the set-up did to the directory if it fails before `keep`.
+    claim: Claim,
     resumed: Option<(PathBuf, TrainState)>,
 }
 
@@ -71,18 +76,18 @@ struct Data {
 }
 
 impl Session {
-    pub fn start(mut cfg: TrainConfig, resume: Option<&Path>, launch: &LaunchInfo, force: bool) -> Result<Session> {
+    pub fn start(mut cfg: TrainConfig, resume: Option<&Path>, launch: &LaunchInfo, how: Claiming) -> Result<Session> {
         let device = cfg.run.device.resolve(launch)?;
         let threads = cfg.run.threads.unwrap_or_else(|| setup::default_threads(launch.local_world));
         tch::set_num_threads(threads as i32);
         let comm = dist::init(launch, device, cfg.comm.options())?;
-        let run = open_run(&*comm, &cfg, resume, force)?;
+        let run = open_run(&*comm, &cfg, resume, how)?;
         let data = open_data(&*comm, &cfg, &run)?;
         if cfg.optim.scale_lr && resume.is_none() {
             let factor = (comm.world() * cfg.optim.accum) as f64;
             setup::scale_lr(&mut cfg, factor);
         }
-        let (replica, state) = build_model(&*comm, &cfg, device, &data, &run)?;
+        let (replica, mut state) = build_model(&*comm, &cfg, device, &data, &run)?;
         let checkpoint = run.resumed.map(|(ckpt, _)| ckpt);
         let heads = cfg.heads();
         let mut log = RunLog::open(
@@ -101,6 +106,8 @@ impl Session {
             checkpoint: checkpoint.as_deref(),
         };
         start.open_logs(&mut log, &data.pools, &state, replica.slice(), data.datasets)?;
+        // From here the checkpoints are this world's (their state.json says who wrote them).
+        state.world_size = comm.world();
         let validator = open_validator(&cfg)?;
         let judge = Judge::new(&heads, limits(&cfg, comm.rank()));
         let good = Good { replica: replica.snapshot(), state: state.clone(), checkpoint };
@@ -119,21 +126,21 @@ impl Session {
             good,
             labelled,
             _lock: run.lock,
+            replaced: run.claim.keep(),
         })
     }
 }
 
 /// Rank 0 picks the directory (and, on a resume, the checkpoint) for every rank; it takes
-/// the directory's lock.
-fn open_run(comm: &dyn Comm, cfg: &TrainConfig, resume: Option<&Path>, force: bool) -> Result<RunDir> {
+/// the directory's lock and claims it for this run (`run_claim.rs`).
+fn open_run(comm: &dyn Comm, cfg: &TrainConfig, resume: Option<&Path>, how: Claiming) -> Result<RunDir> {
     let path = setup::agree_run_dir(comm, cfg, resume)?;
-    std::fs::create_dir_all(&path).map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
-    let lock = super::run_lock::take(comm, &path, force)?;
+    let (lock, claim) = run_claim::claim(comm, &path, how)?;
     let resumed = match resume {
         Some(_) => Some(setup::resume_point(comm, &path, cfg)?),
         None => None,
     };
-    Ok(RunDir { path, lock, resumed })
+    Ok(RunDir { path, lock, claim, resumed })
 }
 
 /// Opens this rank's share of the training data where the resumed state left it.
