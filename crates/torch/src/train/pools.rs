@@ -15,10 +15,44 @@ use trainer_data::pipeline::{Batch, Loader, LoaderConfig, RankView, SamplerKind,
 use trainer_data::reader::Dataset;
 use trainer_data::targets::SetSpec;
 
+/// Which loader: the one every task shares, or a task's own. Written `all` or the task's
+/// name (`FR`, `Gender`, `Age`), as in `state.json`'s `positions`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum PoolKey {
+    Shared,
+    Own(Head),
+}
+
+impl std::fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PoolKey::Shared => "all",
+            PoolKey::Own(head) => head.name(),
+        })
+    }
+}
+
+impl From<PoolKey> for String {
+    fn from(key: PoolKey) -> String {
+        key.to_string()
+    }
+}
+
+impl TryFrom<String> for PoolKey {
+    type Error = String;
+    fn try_from(s: String) -> Result<PoolKey, String> {
+        match Head::ALL.into_iter().find(|h| h.name() == s) {
+            Some(head) => Ok(PoolKey::Own(head)),
+            None if s == "all" => Ok(PoolKey::Shared),
+            None => Err(format!("{s:?} is not a data pool (all, FR, Gender or Age)")),
+        }
+    }
+}
+
 /// One loader and the heads its batches teach.
 pub struct Pool {
-    /// "all" for the shared pool, else the task's name.
-    pub key: String,
+    pub key: PoolKey,
     pub heads: Vec<Head>,
     pub view: Arc<RankView>,
     loader: Loader,
@@ -39,23 +73,21 @@ pub struct Pools {
 }
 
 /// Which datasets each pool reads: one shared pool when no dataset names a task.
-pub fn plan(cfg: &TrainConfig) -> Vec<(String, Vec<Head>, Vec<SetSpec>)> {
+pub fn plan(cfg: &TrainConfig) -> Vec<(PoolKey, Vec<Head>, Vec<SetSpec>)> {
     let heads = cfg.heads();
     let sets = cfg.sets(&cfg.data.train_sets);
     if sets.iter().all(|s| s.head.is_none()) || heads.len() == 1 {
-        return vec![("all".into(), heads, sets)];
+        return vec![(PoolKey::Shared, heads, sets)];
     }
     heads
         .iter()
-        .map(|&h| {
-            (h.name().to_string(), vec![h], sets.iter().filter(|s| s.head.is_none_or(|x| x == h)).cloned().collect())
-        })
+        .map(|&h| (PoolKey::Own(h), vec![h], sets.iter().filter(|s| s.head.is_none_or(|x| x == h)).cloned().collect()))
         .collect()
 }
 
 impl Pools {
     /// Opens every pool's view for this rank and starts its loader at `positions`.
-    pub fn open(comm: &dyn Comm, cfg: &TrainConfig, positions: &BTreeMap<String, SamplerPosition>) -> Result<Pools> {
+    pub fn open(comm: &dyn Comm, cfg: &TrainConfig, positions: &BTreeMap<PoolKey, SamplerPosition>) -> Result<Pools> {
         let (rank, world) = (comm.rank(), comm.world());
         let mut pools = Vec::new();
         for (key, heads, specs) in plan(cfg) {
@@ -73,9 +105,12 @@ impl Pools {
             let view = RankView::open(&specs, &opts)
                 .with_context(|| format!("rank {rank} of {world}: opening the {key} training data"))?;
             let view = Arc::new(view);
-            let batch_size = if key == "all" { cfg.rank_batch() } else { cfg.head_batch(heads[0]) };
+            let batch_size = match key {
+                PoolKey::Shared => cfg.rank_batch(),
+                PoolKey::Own(head) => cfg.head_batch(head),
+            };
             let position = positions.get(&key).copied().unwrap_or(SamplerPosition::START);
-            let loader = loader(comm, cfg, &view, batch_size, &key, position)?;
+            let loader = loader(comm, cfg, &view, batch_size, key, position)?;
             pools.push(Pool { key, heads, view, loader, batch_size, striped });
         }
         Ok(Pools { pools })
@@ -105,8 +140,8 @@ impl Pools {
     }
 
     /// Every pool's sampler position (what a checkpoint keeps).
-    pub fn positions(&self) -> BTreeMap<String, SamplerPosition> {
-        self.pools.iter().map(|p| (p.key.clone(), p.loader.position())).collect()
+    pub fn positions(&self) -> BTreeMap<PoolKey, SamplerPosition> {
+        self.pools.iter().map(|p| (p.key, p.loader.position())).collect()
     }
 
     /// The epoch each head's pool is in.
@@ -139,11 +174,12 @@ fn needs_stripes(specs: &[SetSpec], world: usize) -> Result<bool> {
     Ok(false)
 }
 
-/// The shared pool shuffles with the run's seed; a task's pool with its own stream.
-fn pool_seed(seed: u64, key: &str) -> u64 {
+/// The shared pool shuffles with the run's seed; a task's pool with its own stream (mixed
+/// from its name, so a resume of an older run draws the same order).
+fn pool_seed(seed: u64, key: PoolKey) -> u64 {
     match key {
-        "all" => seed,
-        _ => key.bytes().fold(seed, |h, b| trainer_data::rng::mix(h ^ u64::from(b))),
+        PoolKey::Shared => seed,
+        PoolKey::Own(head) => head.name().bytes().fold(seed, |h, b| trainer_data::rng::mix(h ^ u64::from(b))),
     }
 }
 
@@ -153,14 +189,14 @@ fn loader(
     cfg: &TrainConfig,
     view: &Arc<RankView>,
     batch: usize,
-    key: &str,
+    key: PoolKey,
     position: SamplerPosition,
 ) -> Result<Loader> {
     let mut steps = [(view.records.len() / batch).max(1) as f64];
     comm.all_reduce_f64(&mut steps, ReduceOp::Min)?;
     let sampler = match cfg.data.sampler {
         _ if !cfg.data.shuffle => SamplerKind::Sequential,
-        SamplerChoice::Pk if key == "all" || key == "FR" => {
+        SamplerChoice::Pk if matches!(key, PoolKey::Shared | PoolKey::Own(Head::Fr)) => {
             SamplerKind::Balanced { p: cfg.data.pk[0], k: cfg.data.pk[1] }
         }
         _ => SamplerKind::Uniform,
@@ -176,4 +212,20 @@ fn loader(
         steps_per_epoch: Some(steps[0] as u64),
     };
     Loader::train(Arc::clone(view), lc, position)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `state.json` keeps the names it always had, so older checkpoints resume.
+    #[test]
+    fn pool_keys_are_written_as_before_and_read_back() {
+        let positions: BTreeMap<PoolKey, u32> = [(PoolKey::Shared, 1), (PoolKey::Own(Head::Gender), 2)].into();
+        let json = serde_json::to_string(&positions).unwrap();
+        assert_eq!(json, r#"{"all":1,"Gender":2}"#);
+        assert_eq!(serde_json::from_str::<BTreeMap<PoolKey, u32>>(&json).unwrap(), positions);
+        let err = serde_json::from_str::<BTreeMap<PoolKey, u32>>(r#"{"gender":1}"#).unwrap_err();
+        assert!(err.to_string().contains("not a data pool"), "{err}");
+    }
 }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use super::pools::PoolKey;
 use super::scaler::LossScale;
 use crate::config::TrainConfig;
 use crate::model::Head;
@@ -45,7 +46,7 @@ pub struct TrainState {
 #[derive(Clone, Default, Serialize, Deserialize)]
 pub struct RunProgress {
     /// The sampler position of each data pool's next batch ("all", or a task's name).
-    pub positions: BTreeMap<String, SamplerPosition>,
+    pub positions: BTreeMap<PoolKey, SamplerPosition>,
     pub rollbacks: u64,
     /// The best validation metric recorded in the run; `best/` holds its checkpoint.
     pub best_metric: Option<f64>,
