@@ -19,6 +19,7 @@ pub mod scaler;
 pub mod schedule;
 pub mod seed_flags;
 mod session;
+mod signals;
 pub mod state;
 pub mod step;
 
@@ -39,7 +40,7 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         }
     };
     let launch = crate::dist::launch_info()?;
-    let signal = session::install_signal_flag()?;
+    let signal = signals::install_signal_flag()?;
     let how = run_claim::Claiming { continues: resume.is_some() || args.auto_resume, force: args.force };
     let result = Session::start(cfg, resume.as_deref(), &launch, how).and_then(|s| s.fit(&signal));
     match result {

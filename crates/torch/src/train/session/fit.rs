@@ -5,7 +5,6 @@
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::sums::StepSums;
@@ -27,21 +26,6 @@ pub enum StopReason {
     TimeLimit,
     MinLr,
     Signal,
-}
-
-/// SIGINT, SIGTERM and SIGUSR1 (Slurm's warning before the time limit, forwarded by
-/// launch/slurm.sbatch) set a flag; the loop notices it, agrees with the other ranks, and
-/// stops after a checkpoint. A second Ctrl-C kills the process at once; TERM and USR1 may
-/// come several times from a scheduler (slurmd, srun and the batch script each send one),
-/// so only SIGKILL ends a rank that is writing its checkpoint.
-pub fn install_signal_flag() -> Result<Arc<AtomicBool>> {
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
-    let flag = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register_conditional_shutdown(SIGINT, 130, Arc::clone(&flag))?;
-    for sig in [SIGINT, SIGTERM, SIGUSR1] {
-        signal_hook::flag::register(sig, Arc::clone(&flag))?;
-    }
-    Ok(flag)
 }
 
 /// One step's numbers, already averaged (or summed) over ranks.

@@ -24,8 +24,6 @@ use crate::dist::{self, Comm, LaunchInfo, ReduceOp};
 use crate::eval::validate::Validator;
 use crate::model::{ClassSlice, Head};
 
-pub use fit::install_signal_flag;
-
 /// Everything one rank trains with.
 pub struct Session {
     cfg: TrainConfig,
