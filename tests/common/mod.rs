@@ -164,6 +164,10 @@ impl Mpi {
             // Containers often forbid the cross-process reads (CMA) its shared-memory
             // transport uses for large messages; plain copies work everywhere.
             c.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+            // Two jobs starting at once race to create the same session directory
+            // (/tmp/ompi.<host>.<uid>) and one fails with "File exists": each job gets its own.
+            let session = tempfile::Builder::new().prefix("ompi-session-").tempdir().expect("a temp dir").keep();
+            c.env("OMPI_MCA_orte_tmpdir_base", session);
         }
         c.args(["-n", &n.to_string()]).arg(&self.trainer).env("RUST_LOG", "warn");
         c
