@@ -48,3 +48,4 @@ pub fn command() -> clap::Command {
 
 #[cfg(test)]
 mod fuzz;
+pub mod hints;

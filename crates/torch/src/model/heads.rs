@@ -46,7 +46,7 @@ pub struct HeadConfig {
     #[arg(long, default_value_t = 0.5)]
     pub gender_dropout: f64,
     /// Gender classes.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = trainer_data::settings::GENDER_CLASSES)]
     pub gender_classes: usize,
     /// Hidden layer widths of the Age head.
     #[arg(long, value_delimiter = ',', default_values_t = [512, 512])]
@@ -55,7 +55,7 @@ pub struct HeadConfig {
     #[arg(long, default_value_t = 0.5)]
     pub age_dropout: f64,
     /// Age buckets; ages above the last are clipped to it (the seed's 7).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = trainer_data::settings::AGE_CLASSES)]
     pub age_classes: usize,
     /// Probability on the true class of the Gender/Age soft one-hot targets.
     #[arg(long, default_value_t = 0.9)]

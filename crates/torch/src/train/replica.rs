@@ -367,6 +367,7 @@ fn load_init(vs: &mut VarStore, init: &Path, slice: Option<(ClassSlice, usize)>)
         true => init.join(checkpoint::MODEL_FILE),
         false => init.to_path_buf(),
     };
+    crate::arcface_torch::check_init_file(&file)?;
     let saved =
         Tensor::read_safetensors(&file).with_context(|| format!("--init {}: cannot read weights", file.display()))?;
     let vars = vs.variables();
