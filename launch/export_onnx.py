@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Converts a model written by `trainer export` (TorchScript) to ONNX, for ONNX Runtime.
 
-    python launch/export_onnx.py model.pt model.onnx [--size 112] [--opset 17]
+    python launch/export_onnx.py model.pt model.onnx [--size SIZE] [--opset 17]
 
 Input `input`: float32 [N, 3, size, size], RGB, (x - 127.5) / 127.5, N free (dynamic
-batch). Output `embedding`: float32 [N, emb_dim], not normalised. Needs PyTorch and the
+batch); the size is the one `trainer export` stored in the file (its extra file
+`trainer.json`); `--size` is needed only for a TorchScript file without it, and must agree
+with it otherwise. Output `embedding`: float32 [N, emb_dim], not normalised. Needs PyTorch and the
 `onnx` package; when `onnxruntime` is installed too, the ONNX model is run on a batch of 3
 and compared with the TorchScript model.
 """
 import argparse
+import json
 import sys
 
 import torch
@@ -18,11 +21,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="TorchScript file from `trainer export`")
     p.add_argument("onnx", help="ONNX file to write")
-    p.add_argument("--size", type=int, default=112, help="input side the model was trained at (default 112)")
+    p.add_argument("--size", type=int, help="input side the model was trained at (default: the one the file records)")
     p.add_argument("--opset", type=int, default=17)
     args = p.parse_args()
 
-    model = torch.jit.load(args.model, map_location="cpu").eval()
+    extra = {"trainer.json": ""}
+    model = torch.jit.load(args.model, map_location="cpu", _extra_files=extra).eval()
+    stored = json.loads(extra["trainer.json"]).get("input_size") if extra["trainer.json"] else None
+    if stored is None and args.size is None:
+        sys.exit(f"{args.model} does not record its input size (it was not written by `trainer export`): give --size")
+    if stored is not None and args.size is not None and args.size != stored:
+        sys.exit(f"--size {args.size}: {args.model} was trained at {stored} px (from its trainer.json); drop --size")
+    args.size = stored if stored is not None else args.size
     example = torch.zeros(2, 3, args.size, args.size)
     # The TorchScript-based exporter takes a ScriptModule as it is.
     torch.onnx.export(
@@ -33,7 +43,7 @@ def main():
     )
     import onnx
     onnx.checker.check_model(onnx.load(args.onnx))
-    report = f"wrote {args.onnx} (opset {args.opset}, dynamic batch)"
+    report = f"wrote {args.onnx} (input [N, 3, {args.size}, {args.size}], opset {args.opset}, dynamic batch)"
     try:
         import onnxruntime
     except ImportError:

@@ -29,8 +29,12 @@ fn faces(dir: &Path) -> Vec<Vec<Vec<u8>>> {
 
 /// `lfw.bin`-style pairs alternating same and different identity.
 fn write_pair_set(path: &Path, faces: &[Vec<Vec<u8>>]) {
+    write_pairs(path, faces, PAIRS)
+}
+
+fn write_pairs(path: &Path, faces: &[Vec<Vec<u8>>], pairs: usize) {
     let (mut images, mut issame) = (Vec::new(), Vec::new());
-    for p in 0..PAIRS {
+    for p in 0..pairs {
         let a = (p / 2) % faces.len();
         let (b, j) = if p % 2 == 0 { (a, 1 + p % 3) } else { ((a + 1 + p % 4) % faces.len(), p % 4) };
         images.push(faces[a][0].clone());
@@ -54,6 +58,38 @@ fn write_legacy(dir: &Path, faces: &[Vec<Vec<u8>>]) -> PathBuf {
     std::fs::write(dir.join("legacy.bin"), bin).unwrap();
     std::fs::write(dir.join("legacy.idx"), idx).unwrap();
     dir.join("legacy.bin")
+}
+
+/// Two pair sets named `lfw.bin` in different folders are two sets, in training's log and
+/// in `eval`'s table: the first keeps `lfw`, the second becomes `lfw2` (docs/outputs.md).
+#[test]
+fn pair_sets_of_one_file_stem_keep_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 12, 8, 1, 1);
+    let faces = faces(dir.path());
+    let (lfw, other) = (dir.path().join("lfw.bin"), dir.path().join("sub/lfw.bin"));
+    std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+    write_pair_set(&lfw, &faces);
+    write_pairs(&other, &faces, 12);
+    let out = dir.path().join("Model");
+    let tiny = tiny_train("FR", &out, "r").set("--train-sets", s(&train)).set("--emb-dim", "16");
+    run_ok(
+        &tiny.set("--max-steps", "2").set("--valid-every", "2").set_all("--valid-sets", &[s(&lfw), s(&other)]).args(),
+    );
+    let run = out.join("r");
+    let valid = log_lines(&run).into_iter().rfind(|e| e["event"] == "valid").expect("a validation event");
+    for key in ["valid_lfw_verif_acc", "valid_lfw2_verif_acc", "valid_lfw_gap", "valid_lfw2_gap"] {
+        assert!(valid[key].is_number(), "{key} missing: {valid}");
+    }
+
+    let eval = run_ok(&["eval", s(&run), "--valid-sets", s(&lfw), s(&other), "--device", "cpu"]).stdout;
+    let eval = String::from_utf8_lossy(&eval);
+    let rows: Vec<&str> = eval.lines().skip_while(|l| !l.starts_with("set ")).skip(1).take(2).collect();
+    let pairs = |row: &str| row.split_whitespace().nth(1).map(str::to_string);
+    assert!(rows.len() == 2 && rows[0].starts_with("lfw ") && rows[1].starts_with("lfw2 "), "{eval}");
+    assert_eq!((pairs(rows[0]), pairs(rows[1])), (Some(PAIRS.to_string()), Some("12".to_string())), "{eval}");
+    let line: serde_json::Value = serde_json::from_str(eval.lines().last().unwrap()).unwrap();
+    assert!(line["valid_lfw_verif_acc"].is_number() && line["valid_lfw2_verif_acc"].is_number(), "{eval}");
 }
 
 /// (rows, columns) from a `.npy` header, and its float32 data.
@@ -85,6 +121,9 @@ fn pair_sets_validate_evaluate_embed_and_export() {
         assert!(valid[key].is_number(), "{key} missing: {valid}");
     }
     assert!(valid.get("valid_lfw_verif_tar").is_none(), "20 pairs are too few for TAR at FAR 1e-3: {valid}");
+    let best = log_lines(&run).into_iter().rfind(|e| e["event"] == "best").expect("a best event");
+    assert_eq!(best["metric_name"], "valid_lfw_verif_acc", "the best event names its metric: {best}");
+    assert_eq!(best["metric"], valid["valid_lfw_verif_acc"], "{best} {valid}");
 
     let eval =
         text(&run_ok(&["eval", s(&run), "--valid-sets", s(&lfw), s(&legacy), "--device", "cpu", "--pairs", "40"]));
@@ -124,13 +163,43 @@ fn pair_sets_validate_evaluate_embed_and_export() {
     assert!(diff < 1e-4, "TorchScript and trainer embed differ by {diff}");
 
     // launch/setup.sh installs onnx and onnxruntime beside torch: the ONNX model is written,
-    // checked and run against the TorchScript one.
+    // checked and run against the TorchScript one, at the 32 px the model was trained at,
+    // which the script reads from the file.
     let Some(python) = torch_python("torch, onnx, onnxruntime") else { return };
     let onnx = dir.path().join("model.onnx");
     let script = format!("{}/launch/export_onnx.py", env!("CARGO_MANIFEST_DIR"));
-    let conv =
-        std::process::Command::new(&python).args([&script, s(&model), s(&onnx), "--size", "32"]).output().unwrap();
+    let convert = |model: &Path, more: &[&str]| {
+        let args = [&script, s(model), s(&onnx)].into_iter().chain(more.iter().copied());
+        std::process::Command::new(&python).args(args).output().unwrap()
+    };
+    let conv = convert(&model, &[]);
     assert!(conv.status.success() && onnx.exists(), "{}", text(&conv));
     let report = String::from_utf8_lossy(&conv.stdout);
     assert!(report.contains("ONNX Runtime matches TorchScript"), "onnxruntime did not run the model: {report}");
+    let run_at = |px: usize| {
+        let code = format!(
+            "import numpy, onnxruntime; s = onnxruntime.InferenceSession({:?}); \
+             print(s.run(None, {{'input': numpy.zeros((1, 3, {px}, {px}), 'float32')}})[0].shape)",
+            s(&onnx)
+        );
+        std::process::Command::new(&python).args(["-c", &code]).output().unwrap()
+    };
+    let at_32 = run_at(32);
+    assert!(
+        at_32.status.success() && text(&at_32).contains("(1, 16)"),
+        "the ONNX model refuses 32 px: {}",
+        text(&at_32)
+    );
+    assert!(!run_at(112).status.success(), "the ONNX model's input is not fixed at the trained 32 px");
+    let wrong = convert(&model, &["--size", "112"]);
+    assert!(!wrong.status.success() && text(&wrong).contains("trained at 32 px"), "{}", text(&wrong));
+    // A TorchScript file from elsewhere does not say its size: --size is asked for.
+    let plain = dir.path().join("plain.pt");
+    let make = format!(
+        "import torch; torch.jit.save(torch.jit.trace(torch.nn.Flatten(), torch.zeros(1, 3, 8, 8)), {:?})",
+        s(&plain)
+    );
+    assert!(std::process::Command::new(&python).args(["-c", &make]).status().unwrap().success());
+    let bare = convert(&plain, &[]);
+    assert!(!bare.status.success() && text(&bare).contains("give --size"), "{}", text(&bare));
 }

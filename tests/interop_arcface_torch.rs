@@ -126,3 +126,23 @@ fn broken_arcface_torch_files_name_the_tensor_and_write_nothing() {
     let again = import(&d.join("backbone.pth"), &d.join("Model/r18"));
     assert!(!again.status.success() && text(&again).contains("already exists"), "{}", text(&again));
 }
+
+/// `train --init backbone.pth` names the format it got and the way in (import, then
+/// `--init` the imported run), not a safetensors parse error.
+#[test]
+fn init_from_a_pytorch_file_says_how_to_import_it() {
+    let Some(py) = torch_python("torch") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_script(&py, TWIN, &[&["save", "--dir", s(d)][..], &ARCH[..]].concat());
+    let faces = common::packed_synth(d, "faces", 4, 2, 1, 1);
+    let (out, pth) = (d.join("Model"), d.join("backbone.pth"));
+    let tiny = common::tiny_train("FR", &out, "tuned").set("--train-sets", s(&faces)).set("--init", s(&pth));
+    let res = trainer().args(tiny.args()).output().unwrap();
+    let msg = text(&res);
+    assert!(!res.status.success(), "{msg}");
+    for want in ["is a PyTorch torch.save file", "trainer import arcface-torch", "docs/model-zoo.md#importing"] {
+        assert!(msg.contains(want), "expected {want:?} in:\n{msg}");
+    }
+    assert!(!msg.contains("HeaderTooLarge"), "{msg}");
+}

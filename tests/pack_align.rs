@@ -77,3 +77,47 @@ fn faces_are_aligned_and_bad_landmarks_skipped() {
     let err = fails(&["pack", s(&src), "--align", "--name", "g", "--out", s(&out)]);
     assert!(err.contains("--align needs --list"), "{err}");
 }
+
+/// An insightface `.rec` of 5 identities × 4 faces, aligned with a list table that names
+/// only identities 0 and 2: the 12 unlisted faces get one summary warning, not one line
+/// each, and the 3 identities left without a record are named after the pack.
+#[test]
+fn a_partial_list_warns_once_and_empty_classes_are_named() {
+    use common::rec::{pack, Label, RecWriter};
+    let tmp = tempfile::tempdir().unwrap();
+    let (classes, per) = (5u64, 4u64);
+    let first_identity = classes * per + 1;
+    let mut w = RecWriter::default();
+    w.write(0, &pack(Label::Many(vec![first_identity as f32, (first_identity + classes) as f32]), 0, 0, b""));
+    let mut list = String::from("path\tx1\ty1\tx2\ty2\tx3\ty3\tx4\ty4\tx5\ty5\n");
+    for key in 1..first_identity {
+        let class = (key - 1) / per;
+        w.write(key, &pack(Label::One(class as f32), key, 0, &png(&face(key as u32))));
+        if class == 0 || class == 2 {
+            list.push_str(&format!("train.rec#{key}\t{}\n", cells(&TEMPLATE)));
+        }
+    }
+    for c in 0..classes {
+        let first = 1 + c * per;
+        w.write(first_identity + c, &pack(Label::Many(vec![first as f32, (first + per) as f32]), 0, 0, b""));
+    }
+    let rec = w.save(tmp.path(), "train");
+    std::fs::write(tmp.path().join("property"), format!("{classes},112,112\n")).unwrap();
+    let table = tmp.path().join("landmarks.tsv");
+    std::fs::write(&table, list).unwrap();
+    let out = tmp.path().join("o");
+    let args = ["pack", s(&rec), "--list", s(&table), "--align", "--name", "f", "--out", s(&out)];
+    let res = common::trainer().args(args).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&res.stdout), String::from_utf8_lossy(&res.stderr));
+    assert!(res.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("packed 8 records of 5 classes"), "{stdout}");
+    let about_landmarks: Vec<&str> = stderr.lines().filter(|l| l.contains("no landmarks")).collect();
+    assert_eq!(about_landmarks.len(), 1, "one summary warning:\n{stderr}");
+    assert!(about_landmarks[0].contains("skipped 12 inputs") && about_landmarks[0].contains("train.rec#5"), "{stderr}");
+    assert!(
+        stdout.contains("WARNING: 3 of the 5 classes hold no record (all their inputs were skipped): labels 1, 3, 4"),
+        "{stdout}"
+    );
+    let skipped = std::fs::read_to_string(out.join("f.skipped.tsv")).unwrap();
+    assert_eq!(skipped.lines().filter(|l| l.contains("no landmarks")).count(), 12, "{skipped}");
+}

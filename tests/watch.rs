@@ -163,6 +163,9 @@ fn tensorboard_scalars_mirror_the_log_through_rollback_and_resume() {
         "plateau/steps_without_decrease/FR",
         "plateau/steps_without_decrease_robust/FR",
         "run/epoch",
+        "comm/allreduce_bytes",
+        "comm/allgather_bytes",
+        "comm/head_bytes_per_rank",
         "valid/fr_verif_acc",
         "valid/fr_gap",
         "events/decay/FR",
@@ -321,5 +324,38 @@ fn trainer_links_no_system_font_library() {
     assert!(libs.contains("libc.so"), "ldd output looks wrong: {libs}");
     for lib in ["fontconfig", "freetype", "expat"] {
         assert!(!libs.contains(lib), "{lib} is linked:\n{libs}");
+    }
+}
+
+/// `trainer plot` on a log validated on a packed set and four pair sets (the keys training
+/// writes): one panel per metric holding every set, named in the legend, and no panel for
+/// the 10-fold standard deviations (12 panels and no legend before).
+#[test]
+fn plot_puts_every_set_of_a_metric_in_one_panel_with_a_legend() {
+    let dir = tempfile::tempdir().unwrap();
+    let sets = ["lfw", "cfp_fp", "agedb_30", "calfw"];
+    let mut log = String::from("{\"step\":10,\"loss\":20.0,\"lr\":0.1,\"images_per_s\":500,\"time\":1.0}\n");
+    for (step, acc) in [(10, 0.7), (20, 0.8)] {
+        let mut ev = serde_json::json!({"event": "valid", "step": step, "time": 2.0, "valid_fr_verif_acc": acc, "valid_fr_gap": 1.0});
+        for (i, set) in sets.iter().enumerate() {
+            ev[format!("valid_{set}_verif_acc")] = serde_json::json!(acc - 0.01 * i as f64);
+            ev[format!("valid_{set}_verif_std")] = serde_json::json!(0.02);
+            ev[format!("valid_{set}_gap")] = serde_json::json!(1.5);
+        }
+        log.push_str(&format!("{ev}\n"));
+    }
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("log.txt"), log).unwrap();
+    let svg_path = dir.path().join("c.svg");
+    run_ok(&["plot", s(&run), "--out", s(&svg_path)]);
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let texts: Vec<&str> =
+        svg.split("<text").skip(1).filter_map(|t| Some(t.split('>').nth(1)?.split('<').next()?.trim())).collect();
+    let titled = |t: &str| texts.iter().filter(|x| **x == t).count();
+    assert_eq!((titled("valid_fr_verif_acc"), titled("valid_fr_gap")), (1, 1), "{texts:?}");
+    assert!(!texts.iter().any(|t| t.contains("verif_std") || t.starts_with("valid_lfw")), "{texts:?}");
+    for set in sets.iter().chain(&["first set"]) {
+        assert_eq!(titled(set), 2, "{set} in the legends of the two panels: {texts:?}");
     }
 }

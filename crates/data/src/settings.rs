@@ -9,3 +9,8 @@ pub fn clap_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
         cmd.try_get_matches_from(std::iter::empty::<&str>()).expect("every setting has a default or is optional");
     T::from_arg_matches(&matches).expect("defaults parse into their own struct")
 }
+
+/// `--gender-classes`' default: what a Gender label can be.
+pub const GENDER_CLASSES: usize = 2;
+/// `--age-classes`' default: the seed's 7 age buckets.
+pub const AGE_CLASSES: usize = 7;

@@ -98,7 +98,7 @@ pub fn read_text(path: &Path, limit: Limit) -> Result<String> {
     }
     if meta.len() > limit.max_bytes {
         bail!(
-            "{} {} is {} bytes, more than the {} bytes it can need for this data (see docs/hostile-input.md)",
+            "{} {} is {} bytes, more than the {} bytes it can need for this data (see docs/hostile-input.md#limits-on-side-files)",
             limit.what,
             path.display(),
             meta.len(),

@@ -50,13 +50,22 @@ fn svg_has_every_panel_and_mark_legend() {
         "loss (light: raw, dark: smoothed)",
         "learning rate (log scale)",
         "images/s",
-        "valid_verif_acc",
-        "valid_gap",
-        "valid_verif_acc_lfw",
+        "valid_fr_verif_acc",
+        "valid_fr_gap",
     ] {
         assert!(svg.contains(&format!(">\n{text}\n<")), "panel title {text:?} missing");
     }
-    for text in ["fr-resnet50", "multi-resnet18 loss_Gender", "multi-resnet18 lr_gender", "lr decay", "rollback"] {
+    assert!(!svg.contains(">\nvalid_lfw_verif_acc\n<"), "a pair set joins the FR panel");
+    // Two runs: the sets of a panel are told apart by dash, named in its legend.
+    for text in [
+        "fr-resnet50",
+        "multi-resnet18 loss_Gender",
+        "multi-resnet18 lr_gender",
+        "lr decay",
+        "rollback",
+        "first set",
+        "lfw",
+    ] {
         assert!(svg.contains(&format!(">\n{text}\n<")), "legend entry {text:?} missing");
     }
     assert!(!svg.contains("multi-resnet18 lr_backbone"), "a group whose rate is the main one is drawn once");

@@ -49,3 +49,4 @@ pub fn command() -> clap::Command {
 
 #[cfg(test)]
 mod fuzz;
+pub mod hints;

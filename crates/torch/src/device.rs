@@ -81,7 +81,7 @@ fn gpu(n: usize) -> Result<Device> {
 
 fn require_cuda(spec: &str) -> Result<()> {
     if !tch::Cuda::is_available() {
-        bail!("--device {spec}: CUDA is not available (libtorch sees 0 GPUs on this machine; see docs/install.md)");
+        bail!("--device {spec}: CUDA is not available (libtorch sees 0 GPUs on this machine; see docs/install.md#another-libtorch-older-gpus)");
     }
     Ok(())
 }

@@ -12,7 +12,9 @@ use trainer_torch::{bench, train, trained};
 /// Parses arguments (translating the seed's single-dash flags), sets up logging, runs.
 fn main() -> ExitCode {
     let args = train::seed_flags::translate(std::env::args_os().collect());
-    let matches = trainer_torch::cli::command().get_matches_from(args);
+    let matches = trainer_torch::cli::command()
+        .try_get_matches_from(args)
+        .unwrap_or_else(|e| trainer_torch::cli::hints::with_hints(e).exit());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if trainer_data::bounds::parse_only() {
         return ExitCode::SUCCESS;

@@ -81,8 +81,32 @@ impl Extras {
         match self.get(path).map(|e| &e.landmarks) {
             Some(Some(Ok(lm))) => Ok(*lm),
             Some(Some(Err(e))) => Err(format!("bad landmarks: {e}")),
-            Some(None) | None => Err("no landmarks in the list table (--align needs x1 y1 … x5 y5)".into()),
+            Some(None) | None => Err(NO_LANDMARKS.into()),
         }
+    }
+}
+
+/// The skip reason of an input the `--align` table gives no landmarks: with a table that
+/// lists part of a set, that is most inputs, so they get one summary warning, not one each.
+pub const NO_LANDMARKS: &str = "no landmarks in the list table (--align needs x1 y1 … x5 y5)";
+
+/// Whether a skip is one of those the summary reports (`warn_unlisted`) instead.
+pub fn is_unlisted(reason: &str) -> bool {
+    reason == NO_LANDMARKS
+}
+
+/// One warning for every input skipped for want of landmarks.
+pub fn warn_unlisted(skipped: &[(String, String)], name: &str, progress: &indicatif::ProgressBar) {
+    let mut unlisted = skipped.iter().filter(|(_, r)| is_unlisted(r)).map(|(p, _)| p);
+    if let Some(first) = unlisted.next() {
+        let n = 1 + unlisted.count();
+        progress.suspend(|| {
+            tracing::warn!(
+                "skipped {n} inputs the list table gives no landmarks (first: {first}): --align packs only the \
+                 listed faces; all are named in {}",
+                crate::format::idx::skipped_file(name)
+            )
+        });
     }
 }
 

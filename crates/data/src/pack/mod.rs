@@ -299,6 +299,7 @@ fn write_shards(
     if empty > 0 {
         progress.suspend(|| tracing::warn!("{empty} of {n} shards are empty: their inputs were skipped"));
     }
+    extras::warn_unlisted(&skipped, &args.name, progress);
     skipped.sort();
     let manifest =
         build_manifest(args, &listing.classes, entries, label_counts, (skipped.len(), listing.excluded.len()));
@@ -333,7 +334,9 @@ fn skip(
     if args.strict {
         bail!("bad input {}: {reason} (--strict: nothing was written)", full.display());
     }
-    progress.suspend(|| tracing::warn!("skipped {}: {reason}", full.display()));
+    if !extras::is_unlisted(reason) {
+        progress.suspend(|| tracing::warn!("skipped {}: {reason}", full.display()));
+    }
     skipped.push((path.to_string(), reason.to_string()));
     Ok(())
 }
@@ -405,6 +408,9 @@ impl std::fmt::Display for PackSummary {
             m.num_records as f64 / secs,
             mb / secs
         )?;
+        if let Some(note) = empty_classes(m) {
+            writeln!(f, "{note}")?;
+        }
         let sizes: Vec<usize> = m.shards.iter().map(|e| e.records).collect();
         writeln!(
             f,
@@ -424,4 +430,20 @@ impl std::fmt::Display for PackSummary {
         }
         Ok(())
     }
+}
+
+/// A warning when classes hold no record (their inputs were all skipped): they still count
+/// in the classes training sizes its head by, but no sample ever trains them.
+fn empty_classes(m: &Manifest) -> Option<String> {
+    let empty: Vec<usize> = (0..m.num_classes).filter(|&c| !m.label_counts.contains_key(&(c as u32))).collect();
+    let first: Vec<String> = empty.iter().take(10).map(|c| c.to_string()).collect();
+    let more = if empty.len() > first.len() { ", …" } else { "" };
+    (!empty.is_empty()).then(|| {
+        format!(
+            "WARNING: {} of the {} classes hold no record (all their inputs were skipped): labels {}{more}",
+            empty.len(),
+            m.num_classes,
+            first.join(", ")
+        )
+    })
 }

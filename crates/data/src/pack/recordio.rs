@@ -274,7 +274,9 @@ impl<'a> Output<'a> {
                 if self.args.strict {
                     bail!("bad record {path} in {}: {reason} (--strict: nothing was written)", self.args.src.display());
                 }
-                self.progress.suspend(|| tracing::warn!("skipped {path}: {reason}"));
+                if !super::extras::is_unlisted(&reason) {
+                    self.progress.suspend(|| tracing::warn!("skipped {path}: {reason}"));
+                }
                 self.skipped.push((path, reason));
             }
             Prepared::Ignored => {}
@@ -305,6 +307,7 @@ impl<'a> Output<'a> {
             None => self.label_counts.keys().copied().collect(),
         };
         let classes = LabelTable { entries: ids.into_iter().map(|id| (id, id.to_string())).collect() };
+        super::extras::warn_unlisted(&self.skipped, &args.name, self.progress);
         self.skipped.sort();
         if entries.iter().all(|e| e.records == 0) {
             bail!(

@@ -32,8 +32,12 @@ pub fn inspect(args: &InspectArgs) -> Result<String> {
     let _ = writeln!(out, "dataset {} — {} shards, format {version}", args.dataset.display(), ds.total_shards);
     let _ = writeln!(out, "records {}  classes {}  payload {:.1} MB", ds.len(), ds.num_classes, bytes as f64 / 1e6);
     let rate = |t: f64| ds.len() as f64 / t.max(1e-9) / 1e6;
-    let cpu_note =
-        cpu.map_or(String::new(), |c| format!(", {:.0} ms CPU = {:.2} M records per CPU-second", c * 1e3, rate(c)));
+    // /proc counts CPU time in 10 ms ticks: under 10 of them a rate would be mostly rounding.
+    let cpu_note = match cpu {
+        Some(c) if c >= 0.1 => format!(", {:.0} ms CPU = {:.2} M records per CPU-second", c * 1e3, rate(c)),
+        Some(_) => ", under 100 ms CPU (too short to rate at /proc's 10 ms ticks)".to_string(),
+        None => String::new(),
+    };
     let _ = writeln!(
         out,
         "index load: {} records in {:.1} ms wall ({:.2} M records/s){cpu_note}",
@@ -101,8 +105,9 @@ fn print_attributes(out: &mut String, ds: &Dataset) {
     let _ = writeln!(out, "age    {}", histogram(&|s| s.ages()));
 }
 
-/// Which column each task would read its class from, as `trainer train` decides it:
-/// for a set given for that task alone (`gender=DIR/NAME`), and for one shared by tasks.
+/// Which tasks the dataset can serve, and the column each would read its class from, as
+/// `trainer train` decides it: for a set given for that task alone (`gender=DIR/NAME`), and
+/// for one shared by tasks.
 fn print_tasks(out: &mut String, ds: &Dataset, path: &std::path::Path) {
     let stats = crate::pipeline::partition::column_stats(ds);
     let spec = SetSpec { head: None, path: path.to_path_buf(), column: None };
@@ -111,17 +116,54 @@ fn print_tasks(out: &mut String, ds: &Dataset, path: &std::path::Path) {
         (n, max) => format!("{n} of {} known, classes 0..={max}", stats.records),
     };
     let describe = |c: Column| format!("{:<6} {}", c.name(), known(c));
-    let _ = writeln!(out, "tasks (the column each reads its class from):");
-    let _ = writeln!(out, "  {:<6}  {}", "FR", describe(Column::Label));
+    let mut serves = vec![];
+    if stats.of(Column::Label).0 > 0 {
+        serves.push(Head::Fr.name());
+    }
+    let mut lines = vec![format!("  {:<6}  {}", Head::Fr.name(), describe(Column::Label))];
     for head in [Head::Gender, Head::Age] {
         let (alone, shared) = (resolve_column(&spec, head, true, &stats), resolve_column(&spec, head, false, &stats));
+        if let Some(why) = cannot_serve(head, alone, &stats) {
+            lines.push(format!("  {:<6}  cannot: {why}", head.name()));
+            continue;
+        }
+        serves.push(head.name());
         let note = if shared == alone {
             String::new()
         } else {
             format!("  (as {}=DIR/NAME; shared with other tasks: {} {})", head.key(), shared.name(), known(shared))
         };
-        let _ = writeln!(out, "  {:<6}  {}{note}", head.name(), describe(alone));
+        lines.push(format!("  {:<6}  {}{note}", head.name(), describe(alone)));
     }
+    let serves = if serves.is_empty() { "none".to_string() } else { serves.join(", ") };
+    let _ = writeln!(out, "tasks it can serve: {serves} (the column each reads its class from):");
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+/// Why `head` cannot learn from this dataset's `column`, if it cannot: nothing known, or
+/// `label` read for want of the head's own column holding more classes than the head has
+/// by default (identities, not genders or age buckets; `@label` still reads it).
+fn cannot_serve(head: Head, column: Column, stats: &crate::targets::ColumnStats) -> Option<String> {
+    let (known, max) = stats.of(column);
+    if known == 0 {
+        return Some(format!("`{}` is unknown for all {} records", column.name(), stats.records));
+    }
+    let classes = match head {
+        Head::Gender => crate::settings::GENDER_CLASSES,
+        Head::Age => crate::settings::AGE_CLASSES,
+        Head::Fr => return None,
+    };
+    (column == Column::Label && max >= classes as i64).then(|| {
+        format!(
+            "no `{}` column is known, and `label` holds classes 0..={max}, more than {}'s {classes} \
+             (identities; {}=DIR/NAME@label would read them anyway)",
+            head.own_column().name(),
+            head.name(),
+            head.key()
+        )
+    })
 }
 
 fn print_sidecars(out: &mut String, layout: &Layout, ds: &Dataset) {

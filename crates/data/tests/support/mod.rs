@@ -80,7 +80,7 @@ pub fn log_text(o: &Synth) -> String {
         }
         if step.is_multiple_of((o.steps / 10).max(1)) {
             let acc = 0.5 + 0.45 * (1.0 - (-(step as f64) / (o.steps as f64 / 4.0)).exp()) + o.seed as f64 * 0.01;
-            writeln!(out, r#"{{"event":"valid","step":{step},"valid_verif_acc":{acc},"valid_gap":{},"valid_verif_acc_lfw":{},"time":{t}}}"#, acc * 3.0, acc - 0.05).unwrap();
+            writeln!(out, r#"{{"event":"valid","step":{step},"valid_fr_verif_acc":{acc},"valid_fr_gap":{},"valid_lfw_verif_acc":{},"time":{t}}}"#, acc * 3.0, acc - 0.05).unwrap();
             writeln!(out, r#"{{"event":"checkpoint","step":{step},"path":"ckpt/step-{step}","time":{t}}}"#).unwrap();
         }
         step += o.every;

@@ -41,6 +41,23 @@ pub fn set_name(spec: &Path) -> String {
     spec.file_stem().map_or_else(|| spec.display().to_string(), |s| s.to_string_lossy().into_owned())
 }
 
+/// The names of pair sets given together, in order: each its file stem, except that a
+/// stem already taken by an earlier set (`lfw.bin sub/lfw.bin`) gets the lowest number
+/// from 2 that no set's name uses (`lfw2`), so that no two sets share a log key.
+pub fn set_names(specs: &[&Path]) -> Vec<String> {
+    let stems: Vec<String> = specs.iter().map(|p| set_name(p)).collect();
+    let mut names: Vec<String> = Vec::with_capacity(stems.len());
+    for (i, stem) in stems.iter().enumerate() {
+        let taken = |n: &str| names.iter().any(|m| m == n) || stems[i + 1..].iter().any(|m| m == n);
+        let name = match names.contains(stem) {
+            false => stem.clone(),
+            true => (2..).map(|k| format!("{stem}{k}")).find(|n| !taken(n)).unwrap_or_default(),
+        };
+        names.push(name);
+    }
+    names
+}
+
 pub fn open(spec: &Path) -> Result<PairSet> {
     PairSet::read(spec).with_context(|| format!("reading pair set {}", spec.display()))
 }
@@ -163,5 +180,14 @@ mod tests {
         assert!(!is_pair_set(&write("lfw.pkl", b"\x80\x02")));
         assert!(!is_pair_set(&dir.path().join("missing.bin")));
         assert_eq!(set_name(Path::new("sets/cfp_fp.bin")), "cfp_fp");
+    }
+
+    #[test]
+    fn pair_sets_of_one_stem_get_distinct_names() {
+        let names = |p: &[&str]| set_names(&p.iter().map(Path::new).collect::<Vec<_>>());
+        assert_eq!(names(&["lfw.bin", "sub/lfw.bin"]), ["lfw", "lfw2"]);
+        // A later set's own stem is not handed out: `lfw2.bin` keeps its name.
+        assert_eq!(names(&["a/lfw.bin", "b/lfw.bin", "lfw2.bin", "c/lfw.bin"]), ["lfw", "lfw3", "lfw2", "lfw4"]);
+        assert_eq!(names(&["lfw.bin", "cfp_fp.bin"]), ["lfw", "cfp_fp"]);
     }
 }

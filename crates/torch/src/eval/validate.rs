@@ -207,15 +207,20 @@ fn open_pair_sets(specs: &[SetSpec], run: &[Head]) -> Result<Vec<(String, PairSe
     if !specs.is_empty() && !run.contains(&Head::Fr) {
         bail!("pair sets ({}) need an FR model", specs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "));
     }
+    let names = pairs::set_names(&specs.iter().map(|s| s.path.as_path()).collect::<Vec<_>>());
     specs
         .iter()
-        .map(|s| {
+        .zip(names)
+        .map(|(s, name)| {
             if let Some(h) = s.head.filter(|h| *h != Head::Fr) {
                 bail!("{s}: a pair set validates FR, not {}", h.name());
             }
             let set = pairs::open(&s.path)?;
             anyhow::ensure!(!set.is_empty(), "pair set {s} holds 0 pairs: there is nothing to validate on");
-            Ok((pairs::set_name(&s.path), set))
+            if name != pairs::set_name(&s.path) {
+                tracing::info!("pair set {s} is named {name}: an earlier pair set has its file stem");
+            }
+            Ok((name, set))
         })
         .collect()
 }

@@ -47,7 +47,7 @@ pub struct HeadConfig {
     #[arg(long, default_value_t = 0.5, value_parser = bounds::below(0.0, 1.0))]
     pub gender_dropout: f64,
     /// Gender classes.
-    #[arg(long, default_value_t = 2, value_parser = bounds::int::<usize>(2, 1 << 16))]
+    #[arg(long, default_value_t = trainer_data::settings::GENDER_CLASSES, value_parser = bounds::int::<usize>(2, 1 << 16))]
     pub gender_classes: usize,
     /// Hidden layer widths of the Age head.
     #[arg(long, value_delimiter = ',', default_values_t = [512, 512], value_parser = bounds::count::<usize>(1 << 16))]
@@ -56,7 +56,7 @@ pub struct HeadConfig {
     #[arg(long, default_value_t = 0.5, value_parser = bounds::below(0.0, 1.0))]
     pub age_dropout: f64,
     /// Age buckets; ages above the last are clipped to it (the seed's 7).
-    #[arg(long, default_value_t = 7, value_parser = bounds::int::<usize>(2, 1 << 16))]
+    #[arg(long, default_value_t = trainer_data::settings::AGE_CLASSES, value_parser = bounds::int::<usize>(2, 1 << 16))]
     pub age_classes: usize,
     /// Probability on the true class of the Gender/Age soft one-hot targets.
     #[arg(long, default_value_t = 0.9, value_parser = bounds::real(0.0, 1.0, true))]

@@ -312,6 +312,35 @@ fn gather_rows(comm: &dyn Comm, mine: &Tensor, total: usize) -> Result<Tensor> {
     Ok(Tensor::cat(&parts, 0))
 }
 
+/// Refuses an `--init` file that is not safetensors, naming what it is and, for PyTorch's
+/// formats, the way in: `trainer import arcface-torch`, then `--init` the run it makes.
+fn check_init_file(file: &Path) -> Result<()> {
+    use trainer_data::interop::model_files::ModelFile;
+    if !file.is_file() {
+        return Ok(()); // the reader's own "not found" names the path
+    }
+    let kind = ModelFile::detect(file)?;
+    let what = format!("--init {}: this is {}, and --init reads safetensors", file.display(), kind.describe());
+    match kind {
+        ModelFile::Safetensors => Ok(()),
+        ModelFile::TorchSave => bail!(
+            "{what} (a run directory, a checkpoint or model.safetensors). For an arcface_torch backbone, import it \
+             first: `trainer import arcface-torch {} --arch iresnet50 --out Model/imported` (the --arch it was \
+             trained as), then `--init Model/imported` (docs/model-zoo.md#importing-a-published-or-trained-backbone)",
+            file.display()
+        ),
+        ModelFile::Pickle => bail!(
+            "{what}. Save it again with PyTorch 1.6 or later (`torch.save(torch.load(f), 'backbone.pth')`), then \
+             `trainer import arcface-torch` it (docs/model-zoo.md#importing-a-published-or-trained-backbone)"
+        ),
+        ModelFile::TorchScript => bail!(
+            "{what}; a TorchScript file holds a traced graph, not named weights: give the run directory it was \
+             exported from, or the original state dict through `trainer import arcface-torch`"
+        ),
+        ModelFile::Other => bail!("{what} (a run directory, a checkpoint directory or a .safetensors file)"),
+    }
+}
+
 fn is_bn_statistic(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
 }
@@ -335,6 +364,7 @@ fn load_init(vs: &mut VarStore, init: &Path, slice: Option<(ClassSlice, usize)>)
         true => init.join(checkpoint::MODEL_FILE),
         false => init.to_path_buf(),
     };
+    check_init_file(&file)?;
     let saved =
         Tensor::read_safetensors(&file).with_context(|| format!("--init {}: cannot read weights", file.display()))?;
     let vars = vs.variables();

@@ -2,7 +2,8 @@
 //! TorchScript, for `torch.jit.load` in Python and `torch::jit::load` in C++ (and, through
 //! `launch/export_onnx.py`, ONNX). Input: NCHW float32 RGB, (x − 127.5)/127.5, any batch
 //! size; output: the embedding `[N, emb_dim]` before L2 normalisation. The weights are
-//! stored in the file as constants of the traced graph.
+//! stored in the file as constants of the traced graph; the input size and embedding size
+//! in its extra file `trainer.json`.
 //!
 //! `--format arcface-torch` writes the backbone as arcface_torch's `torch.save` state dict
 //! instead (`arcface_torch.rs`).
@@ -13,8 +14,12 @@ use tch::{CModule, Device, Kind, Tensor};
 
 use super::ModelArgs;
 use crate::device::DeviceArg;
-
+use trainer_data::interop::model_files;
 use trainer_data::output::{self, Output};
+
+/// The archive's extra file (`torch.jit.load(path, _extra_files={"trainer.json": ""})`)
+/// holding `input_size` and `emb_dim`.
+pub const EXTRA_FILE: &str = "trainer.json";
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
@@ -67,6 +72,10 @@ pub fn run(args: ExportArgs) -> Result<()> {
     module
         .save(output::fd_path(&file))
         .map_err(crate::errors::cut)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    // The traced graph does not say its input size: `launch/export_onnx.py` reads it here.
+    let facts = serde_json::json!({"input_size": size, "emb_dim": model.cfg.heads.emb_dim});
+    model_files::add_torchscript_extra(&output::fd_path(&file), EXTRA_FILE, facts.to_string().as_bytes())
         .with_context(|| format!("writing {}", partial.display()))?;
     check_round_trip(&output::fd_path(&file), &model.net, size)
         .with_context(|| format!("checking {}", partial.display()))?;

@@ -166,44 +166,93 @@ fn images_panel(runs: &[RunLog]) -> Panel {
     p
 }
 
-/// One panel per validation metric, all sets in it: the trainer names the first set's
-/// keys plainly (`valid_fr_verif_acc`) and suffixes the others' (`valid_fr_verif_acc_lfw`), so
-/// a key extending another key is that metric on another set, drawn with another dash.
-/// Same metric, same scale; and a many-set run keeps few panels.
+/// One panel per validation metric with every set in it and a legend naming the sets. The
+/// trainer names a packed set's keys by task, plainly for a task's first set
+/// (`valid_fr_verif_acc`) and with the set's name after the metric for the others
+/// (`valid_fr_verif_acc_faces-valid`); a pair set's by the set, before the metric
+/// (`valid_lfw_verif_acc`, an FR metric). Standard deviations (`_verif_std`) are left out:
+/// the accuracy panel stays readable with many sets. Same metric, same scale; and a
+/// many-set run keeps few panels.
 fn valid_panels(runs: &[RunLog]) -> Vec<Panel> {
     let keys: BTreeSet<&str> = runs.iter().flat_map(|r| r.valid.keys()).map(String::as_str).collect();
     if keys.is_empty() {
         return vec![Panel { title: "validation".into(), ..Panel::default() }];
     }
-    let mut metrics: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut metrics: BTreeMap<String, Vec<(&str, String)>> = BTreeMap::new();
     for &key in &keys {
-        let metric = keys
-            .iter()
-            .copied()
-            .filter(|m| key == *m || key.strip_prefix(m).is_some_and(|rest| rest.starts_with('_')))
-            .min_by_key(|m| m.len());
-        metrics.entry(metric.unwrap_or(key)).or_default().push(key);
+        let (metric, set) = metric_and_set(key);
+        if !metric.ends_with("verif_std") {
+            metrics.entry(metric).or_default().push((key, set));
+        }
     }
-    metrics.into_iter().map(|(metric, sets)| metric_panel(runs, metric, &sets)).collect()
+    metrics
+        .into_iter()
+        .map(|(metric, mut sets)| {
+            sets.sort_by(|a, b| (!a.1.is_empty(), &a.1).cmp(&(!b.1.is_empty(), &b.1)));
+            metric_panel(runs, &metric, &sets)
+        })
+        .collect()
 }
 
-fn metric_panel(runs: &[RunLog], metric: &str, sets: &[&str]) -> Panel {
+/// The metrics a validation key can end in, longest first where one ends another.
+const METRICS: [&str; 6] = ["verif_acc", "verif_std", "verif_tar", "acc", "mae", "gap"];
+const TASKS: [&str; 3] = ["fr", "gender", "age"];
+
+/// A validation key's panel (`valid_<task>_<metric>`) and set ("" for a task's first set).
+pub fn metric_and_set(key: &str) -> (String, String) {
+    let rest = key.strip_prefix("valid_").unwrap_or(key);
+    for task in TASKS {
+        let Some(after) = rest.strip_prefix(task).and_then(|r| r.strip_prefix('_')) else { continue };
+        for m in METRICS {
+            match after.strip_prefix(m) {
+                Some("") => return (format!("valid_{task}_{m}"), String::new()),
+                Some(set) if set.starts_with('_') => return (format!("valid_{task}_{m}"), set[1..].to_string()),
+                _ => {}
+            }
+        }
+    }
+    // Logs from before keys named the task: `valid_verif_acc`, `valid_verif_acc_lfw`.
+    let ends_in_metric = |s: &str| METRICS.iter().any(|m| s.strip_suffix(m).is_some_and(|r| r.ends_with('_')));
+    for m in METRICS {
+        match rest.strip_prefix(m) {
+            Some("") => return (format!("valid_{m}"), String::new()),
+            Some(set) if set.starts_with('_') && !ends_in_metric(set) => {
+                return (format!("valid_{m}"), set[1..].to_string())
+            }
+            _ => {}
+        }
+    }
+    for m in METRICS {
+        if let Some(set) = rest.strip_suffix(m).and_then(|r| r.strip_suffix('_')).filter(|s| !s.is_empty()) {
+            return (format!("valid_fr_{m}"), set.to_string());
+        }
+    }
+    (key.to_string(), String::new())
+}
+
+/// One run: a colour per set, named in the legend. Several: the run's colour, a dash per
+/// set, and the dashes named in the legend.
+fn metric_panel(runs: &[RunLog], metric: &str, sets: &[(&str, String)]) -> Panel {
     let mut p = Panel { title: metric.to_string(), legend: Some(Corner::LowerRight), ..Panel::default() };
-    for (dash, key) in sets.iter().enumerate() {
+    let one_run = runs.len() == 1;
+    for (j, (key, set)) in sets.iter().enumerate() {
+        let name = if set.is_empty() { "first set".to_string() } else { set.clone() };
         for (i, run) in runs.iter().enumerate() {
             if let Some(s) = run.valid.get(*key) {
+                let (color, dash) = if one_run { (run_color(j), 0) } else { (run_color(i), j) };
+                let label = one_run.then(|| name.clone());
                 p.lines.push(Line {
                     segments: s.segments.clone(),
-                    color: run_color(i),
+                    color,
                     kind: LineKind::Plain,
                     dash,
                     dots: true,
-                    label: None,
+                    label,
                 });
             }
         }
-        if sets.len() > 1 {
-            p.styles.push((key.to_string(), dash));
+        if !one_run && sets.len() > 1 {
+            p.styles.push((name, j));
         }
     }
     p

@@ -95,24 +95,41 @@ fn a_duplicate_task_loss_is_drawn_once_and_marks_are_kept() {
 
 #[test]
 fn validation_sets_of_one_metric_share_a_panel() {
-    let line = r#"{"event":"valid","step":10,"valid_gap":2.5,"valid_gap_lfw":2.1,"valid_verif_acc":0.9,"valid_verif_acc_lfw":0.8,"valid_gender_acc":0.7,"valid_gender_acc_lfw":0.6}"#;
+    // A packed FR set (plain keys), a second packed set, two pair sets, and Gender.
+    let line = r#"{"event":"valid","step":10,"valid_fr_verif_acc":0.9,"valid_fr_gap":2.5,"valid_fr_verif_acc_faces-valid":0.85,"valid_fr_gap_faces-valid":2.4,"valid_lfw_verif_acc":0.8,"valid_lfw_verif_std":0.02,"valid_lfw_gap":2.1,"valid_cfp_fp_verif_acc":0.7,"valid_cfp_fp_verif_std":0.03,"valid_cfp_fp_gap":1.9,"valid_gender_acc":0.7}"#;
     let fig = figure::build(&[RunLog::parse(line).unwrap()], 1000);
-    let panels: Vec<_> = fig.panels[3..].iter().map(|p| (p.title.as_str(), p.lines.len(), p.styles.clone())).collect();
-    let styles = |a: &str| vec![(a.to_string(), 0), (format!("{a}_lfw"), 1)];
+    let panels: Vec<_> = fig.panels[3..]
+        .iter()
+        .map(|p| (p.title.as_str(), p.lines.iter().map(|l| l.label.clone().unwrap_or_default()).collect::<Vec<_>>()))
+        .collect();
+    let sets = ["first set", "cfp_fp", "faces-valid", "lfw"].map(String::from).to_vec();
     assert_eq!(
         panels,
         [
-            ("valid_gap", 2, styles("valid_gap")),
-            ("valid_gender_acc", 2, styles("valid_gender_acc")),
-            ("valid_verif_acc", 2, styles("valid_verif_acc"))
-        ]
+            ("valid_fr_gap", sets.clone()),
+            ("valid_fr_verif_acc", sets.clone()),
+            ("valid_gender_acc", vec!["first set".to_string()])
+        ],
+        "no _verif_std panel, every set in its metric's panel"
     );
-    let alone = figure::build(
-        &[RunLog::parse(r#"{"event":"valid","step":1,"valid_acc":0.5,"valid_gender_acc":0.7}"#).unwrap()],
-        1000,
-    );
-    assert_eq!(alone.panels.len(), 5, "valid_gender_acc does not extend valid_acc");
-    assert!(alone.panels[3].styles.is_empty());
+    let colours: std::collections::HashSet<_> = fig.panels[4].lines.iter().map(|l| l.color).collect();
+    assert_eq!(colours.len(), 4, "one run: a colour per set");
+    // Two runs: the run's colour, a dash per set, the dashes named.
+    let two = figure::build(&[RunLog::parse(line).unwrap(), RunLog::parse(line).unwrap()], 1000);
+    let acc = &two.panels[4];
+    assert_eq!(acc.lines.len(), 8);
+    assert_eq!(acc.styles.iter().map(|s| s.0.clone()).collect::<Vec<_>>(), sets);
+    for (key, want) in [
+        ("valid_fr_verif_acc_faces-valid", ("valid_fr_verif_acc", "faces-valid")),
+        ("valid_cfp_fp_verif_acc", ("valid_fr_verif_acc", "cfp_fp")),
+        ("valid_age_mae", ("valid_age_mae", "")),
+        ("valid_verif_acc_lfw", ("valid_verif_acc", "lfw")),
+        ("valid_acc_set_verif_acc", ("valid_fr_verif_acc", "acc_set")),
+        ("valid_ijbc_tar", ("valid_ijbc_tar", "")),
+    ] {
+        let (m, s) = figure::metric_and_set(key);
+        assert_eq!((m.as_str(), s.as_str()), want, "{key}");
+    }
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! Tags (docs/watching.md): progress lines give `loss`, `loss/<task>`, `lr`,
 //! `lr/<group>`, `speed/images_per_s`, `speed/data_wait_frac`,
 //! `plateau/steps_without_decrease[_robust][/<task>]`, `amp/loss_scale`,
-//! `amp/skipped_steps`, `allreduce/<what>` and `run/<key>` for the rest; `valid` events
+//! `amp/skipped_steps`, `comm/<key>` for the byte counters and `run/<key>` for the rest; `valid` events
 //! give `valid/<metric>[_<set>]`; a decay gives `events/decay/<task>` (the run's lr after
 //! it), a rollback `events/rollback` (the step returned to) and a rise the safeguard
 //! accepted `events/rise_accepted` (the lr the run goes on at). A resume or a rollback
@@ -86,7 +86,11 @@ pub fn scalars_of(ev: &Map<String, Value>) -> Vec<(String, f64)> {
 /// The TensorBoard tag of a progress-line key: grouped by what it measures (TensorBoard
 /// groups tags by the part before the first `/`), with the task or parameter group last.
 pub fn tag_of(key: &str) -> String {
-    const FIXED: [(&str, &str); 8] = [
+    const FIXED: [(&str, &str); 11] = [
+        // The bytes a step moves between ranks, and the head each rank holds: one group.
+        ("allreduce_bytes", "comm/allreduce_bytes"),
+        ("allgather_bytes", "comm/allgather_bytes"),
+        ("head_bytes_per_rank", "comm/head_bytes_per_rank"),
         ("images_per_s", "speed/images_per_s"),
         ("data_wait_frac", "speed/data_wait_frac"),
         ("loss_scale", "amp/loss_scale"),
@@ -97,10 +101,9 @@ pub fn tag_of(key: &str) -> String {
         ("skipped_records", "run/skipped_records"),
     ];
     // Longest first: `steps_without_decrease_robust_FR` is the robust count of FR.
-    const FAMILIES: [(&str, &str); 5] = [
+    const FAMILIES: [(&str, &str); 4] = [
         ("steps_without_decrease_robust", "plateau/steps_without_decrease_robust"),
         ("steps_without_decrease", "plateau/steps_without_decrease"),
-        ("allreduce", "allreduce"),
         ("loss", "loss"),
         ("lr", "lr"),
     ];

@@ -457,12 +457,15 @@ impl Session {
         let better = metrics.primary.filter(|&m| validator.better(m, self.state.run.best_metric));
         let mut verdict = vec![u8::from(better.is_some())];
         self.comm.broadcast_bytes(&mut verdict, 0)?;
+        let best_key = validator.best_key().to_string();
         if verdict[0] == 1 {
             self.state.run.best_metric = better;
             let dir = self.checkpoint(clock)?;
             if self.comm.rank() == 0 {
                 checkpoint::copy_to(&dir, &self.run_dir.join("best"))?;
-                self.log.event(json!({"event": "best", "step": self.state.step, "metric": better}))?;
+                self.log.event(
+                    json!({"event": "best", "step": self.state.step, "metric": better, "metric_name": best_key}),
+                )?;
             }
             self.comm.barrier_within(self.checkpoint_timeout())?;
         }
