@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 pub use super::schedule::Schedule;
 pub use crate::model::Task;
 use crate::model::{Arch, Head, HeadConfig, Tasks};
+use crate::optim::OptimizerChoice;
 use trainer_data::bounds;
 use trainer_data::targets::{Column, SetSpec};
 
@@ -250,6 +251,17 @@ pub struct TrainConfig {
     /// ... until the run has rolled back this many times.
     #[arg(long, hide = true, default_value_t = 1, value_parser = bounds::count::<u64>(bounds::MAX_STEPS))]
     pub inject_nan_times: u64,
+    // Issue 24, the model zoo: the optimiser.
+    /// Optimiser: sgd (with --momentum) or adamw (torch.optim.AdamW: --betas, --eps, and the
+    /// --wd-* weight decays decoupled, each group's weights scaled by 1 − lr·wd per step).
+    #[arg(long, value_enum, default_value_t = OptimizerChoice::Sgd)]
+    pub optimizer: OptimizerChoice,
+    /// AdamW's moment decays β1,β2.
+    #[arg(long, value_parser = crate::optim::parse_betas, default_value = "0.9,0.999")]
+    pub betas: [f64; 2],
+    /// AdamW's ε, added to the root of the second moment.
+    #[arg(long, default_value_t = 1e-8, value_parser = bounds::positive(1.0))]
+    pub eps: f64,
 }
 
 impl Default for TrainConfig {
@@ -303,6 +315,7 @@ impl TrainConfig {
         }
         check_pk(self.pk).map_err(|e| anyhow::anyhow!("pk: {e}"))?;
         check_weights(self.loss_weights).map_err(|e| anyhow::anyhow!("loss_weights: {e}"))?;
+        crate::optim::check_betas(self.betas).map_err(|e| anyhow::anyhow!("betas: {e}"))?;
         SetSpec::check_coverage(&self.train_sets, &self.heads(), "training set")?;
         if let Some(h) = self.valid_sets.iter().find_map(|s| s.head.filter(|h| !self.heads().contains(h))) {
             bail!("--valid-sets {}=...: this run does not train {}", h.key(), h.name());
