@@ -86,7 +86,7 @@ pub fn import(args: &ImportArgs) -> Result<String> {
 fn check_arch(arch: Arch) -> Result<()> {
     ensure!(
         arch.iresnet_depth().is_some(),
-        "--arch {} has torchvision's layout, not arcface_torch's: give one of its backbones (iresnet18, iresnet34, iresnet50, iresnet100)",
+        "--arch {} has torchvision's layout, not arcface_torch's: give one of its backbones (iresnet18, iresnet34, iresnet50, iresnet100, iresnet200)",
         arch_name(arch)
     );
     Ok(())

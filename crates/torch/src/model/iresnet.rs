@@ -329,7 +329,8 @@ mod tests {
     /// of insightface's network counts them (`benches/iresnet_twin.py count`).
     #[test]
     fn parameter_counts() {
-        for (depth, want) in [(18, 24_025_088), (34, 34_138_816), (50, 43_590_336), (100, 65_155_648)] {
+        let counts = [(18, 24_025_088), (34, 34_138_816), (50, 43_590_336), (100, 65_155_648), (200, 118_833_408)];
+        for (depth, want) in counts {
             let (vs, _) = build(depth, 0.0);
             let got: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
             assert_eq!(got, want, "iresnet{depth}");

@@ -121,6 +121,36 @@ fn iresnet18_matches_the_pytorch_twin() {
     check_against_twin(18);
 }
 
+/// IResNet-200 (`--arch iresnet200`, arcface_torch's `r200`): our VarStore has exactly the
+/// twin's state dict names, shapes and dtypes. Its blocks are those iresnet18's test runs
+/// through the twin; the whole forward pass is `iresnet200_matches_the_pytorch_twin`.
+#[test]
+fn iresnet200_has_the_twins_layout() {
+    let py = python();
+    if !py.exists() {
+        return unavailable(&format!("no python at {}", py.display()));
+    }
+    let Some(json) = twin(&py, &["layout", "--depth", "200"]) else {
+        return unavailable(&format!("{} has no PyTorch", py.display()));
+    };
+    let theirs: BTreeMap<String, (Vec<i64>, String)> = serde_json::from_str(json.trim()).expect("layout JSON");
+    let vs = VarStore::new(Device::Cpu);
+    let _net = IResNet::new(&vs.root(), 200, 512, 0.0).unwrap();
+    let dtype = |k: Kind| if k == Kind::Int64 { "I64" } else { "F32" }.to_string();
+    let ours: BTreeMap<String, (Vec<i64>, String)> =
+        vs.variables().into_iter().map(|(n, t)| (n, (t.size(), dtype(t.kind())))).collect();
+    assert_eq!(ours.len(), 1807, "arcface_torch's r200 state dict has 1807 tensors");
+    assert_eq!(ours, theirs, "iresnet200's state dict layout differs from the twin's");
+}
+
+/// Minutes of CPU (iresnet200: more): run by hand with
+/// `cargo test --release iresnet200 -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn iresnet200_matches_the_pytorch_twin() {
+    check_against_twin(200);
+}
+
 /// Minutes of CPU: run by hand with `cargo test --release iresnet50 -- --ignored --nocapture`.
 #[test]
 #[ignore]

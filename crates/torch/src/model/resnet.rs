@@ -26,6 +26,7 @@ pub enum Arch {
     Iresnet34,
     Iresnet50,
     Iresnet100,
+    Iresnet200,
 }
 
 #[derive(Clone, Copy)]
@@ -53,6 +54,7 @@ impl Arch {
             Arch::Iresnet34 => Some(34),
             Arch::Iresnet50 => Some(50),
             Arch::Iresnet100 => Some(100),
+            Arch::Iresnet200 => Some(200),
             _ => None,
         }
     }
@@ -76,7 +78,7 @@ impl Arch {
             Arch::Resnet34 => (BlockKind::Basic, &[3, 4, 6, 3]),
             Arch::Resnet50 => (BlockKind::Bottleneck, &[3, 4, 6, 3]),
             Arch::Resnet101 => (BlockKind::Bottleneck, &[3, 4, 23, 3]),
-            Arch::Iresnet18 | Arch::Iresnet34 | Arch::Iresnet50 | Arch::Iresnet100 => {
+            Arch::Iresnet18 | Arch::Iresnet34 | Arch::Iresnet50 | Arch::Iresnet100 | Arch::Iresnet200 => {
                 unreachable!("IResNets are built by iresnet.rs")
             }
         };
