@@ -62,12 +62,12 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, ksize: i64, stride: i64) -> nn::Conv
 
 /// PyTorch's `nn.PReLU(c)`: one learned negative slope per channel, starting at 0.25.
 #[derive(Debug)]
-struct PRelu {
+pub(super) struct PRelu {
     weight: Tensor,
 }
 
 impl PRelu {
-    fn new(p: nn::Path, channels: i64) -> PRelu {
+    pub(super) fn new(p: nn::Path, channels: i64) -> PRelu {
         PRelu { weight: p.var("weight", &[channels], Init::Const(0.25)) }
     }
 }

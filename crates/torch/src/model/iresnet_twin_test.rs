@@ -18,13 +18,13 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../benches/iresnet
 /// The twin's exit status when its python has no PyTorch.
 const NO_TORCH: i32 = 3;
 
-fn python() -> PathBuf {
+pub(super) fn python() -> PathBuf {
     let venv = || PathBuf::from(std::env::var_os("TORCH_VENV").unwrap_or_default()).join("bin/python");
     std::env::var_os("TRAINER_TORCH_PYTHON").map_or_else(venv, PathBuf::from)
 }
 
 /// A missing PyTorch fails the test in CI and is a notice elsewhere.
-fn unavailable(why: &str) {
+pub(super) fn unavailable(why: &str) {
     assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true, but {why} (set TRAINER_TORCH_PYTHON)");
     eprintln!("NOTICE: iresnet twin check skipped: {why} (set TRAINER_TORCH_PYTHON)");
 }
@@ -40,18 +40,18 @@ fn twin(py: &Path, args: &[&str]) -> Option<String> {
     Some(text)
 }
 
-type Layout = BTreeMap<String, (Vec<i64>, Kind)>;
+pub(super) type Layout = BTreeMap<String, (Vec<i64>, Kind)>;
 
-fn layout<I: IntoIterator<Item = (String, Tensor)>>(named: I) -> Layout {
+pub(super) fn layout<I: IntoIterator<Item = (String, Tensor)>>(named: I) -> Layout {
     named.into_iter().map(|(k, t)| (k, (t.size(), t.kind()))).collect()
 }
 
-fn read(path: &Path) -> BTreeMap<String, Tensor> {
+pub(super) fn read(path: &Path) -> BTreeMap<String, Tensor> {
     Tensor::read_safetensors(path).unwrap().into_iter().collect()
 }
 
 /// Max |a − b| and max |b|; fails above 1e-4 of the embedding scale (at least 1).
-fn assert_close(ours: &Tensor, theirs: &Tensor, what: &str) -> (f64, f64) {
+pub(super) fn assert_close(ours: &Tensor, theirs: &Tensor, what: &str) -> (f64, f64) {
     assert_eq!(ours.size(), theirs.size(), "{what}");
     let err = (ours - theirs).abs().max().double_value(&[]);
     let scale = theirs.abs().max().double_value(&[]);
@@ -60,7 +60,7 @@ fn assert_close(ours: &Tensor, theirs: &Tensor, what: &str) -> (f64, f64) {
     (err, scale)
 }
 
-fn images(n: i64) -> Tensor {
+pub(super) fn images(n: i64) -> Tensor {
     Tensor::rand([n, 3, 112, 112], (Kind::Float, Device::Cpu)) * 2.0 - 1.0
 }
 
