@@ -30,6 +30,9 @@ import torch  # noqa: E402
 def build(arch, emb_dim):
     if arch.startswith("iresnet"):
         return IResNet(int(arch[len("iresnet"):]), emb_dim)
+    if arch in ("mbf", "mbf_large"):
+        from mbf_twin import MobileFaceNet
+        return MobileFaceNet(arch, emb_dim)
     raise SystemExit(f"no twin for --arch {arch}")
 
 
@@ -43,6 +46,8 @@ def cmd_save(a):
     optimizer = {"state": {}, "param_groups": [{"lr": 0.1, "momentum": 0.9, "nesterov": False, "params": [0, 1]}]}
     torch.save({"epoch": 3, "global_step": 1200, "state_dict_backbone": sd, "state_optimizer": optimizer},
                path("checkpoint.pth"))
+    if "fc.weight" not in sd:  # the broken files below are IResNet-shaped
+        return print(f"{a.arch}: {len(sd)} tensors saved in {a.dir}")
     torch.save({"epoch": 3, "global_step": 1200}, path("not_a_state_dict.pth"))
     extra = dict(sd)
     extra["head.weight"] = torch.zeros(3, 2)

@@ -6,12 +6,14 @@ can be passed between it and `trainer`'s `model::iresnet` and their embeddings c
     iresnet_twin.py make  --depth 18 --seed 1 --batch 2 --weights W.safetensors --io IO.safetensors
     iresnet_twin.py embed --depth 18 --weights W.safetensors --io IO.safetensors --out OUT.safetensors
     iresnet_twin.py count --depth 50
+    iresnet_twin.py layout --depth 200
 
 `make` builds a seeded network, gives it non-trivial BatchNorm statistics and affine values,
 and writes its state dict and an input batch with the network's eval-mode embeddings
 (`input`, `embedding`). `embed` loads a state dict strictly (every name and shape must
 match) and writes the eval-mode `embedding` of IO's `input`. `count` prints parameter counts
-as JSON.
+as JSON; `layout` prints the state dict's names with their shapes and dtypes as JSON (no
+forward pass, so it is cheap at any depth).
 
 Exit status: 0 ok, 1 error, 3 PyTorch is not installed."""
 import argparse
@@ -180,6 +182,11 @@ def cmd_count(a):
     }))
 
 
+def cmd_layout(a):
+    state = IResNet(a.depth).state_dict()
+    print(json.dumps({name: [list(t.shape), NAMES[t.dtype]] for name, t in state.items()}))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -194,10 +201,11 @@ def main():
     embed.add_argument("--io", required=True)
     embed.add_argument("--out", required=True)
     count = sub.add_parser("count")
-    for p in (make, embed, count):
+    layout = sub.add_parser("layout")
+    for p in (make, embed, count, layout):
         p.add_argument("--depth", type=int, choices=sorted(BLOCKS), default=18)
     a = ap.parse_args()
-    {"make": cmd_make, "embed": cmd_embed, "count": cmd_count}[a.cmd](a)
+    {"make": cmd_make, "embed": cmd_embed, "count": cmd_count, "layout": cmd_layout}[a.cmd](a)
     return 0
 
 

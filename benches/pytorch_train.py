@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The training step of `trainer bench train`, in PyTorch: torchvision ResNet minus fc,
-dropout 0.4 + linear to 512 + L2 normalisation, ArcFace (s=64, m=0.5, insightface's
+dropout 0.4 + linear to 512 + L2 normalisation (for `mbf`/`mbf_large`: the MobileFaceNet
+twin `mbf_twin.py`, whose output is the embedding, L2-normalised), ArcFace (s=64, m=0.5, insightface's
 fallback), cross-entropy, backward, SGD (momentum 0.9, weight decay 5e-4) on one fixed
 synthetic batch. Prints the median images/s over the timed steps, in the same format as
 the Rust benchmark.
@@ -24,15 +25,21 @@ from torchvision_resnet import resnet  # noqa: E402
 class FrModel(torch.nn.Module):
     def __init__(self, arch, classes, emb_dim=512, s=64.0, m=0.5):
         super().__init__()
-        self.backbone = resnet(arch)
-        out_dim = 2048 if arch in ("resnet50", "resnet101") else 512
-        self.dropout = torch.nn.Dropout(0.4)
-        self.fc = torch.nn.Linear(out_dim, emb_dim)
+        self.embeds = arch in ("mbf", "mbf_large")
+        if self.embeds:
+            from mbf_twin import MobileFaceNet
+            self.backbone = MobileFaceNet(arch, emb_dim)
+        else:
+            self.backbone = resnet(arch)
+            out_dim = 2048 if arch in ("resnet50", "resnet101") else 512
+            self.dropout = torch.nn.Dropout(0.4)
+            self.fc = torch.nn.Linear(out_dim, emb_dim)
         self.arcface = torch.nn.Parameter(torch.normal(0, 0.01, (classes, emb_dim)))
         self.s, self.m = s, m
 
     def forward(self, x, labels):
-        emb = F.normalize(self.fc(self.dropout(self.backbone(x))))
+        features = self.backbone(x)
+        emb = F.normalize(features if self.embeds else self.fc(self.dropout(features)))
         cos = (emb @ F.normalize(self.arcface).t()).clamp(-1, 1)
         target = cos.gather(1, labels[:, None])
         sin = (1 - target * target).clamp_min(1e-12).sqrt()

@@ -146,3 +146,28 @@ fn init_from_a_pytorch_file_says_how_to_import_it() {
     }
     assert!(!msg.contains("HeaderTooLarge"), "{msg}");
 }
+
+/// arcface_torch's MobileFaceNet (`--arch mbf`, twin `benches/mbf_twin.py`): imported from
+/// `torch.save`, it embeds as PyTorch does (through the TorchScript export), and `export
+/// --format arcface-torch` loads strictly back into the twin, bit for bit.
+#[test]
+fn mbf_backbone_round_trips_with_pytorch() {
+    let Some(py) = torch_python("torch") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let arch = ["--arch", "mbf", "--emb-dim", "64"];
+    run_script(&py, TWIN, &[&["save", "--dir", s(d), "--seed", "5"][..], &arch[..]].concat());
+    let run = d.join("Model/mbf");
+    run_ok(&["import", "arcface-torch", s(&d.join("backbone.pth")), "--arch", "mbf", "--out", s(&run)]);
+    let (traced, exported) = (d.join("model.pt"), d.join("exported.pth"));
+    run_ok(&["export", s(&run), "--out", s(&traced)]);
+    run_ok(&["export", s(&run), "--format", "arcface-torch", "--out", s(&exported)]);
+    let reference = d.join("backbone.pth");
+    let mut args = vec!["check", "--reference", s(&reference), "--torchscript", s(&traced), "--pth", s(&exported)];
+    args.extend(arch);
+    let got: serde_json::Value = serde_json::from_str(run_script(&py, TWIN, &args).trim()).expect("JSON");
+    let scale = got["max_abs_embedding"].as_f64().unwrap().max(1.0);
+    assert!(got["torchscript_diff"].as_f64().unwrap() <= 1e-4 * scale, "{got}");
+    assert_eq!((got["pth_diff"].as_f64(), got["pth_identical"].as_bool()), (Some(0.0), Some(true)), "{got}");
+    eprintln!("mbf through import and export: {got}");
+}

@@ -1,16 +1,58 @@
-//! SGD with momentum and per-group weight decay, with PyTorch's semantics (dampening 0,
-//! no Nesterov): `d = g + wd·p; buf = momentum·buf + d` (`buf = d` on a parameter's first
+//! The optimiser: SGD (the default) or AdamW (`adamw.rs`), with per-group learning rates
+//! and weight decay. SGD has PyTorch's semantics (dampening 0, no Nesterov): `d = g + wd·p; buf = momentum·buf + d` (`buf = d` on a parameter's first
 //! step); `p -= lr·buf`. Weight decay applies to every parameter of a group, BN and biases
-//! included, as PyTorch's default and insightface do. The momentum buffers are tensors we
-//! own, named `<group>.<index>`, so a checkpoint restores the optimiser exactly.
+//! included, as PyTorch's default and insightface do. The state is tensors we own: SGD's
+//! momentum buffers named `<group>.<index>`, AdamW's moments and step count named
+//! `<group>.<index>.exp_avg|exp_avg_sq|step`, so a checkpoint restores the optimiser exactly.
 //!
 //! tch cannot reset a gradient to "none", so `zero_grad` zeroes it (PyTorch's
 //! `set_to_none=False`): a parameter with a zero gradient still decays and keeps its
 //! momentum. Where a step trains only some heads (the seed's alternating Multi mode), use
 //! `step_groups` so the other groups stay untouched, as `set_to_none=True` would leave them.
 
+mod adamw;
+#[cfg(test)]
+mod twin_test;
+
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
+
+pub use adamw::{check_betas, parse_betas, AdamW};
+use adamw::{Moments, PARTS};
+
+/// `--optimizer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerChoice {
+    /// SGD with --momentum (insightface's IResNet and MobileFaceNet recipes).
+    Sgd,
+    /// torch.optim.AdamW with --betas and --eps (arcface_torch's ViT recipes).
+    Adamw,
+}
+
+/// The update rule and its settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    Sgd { momentum: f64 },
+    AdamW(AdamW),
+}
+
+impl Rule {
+    pub fn new(choice: OptimizerChoice, momentum: f64, betas: [f64; 2], eps: f64) -> Rule {
+        match choice {
+            OptimizerChoice::Sgd => Rule::Sgd { momentum },
+            OptimizerChoice::Adamw => Rule::AdamW(AdamW { betas, eps }),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Rule::Sgd { .. } => "sgd",
+            Rule::AdamW(_) => "adamw",
+        }
+    }
+}
 
 /// Parameters that share a learning rate and weight decay. `lr` is the configured rate;
 /// the rate in effect is `lr × scale`, where `scale` is the product of every shrink the
@@ -34,23 +76,35 @@ impl ParamGroup {
     }
 }
 
-pub struct Sgd {
+pub struct Optimizer {
     groups: Vec<ParamGroup>,
-    momentum: f64,
+    rule: Rule,
     /// The schedule's factor on every group's rate this step (warm-up, poly); not part of
     /// the saved state, since it follows from the step.
     factor: f64,
-    /// Parallel to `groups[g].params`; `None` until that parameter's first step.
+    /// SGD's momentum, parallel to `groups[g].params`; `None` until that parameter's first step.
     buffers: Vec<Vec<Option<Tensor>>>,
+    /// AdamW's moments, likewise.
+    moments: Vec<Vec<Option<Moments>>>,
 }
 
 /// Where a state tensor's name says it holds a group's lr scale, not a momentum buffer.
 const SCALE_PREFIX: &str = "lr_scale.";
 
-impl Sgd {
-    pub fn new(groups: Vec<ParamGroup>, momentum: f64) -> Sgd {
-        let buffers = groups.iter().map(|g| g.params.iter().map(|_| None).collect()).collect();
-        Sgd { groups, momentum, factor: 1.0, buffers }
+/// `None` for every parameter of every group.
+fn empty<T>(groups: &[ParamGroup]) -> Vec<Vec<Option<T>>> {
+    groups.iter().map(|g| g.params.iter().map(|_| None).collect()).collect()
+}
+
+impl Optimizer {
+    pub fn new(groups: Vec<ParamGroup>, rule: Rule) -> Optimizer {
+        let (buffers, moments) = (empty(&groups), empty(&groups));
+        Optimizer { groups, rule, factor: 1.0, buffers, moments }
+    }
+
+    /// SGD with this momentum.
+    pub fn sgd(groups: Vec<ParamGroup>, momentum: f64) -> Optimizer {
+        Optimizer::new(groups, Rule::Sgd { momentum })
     }
 
     pub fn zero_grad(&mut self) {
@@ -72,10 +126,35 @@ impl Sgd {
         self.update(|g| names.contains(&g.name.as_str()));
     }
 
+    fn update(&mut self, selected: impl Fn(&ParamGroup) -> bool) {
+        match self.rule {
+            Rule::Sgd { momentum } => self.update_sgd(momentum, selected),
+            Rule::AdamW(rule) => self.update_adamw(rule, selected),
+        }
+    }
+
+    fn update_adamw(&mut self, rule: AdamW, selected: impl Fn(&ParamGroup) -> bool) {
+        let schedule = self.factor;
+        tch::no_grad(|| {
+            for (group, states) in self.groups.iter_mut().zip(&mut self.moments) {
+                if !selected(group) {
+                    continue;
+                }
+                let (lr, wd) = (group.current_lr() * schedule, group.weight_decay);
+                for (p, state) in group.params.iter_mut().zip(states.iter_mut()) {
+                    let grad = p.grad();
+                    if grad.defined() {
+                        rule.update(p, &grad, state, lr, wd);
+                    }
+                }
+            }
+        });
+    }
+
     /// Three fused passes per parameter (`addcmul` with 0-dim factors), each rounding
     /// exactly as PyTorch's `add(.., alpha=..)` does.
-    fn update(&mut self, selected: impl Fn(&ParamGroup) -> bool) {
-        let (momentum, schedule) = (self.momentum, self.factor);
+    fn update_sgd(&mut self, momentum: f64, selected: impl Fn(&ParamGroup) -> bool) {
+        let schedule = self.factor;
         tch::no_grad(|| {
             for (group, bufs) in self.groups.iter_mut().zip(&mut self.buffers) {
                 let Some(first) = group.params.first() else { continue };
@@ -164,33 +243,53 @@ impl Sgd {
         groups.flat_map(|g| &g.params).map(|p| p.grad()).filter(|g| g.defined()).collect()
     }
 
-    /// Everything a resume needs: momentum buffers that exist, by `<group>.<index>`, and
-    /// each group's lr scale as a 0-dim f64 tensor `lr_scale.<group>`.
+    /// Everything a resume needs: the state of each parameter that has stepped (SGD's
+    /// momentum as `<group>.<index>`, AdamW's `<group>.<index>.exp_avg|exp_avg_sq|step`),
+    /// and each group's lr scale as a 0-dim f64 tensor `lr_scale.<group>`.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out: Vec<(String, Tensor)> =
             self.groups.iter().map(|g| (format!("{SCALE_PREFIX}{}", g.name), Tensor::from(g.scale))).collect();
-        for (g, bufs) in self.groups.iter().zip(&self.buffers) {
+        for ((g, bufs), moments) in self.groups.iter().zip(&self.buffers).zip(&self.moments) {
             for (i, b) in bufs.iter().enumerate() {
                 if let Some(b) = b {
                     out.push((format!("{}.{i}", g.name), b.shallow_clone()));
+                }
+            }
+            for (i, m) in moments.iter().enumerate() {
+                for (part, t) in m.iter().flat_map(Moments::parts) {
+                    out.push((format!("{}.{i}.{part}", g.name), t));
                 }
             }
         }
         out
     }
 
-    /// Restores what `state` saved (buffers copied to each parameter's device); parameters
-    /// absent from `named` start without momentum, and groups without a scale at 1, as
-    /// they would have.
+    /// Restores what `state` saved (copied to each parameter's device); parameters absent
+    /// from `named` start without state, and groups without a scale at 1, as they would
+    /// have. State written by the other rule is refused, naming both.
     pub fn load_state(&mut self, named: &[(String, Tensor)]) -> Result<()> {
-        let mut fresh: Vec<Vec<Option<Tensor>>> =
-            self.groups.iter().map(|g| g.params.iter().map(|_| None).collect()).collect();
+        let mut buffers = empty(&self.groups);
+        let mut adam_parts: Vec<Vec<[Option<&Tensor>; 3]>> =
+            self.groups.iter().map(|g| vec![[None; 3]; g.params.len()]).collect();
         let mut scales = vec![1.0; self.groups.len()];
         for (name, t) in named {
             if let Some(group) = name.strip_prefix(SCALE_PREFIX) {
                 let gi = self.groups.iter().position(|g| g.name == group);
                 let Some(gi) = gi else { bail!("optimizer state {name:?}: no parameter group {group:?}") };
                 scales[gi] = t.f_double_value(&[])?;
+                continue;
+            }
+            let part = PARTS.iter().position(|part| name.ends_with(&format!(".{part}")));
+            let written_by = if part.is_some() { "adamw" } else { "sgd" };
+            if written_by != self.rule.name() {
+                bail!(
+                    "optimizer state {name}: written by --optimizer {written_by}, this run uses {}",
+                    self.rule.name()
+                );
+            }
+            if let Some(k) = part {
+                let (gi, i) = self.locate(&name[..name.len() - PARTS[k].len() - 1])?;
+                adam_parts[gi][i][k] = Some(t);
                 continue;
             }
             let (gi, i) = self.locate(name)?;
@@ -201,9 +300,16 @@ impl Sgd {
             if t.kind() != p.kind() {
                 bail!("optimizer state {name}: dtype {:?} but the parameter is {:?}", t.kind(), p.kind());
             }
-            fresh[gi][i] = Some(t.to_device(p.device()).to_kind(p.kind()).detach().copy());
+            buffers[gi][i] = Some(t.to_device(p.device()).to_kind(p.kind()).detach().copy());
         }
-        self.buffers = fresh;
+        let mut moments = empty(&self.groups);
+        for (gi, group) in self.groups.iter().enumerate() {
+            for (i, parts) in adam_parts[gi].iter().enumerate().filter(|(_, parts)| parts.iter().any(Option::is_some)) {
+                let name = format!("{}.{i}", group.name);
+                moments[gi][i] = Some(Moments::from_parts(&name, &group.params[i], *parts)?);
+            }
+        }
+        (self.buffers, self.moments) = (buffers, moments);
         for (g, scale) in self.groups.iter_mut().zip(scales) {
             g.scale = scale;
         }
@@ -263,8 +369,8 @@ mod tests {
         (p * Tensor::from_slice(c)).sum(Kind::Float).backward();
     }
 
-    fn sgd(p: &Tensor, lr: f64, wd: f64) -> Sgd {
-        Sgd::new(vec![ParamGroup::new("g", vec![p.shallow_clone()], lr, wd)], 0.9)
+    fn sgd(p: &Tensor, lr: f64, wd: f64) -> Optimizer {
+        Optimizer::sgd(vec![ParamGroup::new("g", vec![p.shallow_clone()], lr, wd)], 0.9)
     }
 
     #[test]
@@ -316,7 +422,7 @@ mod tests {
         let p = param(&[1.0, 1.0]);
         let q = param(&[3.0, 3.0]);
         let g = ParamGroup::new("g", vec![p.shallow_clone(), q.shallow_clone()], 1.0, 0.5);
-        let mut opt = Sgd::new(vec![g], 0.9);
+        let mut opt = Optimizer::sgd(vec![g], 0.9);
         backward_linear(&p, &[1.0, 1.0]);
         opt.step();
         assert_eq!(values(&q), vec![3.0, 3.0], "q had no gradient");
@@ -330,7 +436,7 @@ mod tests {
         let p = param(&[1.0]);
         let q = param(&[1.0]);
         let group = |name: &str, t: &Tensor| ParamGroup::new(name, vec![t.shallow_clone()], 0.5, 0.1);
-        let mut opt = Sgd::new(vec![group("a", &p), group("b", &q)], 0.9);
+        let mut opt = Optimizer::sgd(vec![group("a", &p), group("b", &q)], 0.9);
         backward_linear(&p, &[1.0]);
         backward_linear(&q, &[1.0]);
         opt.step_groups(&["b"]);
@@ -374,6 +480,56 @@ mod tests {
         assert_ne!(values(&p), run(false));
     }
 
+    fn adamw(p: &Tensor) -> Optimizer {
+        let rule = Rule::AdamW(AdamW { betas: [0.9, 0.999], eps: 1e-8 });
+        Optimizer::new(vec![ParamGroup::new("g", vec![p.shallow_clone()], 0.1, 0.5)], rule)
+    }
+
+    /// First step by hand: m = 0.1·g, v = 0.001·g², corrected to g and g², so the step is
+    /// lr·g/(|g| + ε) after the decoupled decay p·(1 − lr·wd).
+    #[test]
+    fn adamw_first_step_by_hand_and_state_roundtrip() {
+        let p = param(&[1.0, -2.0]);
+        let mut opt = adamw(&p);
+        backward_linear(&p, &[0.5, -4.0]);
+        opt.step();
+        let want = [1.0 * 0.95 - 0.1 * 0.5 / (0.5 + 1e-8), -2.0 * 0.95 + 0.1 * 4.0 / (4.0 + 1e-8)];
+        assert!(values(&p).iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6), "{:?} vs {want:?}", values(&p));
+        let names: Vec<String> = opt.state().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["lr_scale.g", "g.0.exp_avg", "g.0.exp_avg_sq", "g.0.step"]);
+        let run = |split: bool| {
+            let p = param(&[0.3, -0.7]);
+            let mut opt = adamw(&p);
+            for step in 0..4 {
+                if split && step == 2 {
+                    let saved: Vec<(String, Tensor)> = opt.state().into_iter().map(|(n, t)| (n, t.copy())).collect();
+                    opt = adamw(&p);
+                    opt.load_state(&saved).unwrap();
+                }
+                opt.zero_grad();
+                backward_linear(&p, &[1.0, -3.0 + step as f32]);
+                opt.step();
+            }
+            values(&p)
+        };
+        assert_eq!(run(false), run(true));
+    }
+
+    #[test]
+    fn state_of_the_other_rule_is_refused_naming_both() {
+        let p = param(&[1.0, 2.0]);
+        let (mut a, mut s) = (adamw(&p), sgd(&p, 0.1, 0.0));
+        backward_linear(&p, &[1.0, 1.0]);
+        a.step();
+        s.step();
+        let msg = format!("{:#}", s.load_state(&a.state()).unwrap_err());
+        assert!(msg.contains("g.0.exp_avg") && msg.contains("adamw") && msg.contains("uses sgd"), "{msg}");
+        let msg = format!("{:#}", a.load_state(&s.state()).unwrap_err());
+        assert!(msg.contains("written by --optimizer sgd"), "{msg}");
+        let partial: Vec<(String, Tensor)> = a.state().into_iter().filter(|(n, _)| !n.ends_with(".step")).collect();
+        assert!(format!("{:#}", a.load_state(&partial).unwrap_err()).contains("missing"));
+    }
+
     #[test]
     fn load_state_rejects_wrong_names_and_shapes() {
         let p = param(&[1.0, 2.0]);
@@ -395,11 +551,11 @@ mod tests {
         let groups = groups_by_prefix(&vs, &[("backbone.", 0.1, 5e-4), ("fr.", 0.2, 0.0), ("age.", 9.0, 0.0)]);
         let sizes: Vec<(String, usize)> = groups.iter().map(|g| (g.name.clone(), g.params.len())).collect();
         assert_eq!(sizes, vec![("backbone".to_string(), 1), ("fr".to_string(), 1)]);
-        let mut opt = Sgd::new(groups, 0.9);
+        let mut opt = Optimizer::sgd(groups, 0.9);
         opt.scale_lr(&["backbone", "fr"], 0.1);
         opt.scale_lr(&["fr", "frozen"], 0.5);
         assert!((opt.lr("backbone").unwrap() - 0.01).abs() < 1e-12 && (opt.lr("fr").unwrap() - 0.01).abs() < 1e-12);
-        let mut again = Sgd::new(groups_by_prefix(&vs, &[("backbone.", 0.1, 5e-4), ("fr.", 0.2, 0.0)]), 0.9);
+        let mut again = Optimizer::sgd(groups_by_prefix(&vs, &[("backbone.", 0.1, 5e-4), ("fr.", 0.2, 0.0)]), 0.9);
         again.load_state(&opt.state()).unwrap();
         assert_eq!(again.lrs(), opt.lrs(), "the lr scales travel with the optimiser state");
     }

@@ -12,7 +12,7 @@ use crate::dist::{self, Comm, CommOptions, ReduceOp};
 use crate::model::loss::cross_entropy;
 use crate::model::partial_fc::{ClassSlice, CommBytes, PfcStep};
 use crate::model::{ArcFace, Margin};
-use crate::optim::{ParamGroup, Sgd};
+use crate::optim::{Optimizer, ParamGroup};
 use trainer_data::stats::median;
 
 #[derive(clap::Args, Debug)]
@@ -121,8 +121,8 @@ fn batch(a: &HeadBenchArgs, comm: &dyn Comm, device: Device, classes: usize) -> 
     (emb, labels)
 }
 
-fn optimiser(vs: &VarStore) -> Sgd {
-    Sgd::new(vec![ParamGroup::new("arcface", vs.trainable_variables(), 0.1, 5e-4)], 0.9)
+fn optimiser(vs: &VarStore) -> Optimizer {
+    Optimizer::sgd(vec![ParamGroup::new("arcface", vs.trainable_variables(), 0.1, 5e-4)], 0.9)
 }
 
 /// Median over `iters` timed steps (after one warm-up) of the slowest rank's time.

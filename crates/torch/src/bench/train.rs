@@ -4,7 +4,7 @@
 
 use crate::model::loss::cross_entropy;
 use crate::model::{Arch, Head, HeadConfig, Net, Task};
-use crate::optim::{groups_by_prefix, Sgd};
+use crate::optim::{groups_by_prefix, Optimizer};
 use anyhow::{bail, Context, Result};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
@@ -102,7 +102,7 @@ pub fn measure(a: &TrainBenchArgs, device: Device) -> Result<TrainBench> {
     let cfg = HeadConfig::default();
     let net = Net::new(&vs.root(), a.arch, &cfg, a.classes, Task::Fr)?;
     let spec = [("backbone.", 0.01, 5e-4), ("fr.", 0.01, 5e-4), ("arcface.", 0.01, 5e-4)];
-    let mut opt = Sgd::new(groups_by_prefix(&vs, &spec), 0.9);
+    let mut opt = Optimizer::sgd(groups_by_prefix(&vs, &spec), 0.9);
     let mut x = Tensor::randn([a.batch_size, 3, a.size, a.size], (Kind::Float, device));
     if a.channels_last {
         x = to_channels_last(&x);

@@ -108,6 +108,7 @@ impl TrainConfig {
         }
         values::check_pk(data.pk).map_err(|e| anyhow::anyhow!("pk: {e}"))?;
         values::check_weights(self.optim.loss_weights).map_err(|e| anyhow::anyhow!("loss_weights: {e}"))?;
+        crate::optim::check_betas(self.optim.betas).map_err(|e| anyhow::anyhow!("betas: {e}"))?;
         SetSpec::check_coverage(&data.train_sets, &self.heads(), "training set")?;
         if let Some(h) = self.valid.valid_sets.iter().find_map(|s| s.head.filter(|h| !self.heads().contains(h))) {
             bail!("--valid-sets {}=...: this run does not train {}", h.key(), h.name());

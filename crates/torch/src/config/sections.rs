@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use crate::device::DeviceArg;
 use crate::model::{Arch, Head, Task};
+use crate::optim::OptimizerChoice;
 use trainer_data::bounds;
 use trainer_data::targets::{Column, SetSpec};
 
@@ -145,9 +146,19 @@ pub struct OptimConfig {
     /// Learning rate of the Age head (default: --lr).
     #[arg(long, value_parser = bounds::positive(MAX_LR))]
     pub lr_age: Option<f64>,
+    /// Optimiser: sgd (with --momentum) or adamw (torch.optim.AdamW: --betas, --eps, and the
+    /// --wd-* weight decays decoupled, each group's weights scaled by 1 − lr·wd per step).
+    #[arg(long, value_enum, default_value_t = OptimizerChoice::Sgd)]
+    pub optimizer: OptimizerChoice,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9, value_parser = bounds::real(0.0, 1.0, false))]
     pub momentum: f64,
+    /// AdamW's moment decays β1,β2.
+    #[arg(long, value_parser = crate::optim::parse_betas, default_value = "0.9,0.999")]
+    pub betas: [f64; 2],
+    /// AdamW's ε, added to the root of the second moment.
+    #[arg(long, default_value_t = 1e-8, value_parser = bounds::positive(1.0))]
+    pub eps: f64,
     /// Weight decay of the backbone.
     #[arg(long, default_value_t = 5e-4, value_parser = bounds::real(0.0, 1.0, false))]
     pub wd_backbone: f64,

@@ -3,6 +3,7 @@
 //! embedding, so the FR head adds nothing but the ArcFace layer).
 
 use super::iresnet::{self, IResNet};
+use super::mbf::MobileFaceNet;
 use super::resnet::{Arch, ResNet};
 use super::HeadConfig;
 use anyhow::Result;
@@ -13,12 +14,16 @@ use tch::Tensor;
 pub enum Backbone {
     ResNet(ResNet),
     IResNet(IResNet),
+    Mbf(MobileFaceNet),
 }
 
 impl Backbone {
     /// An IResNet takes its embedding size from `--emb-dim` and its dropout from
     /// `--fr-dropout`, as insightface's `dropout` before `fc`.
     pub fn new(p: &nn::Path, arch: Arch, cfg: &HeadConfig) -> Result<Backbone> {
+        if let Some(shape) = arch.mbf_shape() {
+            return Ok(Backbone::Mbf(MobileFaceNet::new(p, shape, cfg.emb_dim)?));
+        }
         Ok(match arch.iresnet_depth() {
             Some(depth) => Backbone::IResNet(IResNet::new(p, depth, cfg.emb_dim, cfg.fr_dropout)?),
             None => Backbone::ResNet(ResNet::new(p, arch)),
@@ -30,20 +35,23 @@ impl Backbone {
         match self {
             Backbone::ResNet(r) => r.out_dim(),
             Backbone::IResNet(r) => r.emb_dim(),
+            Backbone::Mbf(m) => m.emb_dim(),
         }
     }
 
     /// True when the output already is the FR embedding.
     pub fn embeds(&self) -> bool {
-        matches!(self, Backbone::IResNet(_))
+        matches!(self, Backbone::IResNet(_) | Backbone::Mbf(_))
     }
 }
 
-/// Refuses an input size the architecture cannot take (an IResNet's `fc` reads a 7×7 map).
+/// Refuses an input size the architecture cannot take (an IResNet's `fc` and a
+/// MobileFaceNet's 7×7 GDC read a 7×7 map).
 pub fn check_input_side(arch: Arch, side: usize) -> Result<()> {
-    match arch.iresnet_depth() {
-        Some(_) => iresnet::check_input_side(side),
-        None => Ok(()),
+    match (arch.iresnet_depth(), arch.mbf_shape()) {
+        (Some(_), _) => iresnet::check_input_side(side),
+        (_, Some(_)) => super::mbf::check_input_side(side),
+        _ => Ok(()),
     }
 }
 
@@ -52,6 +60,7 @@ impl ModuleT for Backbone {
         match self {
             Backbone::ResNet(r) => r.forward_t(xs, train),
             Backbone::IResNet(r) => r.forward_t(xs, train),
+            Backbone::Mbf(m) => m.forward_t(xs, train),
         }
     }
 }

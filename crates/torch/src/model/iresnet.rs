@@ -62,12 +62,12 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, ksize: i64, stride: i64) -> nn::Conv
 
 /// PyTorch's `nn.PReLU(c)`: one learned negative slope per channel, starting at 0.25.
 #[derive(Debug)]
-struct PRelu {
+pub(super) struct PRelu {
     weight: Tensor,
 }
 
 impl PRelu {
-    fn new(p: nn::Path, channels: i64) -> PRelu {
+    pub(super) fn new(p: nn::Path, channels: i64) -> PRelu {
         PRelu { weight: p.var("weight", &[channels], Init::Const(0.25)) }
     }
 }
@@ -316,7 +316,8 @@ mod tests {
     /// of insightface's network counts them (`benches/iresnet_twin.py count`).
     #[test]
     fn parameter_counts() {
-        for (depth, want) in [(18, 24_025_088), (34, 34_138_816), (50, 43_590_336), (100, 65_155_648)] {
+        let counts = [(18, 24_025_088), (34, 34_138_816), (50, 43_590_336), (100, 65_155_648), (200, 118_833_408)];
+        for (depth, want) in counts {
             let (vs, _) = build(depth, 0.0);
             let got: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
             assert_eq!(got, want, "iresnet{depth}");

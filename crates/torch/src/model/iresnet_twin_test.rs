@@ -18,13 +18,13 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../benches/iresnet
 /// The twin's exit status when its python has no PyTorch.
 const NO_TORCH: i32 = 3;
 
-fn python() -> PathBuf {
+pub(super) fn python() -> PathBuf {
     let venv = || PathBuf::from(std::env::var_os("TORCH_VENV").unwrap_or_default()).join("bin/python");
     std::env::var_os("TRAINER_TORCH_PYTHON").map_or_else(venv, PathBuf::from)
 }
 
 /// A missing PyTorch fails the test in CI and is a notice elsewhere.
-fn unavailable(why: &str) {
+pub(super) fn unavailable(why: &str) {
     assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true, but {why} (set TRAINER_TORCH_PYTHON)");
     eprintln!("NOTICE: iresnet twin check skipped: {why} (set TRAINER_TORCH_PYTHON)");
 }
@@ -40,18 +40,18 @@ fn twin(py: &Path, args: &[&str]) -> Option<String> {
     Some(text)
 }
 
-type Layout = BTreeMap<String, (Vec<i64>, Kind)>;
+pub(super) type Layout = BTreeMap<String, (Vec<i64>, Kind)>;
 
-fn layout<I: IntoIterator<Item = (String, Tensor)>>(named: I) -> Layout {
+pub(super) fn layout<I: IntoIterator<Item = (String, Tensor)>>(named: I) -> Layout {
     named.into_iter().map(|(k, t)| (k, (t.size(), t.kind()))).collect()
 }
 
-fn read(path: &Path) -> BTreeMap<String, Tensor> {
+pub(super) fn read(path: &Path) -> BTreeMap<String, Tensor> {
     Tensor::read_safetensors(path).unwrap().into_iter().collect()
 }
 
 /// Max |a − b| and max |b|; fails above 1e-4 of the embedding scale (at least 1).
-fn assert_close(ours: &Tensor, theirs: &Tensor, what: &str) -> (f64, f64) {
+pub(super) fn assert_close(ours: &Tensor, theirs: &Tensor, what: &str) -> (f64, f64) {
     assert_eq!(ours.size(), theirs.size(), "{what}");
     let err = (ours - theirs).abs().max().double_value(&[]);
     let scale = theirs.abs().max().double_value(&[]);
@@ -60,7 +60,7 @@ fn assert_close(ours: &Tensor, theirs: &Tensor, what: &str) -> (f64, f64) {
     (err, scale)
 }
 
-fn images(n: i64) -> Tensor {
+pub(super) fn images(n: i64) -> Tensor {
     Tensor::rand([n, 3, 112, 112], (Kind::Float, Device::Cpu)) * 2.0 - 1.0
 }
 
@@ -119,6 +119,36 @@ fn check_against_twin(depth: usize) {
 #[test]
 fn iresnet18_matches_the_pytorch_twin() {
     check_against_twin(18);
+}
+
+/// IResNet-200 (`--arch iresnet200`, arcface_torch's `r200`): our VarStore has exactly the
+/// twin's state dict names, shapes and dtypes. Its blocks are those iresnet18's test runs
+/// through the twin; the whole forward pass is `iresnet200_matches_the_pytorch_twin`.
+#[test]
+fn iresnet200_has_the_twins_layout() {
+    let py = python();
+    if !py.exists() {
+        return unavailable(&format!("no python at {}", py.display()));
+    }
+    let Some(json) = twin(&py, &["layout", "--depth", "200"]) else {
+        return unavailable(&format!("{} has no PyTorch", py.display()));
+    };
+    let theirs: BTreeMap<String, (Vec<i64>, String)> = serde_json::from_str(json.trim()).expect("layout JSON");
+    let vs = VarStore::new(Device::Cpu);
+    let _net = IResNet::new(&vs.root(), 200, 512, 0.0).unwrap();
+    let dtype = |k: Kind| if k == Kind::Int64 { "I64" } else { "F32" }.to_string();
+    let ours: BTreeMap<String, (Vec<i64>, String)> =
+        vs.variables().into_iter().map(|(n, t)| (n, (t.size(), dtype(t.kind())))).collect();
+    assert_eq!(ours.len(), 1807, "arcface_torch's r200 state dict has 1807 tensors");
+    assert_eq!(ours, theirs, "iresnet200's state dict layout differs from the twin's");
+}
+
+/// Minutes of CPU (iresnet200: more): run by hand with
+/// `cargo test --release iresnet200 -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn iresnet200_matches_the_pytorch_twin() {
+    check_against_twin(200);
 }
 
 /// Minutes of CPU: run by hand with `cargo test --release iresnet50 -- --ignored --nocapture`.

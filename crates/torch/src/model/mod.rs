@@ -15,6 +15,9 @@ mod iresnet_twin_test;
 mod layers;
 pub mod loss;
 pub mod margin;
+pub mod mbf;
+#[cfg(test)]
+mod mbf_twin_test;
 pub mod partial_fc;
 pub mod resnet;
 #[cfg(test)]

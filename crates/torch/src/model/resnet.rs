@@ -26,6 +26,13 @@ pub enum Arch {
     Iresnet34,
     Iresnet50,
     Iresnet100,
+    Iresnet200,
+    /// arcface_torch's MobileFaceNet (`get_mbf`; 112×112 input, GDC head to the embedding).
+    Mbf,
+    /// Its large variant (`get_mbf_large`).
+    #[value(name = "mbf_large")]
+    #[serde(rename = "mbf_large")]
+    MbfLarge,
 }
 
 #[derive(Clone, Copy)]
@@ -53,8 +60,23 @@ impl Arch {
             Arch::Iresnet34 => Some(34),
             Arch::Iresnet50 => Some(50),
             Arch::Iresnet100 => Some(100),
+            Arch::Iresnet200 => Some(200),
             _ => None,
         }
+    }
+
+    /// The MobileFaceNet shape, for `mbf` and `mbf_large`.
+    pub fn mbf_shape(self) -> Option<super::mbf::MbfShape> {
+        match self {
+            Arch::Mbf => Some(super::mbf::MBF),
+            Arch::MbfLarge => Some(super::mbf::MBF_LARGE),
+            _ => None,
+        }
+    }
+
+    /// True for arcface_torch's backbones (its layout and names; 112×112 only).
+    pub fn is_arcface_torch(self) -> bool {
+        self.iresnet_depth().is_some() || self.mbf_shape().is_some()
     }
 
     /// Torchvision-style layout; the IResNets have their own (see `iresnet.rs`).
@@ -76,8 +98,14 @@ impl Arch {
             Arch::Resnet34 => (BlockKind::Basic, &[3, 4, 6, 3]),
             Arch::Resnet50 => (BlockKind::Bottleneck, &[3, 4, 6, 3]),
             Arch::Resnet101 => (BlockKind::Bottleneck, &[3, 4, 23, 3]),
-            Arch::Iresnet18 | Arch::Iresnet34 | Arch::Iresnet50 | Arch::Iresnet100 => {
-                unreachable!("IResNets are built by iresnet.rs")
+            Arch::Iresnet18
+            | Arch::Iresnet34
+            | Arch::Iresnet50
+            | Arch::Iresnet100
+            | Arch::Iresnet200
+            | Arch::Mbf
+            | Arch::MbfLarge => {
+                unreachable!("arcface_torch's backbones are built by iresnet.rs and mbf.rs")
             }
         };
         Blueprint { kind, blocks, widths: W, stem_width: 64, full_stem: true, norm: true }

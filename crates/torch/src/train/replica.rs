@@ -10,7 +10,7 @@ use super::checkpoint;
 use crate::config::TrainConfig;
 use crate::dist::Comm;
 use crate::model::{ClassSlice, Head, Net};
-use crate::optim::{groups_by_prefix, Sgd};
+use crate::optim::{groups_by_prefix, Optimizer, Rule};
 
 /// The optimiser group of the shared backbone.
 pub const BACKBONE: &str = "backbone";
@@ -36,7 +36,7 @@ pub fn groups_for(heads: &[Head]) -> Vec<&'static str> {
 pub struct Replica {
     vs: VarStore,
     net: Net,
-    opt: Sgd,
+    opt: Optimizer,
     device: Device,
     /// Partial FC: this rank's share of the ArcFace centres (None: the whole matrix).
     slice: Option<ClassSlice>,
@@ -69,7 +69,9 @@ impl Replica {
             ("gender.", lr_gender, cfg.optim.wd_gender),
             ("age.", lr_age, cfg.optim.wd_age),
         ]);
-        let opt = Sgd::new(groups_by_prefix(&vs, &spec), cfg.optim.momentum);
+        let o = &cfg.optim;
+        let rule = Rule::new(o.optimizer, o.momentum, o.betas, o.eps);
+        let opt = Optimizer::new(groups_by_prefix(&vs, &spec), rule);
         if let Some(init) = &cfg.model.init {
             load_init(&mut vs, init, slice.map(|s| (s, num_classes)))?;
         }
@@ -168,12 +170,13 @@ impl Replica {
     pub fn save(&self, dir: &Path, whole: &WholeHead) -> Result<()> {
         let mut model: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         let mut optim = self.opt.state();
-        for (name, full) in [(HEAD_WEIGHT, &whole.weight), (HEAD_MOMENTUM, &whole.momentum)] {
-            let list = if name == HEAD_WEIGHT { &mut model } else { &mut optim };
-            if let Some(full) = full {
-                list.retain(|(n, _)| n != name);
-                list.push((name.to_string(), full.shallow_clone()));
-            }
+        if let Some(full) = &whole.weight {
+            model.retain(|(n, _)| n != HEAD_WEIGHT);
+            model.push((HEAD_WEIGHT.to_string(), full.shallow_clone()));
+        }
+        for (name, full) in &whole.optim {
+            optim.retain(|(n, _)| n != name);
+            optim.push((name.clone(), full.shallow_clone()));
         }
         Tensor::write_safetensors(&model, dir.join(checkpoint::MODEL_FILE))?;
         Tensor::write_safetensors(&optim, dir.join(checkpoint::OPTIM_FILE))?;
@@ -185,21 +188,22 @@ impl Replica {
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         let model = dir.join(checkpoint::MODEL_FILE);
         let named = Tensor::read_safetensors(&model).with_context(|| format!("loading {}", model.display()))?;
-        let named = self.cut(named, HEAD_WEIGHT);
+        let named = self.cut(named, &[HEAD_WEIGHT]);
         crate::model::weights::copy_into(&self.vs, &named).with_context(|| format!("loading {}", model.display()))?;
         let optim = dir.join(checkpoint::OPTIM_FILE);
         let named = Tensor::read_safetensors(&optim).with_context(|| format!("loading {}", optim.display()))?;
-        let named = self.cut(named, HEAD_MOMENTUM);
+        let named = self.cut(named, &HEAD_OPTIM_ROWS);
         self.opt.load_state(&named)
     }
 
-    /// This rank's rows of the whole-matrix tensor `name` (Partial FC); others unchanged.
-    fn cut(&self, named: Vec<(String, Tensor)>, name: &str) -> Vec<(String, Tensor)> {
+    /// This rank's rows of the whole-matrix tensors `names` (Partial FC); others unchanged.
+    fn cut(&self, named: Vec<(String, Tensor)>, names: &[&str]) -> Vec<(String, Tensor)> {
         let Some(sl) = self.slice else { return named };
-        named
-            .into_iter()
-            .map(|(n, t)| if n == name { (n, t.narrow(0, sl.start as i64, sl.len as i64)) } else { (n, t) })
-            .collect()
+        let rows = |n: &String, t: Tensor| match names.contains(&n.as_str()) {
+            true => t.narrow(0, sl.start as i64, sl.len as i64),
+            false => t,
+        };
+        named.into_iter().map(|(n, t)| (n.clone(), rows(&n, t))).collect()
     }
 
     /// Partial FC: the whole centre matrix and its momentum on rank 0 (None elsewhere, and
@@ -210,15 +214,18 @@ impl Replica {
             return Ok(WholeHead::default());
         };
         let total = self.net.classes(Head::Fr);
-        let momentum = self.opt.state().into_iter().find(|(n, _)| n == HEAD_MOMENTUM).map(|(_, t)| t);
-        let mut have = [if momentum.is_some() { 1.0 } else { 0.0 }];
+        let state: Vec<(String, Tensor)> =
+            self.opt.state().into_iter().filter(|(n, _)| HEAD_OPTIM_ROWS.contains(&n.as_str())).collect();
+        let mut have = [state.len() as f64];
         comm.all_reduce_f64(&mut have, crate::dist::ReduceOp::Min)?;
         let weight = Some(gather_rows(comm, &weight.detach(), total)?);
-        let momentum = match (have[0] > 0.0, momentum) {
-            (true, Some(m)) => Some(gather_rows(comm, &m, total)?),
-            _ => None,
-        };
-        Ok(if comm.rank() == 0 { WholeHead { weight, momentum } } else { WholeHead::default() })
+        let mut optim = Vec::new();
+        if have[0] as usize == state.len() {
+            for (name, t) in state {
+                optim.push((name, gather_rows(comm, &t, total)?));
+            }
+        }
+        Ok(if comm.rank() == 0 { WholeHead { weight, optim } } else { WholeHead::default() })
     }
 
     /// Rank 0's parameters, buffers and optimiser state to every rank, so the replicas are
@@ -281,15 +288,16 @@ impl Replica {
     }
 }
 
-/// The tensor names of Partial FC's centres and of their momentum buffer.
+/// The tensor names of Partial FC's centres and of their optimiser state by rows: SGD's
+/// momentum, AdamW's moments (its step count is a scalar, the same on every rank).
 const HEAD_WEIGHT: &str = "arcface.weight";
-const HEAD_MOMENTUM: &str = "arcface.0";
+const HEAD_OPTIM_ROWS: [&str; 3] = ["arcface.0", "arcface.0.exp_avg", "arcface.0.exp_avg_sq"];
 
-/// Partial FC's whole centre matrix and momentum, gathered for a checkpoint (rank 0).
+/// Partial FC's whole centre matrix and optimiser state, gathered for a checkpoint (rank 0).
 #[derive(Default)]
 pub struct WholeHead {
     weight: Option<Tensor>,
-    momentum: Option<Tensor>,
+    optim: Vec<(String, Tensor)>,
 }
 
 /// The ranks' contiguous row slices of a `total`-row matrix, in order: each is padded to

@@ -122,7 +122,7 @@ pub fn labelled(parts: &[Part]) -> [f64; 3] {
 mod tests {
     use super::*;
     use crate::model::{Arch, HeadConfig, Task};
-    use crate::optim::{groups_by_prefix, Sgd};
+    use crate::optim::{groups_by_prefix, Optimizer};
     use tch::nn;
 
     fn tiny_heads() -> HeadConfig {
@@ -162,7 +162,7 @@ mod tests {
             ("gender.", 0.05, 5e-4),
             ("age.", 0.05, 5e-4),
         ];
-        let mut opt = Sgd::new(groups_by_prefix(&vs, &spec), 0.9);
+        let mut opt = Optimizer::sgd(groups_by_prefix(&vs, &spec), 0.9);
         let batches: Vec<Batch> = (0..2)
             .map(|b| {
                 let mut bt = batch(
