@@ -14,5 +14,7 @@ pub mod errors;
 pub mod eval;
 pub mod model;
 pub mod optim;
+#[cfg(test)]
+mod test_tools;
 pub mod train;
 pub mod trained;

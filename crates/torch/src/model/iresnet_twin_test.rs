@@ -4,12 +4,11 @@
 //! passes and a perturbation, loads strictly into the twin and gives the same embeddings there.
 //!
 //! The python is `$TRAINER_TORCH_PYTHON`, else `$TORCH_VENV/bin/python` (the set-up's venv).
-//! Without it, or without PyTorch in it, the test prints a NOTICE and passes, except under
-//! `CI=true`, where it fails.
+//! Without it, or without PyTorch in it, the test fails (`crate::test_tools::missing`).
 
 use super::iresnet::IResNet;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
@@ -18,16 +17,7 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../benches/iresnet
 /// The twin's exit status when its python has no PyTorch.
 const NO_TORCH: i32 = 3;
 
-pub(super) fn python() -> PathBuf {
-    let venv = || PathBuf::from(std::env::var_os("TORCH_VENV").unwrap_or_default()).join("bin/python");
-    std::env::var_os("TRAINER_TORCH_PYTHON").map_or_else(venv, PathBuf::from)
-}
-
-/// A missing PyTorch fails the test in CI and is a notice elsewhere.
-pub(super) fn unavailable(why: &str) {
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true, but {why} (set TRAINER_TORCH_PYTHON)");
-    eprintln!("NOTICE: iresnet twin check skipped: {why} (set TRAINER_TORCH_PYTHON)");
-}
+pub(super) use crate::test_tools::{missing as unavailable, torch_python as python};
 
 /// Runs the twin; `None` when its python has no PyTorch, a panic with its output on failure.
 fn twin(py: &Path, args: &[&str]) -> Option<String> {

@@ -1,8 +1,7 @@
 //! Weights interchange with PyTorch: a resnet18 VarStore saved as safetensors loads into
 //! `torchvision.models.resnet18` (only `fc` missing) and gives the same eval-mode features.
 //! Runs `benches/check_torchvision.py` with `$TORCH_VENV/bin/python`. Without that venv or
-//! torchvision the test fails under `CI=true` (as launch/test.sh runs) and otherwise says
-//! so and passes.
+//! torchvision the test fails (`crate::test_tools::missing`).
 
 use super::resnet::{Arch, ResNet};
 use std::path::PathBuf;
@@ -16,12 +15,7 @@ fn python() -> Option<PathBuf> {
     py.exists().then_some(py)
 }
 
-fn missing(what: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{what} (CI=true: a missing tool fails the test; run launch/setup.sh)");
-    }
-    eprintln!("NOTICE: {what}; skipping");
-}
+use crate::test_tools::missing;
 
 #[test]
 fn resnet18_safetensors_load_into_torchvision() {

@@ -17,19 +17,12 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../benches/adamw_t
 const STEPS: usize = 6;
 
 fn python() -> Option<PathBuf> {
-    let venv = || PathBuf::from(std::env::var_os("TORCH_VENV").unwrap_or_default()).join("bin/python");
-    let py = std::env::var_os("TRAINER_TORCH_PYTHON").map_or_else(venv, PathBuf::from);
+    let py = crate::test_tools::torch_python();
     let works = Command::new(&py).args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
     if works {
         return Some(py);
     }
-    let on = |var: &str| std::env::var(var).is_ok_and(|v| v == "1" || v == "true");
-    assert!(
-        on("TRAINER_ALLOW_SKIP") && !on("CI"),
-        "{} cannot import torch (launch/setup.sh installs it; TRAINER_ALLOW_SKIP=1 skips outside CI)",
-        py.display()
-    );
-    eprintln!("NOTICE: SKIPPED the AdamW twin: {} cannot import torch", py.display());
+    crate::test_tools::missing(&format!("the AdamW twin: {} cannot import torch", py.display()));
     None
 }
 
