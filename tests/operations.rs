@@ -1,5 +1,6 @@
 //! Operations: a mis-launched job is refused, one job per run directory, and every
-//! failure (a panic, a hang in a collective) ends a 2-rank job with its reason.
+//! failure (a panic, an error, a hang in a collective, gradients that differ between
+//! ranks) ends a 2-rank job with its reason.
 
 mod common;
 use common::*;
@@ -139,6 +140,49 @@ fn mpi_a_rank_that_hangs_in_a_collective_ends_the_job_after_the_time_out() {
     assert!(!res.status.success(), "{msg}");
     assert!(msg.contains("rank 1 hangs in a collective at step 3"), "{msg}");
     assert!(msg.contains("did not finish within 3 s") && msg.contains("Aborting the job"), "{msg}");
+}
+
+#[test]
+fn mpi_an_error_on_one_rank_ends_the_job_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 8, 4, 2, 1);
+    let out = dir.path().join("Model");
+    // A long collective time-out: only the error path can end the job early.
+    let Some(res) = mpi_job(&train, &out, "errs", &["--max-steps", "1000", "--collective-timeout", "600"], "1:3:error")
+    else {
+        return;
+    };
+    let msg = text(&res);
+    assert!(!res.status.success(), "{msg}");
+    assert!(msg.contains("rank 1: injected error (TRAINER_FAULT) at step 3"), "{msg}");
+    assert!(!msg.contains("did not finish within"), "the watchdog, not the error, ended the job: {msg}");
+}
+
+/// Ranks whose gradient lists differ (a model built differently) fail on every rank with
+/// the reason at their first all-reduce, instead of sending different counts. A rank whose
+/// list changes alone later waits on its own check channel: the time-out ends the job.
+#[test]
+fn mpi_ranks_whose_gradients_differ_are_stopped_not_mixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 8, 4, 2, 1);
+    let out = dir.path().join("Model");
+    let Some(res) =
+        mpi_job(&train, &out, "first", &["--max-steps", "1000", "--collective-timeout", "600"], "1:1:layout")
+    else {
+        return;
+    };
+    let msg = text(&res);
+    assert!(!res.status.success(), "{msg}");
+    assert!(msg.contains("rank 1 drops a gradient at step 1"), "{msg}");
+    assert!(msg.contains("the ranks' gradients differ in count, shape or dtype before the all-reduce"), "{msg}");
+    assert!(!msg.contains("did not finish within"), "{msg}");
+
+    let args = ["--max-steps", "1000", "--collective-timeout", "3"];
+    let Some(res) = mpi_job(&train, &out, "later", &args, "1:3:layout") else { return };
+    let msg = text(&res);
+    assert!(!res.status.success(), "{msg}");
+    assert!(msg.contains("rank 1 drops a gradient at step 3"), "{msg}");
+    assert!(msg.contains("did not finish within 3 s"), "{msg}");
 }
 
 /// The `resume` event's checkpoint directory name (e.g. `step-000000004`).

@@ -1,8 +1,10 @@
 //! `--device`: one meaning everywhere (training, evaluation, benchmarks).
 //!
 //! `auto` is this rank's GPU when libtorch sees CUDA, else the CPU; `cuda` is this rank's
-//! GPU (the local rank, as DDP's `LOCAL_RANK`); `cuda:N` names one GPU, which only makes
-//! sense with one rank per machine; `cpu` is the CPU.
+//! GPU: the local rank (as DDP's `LOCAL_RANK`) modulo the GPUs this process sees, so a
+//! launcher that gives each task its own visible GPU (Slurm's `--gpus-per-task`, a
+//! per-rank `CUDA_VISIBLE_DEVICES`) gets cuda:0 on every rank; `cuda:N` names one GPU,
+//! which only makes sense with one rank per machine; `cpu` is the CPU.
 
 use anyhow::{bail, Context, Result};
 use tch::Device;
@@ -68,7 +70,24 @@ fn resolve(spec: &str, launch: &LaunchInfo) -> Result<Device> {
 }
 
 fn local_gpu(launch: &LaunchInfo) -> Result<Device> {
-    gpu(launch.local_rank)
+    let visible = tch::Cuda::device_count().max(0) as usize;
+    let index = gpu_index(launch.local_rank, visible)?;
+    tracing::info!(
+        "rank {}: device cuda:{index} (local rank {} of {}, {visible} GPU(s) visible)",
+        launch.rank,
+        launch.local_rank,
+        launch.local_world
+    );
+    gpu(index)
+}
+
+/// The local rank modulo the GPUs this process sees. Two ranks that see the same GPUs and
+/// land on one of them are refused by NCCL ("duplicate GPU"), which names it.
+fn gpu_index(local_rank: usize, visible: usize) -> Result<usize> {
+    if visible == 0 {
+        bail!("no GPU is visible to this process (CUDA_VISIBLE_DEVICES empty?)");
+    }
+    Ok(local_rank % visible)
 }
 
 fn gpu(n: usize) -> Result<Device> {
@@ -104,6 +123,15 @@ mod tests {
                 .to_string()
                 .contains("CUDA is not available (libtorch sees 0"));
         }
+    }
+
+    #[test]
+    fn local_rank_wraps_over_the_visible_gpus() {
+        // 8 GPUs seen by each of 8 ranks; one GPU seen by each (Slurm --gpus-per-task=1).
+        assert_eq!((0..8).map(|r| gpu_index(r, 8).unwrap()).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+        assert!((0..4).all(|r| gpu_index(r, 1).unwrap() == 0));
+        assert_eq!(gpu_index(5, 4).unwrap(), 1);
+        assert!(gpu_index(0, 0).unwrap_err().to_string().contains("no GPU is visible"));
     }
 
     #[test]

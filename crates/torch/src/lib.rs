@@ -12,6 +12,7 @@ pub mod device;
 pub mod dist;
 pub mod errors;
 pub mod eval;
+pub mod host_sync;
 pub mod model;
 pub mod optim;
 #[cfg(test)]

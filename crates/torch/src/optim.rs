@@ -221,7 +221,7 @@ impl Optimizer {
         tch::no_grad(|| {
             let squares: Vec<Tensor> =
                 grads.iter().map(|g| g.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double)).collect();
-            let norm = Tensor::stack(&squares, 0).sum(tch::Kind::Double).sqrt().double_value(&[]);
+            let norm = crate::host_sync::f64_of(&Tensor::stack(&squares, 0).sum(tch::Kind::Double).sqrt());
             let coef = max_norm / (norm + 1e-6);
             if coef < 1.0 {
                 for g in &grads {
@@ -276,7 +276,7 @@ impl Optimizer {
             if let Some(group) = name.strip_prefix(SCALE_PREFIX) {
                 let gi = self.groups.iter().position(|g| g.name == group);
                 let Some(gi) = gi else { bail!("optimizer state {name:?}: no parameter group {group:?}") };
-                scales[gi] = t.f_double_value(&[])?;
+                scales[gi] = crate::host_sync::try_f64_of(t)?;
                 continue;
             }
             let part = PARTS.iter().position(|part| name.ends_with(&format!(".{part}")));

@@ -34,15 +34,19 @@ pub fn run(
     check_gather_and_reduce(&*comm, device)?;
     check_partial_ce(&*comm, device)?;
     comm.barrier()?;
-    let half = init(CommOptions { fp16: true, ..small })?;
-    check_mean_fp16(&*half, device)?;
-    Ok(format!(
+    let line = format!(
         "rank {}/{}: all collective checks passed (backend {}, local rank {})",
         comm.rank(),
         comm.world(),
         comm.backend(),
         comm.local_rank()
-    ))
+    );
+    // One communicator at a time: NCCL allows one live per process here.
+    drop(comm);
+    let half = init(CommOptions { fp16: true, ..small })?;
+    check_mean_fp16(&*half, device)?;
+    check_fp16_mean_of_large_values(&*half, device)?;
+    Ok(line)
 }
 
 fn inject(faults: &Faults, rank: usize) {
@@ -101,6 +105,21 @@ fn check_mean_fp16(comm: &dyn Comm, device: Device) -> Result<()> {
     ensure!(
         comm.world() == 1 || inexact > 0,
         "rank {r}: fp16 all-reduce returned exact f32 results: compression was not applied"
+    );
+    Ok(())
+}
+
+/// Loss-scaled gradients are large: values whose sum over ranks passes f16's 65504 while
+/// their mean does not must come back as the mean (each rank divides before it sums).
+fn check_fp16_mean_of_large_values(comm: &dyn Comm, device: Device) -> Result<()> {
+    let (r, n) = (comm.rank() as f64, comm.world() as f64);
+    let big = 60000.0;
+    let grads = [Tensor::full([7], big * (r + 1.0) / ((n + 1.0) / 2.0), (Kind::Float, device))];
+    comm.all_reduce_mean(&grads)?;
+    let got = values(&grads[0]);
+    ensure!(
+        got.iter().all(|&v| ((v as f64 - big) / big).abs() < 2e-3),
+        "rank {r}: fp16 all-reduce of a mean of {big} gave {got:?} (summed before dividing?)"
     );
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! into flat buffers of about `bucket_bytes` (as DDP and Horovod's tensor fusion do).
 
 use anyhow::{ensure, Result};
+use std::cell::RefCell;
 use std::ops::Range;
 use tch::{Kind, Tensor};
 
@@ -48,6 +49,17 @@ pub fn pack_into(flat: &Tensor, tensors: &[Tensor]) {
     }
 }
 
+/// `pack_into` of the tensors divided by `divisor` first, in their f32: an f16 sum of
+/// means cannot overflow where the means fit, as a sum of loss-scaled gradients can.
+pub fn pack_divided_into(flat: &Tensor, tensors: &[Tensor], divisor: f64) {
+    let mut offset = 0;
+    for t in tensors {
+        let n = t.numel() as i64;
+        flat.narrow(0, offset, n).copy_(&(t.reshape([-1]) / divisor));
+        offset += n;
+    }
+}
+
 /// Copies slices of `flat`, divided by `divisor`, straight back into the bucket's tensors
 /// (any layout, any device; in their f32, also when `flat` holds f16).
 pub fn unflatten_divided(flat: &Tensor, tensors: &[Tensor], divisor: f64) -> Result<()> {
@@ -76,6 +88,43 @@ pub fn layout_hash(tensors: &[Tensor]) -> u64 {
     tensors.iter().fold(tensors.len() as u64, |h, t| {
         t.size().iter().fold(mix(h ^ t.kind().elt_size_in_bytes() as u64), |h, &d| mix(h ^ d as u64))
     })
+}
+
+/// The gradient layouts every rank has already agreed on. An all-reduce checks a layout
+/// across ranks (one small host round trip) only the first time a rank meets it, so the
+/// steady state pays nothing; a layout that changes on every rank at once (`--alternate`
+/// cycling heads) is checked once per kind.
+#[derive(Default)]
+pub struct AgreedLayouts(RefCell<Vec<u64>>);
+
+impl AgreedLayouts {
+    /// Fails on every rank when the ranks' gradient lists differ. `max_reduce` takes the
+    /// max of two f64 over ranks on a channel of its own: a rank that meets a new layout
+    /// alone waits there for the collective time-out, instead of its check being matched
+    /// with the others' gradient transfer.
+    pub fn check(
+        &self,
+        tensors: &[Tensor],
+        rank: usize,
+        max_reduce: impl FnOnce(&mut [f64]) -> Result<()>,
+    ) -> Result<()> {
+        let hash = layout_hash(tensors);
+        if self.0.borrow().contains(&hash) {
+            return Ok(());
+        }
+        crate::host_sync::waited();
+        let h = (hash >> 11) as f64;
+        let mut range = [h, -h];
+        max_reduce(&mut range)?;
+        ensure!(
+            range[0] == -range[1],
+            "rank {rank}: the ranks' gradients differ in count, shape or dtype before the all-reduce \
+             ({} tensors here): a model built differently on some rank, or a gradient that exists on some ranks only",
+            tensors.len()
+        );
+        self.0.borrow_mut().push(hash);
+        Ok(())
+    }
 }
 
 pub fn numels(tensors: &[Tensor]) -> Vec<usize> {

@@ -3,10 +3,12 @@
 //! job: the live NCCL communicator first (so no kernel keeps spinning), then MPI_Abort,
 //! with an `_exit` backstop. Alone, a panic ends the process as usual.
 //!
-//! `TRAINER_FAULT=RANK:STEP:panic|hang|stale` injects a fault for tests: that rank panics
-//! at the start of step STEP, or stops inside its first all-reduce of that step, or (STEP
-//! 0, before training) lists a run's checkpoints without the newest, as a shared
-//! filesystem with stale metadata can.
+//! `TRAINER_FAULT=RANK:STEP:KIND` injects a fault for tests. At step STEP, that rank:
+//! `panic`s at the start of the step; returns an `error` from it (the path every ordinary
+//! failure takes); `hang`s inside its first all-reduce; drops one gradient from its
+//! all-reduce (`layout`, a model built differently); or (STEP 0, before training, `stale`)
+//! lists a run's checkpoints without the newest, as a shared filesystem with stale
+//! metadata can.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -57,14 +59,16 @@ pub fn before_end_job(hook: fn()) {
     let _ = BEFORE_END.set(hook);
 }
 
-/// Stops the backend's in-flight work (the live NCCL communicator, if any), then aborts
-/// the MPI job; never returns.
+/// Says why, then stops the backend's in-flight work (the live NCCL communicator, if
+/// any), then aborts the MPI job; never returns. The reason goes first: tearing down a
+/// communicator can itself crash, and the reason must not be lost with it.
 pub fn end_job(reason: &str) -> ! {
+    eprintln!("{reason}");
     if let Some(hook) = BEFORE_END.get() {
         hook();
     }
     backstop(std::time::Duration::from_secs(15));
-    super::abort_job(reason)
+    super::abort_job_after_saying()
 }
 
 /// Ends this process with `_exit` (no destructors, no atexit) if it is still alive after
@@ -102,7 +106,9 @@ pub fn out_of_memory_hint(message: &str) -> Option<String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     Panic,
+    Error,
     Hang,
+    Layout,
     Stale,
 }
 
@@ -113,7 +119,7 @@ fn fault() -> Option<(usize, u64, Fault)> {
         let text = std::env::var("TRAINER_FAULT").ok()?;
         let parsed = parse_fault(&text);
         if parsed.is_none() {
-            tracing::warn!("TRAINER_FAULT={text:?} is not RANK:STEP:panic|hang|stale; ignored");
+            tracing::warn!("TRAINER_FAULT={text:?} is not RANK:STEP:panic|error|hang|layout|stale; ignored");
         }
         parsed
     })
@@ -124,7 +130,9 @@ pub fn parse_fault(text: &str) -> Option<(usize, u64, Fault)> {
     let (rank, step, kind) = (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?);
     let kind = match kind {
         "panic" => Fault::Panic,
+        "error" => Fault::Error,
         "hang" => Fault::Hang,
+        "layout" => Fault::Layout,
         "stale" => Fault::Stale,
         _ => return None,
     };
@@ -151,6 +159,26 @@ pub fn maybe_panic() {
     }
 }
 
+/// Test hook at the start of each step, after `maybe_panic`: an ordinary error.
+pub fn maybe_error() -> anyhow::Result<()> {
+    if due(Fault::Error) {
+        anyhow::bail!("injected error (TRAINER_FAULT) at step {}", STEP.load(Ordering::Relaxed));
+    }
+    Ok(())
+}
+
+/// Test hook on the gradients of each step: drops the last one (`layout`).
+pub fn maybe_drop_gradient(grads: &mut Vec<tch::Tensor>) {
+    if due(Fault::Layout) {
+        eprintln!(
+            "injected fault (TRAINER_FAULT): rank {} drops a gradient at step {}",
+            RANK.load(Ordering::Relaxed),
+            STEP.load(Ordering::Relaxed)
+        );
+        grads.pop();
+    }
+}
+
 /// Test hook inside a collective, after its watchdog is armed.
 pub fn maybe_hang() {
     if due(Fault::Hang) {
@@ -174,6 +202,8 @@ mod tests {
         assert_eq!(parse_fault("1:3:panic"), Some((1, 3, Fault::Panic)));
         assert_eq!(parse_fault("0:10:hang"), Some((0, 10, Fault::Hang)));
         assert_eq!(parse_fault("1:0:stale"), Some((1, 0, Fault::Stale)));
+        assert_eq!(parse_fault("1:2:error"), Some((1, 2, Fault::Error)));
+        assert_eq!(parse_fault("0:1:layout"), Some((0, 1, Fault::Layout)));
         for bad in ["", "1:3", "1:3:explode", "x:3:panic", "1:3:panic:4"] {
             assert_eq!(parse_fault(bad), None, "{bad}");
         }

@@ -212,11 +212,16 @@ pub fn init(info: &LaunchInfo, device: tch::Device, opts: CommOptions) -> anyhow
 /// Ends the whole job with `reason` on stderr: MPI_Abort under a launcher, exit(1) alone.
 /// For errors that happen where no `Comm` is at hand.
 pub fn abort_job(reason: &str) -> ! {
+    eprintln!("{reason}");
+    abort_job_after_saying()
+}
+
+/// `abort_job` once the reason is on stderr.
+fn abort_job_after_saying() -> ! {
     #[cfg(feature = "mpi")]
     if env_launcher().is_some() && mpi::initialized() {
-        mpi::abort_world(reason);
+        mpi::abort_world_after_saying();
     }
-    eprintln!("{reason}");
     std::process::exit(1)
 }
 

@@ -2,7 +2,9 @@
 //!
 //! fp16 compression sends gradients as IEEE half (u16 on the wire) with a user-defined sum
 //! that adds in f32 and rounds each partial sum back to half, as NCCL's f16 all-reduce
-//! does: half the bytes, about 3 significant digits, overflow above 65504.
+//! does: half the bytes, about 3 significant digits, overflow above 65504. Each rank
+//! divides by the world size before it rounds to half, so the sum is of means: it
+//! overflows only where the mean itself would.
 
 use super::watchdog::{Op, Watchdog};
 use super::{bucket, Comm, CommOptions, LaunchInfo, ReduceOp};
@@ -60,6 +62,11 @@ pub fn finalize() {
 /// Ends every rank of the job. A backstop kills this process if MPI_Abort itself hangs.
 pub fn abort_world(message: &str) -> ! {
     eprintln!("{message}");
+    abort_world_after_saying()
+}
+
+/// `abort_world` once the message is on stderr.
+pub fn abort_world_after_saying() -> ! {
     // Let the launcher forward the message before MPI_Abort tears the job down.
     std::thread::sleep(std::time::Duration::from_millis(500));
     super::failure::backstop(std::time::Duration::from_secs(10));
@@ -73,6 +80,10 @@ pub struct Mpi {
     info: LaunchInfo,
     opts: CommOptions,
     world: SimpleCommunicator,
+    /// A duplicate of `world` for layout checks only: a check one rank makes alone cannot
+    /// be matched with the others' gradient transfer.
+    checks: SimpleCommunicator,
+    agreed: bucket::AgreedLayouts,
     watchdog: Watchdog,
     f16_sum: UserOperation<'static>,
     buffers: std::cell::RefCell<Vec<(Tensor, Tensor)>>,
@@ -83,10 +94,13 @@ impl Mpi {
         let world = universe().context("MPI is not initialised (not started by a launcher?)")?.world();
         ensure!(world.rank() as usize == info.rank, "rank changed between launch_info and init");
         let watchdog = Watchdog::start(info.rank, opts.timeout, |m: &str| abort_world(m));
+        let checks = world.duplicate();
         Ok(Mpi {
             info,
             opts,
             world,
+            checks,
+            agreed: Default::default(),
             watchdog,
             f16_sum: UserOperation::commutative(f16_sum),
             buffers: Default::default(),
@@ -122,7 +136,7 @@ impl Mpi {
         if t.device() == Device::Cpu && t.is_contiguous() {
             root.broadcast_into(unsafe { as_mut_bytes(t) });
         } else {
-            let staged = t.to_device(Device::Cpu).contiguous();
+            let staged = crate::host_sync::to_host(t).contiguous();
             root.broadcast_into(unsafe { as_mut_bytes(&staged) });
             t.shallow_clone().copy_(&staged);
         }
@@ -228,11 +242,23 @@ impl Comm for Mpi {
         super::failure::maybe_hang();
         let _no_grad = tch::no_grad_guard();
         bucket::check_f32(tensors).with_context(|| format!("rank {}: all_reduce_mean", self.info.rank))?;
+        self.agreed.check(tensors, self.info.rank, |range| {
+            let local = range.to_vec();
+            self.checks.all_reduce_into(&local[..], range, SystemOperation::max());
+            Ok(())
+        })?;
         let n = self.info.world as f64;
         for (b, range) in bucket::plan(&bucket::numels(tensors), self.opts.bucket_bytes).into_iter().enumerate() {
             let group = &tensors[range];
             let (send, recv) = self.bucket_buffers(b, group.iter().map(|t| t.numel()).sum());
-            bucket::pack_into(&send, group);
+            // f16 divides before the sum (see `pack_divided_into`), f32 after it.
+            let after = if self.opts.fp16 {
+                bucket::pack_divided_into(&send, group, n);
+                1.0
+            } else {
+                bucket::pack_into(&send, group);
+                n
+            };
             unsafe {
                 if self.opts.fp16 {
                     self.world.all_reduce_into(as_slice::<u16>(&send), as_mut_slice::<u16>(&recv), &self.f16_sum);
@@ -244,7 +270,7 @@ impl Comm for Mpi {
                     );
                 }
             }
-            bucket::unflatten_divided(&recv, group, n)?;
+            bucket::unflatten_divided(&recv, group, after)?;
         }
         Ok(())
     }
@@ -262,6 +288,7 @@ impl Comm for Mpi {
 
     fn all_reduce_f64(&self, values: &mut [f64], op: ReduceOp) -> Result<()> {
         let _armed = self.watchdog.arm(Op::AllReduceF64);
+        crate::host_sync::waited();
         let send = values.to_vec();
         self.world.all_reduce_into(&send[..], values, system_op(op));
         Ok(())
@@ -271,6 +298,7 @@ impl Comm for Mpi {
         let _armed = self.watchdog.arm(Op::AllGather);
         let _no_grad = tch::no_grad_guard();
         let mut sizes = [t.numel() as f64, -(t.numel() as f64)];
+        crate::host_sync::waited();
         self.world.all_reduce_into(&[sizes[0], sizes[1]][..], &mut sizes[..], SystemOperation::max());
         ensure!(
             sizes[0] == -sizes[1],
@@ -278,7 +306,7 @@ impl Comm for Mpi {
             self.info.rank,
             t.size()
         );
-        let local = t.to_device(Device::Cpu).contiguous();
+        let local = crate::host_sync::to_host(t).contiguous();
         let mut shape = t.size();
         if let Some(rows) = shape.first_mut() {
             *rows *= self.info.world as i64;
@@ -298,7 +326,7 @@ impl Comm for Mpi {
         let _armed = self.watchdog.arm(Op::AllReduce);
         let _no_grad = tch::no_grad_guard();
         ensure!(t.kind() == Kind::Float, "rank {}: all_reduce takes f32 tensors, got {:?}", self.info.rank, t.kind());
-        let local = t.to_device(Device::Cpu).contiguous();
+        let local = crate::host_sync::to_host(t).contiguous();
         let out = Tensor::empty([local.numel() as i64], (Kind::Float, Device::Cpu));
         unsafe {
             self.world.all_reduce_into(as_slice::<f32>(&local), as_mut_slice::<f32>(&out), system_op(op));
@@ -310,6 +338,7 @@ impl Comm for Mpi {
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
         ensure!(root < self.info.world, "broadcast root {root} is outside the world of {}", self.info.world);
         let _armed = self.watchdog.arm(Op::BroadcastBytes);
+        crate::host_sync::waited();
         let root = self.world.process_at_rank(root as i32);
         let mut len = bytes.len() as u64;
         root.broadcast_into(&mut len);
@@ -322,6 +351,7 @@ impl Comm for Mpi {
 
     fn barrier(&self) -> Result<()> {
         let _armed = self.watchdog.arm(Op::Barrier);
+        crate::host_sync::waited();
         self.world.barrier();
         Ok(())
     }

@@ -17,10 +17,10 @@ use super::watchdog::{Op, Watchdog};
 use super::{bucket, Comm, CommOptions, ReduceOp};
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::nccl::sys::{cudaStream_t, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclResult_t, ncclUniqueId};
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use tch::{Device, Kind, Tensor};
 
 type GetUniqueId = unsafe extern "C" fn(*mut ncclUniqueId) -> ncclResult_t;
@@ -145,18 +145,38 @@ impl Library {
 }
 
 /// This process's live communicator, for `abort_live` (a panic or the watchdog must
-/// abort it from any thread, without the `Nccl` at hand).
-static LIVE: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+/// abort it from any thread, without the `Nccl` at hand). Every call on the communicator
+/// holds this lock, so an abort never frees it under a call still using it.
+static LIVE: Mutex<Option<LiveComm>> = Mutex::new(None);
+
+/// The raw communicator, sendable so the lock above can hold it.
+struct LiveComm(ncclComm_t);
+unsafe impl Send for LiveComm {}
+
+fn live() -> std::sync::MutexGuard<'static, Option<LiveComm>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// ncclCommAbort on the live communicator, once: its kernels stop spinning on a dead
-/// peer, so MPI_Abort and exit are not held up by the GPU.
+/// peer, so MPI_Abort and exit are not held up by the GPU. If a call holds the lock for
+/// over two seconds (stuck inside NCCL), it aborts without it rather than wait forever.
 pub fn abort_live() {
-    let comm = LIVE.swap(std::ptr::null_mut(), Ordering::AcqRel);
-    if comm.is_null() {
-        return;
-    }
-    if let Ok(lib) = library() {
-        unsafe { (lib.comm_abort)(comm as ncclComm_t) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let taken = loop {
+        match LIVE.try_lock() {
+            Ok(mut guard) => break guard.take(),
+            Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                eprintln!("NCCL is busy in another thread; aborting its communicator anyway");
+                break None;
+            }
+        }
+    };
+    if let (Some(LiveComm(comm)), Ok(lib)) = (taken, library()) {
+        unsafe { (lib.comm_abort)(comm) };
     }
 }
 
@@ -187,6 +207,11 @@ pub struct Nccl {
     comm: ncclComm_t,
     opts: CommOptions,
     watchdog: Watchdog,
+    agreed: bucket::AgreedLayouts,
+    /// True when every collective enqueued so far has completed: only then may `drop`
+    /// destroy the communicator (ncclCommDestroy waits for outstanding work); otherwise
+    /// it aborts it.
+    settled: Cell<bool>,
 }
 
 impl Nccl {
@@ -198,6 +223,7 @@ impl Nccl {
             bail!("rank {rank}: the NCCL backend needs a CUDA device, got {device:?}")
         };
         let lib = library().with_context(|| format!("rank {rank}: NCCL backend"))?;
+        ensure!(live().is_none(), "rank {rank}: an NCCL communicator is already live in this process; drop it first");
         let visible = tch::Cuda::device_count();
         ensure!(
             tch::Cuda::is_available() && (index as i64) < visible,
@@ -224,43 +250,56 @@ impl Nccl {
                 rank,
             )?;
         }
-        LIVE.store(comm as *mut c_void, Ordering::Release);
+        *live() = Some(LiveComm(comm));
         super::failure::before_end_job(abort_live);
         tracing::info!(rank, device = index, nccl = lib.version, path = %lib.path.display(), "NCCL communicator ready");
-        Ok(Nccl { host, lib, comm, opts, watchdog })
+        Ok(Nccl { host, lib, comm, opts, watchdog, agreed: Default::default(), settled: Cell::new(true) })
     }
 
+    /// Runs `call` on the communicator under the live lock; an error once it was aborted
+    /// (the job is ending) instead of a call on freed memory.
+    fn call(&self, what: &str, call: impl FnOnce(ncclComm_t) -> ncclResult_t) -> Result<()> {
+        let guard = live();
+        let Some(LiveComm(comm)) = guard.as_ref() else {
+            bail!("rank {}: {what} on an NCCL communicator that was aborted (the job is ending)", self.rank())
+        };
+        ensure!(*comm == self.comm, "rank {}: {what} on a communicator that is not the live one", self.rank());
+        self.settled.set(false);
+        self.lib.check(call(*comm), what, self.rank())
+    }
+
+    /// One bucket: f32 summed then divided; f16 divided (in f32) before it is rounded and
+    /// summed, so loss-scaled gradients overflow only where their mean would.
     fn all_reduce_bucket(&self, group: &[Tensor]) -> Result<()> {
         let flat = bucket::flatten(group)?;
-        let (buf, dtype) = if self.opts.fp16 {
-            (flat.to_kind(Kind::Half), ncclDataType_t::ncclFloat16)
+        let n = self.world() as f64;
+        let (buf, dtype, after) = if self.opts.fp16 {
+            ((flat / n).to_kind(Kind::Half), ncclDataType_t::ncclFloat16, 1.0)
         } else {
-            (flat, ncclDataType_t::ncclFloat32)
+            (flat, ncclDataType_t::ncclFloat32, n)
         };
         let ptr = buf.data_ptr();
-        let r = unsafe {
-            (self.lib.all_reduce)(ptr, ptr, buf.numel(), dtype, ncclRedOp_t::ncclSum, self.comm, std::ptr::null_mut())
-        };
-        self.lib.check(r, "ncclAllReduce", self.rank())?;
-        bucket::unflatten_divided(&buf, group, self.world() as f64)
+        self.call("ncclAllReduce", |comm| unsafe {
+            (self.lib.all_reduce)(ptr, ptr, buf.numel(), dtype, ncclRedOp_t::ncclSum, comm, std::ptr::null_mut())
+        })?;
+        bucket::unflatten_divided(&buf, group, after)
     }
 
     fn broadcast_one(&self, t: &Tensor, root: usize) -> Result<()> {
         in_place_on_contiguous(t, |staged| {
             let bytes = staged.numel() * staged.kind().elt_size_in_bytes();
             let ptr = staged.data_ptr();
-            let r = unsafe {
+            self.call("ncclBroadcast", |comm| unsafe {
                 (self.lib.broadcast)(
                     ptr,
                     ptr,
                     bytes,
                     ncclDataType_t::ncclUint8,
                     root as c_int,
-                    self.comm,
+                    comm,
                     std::ptr::null_mut(),
                 )
-            };
-            self.lib.check(r, "ncclBroadcast", self.rank())
+            })
         })
     }
 
@@ -270,6 +309,7 @@ impl Nccl {
         let h = (bucket::layout_hash(tensors) >> 11) as f64;
         // One reduction gives both the largest hash and (negated) the smallest.
         let mut range = [h, -h];
+        crate::host_sync::waited();
         self.host.all_reduce_f64(&mut range, ReduceOp::Max)?;
         ensure!(range[0] == -range[1], "rank {}: {what} tensors differ in shape or dtype between ranks", self.rank());
         Ok(())
@@ -285,17 +325,10 @@ impl Nccl {
         }
         let out = Tensor::empty(shape.as_slice(), (t.kind(), t.device()));
         let bytes = local.numel() * local.kind().elt_size_in_bytes();
-        let r = unsafe {
-            (self.lib.all_gather)(
-                local.data_ptr(),
-                out.data_ptr(),
-                bytes,
-                ncclDataType_t::ncclUint8,
-                self.comm,
-                std::ptr::null_mut(),
-            )
-        };
-        self.lib.check(r, "ncclAllGather", self.rank())?;
+        let (src, dst) = (local.data_ptr(), out.data_ptr());
+        self.call("ncclAllGather", |comm| unsafe {
+            (self.lib.all_gather)(src, dst, bytes, ncclDataType_t::ncclUint8, comm, std::ptr::null_mut())
+        })?;
         Ok(out)
     }
 
@@ -309,18 +342,17 @@ impl Nccl {
         };
         in_place_on_contiguous(t, |staged| {
             let ptr = staged.data_ptr();
-            let r = unsafe {
+            self.call("ncclAllReduce", |comm| unsafe {
                 (self.lib.all_reduce)(
                     ptr,
                     ptr,
                     staged.numel(),
                     ncclDataType_t::ncclFloat32,
                     op,
-                    self.comm,
+                    comm,
                     std::ptr::null_mut(),
                 )
-            };
-            self.lib.check(r, "ncclAllReduce", self.rank())
+            })
         })
     }
 }
@@ -328,8 +360,20 @@ impl Nccl {
 impl Nccl {
     /// Waits for the NULL stream (where every NCCL call and the kernels around it run),
     /// polling NCCL's asynchronous error meanwhile: a peer's failure surfaces here as an
-    /// error instead of a wait that only the watchdog ends.
+    /// error instead of a wait that only the watchdog ends. On any error the communicator
+    /// is aborted before the error returns: its kernels may still be running, and the
+    /// watchdog is disarmed once this call is left.
     fn wait(&self) -> Result<()> {
+        crate::host_sync::waited();
+        let result = self.poll_until_done();
+        match &result {
+            Ok(()) => self.settled.set(true),
+            Err(_) => abort_live(),
+        }
+        result
+    }
+
+    fn poll_until_done(&self) -> Result<()> {
         type StreamQuery = unsafe extern "C" fn(cudaStream_t) -> c_int;
         const CUDA_ERROR_NOT_READY: c_int = 600;
         let query: StreamQuery = cuda_symbol(b"cudaStreamQuery\0")?;
@@ -340,11 +384,7 @@ impl Nccl {
                 code => bail!("rank {}: CUDA error {code} while waiting for an NCCL collective", self.rank()),
             }
             let mut async_err = ncclResult_t::ncclSuccess;
-            self.lib.check(
-                unsafe { (self.lib.get_async_error)(self.comm, &mut async_err) },
-                "ncclCommGetAsyncError",
-                self.rank(),
-            )?;
+            self.call("ncclCommGetAsyncError", |comm| unsafe { (self.lib.get_async_error)(comm, &mut async_err) })?;
             self.lib.check(async_err, "collective (asynchronous error)", self.rank())?;
             std::thread::sleep(std::time::Duration::from_micros(50));
         }
@@ -388,6 +428,7 @@ impl Comm for Nccl {
         let _armed = self.watchdog.arm(Op::AllReduceMean);
         let _no_grad = tch::no_grad_guard();
         super::failure::maybe_hang();
+        self.agreed.check(tensors, self.rank(), |range| self.host.all_reduce_f64(range, ReduceOp::Max))?;
         for range in bucket::plan(&bucket::numels(tensors), self.opts.bucket_bytes) {
             self.all_reduce_bucket(&tensors[range])?;
         }
@@ -447,13 +488,19 @@ impl Comm for Nccl {
 }
 
 impl Drop for Nccl {
+    /// Destroys the communicator when all its work has completed, aborts it otherwise
+    /// (destroy would wait for work that may never finish); nothing if an abort already
+    /// took it.
     fn drop(&mut self) {
-        // Not live any more; an abort that already took it has ended the process.
-        if LIVE
-            .compare_exchange(self.comm as *mut c_void, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            unsafe { (self.lib.destroy)(self.comm) };
+        let mut guard = live();
+        if guard.as_ref().is_none_or(|l| l.0 != self.comm) {
+            return;
+        }
+        let comm = guard.take().map(|l| l.0);
+        drop(guard);
+        if let Some(comm) = comm {
+            let end = if self.settled.get() { self.lib.destroy } else { self.lib.comm_abort };
+            unsafe { end(comm) };
         }
     }
 }

@@ -57,7 +57,7 @@ impl PfcStep<'_> {
         if self.sample_rate >= 1.0 {
             return Ok((None, local.shallow_clone()));
         }
-        let labels = Vec::<i64>::try_from(local)?;
+        let labels = crate::host_sync::vec_of::<i64>(local)?;
         let positives: Vec<i64> = labels.iter().copied().filter(|&c| c >= 0).collect();
         let rows = sample_rows(self.slice.len, &positives, self.sample_rate, self.seed, self.step, self.comm.rank());
         let mut column = vec![-1i64; self.slice.len];

@@ -72,7 +72,7 @@ impl Moments {
             }
             Ok(t.to_device(p.device()).detach().copy())
         };
-        let step = step.f_double_value(&[])?;
+        let step = crate::host_sync::try_f64_of(step)?;
         if !(step.is_finite() && step >= 1.0) {
             bail!("optimizer state {name}.step: {step} is not a step count");
         }

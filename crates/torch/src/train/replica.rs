@@ -146,7 +146,7 @@ impl Replica {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let copy = |t: &Tensor| t.detach().to_device(Device::Cpu).copy();
+        let copy = |t: &Tensor| crate::host_sync::to_host(&t.detach()).copy();
         let params = self.vs.variables().iter().map(|(n, t)| (n.clone(), copy(t))).collect();
         let optim = self.opt.state().iter().map(|(n, t)| (n.clone(), copy(t))).collect();
         Snapshot { params, optim }
@@ -279,7 +279,7 @@ impl Replica {
         let mut h = std::hash::DefaultHasher::new();
         for (name, t) in named {
             name.hash(&mut h);
-            let t = t.detach().to_device(Device::Cpu).to_kind(tch::Kind::Float).contiguous();
+            let t = crate::host_sync::to_host(&t.detach()).to_kind(tch::Kind::Float).contiguous();
             let mut bytes = vec![0u8; t.numel() * 4];
             t.copy_data_u8(&mut bytes, t.numel());
             bytes.hash(&mut h);
@@ -314,7 +314,7 @@ fn gather_rows(comm: &dyn Comm, mine: &Tensor, total: usize) -> Result<Tensor> {
     } else {
         mine.to_kind(tch::Kind::Float)
     };
-    let all = comm.all_gather(&padded.to_device(Device::Cpu))?;
+    let all = comm.all_gather(&crate::host_sync::to_host(&padded))?;
     let parts: Vec<Tensor> =
         (0..world).map(|r| all.narrow(0, r as i64 * widest, ClassSlice::of(r, world, total).len as i64)).collect();
     Ok(Tensor::cat(&parts, 0))

@@ -32,7 +32,7 @@ impl LossScale {
     pub fn unscale(&self, grads: &[Tensor]) -> bool {
         tch::no_grad(|| {
             let bad: Vec<Tensor> = grads.iter().map(|g| g.isfinite().logical_not().any()).collect();
-            if !bad.is_empty() && Tensor::stack(&bad, 0).any().int64_value(&[]) != 0 {
+            if !bad.is_empty() && crate::host_sync::i64_of(&Tensor::stack(&bad, 0).any()) != 0 {
                 return false;
             }
             for g in grads {

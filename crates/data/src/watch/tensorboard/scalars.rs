@@ -86,13 +86,14 @@ pub fn scalars_of(ev: &Map<String, Value>) -> Vec<(String, f64)> {
 /// The TensorBoard tag of a progress-line key: grouped by what it measures (TensorBoard
 /// groups tags by the part before the first `/`), with the task or parameter group last.
 pub fn tag_of(key: &str) -> String {
-    const FIXED: [(&str, &str); 11] = [
+    const FIXED: [(&str, &str); 12] = [
         // The bytes a step moves between ranks, and the head each rank holds: one group.
         ("allreduce_bytes", "comm/allreduce_bytes"),
         ("allgather_bytes", "comm/allgather_bytes"),
         ("head_bytes_per_rank", "comm/head_bytes_per_rank"),
         ("images_per_s", "speed/images_per_s"),
         ("data_wait_frac", "speed/data_wait_frac"),
+        ("host_syncs", "speed/host_syncs"),
         ("loss_scale", "amp/loss_scale"),
         ("amp_skipped_steps", "amp/skipped_steps"),
         ("epoch", "run/epoch"),

@@ -202,6 +202,7 @@ fn progress_keys_get_grouped_tags() {
         ("lr_backbone", "lr/backbone"),
         ("images_per_s", "speed/images_per_s"),
         ("data_wait_frac", "speed/data_wait_frac"),
+        ("host_syncs", "speed/host_syncs"),
         ("steps_without_decrease", "plateau/steps_without_decrease"),
         ("steps_without_decrease_Gender", "plateau/steps_without_decrease/Gender"),
         ("steps_without_decrease_robust", "plateau/steps_without_decrease_robust"),

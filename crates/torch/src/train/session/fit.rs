@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::sums::StepSums;
 use super::{Good, Session};
 use crate::dist::ReduceOp;
+use crate::host_sync;
 use crate::model::partial_fc::{CommBytes, PfcStep};
 use crate::model::Head;
 use crate::train::checkpoint;
@@ -59,7 +60,19 @@ impl Window {
 }
 
 impl Session {
+    /// Runs the loop. An error on one rank of several ends the whole job here, reason
+    /// first, while the session (and its communicator, whose teardown could wait on a
+    /// collective the peers never finish) is still alive.
     pub fn fit(mut self, signal: &AtomicBool) -> Result<StopReason> {
+        match self.run_loop(signal) {
+            Err(e) if self.comm.world() > 1 => {
+                crate::dist::failure::end_job(&format!("rank {}: {e:#}", self.comm.rank()))
+            }
+            result => result,
+        }
+    }
+
+    fn run_loop(&mut self, signal: &AtomicBool) -> Result<StopReason> {
         let clock = Instant::now();
         let mut window = Window::new();
         let bar = self.progress_bar();
@@ -92,12 +105,13 @@ impl Session {
             if let Some(stop) = self.stop_reason(&stats) {
                 break stop;
             }
+            // Validation and checkpoints wait by nature; `host_syncs` counts the steps'.
             if self.state.step.is_multiple_of(self.cfg.valid.valid_every) {
-                self.validate_and_keep_best(clock)?;
+                host_sync::uncounted(|| self.validate_and_keep_best(clock))?;
             }
             if self.state.step.is_multiple_of(self.cfg.checkpoint.save_every) && self.good.state.step != self.state.step
             {
-                self.checkpoint(clock)?;
+                host_sync::uncounted(|| self.checkpoint(clock))?;
             }
         };
         bar.finish_and_clear();
@@ -123,6 +137,7 @@ impl Session {
         let step = self.state.step;
         crate::dist::failure::set_step(step + 1);
         crate::dist::failure::maybe_panic();
+        crate::dist::failure::maybe_error()?;
         tch::manual_seed(
             trainer_data::rng::mix(self.cfg.run.seed ^ step.wrapping_mul(0x9E37)) as i64 ^ self.comm.rank() as i64,
         );
@@ -160,14 +175,15 @@ impl Session {
             let l = losses(self.replica.net(), &self.cfg, &batches, self.replica.device(), pfc.as_ref())?;
             let objective = if inject { l.total * f64::NAN } else { l.total };
             scaled_loss(&objective, self.cfg.optim.accum, self.state.loss_scale.as_ref()).backward();
-            sums.total += objective.double_value(&[]) / accum;
+            sums.total += host_sync::f64_of(&objective) / accum;
             for (head, p) in &l.parts {
                 if let Some(i) = heads.iter().position(|h| h == head) {
-                    sums.parts[i] += if inject { f64::NAN } else { p.double_value(&[]) / accum };
+                    sums.parts[i] += if inject { f64::NAN } else { host_sync::f64_of(p) / accum };
                 }
             }
         }
-        let grads = self.replica.grads();
+        let mut grads = self.replica.grads();
+        crate::dist::failure::maybe_drop_gradient(&mut grads);
         tch::no_grad(|| self.comm.all_reduce_mean(&grads))?;
         bytes.allreduce +=
             grads.iter().map(|g| g.numel() * if self.cfg.comm.fp16_allreduce { 2 } else { 4 }).sum::<usize>();
@@ -347,6 +363,7 @@ impl Session {
             "allreduce_bytes": stats.comm_bytes.allreduce,
             "allgather_bytes": stats.comm_bytes.allgather,
             "head_bytes_per_rank": self.replica.head_bytes(),
+            "host_syncs": host_sync::take(),
         });
         self.log_epochs(&mut ev);
         if let Some(total) = stats.total {
