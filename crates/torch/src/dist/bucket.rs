@@ -105,7 +105,7 @@ impl AgreedLayouts {
     pub fn check(
         &self,
         tensors: &[Tensor],
-        rank: usize,
+        (rank, what): (usize, &str),
         max_reduce: impl FnOnce(&mut [f64]) -> Result<()>,
     ) -> Result<()> {
         let hash = layout_hash(tensors);
@@ -118,8 +118,8 @@ impl AgreedLayouts {
         max_reduce(&mut range)?;
         ensure!(
             range[0] == -range[1],
-            "rank {rank}: the ranks' gradients differ in count, shape or dtype before the all-reduce \
-             ({} tensors here): a model built differently on some rank, or a gradient that exists on some ranks only",
+            "rank {rank}: the ranks' {what} differ in count, shape or dtype ({} tensors here): \
+             a model built differently on some rank, or a gradient that exists on some ranks only",
             tensors.len()
         );
         self.0.borrow_mut().push(hash);

@@ -131,6 +131,16 @@ impl Mpi {
         (bufs[b].0.shallow_clone(), bufs[b].1.shallow_clone())
     }
 
+    /// Checks once per new layout that every rank passes the same tensors (see
+    /// `AgreedLayouts`), on the duplicate communicator.
+    fn agree(&self, tensors: &[Tensor], what: &str) -> Result<()> {
+        self.agreed.check(tensors, (self.info.rank, what), |range| {
+            let local = range.to_vec();
+            self.checks.all_reduce_into(&local[..], range, SystemOperation::max());
+            Ok(())
+        })
+    }
+
     fn broadcast_one(&self, t: &Tensor, root: usize) {
         let root = self.world.process_at_rank(root as i32);
         if t.device() == Device::Cpu && t.is_contiguous() {
@@ -242,11 +252,7 @@ impl Comm for Mpi {
         super::failure::maybe_hang();
         let _no_grad = tch::no_grad_guard();
         bucket::check_f32(tensors).with_context(|| format!("rank {}: all_reduce_mean", self.info.rank))?;
-        self.agreed.check(tensors, self.info.rank, |range| {
-            let local = range.to_vec();
-            self.checks.all_reduce_into(&local[..], range, SystemOperation::max());
-            Ok(())
-        })?;
+        self.agree(tensors, "gradients before the all-reduce")?;
         let n = self.info.world as f64;
         for (b, range) in bucket::plan(&bucket::numels(tensors), self.opts.bucket_bytes).into_iter().enumerate() {
             let group = &tensors[range];
@@ -297,15 +303,7 @@ impl Comm for Mpi {
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
         let _armed = self.watchdog.arm(Op::AllGather);
         let _no_grad = tch::no_grad_guard();
-        let mut sizes = [t.numel() as f64, -(t.numel() as f64)];
-        crate::host_sync::waited();
-        self.world.all_reduce_into(&[sizes[0], sizes[1]][..], &mut sizes[..], SystemOperation::max());
-        ensure!(
-            sizes[0] == -sizes[1],
-            "rank {}: all_gather of {:?} elements, but the ranks' sizes differ",
-            self.info.rank,
-            t.size()
-        );
+        self.agree(std::slice::from_ref(t), "tensors to all-gather")?;
         let local = crate::host_sync::to_host(t).contiguous();
         let mut shape = t.size();
         if let Some(rows) = shape.first_mut() {

@@ -315,6 +315,11 @@ impl Nccl {
         Ok(())
     }
 
+    /// Once per new layout (see `AgreedLayouts`), over the host communicator.
+    fn agree(&self, tensors: &[Tensor], what: &str) -> Result<()> {
+        self.agreed.check(tensors, (self.rank(), what), |range| self.host.all_reduce_f64(range, ReduceOp::Max))
+    }
+
     /// `t`'s rows from every rank, in rank order, as one tensor on `t`'s device.
     fn all_gather_rows(&self, t: &Tensor) -> Result<Tensor> {
         let local = t.contiguous();
@@ -428,7 +433,7 @@ impl Comm for Nccl {
         let _armed = self.watchdog.arm(Op::AllReduceMean);
         let _no_grad = tch::no_grad_guard();
         super::failure::maybe_hang();
-        self.agreed.check(tensors, self.rank(), |range| self.host.all_reduce_f64(range, ReduceOp::Max))?;
+        self.agree(tensors, "gradients before the all-reduce")?;
         for range in bucket::plan(&bucket::numels(tensors), self.opts.bucket_bytes) {
             self.all_reduce_bucket(&tensors[range])?;
         }
@@ -456,7 +461,7 @@ impl Comm for Nccl {
         if !t.device().is_cuda() {
             return self.host.all_gather(t);
         }
-        self.check_same_layout(std::slice::from_ref(t), "all_gather")?;
+        self.agree(std::slice::from_ref(t), "tensors to all-gather")?;
         let _armed = self.watchdog.arm(Op::AllGather);
         let _no_grad = tch::no_grad_guard();
         let out = self.all_gather_rows(t)?;

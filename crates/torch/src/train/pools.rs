@@ -139,6 +139,15 @@ impl Pools {
         Ok(parts)
     }
 
+    /// Hands the image buffers of `parts` (as `next(heads)` returned them) back to their
+    /// loaders, which refill them instead of allocating and zeroing fresh pages.
+    pub fn recycle(&self, heads: &[Head], parts: Vec<Part>) {
+        let teaching = self.pools.iter().filter(|p| p.heads.iter().any(|h| heads.contains(h)));
+        for (pool, part) in teaching.zip(parts) {
+            pool.loader.recycle(part.batch.images);
+        }
+    }
+
     /// Every pool's sampler position (what a checkpoint keeps).
     pub fn positions(&self) -> BTreeMap<PoolKey, SamplerPosition> {
         self.pools.iter().map(|p| (p.key, p.loader.position())).collect()

@@ -173,6 +173,7 @@ impl Session {
                 bytes.add_partial_fc(rows, self.comm.world(), self.cfg.heads.emb_dim);
             }
             let l = losses(self.replica.net(), &self.cfg, &batches, self.replica.device(), pfc.as_ref())?;
+            self.pools.recycle(&heads, batches);
             let objective = if inject { l.total * f64::NAN } else { l.total };
             scaled_loss(&objective, self.cfg.optim.accum, self.state.loss_scale.as_ref()).backward();
             sums.total += host_sync::f64_of(&objective) / accum;
