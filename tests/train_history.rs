@@ -62,6 +62,31 @@ fn a_nan_that_never_goes_away_ends_the_run_with_the_reason() {
     assert_eq!(events(&log, "give_up")[0]["step"], 7);
 }
 
+/// Between log lines the losses stay on the device: a NaN at step 7 is judged (and rolled
+/// back) when the ranks settle at step 10, and the history is cut back all the same.
+#[test]
+fn a_nan_between_log_lines_rolls_back_at_the_next_settle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = data(dir.path());
+    let out = dir.path().join("Model");
+    let mut a = tiny_train("FR", &out, "late").set("--train-sets", s(&train)).set("--batch-size", "32").args();
+    a.extend(["--seed", "3", "--max-steps", "20", "--save-every", "5", "--inject-nan-at", "7"]);
+    let res = trainer().args(&a).output().unwrap();
+    let msg = text(&res);
+    assert!(res.status.success(), "{msg}");
+    assert!(msg.contains("rolled back to step 5 (NaN at step 7); lr unchanged (1st reload)"), "{msg}");
+    let run = out.join("late");
+    let log = log_lines(&run);
+    let rollback = events(&log, "rollback")[0];
+    assert_eq!((rollback["step"].as_u64(), rollback["to_step"].as_u64()), (Some(7), Some(5)), "{rollback}");
+    // Steps 6 to 10 ran before the settle at 10 judged them.
+    assert_eq!(rollback["discarded_losses"]["FR"].as_array().map(Vec::len), Some(5), "{rollback}");
+    assert_eq!(losses(&run, "FR").len(), 20);
+    let progress: Vec<u64> =
+        log.iter().filter(|e| e.get("event").is_none()).map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(progress, vec![5, 10, 15, 20]);
+}
+
 #[test]
 fn an_exploding_lr_shrinks_on_the_third_reload_and_trains_on() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,7 @@ use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use super::sums::StepSums;
+use super::interval::{add_to_row, column, step_row, Interval, Settled};
 use super::{Good, Session};
 use crate::dist::ReduceOp;
 use crate::host_sync;
@@ -19,7 +19,7 @@ use crate::train::replica::{head_groups, BACKBONE};
 use crate::train::scaler::scaled_loss;
 use crate::train::schedule::{lr_factor, plateau_counts};
 use crate::train::state::{LrCause, LrChange};
-use crate::train::step::{heads_for_step, labelled as labelled_in, losses};
+use crate::train::step::{heads_for_step, losses};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -27,23 +27,6 @@ pub enum StopReason {
     TimeLimit,
     MinLr,
     Signal,
-}
-
-/// One step's numbers, already averaged (or summed) over ranks.
-struct StepStats {
-    /// Each trained head's loss this step.
-    losses: Vec<(Head, f64)>,
-    /// Samples with a known target per head, summed over ranks and accumulated batches.
-    labelled: [f64; 3],
-    /// Images in the step, summed over ranks.
-    images: f64,
-    /// The weighted objective (`None` in `--alternate` mode, where it mixes tasks).
-    total: Option<f64>,
-    signalled: bool,
-    out_of_time: bool,
-    data_wait: f64,
-    /// This rank's bytes into all-reduces and out of all-gathers this step.
-    comm_bytes: CommBytes,
 }
 
 /// Throughput over the steps since the last log line.
@@ -75,16 +58,18 @@ impl Session {
     fn run_loop(&mut self, signal: &AtomicBool) -> Result<StopReason> {
         let clock = Instant::now();
         let mut window = Window::new();
+        let mut interval = Interval::default();
         let bar = self.progress_bar();
         let reason = loop {
-            let stats = self.train_step(signal, clock)?;
+            self.train_step(&mut interval)?;
             self.state.step += 1;
-            for &(head, loss) in &stats.losses {
-                self.log.loss(head, loss)?;
+            bar.set_position(self.state.step);
+            if !self.settles_now() {
+                continue;
             }
+            let stats = self.settle(&mut interval, signal, clock)?;
             (window.images, window.wait) = (window.images + stats.images, window.wait + stats.data_wait);
             self.check_labelled(&stats)?;
-            bar.set_position(self.state.step);
             let decision = self.decide(&stats)?;
             if let Some(msg) = &decision.give_up {
                 self.log.event(json!({"event": "give_up", "step": self.state.step, "message": msg}))?;
@@ -133,7 +118,33 @@ impl Session {
             .with_position(self.state.step)
     }
 
-    fn train_step(&mut self, signal: &AtomicBool, clock: Instant) -> Result<StepStats> {
+    /// Whether the steps so far must be settled now: at a log line, a save point, a
+    /// validation or the last step (everything that reads the losses or keeps the state).
+    fn settles_now(&self) -> bool {
+        let step = self.state.step;
+        [self.cfg.run.log_every, self.cfg.checkpoint.save_every, self.cfg.valid.valid_every]
+            .iter()
+            .any(|&every| step.is_multiple_of(every))
+            || self.cfg.schedule.max_steps.is_some_and(|m| step >= m)
+    }
+
+    /// The interval's numbers, agreed by every rank; each step's losses into `loss_debug/`.
+    fn settle(&mut self, interval: &mut Interval, signal: &AtomicBool, clock: Instant) -> Result<Settled> {
+        let elapsed = self.state.elapsed_secs + clock.elapsed().as_secs_f64();
+        let out_of_time = self.cfg.schedule.time_limit.is_some_and(|t| elapsed >= t);
+        let total_shown = !self.cfg.optim.alternate || self.heads.len() == 1;
+        let stats = interval.settle(&*self.comm, [signal.load(Ordering::Relaxed), out_of_time], total_shown)?;
+        self.state.run.skipped_records += stats.skipped as u64;
+        for step in &stats.steps {
+            for &(head, loss) in &step.losses {
+                self.log.loss(head, loss)?;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// One optimiser step; its losses stay on the device, in `interval`.
+    fn train_step(&mut self, interval: &mut Interval) -> Result<()> {
         let step = self.state.step;
         crate::dist::failure::set_step(step + 1);
         crate::dist::failure::maybe_panic();
@@ -144,7 +155,7 @@ impl Session {
         let heads = heads_for_step(&self.cfg, step);
         self.replica.zero_grad();
         let mut wait = 0.0;
-        let mut sums = StepSums { parts: vec![0.0; heads.len()], ..StepSums::default() };
+        let row = step_row(self.replica.device());
         let inject = self
             .cfg
             .schedule
@@ -157,9 +168,7 @@ impl Session {
             let t = Instant::now();
             let batches = self.pools.next(&heads)?;
             wait += t.elapsed().as_secs_f64();
-            sums.skipped += batches.iter().map(|p| p.batch.skipped as f64).sum::<f64>();
-            sums.images += batches.iter().map(|p| p.batch.n as f64).sum::<f64>();
-            sums.labelled.iter_mut().zip(labelled_in(&batches)).for_each(|(a, n)| *a += n);
+            interval.count(&batches);
             let pfc = self.replica.slice().map(|slice| PfcStep {
                 comm: &*self.comm,
                 slice,
@@ -176,12 +185,13 @@ impl Session {
             self.pools.recycle(&heads, batches);
             let objective = if inject { l.total * f64::NAN } else { l.total };
             scaled_loss(&objective, self.cfg.optim.accum, self.state.loss_scale.as_ref()).backward();
-            sums.total += host_sync::f64_of(&objective) / accum;
-            for (head, p) in &l.parts {
-                if let Some(i) = heads.iter().position(|h| h == head) {
-                    sums.parts[i] += if inject { f64::NAN } else { host_sync::f64_of(p) / accum };
-                }
+            add_to_row(&row, 0, &objective, accum);
+            for (head, p) in l.parts.iter().filter(|(h, _)| heads.contains(h)) {
+                add_to_row(&row, column(*head), p, accum);
             }
+        }
+        if inject {
+            let _ = row.shallow_clone().fill_(f64::NAN);
         }
         let mut grads = self.replica.grads();
         crate::dist::failure::maybe_drop_gradient(&mut grads);
@@ -200,29 +210,13 @@ impl Session {
             ));
             self.replica.step(&heads);
         }
-
-        let out_of_time =
-            self.cfg.schedule.time_limit.is_some_and(|t| self.state.elapsed_secs + clock.elapsed().as_secs_f64() >= t);
-        let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        (sums.signalled, sums.out_of_time) = (flag(signal.load(Ordering::Relaxed)), flag(out_of_time));
-        let all = sums.all_reduce(&*self.comm)?;
-        let world = self.comm.world() as f64;
-        self.state.run.skipped_records += all.skipped as u64;
-        Ok(StepStats {
-            losses: heads.iter().zip(&all.parts).map(|(&h, p)| (h, p / world)).collect(),
-            labelled: all.labelled,
-            images: all.images,
-            total: (!self.cfg.optim.alternate || self.heads.len() == 1).then_some(all.total / world),
-            signalled: all.signalled > 0.0,
-            out_of_time: all.out_of_time > 0.0,
-            data_wait: wait,
-            comm_bytes: bytes,
-        })
+        interval.push(step + 1, heads, row, wait, bytes);
+        Ok(())
     }
 
     /// A head that sees no labelled sample in a whole epoch of its data learns nothing:
     /// that is an error, not a silent no-op (a batch without one is fine).
-    fn check_labelled(&mut self, stats: &StepStats) -> Result<()> {
+    fn check_labelled(&mut self, stats: &Settled) -> Result<()> {
         let epochs = self.pools.epochs();
         for (head, (epoch, seen)) in &mut self.labelled {
             *seen += stats.labelled[*head as usize];
@@ -260,18 +254,32 @@ impl Session {
         Ok(finite)
     }
 
-    /// Rank 0 judges the mean losses (its plateau rules are the ones checkpoints keep);
-    /// every rank gets the same decision.
-    fn decide(&mut self, stats: &StepStats) -> Result<Decision> {
-        let save_point = self.state.step.is_multiple_of(self.cfg.checkpoint.save_every);
-        // `state.step` already counts this step: its 0-based index is one less.
-        let plateau = plateau_counts(self.cfg.schedule.schedule, self.cfg.schedule.warmup_steps, self.state.step - 1);
-        let mine = if self.comm.rank() == 0 {
-            self.judge.decide(&mut self.state, &stats.losses, save_point, plateau, self.replica.max_lr())
-        } else {
-            Decision::default()
-        };
+    /// Rank 0 judges the mean losses of each settled step in turn (its plateau rules are
+    /// the ones checkpoints keep); every rank gets the same decision, applied now. A
+    /// rollback or a give-up ends the judging: the steps after it are undone anyway.
+    fn decide(&mut self, stats: &Settled) -> Result<Decision> {
+        let mine = if self.comm.rank() == 0 { self.judge_steps(stats) } else { Decision::default() };
         decisions::broadcast(&*self.comm, mine)
+    }
+
+    fn judge_steps(&mut self, stats: &Settled) -> Decision {
+        let now = self.state.step;
+        let mut all = Decision::default();
+        for s in &stats.steps {
+            self.state.step = s.step;
+            let save_point = s.step.is_multiple_of(self.cfg.checkpoint.save_every);
+            // A step's 0-based index is one less than its number.
+            let plateau = plateau_counts(self.cfg.schedule.schedule, self.cfg.schedule.warmup_steps, s.step - 1);
+            let d = self.judge.decide(&mut self.state, &s.losses, save_point, plateau, self.replica.max_lr());
+            all.decays.extend(d.decays);
+            all.accepted = d.accepted.or(all.accepted);
+            if d.rollback.is_some() || d.give_up.is_some() {
+                (all.rollback, all.give_up) = (d.rollback, d.give_up);
+                break;
+            }
+        }
+        self.state.step = now;
+        all
     }
 
     /// The parameter groups a head's decay shrinks: its own, and the backbone's when the
@@ -321,7 +329,7 @@ impl Session {
         self.good.checkpoint.as_ref().map_or("(none yet: the start of the run)".into(), |p| p.display().to_string())
     }
 
-    fn stop_reason(&self, stats: &StepStats) -> Option<StopReason> {
+    fn stop_reason(&self, stats: &Settled) -> Option<StopReason> {
         if stats.signalled {
             return Some(StopReason::Signal);
         }
@@ -349,7 +357,7 @@ impl Session {
         }
     }
 
-    fn log_progress(&mut self, stats: &StepStats, window: &Window) -> Result<()> {
+    fn log_progress(&mut self, stats: &Settled, window: &Window) -> Result<()> {
         let world = self.comm.world();
         let secs = window.start.elapsed().as_secs_f64().max(1e-9);
         let effective_batch = self.pools.images_per_step(&self.heads) * self.cfg.optim.accum * world;
@@ -367,10 +375,11 @@ impl Session {
             "host_syncs": host_sync::take(),
         });
         self.log_epochs(&mut ev);
-        if let Some(total) = stats.total {
+        let last = stats.last();
+        if let Some(total) = last.and_then(|s| s.total) {
             ev["loss"] = json!(total);
         }
-        for &(head, loss) in &stats.losses {
+        for &(head, loss) in last.iter().flat_map(|s| &s.losses) {
             ev[format!("loss_{}", head.name())] = json!(loss);
         }
         for (head, p) in &self.state.plateaus {
@@ -388,7 +397,7 @@ impl Session {
             ev["loss_scale"] = json!(s.scale);
             ev["amp_skipped_steps"] = json!(s.skipped);
         }
-        let shown = stats.total.or(stats.losses.first().map(|(_, l)| *l)).unwrap_or(f64::NAN);
+        let shown = last.and_then(|s| s.total.or(s.losses.first().map(|(_, l)| *l))).unwrap_or(f64::NAN);
         tracing::info!(
             "step {} loss {shown:.4} lr {:.2e} {:.1} img/s data-wait {:.0}%",
             self.state.step,

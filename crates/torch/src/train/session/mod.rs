@@ -3,9 +3,9 @@
 //! safeguard.rs returns to the last good state. The fields are private to this module.
 
 mod fit;
+mod interval;
 mod safeguard;
 mod setup;
-mod sums;
 
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;

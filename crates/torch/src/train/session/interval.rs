@@ -1,0 +1,161 @@
+//! The steps since the ranks last agreed. Each step leaves its losses on the device (one
+//! small tensor per step) and its counts on the host; `settle` reads the losses once, sums
+//! everything over the ranks in one all-reduce, and gives back each step's numbers. The
+//! loop settles at each log line, save point and validation and at the last step, so a
+//! GPU never waits for the host in between, and the decisions that need the losses
+//! (plateau decays, rollbacks, stops on a signal or the time limit) come at most one log
+//! interval late.
+
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+use crate::dist::{Comm, ReduceOp};
+use crate::host_sync;
+use crate::model::partial_fc::CommBytes;
+use crate::model::Head;
+use crate::train::pools::Part;
+use crate::train::step::labelled;
+
+/// A step's row: the objective, then each head's loss in `Head` order (0 when untrained).
+const ROW: usize = 1 + Head::ALL.len();
+
+/// What the steps since the last settle left behind.
+#[derive(Default)]
+pub(super) struct Interval {
+    rows: Vec<Tensor>,
+    steps: Vec<(u64, Vec<Head>)>,
+    skipped: f64,
+    images: f64,
+    labelled: [f64; 3],
+    wait: f64,
+    comm_bytes: CommBytes,
+}
+
+/// One step's mean losses over the ranks.
+pub(super) struct StepLosses {
+    pub step: u64,
+    pub losses: Vec<(Head, f64)>,
+    /// The weighted objective (`None` in `--alternate` mode, where it mixes tasks).
+    pub total: Option<f64>,
+}
+
+/// An interval's numbers, agreed by every rank.
+pub(super) struct Settled {
+    pub steps: Vec<StepLosses>,
+    /// Samples with a known target per head, summed over ranks and steps.
+    pub labelled: [f64; 3],
+    /// Images, summed over ranks and steps.
+    pub images: f64,
+    pub skipped: f64,
+    /// Some rank saw SIGINT/SIGTERM/SIGUSR1, or is past `--time-limit`.
+    pub signalled: bool,
+    pub out_of_time: bool,
+    /// This rank's wait for data over the interval.
+    pub data_wait: f64,
+    /// This rank's bytes into all-reduces and out of all-gathers in the last step.
+    pub comm_bytes: CommBytes,
+}
+
+impl Settled {
+    pub fn last(&self) -> Option<&StepLosses> {
+        self.steps.last()
+    }
+}
+
+/// The device row one step accumulates its losses into.
+pub(super) fn step_row(device: Device) -> Tensor {
+    Tensor::zeros([ROW as i64], (Kind::Double, device))
+}
+
+/// Adds `value / accum` at `index` of `row`, on the device.
+pub(super) fn add_to_row(row: &Tensor, index: usize, value: &Tensor, accum: f64) {
+    let v = value.detach().to_kind(Kind::Double).reshape([1]) / accum;
+    let _ = row.narrow(0, index as i64, 1).g_add_(&v);
+}
+
+/// Where a head's loss sits in a row.
+pub(super) fn column(head: Head) -> usize {
+    1 + head as usize
+}
+
+impl Interval {
+    /// The host-side counts of a micro-batch's parts.
+    pub fn count(&mut self, parts: &[Part]) {
+        self.skipped += parts.iter().map(|p| p.batch.skipped as f64).sum::<f64>();
+        self.images += parts.iter().map(|p| p.batch.n as f64).sum::<f64>();
+        self.labelled.iter_mut().zip(labelled(parts)).for_each(|(a, n)| *a += n);
+    }
+
+    /// Step `step` (1-based) trained `heads`, left `row` and waited `wait` s for data.
+    pub fn push(&mut self, step: u64, heads: Vec<Head>, row: Tensor, wait: f64, comm_bytes: CommBytes) {
+        self.rows.push(row);
+        self.steps.push((step, heads));
+        self.wait += wait;
+        self.comm_bytes = comm_bytes;
+    }
+
+    /// One read of the rows, one all-reduce of everything; empties the interval.
+    /// `flags` are this rank's (signalled, out of time); `total_shown` whether the
+    /// objective means something (not in `--alternate` mode with several heads).
+    pub fn settle(&mut self, comm: &dyn Comm, flags: [bool; 2], total_shown: bool) -> Result<Settled> {
+        let done = std::mem::take(self);
+        let mut flat = match done.rows.is_empty() {
+            true => Vec::new(),
+            false => host_sync::vec_of::<f64>(&Tensor::stack(&done.rows, 0))?,
+        };
+        let per_step = flat.len();
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        flat.extend([done.skipped, done.images, flag(flags[0]), flag(flags[1])]);
+        flat.extend(done.labelled);
+        comm.all_reduce_f64(&mut flat, ReduceOp::Sum)?;
+        let world = comm.world() as f64;
+        let (rows, rest) = flat.split_at(per_step);
+        let steps = done
+            .steps
+            .iter()
+            .zip(rows.chunks(ROW))
+            .map(|((step, heads), row)| StepLosses {
+                step: *step,
+                losses: heads.iter().map(|&h| (h, row[column(h)] / world)).collect(),
+                total: total_shown.then_some(row[0] / world),
+            })
+            .collect();
+        Ok(Settled {
+            steps,
+            skipped: rest[0],
+            images: rest[1],
+            signalled: rest[2] > 0.0,
+            out_of_time: rest[3] > 0.0,
+            labelled: [rest[4], rest[5], rest[6]],
+            data_wait: done.wait,
+            comm_bytes: done.comm_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_steps_losses_and_the_counts_come_back_in_order() {
+        let mut iv = Interval::default();
+        for (step, heads, values) in [(1, vec![Head::Fr], [2.0, 2.0]), (2, vec![Head::Gender], [0.5, 0.5])] {
+            let row = step_row(Device::Cpu);
+            let head = heads[0];
+            add_to_row(&row, 0, &Tensor::from(values[0]), 1.0);
+            add_to_row(&row, column(head), &Tensor::from(values[1] * 2.0), 2.0);
+            iv.push(step, heads, row, 0.25, CommBytes::default());
+        }
+        let s = iv.settle(&crate::dist::single::Single, [false, true], true).unwrap();
+        assert!(iv.steps.is_empty() && iv.rows.is_empty());
+        assert_eq!(s.steps.len(), 2);
+        assert_eq!(
+            (s.steps[0].step, s.steps[0].losses.clone(), s.steps[0].total),
+            (1, vec![(Head::Fr, 2.0)], Some(2.0))
+        );
+        assert_eq!(s.steps[1].losses, vec![(Head::Gender, 0.5)]);
+        assert!(!s.signalled && s.out_of_time);
+        assert_eq!(s.data_wait, 0.5);
+    }
+}
