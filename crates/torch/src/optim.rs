@@ -11,6 +11,7 @@
 //! `step_groups` so the other groups stay untouched, as `set_to_none=True` would leave them.
 
 mod adamw;
+pub mod flat;
 #[cfg(test)]
 mod twin_test;
 
@@ -239,8 +240,32 @@ impl Optimizer {
 
     /// The gradients of every group but the named ones (Partial FC's local centres).
     pub fn grads_except(&self, names: &[&str]) -> Vec<Tensor> {
-        let groups = self.groups.iter().filter(|g| !names.contains(&g.name.as_str()));
-        groups.flat_map(|g| &g.params).map(|p| p.grad()).filter(|g| g.defined()).collect()
+        self.params_with_grad_except(names).iter().map(Tensor::grad).collect()
+    }
+
+    /// The parameters that received a gradient, in every group but the named ones.
+    pub fn params_with_grad_except(&self, names: &[&str]) -> Vec<Tensor> {
+        self.params_with_grad(|g| !names.contains(&g))
+    }
+
+    /// The parameters that received a gradient, in the named groups.
+    pub fn params_with_grad_in(&self, names: &[&str]) -> Vec<Tensor> {
+        self.params_with_grad(|g| names.contains(&g))
+    }
+
+    fn params_with_grad(&self, keep: impl Fn(&str) -> bool) -> Vec<Tensor> {
+        let groups = self.groups.iter().filter(|g| keep(&g.name));
+        groups.flat_map(|g| &g.params).filter(|p| p.grad().defined()).map(Tensor::shallow_clone).collect()
+    }
+
+    /// `zero_grad` of the named groups only.
+    pub fn zero_grad_groups(&mut self, names: &[&str]) {
+        for p in self.groups.iter_mut().filter(|g| names.contains(&g.name.as_str())).flat_map(|g| g.params.iter_mut()) {
+            let mut grad = p.grad();
+            if grad.defined() {
+                let _ = grad.detach_().zero_();
+            }
+        }
     }
 
     /// Everything a resume needs: the state of each parameter that has stepped (SGD's

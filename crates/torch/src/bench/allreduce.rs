@@ -139,20 +139,18 @@ fn bench(a: &AllreduceArgs, info: &LaunchInfo, device: Device, opts: &CommOption
     ));
     let mut per_tensor_opts = opts.clone();
     per_tensor_opts.bucket_bytes = 0;
+    // What training reduces: every gradient in one f32 buffer, reduced in bucket-sized
+    // slices where it lies (optim/flat.rs).
+    let flat = vec![Tensor::cat(&grads.iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(), 0)];
+    let buckets = dist::bucket::plan(&dist::bucket::numels(&grads), opts.bucket_bytes).len();
     let variants = [
-        (
-            format!(
-                "bucketed ({} MiB, {} buckets)",
-                a.comm.bucket_mb,
-                dist::bucket::plan(&dist::bucket::numels(&grads), opts.bucket_bytes).len()
-            ),
-            bucketed,
-        ),
-        (format!("per-tensor ({} all-reduces)", grads.len()), comm(device, info, per_tensor_opts)?),
+        (format!("flat buffer ({} MiB slices)", a.comm.bucket_mb), comm(device, info, opts.clone())?, &flat),
+        (format!("bucketed ({} MiB, {buckets} buckets)", a.comm.bucket_mb), bucketed, &grads),
+        (format!("per-tensor ({} all-reduces)", grads.len()), comm(device, info, per_tensor_opts)?, &grads),
     ];
     let mut best = f64::INFINITY;
-    for (name, c) in &variants {
-        let t = time_all_reduce(&**c, &grads, a.iters)?;
+    for (name, c, tensors) in &variants {
+        let t = time_all_reduce(&**c, tensors, a.iters)?;
         best = best.min(t);
         let algbw = bytes / t;
         say(format!(

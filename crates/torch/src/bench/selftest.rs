@@ -41,7 +41,7 @@ pub fn run(
         comm.backend(),
         comm.local_rank()
     );
-    // One communicator at a time: NCCL allows one live per process here.
+    // One communicator at a time: each holds GPU buffers, and the first is done.
     drop(comm);
     let half = init(CommOptions { fp16: true, ..small })?;
     check_mean_fp16(&*half, device)?;

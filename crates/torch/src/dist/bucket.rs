@@ -25,6 +25,41 @@ pub fn plan(numels: &[usize], bucket_bytes: usize) -> Vec<Range<usize>> {
     out
 }
 
+/// The buckets to reduce: `plan` over the tensors, after each contiguous tensor larger than
+/// a bucket (a flat gradient buffer) is cut into bucket-sized 1-D views of itself, so
+/// such a buffer is reduced in place, piece by piece. A bucket size under one float means
+/// one all-reduce per tensor, uncut.
+pub fn buckets(tensors: &[Tensor], bucket_bytes: usize) -> Vec<Vec<Tensor>> {
+    let per_bucket = match bucket_bytes / 4 {
+        0 => i64::MAX,
+        n => n as i64,
+    };
+    let pieces: Vec<Tensor> = tensors
+        .iter()
+        .flat_map(|t| {
+            let n = t.numel() as i64;
+            if n > per_bucket && t.is_contiguous() {
+                let flat = t.view([-1]);
+                (0..n).step_by(per_bucket as usize).map(|at| flat.narrow(0, at, per_bucket.min(n - at))).collect()
+            } else {
+                vec![t.shallow_clone()]
+            }
+        })
+        .collect();
+    plan(&numels(&pieces), bucket_bytes)
+        .into_iter()
+        .map(|range| pieces[range].iter().map(Tensor::shallow_clone).collect())
+        .collect()
+}
+
+/// A bucket that is one contiguous f32 tensor can be reduced where it lies.
+pub fn in_place(bucket: &[Tensor]) -> Option<&Tensor> {
+    match bucket {
+        [t] if t.is_contiguous() && t.kind() == Kind::Float => Some(t),
+        _ => None,
+    }
+}
+
 pub fn check_f32(tensors: &[Tensor]) -> Result<()> {
     for (i, t) in tensors.iter().enumerate() {
         ensure!(t.kind() == Kind::Float, "all-reduce takes f32 gradients; tensor {i} is {:?}", t.kind());
@@ -118,7 +153,7 @@ impl AgreedLayouts {
         max_reduce(&mut range)?;
         ensure!(
             range[0] == -range[1],
-            "rank {rank}: the ranks' {what} differ in count, shape or dtype ({} tensors here): \
+            "the ranks' {what} differ in count, shape or dtype ({} tensors on rank {rank}): \
              a model built differently on some rank, or a gradient that exists on some ranks only",
             tensors.len()
         );
@@ -167,6 +202,22 @@ mod tests {
         unflatten_divided(&packed, &[view, b.shallow_clone()], 2.0).unwrap();
         assert_eq!(Vec::<f32>::try_from(a.reshape([-1])).unwrap(), vec![0., 1., 2., 3., 4., 5.]);
         assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![10., 11., 12., 13., 14.]);
+    }
+
+    #[test]
+    fn a_large_contiguous_tensor_is_cut_into_views_of_itself() {
+        let flat = Tensor::arange(10, (Kind::Float, tch::Device::Cpu));
+        let small = Tensor::ones([2], (Kind::Float, tch::Device::Cpu));
+        let b = buckets(&[flat.shallow_clone(), small.shallow_clone()], 4 * 4);
+        let sizes: Vec<Vec<i64>> = b.iter().map(|g| g.iter().map(|t| t.numel() as i64).collect()).collect();
+        assert_eq!(sizes, vec![vec![4], vec![4], vec![2, 2]]);
+        assert!(in_place(&b[0]).is_some() && in_place(&b[2]).is_none());
+        // Bucket size 0: one all-reduce per tensor, none cut.
+        assert_eq!(buckets(&[flat.shallow_clone(), small.shallow_clone()], 0).len(), 2);
+        assert_eq!(buckets(&[flat.shallow_clone()], 0)[0][0].numel(), 10);
+        // Views, not copies: writing a piece writes the buffer.
+        let _ = b[1][0].shallow_clone().fill_(-1.0);
+        assert_eq!(Vec::<f32>::try_from(&flat).unwrap()[4..8], [-1.0; 4]);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn install_panic_hook() {
         let rank = RANK.load(Ordering::Relaxed);
         let what = payload(info.payload());
         if let Some(hint) = out_of_memory_hint(&what) {
-            eprintln!("rank {rank}: {hint}");
+            say(&format!("rank {rank}: {hint}"));
         }
         if super::under_launcher() {
             let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
@@ -63,7 +63,7 @@ pub fn before_end_job(hook: fn()) {
 /// any), then aborts the MPI job; never returns. The reason goes first: tearing down a
 /// communicator can itself crash, and the reason must not be lost with it.
 pub fn end_job(reason: &str) -> ! {
-    eprintln!("{reason}");
+    say(reason);
     if let Some(hook) = BEFORE_END.get() {
         hook();
     }
@@ -71,12 +71,22 @@ pub fn end_job(reason: &str) -> ! {
     super::abort_job_after_saying()
 }
 
+/// One line on stderr in one write: the ranks share the launcher's stderr, and a line
+/// written in pieces (as `eprintln!` does with arguments) interleaves with another rank's.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
 /// Ends this process with `_exit` (no destructors, no atexit) if it is still alive after
 /// `after`: a CUDA kernel spinning on a dead peer can block an orderly exit forever.
 pub fn backstop(after: std::time::Duration) {
     let _ = std::thread::Builder::new().name("exit-backstop".into()).spawn(move || {
         std::thread::sleep(after);
-        eprintln!("rank {}: the job did not end within {after:?} of an abort; exiting", RANK.load(Ordering::Relaxed));
+        say(&format!(
+            "rank {}: the job did not end within {after:?} of an abort; exiting",
+            RANK.load(Ordering::Relaxed)
+        ));
         unsafe { libc::_exit(1) }
     });
 }
@@ -170,11 +180,11 @@ pub fn maybe_error() -> anyhow::Result<()> {
 /// Test hook on the gradients of each step: drops the last one (`layout`).
 pub fn maybe_drop_gradient(grads: &mut Vec<tch::Tensor>) {
     if due(Fault::Layout) {
-        eprintln!(
+        say(&format!(
             "injected fault (TRAINER_FAULT): rank {} drops a gradient at step {}",
             RANK.load(Ordering::Relaxed),
             STEP.load(Ordering::Relaxed)
-        );
+        ));
         grads.pop();
     }
 }
@@ -182,11 +192,11 @@ pub fn maybe_drop_gradient(grads: &mut Vec<tch::Tensor>) {
 /// Test hook inside a collective, after its watchdog is armed.
 pub fn maybe_hang() {
     if due(Fault::Hang) {
-        eprintln!(
+        say(&format!(
             "injected fault (TRAINER_FAULT): rank {} hangs in a collective at step {}",
             RANK.load(Ordering::Relaxed),
             STEP.load(Ordering::Relaxed)
-        );
+        ));
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }

@@ -212,7 +212,7 @@ pub fn init(info: &LaunchInfo, device: tch::Device, opts: CommOptions) -> anyhow
 /// Ends the whole job with `reason` on stderr: MPI_Abort under a launcher, exit(1) alone.
 /// For errors that happen where no `Comm` is at hand.
 pub fn abort_job(reason: &str) -> ! {
-    eprintln!("{reason}");
+    failure::say(reason);
     abort_job_after_saying()
 }
 

@@ -61,7 +61,7 @@ pub fn finalize() {
 
 /// Ends every rank of the job. A backstop kills this process if MPI_Abort itself hangs.
 pub fn abort_world(message: &str) -> ! {
-    eprintln!("{message}");
+    super::failure::say(message);
     abort_world_after_saying()
 }
 
@@ -129,6 +129,17 @@ impl Mpi {
             bufs[b] = (make(), make());
         }
         (bufs[b].0.shallow_clone(), bufs[b].1.shallow_clone())
+    }
+
+    /// Sums `t` (a contiguous CPU f32 bucket) over ranks straight from its memory and
+    /// writes the mean back in one pass: no packing copy.
+    fn reduce_from(&self, b: usize, t: &Tensor, n: f64) -> Result<()> {
+        let (_, recv) = self.bucket_buffers(b, t.numel());
+        unsafe {
+            self.world.all_reduce_into(as_slice::<f32>(t), as_mut_slice::<f32>(&recv), SystemOperation::sum());
+        }
+        let _ = recv.view_as(t).f_div_scalar_out(t, n)?;
+        Ok(())
     }
 
     /// Checks once per new layout that every rank passes the same tensors (see
@@ -254,8 +265,11 @@ impl Comm for Mpi {
         bucket::check_f32(tensors).with_context(|| format!("rank {}: all_reduce_mean", self.info.rank))?;
         self.agree(tensors, "gradients before the all-reduce")?;
         let n = self.info.world as f64;
-        for (b, range) in bucket::plan(&bucket::numels(tensors), self.opts.bucket_bytes).into_iter().enumerate() {
-            let group = &tensors[range];
+        for (b, group) in bucket::buckets(tensors, self.opts.bucket_bytes).iter().enumerate() {
+            if let Some(t) = bucket::in_place(group).filter(|t| !self.opts.fp16 && t.device() == Device::Cpu) {
+                self.reduce_from(b, t, n)?;
+                continue;
+            }
             let (send, recv) = self.bucket_buffers(b, group.iter().map(|t| t.numel()).sum());
             // f16 divides before the sum (see `pack_divided_into`), f32 after it.
             let after = if self.opts.fp16 {

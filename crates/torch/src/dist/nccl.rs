@@ -144,39 +144,42 @@ impl Library {
     }
 }
 
-/// This process's live communicator, for `abort_live` (a panic or the watchdog must
-/// abort it from any thread, without the `Nccl` at hand). Every call on the communicator
-/// holds this lock, so an abort never frees it under a call still using it.
-static LIVE: Mutex<Option<LiveComm>> = Mutex::new(None);
+/// This process's live communicators (one in training; a benchmark may hold several), for
+/// `abort_live` (a panic or the watchdog must abort them from any thread, without the
+/// `Nccl` at hand). Every call on a communicator holds this lock, so an abort never frees
+/// one under a call still using it.
+static LIVE: Mutex<Vec<LiveComm>> = Mutex::new(Vec::new());
 
 /// The raw communicator, sendable so the lock above can hold it.
 struct LiveComm(ncclComm_t);
 unsafe impl Send for LiveComm {}
 
-fn live() -> std::sync::MutexGuard<'static, Option<LiveComm>> {
+fn live() -> std::sync::MutexGuard<'static, Vec<LiveComm>> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// ncclCommAbort on the live communicator, once: its kernels stop spinning on a dead
+/// ncclCommAbort on every live communicator, once: their kernels stop spinning on a dead
 /// peer, so MPI_Abort and exit are not held up by the GPU. If a call holds the lock for
 /// over two seconds (stuck inside NCCL), it aborts without it rather than wait forever.
 pub fn abort_live() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let taken = loop {
         match LIVE.try_lock() {
-            Ok(mut guard) => break guard.take(),
-            Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner().take(),
+            Ok(mut guard) => break std::mem::take(&mut *guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => break std::mem::take(&mut *e.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(10))
             }
             Err(std::sync::TryLockError::WouldBlock) => {
-                eprintln!("NCCL is busy in another thread; aborting its communicator anyway");
-                break None;
+                eprintln!("NCCL is busy in another thread; ending without aborting its communicator");
+                break Vec::new();
             }
         }
     };
-    if let (Some(LiveComm(comm)), Ok(lib)) = (taken, library()) {
-        unsafe { (lib.comm_abort)(comm) };
+    if let Ok(lib) = library() {
+        for LiveComm(comm) in taken {
+            unsafe { (lib.comm_abort)(comm) };
+        }
     }
 }
 
@@ -223,7 +226,6 @@ impl Nccl {
             bail!("rank {rank}: the NCCL backend needs a CUDA device, got {device:?}")
         };
         let lib = library().with_context(|| format!("rank {rank}: NCCL backend"))?;
-        ensure!(live().is_none(), "rank {rank}: an NCCL communicator is already live in this process; drop it first");
         let visible = tch::Cuda::device_count();
         ensure!(
             tch::Cuda::is_available() && (index as i64) < visible,
@@ -250,7 +252,7 @@ impl Nccl {
                 rank,
             )?;
         }
-        *live() = Some(LiveComm(comm));
+        live().push(LiveComm(comm));
         super::failure::before_end_job(abort_live);
         tracing::info!(rank, device = index, nccl = lib.version, path = %lib.path.display(), "NCCL communicator ready");
         Ok(Nccl { host, lib, comm, opts, watchdog, agreed: Default::default(), settled: Cell::new(true) })
@@ -260,19 +262,35 @@ impl Nccl {
     /// (the job is ending) instead of a call on freed memory.
     fn call(&self, what: &str, call: impl FnOnce(ncclComm_t) -> ncclResult_t) -> Result<()> {
         let guard = live();
-        let Some(LiveComm(comm)) = guard.as_ref() else {
+        if !guard.iter().any(|l| l.0 == self.comm) {
             bail!("rank {}: {what} on an NCCL communicator that was aborted (the job is ending)", self.rank())
-        };
-        ensure!(*comm == self.comm, "rank {}: {what} on a communicator that is not the live one", self.rank());
+        }
         self.settled.set(false);
-        self.lib.check(call(*comm), what, self.rank())
+        self.lib.check(call(self.comm), what, self.rank())
     }
 
     /// One bucket: f32 summed then divided; f16 divided (in f32) before it is rounded and
     /// summed, so loss-scaled gradients overflow only where their mean would.
     fn all_reduce_bucket(&self, group: &[Tensor]) -> Result<()> {
-        let flat = bucket::flatten(group)?;
         let n = self.world() as f64;
+        if let Some(t) = bucket::in_place(group).filter(|_| !self.opts.fp16) {
+            // A slice of a flat gradient buffer: summed where it lies, then divided.
+            let ptr = t.data_ptr();
+            self.call("ncclAllReduce", |comm| unsafe {
+                (self.lib.all_reduce)(
+                    ptr,
+                    ptr,
+                    t.numel(),
+                    ncclDataType_t::ncclFloat32,
+                    ncclRedOp_t::ncclSum,
+                    comm,
+                    std::ptr::null_mut(),
+                )
+            })?;
+            let _ = t.shallow_clone().f_div_scalar_(n)?;
+            return Ok(());
+        }
+        let flat = bucket::flatten(group)?;
         let (buf, dtype, after) = if self.opts.fp16 {
             ((flat / n).to_kind(Kind::Half), ncclDataType_t::ncclFloat16, 1.0)
         } else {
@@ -434,8 +452,8 @@ impl Comm for Nccl {
         let _no_grad = tch::no_grad_guard();
         super::failure::maybe_hang();
         self.agree(tensors, "gradients before the all-reduce")?;
-        for range in bucket::plan(&bucket::numels(tensors), self.opts.bucket_bytes) {
-            self.all_reduce_bucket(&tensors[range])?;
+        for group in bucket::buckets(tensors, self.opts.bucket_bytes) {
+            self.all_reduce_bucket(&group)?;
         }
         self.wait()
     }
@@ -498,15 +516,11 @@ impl Drop for Nccl {
     /// took it.
     fn drop(&mut self) {
         let mut guard = live();
-        if guard.as_ref().is_none_or(|l| l.0 != self.comm) {
-            return;
-        }
-        let comm = guard.take().map(|l| l.0);
+        let Some(at) = guard.iter().position(|l| l.0 == self.comm) else { return };
+        guard.remove(at);
         drop(guard);
-        if let Some(comm) = comm {
-            let end = if self.settled.get() { self.lib.destroy } else { self.lib.comm_abort };
-            unsafe { end(comm) };
-        }
+        let end = if self.settled.get() { self.lib.destroy } else { self.lib.comm_abort };
+        unsafe { end(self.comm) };
     }
 }
 

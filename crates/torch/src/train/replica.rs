@@ -10,6 +10,7 @@ use super::checkpoint;
 use crate::config::TrainConfig;
 use crate::dist::Comm;
 use crate::model::{ClassSlice, Head, Net};
+use crate::optim::flat::FlatGrads;
 use crate::optim::{groups_by_prefix, Optimizer, Rule};
 
 /// The optimiser group of the shared backbone.
@@ -40,6 +41,8 @@ pub struct Replica {
     device: Device,
     /// Partial FC: this rank's share of the ArcFace centres (None: the whole matrix).
     slice: Option<ClassSlice>,
+    /// The all-reduced gradients in one buffer, once they all exist.
+    flat: Option<FlatGrads>,
 }
 
 /// The optimiser group, and variable prefix, of the ArcFace centres.
@@ -75,7 +78,7 @@ impl Replica {
         if let Some(init) = &cfg.model.init {
             load_init(&mut vs, init, slice.map(|s| (s, num_classes)))?;
         }
-        Ok(Replica { vs, net, opt, device, slice })
+        Ok(Replica { vs, net, opt, device, slice, flat: None })
     }
 
     pub fn net(&self) -> &Net {
@@ -86,21 +89,58 @@ impl Replica {
         self.device
     }
 
+    /// One call for the flat buffer (and the centres' own gradients under Partial FC);
+    /// per parameter while there is no buffer.
     pub fn zero_grad(&mut self) {
-        self.opt.zero_grad();
-    }
-
-    /// The gradients to all-reduce: all, or all but the centres' under Partial FC.
-    pub fn grads(&self) -> Vec<Tensor> {
-        match self.slice {
-            Some(_) => self.opt.grads_except(&[ARCFACE]),
-            None => self.opt.grads(),
+        match &self.flat {
+            Some(flat) if flat.holds(&self.reduced_params()) => {
+                flat.zero();
+                self.opt.zero_grad_groups(self.not_reduced());
+            }
+            _ => self.opt.zero_grad(),
         }
     }
 
-    /// Every gradient (those of Partial FC's centres too): what loss scaling unscales.
+    /// The groups whose gradients are not all-reduced: Partial FC's centres (their
+    /// gradients are this rank's own).
+    fn not_reduced(&self) -> &'static [&'static str] {
+        if self.slice.is_some() {
+            &[ARCFACE]
+        } else {
+            &[]
+        }
+    }
+
+    fn reduced_params(&self) -> Vec<Tensor> {
+        self.opt.params_with_grad_except(self.not_reduced())
+    }
+
+    /// The gradients to all-reduce: all, or all but the centres' under Partial FC. Once
+    /// they all exist they live in one flat buffer (optim/flat.rs), returned whole; the
+    /// buffer is rebuilt when the set changes (a head's first gradient under `--alternate`).
+    pub fn grads(&mut self) -> Vec<Tensor> {
+        let params = self.reduced_params();
+        if !self.flat.as_ref().is_some_and(|f| f.holds(&params)) {
+            // Gradients that cannot share an f32 buffer stay apart.
+            self.flat = FlatGrads::adopt(&params).ok();
+        }
+        match &self.flat {
+            Some(flat) => vec![flat.buffer().shallow_clone()],
+            None => params.iter().map(Tensor::grad).collect(),
+        }
+    }
+
+    /// Every gradient (those of Partial FC's centres too): what loss scaling unscales, as
+    /// few tensors as the flat buffer allows.
     pub fn all_grads(&self) -> Vec<Tensor> {
-        self.opt.grads()
+        match &self.flat {
+            Some(flat) if flat.holds(&self.reduced_params()) => {
+                let mut out = vec![flat.buffer().shallow_clone()];
+                out.extend(self.opt.params_with_grad_in(self.not_reduced()).iter().map(Tensor::grad));
+                out
+            }
+            _ => self.opt.grads(),
+        }
     }
 
     pub fn slice(&self) -> Option<ClassSlice> {
