@@ -81,6 +81,42 @@ fn resume_after_kill_matches_an_uninterrupted_run() {
     }
 }
 
+/// `--channels-last` changes the memory order, not the model: the losses track the NCHW
+/// run's (to rounding, which grows over steps), and its checkpoints hold the usual
+/// layout: a resume from one continues bit for bit, and `eval` reads it.
+#[test]
+fn channels_last_trains_the_same_model_and_saves_the_usual_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, valid) = data(dir.path());
+    let out = dir.path().join("Model");
+    let run_to = |run: &str, steps: &str, nhwc: bool| {
+        let mut a = base_args("FR", &train, &out, run);
+        a.extend(["--max-steps", steps, "--save-every", "5"]);
+        if nhwc {
+            a.push("--channels-last");
+        }
+        run_ok(&a);
+    };
+    run_to("nchw", "10", false);
+    run_to("nhwc", "10", true);
+    run_to("nhwc-resumed", "5", true);
+    let resumed = out.join("nhwc-resumed");
+    run_ok(&["train", "--resume", s(&resumed), "--max-steps", "10"]);
+    let (nchw, nhwc) = (losses(&out.join("nchw"), "FR"), losses(&out.join("nhwc"), "FR"));
+    assert_eq!(losses(&resumed, "FR"), nhwc, "a resume from a channels-last checkpoint is not exact");
+    assert_eq!(nchw.len(), 10);
+    for (i, (x, y)) in nchw.iter().zip(&nhwc).enumerate() {
+        let tolerance = if i < 3 { 1e-4 } else { 2e-2 };
+        assert!((x - y).abs() <= tolerance * x.abs(), "step {}: NCHW {nchw:?}\nNHWC {nhwc:?}", i + 1);
+    }
+    let layout = |ckpt: &Path| -> Vec<(String, String, usize)> {
+        weights(ckpt).into_iter().map(|(name, dtype, data)| (name, dtype, data.len())).collect()
+    };
+    let last = "checkpoints/step-000000010";
+    assert_eq!(layout(&out.join("nchw").join(last)), layout(&resumed.join(last)));
+    run_ok(&["eval", s(&resumed), "--valid-sets", s(&valid), "--threads", "1"]);
+}
+
 fn weights(ckpt: &Path) -> Vec<(String, String, Vec<u8>)> {
     safetensors(&ckpt.join("model.safetensors"))
 }

@@ -2,6 +2,7 @@
 //! cross-entropy, backward, SGD) on a fixed synthetic batch, so only the model is timed.
 //! `benches/pytorch_train.py` is the same step in PyTorch; `benches/train.sh` runs both.
 
+use crate::model::input::channels_last;
 use crate::model::loss::cross_entropy;
 use crate::model::{Arch, Head, HeadConfig, Net, Task};
 use crate::optim::{groups_by_prefix, Optimizer};
@@ -105,11 +106,11 @@ pub fn measure(a: &TrainBenchArgs, device: Device) -> Result<TrainBench> {
     let mut opt = Optimizer::sgd(groups_by_prefix(&vs, &spec), 0.9);
     let mut x = Tensor::randn([a.batch_size, 3, a.size, a.size], (Kind::Float, device));
     if a.channels_last {
-        x = to_channels_last(&x);
+        x = channels_last(&x);
         tch::no_grad(|| {
             for (_, mut v) in vs.variables() {
                 if v.dim() == 4 {
-                    let nhwc = to_channels_last(&v);
+                    let nhwc = channels_last(&v);
                     v.set_data(&nhwc);
                 }
             }
@@ -152,8 +153,4 @@ pub fn measure(a: &TrainBenchArgs, device: Device) -> Result<TrainBench> {
     }
     r.cpu_secs = cpu_start.zip(cpu_seconds()).map(|(s, e)| e - s);
     Ok(r)
-}
-
-fn to_channels_last(t: &Tensor) -> Tensor {
-    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }

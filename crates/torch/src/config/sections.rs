@@ -45,6 +45,10 @@ pub struct ModelConfig {
     /// Square input size in pixels (the seed used 224).
     #[arg(long, default_value_t = 112, value_parser = bounds::int::<usize>(16, bounds::MAX_SIDE))]
     pub size: usize,
+    /// Convolutions in NHWC memory order (faster with tensor cores); checkpoints keep the
+    /// usual layout.
+    #[arg(long)]
+    pub channels_last: bool,
     /// Start from these weights (a run dir, a checkpoint dir or .safetensors); matching names load,
     /// e.g. an FR backbone for a Gender run.
     #[arg(long)]

@@ -3,6 +3,11 @@
 use tch::{Device, Tensor};
 use trainer_data::pipeline::Batch;
 
+/// `t` (NCHW) in channels-last memory order, same shape and values.
+pub fn channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
 /// A batch's images as an NCHW tensor on `device`.
 pub fn images(b: &Batch, device: Device) -> Tensor {
     let s = b.size as i64;

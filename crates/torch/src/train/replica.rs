@@ -48,6 +48,19 @@ pub struct Replica {
 /// The optimiser group, and variable prefix, of the ArcFace centres.
 const ARCFACE: &str = "arcface";
 
+/// `--channels-last`: every 4-D weight in NHWC memory order (same values), so the
+/// convolutions run on NHWC inputs without converting.
+fn to_channels_last(vs: &VarStore) {
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            if v.dim() == 4 {
+                let nhwc = crate::model::input::channels_last(&v);
+                v.set_data(&nhwc);
+            }
+        }
+    });
+}
+
 /// Parameters and optimiser state copied to host memory: the state a rollback returns to.
 pub struct Snapshot {
     params: Vec<(String, Tensor)>,
@@ -77,6 +90,9 @@ impl Replica {
         let opt = Optimizer::new(groups_by_prefix(&vs, &spec), rule);
         if let Some(init) = &cfg.model.init {
             load_init(&mut vs, init, slice.map(|s| (s, num_classes)))?;
+        }
+        if cfg.model.channels_last {
+            to_channels_last(&vs);
         }
         Ok(Replica { vs, net, opt, device, slice, flat: None })
     }
@@ -218,8 +234,12 @@ impl Replica {
             optim.retain(|(n, _)| n != name);
             optim.push((name.clone(), full.shallow_clone()));
         }
-        Tensor::write_safetensors(&model, dir.join(checkpoint::MODEL_FILE))?;
-        Tensor::write_safetensors(&optim, dir.join(checkpoint::OPTIM_FILE))?;
+        // Files hold the usual (contiguous NCHW) layout whatever the memory order here.
+        let plain = |named: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> {
+            named.into_iter().map(|(n, t)| (n, t.contiguous())).collect()
+        };
+        Tensor::write_safetensors(&plain(model), dir.join(checkpoint::MODEL_FILE))?;
+        Tensor::write_safetensors(&plain(optim), dir.join(checkpoint::OPTIM_FILE))?;
         Ok(())
     }
 

@@ -62,6 +62,7 @@ pub fn head_loss(net: &Net, cfg: &TrainConfig, head: Head, feats: &Tensor, y: &T
 /// gathered embeddings' gradients back into this rank's backbone.
 pub fn losses(net: &Net, cfg: &TrainConfig, parts: &[Part], device: Device, pfc: Option<&PfcStep>) -> Result<Losses> {
     let x = Tensor::cat(&parts.iter().map(|p| crate::model::input::images(&p.batch, device)).collect::<Vec<_>>(), 0);
+    let x = if cfg.model.channels_last { crate::model::input::channels_last(&x) } else { x };
     let amp = cfg.optim.amp && device.is_cuda();
     // libtorch 2.11 warns on every autocast toggle, so toggle only when asked to.
     let backbone = |train| match amp {

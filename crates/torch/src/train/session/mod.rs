@@ -76,6 +76,10 @@ struct Data {
 impl Session {
     pub fn start(mut cfg: TrainConfig, resume: Option<&Path>, launch: &LaunchInfo, how: Claiming) -> Result<Session> {
         let device = cfg.run.device.resolve(launch)?;
+        if device.is_cuda() {
+            // Fixed input size: cuDNN's benchmarked algorithm choice pays from the second step.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
         let threads = cfg.run.threads.unwrap_or_else(|| setup::default_threads(launch.local_world));
         tch::set_num_threads(threads as i32);
         let comm = dist::init(launch, device, cfg.comm.options())?;
