@@ -3,8 +3,10 @@
 #   cargo build --release -p trainer -p trainer-torch --no-default-features --features trainer-torch/nccl   (here)
 #   carry target/release/trainer and trainer-torch, run `bash launch/gpu-check.sh` there.
 # Measures: ResNet-50 112px training images/s with and without --amp beside PyTorch on the
-# same GPU; a 1-rank NCCL all-reduce (correctness and bandwidth); the ArcFace head replicated
-# and under Partial FC; a short FR run on the GPU;
+# same GPU; a 1-rank NCCL all-reduce (correctness and bandwidth, flat buffer vs buckets);
+# the ArcFace head replicated and under Partial FC through a 1-rank NCCL communicator; a
+# short FR run on the GPU, then again with --amp --partial-fc --channels-last (images/s and
+# host_syncs per log interval, end to end with the data pipeline);
 # and the CPU trainer-vs-PyTorch comparison on that machine's idle cores.
 # Uses that machine's PyTorch (TORCH_PY, default /opt/torch/.venv). Log: $OUT/gpu_check.log.
 set -uo pipefail
@@ -27,7 +29,7 @@ TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 
 echo "== NCCL, 1 rank"
 timeout 40 $T bench allreduce --device cuda --check
 timeout 40 $T bench allreduce --device cuda --iters 20
-echo "== ArcFace head, 1 rank: replicated vs Partial FC's code path (NCCL all-gather and all-reduces)"
+echo "== ArcFace head, 1-rank NCCL communicator: replicated vs Partial FC (NCCL all-gather and all-reduces)"
 timeout 90 $T bench head --device cuda --classes 100000,1000000 --emb-dim 512 --batch-size 128
 
 echo "== short FR run on the GPU"
@@ -40,6 +42,11 @@ RUST_LOG=info timeout 130 $T train FR --arch resnet50 --size 112 --batch-size 12
   --train-sets "$work/shards/fr" --valid-sets "$work/shards/frv" --workers 12 --max-steps 200 --log-every 25 \
   --valid-every 200 --save-every 200 --out "$work/Model" --run-id gpu 2>&1 | grep -E "step|verification|error"
 grep -E '"images_per_s"|"valid"' "$work/Model/gpu/log.txt" | tail -4
+echo "== the same run with --amp --partial-fc --channels-last (100 steps)"
+RUST_LOG=info timeout 100 $T train FR --arch resnet50 --size 112 --batch-size 128 --lr 0.1 --device cuda:0 \
+  --amp --partial-fc --channels-last --train-sets "$work/shards/fr" --workers 12 --max-steps 100 --log-every 25 \
+  --save-every 100 --out "$work/Model" --run-id gpu-amp 2>&1 | grep -E "step|error"
+grep -oE '"host_syncs":[0-9]+|"images_per_s":[0-9.]+|"loss_scale":[0-9.e+]+' "$work/Model/gpu-amp/log.txt" | paste -sd' '
 
 echo "== ResNet-50 112px batch 16, CPU 2 threads (trainer vs PyTorch, idle cores)"
-TRAINER=$T PYTHON=$TORCH_PY DEVICE=cpu BATCH=16 THREADS=2 STEPS=6 WARMUP=2 REPEATS=3 timeout 120 bash benches/train.sh
+TRAINER=$T PYTHON=$TORCH_PY DEVICE=cpu BATCH=16 THREADS=2 STEPS=6 WARMUP=2 REPEATS=2 timeout 90 bash benches/train.sh

@@ -45,7 +45,7 @@ pub fn run(a: AllreduceArgs) -> Result<()> {
     let opts = a.comm.options();
     let result = if a.check {
         let faults = selftest::Faults { die_rank: a.die_rank, hang_rank: a.hang_rank };
-        selftest::run(device, &opts, faults, |o| comm(device, &info, o)).map(|line| println!("{line}"))
+        selftest::run(device, &opts, faults, |o| super::communicator(device, &info, o)).map(|line| println!("{line}"))
     } else {
         bench(&a, &info, device, &opts)
     };
@@ -57,16 +57,6 @@ pub fn run(a: AllreduceArgs) -> Result<()> {
         Err(e) if info.world > 1 => dist::abort_job(&format!("error: {e:#}")),
         Err(e) => Err(e),
     }
-}
-
-/// Like `dist::init`, but a single process with `--device cuda` still gets NCCL (a 1-rank
-/// communicator), so one GPU can measure it.
-fn comm(device: Device, info: &LaunchInfo, opts: CommOptions) -> Result<Box<dyn Comm>> {
-    #[cfg(feature = "nccl")]
-    if device.is_cuda() && info.world == 1 {
-        return Ok(Box::new(dist::nccl::Nccl::new(Box::new(dist::single::Single), device, opts)?));
-    }
-    dist::init(info, device, opts)
 }
 
 fn gradients(mb: f64, device: Device) -> (String, Vec<Tensor>) {
@@ -117,7 +107,7 @@ fn bench(a: &AllreduceArgs, info: &LaunchInfo, device: Device, opts: &CommOption
     let (label, grads) = gradients(a.mb, device);
     let numel: usize = grads.iter().map(|t| t.numel()).sum();
     let bytes = (numel * 4) as f64;
-    let bucketed = comm(device, info, opts.clone())?;
+    let bucketed = super::communicator(device, info, opts.clone())?;
     let (n, rank0) = (bucketed.world() as f64, bucketed.rank() == 0);
     let say = |line: String| {
         if rank0 {
@@ -144,9 +134,17 @@ fn bench(a: &AllreduceArgs, info: &LaunchInfo, device: Device, opts: &CommOption
     let flat = vec![Tensor::cat(&grads.iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(), 0)];
     let buckets = dist::bucket::plan(&dist::bucket::numels(&grads), opts.bucket_bytes).len();
     let variants = [
-        (format!("flat buffer ({} MiB slices)", a.comm.bucket_mb), comm(device, info, opts.clone())?, &flat),
+        (
+            format!("flat buffer ({} MiB slices)", a.comm.bucket_mb),
+            super::communicator(device, info, opts.clone())?,
+            &flat,
+        ),
         (format!("bucketed ({} MiB, {buckets} buckets)", a.comm.bucket_mb), bucketed, &grads),
-        (format!("per-tensor ({} all-reduces)", grads.len()), comm(device, info, per_tensor_opts)?, &grads),
+        (
+            format!("per-tensor ({} all-reduces)", grads.len()),
+            super::communicator(device, info, per_tensor_opts)?,
+            &grads,
+        ),
     ];
     let mut best = f64::INFINITY;
     for (name, c, tensors) in &variants {

@@ -54,7 +54,8 @@ pub fn run(a: HeadBenchArgs) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     tch::set_num_threads((cores / info.local_world).max(1) as i32);
     let device = a.device.resolve(&info)?;
-    let comm = dist::init(&info, device, CommOptions { timeout: Duration::from_secs(600), ..Default::default() })?;
+    let opts = CommOptions { timeout: Duration::from_secs(600), ..Default::default() };
+    let comm = super::communicator(device, &info, opts)?;
     let result = measure_all(&a, &*comm, device);
     // The communicator's MPI objects must go before MPI_Finalize.
     drop(comm);
