@@ -60,7 +60,7 @@ impl Rule {
 /// group has had (plateau decays, rollback shrinks), saved with the optimiser state.
 pub struct ParamGroup {
     pub name: String,
-    pub params: Vec<Tensor>,
+    params: Vec<Tensor>,
     pub lr: f64,
     pub weight_decay: f64,
     scale: f64,
