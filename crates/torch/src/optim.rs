@@ -12,6 +12,7 @@
 
 mod adamw;
 pub mod flat;
+mod scalars;
 #[cfg(test)]
 mod twin_test;
 
@@ -87,6 +88,8 @@ pub struct Optimizer {
     buffers: Vec<Vec<Option<Tensor>>>,
     /// AdamW's moments, likewise.
     moments: Vec<Vec<Option<Moments>>>,
+    /// SGD's factors per group, on the device.
+    scalars: Vec<scalars::DeviceScalars>,
 }
 
 /// Where a state tensor's name says it holds a group's lr scale, not a momentum buffer.
@@ -100,7 +103,8 @@ fn empty<T>(groups: &[ParamGroup]) -> Vec<Vec<Option<T>>> {
 impl Optimizer {
     pub fn new(groups: Vec<ParamGroup>, rule: Rule) -> Optimizer {
         let (buffers, moments) = (empty(&groups), empty(&groups));
-        Optimizer { groups, rule, factor: 1.0, buffers, moments }
+        let scalars = groups.iter().map(|_| Default::default()).collect();
+        Optimizer { groups, rule, factor: 1.0, buffers, moments, scalars }
     }
 
     /// SGD with this momentum.
@@ -157,24 +161,24 @@ impl Optimizer {
     fn update_sgd(&mut self, momentum: f64, selected: impl Fn(&ParamGroup) -> bool) {
         let schedule = self.factor;
         tch::no_grad(|| {
-            for (group, bufs) in self.groups.iter_mut().zip(&mut self.buffers) {
+            for ((group, bufs), scalars) in self.groups.iter_mut().zip(&mut self.buffers).zip(&mut self.scalars) {
                 let Some(first) = group.params.first() else { continue };
                 if !selected(group) {
                     continue;
                 }
-                let factor = |v: f64| Tensor::from(v).to_kind(first.kind()).to_device(first.device());
-                let (wd, m, neg_lr) =
-                    (factor(group.weight_decay), factor(momentum), factor(-group.current_lr() * schedule));
+                let values = [group.weight_decay, momentum, -group.current_lr() * schedule];
+                let factors = scalars.get(&values, first);
+                let (wd, m, neg_lr) = (&factors[0], &factors[1], &factors[2]);
                 for (p, buf) in group.params.iter_mut().zip(bufs.iter_mut()) {
                     let grad = p.grad();
                     if !grad.defined() {
                         continue;
                     }
-                    let mut d = if group.weight_decay != 0.0 { grad.addcmul(p, &wd) } else { grad.copy() };
+                    let mut d = if group.weight_decay != 0.0 { grad.addcmul(p, wd) } else { grad.copy() };
                     if let (Some(b), true) = (buf.as_ref(), momentum != 0.0) {
-                        let _ = d.addcmul_(b, &m);
+                        let _ = d.addcmul_(b, m);
                     }
-                    let _ = p.addcmul_(&d, &neg_lr);
+                    let _ = p.addcmul_(&d, neg_lr);
                     *buf = Some(d);
                 }
             }
