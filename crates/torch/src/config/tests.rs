@@ -99,7 +99,10 @@ fn iresnet_needs_112_and_margins_parse() {
     assert!(msg.contains("--size 112"), "{msg}");
     let cfg =
         resolve(None, &["--train-sets", "a", "--arch", "iresnet100", "--margin", "cosface", "--m3", "0.4"]).unwrap();
-    assert_eq!((cfg.model.arch, cfg.heads.margin().unwrap()), (Arch::Iresnet100, crate::model::Margin::cosface(0.4)));
+    assert_eq!(
+        (cfg.model.arch, cfg.heads.margin().unwrap()),
+        (Arch::Iresnet100, crate::model::Margin::cosface(0.4).into())
+    );
     assert!(resolve(None, &["--train-sets", "a", "--margin", "arcface", "--m1", "1.2"]).is_err());
     assert!(format!("{:#}", resolve(None, &["--train-sets", "a", "--schedule", "poly"]).unwrap_err())
         .contains("--max-steps"));
@@ -117,7 +120,7 @@ fn the_arcface_torch_recipe_resolves() {
     );
     assert_eq!(
         (cfg.data.batch_size, cfg.heads.margin().unwrap(), cfg.heads.fr_dropout),
-        (128, crate::model::Margin::arcface(0.5), 0.0)
+        (128, crate::model::Margin::arcface(0.5).into(), 0.0)
     );
 }
 
