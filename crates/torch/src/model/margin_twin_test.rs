@@ -35,7 +35,7 @@ fn embeddings(k: usize) -> Tensor {
     let rows: Vec<Tensor> = (0..6)
         .map(|i| {
             let side: Vec<f32> = (0..4).map(|j| (((i * 7 + j * 3 + k * 5) as f32) * 0.37).sin() * 0.4).collect();
-            let dir = w.get(LABELS[i] as i64) * lean[i] as f64 + Tensor::from_slice(&side);
+            let dir = w.get(LABELS[i]) * lean[i] as f64 + Tensor::from_slice(&side);
             normalize_rows(&dir.unsqueeze(0)) * (norm[i] as f64 * (1.0 + k as f64 / 10.0))
         })
         .collect();
