@@ -148,7 +148,7 @@ fn replicated_step(a: &HeadBenchArgs, comm: &dyn Comm, device: Device, classes: 
     let (emb, labels) = batch(a, comm, device, classes);
     let step_s = time_steps(comm, a.iters, |_| {
         opt.zero_grad();
-        cross_entropy(&arc.logits_on(&emb, &labels, None), &labels).backward();
+        cross_entropy(&arc.logits_on(&emb, &labels, None)?, &labels).backward();
         comm.all_reduce_mean(&opt.grads())?;
         opt.step();
         Ok(())

@@ -23,6 +23,8 @@ const MEANINGFUL: &[(&str, &str)] = &[
     ("wd-gender", "0"),
     ("wd-age", "0"),
     ("max-rollbacks", "0"),
+    // MagFace without its feature-norm regulariser.
+    ("magface-lambda", "0"),
     ("fr-dropout", "0"),
     ("gender-dropout", "0"),
     ("age-dropout", "0"),

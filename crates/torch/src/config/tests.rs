@@ -99,7 +99,10 @@ fn iresnet_needs_112_and_margins_parse() {
     assert!(msg.contains("--size 112"), "{msg}");
     let cfg =
         resolve(None, &["--train-sets", "a", "--arch", "iresnet100", "--margin", "cosface", "--m3", "0.4"]).unwrap();
-    assert_eq!((cfg.model.arch, cfg.heads.margin().unwrap()), (Arch::Iresnet100, crate::model::Margin::cosface(0.4)));
+    assert_eq!(
+        (cfg.model.arch, cfg.heads.margin().unwrap()),
+        (Arch::Iresnet100, crate::model::Margin::cosface(0.4).into())
+    );
     assert!(resolve(None, &["--train-sets", "a", "--margin", "arcface", "--m1", "1.2"]).is_err());
     assert!(format!("{:#}", resolve(None, &["--train-sets", "a", "--schedule", "poly"]).unwrap_err())
         .contains("--max-steps"));
@@ -117,8 +120,37 @@ fn the_arcface_torch_recipe_resolves() {
     );
     assert_eq!(
         (cfg.data.batch_size, cfg.heads.margin().unwrap(), cfg.heads.fr_dropout),
-        (128, crate::model::Margin::arcface(0.5), 0.0)
+        (128, crate::model::Margin::arcface(0.5).into(), 0.0)
     );
+}
+
+/// arcface_torch's ms1mv3_mbf and ms1mv3_r100 configs, in this project's sections: every
+/// value they set, and their 40 and 25 epochs on 8 ranks as steps.
+#[test]
+fn the_ms1mv3_recipes_resolve_to_arcface_torch_settings() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../training");
+    for (file, arch, lr, wd, steps) in
+        [("ms1mv3-mbf.toml", Arch::Mbf, 0.1, 1e-4, 202_320), ("ms1mv3-r100.toml", Arch::Iresnet100, 0.2, 5e-4, 126_450)]
+    {
+        let cfg = resolve(Some(&dir.join(file)), &["--train-sets", "a"]).unwrap();
+        assert_eq!(
+            (cfg.model.arch, cfg.model.size, cfg.model.partial_fc, cfg.model.sample_rate),
+            (arch, 112, true, 1.0)
+        );
+        assert_eq!(
+            (cfg.heads.emb_dim, cfg.heads.s, cfg.heads.margin().unwrap()),
+            (512, 64.0, crate::model::Margin::arcface(0.5).into())
+        );
+        let o = &cfg.optim;
+        assert_eq!(
+            (o.lr, o.momentum, o.wd_backbone, o.wd_fr, o.clip_grad_norm, o.amp),
+            (lr, 0.9, wd, wd, Some(5.0), true)
+        );
+        assert_eq!(
+            (cfg.data.batch_size, cfg.schedule.schedule, cfg.schedule.warmup_steps, cfg.schedule.max_steps),
+            (128, Schedule::Poly, 0, Some(steps))
+        );
+    }
 }
 
 #[test]

@@ -6,10 +6,13 @@
 //! `easy_margin = False` form (`arcface_torch` `ArcFace`: `where(cos > cos(π−m), cos(θ+m),
 //! cos − sin(π−m)·m)`), since `sin(π − m) = sin m`.
 
-use super::margin::Margin;
+use super::adaptive_margin::{BatchRows, FrMargin, MarginState, Spread};
+use super::loss::cross_entropy;
 use super::partial_fc::ClassSlice;
+use crate::dist::{single::Single, Comm};
+use anyhow::Result;
 use tch::nn::{self, Init};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// Margin logits from cosines `[N, C]` and labels `[N]` (i64). Rows with label `-1` keep
 /// plain `s·cos θ` (no margin), so masked records can pass through unchanged.
@@ -30,21 +33,24 @@ pub fn arcface_logits(cos: &Tensor, labels: &Tensor, s: f64, m: f64) -> Tensor {
 
 /// The ArcFace layer: a class-centre matrix `weight [classes, emb_dim]` whose rows are
 /// L2-normalised on use, so `emb · Wᵀ` is the cosine for normalised embeddings. The margin
-/// is `--margin`'s (ArcFace's by default).
+/// is `--margin`'s (ArcFace's by default), with its running statistics if it has some.
 #[derive(Debug)]
 pub struct ArcFace {
     weight: Tensor,
     s: f64,
-    margin: Margin,
+    margin: FrMargin,
+    state: MarginState,
     /// Identities over all ranks (Partial FC holds only some of their centres).
     classes: usize,
 }
 
 impl ArcFace {
     /// insightface initialises the centres from N(0, 0.01).
-    pub fn new(p: &nn::Path, classes: usize, emb_dim: usize, s: f64, margin: Margin) -> ArcFace {
+    pub fn new(p: &nn::Path, classes: usize, emb_dim: usize, s: f64, margin: impl Into<FrMargin>) -> ArcFace {
         let weight = p.var("weight", &[classes as i64, emb_dim as i64], Init::Randn { mean: 0., stdev: 0.01 });
-        ArcFace { weight, s, margin, classes }
+        let margin = margin.into();
+        let state = MarginState::new(None, &margin, p.device());
+        ArcFace { weight, s, margin, state, classes }
     }
 
     /// Partial FC: only `slice` of the centres, drawn as the whole matrix would be (so a
@@ -55,22 +61,83 @@ impl ArcFace {
         slice: ClassSlice,
         emb_dim: usize,
         s: f64,
-        margin: Margin,
+        margin: impl Into<FrMargin>,
     ) -> ArcFace {
         let full = Tensor::randn([classes as i64, emb_dim as i64], (tch::Kind::Float, p.device())) * 0.01 + 0.0;
         let weight = p.var_copy("weight", &full.narrow(0, slice.start as i64, slice.len as i64));
-        ArcFace { weight, s, margin, classes }
+        let margin = margin.into();
+        let state = MarginState::new(None, &margin, p.device());
+        ArcFace { weight, s, margin, state, classes }
+    }
+
+    /// Keeps the margin's running statistics as buffers under `p` (`margin.*`), so
+    /// checkpoints, resumes and rollbacks carry them.
+    pub fn with_state(self, p: &nn::Path) -> ArcFace {
+        ArcFace { state: MarginState::new(Some(p), &self.margin, p.device()), ..self }
+    }
+
+    /// The margin's running statistics (empty for a margin without any).
+    pub fn margin_state(&self) -> Vec<f64> {
+        self.state.values()
+    }
+
+    /// Training logits `[N, rows]` of embeddings `emb` (unnormalised: their norms feed the
+    /// adaptive margins), labels as `columns` of the centres scored, `valid` the rows
+    /// labelled anywhere. The running statistics take the batch in first.
+    pub fn train_logits(
+        &self,
+        emb: &Tensor,
+        columns: &Tensor,
+        valid: &Tensor,
+        rows: Option<&Tensor>,
+        spread: Spread,
+    ) -> Result<Tensor> {
+        let (cos, norms) = (self.cosine_on(emb, rows), row_norms(emb));
+        let batch = BatchRows { cos: &cos, columns, valid, norms: &norms, spread };
+        self.state.observe(&self.margin, &batch)?;
+        self.margin.logits(&self.state, &batch, self.s)
+    }
+
+    /// The replicated head's FR loss on this rank's rows (global labels): cross-entropy on
+    /// the margin logits, plus MagFace's regulariser, each a mean over labelled rows.
+    pub fn loss(&self, emb: &Tensor, labels: &Tensor, comm: &dyn Comm) -> Result<Tensor> {
+        let valid = labels.ge(0);
+        let logits = self.train_logits(emb, labels, &valid, None, Spread::Shares(comm))?;
+        let ce = cross_entropy(&logits, labels);
+        Ok(match self.regulariser(emb, &valid) {
+            Some(sum) => ce + sum / valid.to_kind(Kind::Float).sum(Kind::Float).clamp_min(1.0),
+            None => ce,
+        })
+    }
+
+    /// MagFace's λ_g·g(‖z‖) summed over `valid` rows of `emb`, with its graph.
+    pub fn regulariser(&self, emb: &Tensor, valid: &Tensor) -> Option<Tensor> {
+        let g = self.margin.magface()?.regulariser(&row_norms(emb));
+        Some(g.where_self(valid, &g.zeros_like()).sum(Kind::Float))
     }
 
     /// Margin logits `[N, rows]` against some of the centres (`rows`, or all), for labels
     /// given as columns of those rows (-1: no margin in this row set).
-    pub fn logits_on(&self, emb: &Tensor, labels: &Tensor, rows: Option<&Tensor>) -> Tensor {
+    /// The running statistics are used as they are, not updated.
+    pub fn logits_on(&self, emb: &Tensor, labels: &Tensor, rows: Option<&Tensor>) -> Result<Tensor> {
+        let (cos, norms) = (self.cosine_on(emb, rows), row_norms(emb));
+        let batch = BatchRows {
+            cos: &cos,
+            columns: labels,
+            valid: &labels.ge(0),
+            norms: &norms,
+            spread: Spread::Shares(&Single),
+        };
+        self.margin.logits(&self.state, &batch, self.s)
+    }
+
+    /// Cosines `[N, rows]` of embeddings to some centres (or all).
+    fn cosine_on(&self, emb: &Tensor, rows: Option<&Tensor>) -> Tensor {
         let w = match rows {
             Some(r) => self.weight.index_select(0, r),
             None => self.weight.shallow_clone(),
         };
-        let cos = normalize_rows(emb).matmul(&normalize_rows(&w.to_kind(emb.kind())).tr());
-        self.margin.logits(&cos, labels, self.s)
+        normalize_rows(emb).matmul(&normalize_rows(&w.to_kind(emb.kind())).tr())
     }
 
     /// Cosine of every embedding to every class centre (both normalised here).
@@ -79,15 +146,20 @@ impl ArcFace {
         normalize_rows(emb).matmul(&w.tr())
     }
 
-    /// Scaled margin logits `[N, classes]` for training with cross-entropy.
-    pub fn logits(&self, emb: &Tensor, labels: &Tensor) -> Tensor {
-        self.margin.logits(&self.cosine(emb), labels, self.s)
+    /// Scaled margin logits `[N, classes]` (running statistics as they are).
+    pub fn logits(&self, emb: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        self.logits_on(emb, labels, None)
     }
 
     /// Identities over all ranks.
     pub fn classes(&self) -> usize {
         self.classes
     }
+}
+
+/// ‖x‖₂ per row `[N]`.
+fn row_norms(x: &Tensor) -> Tensor {
+    x.norm_scalaropt_dim(2, [1i64].as_slice(), false)
 }
 
 /// `x / max(‖x‖₂, 1e-12)` per row, as `torch.nn.functional.normalize`.

@@ -1,6 +1,7 @@
 //! Task heads on the pooled backbone features: the FR embedding head (followed by ArcFace)
 //! and the Gender/Age classifiers, all sized by `HeadConfig`.
 
+use super::adaptive_margin::{self, AdaFace, CurricularFace, FrMargin, MagFace};
 use super::layers::BatchNorm;
 use super::margin::{Margin, MarginKind};
 use tch::nn::{self, ModuleT};
@@ -28,18 +29,35 @@ pub struct HeadConfig {
     #[arg(long = "arc-m", default_value_t = 0.5, value_parser = bounds::below(0.0, std::f64::consts::PI))]
     pub m: f64,
     /// Margin on the true class, cos(m1·θ + m2) − m3: arcface (1, --arc-m, 0), cosface
-    /// (1, 0, 0.35) or combined (1, 0.3, 0.2); --m1/--m2/--m3 override the terms.
+    /// (1, 0, 0.35) or combined (1, 0.3, 0.2); --m1/--m2/--m3 override the terms. Adaptive:
+    /// adaface (m = --m2, 0.4), magface (--magface-*), curricularface (m = --m2, 0.5).
     #[arg(long, value_enum)]
     pub margin: Option<MarginKind>,
     /// Multiplicative angular margin m1 (combined only).
     #[arg(long, value_parser = bounds::positive(16.0))]
     pub m1: Option<f64>,
-    /// Additive angular margin m2, radians (arcface, combined).
+    /// Additive angular margin m2, radians (arcface, combined; adaface's and
+    /// curricularface's m).
     #[arg(long, value_parser = bounds::below(0.0, std::f64::consts::PI))]
     pub m2: Option<f64>,
     /// Additive cosine margin m3 (cosface, combined).
     #[arg(long, value_parser = bounds::real(0.0, 2.0, false))]
     pub m3: Option<f64>,
+    /// AdaFace's h: how far one standard deviation of the feature norm moves its margin.
+    #[arg(long, default_value_t = 0.333, value_parser = bounds::real(0.0, 100.0, true))]
+    pub adaface_h: f64,
+    /// AdaFace's t_alpha: each batch's weight in the running mean and std of the norms.
+    #[arg(long, default_value_t = 0.01, value_parser = bounds::real(0.0, 1.0, true))]
+    pub adaface_alpha: f64,
+    /// MagFace's feature-norm range l_a,u_a over which its margin rises.
+    #[arg(long, value_parser = adaptive_margin::parse_pair, default_value = "10,110")]
+    pub magface_norms: [f64; 2],
+    /// MagFace's margin range l_m,u_m (radians) at l_a and u_a.
+    #[arg(long, value_parser = adaptive_margin::parse_pair, default_value = "0.45,0.8")]
+    pub magface_margins: [f64; 2],
+    /// MagFace's λ_g: weight of its feature-norm regulariser g(a) = 1/a + a/u_a².
+    #[arg(long, default_value_t = 35.0, value_parser = bounds::real(0.0, 1e4, false))]
+    pub magface_lambda: f64,
     /// Hidden layer widths of the Gender head, e.g. 512 or 512,256.
     #[arg(long, value_delimiter = ',', default_values_t = [512], value_parser = bounds::count::<usize>(1 << 16))]
     pub gender_hidden: Vec<usize>,
@@ -72,10 +90,33 @@ impl Default for HeadConfig {
 impl HeadConfig {
     /// The margin the FR loss applies: `--margin`'s kind (ArcFace by default, whose m2 is
     /// `--arc-m` unless `--m2` is given) with the terms typed.
-    pub fn margin(&self) -> anyhow::Result<Margin> {
+    pub fn margin(&self) -> anyhow::Result<FrMargin> {
         let kind = self.margin.unwrap_or(MarginKind::Arcface);
-        let m2 = self.m2.or((kind == MarginKind::Arcface).then_some(self.m));
-        Margin::from_flags(kind, self.m1, m2, self.m3)
+        let terms = |allowed: &[&str]| {
+            let given = [("m1", self.m1), ("m2", self.m2), ("m3", self.m3)];
+            match given.iter().find(|(n, v)| v.is_some() && !allowed.contains(n)) {
+                Some((n, _)) => anyhow::bail!("--margin {} takes no --{n}", kind.name()),
+                None => Ok(()),
+            }
+        };
+        Ok(match kind {
+            MarginKind::Adaface => {
+                terms(&["m2"])?;
+                FrMargin::AdaFace(AdaFace::new(self.m2.unwrap_or(0.4), self.adaface_h, self.adaface_alpha)?)
+            }
+            MarginKind::Magface => {
+                terms(&[])?;
+                FrMargin::MagFace(MagFace::new(self.magface_norms, self.magface_margins, self.magface_lambda)?)
+            }
+            MarginKind::Curricularface => {
+                terms(&["m2"])?;
+                FrMargin::Curricular(CurricularFace::new(self.m2.unwrap_or(0.5))?)
+            }
+            _ => {
+                let m2 = self.m2.or((kind == MarginKind::Arcface).then_some(self.m));
+                FrMargin::Fixed(Margin::from_flags(kind, self.m1, m2, self.m3)?)
+            }
+        })
     }
 }
 
@@ -177,9 +218,9 @@ mod tests {
 
     #[test]
     fn margin_kinds_and_the_arc_m_alias() {
-        assert_eq!(HeadConfig { m: 0.3, ..Default::default() }.margin().unwrap(), Margin::arcface(0.3));
+        assert_eq!(HeadConfig { m: 0.3, ..Default::default() }.margin().unwrap(), Margin::arcface(0.3).into());
         let cos = HeadConfig { margin: Some(MarginKind::Cosface), m3: Some(0.4), ..Default::default() };
-        assert_eq!(cos.margin().unwrap(), Margin::cosface(0.4));
+        assert_eq!(cos.margin().unwrap(), Margin::cosface(0.4).into());
         let comb = HeadConfig {
             margin: Some(MarginKind::Combined),
             m1: Some(0.9),
@@ -187,7 +228,31 @@ mod tests {
             m3: Some(0.15),
             ..Default::default()
         };
-        assert_eq!(comb.margin().unwrap(), Margin { m1: 0.9, m2: 0.4, m3: 0.15 });
+        assert_eq!(comb.margin().unwrap(), Margin { m1: 0.9, m2: 0.4, m3: 0.15 }.into());
+    }
+
+    /// The adaptive kinds take their published defaults, --m2 where it is their m, and
+    /// refuse the terms they do not have.
+    #[test]
+    fn adaptive_kinds_and_their_defaults() {
+        let kind = |k, m2| HeadConfig { margin: Some(k), m2, ..Default::default() }.margin();
+        assert_eq!(
+            kind(MarginKind::Adaface, None).unwrap(),
+            FrMargin::AdaFace(AdaFace { m: 0.4, h: 0.333, alpha: 0.01 })
+        );
+        assert_eq!(
+            kind(MarginKind::Magface, None).unwrap(),
+            FrMargin::MagFace(MagFace { norms: [10.0, 110.0], margins: [0.45, 0.8], lambda: 35.0 })
+        );
+        assert_eq!(kind(MarginKind::Curricularface, None).unwrap(), FrMargin::Curricular(CurricularFace { m: 0.5 }));
+        assert_eq!(
+            kind(MarginKind::Curricularface, Some(0.3)).unwrap(),
+            FrMargin::Curricular(CurricularFace { m: 0.3 })
+        );
+        let err = kind(MarginKind::Magface, Some(0.3)).unwrap_err().to_string();
+        assert!(err.contains("magface takes no --m2"), "{err}");
+        let bad = HeadConfig { margin: Some(MarginKind::Magface), magface_norms: [110.0, 10.0], ..Default::default() };
+        assert!(bad.margin().unwrap_err().to_string().contains("--magface-norms"));
     }
 
     #[test]

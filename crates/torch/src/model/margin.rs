@@ -28,6 +28,12 @@ pub enum MarginKind {
     Cosface,
     /// All three terms: (1, 0.3, 0.2) unless given.
     Combined,
+    /// AdaFace: the margin moves with the feature norm (m = --m2, 0.4).
+    Adaface,
+    /// MagFace: the margin rises with the feature norm, plus its norm regulariser.
+    Magface,
+    /// CurricularFace: ArcFace's target (m = --m2, 0.5), hard negatives reweighted.
+    Curricularface,
 }
 
 /// The three margin terms: multiplicative angular `m1`, additive angular `m2` (radians) and
@@ -46,14 +52,19 @@ impl MarginKind {
             MarginKind::Arcface => "arcface",
             MarginKind::Cosface => "cosface",
             MarginKind::Combined => "combined",
+            MarginKind::Adaface => "adaface",
+            MarginKind::Magface => "magface",
+            MarginKind::Curricularface => "curricularface",
         }
     }
 
-    pub fn defaults(self) -> Margin {
+    /// The terms of a fixed margin (None for the adaptive ones, `adaptive_margin.rs`).
+    pub fn defaults(self) -> Option<Margin> {
         match self {
-            MarginKind::Arcface => Margin { m1: 1.0, m2: 0.5, m3: 0.0 },
-            MarginKind::Cosface => Margin { m1: 1.0, m2: 0.0, m3: 0.35 },
-            MarginKind::Combined => Margin { m1: 1.0, m2: 0.3, m3: 0.2 },
+            MarginKind::Arcface => Some(Margin { m1: 1.0, m2: 0.5, m3: 0.0 }),
+            MarginKind::Cosface => Some(Margin { m1: 1.0, m2: 0.0, m3: 0.35 }),
+            MarginKind::Combined => Some(Margin { m1: 1.0, m2: 0.3, m3: 0.2 }),
+            MarginKind::Adaface | MarginKind::Magface | MarginKind::Curricularface => None,
         }
     }
 }
@@ -71,11 +82,11 @@ impl Margin {
     /// `--m2` and CosFace only `--m3`; another term is an error pointing at `combined`, not
     /// a silently different loss.
     pub fn from_flags(kind: MarginKind, m1: Option<f64>, m2: Option<f64>, m3: Option<f64>) -> Result<Margin> {
-        let d = kind.defaults();
+        let Some(d) = kind.defaults() else { anyhow::bail!("--margin {} is not a fixed margin", kind.name()) };
         let fixed: &[(&str, Option<f64>, f64)] = match kind {
             MarginKind::Arcface => &[("m1", m1, d.m1), ("m3", m3, d.m3)],
             MarginKind::Cosface => &[("m1", m1, d.m1), ("m2", m2, d.m2)],
-            MarginKind::Combined => &[],
+            _ => &[],
         };
         for &(name, given, value) in fixed {
             if let Some(v) = given {
@@ -133,7 +144,7 @@ impl Margin {
     }
 
     /// `cos(m1·θ + m2) − m3` before θ*, the fallback after it; `target` holds cos θ.
-    fn target_logit(&self, target: &Tensor) -> Tensor {
+    pub(super) fn target_logit(&self, target: &Tensor) -> Tensor {
         let sin = target.square().neg().g_add_scalar(1.0).clamp_min(1e-12).sqrt();
         let angular = if self.m1 == 1.0 {
             // cos(θ + m2) without an arccos: ArcFace's form, exact for it.
@@ -216,7 +227,7 @@ mod tests {
     fn targets_fall_as_theta_grows_and_never_exceed_cos() {
         let c = Tensor::linspace(-1.0, 1.0, 4001, (Kind::Float, Device::Cpu)).view([-1, 1]);
         let labels = Tensor::zeros([4001], (Kind::Int64, Device::Cpu));
-        for m in [ARC, COS, COMB, SPHERE, MarginKind::Combined.defaults()] {
+        for m in [ARC, COS, COMB, SPHERE, MarginKind::Combined.defaults().unwrap()] {
             let t = values(&m.logits(&c, &labels, 1.0));
             let cs = values(&c);
             assert!(t.windows(2).all(|w| w[1] >= w[0] - 1e-6), "{m:?}: not monotone in cos θ");

@@ -5,6 +5,7 @@
 //! insightface IResNet's whole state dict), `fr.fc.*`, `fr.bn.*` (ResNets only),
 //! `arcface.weight`, `gender.hidden.i.{fc,bn}.*`, `gender.out.*`, `age.*` alike.
 
+pub mod adaptive_margin;
 pub mod arcface;
 pub mod backbone;
 pub mod heads;
@@ -15,6 +16,8 @@ mod iresnet_twin_test;
 mod layers;
 pub mod loss;
 pub mod margin;
+#[cfg(test)]
+mod margin_twin_test;
 pub mod mbf;
 #[cfg(test)]
 mod mbf_twin_test;
@@ -24,6 +27,7 @@ pub mod resnet;
 mod torchvision_test;
 pub mod weights;
 
+pub use adaptive_margin::FrMargin;
 pub use arcface::ArcFace;
 pub use backbone::Backbone;
 pub use heads::{ClassifierHead, FrHead, HeadConfig};
@@ -114,6 +118,7 @@ impl Net {
                     Some(sl) => ArcFace::new_slice(&p, num_classes, sl, cfg.emb_dim, cfg.s, margin),
                     None => ArcFace::new(&p, num_classes, cfg.emb_dim, cfg.s, margin),
                 };
+                let arc = arc.with_state(&(root / "margin"));
                 Some((head, arc))
             }
             false => None,
@@ -158,10 +163,10 @@ impl Net {
             Head::Fr => {
                 let Some((_, arc)) = &self.fr else { bail!("this model has no FR head") };
                 let emb = self.embed(feats, train)?;
-                Ok(match labels {
+                match labels {
                     Some(y) => arc.logits(&emb, y),
-                    None => arc.cosine(&emb),
-                })
+                    None => Ok(arc.cosine(&emb)),
+                }
             }
             Head::Gender | Head::Age => {
                 let classifier = if head == Head::Gender { &self.gender } else { &self.age };
@@ -169,6 +174,12 @@ impl Net {
                 Ok(c.forward_t(feats, train))
             }
         }
+    }
+
+    /// The FR loss of the replicated head on backbone features (see `ArcFace::loss`).
+    pub fn fr_loss(&self, feats: &Tensor, labels: &Tensor, comm: &dyn crate::dist::Comm) -> Result<Tensor> {
+        let Some((_, arc)) = &self.fr else { bail!("this model has no FR head") };
+        arc.loss(&self.embed(feats, true)?, labels, comm)
     }
 
     /// The ArcFace layer, if the net has an FR head.

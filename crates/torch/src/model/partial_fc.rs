@@ -8,8 +8,10 @@
 use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
+use super::adaptive_margin::Spread;
 use super::ArcFace;
 use crate::dist::{Comm, ReduceOp};
+use crate::host_sync;
 use trainer_data::rng::Rng;
 
 /// What a training step under Partial FC needs besides the net.
@@ -39,17 +41,38 @@ impl PfcStep<'_> {
         let local = self.slice.local_labels(&y_all);
         let (rows, local) = self.sampled(&local)?;
         let rows = rows.map(|r| Tensor::from_slice(&r).to_device(device));
-        let logits = arc.logits_on(&gathered, &local, rows.as_ref());
-        let (loss, surrogate) = distributed_ce(comm, &logits, &local, &y_all.ge(0))?;
+        let valid = y_all.ge(0);
+        let logits = arc.train_logits(&gathered, &local, &valid, rows.as_ref(), Spread::Gathered(comm))?;
+        let (loss, surrogate) = distributed_ce(comm, &logits, &local, &valid)?;
+        let (loss, own) = self.regulariser(arc, emb, y, &valid, loss)?;
         if !surrogate.requires_grad() {
-            return Ok((loss, emb.zeros_like().sum(Kind::Float)));
+            return Ok((loss, own.unwrap_or_else(|| emb.zeros_like().sum(Kind::Float))));
         }
         (surrogate * self.grad_factor).backward();
         let grad = gathered.grad();
         comm.all_reduce(&grad, ReduceOp::Sum)?;
         let b = emb.size()[0];
         let mine = grad.narrow(0, comm.rank() as i64 * b, b) * (comm.world() as f64 / self.grad_factor);
-        Ok((loss, (emb * mine.to_kind(emb.kind())).sum(Kind::Float)))
+        let term = (emb * mine.to_kind(emb.kind())).sum(Kind::Float);
+        Ok((loss, own.map_or(term.shallow_clone(), |own| term + own)))
+    }
+
+    /// MagFace's regulariser under Partial FC: each rank's own rows, its mean over the global
+    /// batch's labelled rows added to the loss, and a term with its gradient for this rank's
+    /// embeddings (× world size, as the backbone's gradients are then averaged).
+    fn regulariser(
+        &self,
+        arc: &ArcFace,
+        emb: &Tensor,
+        y: &Tensor,
+        valid: &Tensor,
+        loss: Tensor,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let Some(sum) = arc.regulariser(emb, &y.ge(0)) else { return Ok((loss, None)) };
+        let n = host_sync::f64_of(&valid.to_kind(Kind::Float).sum(Kind::Float)).max(1.0);
+        let mut total = [host_sync::f64_of(&sum)];
+        self.comm.all_reduce_f64(&mut total, ReduceOp::Sum)?;
+        Ok((loss + total[0] / n, Some(sum * (self.comm.world() as f64 / n))))
     }
 
     /// With sampling: the rows scored and the labels as columns of them.
@@ -243,8 +266,53 @@ mod tests {
         let rows = Tensor::from_slice(&drawn);
         let column = |l: i64| drawn.iter().position(|&r| r == l).map_or(-1, |i| i as i64);
         let local = Tensor::from_slice(&[1i64, 33, 1, 20, -1, 7].map(column));
-        let want = cross_entropy(&arc.logits_on(&emb, &local, Some(&rows)), &local);
+        let want = cross_entropy(&arc.logits_on(&emb, &local, Some(&rows)).unwrap(), &local);
         assert!((loss.double_value(&[]) - want.double_value(&[])).abs() < 1e-5);
+    }
+
+    /// For each adaptive margin, Partial FC's loss (one rank holding the whole matrix, its
+    /// rows gathered) equals the replicated head's over three steps: loss, gradients of the
+    /// embeddings and centres, and the running statistics; a row labelled -1 included.
+    #[test]
+    fn adaptive_margins_give_the_replicated_loss() {
+        use crate::model::adaptive_margin::{AdaFace, CurricularFace, FrMargin, MagFace};
+        let rules = [
+            FrMargin::AdaFace(AdaFace::new(0.4, 0.333, 0.5).unwrap()),
+            FrMargin::MagFace(MagFace::new([1.0, 4.0], [0.45, 0.8], 35.0).unwrap()),
+            FrMargin::Curricular(CurricularFace::new(0.5).unwrap()),
+        ];
+        let y = Tensor::from_slice(&[1i64, 7, 1, -1, 4, 9]);
+        for rule in rules {
+            let make = || {
+                tch::manual_seed(8);
+                let vs = tch::nn::VarStore::new(Device::Cpu);
+                let slice = ClassSlice { start: 0, len: 10 };
+                let arc = ArcFace::new_slice(&vs.root(), 10, slice, 8, 16.0, rule).with_state(&(vs.root() / "m"));
+                (vs, arc)
+            };
+            let ((vs_a, rep), (vs_b, pfc)) = (make(), make());
+            for step in 0..3 {
+                tch::manual_seed(20 + step);
+                let e = Tensor::randn([6, 8], (Kind::Float, Device::Cpu)) * (1.0 + step as f64);
+                let (ea, eb) = (e.copy().set_requires_grad(true), e.set_requires_grad(true));
+                let want = rep.loss(&ea, &y, &Single).unwrap();
+                want.backward();
+                let slice = ClassSlice { start: 0, len: 10 };
+                let run =
+                    PfcStep { comm: &Single, slice, sample_rate: 1.0, seed: 1, step: step as u64, grad_factor: 1.0 };
+                let (got, term) = run.loss(&pfc, &eb, &y).unwrap();
+                term.backward();
+                let what = format!("{rule:?}, step {step}");
+                assert!((got.double_value(&[]) - want.double_value(&[])).abs() < 1e-5, "{what}: loss");
+                assert!(ea.grad().allclose(&eb.grad(), 1e-4, 1e-6, false), "{what}: embedding gradients");
+                let (mut ga, mut gb) = (vs_a.variables()["weight"].grad(), vs_b.variables()["weight"].grad());
+                assert!(ga.allclose(&gb, 1e-4, 1e-6, false), "{what}: centre gradients");
+                assert_eq!(rep.margin_state(), pfc.margin_state(), "{what}: running statistics");
+                let _ = (ga.zero_(), gb.zero_());
+            }
+            let fresh = make().1.margin_state();
+            assert!(fresh.is_empty() || rep.margin_state() != fresh, "{rule:?}: the statistics never moved");
+        }
     }
 
     /// In a world of one the distributed loss and its gradient are plain cross-entropy's

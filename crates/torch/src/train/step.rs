@@ -5,7 +5,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::pools::Part;
 use crate::config::TrainConfig;
-use crate::model::loss::{cross_entropy, soft_cross_entropy};
+use crate::dist::Comm;
+use crate::model::loss::soft_cross_entropy;
 use crate::model::partial_fc::PfcStep;
 use crate::model::{Head, Net};
 use trainer_data::pipeline::Batch;
@@ -42,11 +43,19 @@ pub fn targets(net: &Net, head: Head, b: &Batch, device: Device) -> Result<Tenso
     Ok(Tensor::from_slice(&labels).to_device(device))
 }
 
-/// One head's loss on backbone features: ArcFace + cross-entropy for FR, soft
-/// cross-entropy (the seed's 0.9 one-hot) for Gender and Age. Rows labelled -1 are masked.
-pub fn head_loss(net: &Net, cfg: &TrainConfig, head: Head, feats: &Tensor, y: &Tensor) -> Result<Tensor> {
+/// One head's loss on backbone features: the margin's loss for FR (its batch statistics
+/// over every rank of `comm`), soft cross-entropy (the seed's 0.9 one-hot) for Gender and
+/// Age. Rows labelled -1 are masked.
+pub fn head_loss(
+    net: &Net,
+    cfg: &TrainConfig,
+    head: Head,
+    feats: &Tensor,
+    y: &Tensor,
+    comm: &dyn Comm,
+) -> Result<Tensor> {
     Ok(match head {
-        Head::Fr => cross_entropy(&net.logits(head, feats, Some(y), true)?, y),
+        Head::Fr => net.fr_loss(feats, y, comm)?,
         Head::Gender | Head::Age => soft_cross_entropy(&net.logits(head, feats, None, true)?, y, cfg.heads.soft_target),
     })
 }
@@ -60,7 +69,14 @@ pub fn head_loss(net: &Net, cfg: &TrainConfig, head: Head, feats: &Tensor, y: &T
 /// Under Partial FC (`pfc`), the FR loss's centre gradients are computed on the way (see
 /// `PfcStep::loss`) and `total` carries, beside the loss values, a term that only feeds the
 /// gathered embeddings' gradients back into this rank's backbone.
-pub fn losses(net: &Net, cfg: &TrainConfig, parts: &[Part], device: Device, pfc: Option<&PfcStep>) -> Result<Losses> {
+pub fn losses(
+    net: &Net,
+    cfg: &TrainConfig,
+    parts: &[Part],
+    device: Device,
+    comm: &dyn Comm,
+    pfc: Option<&PfcStep>,
+) -> Result<Losses> {
     let x = Tensor::cat(&parts.iter().map(|p| crate::model::input::images(&p.batch, device)).collect::<Vec<_>>(), 0);
     let x = if cfg.model.channels_last { crate::model::input::channels_last(&x) } else { x };
     let amp = cfg.optim.amp && device.is_cuda();
@@ -87,7 +103,7 @@ pub fn losses(net: &Net, cfg: &TrainConfig, parts: &[Part], device: Device, pfc:
                     losses.push((head, loss));
                     feedback.push(term * weights[0]);
                 }
-                _ => losses.push((head, head_loss(net, cfg, head, &rows, &y)?)),
+                _ => losses.push((head, head_loss(net, cfg, head, &rows, &y, comm)?)),
             }
         }
     }
@@ -182,7 +198,8 @@ mod tests {
             for b in &batches {
                 // Train-mode BN (batch statistics): what the steps optimised.
                 let parts = [Part { batch: b.clone(), heads: all.to_vec() }];
-                let l = tch::no_grad(|| losses(net, &cfg, &parts, Device::Cpu, None)).unwrap();
+                let l = tch::no_grad(|| losses(net, &cfg, &parts, Device::Cpu, &crate::dist::single::Single, None))
+                    .unwrap();
                 for (s, (_, v)) in sum.iter_mut().zip(&l.parts) {
                     *s += v.double_value(&[]);
                 }
@@ -193,7 +210,7 @@ mod tests {
         for step in 0..100 {
             opt.zero_grad();
             let parts = [Part { batch: batches[step % 2].clone(), heads: all.to_vec() }];
-            losses(&net, &cfg, &parts, Device::Cpu, None).unwrap().total.backward();
+            losses(&net, &cfg, &parts, Device::Cpu, &crate::dist::single::Single, None).unwrap().total.backward();
             opt.step();
         }
         let after = measure(&net);

@@ -181,7 +181,7 @@ impl Session {
                 let rows = batches.iter().filter(|p| p.heads.contains(&Head::Fr)).map(|p| p.batch.n).sum();
                 bytes.add_partial_fc(rows, self.comm.world(), self.cfg.heads.emb_dim);
             }
-            let l = losses(self.replica.net(), &self.cfg, &batches, self.replica.device(), pfc.as_ref())?;
+            let l = losses(self.replica.net(), &self.cfg, &batches, self.replica.device(), &*self.comm, pfc.as_ref())?;
             self.pools.recycle(&heads, batches);
             let objective = if inject { l.total * f64::NAN } else { l.total };
             scaled_loss(&objective, self.cfg.optim.accum, self.state.loss_scale.as_ref()).backward();
