@@ -13,9 +13,12 @@ use std::path::Path;
 /// (shard file, index): a record, whatever rank read it.
 type Record = (String, u64);
 
+/// Per pool, every traced batch: (epoch, batch, records).
+type Trace = BTreeMap<String, Vec<(u64, u64, Vec<Record>)>>;
+
 /// Every traced batch of every rank, per pool: (epoch, batch, records), in file order.
-fn traced(dir: &Path) -> BTreeMap<String, Vec<(u64, u64, Vec<Record>)>> {
-    let mut out: BTreeMap<String, Vec<(u64, u64, Vec<Record>)>> = BTreeMap::new();
+fn traced(dir: &Path) -> Trace {
+    let mut out = Trace::new();
     let mut files: Vec<_> = std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
     files.sort();
     for file in files {
@@ -35,7 +38,7 @@ fn traced(dir: &Path) -> BTreeMap<String, Vec<(u64, u64, Vec<Record>)>> {
 }
 
 /// The records `pool` took in `epoch`, over all ranks and resumes.
-fn epoch_records(trace: &BTreeMap<String, Vec<(u64, u64, Vec<Record>)>>, pool: &str, epoch: u64) -> Vec<Record> {
+fn epoch_records(trace: &Trace, pool: &str, epoch: u64) -> Vec<Record> {
     let batches = trace.get(pool).unwrap_or_else(|| panic!("no {pool} batches traced: {:?}", trace.keys()));
     batches.iter().filter(|b| b.0 == epoch).flat_map(|b| b.2.clone()).collect()
 }
@@ -92,7 +95,7 @@ fn mpi_partial_fc_resumed_on_1_2_3_1_ranks_takes_each_record_once_per_epoch() {
     stage(&mpi, 1, Some(&straight), &out.join("straight"), "26", &straight_trace);
     let straight = traced(&straight_trace);
     assert_each_once(&epoch_records(&straight, "all", 0), 96, "train-", "an uninterrupted epoch");
-    let next = |t: &BTreeMap<String, Vec<(u64, u64, Vec<Record>)>>| -> Vec<(u64, Vec<Record>)> {
+    let next = |t: &Trace| -> Vec<(u64, Vec<Record>)> {
         t["all"].iter().filter(|b| b.0 == 1 && b.1 < 2).map(|b| (b.1, b.2.clone())).collect()
     };
     assert_eq!(next(&resumed).len(), 2);

@@ -65,9 +65,11 @@ pub struct Pool {
     /// Records split across ranks instead of shards.
     pub striped: bool,
     layout: Layout,
-    /// The epoch begun in another layout, and its parts before this process's.
-    rest: Option<(u64, Vec<Segment>)>,
+    rest: Option<EarlierParts>,
 }
+
+/// An epoch begun in another rank layout, and its parts before this process's.
+type EarlierParts = (u64, Vec<Segment>);
 
 /// A batch and the heads that learn from it this step.
 pub struct Part {
@@ -232,7 +234,7 @@ fn resumed(
     view: &Arc<RankView>,
     now: &Layout,
     pos: &PoolPosition,
-) -> Result<(Loader, Option<(u64, Vec<Segment>)>)> {
+) -> Result<(Loader, Option<EarlierParts>)> {
     let was = match &pos.layout {
         Some(layout) => layout.clone(),
         None => layout(saved.config, key, heads, specs, saved.world)?,
