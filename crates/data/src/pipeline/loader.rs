@@ -119,8 +119,19 @@ impl Loader {
     pub fn train(view: Arc<RankView>, cfg: LoaderConfig, start: SamplerPosition) -> Result<Loader> {
         let sampler =
             Sampler::new(cfg.sampler, view.labels(), cfg.batch_size, cfg.seed, view.rank, cfg.steps_per_epoch)?;
-        if start.batch >= sampler.steps_per_epoch() {
-            bail!("resume position batch {} is past the epoch's {} steps", start.batch, sampler.steps_per_epoch());
+        Loader::with_sampler(view, cfg, sampler, start)
+    }
+
+    /// As `train`, with the caller's sampler (one that ends an epoch begun in another layout).
+    pub fn with_sampler(
+        view: Arc<RankView>,
+        cfg: LoaderConfig,
+        sampler: Sampler,
+        start: SamplerPosition,
+    ) -> Result<Loader> {
+        let steps_now = sampler.steps_in(start.epoch);
+        if start.batch >= steps_now {
+            bail!("resume position batch {} is past the epoch's {steps_now} steps", start.batch);
         }
         let hints = read_hints_enabled();
         if hints {
@@ -250,7 +261,8 @@ fn plan_train(sampler: &Sampler, start: SamplerPosition, tx: Sender<Job>, stop: 
         }
         let plan = &epoch_plan.as_ref().expect("set above").1;
         let first = pos.batch as usize * b;
-        let job = Job { seq, epoch: pos.epoch, first_slot: first as u64, records: plan[first..first + b].to_vec() };
+        let first_slot = sampler.slot_base(pos.epoch) + first as u64;
+        let job = Job { seq, epoch: pos.epoch, first_slot, records: plan[first..first + b].to_vec() };
         if tx.send(job).is_err() {
             return;
         }

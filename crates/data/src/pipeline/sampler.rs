@@ -27,6 +27,17 @@ impl SamplerPosition {
     pub const START: SamplerPosition = SamplerPosition { epoch: 0, batch: 0 };
 }
 
+/// What is left of one epoch begun in another rank layout (`redeal`): its own batches,
+/// `steps × batch size` view indices, and where its slots continue the epoch's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestEpoch {
+    pub epoch: u64,
+    pub records: Vec<u32>,
+    pub steps: u64,
+    /// Slots the epoch's earlier layouts used on a rank (flips and replacements are per slot).
+    pub slot_base: u64,
+}
+
 /// Plans epochs over record indices `0..labels.len()` of one rank's view.
 #[derive(Clone, Debug)]
 pub struct Sampler {
@@ -38,6 +49,7 @@ pub struct Sampler {
     n: usize,
     /// Record indices per identity (only identities that have records).
     classes: Vec<Vec<u32>>,
+    rest: Option<std::sync::Arc<RestEpoch>>,
 }
 
 impl Sampler {
@@ -74,7 +86,37 @@ impl Sampler {
             Some(s) => s,
             None => Self::natural_steps(labels.len(), batch_size),
         };
-        Ok(Sampler { kind, seed, rank: rank as u64, batch_size, steps, n: labels.len(), classes })
+        Ok(Sampler { kind, seed, rank: rank as u64, batch_size, steps, n: labels.len(), classes, rest: None })
+    }
+
+    /// This sampler with `rest` as its plan for `rest.epoch`; later epochs are its own.
+    pub fn with_rest(mut self, rest: RestEpoch) -> Result<Sampler> {
+        if rest.steps == 0 || rest.records.len() as u64 != rest.steps * self.batch_size as u64 {
+            bail!(
+                "rank {}: the rest of epoch {} has {} records for {} steps of {}",
+                self.rank,
+                rest.epoch,
+                rest.records.len(),
+                rest.steps,
+                self.batch_size
+            );
+        }
+        self.rest = Some(std::sync::Arc::new(rest));
+        Ok(self)
+    }
+
+    fn rest_of(&self, epoch: u64) -> Option<&RestEpoch> {
+        self.rest.as_deref().filter(|r| r.epoch == epoch)
+    }
+
+    /// Steps of `epoch`: its own count, or the rest's for an epoch begun in another layout.
+    pub fn steps_in(&self, epoch: u64) -> u64 {
+        self.rest_of(epoch).map_or(self.steps, |r| r.steps)
+    }
+
+    /// The epoch slot of batch 0's first record (non-zero only in a rest of an epoch).
+    pub fn slot_base(&self, epoch: u64) -> u64 {
+        self.rest_of(epoch).map_or(0, |r| r.slot_base)
     }
 
     /// Batches needed to see every record once: ceil(records / batch size). Ranks reduce
@@ -93,7 +135,7 @@ impl Sampler {
 
     /// The position after `pos`, rolling over to the next epoch.
     pub fn advance(&self, pos: SamplerPosition) -> SamplerPosition {
-        if pos.batch + 1 >= self.steps {
+        if pos.batch + 1 >= self.steps_in(pos.epoch) {
             SamplerPosition { epoch: pos.epoch + 1, batch: 0 }
         } else {
             SamplerPosition { epoch: pos.epoch, batch: pos.batch + 1 }
@@ -102,6 +144,9 @@ impl Sampler {
 
     /// All record indices of an epoch, `steps × batch_size` of them, batch after batch.
     pub fn epoch(&self, epoch: u64) -> Vec<u32> {
+        if let Some(rest) = self.rest_of(epoch) {
+            return rest.records.clone();
+        }
         let mut rng = Rng::derive(self.seed, epoch, self.rank);
         let total = self.steps as usize * self.batch_size;
         match self.kind {
@@ -113,7 +158,7 @@ impl Sampler {
 }
 
 /// Records by identity; records without one (-1) are no identity for P×K.
-fn group_by_label(labels: &[i32]) -> Vec<Vec<u32>> {
+pub(crate) fn group_by_label(labels: &[i32]) -> Vec<Vec<u32>> {
     let mut by: std::collections::BTreeMap<i32, Vec<u32>> = Default::default();
     for (i, &l) in labels.iter().enumerate().filter(|(_, &l)| l >= 0) {
         by.entry(l).or_default().push(i as u32);
@@ -135,7 +180,7 @@ fn uniform_epoch(rng: &mut Rng, n: usize, total: usize) -> Vec<u32> {
 
 /// Identities are visited in shuffled rounds; each contributes K images from its own
 /// shuffled cycle, so an epoch spreads over all identities and images.
-fn balanced_epoch(rng: &mut Rng, classes: &[Vec<u32>], p: usize, k: usize, steps: usize) -> Vec<u32> {
+pub(crate) fn balanced_epoch(rng: &mut Rng, classes: &[Vec<u32>], p: usize, k: usize, steps: usize) -> Vec<u32> {
     let mut pools: Vec<Vec<u32>> = classes.to_vec();
     for pool in &mut pools {
         rng.shuffle(pool);

@@ -9,6 +9,7 @@ pub mod checkpoint;
 mod decisions;
 mod pools;
 mod provenance;
+mod record_trace;
 pub mod replica;
 mod resume_rules;
 mod run_claim;

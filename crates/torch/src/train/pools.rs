@@ -3,15 +3,20 @@
 //! tasks have datasets of their own (`fr=... gender=... age=...`, the seed's design), each
 //! task gets its own loader over its datasets and the datasets without a prefix: its own
 //! sampler, epoch and position, split across ranks on their own, and resumed exactly.
+//! A resume on another rank layout (world size, batch, stripes) re-deals the rest of each
+//! pool's epoch (`trainer_data::pipeline::redeal`).
 
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::record_trace::RecordTrace;
 use crate::config::{SamplerChoice, TrainConfig};
 use crate::dist::{Comm, ReduceOp};
 use crate::model::Head;
-use trainer_data::pipeline::{Batch, Loader, LoaderConfig, RankView, SamplerKind, SamplerPosition, ViewOptions};
+use trainer_data::pipeline::redeal::{self, Segment};
+use trainer_data::pipeline::{Batch, Layout, Loader, LoaderConfig, PoolPosition, RankView, RestEpoch, Resume};
+use trainer_data::pipeline::{Sampler, SamplerKind, SamplerPosition, ViewOptions};
 use trainer_data::reader::Dataset;
 use trainer_data::targets::SetSpec;
 
@@ -59,7 +64,12 @@ pub struct Pool {
     pub batch_size: usize,
     /// Records split across ranks instead of shards.
     pub striped: bool,
+    layout: Layout,
+    rest: Option<EarlierParts>,
 }
+
+/// An epoch begun in another rank layout, and its parts before this process's.
+type EarlierParts = (u64, Vec<Segment>);
 
 /// A batch and the heads that learn from it this step.
 pub struct Part {
@@ -70,6 +80,15 @@ pub struct Part {
 /// The pools of a run, in FR, Gender, Age order.
 pub struct Pools {
     pools: Vec<Pool>,
+    trace: Option<RecordTrace>,
+}
+
+/// What a resume starts from: each pool's saved position, and the world and settings that
+/// wrote them (the layout of a position saved before positions kept theirs).
+pub struct Saved<'a> {
+    pub positions: &'a BTreeMap<PoolKey, PoolPosition>,
+    pub world: usize,
+    pub config: &'a TrainConfig,
 }
 
 /// Which datasets each pool reads: one shared pool when no dataset names a task.
@@ -86,34 +105,23 @@ pub fn plan(cfg: &TrainConfig) -> Vec<(PoolKey, Vec<Head>, Vec<SetSpec>)> {
 }
 
 impl Pools {
-    /// Opens every pool's view for this rank and starts its loader at `positions`.
-    pub fn open(comm: &dyn Comm, cfg: &TrainConfig, positions: &BTreeMap<PoolKey, SamplerPosition>) -> Result<Pools> {
+    /// Opens every pool's view for this rank and starts its loader where `saved` left it.
+    pub fn open(comm: &dyn Comm, cfg: &TrainConfig, saved: Option<&Saved>) -> Result<Pools> {
         let (rank, world) = (comm.rank(), comm.world());
         let mut pools = Vec::new();
         for (key, heads, specs) in plan(cfg) {
-            // Gender and Age sets are small: they split records when they have too few
-            // shards. FR data keeps the shard rule (and its error) unless --stripe-records.
-            let striped = cfg.data.stripe_records || (!heads.contains(&Head::Fr) && needs_stripes(&specs, world)?);
-            // Datasets without a task prefix serve every head of the run, wherever they are read.
-            let opts = ViewOptions {
-                rank,
-                world,
-                stripe: striped,
-                heads: cfg.heads(),
-                gender_classes: cfg.heads.gender_classes,
-            };
-            let view = RankView::open(&specs, &opts)
+            let layout = layout(cfg, key, &heads, &specs, world)?;
+            let view = RankView::open(&specs, &view_options(cfg, rank, world, layout.stripe))
                 .with_context(|| format!("rank {rank} of {world}: opening the {key} training data"))?;
             let view = Arc::new(view);
-            let batch_size = match key {
-                PoolKey::Shared => cfg.rank_batch(),
-                PoolKey::Own(head) => cfg.head_batch(head),
+            let (loader, rest) = match saved.and_then(|s| Some((s, s.positions.get(&key)?))) {
+                Some((saved, pos)) => resumed(comm, cfg, saved, (key, &heads, &specs), &view, &layout, pos)?,
+                None => (loader(comm, cfg, &view, &layout, SamplerPosition::START, None)?, None),
             };
-            let position = positions.get(&key).copied().unwrap_or(SamplerPosition::START);
-            let loader = loader(comm, cfg, &view, batch_size, key, position)?;
-            pools.push(Pool { key, heads, view, loader, batch_size, striped });
+            let (batch_size, striped) = (layout.batch, layout.stripe);
+            pools.push(Pool { key, heads, view, loader, batch_size, striped, layout, rest });
         }
-        Ok(Pools { pools })
+        Ok(Pools { pools, trace: RecordTrace::from_env(rank)? })
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Pool> {
@@ -133,7 +141,11 @@ impl Pools {
             if taught.is_empty() {
                 continue;
             }
+            let at = pool.loader.position();
             let batch = pool.loader.next_batch()?.with_context(|| format!("the {} training loader ended", pool.key))?;
+            if let Some(trace) = &mut self.trace {
+                trace.batch(&pool.key.to_string(), at, &pool.view, &batch.records)?;
+            }
             parts.push(Part { batch, heads: taught });
         }
         Ok(parts)
@@ -148,9 +160,14 @@ impl Pools {
         }
     }
 
-    /// Every pool's sampler position (what a checkpoint keeps).
-    pub fn positions(&self) -> BTreeMap<PoolKey, SamplerPosition> {
-        self.pools.iter().map(|p| (p.key, p.loader.position())).collect()
+    /// Every pool's position with its layout (what a checkpoint keeps).
+    pub fn positions(&self) -> BTreeMap<PoolKey, PoolPosition> {
+        let at = |p: &Pool| {
+            let SamplerPosition { epoch, batch } = p.loader.position();
+            let earlier = p.rest.as_ref().filter(|(e, _)| *e == epoch).map(|(_, parts)| parts.clone());
+            PoolPosition { epoch, batch, layout: Some(p.layout.clone()), earlier: earlier.unwrap_or_default() }
+        };
+        self.pools.iter().map(|p| (p.key, at(p))).collect()
     }
 
     /// The epoch each head's pool is in.
@@ -192,17 +209,15 @@ fn pool_seed(seed: u64, key: PoolKey) -> u64 {
     }
 }
 
-/// All ranks run the same steps per epoch of a pool: the smallest rank's share sets it.
-fn loader(
-    comm: &dyn Comm,
-    cfg: &TrainConfig,
-    view: &Arc<RankView>,
-    batch: usize,
-    key: PoolKey,
-    position: SamplerPosition,
-) -> Result<Loader> {
-    let mut steps = [(view.records.len() / batch).max(1) as f64];
-    comm.all_reduce_f64(&mut steps, ReduceOp::Min)?;
+/// How `cfg` on `world` ranks reads a pool: its per-rank batch, stripes, sampler and seed.
+fn layout(cfg: &TrainConfig, key: PoolKey, heads: &[Head], specs: &[SetSpec], world: usize) -> Result<Layout> {
+    // Gender and Age sets are small: they split records when they have too few
+    // shards. FR data keeps the shard rule (and its error) unless --stripe-records.
+    let stripe = cfg.data.stripe_records || (!heads.contains(&Head::Fr) && needs_stripes(specs, world)?);
+    let batch = match key {
+        PoolKey::Shared => cfg.rank_batch(),
+        PoolKey::Own(head) => cfg.head_batch(head),
+    };
     let sampler = match cfg.data.sampler {
         _ if !cfg.data.shuffle => SamplerKind::Sequential,
         SamplerChoice::Pk if matches!(key, PoolKey::Shared | PoolKey::Own(Head::Fr)) => {
@@ -210,17 +225,74 @@ fn loader(
         }
         _ => SamplerKind::Uniform,
     };
+    Ok(Layout { world, batch, stripe, sampler, seed: pool_seed(cfg.run.seed, key) })
+}
+
+/// Datasets without a task prefix serve every head of the run, wherever they are read.
+fn view_options(cfg: &TrainConfig, rank: usize, world: usize, stripe: bool) -> ViewOptions {
+    ViewOptions { rank, world, stripe, heads: cfg.heads(), gender_classes: cfg.heads.gender_classes }
+}
+
+/// The loader where `pos` left the pool: in the layout it was saved in, exactly there; in
+/// another, the rest of its epoch re-dealt, with as many steps as the smallest rank's share.
+fn resumed(
+    comm: &dyn Comm,
+    cfg: &TrainConfig,
+    saved: &Saved,
+    (key, heads, specs): (PoolKey, &[Head], &[SetSpec]),
+    view: &Arc<RankView>,
+    now: &Layout,
+    pos: &PoolPosition,
+) -> Result<(Loader, Option<EarlierParts>)> {
+    let was = match &pos.layout {
+        Some(layout) => layout.clone(),
+        None => layout(saved.config, key, heads, specs, saved.world)?,
+    };
+    let mut open = |rank, world, stripe| RankView::open(specs, &view_options(cfg, rank, world, stripe));
+    let context =
+        || format!("rank {}: resuming the {key} data's epoch {} on {} ranks", view.rank, pos.epoch, now.world);
+    let rest = match redeal::resume(pos, &was, now, view, &mut open).with_context(context)? {
+        Resume::At(start) => return Ok((loader(comm, cfg, view, now, start, None)?, None)),
+        Resume::Rest(rest) => rest,
+    };
+    let mut steps = [(rest.remaining.len() / now.batch) as f64];
+    comm.all_reduce_f64(&mut steps, ReduceOp::Min)?;
+    let steps = steps[0] as u64;
+    if steps <= rest.batch {
+        let next = SamplerPosition { epoch: rest.epoch + 1, batch: 0 };
+        return Ok((loader(comm, cfg, view, now, next, None)?, None));
+    }
+    let part = (rest.epoch, rest.earlier.len(), view.rank);
+    let records = redeal::rest_plan(view.labels(), now, part, &rest.remaining, steps).with_context(context)?;
+    let tail = RestEpoch { epoch: rest.epoch, records, steps, slot_base: rest.slot_base() };
+    let start = SamplerPosition { epoch: rest.epoch, batch: rest.batch };
+    Ok((loader(comm, cfg, view, now, start, Some(tail))?, Some((rest.epoch, rest.earlier))))
+}
+
+/// All ranks run the same steps per epoch of a pool: the smallest rank's share sets it.
+fn loader(
+    comm: &dyn Comm,
+    cfg: &TrainConfig,
+    view: &Arc<RankView>,
+    layout: &Layout,
+    start: SamplerPosition,
+    rest: Option<RestEpoch>,
+) -> Result<Loader> {
+    let mut steps = [(view.records.len() / layout.batch).max(1) as f64];
+    comm.all_reduce_f64(&mut steps, ReduceOp::Min)?;
     let lc = LoaderConfig {
         size: cfg.model.size,
-        batch_size: batch,
+        batch_size: layout.batch,
         workers: cfg.data.workers,
         prefetch: cfg.data.prefetch,
-        seed: pool_seed(cfg.run.seed, key),
-        sampler,
+        seed: layout.seed,
+        sampler: layout.sampler,
         augment: cfg.data.augment,
         steps_per_epoch: Some(steps[0] as u64),
     };
-    Loader::train(Arc::clone(view), lc, position)
+    let Some(rest) = rest else { return Loader::train(Arc::clone(view), lc, start) };
+    let sampler = Sampler::new(lc.sampler, view.labels(), lc.batch_size, lc.seed, view.rank, lc.steps_per_epoch)?;
+    Loader::with_sampler(Arc::clone(view), lc, sampler.with_rest(rest)?, start)
 }
 
 #[cfg(test)]

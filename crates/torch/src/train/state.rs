@@ -8,7 +8,7 @@ use super::pools::PoolKey;
 use super::scaler::LossScale;
 use crate::config::TrainConfig;
 use crate::model::Head;
-use trainer_data::pipeline::SamplerPosition;
+use trainer_data::pipeline::PoolPosition;
 use trainer_data::plateau::Plateau;
 
 /// What a resume continues from. A rollback returns to an earlier one, keeping `run`.
@@ -45,8 +45,9 @@ pub struct TrainState {
 /// batches (the same ones could fail again), and the best metric only ever improves.
 #[derive(Clone, Default, Serialize, Deserialize)]
 pub struct RunProgress {
-    /// The sampler position of each data pool's next batch ("all", or a task's name).
-    pub positions: BTreeMap<PoolKey, SamplerPosition>,
+    /// Each data pool's position ("all", or a task's name): its next batch, the rank layout
+    /// it is read in, and the epoch's parts read in other layouts (`pipeline::redeal`).
+    pub positions: BTreeMap<PoolKey, PoolPosition>,
     pub rollbacks: u64,
     /// The best validation metric recorded in the run; `best/` holds its checkpoint.
     pub best_metric: Option<f64>,

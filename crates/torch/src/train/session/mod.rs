@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use tch::Device;
 
 use super::decisions::{Judge, Limits};
-use super::pools::Pools;
+use super::pools::{Pools, Saved};
 use super::replica::{Replica, Snapshot};
 use super::run_claim::{self, Claim, Claiming, Replaced};
 use super::run_lock::RunLock;
@@ -147,8 +147,12 @@ fn open_run(comm: &dyn Comm, cfg: &TrainConfig, resume: Option<&Path>, how: Clai
 
 /// Opens this rank's share of the training data where the resumed state left it.
 fn open_data(comm: &dyn Comm, cfg: &TrainConfig, run: &RunDir) -> Result<Data> {
-    let positions = run.resumed.as_ref().map(|(_, s)| s.run.positions.clone()).unwrap_or_default();
-    let pools = Pools::open(comm, cfg, &positions)?;
+    let saved = run.resumed.as_ref().map(|(_, s)| Saved {
+        positions: &s.run.positions,
+        world: s.world_size,
+        config: &s.config,
+    });
+    let pools = Pools::open(comm, cfg, saved.as_ref())?;
     let mut classes = [pools.identities() as f64];
     comm.all_reduce_f64(&mut classes, ReduceOp::Max)?;
     let datasets = setup::describe_targets(comm, &pools)?;

@@ -114,7 +114,7 @@ impl Start<'_> {
         }
         if state.world_size != comm.world() {
             log.rank_note(&format!(
-                "resumed with world size {}, checkpoint had {}: data order differs from an uninterrupted run",
+                "resumed with world size {}, checkpoint had {}: the rest of each data epoch is re-dealt to these ranks",
                 comm.world(),
                 state.world_size
             ))?;
