@@ -33,6 +33,9 @@ def build(arch, emb_dim):
     if arch in ("mbf", "mbf_large"):
         from mbf_twin import MobileFaceNet
         return MobileFaceNet(arch, emb_dim)
+    if arch.startswith("vit_"):
+        from vit_twin import VisionTransformer
+        return VisionTransformer(arch, emb_dim)
     raise SystemExit(f"no twin for --arch {arch}")
 
 

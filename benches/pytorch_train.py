@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The training step of `trainer bench train`, in PyTorch: torchvision ResNet minus fc,
-dropout 0.4 + linear to 512 + L2 normalisation (for `mbf`/`mbf_large`: the MobileFaceNet
-twin `mbf_twin.py`, whose output is the embedding, L2-normalised), ArcFace (s=64, m=0.5, insightface's
+dropout 0.4 + linear to 512 + L2 normalisation (for arcface_torch's backbones, whose output is
+the embedding, L2-normalised: `mbf`/`mbf_large` the MobileFaceNet twin `mbf_twin.py`,
+`iresnet*` the IResNet twin `iresnet_twin.py` (dropout 0.4 before its fc), `vit_t/s/b` the ViT
+twin `vit_twin.py` with drop path 0.1 and mask ratio 0.1, as trainer's defaults), ArcFace (s=64, m=0.5, insightface's
 fallback), cross-entropy, backward, SGD (momentum 0.9, weight decay 5e-4) on one fixed
 synthetic batch. Prints the median images/s over the timed steps, in the same format as
 the Rust benchmark.
@@ -25,10 +27,16 @@ from torchvision_resnet import resnet  # noqa: E402
 class FrModel(torch.nn.Module):
     def __init__(self, arch, classes, emb_dim=512, s=64.0, m=0.5):
         super().__init__()
-        self.embeds = arch in ("mbf", "mbf_large")
-        if self.embeds:
+        self.embeds = arch in ("mbf", "mbf_large") or arch.startswith(("iresnet", "vit_"))
+        if arch in ("mbf", "mbf_large"):
             from mbf_twin import MobileFaceNet
             self.backbone = MobileFaceNet(arch, emb_dim)
+        elif arch.startswith("iresnet"):
+            from iresnet_twin import IResNet
+            self.backbone = IResNet(int(arch[len("iresnet"):]), emb_dim, dropout=0.4)
+        elif arch.startswith("vit_"):
+            from vit_twin import VisionTransformer
+            self.backbone = VisionTransformer(arch, emb_dim)
         else:
             self.backbone = resnet(arch)
             out_dim = 2048 if arch in ("resnet50", "resnet101") else 512

@@ -3,10 +3,11 @@
 #   cargo build --release -p trainer -p trainer-torch --no-default-features --features trainer-torch/nccl   (here)
 #   carry target/release/trainer and trainer-torch, run `bash launch/gpu-check.sh` there.
 # Measures: ResNet-50 112px training images/s with and without --amp beside PyTorch on the
-# same GPU; a 1-rank NCCL all-reduce (correctness and bandwidth, flat buffer vs buckets);
-# the ArcFace head replicated and under Partial FC through a 1-rank NCCL communicator; a
-# short FR run on the GPU, then again with --amp --partial-fc --channels-last (images/s and
-# host_syncs per log interval, end to end with the data pipeline);
+# same GPU; the same with --amp for arcface_torch's vit_t, mbf and iresnet200; a 1-rank
+# NCCL all-reduce (correctness and bandwidth, flat buffer vs buckets); the ArcFace head
+# replicated and under Partial FC through a 1-rank NCCL communicator; a short FR run on
+# the GPU, then again with --amp --partial-fc --channels-last (images/s and host_syncs per
+# log interval, end to end with the data pipeline);
 # and the CPU trainer-vs-PyTorch comparison on that machine's idle cores.
 # Uses that machine's PyTorch (TORCH_PY, default /opt/torch/.venv). Log: $OUT/gpu_check.log.
 set -uo pipefail
@@ -25,6 +26,12 @@ echo "== ResNet-50 112px batch 128, GPU fp32 (trainer vs PyTorch)"
 TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 REPEATS=2 timeout 110 bash benches/train.sh
 echo "== same with --amp"
 TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 REPEATS=2 AMP=1 timeout 110 bash benches/train.sh
+
+echo "== arcface_torch's backbones, 112px batch 128, GPU --amp (trainer vs PyTorch; docs/model-zoo.md)"
+for arch in vit_t mbf iresnet200; do
+  ARCH=$arch TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=10 WARMUP=3 REPEATS=2 AMP=1 \
+    timeout 80 bash benches/train.sh | tail -3
+done
 
 echo "== NCCL, 1 rank"
 timeout 40 $T bench allreduce --device cuda --check

@@ -152,13 +152,23 @@ fn init_from_a_pytorch_file_says_how_to_import_it() {
 /// --format arcface-torch` loads strictly back into the twin, bit for bit.
 #[test]
 fn mbf_backbone_round_trips_with_pytorch() {
+    round_trip("mbf");
+}
+
+/// The same for arcface_torch's ViT-T (`--arch vit_t`, twin `benches/vit_twin.py`).
+#[test]
+fn vit_t_backbone_round_trips_with_pytorch() {
+    round_trip("vit_t");
+}
+
+fn round_trip(name: &str) {
     let Some(py) = torch_python("torch") else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let arch = ["--arch", "mbf", "--emb-dim", "64"];
+    let arch = ["--arch", name, "--emb-dim", "64"];
     run_script(&py, TWIN, &[&["save", "--dir", s(d), "--seed", "5"][..], &arch[..]].concat());
-    let run = d.join("Model/mbf");
-    run_ok(&["import", "arcface-torch", s(&d.join("backbone.pth")), "--arch", "mbf", "--out", s(&run)]);
+    let run = d.join("Model").join(name);
+    run_ok(&["import", "arcface-torch", s(&d.join("backbone.pth")), "--arch", name, "--out", s(&run)]);
     let (traced, exported) = (d.join("model.pt"), d.join("exported.pth"));
     run_ok(&["export", s(&run), "--out", s(&traced)]);
     run_ok(&["export", s(&run), "--format", "arcface-torch", "--out", s(&exported)]);
@@ -169,5 +179,5 @@ fn mbf_backbone_round_trips_with_pytorch() {
     let scale = got["max_abs_embedding"].as_f64().unwrap().max(1.0);
     assert!(got["torchscript_diff"].as_f64().unwrap() <= 1e-4 * scale, "{got}");
     assert_eq!((got["pth_diff"].as_f64(), got["pth_identical"].as_bool()), (Some(0.0), Some(true)), "{got}");
-    eprintln!("mbf through import and export: {got}");
+    eprintln!("{name} through import and export: {got}");
 }

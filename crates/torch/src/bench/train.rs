@@ -98,6 +98,7 @@ pub fn measure(a: &TrainBenchArgs, device: Device) -> Result<TrainBench> {
     if a.steps == 0 || a.batch_size == 0 {
         bail!("--steps and --batch-size must be positive");
     }
+    crate::model::backbone::check_input_side(a.arch, a.size as usize)?;
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let cfg = HeadConfig::default();

@@ -114,6 +114,7 @@ impl TrainConfig {
             bail!("--valid-sets {}=...: this run does not train {}", h.key(), h.name());
         }
         crate::model::backbone::check_input_side(model.arch, model.size)?;
+        model.backbone().vit_training()?;
         let sched = &self.schedule;
         if sched.schedule == Schedule::Poly && sched.max_steps.is_none_or(|m| m <= sched.warmup_steps) {
             bail!(

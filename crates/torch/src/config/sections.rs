@@ -65,6 +65,21 @@ pub struct ModelConfig {
     /// plus uniformly drawn negatives (1 = all; arcface_torch uses 0.1 at ≥ 1 M identities).
     #[arg(long, default_value_t = 1.0, value_parser = bounds::real(0.0, 1.0, true))]
     pub sample_rate: f64,
+    /// ViT only: stochastic depth of the last block (rising linearly from 0 at the first);
+    /// default 0.1, arcface_torch's for vit_t/s/b (its WebFace42M `*_dp005_*` use 0.05).
+    #[arg(long, value_parser = bounds::below(0.0, 1.0))]
+    pub drop_path: Option<f64>,
+    /// ViT only: share of each image's 144 tokens left out in training and replaced by the
+    /// learned mask token before the head; default 0.1 as arcface_torch's vit_t/s/b (`*_mask0`: 0).
+    #[arg(long, value_parser = bounds::below(0.0, 1.0))]
+    pub mask_ratio: Option<f64>,
+}
+
+impl ModelConfig {
+    /// The backbone these settings build.
+    pub fn backbone(&self) -> crate::model::BackboneSpec {
+        crate::model::BackboneSpec { arch: self.arch, drop_path: self.drop_path, mask_ratio: self.mask_ratio }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -109,6 +109,24 @@ fn iresnet_needs_112_and_margins_parse() {
     assert!(Cli::command().try_get_matches_from(["train", "--train-sets", "a", "--clip-grad-norm", "0"]).is_err());
 }
 
+/// training/wf42m-vit_t.toml: arcface_torch's wf42m_pfc03_40epoch_8gpu_vit_t settings.
+#[test]
+fn the_wf42m_vit_t_recipe_resolves() {
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../training/wf42m-vit_t.toml");
+    let cfg = resolve(Some(&recipe), &["--train-sets", "a"]).unwrap();
+    let (m, o, s) = (&cfg.model, &cfg.optim, &cfg.schedule);
+    assert_eq!(
+        (m.arch, m.drop_path, m.mask_ratio, m.partial_fc, m.sample_rate),
+        (Arch::VitT, Some(0.05), Some(0.0), true, 0.3)
+    );
+    assert_eq!(
+        (o.optimizer, o.lr, o.wd_backbone, o.wd_fr, o.amp),
+        (crate::optim::OptimizerChoice::Adamw, 1e-3, 0.1, 0.1, true)
+    );
+    assert_eq!((s.schedule, s.warmup_steps, s.max_steps), (Schedule::Poly, 41_476, Some(414_760)));
+    assert_eq!((cfg.data.batch_size, cfg.heads.margin().unwrap()), (512, crate::model::Margin::cosface(0.4).into()));
+}
+
 #[test]
 fn the_arcface_torch_recipe_resolves() {
     let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../training/fr-iresnet50-pfc.toml");

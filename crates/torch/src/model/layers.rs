@@ -29,6 +29,7 @@ pub struct BatchNorm {
     running_mean: Tensor,
     running_var: Tensor,
     num_batches_tracked: Tensor,
+    eps: f64,
 }
 
 impl BatchNorm {
@@ -52,7 +53,13 @@ impl BatchNorm {
             running_mean: p.zeros_no_train("running_mean", &[channels]),
             running_var: p.ones_no_train("running_var", &[channels]),
             num_batches_tracked: p.add("num_batches_tracked", tracked, false),
+            eps: 1e-5,
         }
+    }
+
+    /// Another epsilon (arcface_torch's ViT `feature` head uses 2e-5).
+    pub fn with_eps(self, eps: f64) -> BatchNorm {
+        BatchNorm { eps, ..self }
     }
 }
 
@@ -72,7 +79,7 @@ impl ModuleT for BatchNorm {
             Some(&self.running_var),
             train,
             0.1,
-            1e-5,
+            self.eps,
             true,
         )
     }

@@ -25,11 +25,14 @@ pub mod partial_fc;
 pub mod resnet;
 #[cfg(test)]
 mod torchvision_test;
+pub mod vit;
+#[cfg(test)]
+mod vit_twin_test;
 pub mod weights;
 
 pub use adaptive_margin::FrMargin;
 pub use arcface::ArcFace;
-pub use backbone::Backbone;
+pub use backbone::{Backbone, BackboneSpec};
 pub use heads::{ClassifierHead, FrHead, HeadConfig};
 pub use margin::{Margin, MarginKind};
 pub use partial_fc::ClassSlice;
@@ -95,20 +98,26 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn new(root: &nn::Path, arch: Arch, cfg: &HeadConfig, num_classes: usize, task: Task) -> Result<Net> {
+    pub fn new(
+        root: &nn::Path,
+        arch: impl Into<BackboneSpec>,
+        cfg: &HeadConfig,
+        num_classes: usize,
+        task: Task,
+    ) -> Result<Net> {
         Net::with_slice(root, arch, cfg, num_classes, task, None)
     }
 
     /// A net whose ArcFace layer holds only `slice` of the class centres (Partial FC).
     pub fn with_slice(
         root: &nn::Path,
-        arch: Arch,
+        arch: impl Into<BackboneSpec>,
         cfg: &HeadConfig,
         num_classes: usize,
         task: Task,
         slice: Option<ClassSlice>,
     ) -> Result<Net> {
-        let backbone = Backbone::new(&(root / "backbone"), arch, cfg)?;
+        let backbone = Backbone::new(&(root / "backbone"), arch.into(), cfg)?;
         let d = backbone.out_dim();
         let fr = match task.has(Head::Fr) {
             true => {

@@ -33,6 +33,17 @@ pub enum Arch {
     #[value(name = "mbf_large")]
     #[serde(rename = "mbf_large")]
     MbfLarge,
+    /// arcface_torch's Vision Transformers (`vit_t`, `vit_s`, `vit_b`; 112×112 input, 9×9
+    /// patches, `feature` head to the embedding).
+    #[value(name = "vit_t")]
+    #[serde(rename = "vit_t")]
+    VitT,
+    #[value(name = "vit_s")]
+    #[serde(rename = "vit_s")]
+    VitS,
+    #[value(name = "vit_b")]
+    #[serde(rename = "vit_b")]
+    VitB,
 }
 
 #[derive(Clone, Copy)]
@@ -74,9 +85,25 @@ impl Arch {
         }
     }
 
+    /// The name `--arch` takes.
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value().map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+
+    /// The ViT size, for `vit_t`, `vit_s` and `vit_b`.
+    pub fn vit_shape(self) -> Option<super::vit::VitShape> {
+        match self {
+            Arch::VitT => Some(super::vit::VIT_T),
+            Arch::VitS => Some(super::vit::VIT_S),
+            Arch::VitB => Some(super::vit::VIT_B),
+            _ => None,
+        }
+    }
+
     /// True for arcface_torch's backbones (its layout and names; 112×112 only).
     pub fn is_arcface_torch(self) -> bool {
-        self.iresnet_depth().is_some() || self.mbf_shape().is_some()
+        self.iresnet_depth().is_some() || self.mbf_shape().is_some() || self.vit_shape().is_some()
     }
 
     /// Torchvision-style layout; the IResNets have their own (see `iresnet.rs`).
@@ -104,8 +131,11 @@ impl Arch {
             | Arch::Iresnet100
             | Arch::Iresnet200
             | Arch::Mbf
-            | Arch::MbfLarge => {
-                unreachable!("arcface_torch's backbones are built by iresnet.rs and mbf.rs")
+            | Arch::MbfLarge
+            | Arch::VitT
+            | Arch::VitS
+            | Arch::VitB => {
+                unreachable!("arcface_torch's backbones are built by iresnet.rs, mbf.rs and vit.rs")
             }
         };
         Blueprint { kind, blocks, widths: W, stem_width: 64, full_stem: true, norm: true }

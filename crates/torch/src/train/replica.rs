@@ -73,7 +73,7 @@ impl Replica {
     pub fn build(cfg: &TrainConfig, num_classes: usize, device: Device, slice: Option<ClassSlice>) -> Result<Replica> {
         tch::manual_seed(cfg.run.seed as i64);
         let mut vs = VarStore::new(device);
-        let net = Net::with_slice(&vs.root(), cfg.model.arch, &cfg.heads, num_classes, cfg.model.task, slice)?;
+        let net = Net::with_slice(&vs.root(), cfg.model.backbone(), &cfg.heads, num_classes, cfg.model.task, slice)?;
         let [lr_fr, lr_gender, lr_age] = cfg.head_lrs();
         let mut spec = vec![];
         if !cfg.model.freeze_backbone {

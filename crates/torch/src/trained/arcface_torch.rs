@@ -86,7 +86,7 @@ pub fn import(args: &ImportArgs) -> Result<String> {
 fn check_arch(arch: Arch) -> Result<()> {
     ensure!(
         arch.is_arcface_torch(),
-        "--arch {} has torchvision's layout, not arcface_torch's: give one of its backbones (iresnet18, iresnet34, iresnet50, iresnet100, iresnet200, mbf, mbf_large)",
+        "--arch {} has torchvision's layout, not arcface_torch's: give one of its backbones (iresnet18, iresnet34, iresnet50, iresnet100, iresnet200, mbf, mbf_large, vit_t, vit_s, vit_b)",
         arch_name(arch)
     );
     Ok(())
@@ -94,9 +94,10 @@ fn check_arch(arch: Arch) -> Result<()> {
 
 /// The embedding size a file's last BatchNorm (`features`) gives.
 fn embedding_size(arch: Arch, tensors: &[StoredTensor]) -> Result<usize> {
-    let name = match (arch.iresnet_depth(), arch.mbf_shape()) {
-        (Some(_), _) => "features.running_mean",
-        (_, Some(_)) => "features.layers.3.running_mean",
+    let name = match (arch.iresnet_depth(), arch.mbf_shape(), arch.vit_shape()) {
+        (Some(_), _, _) => "features.running_mean",
+        (_, Some(_), _) => "features.layers.3.running_mean",
+        (_, _, Some(_)) => "feature.3.running_mean",
         _ => bail!("no embedding tensor known for {}", arch_name(arch)),
     };
     let t = tensors.iter().find(|t| t.name == name).with_context(|| format!("the file has no {name}"))?;
