@@ -113,12 +113,7 @@ impl Optimizer {
     }
 
     pub fn zero_grad(&mut self) {
-        for p in self.groups.iter_mut().flat_map(|g| g.params.iter_mut()) {
-            let mut grad = p.grad();
-            if grad.defined() {
-                let _ = grad.detach_().zero_();
-            }
-        }
+        self.zero_grads_where(|_| true);
     }
 
     /// One update of every parameter that has a gradient.
@@ -264,7 +259,11 @@ impl Optimizer {
 
     /// `zero_grad` of the named groups only.
     pub fn zero_grad_groups(&mut self, names: &[&str]) {
-        for p in self.groups.iter_mut().filter(|g| names.contains(&g.name.as_str())).flat_map(|g| g.params.iter_mut()) {
+        self.zero_grads_where(|g| names.contains(&g));
+    }
+
+    fn zero_grads_where(&mut self, keep: impl Fn(&str) -> bool) {
+        for p in self.groups.iter_mut().filter(|g| keep(&g.name)).flat_map(|g| g.params.iter_mut()) {
             let mut grad = p.grad();
             if grad.defined() {
                 let _ = grad.detach_().zero_();

@@ -147,7 +147,6 @@ impl AgreedLayouts {
         if self.0.borrow().contains(&hash) {
             return Ok(());
         }
-        crate::host_sync::waited();
         let h = (hash >> 11) as f64;
         let mut range = [h, -h];
         max_reduce(&mut range)?;

@@ -146,6 +146,7 @@ impl Mpi {
     /// `AgreedLayouts`), on the duplicate communicator.
     fn agree(&self, tensors: &[Tensor], what: &str) -> Result<()> {
         self.agreed.check(tensors, (self.info.rank, what), |range| {
+            crate::host_sync::waited();
             let local = range.to_vec();
             self.checks.all_reduce_into(&local[..], range, SystemOperation::max());
             Ok(())

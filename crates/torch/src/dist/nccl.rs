@@ -327,7 +327,6 @@ impl Nccl {
         let h = (bucket::layout_hash(tensors) >> 11) as f64;
         // One reduction gives both the largest hash and (negated) the smallest.
         let mut range = [h, -h];
-        crate::host_sync::waited();
         self.host.all_reduce_f64(&mut range, ReduceOp::Max)?;
         ensure!(range[0] == -range[1], "rank {}: {what} tensors differ in shape or dtype between ranks", self.rank());
         Ok(())
