@@ -1,14 +1,20 @@
 //! `trainer bench train`: images/s of the full training step (backbone, FR head, ArcFace,
 //! cross-entropy, backward, SGD) on a fixed synthetic batch, so only the model is timed.
 //! `benches/pytorch_train.py` is the same step in PyTorch; `benches/train.sh` runs both.
+//! Under mpirun the step all-reduces its gradients as training does (train/backward.rs),
+//! overlapped or not (`--overlap`), and rank 0 ends with a JSON line: the median step and
+//! the median time it waited on communication after its backward (`exposed_comm_ms`).
 
+use crate::config::TrainConfig;
+use crate::dist::{self, Comm, CommArgs};
 use crate::model::input::channels_last;
 use crate::model::loss::cross_entropy;
-use crate::model::{Arch, Head, HeadConfig, Net, Task};
-use crate::optim::{groups_by_prefix, Optimizer};
+use crate::model::{Arch, Head};
+use crate::train::backward::{backward_and_reduce, can_overlap};
+use crate::train::replica::Replica;
 use anyhow::{bail, Context, Result};
 use std::time::Instant;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 use trainer_data::stats::{cpu_seconds, median};
 
 #[derive(clap::Args, Debug)]
@@ -42,6 +48,9 @@ pub struct TrainBenchArgs {
     /// NHWC memory format for the images and weights.
     #[arg(long)]
     pub channels_last: bool,
+    /// The gradient all-reduce under mpirun, as in training.
+    #[command(flatten)]
+    pub comm: CommArgs,
 }
 
 pub fn default_threads() -> usize {
@@ -55,6 +64,8 @@ pub struct TrainBench {
     /// machine shared with other jobs. `None` off Linux.
     pub cpu_secs: Option<f64>,
     pub phase_secs: [Vec<f64>; 3],
+    /// Per step, the wait for the gradient all-reduce after the backward ended.
+    pub exposed_secs: Vec<f64>,
     pub last_loss: f64,
 }
 
@@ -65,13 +76,31 @@ impl TrainBench {
 }
 
 pub fn run(a: TrainBenchArgs) -> Result<()> {
-    let threads = a.threads.unwrap_or_else(default_threads);
+    let info = dist::launch_info()?;
+    let threads = a.threads.unwrap_or_else(|| (default_threads() / info.local_world).max(1));
     tch::set_num_threads(threads as i32);
-    let device = a.device.resolve(&crate::dist::LaunchInfo::single())?;
-    let r = measure(&a, device).with_context(|| format!("training benchmark {:?} at {}px", a.arch, a.size))?;
+    let device = a.device.resolve(&info)?;
+    let comm = super::communicator(device, &info, a.comm.options())?;
+    let result = measure(&a, device, &*comm);
+    let (rank, world) = (comm.rank(), comm.world());
+    // The communicator's MPI objects must go before MPI_Finalize.
+    drop(comm);
+    let r = match result.with_context(|| format!("training benchmark {:?} at {}px", a.arch, a.size)) {
+        Ok(r) => r,
+        Err(e) if world > 1 => dist::abort_job(&format!("rank {rank}: {e:#}")),
+        Err(e) => return Err(e),
+    };
+    dist::finalize();
+    if rank == 0 {
+        report(&a, &r, device, threads, world);
+    }
+    Ok(())
+}
+
+fn report(a: &TrainBenchArgs, r: &TrainBench, device: Device, threads: usize, world: usize) {
     let med = r.median_secs();
     println!(
-        "bench train: arch={:?} size={} batch={} classes={} device={:?} threads={} amp={} channels_last={}",
+        "bench train: arch={:?} size={} batch={} classes={} device={:?} threads={} amp={} channels_last={} ranks={world}",
         a.arch, a.size, a.batch_size, a.classes, device, threads, a.amp, a.channels_last
     );
     println!(
@@ -90,37 +119,43 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
     println!("best step {:.1} ms, {:.2} images/s", best * 1e3, a.batch_size as f64 / best);
     let [f, b, s] = r.phase_secs.each_ref().map(|v| median(v) * 1e3);
     println!("median forward {f:.1} ms, backward {b:.1} ms, sgd {s:.1} ms");
-    Ok(())
+    if world > 1 {
+        let line = serde_json::json!({
+            "ranks": world,
+            "overlap": a.comm.overlap,
+            "bucket_mb": a.comm.bucket_mb,
+            "comm_delay_ms": std::env::var("TRAINER_COMM_DELAY_MS").ok(),
+            "step_ms": med * 1e3,
+            "exposed_comm_ms": median(&r.exposed_secs) * 1e3,
+        });
+        println!("{line}");
+    }
 }
 
-/// Builds the FR model and times `warmup + steps` full training steps.
-pub fn measure(a: &TrainBenchArgs, device: Device) -> Result<TrainBench> {
+/// Builds the FR model as training does (`Replica`) and times `warmup + steps` full
+/// training steps; with several ranks each step all-reduces its gradients over `comm`.
+pub fn measure(a: &TrainBenchArgs, device: Device, comm: &dyn Comm) -> Result<TrainBench> {
     if a.steps == 0 || a.batch_size == 0 {
         bail!("--steps and --batch-size must be positive");
     }
     crate::model::backbone::check_input_side(a.arch, a.size as usize)?;
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(device);
-    let cfg = HeadConfig::default();
-    let net = Net::new(&vs.root(), a.arch, &cfg, a.classes, Task::Fr)?;
-    let spec = [("backbone.", 0.01, 5e-4), ("fr.", 0.01, 5e-4), ("arcface.", 0.01, 5e-4)];
-    let mut opt = Optimizer::sgd(groups_by_prefix(&vs, &spec), 0.9);
+    let mut cfg = TrainConfig::default();
+    (cfg.model.arch, cfg.model.size, cfg.model.channels_last) = (a.arch, a.size as usize, a.channels_last);
+    (cfg.optim.lr, cfg.run.seed) = (0.01, 0);
+    let mut replica = Replica::build(&cfg, a.classes, device, None)?;
     let mut x = Tensor::randn([a.batch_size, 3, a.size, a.size], (Kind::Float, device));
     if a.channels_last {
         x = channels_last(&x);
-        tch::no_grad(|| {
-            for (_, mut v) in vs.variables() {
-                if v.dim() == 4 {
-                    let nhwc = channels_last(&v);
-                    v.set_data(&nhwc);
-                }
-            }
-        });
     }
     let labels: Vec<i64> = (0..a.batch_size).map(|i| i % a.classes as i64).collect();
     let targets = Tensor::from_slice(&labels).to_device(device);
-    let mut r =
-        TrainBench { step_secs: Vec::new(), cpu_secs: None, phase_secs: Default::default(), last_loss: f64::NAN };
+    let mut r = TrainBench {
+        step_secs: Vec::new(),
+        cpu_secs: None,
+        phase_secs: Default::default(),
+        exposed_secs: Vec::new(),
+        last_loss: f64::NAN,
+    };
     let mut cpu_start = None;
     let sync = || {
         if let Device::Cuda(n) = device {
@@ -132,21 +167,27 @@ pub fn measure(a: &TrainBenchArgs, device: Device) -> Result<TrainBench> {
             cpu_start = cpu_seconds();
         }
         let t0 = Instant::now();
-        opt.zero_grad();
-        let loss = tch::autocast(a.amp, || -> Result<Tensor> {
-            let feats = net.features(&x, true);
-            Ok(cross_entropy(&net.logits(Head::Fr, &feats, Some(&targets), true)?, &targets))
+        replica.zero_grad();
+        let staged = can_overlap(a.comm.overlap.on(), comm, &replica, false);
+        let net = replica.net();
+        let (loss, cuts) = tch::autocast(a.amp, || -> Result<_> {
+            let (feats, cuts) = match staged {
+                true => net.features_staged(&x, true),
+                false => (net.features(&x, true), Vec::new()),
+            };
+            Ok((cross_entropy(&net.logits(Head::Fr, &feats, Some(&targets), true)?, &targets), cuts))
         })?;
         sync();
         let t1 = Instant::now();
-        loss.backward();
+        let reduced = backward_and_reduce(&loss, &cuts, &mut replica, comm)?;
         sync();
         let t2 = Instant::now();
-        opt.step();
-        r.last_loss = loss.double_value(&[]); // also waits for the device
+        replica.step(&[Head::Fr]);
+        r.last_loss = crate::host_sync::f64_of(&loss); // also waits for the device
         if i >= a.warmup {
             let t3 = Instant::now();
             r.step_secs.push((t3 - t0).as_secs_f64());
+            r.exposed_secs.push(reduced.waited);
             for (v, d) in r.phase_secs.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2]) {
                 v.push(d.as_secs_f64());
             }

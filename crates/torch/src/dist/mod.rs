@@ -4,6 +4,8 @@
 //! builds the backend. Both share one MPI initialisation (MPI allows only one per process).
 
 pub mod bucket;
+#[cfg(feature = "mpi")]
+mod comm_thread;
 pub mod failure;
 pub mod launch_check;
 #[cfg(feature = "mpi")]
@@ -32,6 +34,20 @@ pub trait Comm {
     /// Averages gradients in place across ranks: flattened buckets of about `bucket_bytes`,
     /// optional fp16 compression. CPU tensors over MPI, CUDA tensors over NCCL.
     fn all_reduce_mean(&self, tensors: &[tch::Tensor]) -> anyhow::Result<()>;
+    /// Starts averaging one group of gradients (a backbone stage's, as soon as its
+    /// backward is done); `finish_means` waits for all of them. Backends that cannot
+    /// overlap average at once. Every rank starts the same groups in the same order.
+    fn start_mean(&self, tensors: &[tch::Tensor]) -> anyhow::Result<()> {
+        self.all_reduce_mean(tensors)
+    }
+    /// Waits for every `start_mean` since the last call; the seconds it waited.
+    fn finish_means(&self) -> anyhow::Result<f64> {
+        Ok(0.0)
+    }
+    /// Whether `start_mean` returns before the average is done (so a staged backward pays).
+    fn overlaps(&self) -> bool {
+        false
+    }
     /// Overwrites every tensor (any dtype, e.g. BatchNorm's i64 counter) with root's values.
     fn broadcast(&self, tensors: &[tch::Tensor], root: usize) -> anyhow::Result<()>;
     fn all_reduce_f64(&self, values: &mut [f64], op: ReduceOp) -> anyhow::Result<()>;
@@ -89,6 +105,23 @@ pub struct CommArgs {
     /// Seconds a collective may wait for a peer before the job is aborted.
     #[arg(long, default_value_t = 60.0, value_parser = trainer_data::bounds::seconds)]
     pub collective_timeout: f64,
+    /// All-reduce each backbone stage's gradients while the earlier stages' backward runs
+    /// (training steps; the results are bit-identical either way).
+    #[arg(long, value_enum, default_value = "on")]
+    pub overlap: Overlap,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    On,
+    Off,
+}
+
+impl Overlap {
+    pub fn on(self) -> bool {
+        self == Overlap::On
+    }
 }
 
 impl Default for CommArgs {

@@ -6,6 +6,7 @@
 //! divides by the world size before it rounds to half, so the sum is of means: it
 //! overflows only where the mean itself would.
 
+use super::comm_thread::CommThread;
 use super::watchdog::{Op, Watchdog};
 use super::{bucket, Comm, CommOptions, LaunchInfo, ReduceOp};
 use anyhow::{ensure, Context, Result};
@@ -85,9 +86,30 @@ pub struct Mpi {
     checks: SimpleCommunicator,
     agreed: bucket::AgreedLayouts,
     watchdog: Watchdog,
+    /// Gradient buckets reduced on this thread (`all_reduce_mean`).
+    reducer: Reducer,
+    /// The thread `start_mean` hands buckets to, made at the first call (None: MPI did not
+    /// grant MPI_THREAD_MULTIPLE, so they are reduced at once).
+    thread: std::cell::OnceCell<Option<CommThread>>,
+    /// Buckets handed to the thread since the last `finish_means` (their buffer slots).
+    started: std::cell::Cell<usize>,
+}
+
+/// Sums gradient buckets over one communicator and writes the means back. The main
+/// thread has one on `world`; the communication thread its own on a duplicate.
+pub struct Reducer {
+    comm: SimpleCommunicator,
+    fp16: bool,
     f16_sum: UserOperation<'static>,
     buffers: std::cell::RefCell<Vec<(Tensor, Tensor)>>,
+    bucket_bytes: usize,
+    /// `TRAINER_COMM_DELAY_MS`: a simulated slower network, added to every bucket.
+    delay: std::time::Duration,
 }
+
+/// SAFETY: MPI handles are process-wide, and under MPI_THREAD_MULTIPLE any thread may use
+/// them; the reducer moves to the communication thread whole and is used there only.
+unsafe impl Send for Reducer {}
 
 impl Mpi {
     pub fn new(info: LaunchInfo, opts: CommOptions) -> Result<Mpi> {
@@ -95,6 +117,7 @@ impl Mpi {
         ensure!(world.rank() as usize == info.rank, "rank changed between launch_info and init");
         let watchdog = Watchdog::start(info.rank, opts.timeout, |m: &str| abort_world(m));
         let checks = world.duplicate();
+        let reducer = Reducer::new(world.duplicate(), &opts);
         Ok(Mpi {
             info,
             opts,
@@ -102,9 +125,27 @@ impl Mpi {
             checks,
             agreed: Default::default(),
             watchdog,
-            f16_sum: UserOperation::commutative(f16_sum),
-            buffers: Default::default(),
+            reducer,
+            thread: Default::default(),
+            started: Default::default(),
         })
+    }
+
+    /// The communication thread, started at the first call when MPI allows threads.
+    fn comm_thread(&self) -> Option<&CommThread> {
+        self.thread
+            .get_or_init(|| {
+                let level = mpi::environment::threading_support();
+                if level != Threading::Multiple {
+                    tracing::warn!(
+                        "MPI granted {level:?}, not MPI_THREAD_MULTIPLE: gradients are all-reduced on the main thread, after the backward (no overlap)"
+                    );
+                    return None;
+                }
+                let reducer = Reducer::new(self.world.duplicate(), &self.opts);
+                Some(CommThread::start(reducer, self.info.rank, self.opts.timeout))
+            })
+            .as_ref()
     }
 
     /// Sums a contiguous CPU f32 tensor over ranks into a new tensor.
@@ -114,32 +155,6 @@ impl Mpi {
             self.world.all_reduce_into(as_slice::<f32>(flat), as_mut_slice::<f32>(&out), SystemOperation::sum());
         }
         out
-    }
-
-    /// The send and receive buffers of bucket `b`, kept between steps (fresh 25 MiB
-    /// allocations every step cost page faults): f32, or f16 when compressing.
-    fn bucket_buffers(&self, b: usize, numel: usize) -> (Tensor, Tensor) {
-        let kind = if self.opts.fp16 { Kind::Half } else { Kind::Float };
-        let mut bufs = self.buffers.borrow_mut();
-        if bufs.len() <= b {
-            bufs.resize_with(b + 1, || (Tensor::new(), Tensor::new()));
-        }
-        if bufs[b].0.numel() != numel {
-            let make = || Tensor::empty([numel as i64], (kind, Device::Cpu));
-            bufs[b] = (make(), make());
-        }
-        (bufs[b].0.shallow_clone(), bufs[b].1.shallow_clone())
-    }
-
-    /// Sums `t` (a contiguous CPU f32 bucket) over ranks straight from its memory and
-    /// writes the mean back in one pass: no packing copy.
-    fn reduce_from(&self, b: usize, t: &Tensor, n: f64) -> Result<()> {
-        let (_, recv) = self.bucket_buffers(b, t.numel());
-        unsafe {
-            self.world.all_reduce_into(as_slice::<f32>(t), as_mut_slice::<f32>(&recv), SystemOperation::sum());
-        }
-        let _ = recv.view_as(t).f_div_scalar_out(t, n)?;
-        Ok(())
     }
 
     /// Checks once per new layout that every rank passes the same tensors (see
@@ -210,6 +225,92 @@ impl Mpi {
     }
 }
 
+impl Reducer {
+    fn new(comm: SimpleCommunicator, opts: &CommOptions) -> Reducer {
+        Reducer {
+            comm,
+            fp16: opts.fp16,
+            f16_sum: UserOperation::commutative(f16_sum),
+            buffers: Default::default(),
+            bucket_bytes: opts.bucket_bytes,
+            delay: comm_delay(),
+        }
+    }
+
+    pub fn buckets(&self, tensors: &[Tensor]) -> Vec<Vec<Tensor>> {
+        bucket::buckets(tensors, self.bucket_bytes)
+    }
+
+    /// The buckets in order, bucket i in buffer slot `first + i`.
+    pub fn reduce_all(&self, first: usize, buckets: &[Vec<Tensor>]) -> Result<()> {
+        let _no_grad = tch::no_grad_guard();
+        for (b, group) in buckets.iter().enumerate() {
+            self.reduce(first + b, group)?;
+            if !self.delay.is_zero() {
+                std::thread::sleep(self.delay);
+            }
+        }
+        Ok(())
+    }
+
+    fn reduce(&self, slot: usize, group: &[Tensor]) -> Result<()> {
+        let n = self.comm.size() as f64;
+        if let Some(t) = bucket::in_place(group).filter(|t| !self.fp16 && t.device() == Device::Cpu) {
+            return self.reduce_from(slot, t, n);
+        }
+        let (send, recv) = self.bucket_buffers(slot, group.iter().map(|t| t.numel()).sum());
+        // f16 divides before the sum (see `pack_divided_into`), f32 after it.
+        let after = if self.fp16 {
+            bucket::pack_divided_into(&send, group, n);
+            1.0
+        } else {
+            bucket::pack_into(&send, group);
+            n
+        };
+        unsafe {
+            if self.fp16 {
+                self.comm.all_reduce_into(as_slice::<u16>(&send), as_mut_slice::<u16>(&recv), &self.f16_sum);
+            } else {
+                self.comm.all_reduce_into(as_slice::<f32>(&send), as_mut_slice::<f32>(&recv), SystemOperation::sum());
+            }
+        }
+        bucket::unflatten_divided(&recv, group, after)
+    }
+
+    /// The send and receive buffers of bucket `b`, kept between steps (fresh 25 MiB
+    /// allocations every step cost page faults): f32, or f16 when compressing.
+    fn bucket_buffers(&self, b: usize, numel: usize) -> (Tensor, Tensor) {
+        let kind = if self.fp16 { Kind::Half } else { Kind::Float };
+        let mut bufs = self.buffers.borrow_mut();
+        if bufs.len() <= b {
+            bufs.resize_with(b + 1, || (Tensor::new(), Tensor::new()));
+        }
+        if bufs[b].0.numel() != numel {
+            let make = || Tensor::empty([numel as i64], (kind, Device::Cpu));
+            bufs[b] = (make(), make());
+        }
+        (bufs[b].0.shallow_clone(), bufs[b].1.shallow_clone())
+    }
+
+    /// Sums `t` (a contiguous CPU f32 bucket) over ranks straight from its memory and
+    /// writes the mean back in one pass: no packing copy.
+    fn reduce_from(&self, b: usize, t: &Tensor, n: f64) -> Result<()> {
+        let (_, recv) = self.bucket_buffers(b, t.numel());
+        unsafe {
+            self.comm.all_reduce_into(as_slice::<f32>(t), as_mut_slice::<f32>(&recv), SystemOperation::sum());
+        }
+        let _ = recv.view_as(t).f_div_scalar_out(t, n)?;
+        Ok(())
+    }
+}
+
+/// `TRAINER_COMM_DELAY_MS=D`: every gradient bucket's all-reduce takes D ms longer (a
+/// sleep: no CPU), to see on one machine what overlap hides on a slow network.
+fn comm_delay() -> std::time::Duration {
+    let ms = std::env::var("TRAINER_COMM_DELAY_MS").ok().and_then(|v| v.trim().parse::<f64>().ok());
+    std::time::Duration::from_secs_f64(ms.unwrap_or(0.0).max(0.0) / 1e3)
+}
+
 fn f16_sum(x: mpi::datatype::DynBuffer, y: mpi::datatype::DynBufferMut) {
     use half::f16;
     let (Some(x), Some(y)) = (x.downcast::<u16>(), y.downcast::<u16>()) else {
@@ -265,35 +366,34 @@ impl Comm for Mpi {
         let _no_grad = tch::no_grad_guard();
         bucket::check_f32(tensors).with_context(|| format!("rank {}: all_reduce_mean", self.info.rank))?;
         self.agree(tensors, "gradients before the all-reduce")?;
-        let n = self.info.world as f64;
-        for (b, group) in bucket::buckets(tensors, self.opts.bucket_bytes).iter().enumerate() {
-            if let Some(t) = bucket::in_place(group).filter(|t| !self.opts.fp16 && t.device() == Device::Cpu) {
-                self.reduce_from(b, t, n)?;
-                continue;
-            }
-            let (send, recv) = self.bucket_buffers(b, group.iter().map(|t| t.numel()).sum());
-            // f16 divides before the sum (see `pack_divided_into`), f32 after it.
-            let after = if self.opts.fp16 {
-                bucket::pack_divided_into(&send, group, n);
-                1.0
-            } else {
-                bucket::pack_into(&send, group);
-                n
-            };
-            unsafe {
-                if self.opts.fp16 {
-                    self.world.all_reduce_into(as_slice::<u16>(&send), as_mut_slice::<u16>(&recv), &self.f16_sum);
-                } else {
-                    self.world.all_reduce_into(
-                        as_slice::<f32>(&send),
-                        as_mut_slice::<f32>(&recv),
-                        SystemOperation::sum(),
-                    );
-                }
-            }
-            bucket::unflatten_divided(&recv, group, after)?;
+        self.reducer.reduce_all(0, &self.reducer.buckets(tensors))
+    }
+
+    fn start_mean(&self, tensors: &[Tensor]) -> Result<()> {
+        let Some(thread) = self.comm_thread() else { return self.all_reduce_mean(tensors) };
+        bucket::check_f32(tensors).with_context(|| format!("rank {}: start_mean", self.info.rank))?;
+        {
+            let _armed = self.watchdog.arm(Op::AllReduceMean);
+            super::failure::maybe_hang();
+            self.agree(tensors, "gradients before the all-reduce")?;
         }
-        Ok(())
+        let buckets = self.reducer.buckets(tensors);
+        let first = self.started.replace(self.started.get() + buckets.len());
+        thread.send(first, buckets)
+    }
+
+    fn finish_means(&self) -> Result<f64> {
+        self.started.set(0);
+        match self.thread.get() {
+            Some(Some(thread)) => {
+                thread.wait().with_context(|| format!("rank {}: gradient all-reduce", self.info.rank))
+            }
+            _ => Ok(0.0),
+        }
+    }
+
+    fn overlaps(&self) -> bool {
+        self.comm_thread().is_some()
     }
 
     fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<()> {

@@ -395,6 +395,16 @@ impl Nccl {
         result
     }
 
+    /// The layout check (once per layout), then every bucket's all-reduce enqueued.
+    fn enqueue_mean(&self, tensors: &[Tensor]) -> Result<()> {
+        super::failure::maybe_hang();
+        self.agree(tensors, "gradients before the all-reduce")?;
+        for group in bucket::buckets(tensors, self.opts.bucket_bytes) {
+            self.all_reduce_bucket(&group)?;
+        }
+        Ok(())
+    }
+
     fn poll_until_done(&self) -> Result<()> {
         type StreamQuery = unsafe extern "C" fn(cudaStream_t) -> c_int;
         const CUDA_ERROR_NOT_READY: c_int = 600;
@@ -449,12 +459,30 @@ impl Comm for Nccl {
         }
         let _armed = self.watchdog.arm(Op::AllReduceMean);
         let _no_grad = tch::no_grad_guard();
-        super::failure::maybe_hang();
-        self.agree(tensors, "gradients before the all-reduce")?;
-        for group in bucket::buckets(tensors, self.opts.bucket_bytes) {
-            self.all_reduce_bucket(&group)?;
-        }
+        self.enqueue_mean(tensors)?;
         self.wait()
+    }
+
+    /// Enqueued behind the kernels that wrote the gradients; `finish_means` waits once
+    /// for every group of the step.
+    fn start_mean(&self, tensors: &[Tensor]) -> Result<()> {
+        if !all_cuda(tensors) {
+            return self.host.start_mean(tensors);
+        }
+        let _armed = self.watchdog.arm(Op::AllReduceMean);
+        let _no_grad = tch::no_grad_guard();
+        self.enqueue_mean(tensors)
+    }
+
+    fn finish_means(&self) -> Result<f64> {
+        let t = std::time::Instant::now();
+        let host = self.host.finish_means()?;
+        if self.settled.get() {
+            return Ok(host);
+        }
+        let _armed = self.watchdog.arm(Op::AllReduceMean);
+        self.wait()?;
+        Ok(t.elapsed().as_secs_f64())
     }
 
     fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<()> {

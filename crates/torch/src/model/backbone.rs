@@ -6,6 +6,7 @@
 use super::iresnet::{self, IResNet};
 use super::mbf::MobileFaceNet;
 use super::resnet::{Arch, ResNet};
+use super::stages::{Carry, Staged};
 use super::vit::{VisionTransformer, VitTraining};
 use super::HeadConfig;
 use anyhow::Result;
@@ -95,6 +96,31 @@ pub fn check_input_side(arch: Arch, side: usize) -> Result<()> {
         (_, Some(_), _) => super::mbf::check_input_side(side),
         (_, _, Some(_)) => super::vit::check_input_side(side),
         _ => Ok(()),
+    }
+}
+
+impl Backbone {
+    fn staged(&self) -> &dyn Staged {
+        match self {
+            Backbone::ResNet(r) => r,
+            Backbone::IResNet(r) => r,
+            Backbone::Mbf(m) => m,
+            Backbone::Vit(v) => v,
+        }
+    }
+}
+
+impl Staged for Backbone {
+    fn stage_count(&self) -> usize {
+        self.staged().stage_count()
+    }
+
+    fn stage_t(&self, i: usize, c: Carry, train: bool) -> Carry {
+        self.staged().stage_t(i, c, train)
+    }
+
+    fn stage_of(&self, name: &str) -> usize {
+        self.staged().stage_of(name)
     }
 }
 

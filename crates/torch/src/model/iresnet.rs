@@ -8,6 +8,7 @@
 //! embedding before L2 normalisation.
 
 use super::layers::BatchNorm;
+use super::stages::{forward_stages, layer_stage, Carry, Staged};
 use anyhow::{bail, ensure, Result};
 use tch::nn::{self, Init, Module, ModuleT};
 use tch::Tensor;
@@ -142,6 +143,8 @@ pub struct IResNet {
     bn1: BatchNorm,
     prelu: PRelu,
     blocks: Vec<IBasicBlock>,
+    /// Where each stage's blocks end in `blocks`.
+    stage_ends: Vec<usize>,
     bn2: BatchNorm,
     dropout: f64,
     fc: nn::Linear,
@@ -156,6 +159,7 @@ impl IResNet {
         ensure!(emb_dim > 0, "iresnet embedding size must be positive");
         ensure!((0.0..1.0).contains(&dropout), "iresnet dropout {dropout} is not in [0, 1)");
         let mut blocks = Vec::new();
+        let mut stage_ends = Vec::new();
         let mut c_in = STEM_WIDTH;
         for (s, (&n, &width)) in blocks_per_stage.iter().zip(&WIDTHS).enumerate() {
             let stage = p / format!("layer{}", s + 1);
@@ -164,6 +168,7 @@ impl IResNet {
                 blocks.push(IBasicBlock::new(&(&stage / b), c_in, width, stride));
                 c_in = width;
             }
+            stage_ends.push(blocks.len());
         }
         let flat = c_in * FINAL_SIDE * FINAL_SIDE;
         Ok(IResNet {
@@ -172,6 +177,7 @@ impl IResNet {
             bn1: BatchNorm::new(p / "bn1", STEM_WIDTH),
             prelu: PRelu::new(p / "prelu", STEM_WIDTH),
             blocks,
+            stage_ends,
             bn2: BatchNorm::new(p / "bn2", c_in),
             dropout,
             fc: linear(p / "fc", flat, emb_dim as i64),
@@ -195,11 +201,7 @@ impl IResNet {
     }
 
     fn forward_checked(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut ys = xs.apply(&self.conv1).apply_t(&self.bn1, train).apply(&self.prelu);
-        for block in &self.blocks {
-            ys = ys.apply_t(block, train);
-        }
-        self.head(ys.apply_t(&self.bn2, train).flatten(1, -1), train)
+        forward_stages(self, xs, train)
     }
 
     /// `fc` and `features` run in f32 with autocast off, as insightface does under fp16:
@@ -208,6 +210,36 @@ impl IResNet {
         tch::autocast(false, || {
             flat.to_kind(self.fc.ws.kind()).dropout(self.dropout, train).apply(&self.fc).apply_t(&self.features, train)
         })
+    }
+}
+
+/// Stages: the stem with `layer1`, then one per `layerK`, the last one with the embedding.
+impl Staged for IResNet {
+    fn stage_count(&self) -> usize {
+        self.stage_ends.len()
+    }
+
+    fn stage_t(&self, i: usize, c: Carry, train: bool) -> Carry {
+        let mut ys = c.x;
+        if i == 0 {
+            ys = ys.apply(&self.conv1).apply_t(&self.bn1, train).apply(&self.prelu);
+        }
+        let start = if i == 0 { 0 } else { self.stage_ends[i - 1] };
+        for block in &self.blocks[start..self.stage_ends[i]] {
+            ys = ys.apply_t(block, train);
+        }
+        if i + 1 == self.stage_ends.len() {
+            ys = self.head(ys.apply_t(&self.bn2, train).flatten(1, -1), train);
+        }
+        Carry { x: ys, ..c }
+    }
+
+    fn stage_of(&self, name: &str) -> usize {
+        match layer_stage(name) {
+            Some(k) => k,
+            None if ["conv1.", "bn1.", "prelu."].iter().any(|p| name.starts_with(p)) => 0,
+            None => self.stage_ends.len() - 1,
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 use super::iresnet::PRelu;
 use super::layers::BatchNorm;
+use super::stages::{forward_stages, Carry, Staged};
 use anyhow::{ensure, Result};
 use tch::nn::{self, Init, ModuleT};
 use tch::Tensor;
@@ -163,16 +164,42 @@ impl MobileFaceNet {
     }
 }
 
-impl ModuleT for MobileFaceNet {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut ys = xs.shallow_clone();
-        for stage in &self.stages {
+/// Where each of the four overlap stages ends in `layers` (the third and the last two
+/// stride-2 depth-wise blocks start a new one); the last also runs the embedding.
+const STAGE_ENDS: [usize; 4] = [3, 5, 7, 8];
+
+impl Staged for MobileFaceNet {
+    fn stage_count(&self) -> usize {
+        STAGE_ENDS.len()
+    }
+
+    fn stage_t(&self, i: usize, c: Carry, train: bool) -> Carry {
+        let start = if i == 0 { 0 } else { STAGE_ENDS[i - 1] };
+        let mut ys = c.x;
+        for stage in &self.stages[start..STAGE_ENDS[i]] {
             ys = match stage {
                 Stage::Conv(c) => ys.apply_t(c, train),
                 Stage::Blocks(blocks) => blocks.iter().fold(ys, |ys, b| ys.apply_t(b, train)),
             };
         }
-        let ys = ys.apply_t(&self.conv_sep, train).apply_t(&self.gdc, train).flatten(1, -1);
-        ys.apply(&self.linear).apply_t(&self.features, train)
+        if i + 1 == STAGE_ENDS.len() {
+            let flat = ys.apply_t(&self.conv_sep, train).apply_t(&self.gdc, train).flatten(1, -1);
+            ys = flat.apply(&self.linear).apply_t(&self.features, train);
+        }
+        Carry { x: ys, ..c }
+    }
+
+    fn stage_of(&self, name: &str) -> usize {
+        let layer = name.strip_prefix("layers.").and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+        match layer {
+            Some(l) => STAGE_ENDS.iter().position(|&end| l < end).unwrap_or(STAGE_ENDS.len() - 1),
+            None => STAGE_ENDS.len() - 1,
+        }
+    }
+}
+
+impl ModuleT for MobileFaceNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        forward_stages(self, xs, train)
     }
 }

@@ -23,6 +23,7 @@ pub mod mbf;
 mod mbf_twin_test;
 pub mod partial_fc;
 pub mod resnet;
+pub mod stages;
 #[cfg(test)]
 mod torchvision_test;
 pub mod vit;
@@ -37,6 +38,7 @@ pub use heads::{ClassifierHead, FrHead, HeadConfig};
 pub use margin::{Margin, MarginKind};
 pub use partial_fc::ClassSlice;
 pub use resnet::Arch;
+pub use stages::{Carry, Staged};
 
 use anyhow::{bail, Result};
 use tch::nn::{self, ModuleT};
@@ -85,6 +87,14 @@ impl Task {
 /// One of the net's heads (`Task::Multi` trains all three on one backbone). It lives
 /// with the data, which knows what each record teaches each head.
 pub use trainer_data::targets::Head;
+
+/// Where the staged forward cut the graph: a stage's output, and the leaf (its detached
+/// copy) the next stage read. The staged backward sends the leaf's gradient back through
+/// the output.
+pub struct Cut {
+    pub output: Tensor,
+    pub leaf: Tensor,
+}
 
 /// Backbone plus the heads of the chosen tasks. What the heads compute is here; the
 /// losses on them are the training step's business.
@@ -146,6 +156,35 @@ impl Net {
     /// Backbone features `[N, out_dim]`: pooled (ResNet) or the embedding (IResNet).
     pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
         self.backbone.forward_t(x, train)
+    }
+
+    /// `features` with a cut after every backbone stage but the last, for the staged
+    /// backward (train/backward.rs): the same operations, the same values.
+    pub fn features_staged(&self, x: &Tensor, train: bool) -> (Tensor, Vec<Cut>) {
+        let n = self.backbone.stage_count();
+        let mut cuts = Vec::with_capacity(n - 1);
+        let mut c = Carry::new(x);
+        for i in 0..n {
+            c = self.backbone.stage_t(i, c, train);
+            if i + 1 < n {
+                let leaf = c.x.detach().set_requires_grad(true);
+                cuts.push(Cut { output: std::mem::replace(&mut c.x, leaf.shallow_clone()), leaf });
+            }
+        }
+        (c.x, cuts)
+    }
+
+    /// Backbone stages (the heads' parameters count with the last).
+    pub fn stage_count(&self) -> usize {
+        self.backbone.stage_count()
+    }
+
+    /// The stage whose backward produces a variable's gradient (its full name).
+    pub fn stage_of(&self, var: &str) -> usize {
+        match var.strip_prefix("backbone.") {
+            Some(name) => self.backbone.stage_of(name),
+            None => self.backbone.stage_count() - 1,
+        }
     }
 
     /// The FR embedding `[N, emb_dim]` before L2 normalisation (what verification sums

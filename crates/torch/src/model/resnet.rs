@@ -4,6 +4,7 @@
 //! `torchvision.models.resnetNN` with `strict=False` missing only `fc.*`.
 
 use super::layers::{conv2d, BatchNorm};
+use super::stages::{forward_stages, layer_stage, Carry, Staged};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -266,16 +267,37 @@ impl ResNet {
     }
 }
 
-impl ModuleT for ResNet {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut ys = norm_t(xs.apply(&self.conv1), &self.bn1, train).relu_();
-        if self.full_stem {
-            ys = ys.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+/// Stages: the stem with `layer1`, then one per `layerK`, the last one pooling.
+impl Staged for ResNet {
+    fn stage_count(&self) -> usize {
+        self.stages.len()
+    }
+
+    fn stage_t(&self, i: usize, c: Carry, train: bool) -> Carry {
+        let mut ys = c.x;
+        if i == 0 {
+            ys = norm_t(ys.apply(&self.conv1), &self.bn1, train).relu_();
+            if self.full_stem {
+                ys = ys.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+            }
         }
-        for block in self.stages.iter().flatten() {
+        for block in &self.stages[i] {
             ys = ys.apply_t(block, train);
         }
-        ys.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        if i + 1 == self.stages.len() {
+            ys = ys.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        }
+        Carry { x: ys, ..c }
+    }
+
+    fn stage_of(&self, name: &str) -> usize {
+        layer_stage(name).unwrap_or(0)
+    }
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        forward_stages(self, xs, train)
     }
 }
 

@@ -11,6 +11,7 @@
 //! learned mask token stands in for them before the head.
 
 use super::layers::BatchNorm;
+use super::stages::{forward_stages, Carry, Staged};
 use anyhow::{ensure, Result};
 use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};
@@ -212,27 +213,68 @@ impl VisionTransformer {
     }
 }
 
-impl ModuleT for VisionTransformer {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+/// Four stages of consecutive blocks; the first also embeds the patches (and masks
+/// tokens), the last also restores them and runs the `feature` head.
+const STAGES: usize = 4;
+
+impl VisionTransformer {
+    /// The blocks of stage `i`.
+    fn stage_blocks(&self, i: usize) -> std::ops::Range<usize> {
+        let d = self.blocks.len();
+        d * i / STAGES..d * (i + 1) / STAGES
+    }
+
+    fn embed_tokens(&self, xs: &Tensor, train: bool) -> Carry {
         let tokens = xs.apply(&self.patch_embed).flatten(2, -1).transpose(1, 2) + &self.pos_embed;
-        let masking = train && self.mask_ratio > 0.0;
-        let (mut ys, restore) = match masking {
+        match train && self.mask_ratio > 0.0 {
             true => {
                 let (kept, restore) = self.keep_tokens(&tokens);
-                (kept, Some(restore))
+                Carry { x: kept, aside: Some(restore) }
             }
-            false => (tokens, None),
-        };
-        for block in &self.blocks {
-            ys = ys.apply_t(block, train);
+            false => Carry { x: tokens, aside: None },
         }
-        let ys = ys.to_kind(Kind::Float).apply(&self.norm);
-        let ys = match &restore {
+    }
+
+    fn feature_head(&self, c: &Carry, train: bool) -> Tensor {
+        let ys = c.x.to_kind(Kind::Float).apply(&self.norm);
+        let ys = match &c.aside {
             Some(restore) => self.restore_tokens(&ys, restore),
             None => ys,
         };
         let (l0, b1, l2, b3) = &self.feature;
         ys.reshape([-1, TOKENS * self.dim]).apply(l0).apply_t(b1, train).apply(l2).apply_t(b3, train)
+    }
+}
+
+impl Staged for VisionTransformer {
+    fn stage_count(&self) -> usize {
+        STAGES
+    }
+
+    fn stage_t(&self, i: usize, c: Carry, train: bool) -> Carry {
+        let mut c = if i == 0 { self.embed_tokens(&c.x, train) } else { c };
+        for block in &self.blocks[self.stage_blocks(i)] {
+            c.x = c.x.apply_t(block, train);
+        }
+        if i + 1 == STAGES {
+            c.x = self.feature_head(&c, train);
+        }
+        c
+    }
+
+    fn stage_of(&self, name: &str) -> usize {
+        let block = name.strip_prefix("blocks.").and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+        match block {
+            Some(b) => (0..STAGES).find(|&i| self.stage_blocks(i).contains(&b)).unwrap_or(STAGES - 1),
+            None if name.starts_with("patch_embed.") || name == "pos_embed" => 0,
+            None => STAGES - 1,
+        }
+    }
+}
+
+impl ModuleT for VisionTransformer {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        forward_stages(self, xs, train)
     }
 }
 

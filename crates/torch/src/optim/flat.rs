@@ -8,14 +8,19 @@ use tch::{Kind, Tensor};
 
 pub struct FlatGrads {
     flat: Tensor,
-    /// The parameters whose gradients live in `flat`, in order.
+    /// The parameters whose gradients live in `flat`, in the order given to `adopt`.
     params: Vec<Tensor>,
+    /// Each stage's slice of `flat` (offset, length), by stage.
+    stages: Vec<(i64, i64)>,
 }
 
 impl FlatGrads {
     /// Moves the (defined, f32, same-device) gradients of `params` into one buffer,
-    /// keeping their values, and points each `.grad` at its slice.
-    pub fn adopt(params: &[Tensor]) -> Result<FlatGrads> {
+    /// keeping their values, and points each `.grad` at its slice. The buffer holds
+    /// `stages[i]`'s gradients together (stage by stage, given order within one), so each
+    /// stage's gradients are one slice that can be all-reduced on its own.
+    pub fn adopt(params: &[Tensor], stages: &[usize]) -> Result<FlatGrads> {
+        ensure!(params.len() == stages.len(), "a stage for each of {} parameters", params.len());
         ensure!(!params.is_empty(), "no gradients to flatten");
         let device = params[0].device();
         let mut total = 0i64;
@@ -31,15 +36,27 @@ impl FlatGrads {
             total += p.numel() as i64;
         }
         let flat = Tensor::zeros([total], (Kind::Float, device));
+        let count = stages.iter().max().map_or(0, |&s| s + 1);
+        let mut slices = vec![(0i64, 0i64); count];
         let mut offset = 0i64;
-        for p in params {
-            let mut g = p.grad();
-            let n = p.numel() as i64;
-            flat.narrow(0, offset, n).copy_(&g.reshape([-1]));
-            let _ = g.set_source_tensor_storage_offset_(&flat, offset, p.size(), contiguous_strides(&p.size()));
-            offset += n;
+        for (stage, slice) in slices.iter_mut().enumerate() {
+            slice.0 = offset;
+            for p in params.iter().zip(stages).filter(|(_, &s)| s == stage).map(|(p, _)| p) {
+                let mut g = p.grad();
+                let n = p.numel() as i64;
+                flat.narrow(0, offset, n).copy_(&g.reshape([-1]));
+                let _ = g.set_source_tensor_storage_offset_(&flat, offset, p.size(), contiguous_strides(&p.size()));
+                offset += n;
+            }
+            slice.1 = offset - slice.0;
         }
-        Ok(FlatGrads { flat, params: params.iter().map(Tensor::shallow_clone).collect() })
+        Ok(FlatGrads { flat, params: params.iter().map(Tensor::shallow_clone).collect(), stages: slices })
+    }
+
+    /// Stage `i`'s gradients: one slice of the buffer (empty for a stage without any).
+    pub fn stage(&self, i: usize) -> Tensor {
+        let (at, n) = self.stages.get(i).copied().unwrap_or((0, 0));
+        self.flat.narrow(0, at, n)
     }
 
     pub fn buffer(&self) -> &Tensor {
@@ -95,7 +112,7 @@ mod tests {
         let (a2, b2) = params();
         loss(&a, &b, 1.0).backward();
         loss(&a2, &b2, 1.0).backward();
-        let flat = FlatGrads::adopt(&[a.shallow_clone(), b.shallow_clone()]).unwrap();
+        let flat = FlatGrads::adopt(&[a.shallow_clone(), b.shallow_clone()], &[0, 0]).unwrap();
         assert!(flat.holds(&[a.shallow_clone(), b.shallow_clone()]));
         for x in [0.5, -2.0] {
             loss(&a, &b, x).backward();
@@ -114,9 +131,20 @@ mod tests {
         assert_eq!(flat.buffer().device(), Device::Cpu);
     }
 
+    /// Each stage's gradients are one slice, in stage order, whatever the parameters' order.
+    #[test]
+    fn stages_are_slices_in_stage_order() {
+        let (a, b) = params();
+        loss(&a, &b, 1.0).backward();
+        let flat = FlatGrads::adopt(&[a.shallow_clone(), b.shallow_clone()], &[1, 0]).unwrap();
+        assert!(flat.stage(0).equal(&b.grad()) && flat.stage(1).equal(&a.grad().reshape([-1])));
+        assert_eq!(flat.buffer().narrow(0, 0, 2).data_ptr(), b.grad().data_ptr());
+        assert_eq!(flat.stage(2).numel(), 0);
+    }
+
     #[test]
     fn a_parameter_without_a_gradient_is_an_error() {
         let (a, _) = params();
-        assert!(FlatGrads::adopt(&[a]).err().unwrap().to_string().contains("no gradient yet"));
+        assert!(FlatGrads::adopt(&[a], &[0]).err().unwrap().to_string().contains("no gradient yet"));
     }
 }

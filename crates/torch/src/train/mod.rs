@@ -5,6 +5,7 @@
 
 mod args;
 mod auto_resume;
+pub mod backward;
 pub mod checkpoint;
 mod decisions;
 mod pools;

@@ -131,19 +131,48 @@ impl Replica {
         self.opt.params_with_grad_except(self.not_reduced())
     }
 
-    /// The gradients to all-reduce: all, or all but the centres' under Partial FC. Once
-    /// they all exist they live in one flat buffer (optim/flat.rs), returned whole; the
-    /// buffer is rebuilt when the set changes (a head's first gradient under `--alternate`).
-    pub fn grads(&mut self) -> Vec<Tensor> {
+    /// The gradients to all-reduce (all, or all but the centres' under Partial FC), one
+    /// group (maybe empty) per backbone stage whose backward computes them (the heads' with the last), so each
+    /// group can be all-reduced as soon as its stage's backward is done. Once they all
+    /// exist they live in one flat buffer (optim/flat.rs), a stage's group one slice of it;
+    /// the buffer is rebuilt when the set changes (a head's first gradient under
+    /// `--alternate`).
+    pub fn grad_groups(&mut self) -> Vec<Vec<Tensor>> {
         let params = self.reduced_params();
-        if !self.flat.as_ref().is_some_and(|f| f.holds(&params)) {
+        if !self.flat_ready() {
             // Gradients that cannot share an f32 buffer stay apart.
-            self.flat = FlatGrads::adopt(&params).ok();
+            self.flat = FlatGrads::adopt(&params, &self.stages_of(&params)).ok();
         }
+        let count = self.net.stage_count();
         match &self.flat {
-            Some(flat) => vec![flat.buffer().shallow_clone()],
-            None => params.iter().map(Tensor::grad).collect(),
+            Some(flat) => {
+                (0..count).map(|i| Some(flat.stage(i)).filter(|t| t.numel() > 0).into_iter().collect()).collect()
+            }
+            None => {
+                let stages = self.stages_of(&params);
+                let of = |i| params.iter().zip(&stages).filter(|(_, &s)| s == i).map(|(p, _)| p.grad()).collect();
+                (0..count).map(of).collect()
+            }
         }
+    }
+
+    /// Elements all-reduced per step.
+    pub fn reduced_numel(&self) -> usize {
+        self.reduced_params().iter().map(Tensor::numel).sum()
+    }
+
+    /// Whether every gradient to all-reduce already has its place in the flat buffer: the
+    /// step's groups are known before its backward.
+    pub fn flat_ready(&self) -> bool {
+        self.flat.as_ref().is_some_and(|f| f.holds(&self.reduced_params()))
+    }
+
+    /// The backbone stage of each parameter (found by its name).
+    fn stages_of(&self, params: &[Tensor]) -> Vec<usize> {
+        let by_ptr: std::collections::HashMap<usize, String> =
+            self.vs.variables().into_iter().map(|(name, t)| (t.data_ptr() as usize, name)).collect();
+        let last = self.net.stage_count() - 1;
+        params.iter().map(|p| by_ptr.get(&(p.data_ptr() as usize)).map_or(last, |n| self.net.stage_of(n))).collect()
     }
 
     /// Every gradient (those of Partial FC's centres too): what loss scaling unscales, as

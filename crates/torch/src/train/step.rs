@@ -8,13 +8,15 @@ use crate::config::TrainConfig;
 use crate::dist::Comm;
 use crate::model::loss::soft_cross_entropy;
 use crate::model::partial_fc::PfcStep;
-use crate::model::{Head, Net};
+use crate::model::{Cut, Head, Net};
 use trainer_data::pipeline::Batch;
 
 /// The weighted total to backpropagate and each head's own loss (for logs).
 pub struct Losses {
     pub total: Tensor,
     pub parts: Vec<(Head, Tensor)>,
+    /// Where a staged forward cut the backbone (empty otherwise): see train/backward.rs.
+    pub cuts: Vec<Cut>,
 }
 
 /// Which heads this step trains: all of the run's, or one in turn with `alternate`.
@@ -76,16 +78,24 @@ pub fn losses(
     device: Device,
     comm: &dyn Comm,
     pfc: Option<&PfcStep>,
+    staged: bool,
 ) -> Result<Losses> {
     let x = Tensor::cat(&parts.iter().map(|p| crate::model::input::images(&p.batch, device)).collect::<Vec<_>>(), 0);
     let x = if cfg.model.channels_last { crate::model::input::channels_last(&x) } else { x };
     let amp = cfg.optim.amp && device.is_cuda();
     // libtorch 2.11 warns on every autocast toggle, so toggle only when asked to.
-    let backbone = |train| match amp {
-        true => tch::autocast(true, || net.features(&x, train)).to_kind(Kind::Float),
-        false => net.features(&x, train),
+    let forward = |train| match staged {
+        true => net.features_staged(&x, train),
+        false => (net.features(&x, train), Vec::new()),
     };
-    let feats = if cfg.model.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(true) };
+    let backbone = |train| match amp {
+        true => {
+            let (feats, cuts) = tch::autocast(true, || forward(train));
+            (feats.to_kind(Kind::Float), cuts)
+        }
+        false => forward(train),
+    };
+    let (feats, cuts) = if cfg.model.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(true) };
     let mut losses = Vec::new();
     let mut feedback = Vec::new();
     let weights =
@@ -115,7 +125,7 @@ pub fn losses(
         .chain(feedback)
         .reduce(|a, b| a + b)
         .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, device)));
-    Ok(Losses { total, parts: losses })
+    Ok(Losses { total, parts: losses, cuts })
 }
 
 /// Records in `parts` with a known target for each head (a head that never sees one is a
@@ -198,8 +208,9 @@ mod tests {
             for b in &batches {
                 // Train-mode BN (batch statistics): what the steps optimised.
                 let parts = [Part { batch: b.clone(), heads: all.to_vec() }];
-                let l = tch::no_grad(|| losses(net, &cfg, &parts, Device::Cpu, &crate::dist::single::Single, None))
-                    .unwrap();
+                let l =
+                    tch::no_grad(|| losses(net, &cfg, &parts, Device::Cpu, &crate::dist::single::Single, None, false))
+                        .unwrap();
                 for (s, (_, v)) in sum.iter_mut().zip(&l.parts) {
                     *s += v.double_value(&[]);
                 }
@@ -210,7 +221,10 @@ mod tests {
         for step in 0..100 {
             opt.zero_grad();
             let parts = [Part { batch: batches[step % 2].clone(), heads: all.to_vec() }];
-            losses(&net, &cfg, &parts, Device::Cpu, &crate::dist::single::Single, None).unwrap().total.backward();
+            losses(&net, &cfg, &parts, Device::Cpu, &crate::dist::single::Single, None, false)
+                .unwrap()
+                .total
+                .backward();
             opt.step();
         }
         let after = measure(&net);

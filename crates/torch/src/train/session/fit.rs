@@ -13,6 +13,7 @@ use crate::dist::ReduceOp;
 use crate::host_sync;
 use crate::model::partial_fc::{CommBytes, PfcStep};
 use crate::model::Head;
+use crate::train::backward::{backward_and_reduce, can_overlap, Reduced};
 use crate::train::checkpoint;
 use crate::train::decisions::{self, Decision};
 use crate::train::replica::{head_groups, BACKBONE};
@@ -34,11 +35,12 @@ struct Window {
     start: Instant,
     images: f64,
     wait: f64,
+    comm_wait: f64,
 }
 
 impl Window {
     fn new() -> Window {
-        Window { start: Instant::now(), images: 0.0, wait: 0.0 }
+        Window { start: Instant::now(), images: 0.0, wait: 0.0, comm_wait: 0.0 }
     }
 }
 
@@ -68,7 +70,9 @@ impl Session {
                 continue;
             }
             let stats = self.settle(&mut interval, signal, clock)?;
-            (window.images, window.wait) = (window.images + stats.images, window.wait + stats.data_wait);
+            window.images += stats.images;
+            window.wait += stats.data_wait;
+            window.comm_wait += stats.comm_wait;
             self.check_labelled(&stats)?;
             let decision = self.decide(&stats)?;
             if let Some(msg) = &decision.give_up {
@@ -164,7 +168,12 @@ impl Session {
         let accum = self.cfg.optim.accum as f64;
         let mut bytes = CommBytes::default();
         let scale = self.state.loss_scale.as_ref().map_or(1.0, |s| s.scale);
-        for _ in 0..self.cfg.optim.accum {
+        let overlap =
+            can_overlap(self.cfg.comm.overlap.on(), &*self.comm, &self.replica, self.cfg.model.freeze_backbone);
+        let mut reduced = Reduced::default();
+        for micro in 0..self.cfg.optim.accum {
+            // Only the last micro-batch's backward communicates.
+            let last = micro + 1 == self.cfg.optim.accum;
             let t = Instant::now();
             let batches = self.pools.next(&heads)?;
             wait += t.elapsed().as_secs_f64();
@@ -181,10 +190,16 @@ impl Session {
                 let rows = batches.iter().filter(|p| p.heads.contains(&Head::Fr)).map(|p| p.batch.n).sum();
                 bytes.add_partial_fc(rows, self.comm.world(), self.cfg.heads.emb_dim);
             }
-            let l = losses(self.replica.net(), &self.cfg, &batches, self.replica.device(), &*self.comm, pfc.as_ref())?;
+            let net = self.replica.net();
+            let l =
+                losses(net, &self.cfg, &batches, self.replica.device(), &*self.comm, pfc.as_ref(), overlap && last)?;
             self.pools.recycle(&heads, batches);
             let objective = if inject { l.total * f64::NAN } else { l.total };
-            scaled_loss(&objective, self.cfg.optim.accum, self.state.loss_scale.as_ref()).backward();
+            let scaled = scaled_loss(&objective, self.cfg.optim.accum, self.state.loss_scale.as_ref());
+            match last {
+                true => reduced = backward_and_reduce(&scaled, &l.cuts, &mut self.replica, &*self.comm)?,
+                false => scaled.backward(),
+            }
             add_to_row(&row, 0, &objective, accum);
             for (head, p) in l.parts.iter().filter(|(h, _)| heads.contains(h)) {
                 add_to_row(&row, column(*head), p, accum);
@@ -193,11 +208,7 @@ impl Session {
         if inject {
             let _ = row.shallow_clone().fill_(f64::NAN);
         }
-        let mut grads = self.replica.grads();
-        crate::dist::failure::maybe_drop_gradient(&mut grads);
-        tch::no_grad(|| self.comm.all_reduce_mean(&grads))?;
-        bytes.allreduce +=
-            grads.iter().map(|g| g.numel() * if self.cfg.comm.fp16_allreduce { 2 } else { 4 }).sum::<usize>();
+        bytes.allreduce += self.replica.reduced_numel() * if self.cfg.comm.fp16_allreduce { 2 } else { 4 };
         if self.unscale(&self.replica.all_grads())? {
             if let Some(max) = self.cfg.optim.clip_grad_norm {
                 self.replica.clip_backbone(max);
@@ -210,7 +221,8 @@ impl Session {
             ));
             self.replica.step(&heads);
         }
-        interval.push(step + 1, heads, row, wait, bytes);
+        interval.push(step + 1, heads, row, [wait, reduced.waited], bytes);
+        interval.overlapped += reduced.overlapped as u64;
         Ok(())
     }
 
@@ -366,6 +378,8 @@ impl Session {
             "lr": self.lr_shown(),
             "images_per_s": window.images / secs,
             "data_wait_frac": window.wait / secs,
+            "comm_wait_frac": window.comm_wait / secs,
+            "overlapped_steps": stats.overlapped,
             "world_size": world,
             "effective_batch": effective_batch,
             "skipped_records": self.state.run.skipped_records,

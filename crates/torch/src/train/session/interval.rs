@@ -27,8 +27,11 @@ pub(super) struct Interval {
     skipped: f64,
     images: f64,
     labelled: [f64; 3],
-    wait: f64,
+    /// Seconds waited for data, and for the gradient all-reduce after the backward.
+    waits: [f64; 2],
     comm_bytes: CommBytes,
+    /// Steps whose gradient all-reduce ran during their backward (`--overlap`).
+    pub overlapped: u64,
 }
 
 /// One step's mean losses over the ranks.
@@ -52,6 +55,10 @@ pub(super) struct Settled {
     pub out_of_time: bool,
     /// This rank's wait for data over the interval.
     pub data_wait: f64,
+    /// This rank's wait for the gradient all-reduce after its backward ended.
+    pub comm_wait: f64,
+    /// This rank's steps whose all-reduce overlapped their backward.
+    pub overlapped: u64,
     /// This rank's bytes into all-reduces and out of all-gathers in the last step.
     pub comm_bytes: CommBytes,
 }
@@ -86,11 +93,13 @@ impl Interval {
         self.labelled.iter_mut().zip(labelled(parts)).for_each(|(a, n)| *a += n);
     }
 
-    /// Step `step` (1-based) trained `heads`, left `row` and waited `wait` s for data.
-    pub fn push(&mut self, step: u64, heads: Vec<Head>, row: Tensor, wait: f64, comm_bytes: CommBytes) {
+    /// Step `step` (1-based) trained `heads`, left `row` and waited `waits` s for data and
+    /// for communication.
+    pub fn push(&mut self, step: u64, heads: Vec<Head>, row: Tensor, waits: [f64; 2], comm_bytes: CommBytes) {
         self.rows.push(row);
         self.steps.push((step, heads));
-        self.wait += wait;
+        self.waits[0] += waits[0];
+        self.waits[1] += waits[1];
         self.comm_bytes = comm_bytes;
     }
 
@@ -127,7 +136,9 @@ impl Interval {
             signalled: rest[2] > 0.0,
             out_of_time: rest[3] > 0.0,
             labelled: [rest[4], rest[5], rest[6]],
-            data_wait: done.wait,
+            data_wait: done.waits[0],
+            comm_wait: done.waits[1],
+            overlapped: done.overlapped,
             comm_bytes: done.comm_bytes,
         })
     }
@@ -145,7 +156,7 @@ mod tests {
             let head = heads[0];
             add_to_row(&row, 0, &Tensor::from(values[0]), 1.0);
             add_to_row(&row, column(head), &Tensor::from(values[1] * 2.0), 2.0);
-            iv.push(step, heads, row, 0.25, CommBytes::default());
+            iv.push(step, heads, row, [0.25, 0.125], CommBytes::default());
         }
         let s = iv.settle(&crate::dist::single::Single, [false, true], true).unwrap();
         assert!(iv.steps.is_empty() && iv.rows.is_empty());
@@ -156,6 +167,6 @@ mod tests {
         );
         assert_eq!(s.steps[1].losses, vec![(Head::Gender, 0.5)]);
         assert!(!s.signalled && s.out_of_time);
-        assert_eq!(s.data_wait, 0.5);
+        assert_eq!((s.data_wait, s.comm_wait), (0.5, 0.25));
     }
 }

@@ -1,0 +1,132 @@
+//! The step's last backward and the gradient all-reduce, overlapped (`--overlap on`).
+//!
+//! The forward cut the backbone after each stage (`Net::features_staged`: the next stage
+//! reads a detached leaf). The backward then runs one stage at a time, the heads and last
+//! stage first; each stage's gradients are handed to the communicator as soon as its
+//! backward is done, and reduced while the earlier stages' backward runs. A stage's
+//! backward gets the leaf's gradient `g` as `(output · g).sum()`, whose gradient with
+//! respect to the output is `g` exactly, so the gradients are bit-identical to the
+//! one-shot backward's. `--overlap off` (and any step the groups are not known before the
+//! backward) runs the one-shot backward, then hands over the same groups in the same
+//! order: the same all-reduce calls, only later.
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use super::replica::Replica;
+use crate::dist::Comm;
+use crate::model::Cut;
+
+/// Backpropagates `loss` through the heads and the last stage, then through each cut
+/// from the last to the first, calling `done(stage)` once a stage's gradients are complete.
+pub fn staged(loss: &Tensor, cuts: &[Cut], mut done: impl FnMut(usize) -> Result<()>) -> Result<()> {
+    loss.backward();
+    done(cuts.len())?;
+    for (stage, cut) in cuts.iter().enumerate().rev() {
+        let g = cut.leaf.grad();
+        if g.defined() {
+            (&cut.output * g).sum(Kind::Float).backward();
+        }
+        done(stage)?;
+    }
+    Ok(())
+}
+
+/// Whether this step can overlap: asked for, a backend that reduces in the background,
+/// and every group known before the backward (from the second step on).
+pub fn can_overlap(overlap: bool, comm: &dyn Comm, replica: &Replica, frozen_backbone: bool) -> bool {
+    overlap && comm.world() > 1 && comm.overlaps() && replica.flat_ready() && !frozen_backbone
+}
+
+/// The last micro-batch's backward of `loss` and the all-reduce of the step's gradients:
+/// overlapped when `cuts` came from a staged forward, after the backward otherwise.
+pub fn backward_and_reduce(loss: &Tensor, cuts: &[Cut], replica: &mut Replica, comm: &dyn Comm) -> Result<Reduced> {
+    if cuts.is_empty() {
+        loss.backward();
+        let groups = dropped_for_fault(replica.grad_groups());
+        for group in groups.iter().rev() {
+            comm.start_mean(group)?;
+        }
+    } else {
+        let groups = dropped_for_fault(replica.grad_groups());
+        staged(loss, cuts, |stage| comm.start_mean(&groups[stage]))?;
+    }
+    Ok(Reduced { waited: comm.finish_means()?, overlapped: !cuts.is_empty() })
+}
+
+/// How a step's all-reduce went.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reduced {
+    /// Seconds the step waited for communication after its backward ended.
+    pub waited: f64,
+    /// Whether the all-reduce ran during the backward.
+    pub overlapped: bool,
+}
+
+/// `TRAINER_FAULT=…:layout` drops a gradient from the first group handed over.
+fn dropped_for_fault(mut groups: Vec<Vec<Tensor>>) -> Vec<Vec<Tensor>> {
+    if let Some(first) = groups.last_mut() {
+        crate::dist::failure::maybe_drop_gradient(first);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::loss::cross_entropy;
+    use crate::model::{Arch, Head, HeadConfig, Net, Task};
+    use std::collections::BTreeSet;
+    use tch::{nn::VarStore, Device};
+
+    /// One forward and backward of a fresh `arch` net (same seed each time): its gradients
+    /// by name, and with `staged`, which variables had one after each stage's backward.
+    fn backward(arch: Arch, side: i64, staged: bool) -> (Vec<(String, Tensor)>, Vec<BTreeSet<String>>) {
+        tch::manual_seed(7);
+        let vs = VarStore::new(Device::Cpu);
+        let cfg = HeadConfig { emb_dim: 16, ..Default::default() };
+        let net = Net::new(&vs.root(), arch, &cfg, 5, Task::Fr).unwrap();
+        let x = Tensor::randn([2, 3, side, side], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[1i64, 3]);
+        let (feats, cuts) = match staged {
+            true => net.features_staged(&x, true),
+            false => (net.features(&x, true), Vec::new()),
+        };
+        let loss = cross_entropy(&net.logits(Head::Fr, &feats, Some(&y), true).unwrap(), &y);
+        let mut seen = Vec::new();
+        let with_grad = || vs.variables().into_iter().filter(|(_, t)| t.grad().defined()).map(|(n, _)| n).collect();
+        super::staged(&loss, &cuts, |_| {
+            seen.push(with_grad());
+            Ok(())
+        })
+        .unwrap();
+        let mut grads: Vec<(String, Tensor)> =
+            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n, t.grad())).collect();
+        grads.sort_by(|a, b| a.0.cmp(&b.0));
+        let stage_of = |n: &String| net.stage_of(n);
+        let all: Vec<String> = grads.iter().map(|(n, _)| n.clone()).collect();
+        // After stage k's backward exactly the variables of stages k.. have gradients.
+        for (i, names) in seen.iter().enumerate() {
+            let k = seen.len() - 1 - i;
+            let want: BTreeSet<String> = all.iter().filter(|n| stage_of(n) >= k).cloned().collect();
+            assert_eq!(names, &want, "{arch:?}: variables with a gradient after stage {k}'s backward");
+        }
+        (grads, seen)
+    }
+
+    /// The staged backward gives every gradient bit for bit, on every kind of backbone,
+    /// and each backbone names the right stage for each of its variables.
+    #[test]
+    fn staged_backward_gives_the_one_shot_gradients_on_every_backbone() {
+        for (arch, side) in
+            [(Arch::Tiny, 32), (Arch::Resnet18, 32), (Arch::Iresnet18, 112), (Arch::Mbf, 112), (Arch::VitT, 112)]
+        {
+            let (one_shot, _) = backward(arch, side, false);
+            let (staged, seen) = backward(arch, side, true);
+            assert!(seen.len() >= 2, "{arch:?}: {} stages", seen.len());
+            for ((name, a), (_, b)) in one_shot.iter().zip(&staged) {
+                assert!(a.defined() && a.equal(b), "{arch:?}: {name}'s gradient differs");
+            }
+        }
+    }
+}
