@@ -11,13 +11,24 @@ use std::path::Path;
 type Flags<'a> = &'a [(&'a str, &'a [&'a str])];
 
 fn run(train: &Path, out: &Path, id: &str, overlap: &str, extra: Flags) -> (Vec<u8>, u64) {
+    run_with(train, out, id, overlap, extra, true)
+}
+
+fn run_with(train: &Path, out: &Path, id: &str, overlap: &str, extra: Flags, comm_thread: bool) -> (Vec<u8>, u64) {
     let mut a =
         tiny_train("FR", out, id).set("--train-sets", s(train)).set("--overlap", overlap).set("--max-steps", "20");
     for &(flag, values) in extra {
         a = a.set_all(flag, values);
     }
     let mpi = mpi().expect("mpirun");
-    let res = mpi.job(2).args(a.args()).output().expect("spawn mpirun");
+    let mut job = mpi.job(2);
+    if !comm_thread {
+        job.env("TRAINER_COMM_THREAD", "off");
+    }
+    let res = job.args(a.args()).output().expect("spawn mpirun");
+    if !comm_thread {
+        assert!(text(&res).contains("--overlap has no effect"), "{id}: no warning: {}", text(&res));
+    }
     assert!(res.status.success(), "{id}: {}", text(&res));
     let run = out.join(id);
     let model = std::fs::read(run.join("checkpoints/step-000000020/model.safetensors")).expect("final checkpoint");
@@ -43,4 +54,17 @@ fn mpi_overlap_on_and_off_end_with_identical_models() {
         assert_eq!(overlapped_off, 0, "{name}: --overlap off overlapped");
         assert!(on == off, "{name}: --overlap on and off ended with different weights");
     }
+}
+
+/// Where MPI grants no MPI_THREAD_MULTIPLE (simulated), `--overlap on` says so and runs
+/// as `off`: the same model.
+#[test]
+fn mpi_overlap_without_a_communication_thread_warns_and_runs_as_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 16, 8, 2, 1);
+    let out = dir.path().join("Model");
+    let (on, overlapped_on) = run(&train, &out, "threaded", "on", &[]);
+    let (alone, overlapped_alone) = run_with(&train, &out, "no-thread", "on", &[], false);
+    assert!(overlapped_on >= 15 && overlapped_alone == 0, "{overlapped_on} and {overlapped_alone} steps overlapped");
+    assert!(on == alone, "without the thread the weights differ");
 }
