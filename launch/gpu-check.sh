@@ -4,7 +4,8 @@
 #   carry target/release/trainer and trainer-torch, run `bash launch/gpu-check.sh` there.
 # Measures: ResNet-50 112px training images/s with and without --amp beside PyTorch on the
 # same GPU; the same with --amp for arcface_torch's vit_t, mbf and iresnet200; a 1-rank
-# NCCL all-reduce (correctness and bandwidth, flat buffer vs buckets); the ArcFace head
+# NCCL all-reduce (correctness and bandwidth, flat buffer vs buckets); bench train through
+# a 1-rank NCCL communicator with the all-reduce overlapped (side stream) or not; the ArcFace head
 # replicated and under Partial FC through a 1-rank NCCL communicator; a short FR run on
 # the GPU, then again with --amp --partial-fc --channels-last (images/s and host_syncs per
 # log interval, end to end with the data pipeline);
@@ -36,6 +37,11 @@ done
 echo "== NCCL, 1 rank"
 timeout 40 $T bench allreduce --device cuda --check
 timeout 40 $T bench allreduce --device cuda --iters 20
+echo "== all-reduce overlapped with backward through a 1-rank NCCL communicator (side stream), ResNet-50 --amp batch 128: on vs off"
+for o in on off on off; do
+  timeout 40 $T bench train --arch resnet50 --size 112 --batch-size 128 --steps 10 --warmup 3 --device cuda:0 --amp \
+    --nccl --overlap $o | tail -1
+done
 echo "== ArcFace head, 1-rank NCCL communicator: replicated vs Partial FC (NCCL all-gather and all-reduces)"
 timeout 90 $T bench head --device cuda --classes 100000,1000000 --emb-dim 512 --batch-size 128
 

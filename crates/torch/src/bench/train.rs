@@ -51,6 +51,10 @@ pub struct TrainBenchArgs {
     /// The gradient all-reduce under mpirun, as in training.
     #[command(flatten)]
     pub comm: CommArgs,
+    /// Alone on a GPU, all-reduce through a 1-rank NCCL communicator anyway (exercises the
+    /// overlapped NCCL path on one GPU; without it one rank does no communication).
+    #[arg(long)]
+    pub nccl: bool,
 }
 
 pub fn default_threads() -> usize {
@@ -80,7 +84,10 @@ pub fn run(a: TrainBenchArgs) -> Result<()> {
     let threads = a.threads.unwrap_or_else(|| (default_threads() / info.local_world).max(1));
     tch::set_num_threads(threads as i32);
     let device = a.device.resolve(&info)?;
-    let comm = super::communicator(device, &info, a.comm.options())?;
+    let comm = match a.nccl {
+        true => super::communicator(device, &info, a.comm.options())?,
+        false => dist::init(&info, device, a.comm.options())?,
+    };
     let result = measure(&a, device, &*comm);
     let (rank, world) = (comm.rank(), comm.world());
     // The communicator's MPI objects must go before MPI_Finalize.
@@ -119,7 +126,7 @@ fn report(a: &TrainBenchArgs, r: &TrainBench, device: Device, threads: usize, wo
     println!("best step {:.1} ms, {:.2} images/s", best * 1e3, a.batch_size as f64 / best);
     let [f, b, s] = r.phase_secs.each_ref().map(|v| median(v) * 1e3);
     println!("median forward {f:.1} ms, backward {b:.1} ms, sgd {s:.1} ms");
-    if world > 1 {
+    if world > 1 || a.nccl {
         let line = serde_json::json!({
             "ranks": world,
             "overlap": a.comm.overlap,

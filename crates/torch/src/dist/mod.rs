@@ -6,6 +6,8 @@
 pub mod bucket;
 #[cfg(feature = "mpi")]
 mod comm_thread;
+#[cfg(feature = "nccl")]
+mod cuda_stream;
 pub mod failure;
 pub mod launch_check;
 #[cfg(feature = "mpi")]

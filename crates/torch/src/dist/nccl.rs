@@ -13,6 +13,7 @@
 //! synchronised once at the end of each collective so it completes under the watchdog and
 //! its errors surface in the call that caused them.
 
+use super::cuda_stream::SideStream;
 use super::watchdog::{Op, Watchdog};
 use super::{bucket, Comm, CommOptions, ReduceOp};
 use anyhow::{bail, ensure, Context, Result};
@@ -184,7 +185,7 @@ pub fn abort_live() {
 }
 
 /// A CUDA runtime entry point that libtorch_cuda already loaded.
-fn cuda_symbol<T: Copy>(name: &[u8]) -> Result<T> {
+pub(super) fn cuda_symbol<T: Copy>(name: &[u8]) -> Result<T> {
     let this = libloading::os::unix::Library::this();
     let sym: libloading::os::unix::Symbol<T> = unsafe { this.get(name) }.with_context(|| {
         format!(
@@ -215,6 +216,30 @@ pub struct Nccl {
     /// destroy the communicator (ncclCommDestroy waits for outstanding work); otherwise
     /// it aborts it.
     settled: Cell<bool>,
+    /// Where `start_mean`'s all-reduces run, made at the first one.
+    side: std::cell::OnceCell<SideStream>,
+    /// The divisions still owed by the buckets `start_mean` enqueued this step.
+    tails: std::cell::RefCell<Vec<Tail>>,
+}
+
+/// A bucket whose sum is enqueued, and the division still owed to its gradients.
+struct Tail {
+    sum: Tensor,
+    group: Vec<Tensor>,
+    divisor: f64,
+}
+
+impl Tail {
+    /// On the default stream, behind the sum.
+    fn apply(self) -> Result<()> {
+        match bucket::in_place(&self.group).filter(|t| t.data_ptr() == self.sum.data_ptr()) {
+            Some(t) => {
+                let _ = t.shallow_clone().f_div_scalar_(self.divisor)?;
+                Ok(())
+            }
+            None => bucket::unflatten_divided(&self.sum, &self.group, self.divisor),
+        }
+    }
 }
 
 impl Nccl {
@@ -255,7 +280,17 @@ impl Nccl {
         live().push(LiveComm(comm));
         super::failure::before_end_job(abort_live);
         tracing::info!(rank, device = index, nccl = lib.version, path = %lib.path.display(), "NCCL communicator ready");
-        Ok(Nccl { host, lib, comm, opts, watchdog, agreed: Default::default(), settled: Cell::new(true) })
+        Ok(Nccl {
+            host,
+            lib,
+            comm,
+            opts,
+            watchdog,
+            agreed: Default::default(),
+            settled: Cell::new(true),
+            side: Default::default(),
+            tails: Default::default(),
+        })
     }
 
     /// Runs `call` on the communicator under the live lock; an error once it was aborted
@@ -269,38 +304,28 @@ impl Nccl {
         self.lib.check(call(self.comm), what, self.rank())
     }
 
-    /// One bucket: f32 summed then divided; f16 divided (in f32) before it is rounded and
-    /// summed, so loss-scaled gradients overflow only where their mean would.
-    fn all_reduce_bucket(&self, group: &[Tensor]) -> Result<()> {
+    /// One bucket made ready to sum on the device: a slice of the flat gradient buffer
+    /// as it lies (f32), or packed; f16 divided (in f32) before it is rounded, so
+    /// loss-scaled gradients overflow only where their mean would.
+    fn prepare(&self, group: &[Tensor]) -> Result<(Tail, ncclDataType_t)> {
         let n = self.world() as f64;
-        if let Some(t) = bucket::in_place(group).filter(|_| !self.opts.fp16) {
-            // A slice of a flat gradient buffer: summed where it lies, then divided.
-            let ptr = t.data_ptr();
-            self.call("ncclAllReduce", |comm| unsafe {
-                (self.lib.all_reduce)(
-                    ptr,
-                    ptr,
-                    t.numel(),
-                    ncclDataType_t::ncclFloat32,
-                    ncclRedOp_t::ncclSum,
-                    comm,
-                    std::ptr::null_mut(),
-                )
-            })?;
-            let _ = t.shallow_clone().f_div_scalar_(n)?;
-            return Ok(());
+        let group: Vec<Tensor> = group.iter().map(Tensor::shallow_clone).collect();
+        if let Some(t) = bucket::in_place(&group).filter(|_| !self.opts.fp16) {
+            return Ok((Tail { sum: t.shallow_clone(), group, divisor: n }, ncclDataType_t::ncclFloat32));
         }
-        let flat = bucket::flatten(group)?;
-        let (buf, dtype, after) = if self.opts.fp16 {
-            ((flat / n).to_kind(Kind::Half), ncclDataType_t::ncclFloat16, 1.0)
-        } else {
-            (flat, ncclDataType_t::ncclFloat32, n)
-        };
-        let ptr = buf.data_ptr();
+        let flat = bucket::flatten(&group)?;
+        Ok(match self.opts.fp16 {
+            true => (Tail { sum: (flat / n).to_kind(Kind::Half), group, divisor: 1.0 }, ncclDataType_t::ncclFloat16),
+            false => (Tail { sum: flat, group, divisor: n }, ncclDataType_t::ncclFloat32),
+        })
+    }
+
+    /// The in-place sum of a prepared bucket, enqueued on `stream`.
+    fn enqueue_sum(&self, tail: &Tail, dtype: ncclDataType_t, stream: cudaStream_t) -> Result<()> {
+        let (ptr, count) = (tail.sum.data_ptr(), tail.sum.numel());
         self.call("ncclAllReduce", |comm| unsafe {
-            (self.lib.all_reduce)(ptr, ptr, buf.numel(), dtype, ncclRedOp_t::ncclSum, comm, std::ptr::null_mut())
-        })?;
-        bucket::unflatten_divided(&buf, group, after)
+            (self.lib.all_reduce)(ptr, ptr, count, dtype, ncclRedOp_t::ncclSum, comm, stream)
+        })
     }
 
     fn broadcast_one(&self, t: &Tensor, root: usize) -> Result<()> {
@@ -395,12 +420,35 @@ impl Nccl {
         result
     }
 
-    /// The layout check (once per layout), then every bucket's all-reduce enqueued.
+    /// The layout check (once per layout), then every bucket's sum enqueued on the
+    /// default stream, each followed by its division.
     fn enqueue_mean(&self, tensors: &[Tensor]) -> Result<()> {
         super::failure::maybe_hang();
         self.agree(tensors, "gradients before the all-reduce")?;
         for group in bucket::buckets(tensors, self.opts.bucket_bytes) {
-            self.all_reduce_bucket(&group)?;
+            let (tail, dtype) = self.prepare(&group)?;
+            self.enqueue_sum(&tail, dtype, std::ptr::null_mut())?;
+            tail.apply()?;
+        }
+        Ok(())
+    }
+
+    /// `enqueue_mean` with the sums on the side stream, after everything the default
+    /// stream holds so far (the stage's backward, the packing); the divisions wait for
+    /// `finish_means`.
+    fn enqueue_mean_aside(&self, tensors: &[Tensor]) -> Result<()> {
+        super::failure::maybe_hang();
+        self.agree(tensors, "gradients before the all-reduce")?;
+        let prepared: Vec<_> =
+            bucket::buckets(tensors, self.opts.bucket_bytes).iter().map(|g| self.prepare(g)).collect::<Result<_>>()?;
+        if self.side.get().is_none() {
+            let _ = self.side.set(SideStream::new().with_context(|| format!("rank {}: NCCL's stream", self.rank()))?);
+        }
+        let side = self.side.get().context("NCCL's stream")?;
+        side.follow_default()?;
+        for (tail, dtype) in prepared {
+            self.enqueue_sum(&tail, dtype, side.raw())?;
+            self.tails.borrow_mut().push(tail);
         }
         Ok(())
     }
@@ -471,7 +519,7 @@ impl Comm for Nccl {
         }
         let _armed = self.watchdog.arm(Op::AllReduceMean);
         let _no_grad = tch::no_grad_guard();
-        self.enqueue_mean(tensors)
+        self.enqueue_mean_aside(tensors)
     }
 
     fn finish_means(&self) -> Result<f64> {
@@ -481,8 +529,19 @@ impl Comm for Nccl {
             return Ok(host);
         }
         let _armed = self.watchdog.arm(Op::AllReduceMean);
+        let _no_grad = tch::no_grad_guard();
+        if let Some(side) = self.side.get() {
+            side.rejoin_default()?;
+        }
+        for tail in self.tails.take() {
+            tail.apply()?;
+        }
         self.wait()?;
         Ok(t.elapsed().as_secs_f64())
+    }
+
+    fn overlaps(&self) -> bool {
+        true
     }
 
     fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<()> {

@@ -32,10 +32,11 @@ pub fn staged(loss: &Tensor, cuts: &[Cut], mut done: impl FnMut(usize) -> Result
     Ok(())
 }
 
-/// Whether this step can overlap: asked for, a backend that reduces in the background,
-/// and every group known before the backward (from the second step on).
+/// Whether this step can overlap: asked for, a backend that reduces in the background
+/// (not the single-process one), and every group known before the backward (from the
+/// second step on).
 pub fn can_overlap(overlap: bool, comm: &dyn Comm, replica: &Replica, frozen_backbone: bool) -> bool {
-    overlap && comm.world() > 1 && comm.overlaps() && replica.flat_ready() && !frozen_backbone
+    overlap && comm.overlaps() && replica.flat_ready() && !frozen_backbone
 }
 
 /// The last micro-batch's backward of `loss` and the all-reduce of the step's gradients:
