@@ -3,8 +3,9 @@
 //! default stream (the legacy NULL stream, which tch never changes; see nccl.rs). The
 //! stream is non-blocking, so only the events order it against the default stream.
 
+use super::completion::Pending;
 use super::nccl::cuda_symbol;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use cudarc::nccl::sys::cudaStream_t;
 use std::ffi::{c_int, c_uint, c_void};
 
@@ -78,6 +79,42 @@ impl Drop for SideStream {
                 de(self.behind);
                 ds(self.stream);
             }
+        }
+    }
+}
+
+/// An event recorded on the default stream: done once everything enqueued there before
+/// it has run (the step's all-reduces and the divisions after them).
+pub struct DefaultStreamMark(Event);
+
+impl DefaultStreamMark {
+    pub fn record() -> Result<DefaultStreamMark> {
+        let record: unsafe extern "C" fn(Event, cudaStream_t) -> c_int = cuda_symbol(b"cudaEventRecord\0")?;
+        let mark = DefaultStreamMark(new_event()?);
+        check(unsafe { record(mark.0, std::ptr::null_mut()) }, "cudaEventRecord")?;
+        Ok(mark)
+    }
+}
+
+/// SAFETY: a CUDA event is a process-wide handle; the runtime allows any thread to query it.
+unsafe impl Send for DefaultStreamMark {}
+
+impl Pending for DefaultStreamMark {
+    fn poll(&mut self) -> Result<bool> {
+        const NOT_READY: c_int = 600;
+        let query: unsafe extern "C" fn(Event) -> c_int = cuda_symbol(b"cudaEventQuery\0")?;
+        match unsafe { query(self.0) } {
+            0 => Ok(true),
+            NOT_READY => Ok(false),
+            code => bail!("CUDA error {code} on the stream the all-reduce ran on"),
+        }
+    }
+}
+
+impl Drop for DefaultStreamMark {
+    fn drop(&mut self) {
+        if let Ok(destroy) = cuda_symbol::<unsafe extern "C" fn(Event) -> c_int>(b"cudaEventDestroy\0") {
+            unsafe { destroy(self.0) };
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod bucket;
 #[cfg(feature = "mpi")]
 mod comm_thread;
+pub mod completion;
 #[cfg(feature = "nccl")]
 mod cuda_stream;
 pub mod failure;
@@ -14,6 +15,8 @@ pub mod launch_check;
 pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+#[cfg(feature = "nccl")]
+mod nccl_library;
 pub mod single;
 pub mod watchdog;
 

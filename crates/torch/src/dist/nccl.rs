@@ -1,149 +1,28 @@
 //! NCCL backend: gradients, parameter broadcasts and Partial FC's all-gather and
 //! all-reduces on CUDA tensors' memory; scalars and bytes still go through the host
 //! communicator (MPI, or Single for a world of one).
-//!
-//! Loading: cudarc's dynamic loader panics when it finds nothing and never tries the real
-//! soname `libnccl.so.2` (the name PyTorch's wheel ships), and it honours no variable to
-//! point it elsewhere. So the library is probed here, by path, and its few entry points
-//! are called through cudarc's NCCL types (`cudarc::nccl::sys`).
+//! The library is found and loaded by nccl_library.rs.
 //!
 //! Ordering: tch never changes libtorch's current stream, which stays the device's default
-//! (legacy NULL) stream, so every NCCL call is enqueued on stream NULL, after the kernels
-//! that wrote the gradients and before the copies that read them back. The device is
-//! synchronised once at the end of each collective so it completes under the watchdog and
-//! its errors surface in the call that caused them.
+//! (legacy NULL) stream, so NCCL calls are enqueued on stream NULL, after the kernels that
+//! wrote their inputs and before the copies that read them back; the training step's
+//! gradient all-reduces instead run on a side stream ordered by events (cuda_stream.rs),
+//! beside the next stage's backward. The host waits for a collective's completion (under
+//! the watchdog, errors surfacing in the call that caused them), except for the step's
+//! gradients: a watching thread sees those finish (completion.rs), so the host runs ahead.
 
-use super::cuda_stream::SideStream;
+pub use super::nccl_library::{candidates, library, probe_from, Library};
+
+use super::completion::Completions;
+use super::cuda_stream::{DefaultStreamMark, SideStream};
 use super::watchdog::{Op, Watchdog};
 use super::{bucket, Comm, CommOptions, ReduceOp};
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::nccl::sys::{cudaStream_t, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclResult_t, ncclUniqueId};
 use std::cell::Cell;
-use std::ffi::{c_char, c_int, c_void, CStr};
-use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::ffi::{c_char, c_int};
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
-
-type GetUniqueId = unsafe extern "C" fn(*mut ncclUniqueId) -> ncclResult_t;
-type InitRank = unsafe extern "C" fn(*mut ncclComm_t, c_int, ncclUniqueId, c_int) -> ncclResult_t;
-type AllReduce = unsafe extern "C" fn(
-    *const c_void,
-    *mut c_void,
-    usize,
-    ncclDataType_t,
-    ncclRedOp_t,
-    ncclComm_t,
-    cudaStream_t,
-) -> ncclResult_t;
-type AllGather =
-    unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, ncclComm_t, cudaStream_t) -> ncclResult_t;
-type Broadcast = unsafe extern "C" fn(
-    *const c_void,
-    *mut c_void,
-    usize,
-    ncclDataType_t,
-    c_int,
-    ncclComm_t,
-    cudaStream_t,
-) -> ncclResult_t;
-type Destroy = unsafe extern "C" fn(ncclComm_t) -> ncclResult_t;
-type ErrorString = unsafe extern "C" fn(ncclResult_t) -> *const c_char;
-type GetVersion = unsafe extern "C" fn(*mut c_int) -> ncclResult_t;
-type CommAbort = unsafe extern "C" fn(ncclComm_t) -> ncclResult_t;
-type GetAsyncError = unsafe extern "C" fn(ncclComm_t, *mut ncclResult_t) -> ncclResult_t;
-
-/// The NCCL entry points this backend uses, from one probed library.
-pub struct Library {
-    pub path: PathBuf,
-    /// e.g. 22805 for 2.28.5.
-    pub version: i32,
-    get_unique_id: GetUniqueId,
-    init_rank: InitRank,
-    all_reduce: AllReduce,
-    all_gather: AllGather,
-    broadcast: Broadcast,
-    destroy: Destroy,
-    error_string: ErrorString,
-    comm_abort: CommAbort,
-    get_async_error: GetAsyncError,
-    _lib: libloading::Library,
-}
-
-/// Where to look, in order: $NCCL_LIBRARY, the system's soname and dev name, and the
-/// `nvidia/nccl` wheel beside the libtorch this process runs (PyTorch's own NCCL).
-pub fn candidates() -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::env::var_os("NCCL_LIBRARY").map(PathBuf::from).into_iter().collect();
-    out.extend(["libnccl.so.2", "libnccl.so"].map(PathBuf::from));
-    let torch_dirs =
-        loaded_libtorch_dir().into_iter().chain(std::env::var_os("LIBTORCH").map(|d| PathBuf::from(d).join("lib")));
-    for dir in torch_dirs {
-        let wheel = dir.join("../../nvidia/nccl/lib/libnccl.so.2");
-        if !out.contains(&wheel) {
-            out.push(wheel);
-        }
-    }
-    out
-}
-
-/// The directory of the libtorch_cpu.so mapped into this process.
-fn loaded_libtorch_dir() -> Option<PathBuf> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let path = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.ends_with("/libtorch_cpu.so"))?;
-    Some(PathBuf::from(path).parent()?.to_path_buf())
-}
-
-/// Opens the first candidate that loads and has every entry point.
-pub fn probe_from(candidates: &[PathBuf]) -> Result<Library> {
-    let mut tried = Vec::new();
-    for path in candidates {
-        match open(path) {
-            Ok(lib) => return Ok(lib),
-            Err(e) => tried.push(format!("{} ({e})", path.display())),
-        }
-    }
-    bail!("NCCL not found (tried: {}); install nvidia-nccl-cu13 or set NCCL_LIBRARY", tried.join(", "))
-}
-
-fn open(path: &PathBuf) -> Result<Library> {
-    unsafe {
-        let lib = libloading::Library::new(path)?;
-        let get_version: GetVersion = *lib.get(b"ncclGetVersion\0")?;
-        let mut version = 0;
-        get_version(&mut version);
-        Ok(Library {
-            path: path.clone(),
-            version,
-            get_unique_id: *lib.get(b"ncclGetUniqueId\0")?,
-            init_rank: *lib.get(b"ncclCommInitRank\0")?,
-            all_reduce: *lib.get(b"ncclAllReduce\0")?,
-            all_gather: *lib.get(b"ncclAllGather\0")?,
-            broadcast: *lib.get(b"ncclBroadcast\0")?,
-            destroy: *lib.get(b"ncclCommDestroy\0")?,
-            error_string: *lib.get(b"ncclGetErrorString\0")?,
-            comm_abort: *lib.get(b"ncclCommAbort\0")?,
-            get_async_error: *lib.get(b"ncclCommGetAsyncError\0")?,
-            _lib: lib,
-        })
-    }
-}
-
-/// The process-wide NCCL, probed once.
-pub fn library() -> Result<&'static Library> {
-    static LIB: OnceLock<Result<Library, String>> = OnceLock::new();
-    LIB.get_or_init(|| probe_from(&candidates()).map_err(|e| format!("{e:#}")))
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-impl Library {
-    fn check(&self, r: ncclResult_t, what: &str, rank: usize) -> Result<()> {
-        if r == ncclResult_t::ncclSuccess {
-            return Ok(());
-        }
-        let msg = unsafe { CStr::from_ptr((self.error_string)(r)) }.to_string_lossy();
-        bail!("rank {rank}: NCCL {what} failed: {msg} ({r:?})")
-    }
-}
 
 /// This process's live communicators (one in training; a benchmark may hold several), for
 /// `abort_live` (a panic or the watchdog must abort them from any thread, without the
@@ -220,6 +99,35 @@ pub struct Nccl {
     side: std::cell::OnceCell<SideStream>,
     /// The divisions still owed by the buckets `start_mean` enqueued this step.
     tails: std::cell::RefCell<Vec<Tail>>,
+    /// Each step's gradient all-reduce, watched to completion off the host's path.
+    completions: Completions,
+}
+
+/// The thread that sees each step's all-reduce finish (see dist/completion.rs): it polls
+/// NCCL's asynchronous error meanwhile, and ends the job on an error or the time-out.
+fn watch_completions(
+    lib: &'static Library,
+    comm: LiveComm,
+    device: usize,
+    rank: usize,
+    timeout: std::time::Duration,
+) -> Completions {
+    let setup = move || {
+        if let Err(e) = set_device(device) {
+            tracing::warn!("rank {rank}: {e:#}");
+        }
+    };
+    let check = move || {
+        let comm = &comm; // the whole (sendable) wrapper, not its raw pointer
+        let guard = live();
+        if !guard.iter().any(|l| l.0 == comm.0) {
+            return Ok(()); // aborted: the job is ending
+        }
+        let mut err = ncclResult_t::ncclSuccess;
+        lib.check(unsafe { (lib.get_async_error)(comm.0, &mut err) }, "ncclCommGetAsyncError", rank)?;
+        lib.check(err, "collective (asynchronous error)", rank)
+    };
+    Completions::start(rank, timeout, setup, check, |m: &str| super::failure::end_job(m))
 }
 
 /// A bucket whose sum is enqueued, and the division still owed to its gradients.
@@ -278,6 +186,7 @@ impl Nccl {
             )?;
         }
         live().push(LiveComm(comm));
+        let completions = watch_completions(lib, LiveComm(comm), index, rank, opts.timeout);
         super::failure::before_end_job(abort_live);
         tracing::info!(rank, device = index, nccl = lib.version, path = %lib.path.display(), "NCCL communicator ready");
         Ok(Nccl {
@@ -290,6 +199,7 @@ impl Nccl {
             settled: Cell::new(true),
             side: Default::default(),
             tails: Default::default(),
+            completions,
         })
     }
 
@@ -536,7 +446,8 @@ impl Comm for Nccl {
         for tail in self.tails.take() {
             tail.apply()?;
         }
-        self.wait()?;
+        // No host wait: the watcher sees the step's work finish (or time out).
+        self.completions.push(Box::new(DefaultStreamMark::record()?));
         Ok(t.elapsed().as_secs_f64())
     }
 
@@ -601,6 +512,11 @@ impl Drop for Nccl {
     /// (destroy would wait for work that may never finish); nothing if an abort already
     /// took it.
     fn drop(&mut self) {
+        if !self.settled.get() {
+            // Outstanding steps finish first (an error there aborts the communicator).
+            let _armed = self.watchdog.arm(Op::AllReduceMean);
+            let _ = self.wait();
+        }
         let mut guard = live();
         let Some(at) = guard.iter().position(|l| l.0 == self.comm) else { return };
         guard.remove(at);
@@ -613,23 +529,6 @@ impl Drop for Nccl {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn missing_library_is_a_clear_error() {
-        let err = probe_from(&[PathBuf::from("/nonexistent/libnccl.so.2"), PathBuf::from("libnccl-missing.so")])
-            .err()
-            .expect("a missing library must not load");
-        let msg = format!("{err:#}");
-        assert!(msg.starts_with("NCCL not found (tried: /nonexistent/libnccl.so.2"), "{msg}");
-        assert!(msg.contains("libnccl-missing.so") && msg.contains("set NCCL_LIBRARY"), "{msg}");
-    }
-
-    #[test]
-    fn candidates_include_the_torch_wheel() {
-        let _ = Tensor::zeros([1], (Kind::Float, Device::Cpu)); // libtorch is mapped
-        let c = candidates();
-        assert!(c.iter().any(|p| p.ends_with("nvidia/nccl/lib/libnccl.so.2")), "{c:?}");
-    }
 
     #[test]
     fn cpu_device_or_no_gpu_is_an_error_not_a_panic() {
