@@ -4,7 +4,7 @@
 //! stage. Every rank hands over the same buckets in the same order, so the threads' calls
 //! match. Only used where MPI granted MPI_THREAD_MULTIPLE.
 
-use super::mpi::Reducer;
+use super::reducer::Reducer;
 use super::watchdog::{Op, Watchdog};
 use anyhow::{bail, Result};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -26,13 +26,14 @@ pub struct CommThread {
 }
 
 impl CommThread {
-    pub fn start(reducer: Reducer, rank: usize, timeout: Duration) -> CommThread {
+    /// `on_expire` ends the job when a bucket stays in flight past `timeout`.
+    pub fn start(reducer: Reducer, rank: usize, timeout: Duration, on_expire: fn(&str) -> !) -> CommThread {
         let (jobs, inbox) = channel::<Job>();
         let (outbox, done) = channel();
         let handle = std::thread::Builder::new()
             .name("allreduce".into())
             .spawn(move || {
-                let watchdog = Watchdog::start(rank, timeout, |m: &str| super::mpi::abort_world(m));
+                let watchdog = Watchdog::start(rank, timeout, move |m: &str| on_expire(m));
                 for job in inbox {
                     let _armed = watchdog.arm(Op::AllReduceMean);
                     if outbox.send(reducer.reduce_all(job.first, &job.buckets)).is_err() {

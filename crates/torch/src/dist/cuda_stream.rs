@@ -4,12 +4,23 @@
 //! stream is non-blocking, so only the events order it against the default stream.
 
 use super::completion::Pending;
-use super::nccl::cuda_symbol;
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use cudarc::nccl::sys::cudaStream_t;
 use std::ffi::{c_int, c_uint, c_void};
 
 type Event = *mut c_void;
+
+/// A CUDA runtime entry point that libtorch_cuda already loaded.
+pub fn cuda_symbol<T: Copy>(name: &[u8]) -> Result<T> {
+    let this = libloading::os::unix::Library::this();
+    let sym: libloading::os::unix::Symbol<T> = unsafe { this.get(name) }.with_context(|| {
+        format!(
+            "{} is not loaded: is this binary linked with libtorch_cuda?",
+            String::from_utf8_lossy(&name[..name.len() - 1])
+        )
+    })?;
+    Ok(*sym)
+}
 
 pub struct SideStream {
     stream: cudaStream_t,

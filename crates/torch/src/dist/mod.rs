@@ -17,6 +17,8 @@ pub mod mpi;
 pub mod nccl;
 #[cfg(feature = "nccl")]
 mod nccl_library;
+#[cfg(feature = "mpi")]
+mod reducer;
 pub mod single;
 pub mod watchdog;
 

@@ -14,7 +14,7 @@
 pub use super::nccl_library::{candidates, library, probe_from, Library};
 
 use super::completion::Completions;
-use super::cuda_stream::{DefaultStreamMark, SideStream};
+use super::cuda_stream::{cuda_symbol, DefaultStreamMark, SideStream};
 use super::watchdog::{Op, Watchdog};
 use super::{bucket, Comm, CommOptions, ReduceOp};
 use anyhow::{bail, ensure, Context, Result};
@@ -61,18 +61,6 @@ pub fn abort_live() {
             unsafe { (lib.comm_abort)(comm) };
         }
     }
-}
-
-/// A CUDA runtime entry point that libtorch_cuda already loaded.
-pub(super) fn cuda_symbol<T: Copy>(name: &[u8]) -> Result<T> {
-    let this = libloading::os::unix::Library::this();
-    let sym: libloading::os::unix::Symbol<T> = unsafe { this.get(name) }.with_context(|| {
-        format!(
-            "{} is not loaded: is this binary linked with libtorch_cuda?",
-            String::from_utf8_lossy(&name[..name.len() - 1])
-        )
-    })?;
-    Ok(*sym)
 }
 
 /// cudaSetDevice from the CUDA runtime libtorch_cuda already loaded (NCCL binds a
