@@ -69,6 +69,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true", help="CUDA autocast fp16")
+    ap.add_argument("--channels-last", action="store_true", help="NHWC images and weights")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -77,6 +78,9 @@ def main():
     model = FrModel(a.arch, a.classes).to(dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(a.batch_size, 3, a.size, a.size, device=dev)
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     labels = (torch.arange(a.batch_size) % a.classes).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times, phases, loss_value = [], ([], [], []), float("nan")
@@ -102,7 +106,7 @@ def main():
     cpu = time.process_time() - cpu0
     med = statistics.median(times)
     print(f"bench train (pytorch {torch.__version__}): arch={a.arch} size={a.size} batch={a.batch_size} "
-          f"classes={a.classes} device={a.device} threads={a.threads} amp={a.amp}")
+          f"classes={a.classes} device={a.device} threads={a.threads} amp={a.amp} channels_last={a.channels_last}")
     print(f"median step {med * 1e3:.1f} ms over {len(times)} steps ({a.warmup} warm-up), "
           f"{a.batch_size / med:.2f} images/s, last loss {loss_value:.3f}")
     best = min(times)

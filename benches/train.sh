@@ -5,16 +5,18 @@
 #   benches/train.sh                     # ResNet-50, 112px, batch 16, CPU, 2 threads
 #   DEVICE=cuda:0 BATCH=128 AMP=1 benches/train.sh
 # Settings: ARCH SIZE BATCH THREADS STEPS WARMUP REPEATS DEVICE CLASSES AMP (1 = on),
+# CHANNELS_LAST (1 = NHWC images and weights on both sides),
 # TRAINER (binary, default target/release/trainer), PYTHON (default python3 on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCH=${ARCH:-resnet50} SIZE=${SIZE:-112} BATCH=${BATCH:-16} THREADS=${THREADS:-2}
 STEPS=${STEPS:-8} WARMUP=${WARMUP:-3} REPEATS=${REPEATS:-3} DEVICE=${DEVICE:-cpu}
-CLASSES=${CLASSES:-1000} AMP=${AMP:-0}
+CLASSES=${CLASSES:-1000} AMP=${AMP:-0} CHANNELS_LAST=${CHANNELS_LAST:-0}
 TRAINER=${TRAINER:-target/release/trainer} PYTHON=${PYTHON:-python3}
 common=(--arch "$ARCH" --size "$SIZE" --batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP"
         --classes "$CLASSES" --threads "$THREADS" --device "$DEVICE")
 [ "$AMP" = 1 ] && common+=(--amp)
+[ "$CHANNELS_LAST" = 1 ] && common+=(--channels-last)
 
 rate() { sed -n 's/^median step.*, \([0-9.]*\) images\/s.*/\1/p'; }
 best() { sed -n 's/^best step.*, \([0-9.]*\) images\/s.*/\1/p'; }
@@ -34,7 +36,7 @@ mr=$(printf '%s\n' "${rust[@]}" | median)
 mp=$(printf '%s\n' "${py[@]}" | median)
 mrc=$(printf '%s\n' "${rust_cpu[@]}" | median)
 mpc=$(printf '%s\n' "${py_cpu[@]}" | median)
-echo "$ARCH ${SIZE}px batch $BATCH on $DEVICE, $THREADS threads, amp=$AMP: trainer $mr images/s, pytorch $mp images/s, ratio $(awk -v a="$mr" -v b="$mp" 'BEGIN {printf "%.3f", a / b}') (median of $REPEATS alternated runs, $STEPS timed steps each)"
+echo "$ARCH ${SIZE}px batch $BATCH on $DEVICE, $THREADS threads, amp=$AMP channels_last=$CHANNELS_LAST: trainer $mr images/s, pytorch $mp images/s, ratio $(awk -v a="$mr" -v b="$mp" 'BEGIN {printf "%.3f", a / b}') (median of $REPEATS alternated runs, $STEPS timed steps each)"
 mrb=$(printf '%s\n' "${rust_best[@]}" | sort -g | tail -1)
 mpb=$(printf '%s\n' "${py_best[@]}" | sort -g | tail -1)
 echo "best single step of all runs: trainer $mrb images/s, pytorch $mpb images/s, ratio $(awk -v a="$mrb" -v b="$mpb" 'BEGIN {printf "%.3f", a / b}')"

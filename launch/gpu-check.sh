@@ -24,9 +24,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $T bench train --arch tiny --size 32 --batch-size 4 --steps 2 --warmup 1 --device cuda:0 || { echo "trainer cannot use the GPU"; exit 1; }
 
 echo "== ResNet-50 112px batch 128, GPU fp32 (trainer vs PyTorch)"
-TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 REPEATS=2 timeout 110 bash benches/train.sh
+bare_log=$(mktemp)
+TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 REPEATS=2 timeout 110 bash benches/train.sh |
+  tee "$bare_log"
+bare=$(sed -n 's/.*: trainer \([0-9.]*\) images\/s, pytorch.*/\1/p' "$bare_log")
 echo "== same with --amp"
 TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 REPEATS=2 AMP=1 timeout 110 bash benches/train.sh
+
+echo "== same with --amp --channels-last on both sides"
+TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 REPEATS=2 AMP=1 CHANNELS_LAST=1 \
+  timeout 110 bash benches/train.sh
 
 echo "== arcface_torch's backbones, 112px batch 128, GPU --amp (trainer vs PyTorch; docs/model-zoo.md)"
 for arch in vit_t mbf iresnet200; do
@@ -55,6 +62,10 @@ RUST_LOG=info timeout 130 $T train FR --arch resnet50 --size 112 --batch-size 12
   --train-sets "$work/shards/fr" --valid-sets "$work/shards/frv" --workers 12 --max-steps 200 --log-every 25 \
   --valid-every 200 --save-every 200 --out "$work/Model" --run-id gpu 2>&1 | grep -E "step|verification|error"
 grep -E '"images_per_s"|"valid"' "$work/Model/gpu/log.txt" | tail -4
+e2e=$(grep -o '"images_per_s":[0-9.]*' "$work/Model/gpu/log.txt" | tail -n +2 | cut -d: -f2 | sort -g |
+  awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)]}')
+echo "end to end (median progress line after the first) ${e2e:-?} images/s vs bare step ${bare:-?} images/s:" \
+  "$(awk -v a="${e2e:-0}" -v b="${bare:-0}" 'BEGIN {if (b > 0) printf "%.3f", a / b; else print "?"}') (goal >= 0.95)"
 echo "== the same run with --amp --partial-fc --channels-last (100 steps)"
 RUST_LOG=info timeout 100 $T train FR --arch resnet50 --size 112 --batch-size 128 --lr 0.1 --device cuda:0 \
   --amp --partial-fc --channels-last --train-sets "$work/shards/fr" --workers 12 --max-steps 100 --log-every 25 \
