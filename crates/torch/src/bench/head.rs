@@ -126,13 +126,17 @@ fn optimiser(vs: &VarStore) -> Optimizer {
     Optimizer::sgd(vec![ParamGroup::new("arcface", vs.trainable_variables(), 0.1, 5e-4)], 0.9)
 }
 
-/// Median over `iters` timed steps (after one warm-up) of the slowest rank's time.
-fn time_steps(comm: &dyn Comm, iters: usize, mut step: impl FnMut(u64) -> Result<()>) -> Result<f64> {
+/// Median over `iters` timed steps (after one warm-up) of the slowest rank's time, each
+/// until the device is done (the step's collectives are not waited for on the host).
+fn time_steps(comm: &dyn Comm, device: Device, iters: usize, mut step: impl FnMut(u64) -> Result<()>) -> Result<f64> {
     let mut times = Vec::with_capacity(iters);
     for i in 0..=iters as u64 {
         comm.barrier()?;
         let t0 = Instant::now();
         step(i)?;
+        if let Device::Cuda(n) = device {
+            tch::Cuda::synchronize(n as i64);
+        }
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -146,7 +150,7 @@ fn replicated_step(a: &HeadBenchArgs, comm: &dyn Comm, device: Device, classes: 
     let arc = ArcFace::new(&vs.root(), classes, a.emb_dim, 64.0, Margin::arcface(0.5));
     let mut opt = optimiser(&vs);
     let (emb, labels) = batch(a, comm, device, classes);
-    let step_s = time_steps(comm, a.iters, |_| {
+    let step_s = time_steps(comm, device, a.iters, |_| {
         opt.zero_grad();
         cross_entropy(&arc.logits_on(&emb, &labels, None)?, &labels).backward();
         comm.all_reduce_mean(&opt.grads())?;
@@ -164,7 +168,7 @@ fn partial_fc_step(a: &HeadBenchArgs, comm: &dyn Comm, device: Device, classes: 
     let arc = ArcFace::new(&vs.root(), slice.len, a.emb_dim, 64.0, Margin::arcface(0.5));
     let mut opt = optimiser(&vs);
     let (emb, labels) = batch(a, comm, device, classes);
-    let step_s = time_steps(comm, a.iters, |i| {
+    let step_s = time_steps(comm, device, a.iters, |i| {
         opt.zero_grad();
         let step = PfcStep { comm, slice, sample_rate: rate, seed: 0, step: i, grad_factor: 1.0 };
         let (_, term) = step.loss(&arc, &emb, &labels)?;

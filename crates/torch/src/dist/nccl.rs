@@ -7,9 +7,10 @@
 //! (legacy NULL) stream, so NCCL calls are enqueued on stream NULL, after the kernels that
 //! wrote their inputs and before the copies that read them back; the training step's
 //! gradient all-reduces instead run on a side stream ordered by events (cuda_stream.rs),
-//! beside the next stage's backward. The host waits for a collective's completion (under
-//! the watchdog, errors surfacing in the call that caused them), except for the step's
-//! gradients: a watching thread sees those finish (completion.rs), so the host runs ahead.
+//! beside the next stage's backward. The step's collectives (the gradients, Partial FC's
+//! all-gathers and all-reduces) are not waited for on the host: a watching thread sees
+//! them finish (completion.rs), so the host runs ahead. Broadcasts and the benchmarks'
+//! all-reduces wait, under the watchdog, errors surfacing in the call that caused them.
 
 pub use super::nccl_library::{candidates, library, probe_from, Library};
 
@@ -318,6 +319,14 @@ impl Nccl {
         result
     }
 
+    /// No host wait: everything enqueued so far is watched to completion (or its
+    /// time-out) by the watching thread, and later kernels on the default stream are
+    /// ordered after it anyway.
+    fn watch(&self) -> Result<()> {
+        self.completions.push(Box::new(DefaultStreamMark::record()?));
+        Ok(())
+    }
+
     /// The layout check (once per layout), then every bucket's sum enqueued on the
     /// default stream, each followed by its division.
     fn enqueue_mean(&self, tensors: &[Tensor]) -> Result<()> {
@@ -434,8 +443,7 @@ impl Comm for Nccl {
         for tail in self.tails.take() {
             tail.apply()?;
         }
-        // No host wait: the watcher sees the step's work finish (or time out).
-        self.completions.push(Box::new(DefaultStreamMark::record()?));
+        self.watch()?;
         Ok(t.elapsed().as_secs_f64())
     }
 
@@ -468,7 +476,7 @@ impl Comm for Nccl {
         let _armed = self.watchdog.arm(Op::AllGather);
         let _no_grad = tch::no_grad_guard();
         let out = self.all_gather_rows(t)?;
-        self.wait()?;
+        self.watch()?;
         Ok(out)
     }
 
@@ -479,7 +487,7 @@ impl Comm for Nccl {
         let _armed = self.watchdog.arm(Op::AllReduce);
         let _no_grad = tch::no_grad_guard();
         self.all_reduce_in_place(t, op)?;
-        self.wait()
+        self.watch()
     }
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
         self.host.broadcast_bytes(bytes, root)
