@@ -12,6 +12,7 @@
 
 mod adamw;
 pub mod flat;
+mod flat_sgd;
 mod scalars;
 #[cfg(test)]
 mod twin_test;
@@ -90,6 +91,8 @@ pub struct Optimizer {
     moments: Vec<Vec<Option<Moments>>>,
     /// SGD's factors per group, on the device.
     scalars: Vec<scalars::DeviceScalars>,
+    /// Groups whose parameters and gradients lie in the flat buffers: stepped whole.
+    flat: Vec<Option<flat_sgd::FlatGroup>>,
 }
 
 /// Where a state tensor's name says it holds a group's lr scale, not a momentum buffer.
@@ -104,7 +107,14 @@ impl Optimizer {
     pub fn new(groups: Vec<ParamGroup>, rule: Rule) -> Optimizer {
         let (buffers, moments) = (empty(&groups), empty(&groups));
         let scalars = groups.iter().map(|_| Default::default()).collect();
-        Optimizer { groups, rule, factor: 1.0, buffers, moments, scalars }
+        let flat = groups.iter().map(|_| None).collect();
+        Optimizer { groups, rule, factor: 1.0, buffers, moments, scalars, flat }
+    }
+
+    /// Gives SGD each group's parameters and gradients as one slice each, where `span`
+    /// finds them laid out so (optim/flat.rs); other groups step per parameter.
+    pub fn attach_flat(&mut self, span: impl Fn(&[Tensor]) -> Option<(Tensor, Tensor)>) {
+        self.flat = self.groups.iter().map(|g| span(&g.params).map(|(p, g)| flat_sgd::FlatGroup::new(p, g))).collect();
     }
 
     /// SGD with this momentum.
@@ -156,7 +166,8 @@ impl Optimizer {
     fn update_sgd(&mut self, momentum: f64, selected: impl Fn(&ParamGroup) -> bool) {
         let schedule = self.factor;
         tch::no_grad(|| {
-            for ((group, bufs), scalars) in self.groups.iter_mut().zip(&mut self.buffers).zip(&mut self.scalars) {
+            let groups = self.groups.iter_mut().zip(&mut self.buffers).zip(&mut self.scalars).zip(&mut self.flat);
+            for (((group, bufs), scalars), flat) in groups {
                 let Some(first) = group.params.first() else { continue };
                 if !selected(group) {
                     continue;
@@ -164,6 +175,15 @@ impl Optimizer {
                 let values = [group.weight_decay, momentum, -group.current_lr() * schedule];
                 let factors = scalars.get(&values, first);
                 let (wd, m, neg_lr) = (&factors[0], &factors[1], &factors[2]);
+                if let Some(flat) = flat {
+                    let f = flat_sgd::Factors {
+                        weight_decay: (group.weight_decay != 0.0).then_some(wd),
+                        momentum: (momentum != 0.0).then_some(m),
+                        neg_lr,
+                    };
+                    flat.step(&group.params, bufs, &f);
+                    continue;
+                }
                 for (p, buf) in group.params.iter_mut().zip(bufs.iter_mut()) {
                     let grad = p.grad();
                     if !grad.defined() {

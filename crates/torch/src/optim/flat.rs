@@ -8,17 +8,24 @@ use tch::{Kind, Tensor};
 
 pub struct FlatGrads {
     flat: Tensor,
+    /// The parameters themselves, laid out as `flat` (each one's data re-pointed into it),
+    /// so the optimiser can update a group with a few calls on slices (optim/flat_sgd.rs).
+    values: Tensor,
     /// The parameters whose gradients live in `flat`, in the order given to `adopt`.
     params: Vec<Tensor>,
+    /// Where each of `params` lies in both buffers (offset, length).
+    at: Vec<(i64, i64)>,
     /// Each stage's slice of `flat` (offset, length), by stage.
     stages: Vec<(i64, i64)>,
 }
 
 impl FlatGrads {
-    /// Moves the (defined, f32, same-device) gradients of `params` into one buffer,
-    /// keeping their values, and points each `.grad` at its slice. The buffer holds
-    /// `stages[i]`'s gradients together (stage by stage, given order within one), so each
-    /// stage's gradients are one slice that can be all-reduced on its own.
+    /// Moves the (defined, f32, same-device) gradients of `params` into one buffer and
+    /// the parameters into another laid out alike, keeping values and each one's memory
+    /// order (channels-last weights stay so), and points each `.grad` and each parameter
+    /// at its slice. The buffers hold `stages[i]`'s parameters together (stage by stage,
+    /// given order within one), so each stage's gradients are one slice that can be
+    /// all-reduced on its own.
     pub fn adopt(params: &[Tensor], stages: &[usize]) -> Result<FlatGrads> {
         ensure!(params.len() == stages.len(), "a stage for each of {} parameters", params.len());
         ensure!(!params.is_empty(), "no gradients to flatten");
@@ -28,29 +35,48 @@ impl FlatGrads {
             let g = p.grad();
             ensure!(g.defined(), "parameter {i} has no gradient yet");
             ensure!(
-                g.kind() == Kind::Float && g.device() == device,
-                "gradient {i} is {:?} on {:?}",
-                g.kind(),
-                g.device()
+                g.kind() == Kind::Float && p.kind() == Kind::Float && g.device() == device && p.device() == device,
+                "parameter {i} or its gradient is not f32 on {device:?}"
             );
+            ensure!(dense(p), "parameter {i} is a strided view, not a whole tensor");
             total += p.numel() as i64;
         }
         let flat = Tensor::zeros([total], (Kind::Float, device));
+        let values = Tensor::zeros([total], (Kind::Float, device));
         let count = stages.iter().max().map_or(0, |&s| s + 1);
         let mut slices = vec![(0i64, 0i64); count];
+        let mut at = vec![(0i64, 0i64); params.len()];
         let mut offset = 0i64;
+        let _no_grad = tch::no_grad_guard();
         for (stage, slice) in slices.iter_mut().enumerate() {
             slice.0 = offset;
-            for p in params.iter().zip(stages).filter(|(_, &s)| s == stage).map(|(p, _)| p) {
-                let mut g = p.grad();
+            for (i, p) in params.iter().enumerate().filter(|&(i, _)| stages[i] == stage) {
                 let n = p.numel() as i64;
-                flat.narrow(0, offset, n).copy_(&g.reshape([-1]));
-                let _ = g.set_source_tensor_storage_offset_(&flat, offset, p.size(), contiguous_strides(&p.size()));
+                move_into(&p.grad(), &flat, offset, &p.stride());
+                move_into(p, &values, offset, &p.stride());
+                at[i] = (offset, n);
                 offset += n;
             }
             slice.1 = offset - slice.0;
         }
-        Ok(FlatGrads { flat, params: params.iter().map(Tensor::shallow_clone).collect(), stages: slices })
+        Ok(FlatGrads { flat, values, params: params.iter().map(Tensor::shallow_clone).collect(), at, stages: slices })
+    }
+
+    /// A group's parameters and gradients as one slice of each buffer, when the group's
+    /// parameters (in its order) lie there one after another; `None` otherwise.
+    pub fn span(&self, group: &[Tensor]) -> Option<(Tensor, Tensor)> {
+        let mut run: Option<(i64, i64)> = None;
+        for p in group {
+            let i = self.params.iter().position(|q| q.data_ptr() == p.data_ptr())?;
+            let (off, n) = self.at[i];
+            run = match run {
+                None => Some((off, n)),
+                Some((start, len)) if start + len == off => Some((start, len + n)),
+                Some(_) => return None,
+            };
+        }
+        let (start, len) = run?;
+        Some((self.values.narrow(0, start, len), self.flat.narrow(0, start, len)))
     }
 
     /// Stage `i`'s gradients: one slice of the buffer (empty for a stage without any).
@@ -81,12 +107,17 @@ impl FlatGrads {
     }
 }
 
-fn contiguous_strides(size: &[i64]) -> Vec<i64> {
-    let mut strides = vec![1i64; size.len()];
-    for i in (0..size.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * size[i + 1].max(1);
-    }
-    strides
+/// Copies `t` into `buffer` at `offset` in its own memory order and re-points `t` there.
+fn move_into(t: &Tensor, buffer: &Tensor, offset: i64, strides: &[i64]) {
+    let size = t.size();
+    buffer.as_strided(size.as_slice(), strides, Some(offset)).copy_(t);
+    let _ = t.shallow_clone().set_source_tensor_storage_offset_(buffer, offset, size.as_slice(), strides);
+}
+
+/// Whether `t`'s elements fill exactly `numel` places of memory (any dimension order).
+fn dense(t: &Tensor) -> bool {
+    let span: i64 = t.size().iter().zip(t.stride()).map(|(&d, s)| (d - 1).max(0) * s).sum::<i64>() + 1;
+    t.numel() == 0 || (span == t.numel() as i64 && t.stride().iter().all(|&s| s > 0))
 }
 
 #[cfg(test)]

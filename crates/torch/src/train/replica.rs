@@ -142,6 +142,8 @@ impl Replica {
         if !self.flat_ready() {
             // Gradients that cannot share an f32 buffer stay apart.
             self.flat = FlatGrads::adopt(&params, &self.stages_of(&params)).ok();
+            let flat = &self.flat;
+            self.opt.attach_flat(|group| flat.as_ref()?.span(group));
         }
         let count = self.net.stage_count();
         match &self.flat {
