@@ -91,13 +91,13 @@ mod tests {
 
     /// The loader's former f32 batch, computed as it was: (v − 127.5) / 127.5 per pixel,
     /// columns mirrored for a flipped image.
-    fn old_f32_path(bytes: &[u8], n: usize, s: usize, flips: &[bool]) -> Vec<f32> {
+    fn old_f32_path(bytes: &[u8], s: usize, flips: &[bool]) -> Vec<f32> {
         let mut out = vec![0f32; bytes.len()];
-        for i in 0..n {
+        for (i, &flip) in flips.iter().enumerate() {
             for row in 0..3 * s {
                 for x in 0..s {
                     let at = (i * 3 * s + row) * s;
-                    let from = if flips[i] { s - 1 - x } else { x };
+                    let from = if flip { s - 1 - x } else { x };
                     out[at + x] = (bytes[at + from] as f32 - 127.5) / 127.5;
                 }
             }
@@ -119,10 +119,10 @@ mod tests {
         let t = images(&b, Device::Cpu).unwrap();
         assert_eq!((t.size(), t.kind()), (vec![n as i64, 3, s as i64, s as i64], Kind::Float));
         let got = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
-        let want = old_f32_path(&bytes, n, s, &flips);
+        let want = old_f32_path(&bytes, s, &flips);
         assert_eq!(bits(&got), bits(&want));
         assert_eq!(bits(&b.images_f32()), bits(&want), "the host helper gives the same bits");
-        let unflipped = old_f32_path(&bytes, n, s, &[false; 4]);
+        let unflipped = old_f32_path(&bytes, s, &[false; 4]);
         assert_ne!(got[..768], unflipped[..768], "image 0 is mirrored");
         assert_eq!(got[768..1536], unflipped[768..1536], "image 1 is not");
     }
