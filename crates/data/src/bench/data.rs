@@ -1,5 +1,6 @@
-//! `trainer bench data`: the whole input pipeline's throughput (read, decode, resize,
-//! flip, normalise, batch), as images/s and encoded MB/s, median of several repetitions.
+//! `trainer bench data`: the whole input pipeline's throughput (read, decode, resize, flip
+//! flags, batch into u8), as images/s and encoded MB/s, median of several repetitions, and
+//! the bytes of one batch as the loader hands it over.
 
 use crate::pipeline::{Loader, LoaderConfig, RankView, SamplerKind, SamplerPosition};
 use crate::stats::{cpu_seconds, median, memory, Memory};
@@ -55,6 +56,10 @@ pub struct DataReport {
     pub cpu_ms_per_image: f64,
     pub rss_anon_mb: f64,
     pub rss_file_mb: f64,
+    /// Image bytes of one full batch as handed to the consumer (N×3×S×S u8).
+    pub batch_bytes: usize,
+    /// Image buffers the loader allocated in the last repetition (batches are recycled).
+    pub buffers_allocated: u64,
 }
 
 impl std::fmt::Display for DataReport {
@@ -63,6 +68,11 @@ impl std::fmt::Display for DataReport {
             f,
             "median: {:.1} img/s, {:.1} MB/s, {:.3} CPU ms/img ({} worker(s))",
             self.images_per_s, self.mb_per_s, self.cpu_ms_per_image, self.workers
+        )?;
+        writeln!(
+            f,
+            "{} bytes of images per batch; {} buffer(s) allocated per repetition",
+            self.batch_bytes, self.buffers_allocated
         )?;
         writeln!(f, "memory with the loader running: {:.1} MB anonymous, {:.1} MB file-backed (mapped shards: page cache the kernel can drop)", self.rss_anon_mb, self.rss_file_mb)
     }
@@ -101,6 +111,8 @@ pub fn run(view: &Arc<RankView>, args: &DataArgs, mut on_rep: impl FnMut(usize, 
         cpu_ms_per_image: med(|r| r.cpu_ms),
         rss_anon_mb: reps.iter().map(|r| r.anon_mb).fold(f64::NAN, f64::max),
         rss_file_mb: reps.iter().map(|r| r.file_mb).fold(f64::NAN, f64::max),
+        batch_bytes: reps.iter().map(|r| r.batch_bytes).max().unwrap_or(0),
+        buffers_allocated: reps.last().map_or(0, |r| r.buffers_allocated),
     })
 }
 
@@ -118,6 +130,8 @@ pub struct Rep {
     /// Resident memory (MB) at the end of the repetition, with the loader and its queue live.
     pub anon_mb: f64,
     pub file_mb: f64,
+    pub batch_bytes: usize,
+    pub buffers_allocated: u64,
 }
 
 /// One repetition: a fresh loader (so start-up and queue fill are paid) for `batches` batches.
@@ -134,11 +148,12 @@ fn time_once(view: &Arc<RankView>, args: &DataArgs, workers: usize, seed: u64) -
     };
     let (start, cpu_start) = (Instant::now(), cpu_seconds().unwrap_or(f64::NAN));
     let mut loader = Loader::train(view.clone(), cfg, SamplerPosition::START)?;
-    let (mut images, mut bytes) = (0usize, 0usize);
+    let (mut images, mut bytes, mut batch_bytes) = (0usize, 0usize, 0usize);
     for _ in 0..args.batches {
         let Some(b) = loader.next_batch()? else { anyhow::bail!("the training loader ended early") };
         images += b.n;
         bytes += b.bytes;
+        batch_bytes = batch_bytes.max(b.images.len());
         loader.recycle(b.images);
     }
     let secs = start.elapsed().as_secs_f64();
@@ -151,5 +166,7 @@ fn time_once(view: &Arc<RankView>, args: &DataArgs, workers: usize, seed: u64) -
         skipped: loader.skipped_total(),
         anon_mb,
         file_mb,
+        batch_bytes,
+        buffers_allocated: loader.buffers_allocated(),
     })
 }

@@ -1,5 +1,6 @@
-//! One image's bytes → a normalised NCHW slot: decode, resize to the training size when it
-//! differs, optional flip, (x-127.5)/127.5.
+//! One image's bytes → a planar RGB u8 slot (3×size×size): decode, resize to the training
+//! size when it differs. Flip and normalisation happen later, on the device
+//! (`normalise` holds the rule).
 //!
 //! JPEGs go through libjpeg-turbo at the smallest DCT scale (n/8) that still covers the
 //! training size, as PIL's `draft` and DALI do: a 224px face packed for 112px training is
@@ -22,7 +23,6 @@ pub struct Decoder {
     options: ResizeOptions,
     rgb: Vec<u8>,
     resized: Vec<u8>,
-    lut: [f32; 256],
     /// Row of vertical pair sums for the 2× area downscale.
     sums: Vec<u16>,
 }
@@ -35,44 +35,39 @@ impl Default for Decoder {
 
 impl Decoder {
     pub fn new() -> Decoder {
-        let mut lut = [0f32; 256];
-        for (i, v) in lut.iter_mut().enumerate() {
-            *v = (i as f32 - 127.5) / 127.5;
-        }
         Decoder {
             jpeg: Decompressor::new().ok(),
             resizer: Resizer::new(),
             options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
             rgb: Vec::new(),
             resized: Vec::new(),
-            lut,
             sums: Vec::new(),
         }
     }
 
-    /// Decodes `bytes` into `out` (3×size×size, channel-major RGB), mirrored when `flip`.
-    pub fn decode_into(&mut self, bytes: &[u8], size: usize, flip: bool, out: &mut [f32]) -> Result<()> {
-        anyhow::ensure!(out.len() == 3 * size * size, "output slot holds {} floats, need 3×{size}×{size}", out.len());
+    /// Decodes `bytes` into `out` (3×size×size, channel-major RGB).
+    pub fn decode_into(&mut self, bytes: &[u8], size: usize, out: &mut [u8]) -> Result<()> {
+        anyhow::ensure!(out.len() == 3 * size * size, "output slot holds {} bytes, need 3×{size}×{size}", out.len());
         let (w, h) = self.decode_rgb(bytes, size)?;
         let rgb = std::mem::take(&mut self.rgb);
-        let done = self.from_rgb(&rgb, w, h, size, flip, out);
+        let done = self.from_rgb(&rgb, w, h, size, out);
         self.rgb = rgb;
         done
     }
 
-    /// Interleaved RGB8 (w×h) → the normalised 3×size×size slot.
-    pub fn from_rgb(&mut self, rgb: &[u8], w: usize, h: usize, size: usize, flip: bool, out: &mut [f32]) -> Result<()> {
+    /// Interleaved RGB8 (w×h) → the planar 3×size×size slot.
+    pub fn from_rgb(&mut self, rgb: &[u8], w: usize, h: usize, size: usize, out: &mut [u8]) -> Result<()> {
         anyhow::ensure!(
             rgb.len() == w * h * 3 && out.len() == 3 * size * size,
             "pixel buffers do not match {w}x{h} → {size}"
         );
         if w == size && h == size {
-            write_chw(rgb, size, flip, &self.lut, out);
+            write_chw(rgb, size, out);
         } else if w == 2 * size && h == 2 * size {
-            area2_chw(rgb, size, flip, &mut self.sums, out);
+            area2_chw(rgb, size, &mut self.sums, out);
         } else {
             self.resize(rgb, w, h, size)?;
-            write_chw(&self.resized, size, flip, &self.lut, out);
+            write_chw(&self.resized, size, out);
         }
         Ok(())
     }
@@ -92,27 +87,19 @@ impl Decoder {
     }
 }
 
-/// Interleaved RGB8 → planar normalised floats, mirroring columns when `flip`.
-fn write_chw(rgb: &[u8], size: usize, flip: bool, lut: &[f32; 256], out: &mut [f32]) {
+/// Interleaved RGB8 → planar RGB8.
+fn write_chw(rgb: &[u8], size: usize, out: &mut [u8]) {
     let plane = size * size;
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
-    for y in 0..size {
-        let row = &rgb[y * size * 3..(y + 1) * size * 3];
-        let base = y * size;
-        for (x, px) in row.chunks_exact(3).enumerate() {
-            let o = base + if flip { size - 1 - x } else { x };
-            r[o] = lut[px[0] as usize];
-            g[o] = lut[px[1] as usize];
-            b[o] = lut[px[2] as usize];
-        }
+    for (((px, r), g), b) in rgb.chunks_exact(3).zip(r).zip(g).zip(b) {
+        (*r, *g, *b) = (px[0], px[1], px[2]);
     }
 }
 
-/// An exact 2× downscale (e.g. 224 → 112) as the mean of 2×2 blocks (area
-/// interpolation), fused with normalise and flip: one pass, no resize buffer.
-fn area2_chw(rgb: &[u8], size: usize, flip: bool, sums: &mut Vec<u16>, out: &mut [f32]) {
-    const SCALE: f32 = 1.0 / 510.0; // mean of 4 → (x - 127.5) / 127.5 is sum/510 - 1
+/// An exact 2× downscale (e.g. 224 → 112) as the mean of 2×2 blocks (area interpolation),
+/// rounded half up to u8 as the general resize also ends in u8: one pass, no resize buffer.
+fn area2_chw(rgb: &[u8], size: usize, sums: &mut Vec<u16>, out: &mut [u8]) {
     let (plane, row_bytes) = (size * size, size * 6);
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
@@ -124,19 +111,11 @@ fn area2_chw(rgb: &[u8], size: usize, flip: bool, sums: &mut Vec<u16>, out: &mut
         for ((s, &t), &u) in sums.iter_mut().zip(top).zip(bottom) {
             *s = t as u16 + u as u16;
         }
-        let px = sums.chunks_exact(6).map(|p| [p[0] + p[3], p[1] + p[4], p[2] + p[5]]);
-        let rows =
-            (&mut r[y * size..(y + 1) * size], &mut g[y * size..(y + 1) * size], &mut b[y * size..(y + 1) * size]);
-        let mut put = |(p, ((ro, go), bo)): ([u16; 3], ((&mut f32, &mut f32), &mut f32))| {
-            *ro = p[0] as f32 * SCALE - 1.0;
-            *go = p[1] as f32 * SCALE - 1.0;
-            *bo = p[2] as f32 * SCALE - 1.0;
-        };
-        if flip {
-            px.zip(rows.0.iter_mut().rev().zip(rows.1.iter_mut().rev()).zip(rows.2.iter_mut().rev()))
-                .for_each(&mut put);
-        } else {
-            px.zip(rows.0.iter_mut().zip(rows.1.iter_mut()).zip(rows.2.iter_mut())).for_each(&mut put);
+        let mean = |a: u16, b: u16| ((a + b + 2) / 4) as u8;
+        let row = y * size..(y + 1) * size;
+        let px = sums.chunks_exact(6);
+        for (((p, r), g), b) in px.zip(&mut r[row.clone()]).zip(&mut g[row.clone()]).zip(&mut b[row]) {
+            (*r, *g, *b) = (mean(p[0], p[3]), mean(p[1], p[4]), mean(p[2], p[5]));
         }
     }
 }
@@ -240,46 +219,28 @@ mod tests {
     }
 
     #[test]
-    fn png_same_size_is_exact_planar_rgb_in_range() {
+    fn png_same_size_is_exact_planar_rgb() {
         let (w, s) = (16, 16);
         let rgb = gradient(w, w);
-        let mut out = vec![9.0; 3 * s * s];
-        Decoder::new().decode_into(&png(&rgb, w, w), s, false, &mut out).unwrap();
-        assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));
+        let mut out = vec![9; 3 * s * s];
+        Decoder::new().decode_into(&png(&rgb, w, w), s, &mut out).unwrap();
         // Red rises along x, green along y, blue constant: the planes are RGB in order.
-        assert_eq!(out[0], -1.0);
-        assert_eq!(out[s - 1], 1.0);
-        assert_eq!(out[s * s], -1.0);
-        assert_eq!(out[s * s + (s - 1) * s], 1.0);
-        assert!(out[2 * s * s..].iter().all(|&v| v == (200.0 - 127.5) / 127.5));
-    }
-
-    #[test]
-    fn flip_mirrors_columns() {
-        let s = 12;
-        let bytes = png(&gradient(s, s), s, s);
-        let mut d = Decoder::new();
-        let (mut a, mut b) = (vec![0.0; 3 * s * s], vec![0.0; 3 * s * s]);
-        d.decode_into(&bytes, s, false, &mut a).unwrap();
-        d.decode_into(&bytes, s, true, &mut b).unwrap();
-        for c in 0..3 {
-            for y in 0..s {
-                for x in 0..s {
-                    assert_eq!(a[c * s * s + y * s + x], b[c * s * s + y * s + (s - 1 - x)]);
-                }
+        for y in 0..s {
+            for x in 0..s {
+                let px = &rgb[(y * s + x) * 3..][..3];
+                assert_eq!([out[y * s + x], out[s * s + y * s + x], out[2 * s * s + y * s + x]], px);
             }
         }
-        assert_ne!(a, b);
+        assert_eq!((out[0], out[s - 1], out[s * s + (s - 1) * s]), (0, 255, 255));
     }
 
     #[test]
     fn jpeg_is_resized_to_the_training_size() {
         let rgb = gradient(64, 48);
-        let mut out = vec![0.0; 3 * 32 * 32];
-        Decoder::new().decode_into(&jpeg(&rgb, 64, 48), 32, false, &mut out).unwrap();
-        assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));
+        let mut out = vec![0; 3 * 32 * 32];
+        Decoder::new().decode_into(&jpeg(&rgb, 64, 48), 32, &mut out).unwrap();
         // Red still rises left to right after the resize.
-        assert!(out[31] - out[0] > 1.5, "{} {}", out[0], out[31]);
+        assert!(out[31] as i32 - out[0] as i32 > 190, "{} {}", out[0], out[31]);
         // 64×48 covers 32×32 at 6/8 (48×36), not at 5/8 (40×30).
         assert_eq!(Decoder::new().decode_rgb(&jpeg(&rgb, 64, 48), 32).unwrap(), (48, 36));
     }
@@ -290,45 +251,44 @@ mod tests {
         let bytes = jpeg(&gradient(big, big), big, big);
         let mut d = Decoder::new();
         assert_eq!(d.decode_rgb(&bytes, s).unwrap(), (s, s), "64px covers 32px at 1/2");
-        let mut scaled = vec![0.0; 3 * s * s];
-        d.decode_into(&bytes, s, false, &mut scaled).unwrap();
+        let mut scaled = vec![0; 3 * s * s];
+        d.decode_into(&bytes, s, &mut scaled).unwrap();
         let (full, w, h) = decode_other(&bytes).unwrap();
-        let mut reference = vec![0.0; 3 * s * s];
-        d.from_rgb(&full, w, h, s, false, &mut reference).unwrap();
-        let worst = scaled.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst < 0.05, "DCT-scaled decode differs from full decode + 2×2 mean by {worst}");
+        let mut reference = vec![0; 3 * s * s];
+        d.from_rgb(&full, w, h, s, &mut reference).unwrap();
+        let worst = scaled.iter().zip(&reference).map(|(&a, &b)| a.abs_diff(b)).max().unwrap();
+        assert!(worst <= 6, "DCT-scaled decode differs from full decode + 2×2 mean by {worst}/255");
     }
 
     #[test]
-    fn integer_downscale_averages_blocks() {
+    fn integer_downscale_averages_blocks_rounding_half_up() {
         // 4×4 → 2×2: each output pixel is the mean of a 2×2 block.
-        let rgb: Vec<u8> = (0..16u8).flat_map(|i| [i * 10, 255 - i * 10, 7]).collect();
-        let mut out = vec![0.0; 3 * 4];
-        Decoder::new().decode_into(&png(&rgb, 4, 4), 2, false, &mut out).unwrap();
-        let mean = |idx: [u8; 4]| idx.iter().map(|&i| i as f32 * 10.0).sum::<f32>() / 4.0;
-        let norm = |v: f32| (v - 127.5) / 127.5;
-        let want = [
-            norm(mean([0, 1, 4, 5])),
-            norm(mean([2, 3, 6, 7])),
-            norm(mean([8, 9, 12, 13])),
-            norm(mean([10, 11, 14, 15])),
-        ];
-        for (got, want) in out[..4].iter().zip(want) {
-            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        let rgb: Vec<u8> = (0..16u8).flat_map(|i| [i * 10, 255 - i * 10, (i / 4) % 2 + 7]).collect();
+        let mut out = vec![0; 3 * 4];
+        Decoder::new().decode_into(&png(&rgb, 4, 4), 2, &mut out).unwrap();
+        let mean = |idx: [u8; 4], c: usize| {
+            let sum: u32 = idx.iter().map(|&i| rgb[i as usize * 3 + c] as u32).sum();
+            (sum as f64 / 4.0 + 0.5).floor() as u8
+        };
+        let blocks = [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]];
+        for c in 0..3 {
+            let want: Vec<u8> = blocks.iter().map(|&b| mean(b, c)).collect();
+            assert_eq!(&out[c * 4..c * 4 + 4], want.as_slice(), "plane {c}");
         }
-        assert!(out[8..].iter().all(|&v| (v - norm(7.0)).abs() < 1e-5));
+        // Blue blocks are 7,7,8,8 (mean 7.5): half rounds up.
+        assert_eq!(out[8], 8);
     }
 
     #[test]
     fn garbage_and_truncated_records_are_errors_not_panics() {
         let good = jpeg(&gradient(32, 32), 32, 32);
         let mut d = Decoder::new();
-        let mut out = vec![0.0; 3 * 16 * 16];
-        assert!(d.decode_into(&[], 16, false, &mut out).is_err());
-        assert!(d.decode_into(b"not an image at all", 16, false, &mut out).is_err());
-        assert!(d.decode_into(&good[..20], 16, false, &mut out).is_err());
-        assert!(d.decode_into(&[0xFF, 0xD8, 0xFF, 0xFF, 0, 1, 2], 16, false, &mut out).is_err());
-        assert!(d.decode_into(&good, 16, false, &mut [0.0; 5]).is_err());
+        let mut out = vec![0; 3 * 16 * 16];
+        assert!(d.decode_into(&[], 16, &mut out).is_err());
+        assert!(d.decode_into(b"not an image at all", 16, &mut out).is_err());
+        assert!(d.decode_into(&good[..20], 16, &mut out).is_err());
+        assert!(d.decode_into(&[0xFF, 0xD8, 0xFF, 0xFF, 0, 1, 2], 16, &mut out).is_err());
+        assert!(d.decode_into(&good, 16, &mut [0; 5]).is_err());
     }
 
     /// libjpeg-turbo and zune-jpeg both fill a cut JPEG with grey and carry on; the
@@ -337,17 +297,17 @@ mod tests {
     fn a_cut_jpeg_fails_at_every_scale_and_trailing_bytes_pass() {
         let good = jpeg(&gradient(64, 64), 64, 64);
         let mut d = Decoder::new();
-        let mut out = vec![0.0; 3 * 16 * 16];
+        let mut out = vec![0; 3 * 16 * 16];
         let cut = &good[..good.len() * 2 / 3];
         for size in [8, 16, 64] {
-            let mut out = vec![0.0; 3 * size * size];
-            let err = format!("{:#}", d.decode_into(cut, size, false, &mut out).unwrap_err());
+            let mut out = vec![0; 3 * size * size];
+            let err = format!("{:#}", d.decode_into(cut, size, &mut out).unwrap_err());
             assert!(err.contains("truncated"), "{err}");
         }
         assert!(check_decodes(None, cut, &mut Vec::new()).is_err());
         let mut trailing = good.clone();
         trailing.extend_from_slice(b"\0\0 appended by some camera");
-        d.decode_into(&trailing, 16, false, &mut out).unwrap();
+        d.decode_into(&trailing, 16, &mut out).unwrap();
         check_decodes(d.jpeg.as_mut(), &trailing, &mut Vec::new()).unwrap();
     }
 }

@@ -1,7 +1,8 @@
-//! IJB-B/IJB-C images → aligned, normalised NCHW batches, as eval_ijbc.py feeds its model:
+//! IJB-B/IJB-C images → aligned NCHW u8 batches, as eval_ijbc.py feeds its model:
 //! each `loose_crop/` image decoded at full size, warped onto the ArcFace template by its five
 //! landmarks (`codec::align`: scikit-image's similarity, `cv2.warpAffine` with a black
-//! border), then (x − 127.5) / 127.5. Worker threads fill a batch while the model runs the last.
+//! border); (x − 127.5) / 127.5 follows on the device. Worker threads fill a batch while the
+//! model runs the last.
 
 use anyhow::{ensure, Context, Result};
 use image::RgbImage;
@@ -71,11 +72,12 @@ pub fn aligned(job: &Job, size: u32, tj: Option<&mut Decompressor>, rgb: &mut Ve
     crop
 }
 
-/// A batch of consecutive images: `n` crops from image `first` on, 3×size×size floats each.
+/// A batch of consecutive images: `n` crops from image `first` on, 3×size×size planar RGB
+/// bytes each.
 pub struct IjbBatch {
     pub first: usize,
     pub n: usize,
-    pub pixels: Vec<f32>,
+    pub pixels: Vec<u8>,
 }
 
 /// Fills batches on `workers` threads, one batch ahead of the consumer.
@@ -116,15 +118,15 @@ impl IjbLoader {
     }
 }
 
-fn fill(chunk: &[Job], size: u32, list: &Path) -> Result<Vec<f32>> {
+fn fill(chunk: &[Job], size: u32, list: &Path) -> Result<Vec<u8>> {
     let slot = 3 * size as usize * size as usize;
-    let mut pixels = vec![0f32; chunk.len() * slot];
+    let mut pixels = vec![0u8; chunk.len() * slot];
     pixels.par_chunks_mut(slot).zip(chunk.par_iter()).try_for_each_init(
         || (Decompressor::new().ok(), Decoder::new(), Vec::new()),
         |(tj, decoder, rgb), (out, job)| {
             let crop = aligned(job, size, tj.as_mut(), rgb)
                 .with_context(|| format!("{}, line {}: image {}", list.display(), job.line, job.path.display()))?;
-            decoder.from_rgb(crop.as_raw(), size as usize, size as usize, size as usize, false, out)
+            decoder.from_rgb(crop.as_raw(), size as usize, size as usize, size as usize, out)
         },
     )?;
     Ok(pixels)

@@ -1,8 +1,10 @@
 //! Batches from a rank's view: a planner thread turns sampler positions into jobs, decode
 //! workers build whole batches, and `next_batch` hands them out in order through a bounded
 //! prefetch queue. Every random choice (order, flip, replacement of a corrupt record) is a
-//! function of (seed, epoch, slot), so thread timing never changes a batch.
+//! function of (seed, epoch, slot), so thread timing never changes a batch. Images stay u8
+//! and unflipped here; a batch carries each image's flip flag (see `batch`).
 
+use super::batch::{Batch, BufferRing};
 use super::partition::RankView;
 use super::sampler::{Sampler, SamplerKind, SamplerPosition};
 use crate::codec::Decoder;
@@ -56,27 +58,6 @@ impl LoaderConfig {
     }
 }
 
-/// N images as one NCHW f32 buffer plus each head's target (-1: none for this record).
-#[derive(Debug, Clone, Default)]
-pub struct Batch {
-    /// N×3×S×S, (x-127.5)/127.5, RGB.
-    pub images: Vec<f32>,
-    /// Identities (the FR head's targets).
-    pub labels: Vec<i64>,
-    /// -1 unknown.
-    pub genders: Vec<i64>,
-    /// Age buckets as stored, -1 unknown (the model clips to its last bucket).
-    pub ages: Vec<i64>,
-    pub n: usize,
-    pub size: usize,
-    /// Corrupt records met while building this batch (replaced, or dropped in sequential mode).
-    pub skipped: usize,
-    /// View record index of each image (after replacements).
-    pub records: Vec<u32>,
-    /// Encoded payload bytes read for this batch.
-    pub bytes: usize,
-}
-
 struct Job {
     seq: u64,
     epoch: u64,
@@ -98,7 +79,7 @@ struct Shared {
     prefetch: bool,
     stop: Arc<AtomicBool>,
     /// Image buffers handed back by `Loader::recycle`, reused to skip allocation and zeroing.
-    spare: Receiver<Vec<f32>>,
+    ring: BufferRing,
 }
 
 pub struct Loader {
@@ -111,7 +92,7 @@ pub struct Loader {
     skipped: u64,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    spare: Sender<Vec<f32>>,
+    ring: BufferRing,
 }
 
 impl Loader {
@@ -137,12 +118,12 @@ impl Loader {
         if hints {
             view.dataset.shards.iter().for_each(|s| s.advise_random_access());
         }
-        let (spare_tx, mut shared) = Shared::new(view, cfg.size, cfg.seed, cfg.augment, true);
+        let mut shared = Shared::new(view, cfg.size, cfg.seed, cfg.augment, true);
         shared.prefetch = hints;
         let plan = sampler.clone();
         let planner = move |tx: Sender<Job>, stop: Arc<AtomicBool>| plan_train(&plan, start, tx, &stop);
         let steps = sampler.steps_per_epoch();
-        Loader::spawn(shared, spare_tx, cfg.workers, cfg.prefetch, planner, start, Some(sampler), steps)
+        Loader::spawn(shared, cfg.workers, cfg.prefetch, planner, start, Some(sampler), steps)
     }
 
     /// One ordered pass, no augmentation, last batch partial; corrupt records are dropped.
@@ -152,15 +133,14 @@ impl Loader {
         }
         let n = view.len();
         let steps = n.div_ceil(batch_size) as u64;
-        let (spare_tx, shared) = Shared::new(view, size, 0, false, false);
+        let shared = Shared::new(view, size, 0, false, false);
         let planner = move |tx: Sender<Job>, stop: Arc<AtomicBool>| plan_sequential(n, batch_size, tx, &stop);
-        Loader::spawn(shared, spare_tx, workers, 2 * workers.max(1), planner, SamplerPosition::START, None, steps)
+        Loader::spawn(shared, workers, 2 * workers.max(1), planner, SamplerPosition::START, None, steps)
     }
 
     #[allow(clippy::too_many_arguments)]
     fn spawn(
         shared: Shared,
-        spare: Sender<Vec<f32>>,
         workers: usize,
         prefetch: usize,
         planner: impl FnOnce(Sender<Job>, Arc<AtomicBool>) + Send + 'static,
@@ -171,7 +151,7 @@ impl Loader {
         let workers = workers.max(1);
         let (job_tx, job_rx) = bounded::<Job>(prefetch.max(1));
         let (res_tx, res_rx) = bounded(prefetch.max(1) + workers);
-        let stop = shared.stop.clone();
+        let (stop, ring) = (shared.stop.clone(), shared.ring.clone());
         let mut threads = Vec::with_capacity(workers + 1);
         let planner_stop = stop.clone();
         threads.push(named("loader-plan", move || planner(job_tx, planner_stop))?);
@@ -189,7 +169,7 @@ impl Loader {
             skipped: 0,
             stop,
             threads,
-            spare,
+            ring,
         })
     }
 
@@ -224,8 +204,14 @@ impl Loader {
     }
 
     /// Hands a used `Batch::images` back for reuse (optional; saves an allocation per batch).
-    pub fn recycle(&self, images: Vec<f32>) {
-        let _ = self.spare.try_send(images);
+    pub fn recycle(&self, images: Vec<u8>) {
+        self.ring.give(images);
+    }
+
+    /// Image buffers the workers allocated (or grew) so far: it stops growing once batches
+    /// come back through `recycle`.
+    pub fn buffers_allocated(&self) -> u64 {
+        self.ring.allocated()
     }
 
     /// Corrupt records met so far by batches already returned.
@@ -297,36 +283,32 @@ fn work(shared: Shared, jobs: Receiver<Job>, results: Sender<(u64, Result<Batch>
 }
 
 impl Shared {
-    fn new(view: Arc<RankView>, size: usize, seed: u64, augment: bool, replace: bool) -> (Sender<Vec<f32>>, Shared) {
+    fn new(view: Arc<RankView>, size: usize, seed: u64, augment: bool, replace: bool) -> Shared {
         let mut by_label: HashMap<i32, Vec<u32>> = HashMap::new();
         if replace {
             for (i, &l) in view.labels().iter().enumerate() {
                 by_label.entry(l).or_default().push(i as u32);
             }
         }
-        let (spare_tx, spare) = bounded(8);
-        (
-            spare_tx,
-            Shared {
-                view,
-                size,
-                seed,
-                augment,
-                replace,
-                by_label: Arc::new(by_label),
-                prefetch: false,
-                stop: Arc::new(AtomicBool::new(false)),
-                spare,
-            },
-        )
+        Shared {
+            view,
+            size,
+            seed,
+            augment,
+            replace,
+            by_label: Arc::new(by_label),
+            prefetch: false,
+            stop: Arc::new(AtomicBool::new(false)),
+            ring: BufferRing::new(8),
+        }
     }
 
     fn build(&self, job: &Job, decoder: &mut Decoder) -> Result<Batch> {
         let slot_len = 3 * self.size * self.size;
-        let mut images = self.spare.try_recv().unwrap_or_default();
-        images.resize(job.records.len() * slot_len, 0.0);
+        let images = self.ring.take(job.records.len() * slot_len);
         let mut b = Batch {
             images,
+            flips: Vec::with_capacity(job.records.len()),
             labels: Vec::new(),
             genders: Vec::new(),
             ages: Vec::new(),
@@ -350,7 +332,7 @@ impl Shared {
                 match self
                     .view
                     .bytes(rec as usize)
-                    .and_then(|bytes| decoder.decode_into(bytes, self.size, flip, out).map(|_| bytes.len()))
+                    .and_then(|bytes| decoder.decode_into(bytes, self.size, out).map(|_| bytes.len()))
                 {
                     Ok(len) => break Some(len),
                     Err(e) => {
@@ -373,6 +355,7 @@ impl Shared {
                 }
             };
             if let Some(len) = decoded {
+                b.flips.push(flip);
                 self.push_labels(&mut b, rec, len);
             }
         }
@@ -440,7 +423,7 @@ mod tests {
     fn same(a: &[Batch], b: &[Batch]) {
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(b) {
-            assert_eq!((&x.records, &x.labels), (&y.records, &y.labels));
+            assert_eq!((&x.records, &x.labels, &x.flips), (&y.records, &y.labels, &y.flips));
             assert!(x.images == y.images, "images differ");
         }
     }
@@ -450,8 +433,7 @@ mod tests {
         let (_d, v) = view_of(&faces(9, 3, 24), 2);
         let mut l = Loader::train(v.clone(), cfg(5, 2, SamplerKind::Uniform), SamplerPosition::START).unwrap();
         for b in take(&mut l, 6) {
-            assert_eq!((b.n, b.size, b.images.len()), (5, S, 5 * 3 * S * S));
-            assert!(b.images.iter().all(|x| (-1.0..=1.0).contains(x)));
+            assert_eq!((b.n, b.size, b.images.len(), b.flips.len()), (5, S, 5 * 3 * S * S, 5));
             assert!(b.images.iter().any(|&x| x != b.images[0]));
             for (i, &r) in b.records.iter().enumerate() {
                 let [fr, gender, age] = &v.targets;
@@ -482,10 +464,27 @@ mod tests {
         let mut reused = Vec::new();
         for _ in 0..8 {
             let b = l.next_batch().unwrap().unwrap();
-            l.recycle(vec![9.0; b.images.len() + 17]);
+            l.recycle(vec![9; b.images.len() + 17]);
             reused.push(b);
         }
         same(&fresh, &reused);
+    }
+
+    /// The ring: with batches handed back, buffers are allocated while the queue fills
+    /// (prefetch 3 + 1 worker + 1 being built, at most 6 with the consumer's), then reused.
+    #[test]
+    fn recycled_buffers_are_reused_so_the_steady_state_allocates_nothing() {
+        let (_d, v) = view_of(&faces(4, 3, 24), 1);
+        let mut l = Loader::train(v, cfg(3, 1, SamplerKind::Uniform), SamplerPosition::START).unwrap();
+        let mut seen = BTreeSet::new();
+        let mut reused = 0;
+        for _ in 0..60 {
+            let b = l.next_batch().unwrap().unwrap();
+            reused += usize::from(!seen.insert(b.images.as_ptr() as usize));
+            l.recycle(b.images);
+        }
+        assert!(l.buffers_allocated() <= 6, "{} buffers for 60 batches", l.buffers_allocated());
+        assert!(seen.len() <= 6 && reused >= 54, "{} distinct buffers, {reused} reuses", seen.len());
     }
 
     #[test]
@@ -521,11 +520,14 @@ mod tests {
         let (_d, v) = view_of(&faces(1, 1, 16), 1);
         let mut c = cfg(1, 1, SamplerKind::Uniform);
         let flipped = take(&mut Loader::train(v.clone(), c, SamplerPosition::START).unwrap(), 16);
-        assert!(flipped.iter().any(|b| b.images != flipped[0].images), "some of 16 samples must differ by a flip");
+        assert!(flipped.iter().all(|b| b.images == flipped[0].images), "images leave the loader unflipped");
+        let floats = |b: &Batch| b.images_f32();
+        assert!(flipped.iter().any(|b| floats(b) != floats(&flipped[0])), "some of 16 samples must differ by a flip");
+        assert!(flipped.iter().any(|b| b.flips == [true]) && flipped.iter().any(|b| b.flips == [false]));
         c = cfg(1, 1, SamplerKind::Uniform);
         c.augment = false;
         let plain = take(&mut Loader::train(v, c, SamplerPosition::START).unwrap(), 4);
-        assert!(plain.iter().all(|b| b.images == plain[0].images));
+        assert!(plain.iter().all(|b| b.images == plain[0].images && b.flips == [false]));
     }
 
     fn with_corrupt(recs: &mut [Rec], which: &[usize]) {

@@ -44,9 +44,8 @@ pub fn embed(net: &Net, dir: &Path, meta: &Meta, opts: &IjbOptions, device: Devi
     };
     let mut loader = IjbLoader::start(jobs, list, opts.size as u32, opts.batch, opts.workers)?;
     let (mut feats, mut dim) = (Vec::new(), 0);
-    let s = opts.size as i64;
     while let Some(b) = loader.next_batch()? {
-        let x = Tensor::from_slice(&b.pixels).view([b.n as i64, 3, s, s]).to_device(device);
+        let x = crate::model::input::pixels(&b.pixels, b.n, opts.size, &[], device)?;
         let sum = tch::no_grad(|| -> Result<Tensor> { Ok(net.embed_batch(&x)? + net.embed_batch(&x.flip([3]))?) })
             .with_context(|| format!("embedding images {}..{}", b.first + 1, b.first + b.n))?;
         dim = sum.size()[1] as usize;

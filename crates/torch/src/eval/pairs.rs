@@ -82,14 +82,14 @@ pub fn embed_images(
     let slot = 3 * size * size;
     for (c, chunk) in images.chunks(batch.max(1)).enumerate() {
         let first = c * batch.max(1);
-        let mut pixels = vec![0f32; chunk.len() * slot];
+        let mut pixels = vec![0u8; chunk.len() * slot];
         pixels.par_chunks_mut(slot).zip(chunk.par_iter()).enumerate().try_for_each_init(
             Decoder::new,
             |d, (i, (out, bytes))| {
-                d.decode_into(bytes, size, false, out).with_context(|| format!("image {} does not decode", first + i))
+                d.decode_into(bytes, size, out).with_context(|| format!("image {} does not decode", first + i))
             },
         )?;
-        let x = Tensor::from_slice(&pixels).view([chunk.len() as i64, 3, size as i64, size as i64]).to_device(device);
+        let x = crate::model::input::pixels(&pixels, chunk.len(), size, &[], device)?;
         let (plain, mirrored) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
             Ok((net.embed_batch(&x)?, net.embed_batch(&x.flip([3]))?))
         })?;

@@ -331,7 +331,7 @@ fn infer(
     let mut out = Outputs::default();
     let heads = net.heads();
     while let Some(batch) = loader.next_batch()? {
-        let x = crate::model::input::images(&batch, device);
+        let x = crate::model::input::images(&batch, device)?;
         let feats = net.features(&x, false);
         if heads.contains(&Head::Fr) {
             // insightface's protocol: the embedding plus its mirror's, normalised later.
@@ -363,10 +363,10 @@ fn decode_all<'a>(n: usize, size: usize, get: impl Fn(usize) -> Result<&'a [u8]>
     use rayon::prelude::*;
     use trainer_data::codec::Decoder;
     (0..n).into_par_iter().try_for_each_init(
-        || (Decoder::new(), vec![0f32; 3 * size * size]),
+        || (Decoder::new(), vec![0u8; 3 * size * size]),
         |(d, buf), i| {
             let bytes = get(i)?;
-            d.decode_into(bytes, size, false, buf).with_context(|| format!("image {i} does not decode"))
+            d.decode_into(bytes, size, buf).with_context(|| format!("image {i} does not decode"))
         },
     )
 }

@@ -42,7 +42,7 @@ pub fn targets(net: &Net, head: Head, b: &Batch, device: Device) -> Result<Tenso
     if let Some(&bad) = labels.iter().find(|&&l| l < -1 || l >= classes as i64) {
         bail!("{what} label {bad} is outside 0..{classes} (or -1 for unknown)");
     }
-    Ok(Tensor::from_slice(&labels).to_device(device))
+    crate::model::input::upload(&Tensor::from_slice(&labels), device)
 }
 
 /// One head's loss on backbone features: the margin's loss for FR (its batch statistics
@@ -80,7 +80,10 @@ pub fn losses(
     pfc: Option<&PfcStep>,
     staged: bool,
 ) -> Result<Losses> {
-    let x = Tensor::cat(&parts.iter().map(|p| crate::model::input::images(&p.batch, device)).collect::<Vec<_>>(), 0);
+    let x = Tensor::cat(
+        &parts.iter().map(|p| crate::model::input::images(&p.batch, device)).collect::<Result<Vec<_>>>()?,
+        0,
+    );
     let x = if cfg.model.channels_last { crate::model::input::channels_last(&x) } else { x };
     let amp = cfg.optim.amp && device.is_cuda();
     // libtorch 2.11 warns on every autocast toggle, so toggle only when asked to.
@@ -157,7 +160,7 @@ mod tests {
     }
 
     fn batch(n: usize, labels: Vec<i64>, genders: Vec<i64>, ages: Vec<i64>) -> Batch {
-        Batch { images: vec![0.0; n * 3 * 32 * 32], labels, genders, ages, n, size: 32, ..Default::default() }
+        Batch { images: vec![0; n * 3 * 32 * 32], labels, genders, ages, n, size: 32, ..Default::default() }
     }
 
     #[test]
@@ -198,7 +201,8 @@ mod tests {
                     (0..8).map(|i| if i == 3 { -1 } else { i % 2 }).collect(),
                     (0..8).map(|i| (i * 3 + b) % 7).collect(),
                 );
-                bt.images = Vec::<f32>::try_from(Tensor::randn([8 * 3 * 32 * 32], (Kind::Float, Device::Cpu))).unwrap();
+                bt.images =
+                    Vec::<u8>::try_from(Tensor::randint(256, [8 * 3 * 32 * 32], (Kind::Uint8, Device::Cpu))).unwrap();
                 bt
             })
             .collect();

@@ -138,7 +138,7 @@ fn embed_dataset(
     writeln!(table, "path\tlabel")?;
     let (mut npy, mut rows) = (None, 0);
     while let Some(b) = loader.next_batch()? {
-        let x = crate::model::input::images(&b, model.device);
+        let x = crate::model::input::images(&b, model.device)?;
         let (plain, mirrored) = tch::no_grad(|| -> Result<(Tensor, Option<Tensor>)> {
             let mirrored = if args.flip { Some(model.net.embed_batch(&x.flip([3]))?) } else { None };
             Ok((model.net.embed_batch(&x)?, mirrored))
