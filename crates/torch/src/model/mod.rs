@@ -191,6 +191,13 @@ impl Net {
         arc.loss(&self.embed(feats, true)?, labels, comm)
     }
 
+    /// The dtype of ArcFace's training cosine matmul (see `arcface::cosine_in`).
+    pub fn set_cosine_kind(&mut self, kind: tch::Kind) {
+        if let Some((_, arc)) = &mut self.fr {
+            arc.set_cosine_kind(kind);
+        }
+    }
+
     /// The ArcFace layer, if the net has an FR head.
     pub fn arcface(&self) -> Option<&ArcFace> {
         self.fr.as_ref().map(|(_, arc)| arc)

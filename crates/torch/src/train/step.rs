@@ -79,13 +79,13 @@ pub fn losses(
 ) -> Result<Losses> {
     let x = Tensor::cat(&parts.iter().map(|p| crate::model::input::images(&p.batch, device)).collect::<Vec<_>>(), 0);
     let x = if cfg.model.channels_last { crate::model::input::channels_last(&x) } else { x };
-    let amp = cfg.optim.amp && device.is_cuda();
+    let amp = cfg.optim.amp.enabled() && device.is_cuda();
     // libtorch 2.11 warns on every autocast toggle, so toggle only when asked to.
     let backbone = |train| match amp {
-        true => tch::autocast(true, || net.features(&x, train)).to_kind(Kind::Float),
-        false => net.features(&x, train),
+        true => crate::amp::autocast(cfg.optim.amp, device, || net.features(&x, train)).map(|f| f.to_kind(Kind::Float)),
+        false => Ok(net.features(&x, train)),
     };
-    let feats = if cfg.model.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(true) };
+    let feats = if cfg.model.freeze_backbone { tch::no_grad(|| backbone(false))? } else { backbone(true)? };
     let mut losses = Vec::new();
     let mut feedback = Vec::new();
     let weights =
