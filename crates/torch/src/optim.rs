@@ -90,6 +90,9 @@ pub struct Optimizer {
     moments: Vec<Vec<Option<Moments>>>,
     /// SGD's factors per group, on the device.
     scalars: Vec<scalars::DeviceScalars>,
+    /// A flag on the device (`--amp`'s inf/NaN check): where it is set, SGD's next step
+    /// leaves every parameter and momentum as it was.
+    skip: Option<Tensor>,
 }
 
 /// Where a state tensor's name says it holds a group's lr scale, not a momentum buffer.
@@ -104,7 +107,7 @@ impl Optimizer {
     pub fn new(groups: Vec<ParamGroup>, rule: Rule) -> Optimizer {
         let (buffers, moments) = (empty(&groups), empty(&groups));
         let scalars = groups.iter().map(|_| Default::default()).collect();
-        Optimizer { groups, rule, factor: 1.0, buffers, moments, scalars }
+        Optimizer { groups, rule, factor: 1.0, buffers, moments, scalars, skip: None }
     }
 
     /// SGD with this momentum.
@@ -114,6 +117,18 @@ impl Optimizer {
 
     pub fn zero_grad(&mut self) {
         self.zero_grads_where(|_| true);
+    }
+
+    /// Whether `skip_if` is applied on the device (SGD); AdamW's step counts are host
+    /// numbers, so its caller reads the flag and skips the step itself.
+    pub fn skips_on_device(&self) -> bool {
+        matches!(self.rule, Rule::Sgd { .. })
+    }
+
+    /// The steps from now on apply only where `flag` (a one-element f32 tensor) is 0;
+    /// the selection is `where`, so an applied step is bit for bit the plain one.
+    pub fn skip_if(&mut self, flag: Option<&Tensor>) {
+        self.skip = flag.map(|f| f.reshape([]).gt(0.0));
     }
 
     /// One update of every parameter that has a gradient.
@@ -173,8 +188,13 @@ impl Optimizer {
                     if let (Some(b), true) = (buf.as_ref(), momentum != 0.0) {
                         let _ = d.addcmul_(b, m);
                     }
-                    let _ = p.addcmul_(&d, neg_lr);
-                    *buf = Some(d);
+                    match &self.skip {
+                        None => {
+                            let _ = p.addcmul_(&d, neg_lr);
+                            *buf = Some(d);
+                        }
+                        Some(skip) => *buf = Some(scalars::step_unless(skip, p, d, buf.take(), neg_lr)),
+                    }
                 }
             }
         });

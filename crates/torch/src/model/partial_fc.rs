@@ -22,9 +22,11 @@ pub struct PfcStep<'a> {
     pub seed: u64,
     /// The step's 0-based index (with seed and rank, it fixes the negatives drawn).
     pub step: u64,
-    /// What the step's backward multiplies the FR loss by (loss weight × loss scale /
-    /// accumulation): the centres' gradients are computed here, so they get it here.
+    /// What the step's backward multiplies the FR loss by (loss weight / accumulation,
+    /// times `loss_scale`): the centres' gradients are computed here, so they get it here.
     pub grad_factor: f64,
+    /// `--amp fp16`'s loss scale, on the device.
+    pub loss_scale: Option<&'a Tensor>,
 }
 
 impl PfcStep<'_> {
@@ -48,11 +50,19 @@ impl PfcStep<'_> {
         if !surrogate.requires_grad() {
             return Ok((loss, own.unwrap_or_else(|| emb.zeros_like().sum(Kind::Float))));
         }
-        (surrogate * self.grad_factor).backward();
+        let scaled = self.loss_scale.map(|s| s * self.grad_factor);
+        match &scaled {
+            Some(factor) => (surrogate * factor).backward(),
+            None => (surrogate * self.grad_factor).backward(),
+        }
         let grad = gathered.grad();
         comm.all_reduce(&grad, ReduceOp::Sum)?;
         let b = emb.size()[0];
-        let mine = grad.narrow(0, comm.rank() as i64 * b, b) * (comm.world() as f64 / self.grad_factor);
+        let mine = grad.narrow(0, comm.rank() as i64 * b, b);
+        let mine = match &scaled {
+            Some(factor) => mine * (factor.reciprocal() * comm.world() as f64),
+            None => mine * (comm.world() as f64 / self.grad_factor),
+        };
         let term = (emb * mine.to_kind(emb.kind())).sum(Kind::Float);
         Ok((loss, own.map_or(term.shallow_clone(), |own| term + own)))
     }
@@ -252,7 +262,8 @@ mod tests {
         let arc = ArcFace::new_slice(&vs.root(), 40, slice, 8, 16.0, crate::model::Margin::arcface(0.3));
         let emb = Tensor::randn([6, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let y = Tensor::from_slice(&[1i64, 33, 1, 20, -1, 7]);
-        let step = PfcStep { comm: &Single, slice, sample_rate: 0.25, seed: 9, step: 3, grad_factor: 1.0 };
+        let step =
+            PfcStep { comm: &Single, slice, sample_rate: 0.25, seed: 9, step: 3, grad_factor: 1.0, loss_scale: None };
         let (loss, term) = step.loss(&arc, &emb, &y).unwrap();
         term.backward();
         let grad = vs.variables()["weight"].grad();
@@ -298,8 +309,15 @@ mod tests {
                 let want = rep.loss(&ea, &y, &Single).unwrap();
                 want.backward();
                 let slice = ClassSlice { start: 0, len: 10 };
-                let run =
-                    PfcStep { comm: &Single, slice, sample_rate: 1.0, seed: 1, step: step as u64, grad_factor: 1.0 };
+                let run = PfcStep {
+                    comm: &Single,
+                    slice,
+                    sample_rate: 1.0,
+                    seed: 1,
+                    step: step as u64,
+                    grad_factor: 1.0,
+                    loss_scale: None,
+                };
                 let (got, term) = run.loss(&pfc, &eb, &y).unwrap();
                 term.backward();
                 let what = format!("{rule:?}, step {step}");

@@ -30,6 +30,14 @@ impl DeviceScalars {
     }
 }
 
+/// SGD's update `p += neg_lr·d`, `buf = d` where `skip` (a 0-dim bool on the device) is
+/// false; `p` and the returned buffer as they were (zero for a first step) where it is true.
+pub fn step_unless(skip: &Tensor, p: &mut Tensor, d: Tensor, buf: Option<Tensor>, neg_lr: &Tensor) -> Tensor {
+    let stepped = p.addcmul(&d, neg_lr);
+    p.copy_(&p.where_self(skip, &stepped));
+    buf.unwrap_or_else(|| d.zeros_like()).where_self(skip, &d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -175,6 +175,12 @@ impl Replica {
         self.opt.step_groups(&groups_for(heads));
     }
 
+    /// See `Optimizer::skip_if`; false when the optimiser cannot skip on the device.
+    pub fn skip_if(&mut self, flag: &Tensor) -> bool {
+        self.opt.skip_if(Some(flag));
+        self.opt.skips_on_device()
+    }
+
     /// The schedule's factor (warm-up, poly) on every group's rate.
     pub fn set_lr_factor(&mut self, factor: f64) {
         self.opt.set_lr_factor(factor);
