@@ -22,6 +22,7 @@ pub mod mbf;
 #[cfg(test)]
 mod mbf_twin_test;
 pub mod partial_fc;
+pub mod pfc_sampling;
 pub mod resnet;
 #[cfg(test)]
 mod torchvision_test;
