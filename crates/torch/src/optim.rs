@@ -119,18 +119,6 @@ impl Optimizer {
         self.zero_grads_where(|_| true);
     }
 
-    /// Whether `skip_if` is applied on the device (SGD); AdamW's step counts are host
-    /// numbers, so its caller reads the flag and skips the step itself.
-    pub fn skips_on_device(&self) -> bool {
-        matches!(self.rule, Rule::Sgd { .. })
-    }
-
-    /// The steps from now on apply only where `flag` (a one-element f32 tensor) is 0;
-    /// the selection is `where`, so an applied step is bit for bit the plain one.
-    pub fn skip_if(&mut self, flag: Option<&Tensor>) {
-        self.skip = flag.map(|f| f.reshape([]).gt(0.0));
-    }
-
     /// One update of every parameter that has a gradient.
     pub fn step(&mut self) {
         self.update(|_| true);
@@ -188,13 +176,7 @@ impl Optimizer {
                     if let (Some(b), true) = (buf.as_ref(), momentum != 0.0) {
                         let _ = d.addcmul_(b, m);
                     }
-                    match &self.skip {
-                        None => {
-                            let _ = p.addcmul_(&d, neg_lr);
-                            *buf = Some(d);
-                        }
-                        Some(skip) => *buf = Some(scalars::step_unless(skip, p, d, buf.take(), neg_lr)),
-                    }
+                    *buf = Some(scalars::sgd_step(self.skip.as_ref(), p, d, buf.take(), neg_lr));
                 }
             }
         });
