@@ -68,7 +68,7 @@ def main():
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--amp", action="store_true", help="CUDA autocast fp16")
+    ap.add_argument("--amp", nargs="?", const="fp16", choices=["fp16", "bf16"], help="CUDA autocast (alone: fp16)")
     ap.add_argument("--channels-last", action="store_true", help="NHWC images and weights")
     a = ap.parse_args()
 
@@ -89,7 +89,8 @@ def main():
             cpu0 = time.process_time()
         t0 = time.perf_counter()
         opt.zero_grad()
-        with torch.autocast("cuda", enabled=a.amp and dev.type == "cuda"):
+        dtype = torch.bfloat16 if a.amp == "bf16" else torch.float16
+        with torch.autocast("cuda", dtype=dtype, enabled=bool(a.amp) and dev.type == "cuda"):
             loss = model(x, labels)
         sync()
         t1 = time.perf_counter()

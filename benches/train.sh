@@ -4,7 +4,7 @@
 # 0.9 wd 5e-4) on a fixed synthetic batch, same thread count, runs alternated, medians.
 #   benches/train.sh                     # ResNet-50, 112px, batch 16, CPU, 2 threads
 #   DEVICE=cuda:0 BATCH=128 AMP=1 benches/train.sh
-# Settings: ARCH SIZE BATCH THREADS STEPS WARMUP REPEATS DEVICE CLASSES AMP (1 = on),
+# Settings: ARCH SIZE BATCH THREADS STEPS WARMUP REPEATS DEVICE CLASSES AMP (1 or fp16, bf16),
 # CHANNELS_LAST (1 = NHWC images and weights on both sides),
 # TRAINER (binary, default target/release/trainer), PYTHON (default python3 on PATH).
 set -euo pipefail
@@ -15,7 +15,7 @@ CLASSES=${CLASSES:-1000} AMP=${AMP:-0} CHANNELS_LAST=${CHANNELS_LAST:-0}
 TRAINER=${TRAINER:-target/release/trainer} PYTHON=${PYTHON:-python3}
 common=(--arch "$ARCH" --size "$SIZE" --batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP"
         --classes "$CLASSES" --threads "$THREADS" --device "$DEVICE")
-[ "$AMP" = 1 ] && common+=(--amp)
+case "$AMP" in 1 | fp16) common+=(--amp) ;; bf16) common+=(--amp bf16) ;; esac
 [ "$CHANNELS_LAST" = 1 ] && common+=(--channels-last)
 
 rate() { sed -n 's/^median step.*, \([0-9.]*\) images\/s.*/\1/p'; }

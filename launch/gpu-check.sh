@@ -31,6 +31,8 @@ bare=$(sed -n 's/.*: trainer \([0-9.]*\) images\/s, pytorch.*/\1/p' "$bare_log")
 echo "== same with --amp"
 TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 REPEATS=2 AMP=1 timeout 110 bash benches/train.sh
 
+echo "== same with --amp bf16 (no loss scale)"
+TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 REPEATS=2 AMP=bf16 timeout 110 bash benches/train.sh
 echo "== same with --amp --channels-last on both sides"
 TRAINER=$T PYTHON=$TORCH_PY DEVICE=cuda:0 BATCH=128 THREADS=4 STEPS=15 WARMUP=5 REPEATS=2 AMP=1 CHANNELS_LAST=1 \
   timeout 110 bash benches/train.sh

@@ -57,18 +57,25 @@ fn the_scan_finds_a_read_outside_unit_tests_only() {
     assert_eq!(reads_in("x.rs", text), vec!["x.rs:2: t.double_value(&[])".to_string()]);
 }
 
+/// Also under `--amp` (fp16's loss scaling runs on the CPU): its finite check, skip and
+/// scale update stay on the device, and its state comes back in the same one read.
 #[test]
 fn one_process_reads_the_device_once_per_log_interval() {
     let dir = tempfile::tempdir().unwrap();
     let train = packed_synth(dir.path(), "train", 6, 4, 1, 1);
     let out = dir.path().join("Model");
-    let args = tiny_train("FR", &out, "syncs").set("--train-sets", s(&train)).set("--max-steps", "20").args();
-    run_ok(&args);
-    let counts: Vec<u64> =
-        log_lines(&out.join("syncs")).iter().filter_map(|e| e.get("host_syncs").and_then(|v| v.as_u64())).collect();
-    assert_eq!(counts.len(), 4, "one count per progress line (every 5 of 20 steps): {counts:?}");
-    // The first interval holds start-up; the rest are the steps alone: one read of the
-    // interval's losses (issue 22's goal: at most one per log interval).
-    let steady = &counts[1..];
-    assert!(steady.iter().all(|&c| c == 1), "{counts:?}");
+    for (run, amp) in [("syncs", false), ("amp", true)] {
+        let args = tiny_train("FR", &out, run).set("--train-sets", s(&train)).set("--max-steps", "20");
+        let args = if amp { args.set("--amp", "fp16") } else { args };
+        run_ok(&args.args());
+        let log = log_lines(&out.join(run));
+        let counts: Vec<u64> = log.iter().filter_map(|e| e.get("host_syncs").and_then(|v| v.as_u64())).collect();
+        assert_eq!(counts.len(), 4, "{run}: one count per progress line (every 5 of 20 steps): {counts:?}");
+        // The first interval holds start-up; the rest are the steps alone: one read of the
+        // interval's losses (issue 22's goal: at most one per log interval).
+        let steady = &counts[1..];
+        assert!(steady.iter().all(|&c| c == 1), "{run}: {counts:?}");
+        let scale = log.iter().filter_map(|e| e.get("loss_scale")).count();
+        assert_eq!(scale, if amp { 4 } else { 0 }, "{run}: the loss scale on each progress line");
+    }
 }

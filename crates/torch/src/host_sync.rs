@@ -13,9 +13,20 @@ use tch::Tensor;
 
 static SYNCS: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    /// This thread's waits, for tests that must see none while other tests run.
+    static HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// One wait that is not a tensor read (a stream wait, a scalar round trip).
 pub fn waited() {
     SYNCS.fetch_add(1, Ordering::Relaxed);
+    HERE.with(|c| c.set(c.get() + 1));
+}
+
+/// The waits this thread has counted so far.
+pub fn on_this_thread() -> u64 {
+    HERE.with(|c| c.get())
 }
 
 /// The value of a one-element tensor.

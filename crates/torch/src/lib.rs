@@ -5,6 +5,7 @@
 //! backbone files in and out). `bench` times the training step and the all-reduce; `device` resolves
 //! `--device`. The data side (shards, pipeline, plateau rule, metrics) is `trainer_data`.
 
+pub mod amp;
 pub mod bench;
 pub mod cli;
 pub mod config;

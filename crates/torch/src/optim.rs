@@ -93,6 +93,9 @@ pub struct Optimizer {
     scalars: Vec<scalars::DeviceScalars>,
     /// Groups whose parameters and gradients lie in the flat buffers: stepped whole.
     flat: Vec<Option<flat_sgd::FlatGroup>>,
+    /// A flag on the device (`--amp`'s inf/NaN check): where it is set, SGD's next step
+    /// leaves every parameter and momentum as it was.
+    skip: Option<Tensor>,
 }
 
 /// Where a state tensor's name says it holds a group's lr scale, not a momentum buffer.
@@ -108,7 +111,7 @@ impl Optimizer {
         let (buffers, moments) = (empty(&groups), empty(&groups));
         let scalars = groups.iter().map(|_| Default::default()).collect();
         let flat = groups.iter().map(|_| None).collect();
-        Optimizer { groups, rule, factor: 1.0, buffers, moments, scalars, flat }
+        Optimizer { groups, rule, factor: 1.0, buffers, moments, scalars, flat, skip: None }
     }
 
     /// Gives SGD each group's parameters and gradients as one slice each, where `span`
@@ -180,6 +183,7 @@ impl Optimizer {
                         weight_decay: (group.weight_decay != 0.0).then_some(wd),
                         momentum: (momentum != 0.0).then_some(m),
                         neg_lr,
+                        skip: self.skip.as_ref(),
                     };
                     flat.step(&group.params, bufs, &f);
                     continue;
@@ -193,8 +197,7 @@ impl Optimizer {
                     if let (Some(b), true) = (buf.as_ref(), momentum != 0.0) {
                         let _ = d.addcmul_(b, m);
                     }
-                    let _ = p.addcmul_(&d, neg_lr);
-                    *buf = Some(d);
+                    *buf = Some(scalars::sgd_step(self.skip.as_ref(), p, d, buf.take(), neg_lr));
                 }
             }
         });

@@ -170,7 +170,7 @@ fn partial_fc_step(a: &HeadBenchArgs, comm: &dyn Comm, device: Device, classes: 
     let (emb, labels) = batch(a, comm, device, classes);
     let step_s = time_steps(comm, device, a.iters, |i| {
         opt.zero_grad();
-        let step = PfcStep { comm, slice, sample_rate: rate, seed: 0, step: i, grad_factor: 1.0 };
+        let step = PfcStep { comm, slice, sample_rate: rate, seed: 0, step: i, grad_factor: 1.0, loss_scale: None };
         let (_, term) = step.loss(&arc, &emb, &labels)?;
         term.backward();
         opt.step();

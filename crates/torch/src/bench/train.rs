@@ -5,6 +5,7 @@
 //! overlapped or not (`--overlap`), and rank 0 ends with a JSON line: the median step and
 //! the median time it waited on communication after its backward (`exposed_comm_ms`).
 
+use crate::amp::AmpMode;
 use crate::config::TrainConfig;
 use crate::dist::{self, Comm, CommArgs};
 use crate::model::input::channels_last;
@@ -42,9 +43,9 @@ pub struct TrainBenchArgs {
     /// libtorch intra-op threads (default: one per core).
     #[arg(long, value_parser = trainer_data::bounds::count::<usize>(trainer_data::bounds::MAX_THREADS))]
     pub threads: Option<usize>,
-    /// Mixed precision (CUDA autocast, fp16); ignored on CPU.
-    #[arg(long)]
-    pub amp: bool,
+    /// Mixed precision on CUDA, as training's --amp (alone: fp16); ignored on CPU.
+    #[arg(long, value_enum, num_args = 0..=1, default_value_t = AmpMode::Off, default_missing_value = "fp16")]
+    pub amp: AmpMode,
     /// NHWC memory format for the images and weights.
     #[arg(long)]
     pub channels_last: bool,
@@ -108,7 +109,7 @@ fn report(a: &TrainBenchArgs, r: &TrainBench, device: Device, threads: usize, wo
     let med = r.median_secs();
     println!(
         "bench train: arch={:?} size={} batch={} classes={} device={:?} threads={} amp={} channels_last={} ranks={world}",
-        a.arch, a.size, a.batch_size, a.classes, device, threads, a.amp, a.channels_last
+        a.arch, a.size, a.batch_size, a.classes, device, threads, a.amp.name(), a.channels_last
     );
     println!(
         "median step {:.1} ms over {} steps ({} warm-up), {:.2} images/s, last loss {:.3}",
@@ -148,7 +149,7 @@ pub fn measure(a: &TrainBenchArgs, device: Device, comm: &dyn Comm) -> Result<Tr
     crate::model::backbone::check_input_side(a.arch, a.size as usize)?;
     let mut cfg = TrainConfig::default();
     (cfg.model.arch, cfg.model.size, cfg.model.channels_last) = (a.arch, a.size as usize, a.channels_last);
-    (cfg.optim.lr, cfg.run.seed) = (0.01, 0);
+    (cfg.optim.lr, cfg.optim.amp, cfg.run.seed) = (0.01, a.amp, 0);
     let mut replica = Replica::build(&cfg, a.classes, device, None)?;
     let mut x = Tensor::randn([a.batch_size, 3, a.size, a.size], (Kind::Float, device));
     if a.channels_last {
@@ -177,13 +178,13 @@ pub fn measure(a: &TrainBenchArgs, device: Device, comm: &dyn Comm) -> Result<Tr
         replica.zero_grad();
         let staged = can_overlap(a.comm.overlap.on(), comm, &replica, false);
         let net = replica.net();
-        let (loss, cuts) = tch::autocast(a.amp, || -> Result<_> {
+        let (loss, cuts) = crate::amp::autocast(a.amp, device, || -> Result<_> {
             let (feats, cuts) = match staged {
                 true => net.features_staged(&x, true),
                 false => (net.features(&x, true), Vec::new()),
             };
             Ok((cross_entropy(&net.logits(Head::Fr, &feats, Some(&targets), true)?, &targets), cuts))
-        })?;
+        })??;
         sync();
         let t1 = Instant::now();
         let reduced = backward_and_reduce(&loss, &cuts, &mut replica, comm)?;

@@ -8,6 +8,7 @@ use clap::ArgAction;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+use crate::amp::AmpMode;
 use crate::device::DeviceArg;
 use crate::model::{Arch, Head, Task};
 use crate::optim::OptimizerChoice;
@@ -205,12 +206,13 @@ pub struct OptimConfig {
     /// Linear learning-rate scaling: lr × world size × accum.
     #[arg(long)]
     pub scale_lr: bool,
-    /// Mixed precision: fp16 autocast of the backbone on CUDA (heads and losses stay f32)
-    /// with dynamic loss scaling, as PyTorch's autocast + GradScaler. On CPU only the loss
+    /// Mixed precision on CUDA: fp16 (what --amp alone means) or bf16 autocast of the
+    /// backbone and of ArcFace's cosine matmul (margins and losses stay f32); fp16 with
+    /// dynamic loss scaling, as PyTorch's autocast + GradScaler. On CPU only fp16's loss
     /// scaling runs, which changes no result. No speed-up on GPUs without tensor cores.
-    #[arg(long)]
-    pub amp: bool,
-    /// First loss scale of --amp (halved on overflow, doubled after 2000 good steps).
+    #[arg(long, value_enum, num_args = 0..=1, default_value_t = AmpMode::Off, default_missing_value = "fp16")]
+    pub amp: AmpMode,
+    /// First loss scale of --amp fp16 (halved on overflow, doubled after 2000 good steps).
     #[arg(long, default_value_t = AMP_INIT_SCALE, value_parser = bounds::real(1.0, f32::MAX as f64, false))]
     pub amp_init_scale: f64,
 }

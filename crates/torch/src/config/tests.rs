@@ -1,4 +1,5 @@
 use super::*;
+use crate::amp::AmpMode;
 use crate::model::Arch;
 use clap::{CommandFactory, FromArgMatches, Parser};
 
@@ -121,7 +122,7 @@ fn the_wf42m_vit_t_recipe_resolves() {
     );
     assert_eq!(
         (o.optimizer, o.lr, o.wd_backbone, o.wd_fr, o.amp),
-        (crate::optim::OptimizerChoice::Adamw, 1e-3, 0.1, 0.1, true)
+        (crate::optim::OptimizerChoice::Adamw, 1e-3, 0.1, 0.1, AmpMode::Fp16)
     );
     assert_eq!((s.schedule, s.warmup_steps, s.max_steps), (Schedule::Poly, 41_476, Some(414_760)));
     assert_eq!((cfg.data.batch_size, cfg.heads.margin().unwrap()), (512, crate::model::Margin::cosface(0.4).into()));
@@ -162,7 +163,7 @@ fn the_ms1mv3_recipes_resolve_to_arcface_torch_settings() {
         let o = &cfg.optim;
         assert_eq!(
             (o.lr, o.momentum, o.wd_backbone, o.wd_fr, o.clip_grad_norm, o.amp),
-            (lr, 0.9, wd, wd, Some(5.0), true)
+            (lr, 0.9, wd, wd, Some(5.0), AmpMode::Fp16)
         );
         assert_eq!(
             (cfg.data.batch_size, cfg.schedule.schedule, cfg.schedule.warmup_steps, cfg.schedule.max_steps),
@@ -178,4 +179,18 @@ fn missing_train_sets_is_explained() {
         format!("{err:#}").contains("--train-sets") && err.downcast_ref::<trainer_data::term::BadSettings>().is_some(),
         "{err:#}"
     );
+}
+
+/// `--amp` alone is fp16 (as before it took a value); `--amp bf16` and a recipe's
+/// `amp = 'bf16'` name the dtype; the flag still wins over the recipe.
+#[test]
+fn amp_takes_an_optional_dtype() {
+    let amp = |args: &[&str]| resolve(None, &[&["--train-sets", "a"], args].concat()).unwrap().optim.amp;
+    assert_eq!(amp(&[]), AmpMode::Off);
+    assert_eq!(amp(&["--amp"]), AmpMode::Fp16);
+    assert_eq!(amp(&["--amp", "bf16", "--lr", "0.1"]), AmpMode::Bf16);
+    assert_eq!(amp(&["--amp", "--lr", "0.1"]), AmpMode::Fp16);
+    let (_dir, path) = recipe("[optim]\namp = 'bf16'\n");
+    assert_eq!(resolve(Some(&path), &["--train-sets", "a"]).unwrap().optim.amp, AmpMode::Bf16);
+    assert_eq!(resolve(Some(&path), &["--train-sets", "a", "--amp", "off"]).unwrap().optim.amp, AmpMode::Off);
 }

@@ -42,6 +42,8 @@ pub struct ArcFace {
     state: MarginState,
     /// Identities over all ranks (Partial FC holds only some of their centres).
     classes: usize,
+    /// The dtype of the training cosine matmul (`cosine_in`).
+    cos_kind: Kind,
 }
 
 impl ArcFace {
@@ -50,7 +52,7 @@ impl ArcFace {
         let weight = p.var("weight", &[classes as i64, emb_dim as i64], Init::Randn { mean: 0., stdev: 0.01 });
         let margin = margin.into();
         let state = MarginState::new(None, &margin, p.device());
-        ArcFace { weight, s, margin, state, classes }
+        ArcFace { weight, s, margin, state, classes, cos_kind: Kind::Float }
     }
 
     /// Partial FC: only `slice` of the centres, drawn as the whole matrix would be (so a
@@ -67,13 +69,18 @@ impl ArcFace {
         let weight = p.var_copy("weight", &full.narrow(0, slice.start as i64, slice.len as i64));
         let margin = margin.into();
         let state = MarginState::new(None, &margin, p.device());
-        ArcFace { weight, s, margin, state, classes }
+        ArcFace { weight, s, margin, state, classes, cos_kind: Kind::Float }
     }
 
     /// Keeps the margin's running statistics as buffers under `p` (`margin.*`), so
     /// checkpoints, resumes and rollbacks carry them.
     pub fn with_state(self, p: &nn::Path) -> ArcFace {
         ArcFace { state: MarginState::new(Some(p), &self.margin, p.device()), ..self }
+    }
+
+    /// Runs the training cosine matmul in `kind` (f16 or bf16 under `--amp` on CUDA).
+    pub fn set_cosine_kind(&mut self, kind: Kind) {
+        self.cos_kind = kind;
     }
 
     /// The margin's running statistics (empty for a margin without any).
@@ -137,7 +144,7 @@ impl ArcFace {
             Some(r) => self.weight.index_select(0, r),
             None => self.weight.shallow_clone(),
         };
-        normalize_rows(emb).matmul(&normalize_rows(&w.to_kind(emb.kind())).tr())
+        cosine_in(emb, &w, self.cos_kind)
     }
 
     /// Cosine of every embedding to every class centre (both normalised here).
@@ -155,6 +162,18 @@ impl ArcFace {
     pub fn classes(&self) -> usize {
         self.classes
     }
+}
+
+/// Cosines `[N, R]` of the rows of `emb` to the rows of `centres`, each normalised in its
+/// own dtype. The matmul runs in `kind` and comes back in `emb`'s dtype, so the clamp and
+/// the margin after it see f32: arcface_torch's `PartialFC_V2` under `--fp16` (the linear
+/// under autocast, then `logits.float()`). With `kind` f32 it is the plain f32 product.
+pub fn cosine_in(emb: &Tensor, centres: &Tensor, kind: Kind) -> Tensor {
+    let (e, w) = (normalize_rows(emb), normalize_rows(&centres.to_kind(emb.kind())));
+    if kind == emb.kind() {
+        return e.matmul(&w.tr());
+    }
+    e.to_kind(kind).matmul(&w.to_kind(kind).tr()).to_kind(emb.kind())
 }
 
 /// ‖x‖₂ per row `[N]`.
@@ -206,6 +225,44 @@ mod tests {
         let out = logits(&[0.5, 0.2, 1.5, -2.0], 2, &[-1, 0], 10.0, 0.5);
         // row 0 unchanged, row 1: cos clamped to 1 → θ = 0 → cos(0.5); other clamped to −1.
         close(&out, &[5.0, 2.0, 10.0 * 0.5f64.cos(), -10.0]);
+    }
+
+    /// The fp16 cosine matmul (`--amp` on CUDA) agrees with the f32 one within fp16's
+    /// rounding, comes back f32, and passes f32 gradients to the embeddings and centres.
+    #[test]
+    fn half_cosines_agree_with_f32_and_come_back_f32() {
+        tch::manual_seed(4);
+        let emb = Tensor::randn([6, 64], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let w = (Tensor::randn([10, 64], (Kind::Float, tch::Device::Cpu)) * 0.01).set_requires_grad(true);
+        let (full, half) = (cosine_in(&emb, &w, Kind::Float), cosine_in(&emb, &w, Kind::Half));
+        assert_eq!(half.kind(), Kind::Float);
+        let gap = (&half - &full).abs().max().double_value(&[]);
+        assert!(gap > 0.0 && gap < 2e-3, "largest difference {gap}");
+        half.sum(Kind::Float).backward();
+        assert_eq!((emb.grad().kind(), w.grad().kind()), (Kind::Float, Kind::Float));
+    }
+
+    /// Under an f16 cosine the margin still computes in f32: the head's logits are f32 and
+    /// equal, bit for bit, the margin applied to the f16 product cast to f32; the loss stays
+    /// within fp16 rounding of the all-f32 head's.
+    #[test]
+    fn the_margin_sees_f32_cosines() {
+        tch::manual_seed(6);
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let mut arc = ArcFace::new(&vs.root(), 10, 16, 64.0, crate::model::Margin::arcface(0.5));
+        let emb = Tensor::randn([5, 16], (Kind::Float, tch::Device::Cpu));
+        let y = Tensor::from_slice(&[1i64, 9, -1, 4, 1]);
+        let f32_loss = arc.loss(&emb, &y, &Single).unwrap().double_value(&[]);
+        arc.set_cosine_kind(Kind::Half);
+        let valid = y.ge(0);
+        let logits = arc.train_logits(&emb, &y, &valid, None, Spread::Shares(&Single)).unwrap();
+        assert_eq!(logits.kind(), Kind::Float);
+        let cos =
+            normalize_rows(&emb).to_kind(Kind::Half).matmul(&normalize_rows(&arc.weight).to_kind(Kind::Half).tr());
+        let want = crate::model::Margin::arcface(0.5).logits(&cos.to_kind(Kind::Float), &y, 64.0);
+        assert!(logits.equal(&want), "the margin did not run on the f32 cast of the f16 product");
+        let half_loss = arc.loss(&emb, &y, &Single).unwrap().double_value(&[]);
+        assert!((half_loss - f32_loss).abs() < 0.05 * f32_loss.abs().max(1.0), "{half_loss} vs {f32_loss}");
     }
 
     #[test]

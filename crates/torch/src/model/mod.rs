@@ -22,6 +22,7 @@ pub mod mbf;
 #[cfg(test)]
 mod mbf_twin_test;
 pub mod partial_fc;
+pub mod pfc_sampling;
 pub mod resnet;
 pub mod stages;
 #[cfg(test)]
@@ -228,6 +229,13 @@ impl Net {
     pub fn fr_loss(&self, feats: &Tensor, labels: &Tensor, comm: &dyn crate::dist::Comm) -> Result<Tensor> {
         let Some((_, arc)) = &self.fr else { bail!("this model has no FR head") };
         arc.loss(&self.embed(feats, true)?, labels, comm)
+    }
+
+    /// The dtype of ArcFace's training cosine matmul (see `arcface::cosine_in`).
+    pub fn set_cosine_kind(&mut self, kind: tch::Kind) {
+        if let Some((_, arc)) = &mut self.fr {
+            arc.set_cosine_kind(kind);
+        }
     }
 
     /// The ArcFace layer, if the net has an FR head.

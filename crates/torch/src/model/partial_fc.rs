@@ -9,10 +9,9 @@ use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
 use super::adaptive_margin::Spread;
-use super::ArcFace;
+use super::{pfc_sampling, ArcFace};
 use crate::dist::{Comm, ReduceOp};
 use crate::host_sync;
-use trainer_data::rng::Rng;
 
 /// What a training step under Partial FC needs besides the net.
 pub struct PfcStep<'a> {
@@ -22,9 +21,11 @@ pub struct PfcStep<'a> {
     pub seed: u64,
     /// The step's 0-based index (with seed and rank, it fixes the negatives drawn).
     pub step: u64,
-    /// What the step's backward multiplies the FR loss by (loss weight × loss scale /
-    /// accumulation): the centres' gradients are computed here, so they get it here.
+    /// What the step's backward multiplies the FR loss by (loss weight / accumulation,
+    /// times `loss_scale`): the centres' gradients are computed here, so they get it here.
     pub grad_factor: f64,
+    /// `--amp fp16`'s loss scale, on the device.
+    pub loss_scale: Option<&'a Tensor>,
 }
 
 impl PfcStep<'_> {
@@ -34,25 +35,36 @@ impl PfcStep<'_> {
     /// backward) and multiplied by the world size, since the backbone's gradients are then
     /// averaged over ranks.
     pub fn loss(&self, arc: &ArcFace, emb: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (comm, device) = (self.comm, emb.device());
+        let comm = self.comm;
         // Always a gradient leaf, so every rank takes part in its all-reduce below.
         let gathered = comm.all_gather(&emb.detach().to_kind(Kind::Float))?.set_requires_grad(true);
         let y_all = comm.all_gather(y)?;
         let local = self.slice.local_labels(&y_all);
-        let (rows, local) = self.sampled(&local)?;
-        let rows = rows.map(|r| Tensor::from_slice(&r).to_device(device));
+        let drawn = pfc_sampling::sample(self.slice.len, &local, self.sample_rate, (self.seed, self.step, comm.rank()));
+        let (rows, local, active) = match drawn {
+            Some(s) => (Some(s.rows), s.columns, Some(s.active)),
+            None => (None, local, None),
+        };
         let valid = y_all.ge(0);
         let logits = arc.train_logits(&gathered, &local, &valid, rows.as_ref(), Spread::Gathered(comm))?;
-        let (loss, surrogate) = distributed_ce(comm, &logits, &local, &valid)?;
+        let (loss, surrogate) = distributed_ce(comm, &logits, &local, &valid, active.as_ref())?;
         let (loss, own) = self.regulariser(arc, emb, y, &valid, loss)?;
         if !surrogate.requires_grad() {
             return Ok((loss, own.unwrap_or_else(|| emb.zeros_like().sum(Kind::Float))));
         }
-        (surrogate * self.grad_factor).backward();
+        let scaled = self.loss_scale.map(|s| s * self.grad_factor);
+        match &scaled {
+            Some(factor) => (surrogate * factor).backward(),
+            None => (surrogate * self.grad_factor).backward(),
+        }
         let grad = gathered.grad();
         comm.all_reduce(&grad, ReduceOp::Sum)?;
         let b = emb.size()[0];
-        let mine = grad.narrow(0, comm.rank() as i64 * b, b) * (comm.world() as f64 / self.grad_factor);
+        let mine = grad.narrow(0, comm.rank() as i64 * b, b);
+        let mine = match &scaled {
+            Some(factor) => mine * (factor.reciprocal() * comm.world() as f64),
+            None => mine * (comm.world() as f64 / self.grad_factor),
+        };
         let term = (emb * mine.to_kind(emb.kind())).sum(Kind::Float);
         Ok((loss, own.map_or(term.shallow_clone(), |own| term + own)))
     }
@@ -73,22 +85,6 @@ impl PfcStep<'_> {
         let mut total = [host_sync::f64_of(&sum)];
         self.comm.all_reduce_f64(&mut total, ReduceOp::Sum)?;
         Ok((loss + total[0] / n, Some(sum * (self.comm.world() as f64 / n))))
-    }
-
-    /// With sampling: the rows scored and the labels as columns of them.
-    fn sampled(&self, local: &Tensor) -> Result<(Option<Vec<i64>>, Tensor)> {
-        if self.sample_rate >= 1.0 {
-            return Ok((None, local.shallow_clone()));
-        }
-        let labels = crate::host_sync::vec_of::<i64>(local)?;
-        let positives: Vec<i64> = labels.iter().copied().filter(|&c| c >= 0).collect();
-        let rows = sample_rows(self.slice.len, &positives, self.sample_rate, self.seed, self.step, self.comm.rank());
-        let mut column = vec![-1i64; self.slice.len];
-        for (i, &r) in rows.iter().enumerate() {
-            column[r as usize] = i as i64;
-        }
-        let remapped: Vec<i64> = labels.iter().map(|&c| if c >= 0 { column[c as usize] } else { -1 }).collect();
-        Ok((Some(rows), Tensor::from_slice(&remapped).to_device(local.device())))
     }
 }
 
@@ -139,52 +135,30 @@ impl ClassSlice {
     }
 }
 
-/// The rows of a slice of `len` classes a step scores: every positive, then negatives drawn
-/// uniformly without replacement, from a generator seeded by (seed, step, rank), up to
-/// ceil(rate × len) rows in all. Sorted; all rows when `rate >= 1`.
-pub fn sample_rows(len: usize, positives: &[i64], rate: f64, seed: u64, step: u64, rank: usize) -> Vec<i64> {
-    let want = ((rate * len as f64).ceil() as usize).min(len);
-    if rate >= 1.0 || want >= len {
-        return (0..len as i64).collect();
-    }
-    let mut taken = vec![false; len];
-    let mut rows: Vec<i64> = Vec::with_capacity(want.max(positives.len()));
-    for &p in positives {
-        if !std::mem::replace(&mut taken[p as usize], true) {
-            rows.push(p);
-        }
-    }
-    let mut rng = Rng::derive(seed, step, rank as u64);
-    let mut negatives: Vec<i64> = (0..len as i64).filter(|&c| !taken[c as usize]).collect();
-    let extra = want.saturating_sub(rows.len()).min(negatives.len());
-    // A partial Fisher–Yates shuffle: the first `extra` entries are a uniform draw.
-    for i in 0..extra {
-        let j = i + rng.below(negatives.len() - i);
-        negatives.swap(i, j);
-    }
-    rows.extend_from_slice(&negatives[..extra]);
-    rows.sort_unstable();
-    rows
-}
-
 /// Mean softmax cross-entropy over the classes of every rank. `logits [M, c]` are this
 /// rank's columns (margin applied) for all M gathered rows, `local_target [M]` the column
 /// of each row's label in them or -1, `valid [M]` the rows that have a label. Returns the
 /// loss (no graph) and a surrogate whose gradient with respect to `logits` is exactly the
-/// loss's: `Σ (softmax − onehot) · logits / n`, with the softmax terms detached.
+/// loss's: `Σ (softmax − onehot) · logits / n`, with the softmax terms detached. With
+/// `active [c]` (sampling), the other columns are left out of the softmax (zero gradient).
 pub fn distributed_ce(
     comm: &dyn Comm,
     logits: &Tensor,
     local_target: &Tensor,
     valid: &Tensor,
+    active: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
     let l = logits.to_kind(Kind::Float);
+    let counted = match active {
+        Some(a) => l.detach().masked_fill(&a.logical_not().unsqueeze(0), f64::NEG_INFINITY),
+        None => l.detach(),
+    };
     let has = local_target.ge(0);
     let index = local_target.clamp_min(0).unsqueeze(1);
     let (max, sum, target) = tch::no_grad(|| -> Result<_> {
-        let max = l.amax([1i64].as_slice(), false);
+        let max = counted.amax([1i64].as_slice(), false);
         comm.all_reduce(&max, ReduceOp::Max)?;
-        let sum = (&l - max.unsqueeze(1)).exp().sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let sum = (&counted - max.unsqueeze(1)).exp().sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
         comm.all_reduce(&sum, ReduceOp::Sum)?;
         let target = l.gather(1, &index, false).squeeze_dim(1) * has.to_kind(Kind::Float);
         comm.all_reduce(&target, ReduceOp::Sum)?;
@@ -195,7 +169,7 @@ pub fn distributed_ce(
     let per_row = sum.log() + &max - target;
     let loss = (per_row * &weight).sum(Kind::Float) / &n;
     let coef = tch::no_grad(|| {
-        let p = (l.detach() - max.unsqueeze(1)).exp() / sum.unsqueeze(1);
+        let p = (&counted - max.unsqueeze(1)).exp() / sum.unsqueeze(1);
         let onehot = p.zeros_like().scatter_value(1, &index, 1.0) * has.to_kind(Kind::Float).unsqueeze(1);
         (p - onehot) * (weight / &n).unsqueeze(1)
     });
@@ -225,49 +199,45 @@ mod tests {
         assert_eq!(Vec::<i64>::try_from(local).unwrap(), vec![-1, 0, 19, -1, -1]);
     }
 
-    /// Every positive kept; ceil(r × len) rows, or the positives when more; a new draw per
-    /// step and rank, the same one for the same (seed, step, rank).
-    #[test]
-    fn sampling_keeps_positives_and_counts() {
-        let pos = [3i64, 17, 3, 90];
-        let rows = sample_rows(100, &pos, 0.1, 7, 5, 1);
-        assert_eq!(rows.len(), 10);
-        assert!(pos.iter().all(|p| rows.contains(p)) && rows.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(rows, sample_rows(100, &pos, 0.1, 7, 5, 1));
-        assert_ne!(rows, sample_rows(100, &pos, 0.1, 7, 6, 1));
-        assert_ne!(rows, sample_rows(100, &pos, 0.1, 7, 5, 0));
-        assert_eq!(sample_rows(101, &[], 0.1, 0, 0, 0).len(), 11, "ceil(10.1)");
-        let many: Vec<i64> = (0..30).collect();
-        assert_eq!(sample_rows(100, &many, 0.1, 0, 0, 0), many);
-        assert_eq!(sample_rows(5, &[], 1.0, 0, 0, 0), vec![0, 1, 2, 3, 4]);
-    }
-
-    /// Centres not drawn get exactly zero gradient; drawn ones (every positive among them)
-    /// get one; the loss equals plain cross-entropy over the drawn centres.
+    /// Centres not drawn, and drawn but inactive (more positives than r × len), get exactly
+    /// zero gradient; the active ones (every positive among them) get one; the loss equals
+    /// plain cross-entropy over the active centres.
     #[test]
     fn unsampled_centres_get_zero_gradient() {
-        tch::manual_seed(5);
-        let vs = tch::nn::VarStore::new(Device::Cpu);
-        let slice = ClassSlice { start: 0, len: 40 };
-        let arc = ArcFace::new_slice(&vs.root(), 40, slice, 8, 16.0, crate::model::Margin::arcface(0.3));
-        let emb = Tensor::randn([6, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let y = Tensor::from_slice(&[1i64, 33, 1, 20, -1, 7]);
-        let step = PfcStep { comm: &Single, slice, sample_rate: 0.25, seed: 9, step: 3, grad_factor: 1.0 };
-        let (loss, term) = step.loss(&arc, &emb, &y).unwrap();
-        term.backward();
-        let grad = vs.variables()["weight"].grad();
-        let drawn = sample_rows(40, &[1, 33, 1, 20, 7], 0.25, 9, 3, 0);
-        assert_eq!(drawn.len(), 10);
-        for c in 0..40i64 {
-            let norm = grad.get(c).abs().sum(Kind::Float).double_value(&[]);
-            assert_eq!(norm == 0.0, !drawn.contains(&c), "centre {c}: gradient norm {norm}");
+        let labels = [1i64, 33, 1, 20, -1, 7];
+        for (rate, active_rows) in [(0.25, 10), (0.05, 4)] {
+            tch::manual_seed(5);
+            let vs = tch::nn::VarStore::new(Device::Cpu);
+            let slice = ClassSlice { start: 0, len: 40 };
+            let arc = ArcFace::new_slice(&vs.root(), 40, slice, 8, 16.0, crate::model::Margin::arcface(0.3));
+            let emb = Tensor::randn([6, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            let y = Tensor::from_slice(&labels);
+            let step = PfcStep {
+                comm: &Single,
+                slice,
+                sample_rate: rate,
+                seed: 9,
+                step: 3,
+                grad_factor: 1.0,
+                loss_scale: None,
+            };
+            let (loss, term) = step.loss(&arc, &emb, &y).unwrap();
+            term.backward();
+            let grad = vs.variables()["weight"].grad();
+            let s = crate::model::pfc_sampling::sample(40, &y, rate, (9, 3, 0)).unwrap();
+            let (rows, on) = (Vec::<i64>::try_from(&s.rows).unwrap(), Vec::<bool>::try_from(&s.active).unwrap());
+            let drawn: Vec<i64> = rows.iter().zip(&on).filter(|(_, a)| **a).map(|(r, _)| *r).collect();
+            assert_eq!(drawn.len(), active_rows, "rate {rate}: {rows:?} {on:?}");
+            for c in 0..40i64 {
+                let norm = grad.get(c).abs().sum(Kind::Float).double_value(&[]);
+                assert_eq!(norm == 0.0, !drawn.contains(&c), "rate {rate}, centre {c}: gradient norm {norm}");
+            }
+            assert!(emb.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+            let column = |l: i64| drawn.iter().position(|&r| r == l).map_or(-1, |i| i as i64);
+            let local = Tensor::from_slice(&labels.map(column));
+            let want = cross_entropy(&arc.logits_on(&emb, &local, Some(&Tensor::from_slice(&drawn))).unwrap(), &local);
+            assert!((loss.double_value(&[]) - want.double_value(&[])).abs() < 1e-5, "rate {rate}");
         }
-        assert!(emb.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
-        let rows = Tensor::from_slice(&drawn);
-        let column = |l: i64| drawn.iter().position(|&r| r == l).map_or(-1, |i| i as i64);
-        let local = Tensor::from_slice(&[1i64, 33, 1, 20, -1, 7].map(column));
-        let want = cross_entropy(&arc.logits_on(&emb, &local, Some(&rows)).unwrap(), &local);
-        assert!((loss.double_value(&[]) - want.double_value(&[])).abs() < 1e-5);
     }
 
     /// For each adaptive margin, Partial FC's loss (one rank holding the whole matrix, its
@@ -298,8 +268,15 @@ mod tests {
                 let want = rep.loss(&ea, &y, &Single).unwrap();
                 want.backward();
                 let slice = ClassSlice { start: 0, len: 10 };
-                let run =
-                    PfcStep { comm: &Single, slice, sample_rate: 1.0, seed: 1, step: step as u64, grad_factor: 1.0 };
+                let run = PfcStep {
+                    comm: &Single,
+                    slice,
+                    sample_rate: 1.0,
+                    seed: 1,
+                    step: step as u64,
+                    grad_factor: 1.0,
+                    loss_scale: None,
+                };
                 let (got, term) = run.loss(&pfc, &eb, &y).unwrap();
                 term.backward();
                 let what = format!("{rule:?}, step {step}");
@@ -322,7 +299,7 @@ mod tests {
         tch::manual_seed(3);
         let logits = (Tensor::randn([6, 9], (Kind::Float, Device::Cpu)) * 5.0).set_requires_grad(true);
         let labels = Tensor::from_slice(&[0i64, 8, 3, -1, 3, 5]);
-        let (loss, surrogate) = distributed_ce(&Single, &logits, &labels, &labels.ge(0)).unwrap();
+        let (loss, surrogate) = distributed_ce(&Single, &logits, &labels, &labels.ge(0), None).unwrap();
         surrogate.backward();
         let ours = logits.grad().copy();
         let _ = logits.grad().zero_();

@@ -4,6 +4,7 @@
 //! step on a ResNet-50). The per-parameter momentum buffers the optimiser saves and loads
 //! stay views of the flat one; buffers loaded from a checkpoint are gathered into it.
 
+use super::scalars::sgd_step;
 use tch::Tensor;
 
 pub struct FlatGroup {
@@ -17,6 +18,8 @@ pub struct Factors<'a> {
     pub weight_decay: Option<&'a Tensor>,
     pub momentum: Option<&'a Tensor>,
     pub neg_lr: &'a Tensor,
+    /// `--amp`'s flag: where set, the step leaves parameters and momentum as they were.
+    pub skip: Option<&'a Tensor>,
 }
 
 impl FlatGroup {
@@ -32,10 +35,11 @@ impl FlatGroup {
             Some(wd) => self.grads.addcmul(&self.params, wd),
             None => self.grads.copy(),
         };
-        if let (Some(m), Some(buf)) = (f.momentum, self.gathered(params, bufs)) {
-            let _ = d.addcmul_(&buf, m);
+        let old = self.gathered(params, bufs);
+        if let (Some(m), Some(buf)) = (f.momentum, &old) {
+            let _ = d.addcmul_(buf, m);
         }
-        let _ = self.params.addcmul_(&d, f.neg_lr);
+        let d = sgd_step(f.skip, &mut self.params, d, old.as_ref().map(Tensor::shallow_clone), f.neg_lr);
         match &mut self.momentum {
             Some(m) => {
                 m.copy_(&d);

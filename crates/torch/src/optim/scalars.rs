@@ -1,4 +1,5 @@
-//! SGD's per-group factors (weight decay, momentum, −lr) as 0-dim tensors on the
+//! SGD's update, skipped on the device by `--amp`'s flag (`sgd_step`, `skip_if`), and its
+//! per-group factors (weight decay, momentum, −lr) as 0-dim tensors on the
 //! parameters' device, kept from step to step and refilled only when a value changes (a
 //! decay, a schedule step): a `fill_` is a kernel launch, where building them anew each
 //! step was three pageable host-to-device copies per group.
@@ -27,6 +28,32 @@ impl DeviceScalars {
             }
         }
         &self.tensors
+    }
+}
+
+/// SGD's update `p += neg_lr·d`, returning the new momentum `d`; where `skip` (a 0-dim
+/// bool on the device) is true, `p` and the momentum as they were (zero for a first step).
+pub fn sgd_step(skip: Option<&Tensor>, p: &mut Tensor, d: Tensor, buf: Option<Tensor>, neg_lr: &Tensor) -> Tensor {
+    let Some(skip) = skip else {
+        let _ = p.addcmul_(&d, neg_lr);
+        return d;
+    };
+    let stepped = p.addcmul(&d, neg_lr);
+    p.copy_(&p.where_self(skip, &stepped));
+    buf.unwrap_or_else(|| d.zeros_like()).where_self(skip, &d)
+}
+
+impl super::Optimizer {
+    /// Whether `skip_if` is applied on the device (SGD); AdamW's step counts are host
+    /// numbers, so its caller reads the flag and skips the step itself.
+    pub fn skips_on_device(&self) -> bool {
+        matches!(self.rule, super::Rule::Sgd { .. })
+    }
+
+    /// The steps from now on apply only where `flag` (a one-element f32 tensor) is 0;
+    /// the selection is `where`, so an applied step is bit for bit the plain one.
+    pub fn skip_if(&mut self, flag: Option<&Tensor>) {
+        self.skip = flag.map(|f| f.reshape([]).gt(0.0));
     }
 }
 

@@ -73,7 +73,9 @@ impl Replica {
     pub fn build(cfg: &TrainConfig, num_classes: usize, device: Device, slice: Option<ClassSlice>) -> Result<Replica> {
         tch::manual_seed(cfg.run.seed as i64);
         let mut vs = VarStore::new(device);
-        let net = Net::with_slice(&vs.root(), cfg.model.backbone(), &cfg.heads, num_classes, cfg.model.task, slice)?;
+        let mut net =
+            Net::with_slice(&vs.root(), cfg.model.backbone(), &cfg.heads, num_classes, cfg.model.task, slice)?;
+        net.set_cosine_kind(cfg.optim.amp.cosine_kind(device));
         let [lr_fr, lr_gender, lr_age] = cfg.head_lrs();
         let mut spec = vec![];
         if !cfg.model.freeze_backbone {
@@ -202,6 +204,12 @@ impl Replica {
     /// One SGD update of the backbone and `heads`' groups; the other heads stay untouched.
     pub fn step(&mut self, heads: &[Head]) {
         self.opt.step_groups(&groups_for(heads));
+    }
+
+    /// See `Optimizer::skip_if`; false when the optimiser cannot skip on the device.
+    pub fn skip_if(&mut self, flag: &Tensor) -> bool {
+        self.opt.skip_if(Some(flag));
+        self.opt.skips_on_device()
     }
 
     /// The schedule's factor (warm-up, poly) on every group's rate.

@@ -96,7 +96,7 @@ impl TrainState {
             elapsed_secs: 0.0,
             world_size,
             num_classes,
-            loss_scale: config.optim.amp.then(|| LossScale::new(config.optim.amp_init_scale)),
+            loss_scale: config.optim.amp.scales_loss().then(|| LossScale::new(config.optim.amp_init_scale)),
             loss_counts: heads.iter().map(|&h| (h, 0)).collect(),
             config: config.clone(),
         }

@@ -85,20 +85,18 @@ pub fn losses(
         0,
     );
     let x = if cfg.model.channels_last { crate::model::input::channels_last(&x) } else { x };
-    let amp = cfg.optim.amp && device.is_cuda();
+    let amp = cfg.optim.amp.enabled() && device.is_cuda();
     // libtorch 2.11 warns on every autocast toggle, so toggle only when asked to.
     let forward = |train| match staged {
         true => net.features_staged(&x, train),
         false => (net.features(&x, train), Vec::new()),
     };
     let backbone = |train| match amp {
-        true => {
-            let (feats, cuts) = tch::autocast(true, || forward(train));
-            (feats.to_kind(Kind::Float), cuts)
-        }
-        false => forward(train),
+        true => crate::amp::autocast(cfg.optim.amp, device, || forward(train))
+            .map(|(feats, cuts)| (feats.to_kind(Kind::Float), cuts)),
+        false => Ok(forward(train)),
     };
-    let (feats, cuts) = if cfg.model.freeze_backbone { tch::no_grad(|| backbone(false)) } else { backbone(true) };
+    let (feats, cuts) = if cfg.model.freeze_backbone { tch::no_grad(|| backbone(false))? } else { backbone(true)? };
     let mut losses = Vec::new();
     let mut feedback = Vec::new();
     let weights =

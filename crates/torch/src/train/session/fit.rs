@@ -17,7 +17,7 @@ use crate::train::backward::{backward_and_reduce, can_overlap, Reduced};
 use crate::train::checkpoint;
 use crate::train::decisions::{self, Decision};
 use crate::train::replica::{head_groups, BACKBONE};
-use crate::train::scaler::scaled_loss;
+use crate::train::scaler::{scaled_loss, DeviceScale};
 use crate::train::schedule::{lr_factor, plateau_counts};
 use crate::train::state::{LrCause, LrChange};
 use crate::train::step::{heads_for_step, losses};
@@ -137,7 +137,11 @@ impl Session {
         let elapsed = self.state.elapsed_secs + clock.elapsed().as_secs_f64();
         let out_of_time = self.cfg.schedule.time_limit.is_some_and(|t| elapsed >= t);
         let total_shown = !self.cfg.optim.alternate || self.heads.len() == 1;
+        if let Some(amp) = &self.amp {
+            interval.attach(amp.values());
+        }
         let stats = interval.settle(&*self.comm, [signal.load(Ordering::Relaxed), out_of_time], total_shown)?;
+        self.read_back_scale(&stats.tail);
         self.state.run.skipped_records += stats.skipped as u64;
         for step in &stats.steps {
             for &(head, loss) in &step.losses {
@@ -167,7 +171,6 @@ impl Session {
             .is_some_and(|at| step + 1 >= at && self.state.run.rollbacks < self.cfg.schedule.inject_nan_times);
         let accum = self.cfg.optim.accum as f64;
         let mut bytes = CommBytes::default();
-        let scale = self.state.loss_scale.as_ref().map_or(1.0, |s| s.scale);
         let overlap =
             can_overlap(self.cfg.comm.overlap.on(), &*self.comm, &self.replica, self.cfg.model.freeze_backbone);
         let mut reduced = Reduced::default();
@@ -184,7 +187,8 @@ impl Session {
                 sample_rate: self.cfg.model.sample_rate,
                 seed: self.cfg.run.seed,
                 step,
-                grad_factor: scale / accum,
+                grad_factor: 1.0 / accum,
+                loss_scale: self.amp.as_ref().map(DeviceScale::scale),
             });
             if pfc.is_some() {
                 let rows = batches.iter().filter(|p| p.heads.contains(&Head::Fr)).map(|p| p.batch.n).sum();
@@ -195,7 +199,7 @@ impl Session {
                 losses(net, &self.cfg, &batches, self.replica.device(), &*self.comm, pfc.as_ref(), overlap && last)?;
             self.pools.recycle(&heads, batches);
             let objective = if inject { l.total * f64::NAN } else { l.total };
-            let scaled = scaled_loss(&objective, self.cfg.optim.accum, self.state.loss_scale.as_ref());
+            let scaled = scaled_loss(&objective, self.cfg.optim.accum, self.amp.as_ref().map(DeviceScale::scale));
             match last {
                 true => reduced = backward_and_reduce(&scaled, &l.cuts, &mut self.replica, &*self.comm)?,
                 false => scaled.backward(),
@@ -243,27 +247,35 @@ impl Session {
         Ok(())
     }
 
-    /// With `--amp`: true (and the gradients unscaled) when they are finite; otherwise the
-    /// step is skipped and the scale backs off. Without: always true.
-    /// Under Partial FC each rank's centre gradients are its own, so the ranks agree on
-    /// "finite" first.
+    /// With `--amp fp16`: the gradients unscaled and checked on the device, the scale updated
+    /// there, and the optimiser told to skip the step where they were not finite: true, with
+    /// nothing read. Only AdamW (whose step counts are host numbers) reads the flag, and gets
+    /// false for a step to skip. Without loss scaling: always true.
+    /// Under Partial FC each rank's centre gradients are its own, so the ranks agree on the
+    /// flag first (an all-reduce of the device tensor).
     fn unscale(&mut self, grads: &[tch::Tensor]) -> Result<bool> {
-        let Some(scale) = self.state.loss_scale.as_mut() else { return Ok(true) };
-        let mut finite = scale.unscale(grads);
+        let Some(amp) = self.amp.as_mut() else { return Ok(true) };
+        let found = amp.unscale(grads).shallow_clone();
         if self.replica.slice().is_some() {
-            let mut all = [if finite { 1.0 } else { 0.0 }];
-            self.comm.all_reduce_f64(&mut all, ReduceOp::Min)?;
-            finite = all[0] > 0.0;
+            self.comm.all_reduce(&found, ReduceOp::Max)?;
         }
-        scale.update(finite);
-        if !finite {
+        amp.update();
+        Ok(self.replica.skip_if(&found) || host_sync::f64_of(&found) == 0.0)
+    }
+
+    /// The loss scale's device state, read with the interval's losses, into the host's copy
+    /// (logs, checkpoints); skipped steps are reported here, at most one interval late.
+    fn read_back_scale(&mut self, values: &[f64]) {
+        let Some(scale) = self.state.loss_scale.as_mut() else { return };
+        let before = scale.skipped;
+        if scale.read_back(values) {
             tracing::warn!(
-                "step {}: inf/NaN gradients under --amp; step skipped, loss scale now {:e}",
-                self.state.step + 1,
+                "by step {}: {} more steps with inf/NaN gradients under --amp skipped; loss scale now {:e}",
+                self.state.step,
+                scale.skipped - before,
                 scale.scale
             );
         }
-        Ok(finite)
     }
 
     /// Rank 0 judges the mean losses of each settled step in turn (its plateau rules are

@@ -32,6 +32,8 @@ pub(super) struct Interval {
     comm_bytes: CommBytes,
     /// Steps whose gradient all-reduce ran during their backward (`--overlap`).
     pub overlapped: u64,
+    /// This rank's device values read with the rows, not summed (`attach`).
+    tail: Option<Tensor>,
 }
 
 /// One step's mean losses over the ranks.
@@ -61,6 +63,8 @@ pub(super) struct Settled {
     pub overlapped: u64,
     /// This rank's bytes into all-reduces and out of all-gathers in the last step.
     pub comm_bytes: CommBytes,
+    /// The values `attach`ed, as this rank holds them.
+    pub tail: Vec<f64>,
 }
 
 impl Settled {
@@ -103,15 +107,23 @@ impl Interval {
         self.comm_bytes = comm_bytes;
     }
 
+    /// Device values (1-D) to read in the same read as the rows (the loss scale's state).
+    pub fn attach(&mut self, values: Tensor) {
+        self.tail = Some(values.to_kind(Kind::Double));
+    }
+
     /// One read of the rows, one all-reduce of everything; empties the interval.
     /// `flags` are this rank's (signalled, out of time); `total_shown` whether the
     /// objective means something (not in `--alternate` mode with several heads).
     pub fn settle(&mut self, comm: &dyn Comm, flags: [bool; 2], total_shown: bool) -> Result<Settled> {
         let done = std::mem::take(self);
-        let mut flat = match done.rows.is_empty() {
+        let mut parts: Vec<Tensor> = done.rows.iter().map(|r| r.reshape([-1])).collect();
+        parts.extend(done.tail.iter().map(Tensor::shallow_clone));
+        let mut flat = match parts.is_empty() {
             true => Vec::new(),
-            false => host_sync::vec_of::<f64>(&Tensor::stack(&done.rows, 0))?,
+            false => host_sync::vec_of::<f64>(&Tensor::cat(&parts, 0))?,
         };
+        let tail = flat.split_off(done.rows.len() * ROW);
         let per_step = flat.len();
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         flat.extend([done.skipped, done.images, flag(flags[0]), flag(flags[1])]);
@@ -140,6 +152,7 @@ impl Interval {
             comm_wait: done.waits[1],
             overlapped: done.overlapped,
             comm_bytes: done.comm_bytes,
+            tail,
         })
     }
 }
@@ -158,8 +171,10 @@ mod tests {
             add_to_row(&row, column(head), &Tensor::from(values[1] * 2.0), 2.0);
             iv.push(step, heads, row, [0.25, 0.125], CommBytes::default());
         }
+        iv.attach(Tensor::from_slice(&[4.0f32, 7.0]));
         let s = iv.settle(&crate::dist::single::Single, [false, true], true).unwrap();
-        assert!(iv.steps.is_empty() && iv.rows.is_empty());
+        assert!(iv.steps.is_empty() && iv.rows.is_empty() && iv.tail.is_none());
+        assert_eq!(s.tail, vec![4.0, 7.0]);
         assert_eq!(s.steps.len(), 2);
         assert_eq!(
             (s.steps[0].step, s.steps[0].losses.clone(), s.steps[0].total),

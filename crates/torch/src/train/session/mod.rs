@@ -18,6 +18,7 @@ use super::replica::{Replica, Snapshot};
 use super::run_claim::{self, Claim, Claiming, Replaced};
 use super::run_lock::RunLock;
 use super::runlog::RunLog;
+use super::scaler::DeviceScale;
 use super::state::TrainState;
 use crate::config::TrainConfig;
 use crate::dist::{self, Comm, LaunchInfo, ReduceOp};
@@ -45,6 +46,8 @@ pub struct Session {
     _lock: RunLock,
     /// A run `--force` replaced, removed at the first checkpoint.
     replaced: Replaced,
+    /// `--amp fp16`'s loss scale on the device (`state.loss_scale` is its host copy).
+    amp: Option<DeviceScale>,
 }
 
 /// The latest good state: the replica's tensors in host memory and the loop state
@@ -114,6 +117,7 @@ impl Session {
         let judge = Judge::new(&heads, limits(&cfg, comm.rank()));
         let good = Good { replica: replica.snapshot(), state: state.clone(), checkpoint };
         let labelled = data.pools.epochs().into_iter().map(|(h, e)| (h, (e, 0.0))).collect();
+        let amp = state.loss_scale.as_ref().map(|s| DeviceScale::new(s, device));
         Ok(Session {
             cfg,
             heads,
@@ -129,6 +133,7 @@ impl Session {
             labelled,
             _lock: run.lock,
             replaced: run.claim.keep(),
+            amp,
         })
     }
 }

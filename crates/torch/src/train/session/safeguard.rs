@@ -8,6 +8,7 @@ use super::{Good, Session};
 use crate::model::Head;
 use crate::train::decisions::{ordinal, Accepted, Rollback};
 use crate::train::replica::{head_groups, BACKBONE};
+use crate::train::scaler::DeviceScale;
 use crate::train::state::{LrCause, LrChange};
 use trainer_data::plateau::Failure;
 
@@ -19,6 +20,7 @@ impl Session {
         self.state.run.positions = self.pools.positions();
         self.state.run.rollbacks += 1;
         self.state.roll_back_to(&self.good.state);
+        self.amp = self.state.loss_scale.as_ref().map(|s| DeviceScale::new(s, self.replica.device()));
         let lr_before = self.lr_shown();
         if rb.shrink {
             let factor = self.state.plateaus.get_mut(&rb.head).map_or(self.cfg.schedule.shrink, |p| p.shrink_now());

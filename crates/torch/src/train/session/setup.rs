@@ -100,8 +100,11 @@ impl Start<'_> {
                 state.step
             ))?;
         }
-        if self.cfg.optim.amp && !device.is_cuda() {
-            log.rank_note("--amp applies to CUDA devices only; training in f32 on the CPU")?;
+        if device.is_cuda() {
+            crate::amp::check(self.cfg.optim.amp)?;
+        }
+        if self.cfg.optim.amp.enabled() && !device.is_cuda() {
+            log.rank_note("--amp's autocast applies to CUDA devices only; training in f32 on the CPU")?;
         }
         if let Some(sl) = slice {
             log.rank_note(&format!(
@@ -137,7 +140,7 @@ pub(super) fn resume_point(comm: &dyn Comm, run_dir: &Path, cfg: &TrainConfig) -
     let ckpt = checkpoint::agree_latest(comm, run_dir)?;
     let mut state = checkpoint::load_state(&ckpt)?.state;
     checkpoint::check_resume_step(&state, cfg.schedule.max_steps)?;
-    state.loss_scale = match (cfg.optim.amp, state.loss_scale.take()) {
+    state.loss_scale = match (cfg.optim.amp.scales_loss(), state.loss_scale.take()) {
         (true, kept) => kept.or_else(|| Some(crate::train::scaler::LossScale::new(cfg.optim.amp_init_scale))),
         (false, _) => None,
     };
