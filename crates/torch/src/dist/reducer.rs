@@ -14,7 +14,8 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use tch::{Device, Kind, Tensor};
 
 /// Sums gradient buckets over one communicator and writes the means back. The main
-/// thread has one on `world`; the communication thread its own on a duplicate.
+/// thread and the communication thread each have one, on duplicates of `world` of their
+/// own (so neither's messages can match the other's).
 pub struct Reducer {
     comm: SimpleCommunicator,
     fp16: bool,
