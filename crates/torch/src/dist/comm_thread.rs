@@ -27,22 +27,19 @@ pub struct CommThread {
 
 impl CommThread {
     /// `on_expire` ends the job when a bucket stays in flight past `timeout`.
-    pub fn start(reducer: Reducer, rank: usize, timeout: Duration, on_expire: fn(&str) -> !) -> CommThread {
+    pub fn start(reducer: Reducer, rank: usize, timeout: Duration, on_expire: fn(&str) -> !) -> Result<CommThread> {
         let (jobs, inbox) = channel::<Job>();
         let (outbox, done) = channel();
-        let handle = std::thread::Builder::new()
-            .name("allreduce".into())
-            .spawn(move || {
-                let watchdog = Watchdog::start(rank, timeout, move |m: &str| on_expire(m));
-                for job in inbox {
-                    let _armed = watchdog.arm(Op::AllReduceMean);
-                    if outbox.send(reducer.reduce_all(job.first, &job.buckets)).is_err() {
-                        break;
-                    }
+        let handle = std::thread::Builder::new().name("allreduce".into()).spawn(move || {
+            let watchdog = Watchdog::start(rank, timeout, move |m: &str| on_expire(m));
+            for job in inbox {
+                let _armed = watchdog.arm(Op::AllReduceMean);
+                if outbox.send(reducer.reduce_all(job.first, &job.buckets)).is_err() {
+                    break;
                 }
-            })
-            .expect("spawning the all-reduce thread");
-        CommThread { jobs: Some(jobs), done, in_flight: Default::default(), handle: Some(handle) }
+            }
+        })?;
+        Ok(CommThread { jobs: Some(jobs), done, in_flight: Default::default(), handle: Some(handle) })
     }
 
     /// Queues buckets (views of gradients nothing writes until `wait` returns).

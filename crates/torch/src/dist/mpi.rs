@@ -126,7 +126,9 @@ impl Mpi {
                     return None;
                 }
                 let reducer = Reducer::new(self.world.duplicate(), &self.opts);
-                Some(CommThread::start(reducer, self.info.rank, self.opts.timeout, abort_world))
+                CommThread::start(reducer, self.info.rank, self.opts.timeout, abort_world)
+                    .inspect_err(|e| tracing::warn!("no all-reduce thread ({e}): gradients are all-reduced after the backward"))
+                    .ok()
             })
             .as_ref()
     }
