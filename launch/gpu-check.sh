@@ -2,13 +2,14 @@
 # The GPU checks, as one short call on a machine with a GPU but no cargo or MPI:
 #   cargo build --release -p trainer -p trainer-torch --no-default-features --features trainer-torch/nccl   (here)
 #   carry target/release/trainer and trainer-torch, run `bash launch/gpu-check.sh` there.
-# Measures: ResNet-50 112px training images/s with and without --amp beside PyTorch on the
-# same GPU; the same with --amp for arcface_torch's vit_t, mbf and iresnet200; a 1-rank
+# Measures: ResNet-50 112px training images/s beside PyTorch on the same GPU in fp32,
+# --amp (fp16), --amp bf16 and --amp with channels-last on both sides; --amp for
+# arcface_torch's vit_t, mbf and iresnet200; a 1-rank
 # NCCL all-reduce (correctness and bandwidth, flat buffer vs buckets); bench train through
 # a 1-rank NCCL communicator with the all-reduce overlapped (side stream) or not; the ArcFace head
 # replicated and under Partial FC through a 1-rank NCCL communicator; a short FR run on
-# the GPU, then again with --amp --partial-fc --channels-last (images/s and host_syncs per
-# log interval, end to end with the data pipeline);
+# the GPU (end to end with the data pipeline, as a ratio of the fp32 bare step), then again
+# with --amp --partial-fc --channels-last (images/s and host_syncs per log interval);
 # and the CPU trainer-vs-PyTorch comparison on that machine's idle cores.
 # Uses that machine's PyTorch (TORCH_PY, default /opt/torch/.venv). Log: $OUT/gpu_check.log.
 set -uo pipefail
