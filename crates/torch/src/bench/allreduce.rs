@@ -38,9 +38,7 @@ pub struct AllreduceArgs {
 
 pub fn run(a: AllreduceArgs) -> Result<()> {
     let info = dist::launch_info()?;
-    // One core's share per rank: libtorch's copies must not fight MPI for the cores.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    tch::set_num_threads((cores / info.local_world).max(1) as i32);
+    tch::set_num_threads(info.threads_per_rank() as i32);
     let device = a.device.resolve(&info)?;
     let opts = a.comm.options();
     let result = if a.check {

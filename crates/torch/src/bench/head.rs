@@ -51,8 +51,7 @@ pub fn run(a: HeadBenchArgs) -> Result<()> {
     ensure!(a.iters > 0 && a.batch_size > 0 && a.emb_dim > 0, "--iters, --batch-size and --emb-dim must be positive");
     ensure!(a.sample_rates.iter().all(|&r| r > 0.0 && r <= 1.0), "sample rates are in (0, 1]");
     let info = dist::launch_info()?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    tch::set_num_threads((cores / info.local_world).max(1) as i32);
+    tch::set_num_threads(info.threads_per_rank() as i32);
     let device = a.device.resolve(&info)?;
     let opts = CommOptions { timeout: Duration::from_secs(600), ..Default::default() };
     let comm = super::communicator(device, &info, opts)?;

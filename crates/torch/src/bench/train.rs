@@ -58,10 +58,6 @@ pub struct TrainBenchArgs {
     pub nccl: bool,
 }
 
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
 /// Timings of one benchmark run: whole steps and their forward / backward / SGD parts.
 pub struct TrainBench {
     pub step_secs: Vec<f64>,
@@ -82,7 +78,7 @@ impl TrainBench {
 
 pub fn run(a: TrainBenchArgs) -> Result<()> {
     let info = dist::launch_info()?;
-    let threads = a.threads.unwrap_or_else(|| (default_threads() / info.local_world).max(1));
+    let threads = a.threads.unwrap_or_else(|| info.threads_per_rank());
     tch::set_num_threads(threads as i32);
     let device = a.device.resolve(&info)?;
     let comm = match a.nccl {

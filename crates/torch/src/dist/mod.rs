@@ -164,6 +164,13 @@ impl LaunchInfo {
     pub fn single() -> LaunchInfo {
         LaunchInfo { rank: 0, world: 1, local_rank: 0, local_world: 1, launcher: "single" }
     }
+
+    /// This rank's share of the machine's cores (libtorch threads): the ranks on one
+    /// machine must not fight each other, or MPI, for them.
+    pub fn threads_per_rank(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / self.local_world.max(1)).max(1)
+    }
 }
 
 /// Which launcher started us, from the variables launchers set; None when run directly,

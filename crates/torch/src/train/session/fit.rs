@@ -225,8 +225,7 @@ impl Session {
             ));
             self.replica.step(&heads);
         }
-        interval.push(step + 1, heads, row, [wait, reduced.waited], bytes);
-        interval.overlapped += reduced.overlapped as u64;
+        interval.push(step + 1, heads, row, wait, reduced, bytes);
         Ok(())
     }
 

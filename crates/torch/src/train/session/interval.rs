@@ -13,6 +13,7 @@ use crate::dist::{Comm, ReduceOp};
 use crate::host_sync;
 use crate::model::partial_fc::CommBytes;
 use crate::model::Head;
+use crate::train::backward::Reduced;
 use crate::train::pools::Part;
 use crate::train::step::labelled;
 
@@ -31,7 +32,7 @@ pub(super) struct Interval {
     waits: [f64; 2],
     comm_bytes: CommBytes,
     /// Steps whose gradient all-reduce ran during their backward (`--overlap`).
-    pub overlapped: u64,
+    overlapped: u64,
     /// This rank's device values read with the rows, not summed (`attach`).
     tail: Option<Tensor>,
 }
@@ -97,13 +98,22 @@ impl Interval {
         self.labelled.iter_mut().zip(labelled(parts)).for_each(|(a, n)| *a += n);
     }
 
-    /// Step `step` (1-based) trained `heads`, left `row` and waited `waits` s for data and
-    /// for communication.
-    pub fn push(&mut self, step: u64, heads: Vec<Head>, row: Tensor, waits: [f64; 2], comm_bytes: CommBytes) {
+    /// Step `step` (1-based) trained `heads`, left `row`, waited `data_wait` s for data and
+    /// all-reduced its gradients as `reduced` says.
+    pub fn push(
+        &mut self,
+        step: u64,
+        heads: Vec<Head>,
+        row: Tensor,
+        data_wait: f64,
+        reduced: Reduced,
+        comm_bytes: CommBytes,
+    ) {
         self.rows.push(row);
         self.steps.push((step, heads));
-        self.waits[0] += waits[0];
-        self.waits[1] += waits[1];
+        self.waits[0] += data_wait;
+        self.waits[1] += reduced.waited;
+        self.overlapped += reduced.overlapped as u64;
         self.comm_bytes = comm_bytes;
     }
 
@@ -169,7 +179,8 @@ mod tests {
             let head = heads[0];
             add_to_row(&row, 0, &Tensor::from(values[0]), 1.0);
             add_to_row(&row, column(head), &Tensor::from(values[1] * 2.0), 2.0);
-            iv.push(step, heads, row, [0.25, 0.125], CommBytes::default());
+            let reduced = Reduced { waited: 0.125, overlapped: false };
+            iv.push(step, heads, row, 0.25, reduced, CommBytes::default());
         }
         iv.attach(Tensor::from_slice(&[4.0f32, 7.0]));
         let s = iv.settle(&crate::dist::single::Single, [false, true], true).unwrap();

@@ -83,7 +83,7 @@ impl Session {
             // Fixed input size: cuDNN's benchmarked algorithm choice pays from the second step.
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        let threads = cfg.run.threads.unwrap_or_else(|| setup::default_threads(launch.local_world));
+        let threads = cfg.run.threads.unwrap_or_else(|| launch.threads_per_rank());
         tch::set_num_threads(threads as i32);
         let comm = dist::init(launch, device, cfg.comm.options())?;
         let run = open_run(&*comm, &cfg, resume, how)?;

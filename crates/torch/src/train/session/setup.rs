@@ -148,11 +148,6 @@ pub(super) fn resume_point(comm: &dyn Comm, run_dir: &Path, cfg: &TrainConfig) -
     Ok((ckpt, broadcast_state(comm, state)?))
 }
 
-pub(super) fn default_threads(ranks_here: usize) -> usize {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    (cores / ranks_here.max(1)).max(1)
-}
-
 /// Rank 0 picks the run directory (a new timestamped one, or the resumed one) for all.
 pub(super) fn agree_run_dir(comm: &dyn Comm, cfg: &TrainConfig, resume: Option<&Path>) -> Result<PathBuf> {
     let mut bytes = match resume {
