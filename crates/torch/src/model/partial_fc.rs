@@ -240,6 +240,12 @@ mod tests {
         }
     }
 
+    /// Equal up to f32 rounding at the tensor's scale: the two heads sum in different orders.
+    fn near(a: &Tensor, b: &Tensor) -> bool {
+        let scale = b.abs().max().double_value(&[]).max(1e-3);
+        (a - b).abs().max().double_value(&[]) <= 1e-4 * scale
+    }
+
     /// For each adaptive margin, Partial FC's loss (one rank holding the whole matrix, its
     /// rows gathered) equals the replicated head's over three steps: loss, gradients of the
     /// embeddings and centres, and the running statistics; a row labelled -1 included.
@@ -254,16 +260,20 @@ mod tests {
         let y = Tensor::from_slice(&[1i64, 7, 1, -1, 4, 9]);
         for rule in rules {
             let make = || {
-                tch::manual_seed(8);
                 let vs = tch::nn::VarStore::new(Device::Cpu);
                 let slice = ClassSlice { start: 0, len: 10 };
                 let arc = ArcFace::new_slice(&vs.root(), 10, slice, 8, 16.0, rule).with_state(&(vs.root() / "m"));
                 (vs, arc)
             };
+            // Fixed values, not seeded draws: other tests share libtorch's global generator.
+            let wave = |n: i64, shift: f64| (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.7 + shift).sin();
             let ((vs_a, rep), (vs_b, pfc)) = (make(), make());
+            for vs in [&vs_a, &vs_b] {
+                let mut w = vs.variables()["weight"].shallow_clone();
+                tch::no_grad(|| w.copy_(&(wave(80, 0.0).view([10, 8]) * 0.01)));
+            }
             for step in 0..3 {
-                tch::manual_seed(20 + step);
-                let e = Tensor::randn([6, 8], (Kind::Float, Device::Cpu)) * (1.0 + step as f64);
+                let e = wave(48, step as f64).view([6, 8]) * (1.0 + step as f64);
                 let (ea, eb) = (e.copy().set_requires_grad(true), e.set_requires_grad(true));
                 let want = rep.loss(&ea, &y, &Single).unwrap();
                 want.backward();
@@ -281,9 +291,9 @@ mod tests {
                 term.backward();
                 let what = format!("{rule:?}, step {step}");
                 assert!((got.double_value(&[]) - want.double_value(&[])).abs() < 1e-5, "{what}: loss");
-                assert!(ea.grad().allclose(&eb.grad(), 1e-4, 1e-6, false), "{what}: embedding gradients");
+                assert!(near(&ea.grad(), &eb.grad()), "{what}: embedding gradients");
                 let (mut ga, mut gb) = (vs_a.variables()["weight"].grad(), vs_b.variables()["weight"].grad());
-                assert!(ga.allclose(&gb, 1e-4, 1e-6, false), "{what}: centre gradients");
+                assert!(near(&ga, &gb), "{what}: centre gradients");
                 assert_eq!(rep.margin_state(), pfc.margin_state(), "{what}: running statistics");
                 let _ = (ga.zero_(), gb.zero_());
             }
