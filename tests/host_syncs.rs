@@ -79,3 +79,28 @@ fn one_process_reads_the_device_once_per_log_interval() {
         assert_eq!(scale, if amp { 4 } else { 0 }, "{run}: the loss scale on each progress line");
     }
 }
+
+/// With two ranks the interval's numbers travel in one all-gather on the device and come
+/// back in the one read; every rank judges the plateau rule itself, so no decision is
+/// broadcast: still one per log interval, with Partial FC and with `--amp` too.
+#[test]
+fn two_ranks_under_mpi_read_once_per_log_interval() {
+    let Some(mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 6, 4, 2, 1);
+    let out = dir.path().join("Model");
+    let runs: [(&str, &[&str]); 3] = [
+        ("fr", &[]),
+        ("pfc", &["--partial-fc", "--sample-rate", "0.5"]),
+        ("pfc-amp", &["--partial-fc", "--sample-rate", "0.5", "--amp", "fp16"]),
+    ];
+    for (run, extra) in runs {
+        let args = tiny_train("FR", &out, run).set("--train-sets", s(&train)).set("--max-steps", "20");
+        let status = mpi.job(2).args(args.args()).args(extra).status().expect("spawn mpirun");
+        assert!(status.success(), "{run}: {status}");
+        let counts: Vec<u64> =
+            log_lines(&out.join(run)).iter().filter_map(|e| e.get("host_syncs").and_then(|v| v.as_u64())).collect();
+        assert_eq!(counts.len(), 4, "{run}: {counts:?}");
+        assert!(counts[1..].iter().all(|&c| c == 1), "{run}: {counts:?}");
+    }
+}

@@ -185,6 +185,26 @@ fn mpi_ranks_whose_gradients_differ_are_stopped_not_mixed() {
     assert!(msg.contains("did not finish within 3 s"), "{msg}");
 }
 
+/// Every rank judges the plateau rule itself; one whose judge disagrees with rank 0's
+/// (`drift`: its digest changed at the settle of step 10) ends the job on every rank, named,
+/// instead of decaying or rolling back on its own.
+#[test]
+fn mpi_a_rank_whose_plateau_judge_drifts_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = packed_synth(dir.path(), "train", 8, 4, 2, 1);
+    let out = dir.path().join("Model");
+    let Some(res) =
+        mpi_job(&train, &out, "drifts", &["--max-steps", "1000", "--collective-timeout", "600"], "1:10:drift")
+    else {
+        return;
+    };
+    let msg = text(&res);
+    assert!(!res.status.success(), "{msg}");
+    assert!(msg.contains("rank 1's plateau judge drifts"), "{msg}");
+    assert!(msg.contains("the plateau rule's state on rank(s) [1] differs from rank 0's"), "{msg}");
+    assert!(!msg.contains("did not finish within"), "{msg}");
+}
+
 /// The `resume` event's checkpoint directory name (e.g. `step-000000004`).
 fn resumed_from(run: &Path) -> String {
     let log = log_lines(run);

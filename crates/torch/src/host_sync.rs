@@ -1,10 +1,11 @@
 //! Counts each time the training loop makes the host wait: a device→host read of a
 //! tensor, a wait for the device's queue (NCCL's completion wait), or a round trip of
-//! scalars between ranks (the loop's agreements on losses, flags and decisions). On a GPU
-//! each one drains the queue the step relies on to run ahead, so they are counted where
-//! they are made: every such read in the loop's code goes through here (a test fails on
-//! one that does not), and each progress line reports `host_syncs`, the count since the
-//! previous line. Gradient all-reduces over MPI on CPU tensors are the step's work, not a
+//! scalars between ranks (layout checks, Partial FC's size checks). On a GPU each one
+//! drains the queue the step relies on to run ahead, so they are counted where they are
+//! made: every such read in the loop's code goes through here (a test fails on one that
+//! does not), and each progress line reports `host_syncs`, the count since the previous
+//! line. Collectives over MPI on CPU tensors (the gradient all-reduce, the settle's
+//! all-gather) stand for NCCL's, queued on the device; they are the step's work, not a
 //! sync, and are not counted.
 
 use anyhow::Result;

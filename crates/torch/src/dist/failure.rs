@@ -6,9 +6,10 @@
 //! `TRAINER_FAULT=RANK:STEP:KIND` injects a fault for tests. At step STEP, that rank:
 //! `panic`s at the start of the step; returns an `error` from it (the path every ordinary
 //! failure takes); `hang`s inside its first all-reduce; drops one gradient from its
-//! all-reduce (`layout`, a model built differently); or (STEP 0, before training, `stale`)
-//! lists a run's checkpoints without the newest, as a shared filesystem with stale
-//! metadata can.
+//! all-reduce (`layout`, a model built differently); settles with its plateau judge's
+//! digest changed (`drift`, a judge that disagrees with rank 0's); or (STEP 0, before
+//! training, `stale`) lists a run's checkpoints without the newest, as a shared filesystem
+//! with stale metadata can.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -119,6 +120,7 @@ pub enum Fault {
     Error,
     Hang,
     Layout,
+    Drift,
     Stale,
 }
 
@@ -129,7 +131,7 @@ fn fault() -> Option<(usize, u64, Fault)> {
         let text = std::env::var("TRAINER_FAULT").ok()?;
         let parsed = parse_fault(&text);
         if parsed.is_none() {
-            tracing::warn!("TRAINER_FAULT={text:?} is not RANK:STEP:panic|error|hang|layout|stale; ignored");
+            tracing::warn!("TRAINER_FAULT={text:?} is not RANK:STEP:panic|error|hang|layout|drift|stale; ignored");
         }
         parsed
     })
@@ -143,6 +145,7 @@ pub fn parse_fault(text: &str) -> Option<(usize, u64, Fault)> {
         "error" => Fault::Error,
         "hang" => Fault::Hang,
         "layout" => Fault::Layout,
+        "drift" => Fault::Drift,
         "stale" => Fault::Stale,
         _ => return None,
     };
@@ -189,6 +192,15 @@ pub fn maybe_drop_gradient(grads: &mut Vec<tch::Tensor>) {
     }
 }
 
+/// Test hook on the plateau judge's digest at a settle: one bit changed (`drift`).
+pub fn maybe_drift(digest: u64) -> u64 {
+    if due(Fault::Drift) {
+        say(&format!("injected fault (TRAINER_FAULT): rank {}'s plateau judge drifts", RANK.load(Ordering::Relaxed)));
+        return digest ^ 1;
+    }
+    digest
+}
+
 /// Test hook inside a collective, after its watchdog is armed.
 pub fn maybe_hang() {
     if due(Fault::Hang) {
@@ -214,6 +226,7 @@ mod tests {
         assert_eq!(parse_fault("1:0:stale"), Some((1, 0, Fault::Stale)));
         assert_eq!(parse_fault("1:2:error"), Some((1, 2, Fault::Error)));
         assert_eq!(parse_fault("0:1:layout"), Some((0, 1, Fault::Layout)));
+        assert_eq!(parse_fault("1:10:drift"), Some((1, 10, Fault::Drift)));
         for bad in ["", "1:3", "1:3:explode", "x:3:panic", "1:3:panic:4"] {
             assert_eq!(parse_fault(bad), None, "{bad}");
         }

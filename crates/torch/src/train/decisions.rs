@@ -1,18 +1,17 @@
-//! What rank 0 decides after each step, from the mean losses over ranks: dlib's plateau
+//! What the loop decides after each step, from the mean losses over ranks: dlib's plateau
 //! rule and its rollback guard, one of each per trained head, so a task's decays and
-//! reloads follow its own loss series. Every rank then applies the same decision.
+//! reloads follow its own loss series. Every rank judges the same summed losses with the
+//! same state, so all reach rank 0's decision and apply it at the same step.
 
-use anyhow::Result;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::hash::Hasher;
 
 use super::state::TrainState;
-use crate::dist::Comm;
 use crate::model::Head;
 use trainer_data::plateau::{Failure, RiseTest, RollbackGuard, SaveDecision};
 
-/// One step's verdict, broadcast from rank 0.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// One step's verdict.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Decision {
     /// Heads whose plateau rule fired, with the factor their learning rate shrinks by.
     pub decays: Vec<(Head, f64)>,
@@ -24,13 +23,11 @@ pub struct Decision {
 }
 
 /// Return to the last good state.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Rollback {
     pub head: Head,
     pub failure: Failure,
     pub failed_step: u64,
-    /// Often NaN or infinite, which JSON has no number for (see `non_finite`).
-    #[serde(with = "non_finite")]
     pub loss: f64,
     /// The how-manyth reload in a row this is.
     pub in_a_row: u32,
@@ -49,7 +46,7 @@ impl Rollback {
 }
 
 /// Keep the state reached and undo the safeguard's shrinks for `head`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Accepted {
     pub head: Head,
     pub test: RiseTest,
@@ -69,7 +66,7 @@ pub struct Limits {
     pub shrink: f64,
 }
 
-/// Rank 0's rollback guards and its count of reloads that made no progress.
+/// The rollback guards and the count of reloads that made no progress (each rank's copy).
 pub struct Judge {
     guards: BTreeMap<Head, RollbackGuard>,
     limits: Limits,
@@ -85,7 +82,7 @@ impl Judge {
         Judge { guards, limits, in_a_row: 0, failed_at: 0 }
     }
 
-    /// Rank 0's decision for the step just taken (`state.step` counts it), given each
+    /// The decision for the step just taken (`state.step` counts it), given each
     /// trained head's loss; `save_point` is dlib's "time to save or reload"; the plateau
     /// rule sees the losses only when `plateau` (not in a warm-up, not under poly); `lr` is
     /// the largest learning rate now.
@@ -172,49 +169,19 @@ impl Judge {
         Decision { rollback: Some(rollback), give_up, ..Decision::default() }
     }
 
+    /// A digest of all the judging reads besides the losses (the guards, the reload counts,
+    /// each head's plateau rule): equal on every rank while their judges agree.
+    pub fn fingerprint(&self, state: &TrainState) -> u64 {
+        let judged = (&self.guards, &state.plateaus, self.in_a_row, self.failed_at);
+        let mut h = std::hash::DefaultHasher::new();
+        h.write(&serde_json::to_vec(&judged).unwrap_or_default());
+        h.finish()
+    }
+
     /// A checkpoint was written off the save rhythm (a better validation): the losses
     /// since count as saved.
     pub fn saved(&mut self) {
         self.guards.values_mut().for_each(RollbackGuard::saved);
-    }
-}
-
-/// Rank 0's decision to every rank (each applies it identically).
-pub fn broadcast(comm: &dyn Comm, decision: Decision) -> Result<Decision> {
-    if comm.world() == 1 {
-        return Ok(decision);
-    }
-    let mut bytes = if comm.rank() == 0 { serde_json::to_vec(&decision)? } else { vec![] };
-    comm.broadcast_bytes(&mut bytes, 0)?;
-    Ok(serde_json::from_slice(&bytes)?)
-}
-
-/// An f64 that may be NaN or infinite, for the JSON the decision is broadcast in: a
-/// finite value as a number, the others as the strings "NaN", "inf" and "-inf" (plain
-/// serde_json writes them as null, which then does not read back as an f64).
-mod non_finite {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if v.is_finite() {
-            s.serialize_f64(*v)
-        } else {
-            s.serialize_str(&v.to_string())
-        }
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Number(f64),
-        Text(String),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        match Either::deserialize(d)? {
-            Either::Number(v) => Ok(v),
-            Either::Text(t) => t.parse().map_err(|_| serde::de::Error::custom(format!("{t:?} is not a number"))),
-        }
     }
 }
 
@@ -245,18 +212,16 @@ mod tests {
         TrainState::new(&cfg, &[Head::Fr, Head::Gender], 1, 10)
     }
 
-    /// A NaN loss (the usual reason for a rollback) crosses the broadcast's JSON intact.
+    /// The digest moves with what the judging reads: a loss a plateau rule or guard keeps.
     #[test]
-    fn a_rollback_for_a_non_finite_loss_survives_the_broadcast_encoding() {
-        for loss in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 2.5] {
-            let failure = Failure::NonFinite;
-            let rb = Rollback { head: Head::Fr, failure, failed_step: 7, loss, in_a_row: 1, shrink: false };
-            let d = Decision { decays: vec![(Head::Gender, 0.1)], rollback: Some(rb), ..Decision::default() };
-            let back: Decision = serde_json::from_slice(&serde_json::to_vec(&d).unwrap()).unwrap();
-            let got = back.rollback.as_ref().unwrap().loss;
-            assert!(got == loss || (got.is_nan() && loss.is_nan()), "{loss} came back as {got}");
-            assert_eq!(back.decays, d.decays);
-        }
+    fn the_fingerprint_follows_the_judges_state() {
+        let (mut a, mut b) = (Judge::new(&[Head::Fr], limits(true, 3)), Judge::new(&[Head::Fr], limits(true, 3)));
+        let (mut sa, mut sb) = (state(), state());
+        assert_eq!(a.fingerprint(&sa), b.fingerprint(&sb));
+        a.decide(&mut sa, &[(Head::Fr, 2.0)], false, true, 0.1);
+        assert_ne!(a.fingerprint(&sa), b.fingerprint(&sb));
+        b.decide(&mut sb, &[(Head::Fr, 2.0)], false, true, 0.1);
+        assert_eq!(a.fingerprint(&sa), b.fingerprint(&sb));
     }
 
     #[test]

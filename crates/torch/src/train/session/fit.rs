@@ -1,5 +1,5 @@
-//! The training loop: step, decide (rank 0's plateau rule and rollback guard, obeyed by
-//! all), log, validate, checkpoint; and always a final validation and checkpoint, whatever
+//! The training loop: step, decide (the plateau rule and rollback guard, judged alike on
+//! every rank), log, validate, checkpoint; and always a final validation and checkpoint, whatever
 //! stopped it.
 
 use anyhow::{bail, Context, Result};
@@ -7,7 +7,7 @@ use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use super::interval::{add_to_row, column, step_row, Interval, Settled};
+use super::interval::{add_to_row, column, step_row, Interval, Local, Settled};
 use super::{Good, Session};
 use crate::dist::ReduceOp;
 use crate::host_sync;
@@ -15,7 +15,7 @@ use crate::model::partial_fc::{CommBytes, PfcStep};
 use crate::model::Head;
 use crate::train::backward::{backward_and_reduce, can_overlap, Reduced};
 use crate::train::checkpoint;
-use crate::train::decisions::{self, Decision};
+use crate::train::decisions::Decision;
 use crate::train::replica::{head_groups, BACKBONE};
 use crate::train::scaler::{scaled_loss, DeviceScale};
 use crate::train::schedule::{lr_factor, plateau_counts};
@@ -74,7 +74,7 @@ impl Session {
             window.wait += stats.data_wait;
             window.comm_wait += stats.comm_wait;
             self.check_labelled(&stats)?;
-            let decision = self.decide(&stats)?;
+            let decision = self.decide(&stats);
             if let Some(msg) = &decision.give_up {
                 self.log.event(json!({"event": "give_up", "step": self.state.step, "message": msg}))?;
                 bail!("{msg}; lr {:.3e}; the last good checkpoint is {}", self.lr_shown(), self.good_checkpoint());
@@ -140,7 +140,12 @@ impl Session {
         if let Some(amp) = &self.amp {
             interval.attach(amp.values());
         }
-        let stats = interval.settle(&*self.comm, [signal.load(Ordering::Relaxed), out_of_time], total_shown)?;
+        let local = Local {
+            signalled: signal.load(Ordering::Relaxed),
+            out_of_time,
+            fingerprint: crate::dist::failure::maybe_drift(self.judge.fingerprint(&self.state)),
+        };
+        let stats = interval.settle(&*self.comm, local, total_shown)?;
         self.read_back_scale(&stats.tail);
         self.state.run.skipped_records += stats.skipped as u64;
         for step in &stats.steps {
@@ -277,15 +282,11 @@ impl Session {
         }
     }
 
-    /// Rank 0 judges the mean losses of each settled step in turn (its plateau rules are
-    /// the ones checkpoints keep); every rank gets the same decision, applied now. A
-    /// rollback or a give-up ends the judging: the steps after it are undone anyway.
-    fn decide(&mut self, stats: &Settled) -> Result<Decision> {
-        let mine = if self.comm.rank() == 0 { self.judge_steps(stats) } else { Decision::default() };
-        decisions::broadcast(&*self.comm, mine)
-    }
-
-    fn judge_steps(&mut self, stats: &Settled) -> Decision {
+    /// Judges the mean losses of each settled step in turn. Every rank does, on the same
+    /// gathered sums, so each reaches rank 0's decision without a broadcast (the settle
+    /// checks that their judges agree). A rollback or a give-up ends the judging: the
+    /// steps after it are undone anyway.
+    fn decide(&mut self, stats: &Settled) -> Decision {
         let now = self.state.step;
         let mut all = Decision::default();
         for s in &stats.steps {

@@ -1,15 +1,16 @@
 //! The steps since the ranks last agreed. Each step leaves its losses on the device (one
-//! small tensor per step) and its counts on the host; `settle` reads the losses once, sums
-//! everything over the ranks in one all-reduce, and gives back each step's numbers. The
-//! loop settles at each log line, save point and validation and at the last step, so a
-//! GPU never waits for the host in between, and the decisions that need the losses
-//! (plateau decays, rollbacks, stops on a signal or the time limit) come at most one log
-//! interval late.
+//! small tensor per step) and its counts on the host; `settle` gathers every rank's numbers
+//! in one all-gather on the device, reads them once, and sums them in rank order, so every
+//! rank holds the same bits and judges the plateau rule to the same decision without a
+//! broadcast. The loop settles at each log line, save point and validation and at the last
+//! step, so a GPU never waits for the host in between, and the decisions that need the
+//! losses (plateau decays, rollbacks, stops on a signal or the time limit) come at most one
+//! log interval late.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::dist::{Comm, ReduceOp};
+use crate::dist::Comm;
 use crate::host_sync;
 use crate::model::partial_fc::CommBytes;
 use crate::model::Head;
@@ -35,6 +36,15 @@ pub(super) struct Interval {
     overlapped: u64,
     /// This rank's device values read with the rows, not summed (`attach`).
     tail: Option<Tensor>,
+}
+
+/// This rank's own numbers for a settle, besides its steps'.
+pub(super) struct Local {
+    /// SIGINT/SIGTERM/SIGUSR1 seen.
+    pub signalled: bool,
+    pub out_of_time: bool,
+    /// The plateau judge's digest (`Judge::fingerprint`): every rank's must equal rank 0's.
+    pub fingerprint: u64,
 }
 
 /// One step's mean losses over the ranks.
@@ -122,42 +132,48 @@ impl Interval {
         self.tail = Some(values.to_kind(Kind::Double));
     }
 
-    /// One read of the rows, one all-reduce of everything; empties the interval.
-    /// `flags` are this rank's (signalled, out of time); `total_shown` whether the
-    /// objective means something (not in `--alternate` mode with several heads).
-    pub fn settle(&mut self, comm: &dyn Comm, flags: [bool; 2], total_shown: bool) -> Result<Settled> {
+    /// One all-gather of every rank's numbers and one read of it; empties the interval.
+    /// `total_shown` says whether the objective means something (not in `--alternate`
+    /// mode with several heads).
+    pub fn settle(&mut self, comm: &dyn Comm, local: Local, total_shown: bool) -> Result<Settled> {
         let done = std::mem::take(self);
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let mut host = vec![done.skipped, done.images, flag(local.signalled), flag(local.out_of_time)];
+        host.extend(done.labelled);
+        host.push((local.fingerprint & DIGEST_MASK) as f64);
+        let device = done.rows.first().map_or(Device::Cpu, Tensor::device);
         let mut parts: Vec<Tensor> = done.rows.iter().map(|r| r.reshape([-1])).collect();
         parts.extend(done.tail.iter().map(Tensor::shallow_clone));
-        let mut flat = match parts.is_empty() {
-            true => Vec::new(),
-            false => host_sync::vec_of::<f64>(&Tensor::cat(&parts, 0))?,
-        };
-        let tail = flat.split_off(done.rows.len() * ROW);
-        let per_step = flat.len();
-        let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        flat.extend([done.skipped, done.images, flag(flags[0]), flag(flags[1])]);
-        flat.extend(done.labelled);
-        comm.all_reduce_f64(&mut flat, ReduceOp::Sum)?;
+        // Pageable memory goes up through a staging copy: no wait for the device's queue.
+        parts.push(Tensor::from_slice(&host).to_device_(device, Kind::Double, true, false));
+        let mine = Tensor::cat(&parts, 0);
+        let len = mine.size()[0] as usize;
+        let all = host_sync::vec_of::<f64>(&comm.all_gather(&mine)?)?;
+        let ranks: Vec<&[f64]> = all.chunks(len).collect();
+        check_fingerprints(&ranks, comm.rank())?;
+        let per_step = done.rows.len() * ROW;
+        let tail = ranks[comm.rank()][per_step..len - host.len()].to_vec();
+        // In rank order on every rank: the same sums to the bit everywhere.
+        let sum = |i: usize| ranks.iter().map(|r| r[i]).sum::<f64>();
         let world = comm.world() as f64;
-        let (rows, rest) = flat.split_at(per_step);
         let steps = done
             .steps
             .iter()
-            .zip(rows.chunks(ROW))
-            .map(|((step, heads), row)| StepLosses {
+            .enumerate()
+            .map(|(k, (step, heads))| StepLosses {
                 step: *step,
-                losses: heads.iter().map(|&h| (h, row[column(h)] / world)).collect(),
-                total: total_shown.then_some(row[0] / world),
+                losses: heads.iter().map(|&h| (h, sum(k * ROW + column(h)) / world)).collect(),
+                total: total_shown.then(|| sum(k * ROW) / world),
             })
             .collect();
+        let rest = |i: usize| sum(len - host.len() + i);
         Ok(Settled {
             steps,
-            skipped: rest[0],
-            images: rest[1],
-            signalled: rest[2] > 0.0,
-            out_of_time: rest[3] > 0.0,
-            labelled: [rest[4], rest[5], rest[6]],
+            skipped: rest(0),
+            images: rest(1),
+            signalled: rest(2) > 0.0,
+            out_of_time: rest(3) > 0.0,
+            labelled: [rest(4), rest(5), rest(6)],
             data_wait: done.waits[0],
             comm_wait: done.waits[1],
             overlapped: done.overlapped,
@@ -165,6 +181,23 @@ impl Interval {
             tail,
         })
     }
+}
+
+/// The digest's bits an f64 holds exactly.
+const DIGEST_MASK: u64 = (1 << 52) - 1;
+
+/// Every rank judges the plateau rule itself; a rank whose judge has drifted from rank 0's
+/// (its digest is the last of its numbers) would decay or roll back on its own.
+fn check_fingerprints(ranks: &[&[f64]], me: usize) -> Result<()> {
+    let digest = |r: &[f64]| r.last().copied();
+    let drifted: Vec<usize> = (1..ranks.len()).filter(|&r| digest(ranks[r]) != digest(ranks[0])).collect();
+    if !drifted.is_empty() {
+        bail!(
+            "rank {me}: the plateau rule's state on rank(s) {drifted:?} differs from rank 0's \
+             (every rank judges the same gathered losses; a resume from mismatched state?)"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -183,7 +216,8 @@ mod tests {
             iv.push(step, heads, row, 0.25, reduced, CommBytes::default());
         }
         iv.attach(Tensor::from_slice(&[4.0f32, 7.0]));
-        let s = iv.settle(&crate::dist::single::Single, [false, true], true).unwrap();
+        let local = Local { signalled: false, out_of_time: true, fingerprint: 9 };
+        let s = iv.settle(&crate::dist::single::Single, local, true).unwrap();
         assert!(iv.steps.is_empty() && iv.rows.is_empty() && iv.tail.is_none());
         assert_eq!(s.tail, vec![4.0, 7.0]);
         assert_eq!(s.steps.len(), 2);
@@ -194,5 +228,13 @@ mod tests {
         assert_eq!(s.steps[1].losses, vec![(Head::Gender, 0.5)]);
         assert!(!s.signalled && s.out_of_time);
         assert_eq!((s.data_wait, s.comm_wait), (0.5, 0.25));
+    }
+
+    #[test]
+    fn a_rank_whose_judge_drifted_is_named() {
+        let (a, b) = ([1.0, 5.0], [2.0, 6.0]);
+        assert!(check_fingerprints(&[&a, &[3.0, 5.0]], 1).is_ok());
+        let e = check_fingerprints(&[&a, &a, &b], 2).unwrap_err().to_string();
+        assert!(e.starts_with("rank 2:") && e.contains("rank(s) [2]"), "{e}");
     }
 }

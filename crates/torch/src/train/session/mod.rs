@@ -114,7 +114,7 @@ impl Session {
         // From here the checkpoints are this world's (their state.json says who wrote them).
         state.world_size = comm.world();
         let validator = open_validator(&cfg)?;
-        let judge = Judge::new(&heads, limits(&cfg, comm.rank()));
+        let judge = Judge::new(&heads, limits(&cfg));
         let good = Good { replica: replica.snapshot(), state: state.clone(), checkpoint };
         let labelled = data.pools.epochs().into_iter().map(|(h, e)| (h, (e, 0.0))).collect();
         let amp = state.loss_scale.as_ref().map(|s| DeviceScale::new(s, device));
@@ -210,9 +210,9 @@ fn open_validator(cfg: &TrainConfig) -> Result<Option<Validator>> {
     Ok(Some(validator))
 }
 
-fn limits(cfg: &TrainConfig, rank: usize) -> Limits {
+fn limits(cfg: &TrainConfig) -> Limits {
     Limits {
-        enabled: cfg.schedule.rollback && rank == 0,
+        enabled: cfg.schedule.rollback,
         max_rollbacks: cfg.schedule.max_rollbacks,
         min_lr: cfg.schedule.min_lr,
         shrink: cfg.schedule.shrink,
