@@ -20,6 +20,7 @@ pub struct Reducer {
     comm: SimpleCommunicator,
     fp16: bool,
     f16_sum: UserOperation<'static>,
+    mean_of_two: UserOperation<'static>,
     buffers: std::cell::RefCell<Vec<(Tensor, Tensor)>>,
     bucket_bytes: usize,
     /// `TRAINER_COMM_DELAY_MS`: a simulated slower network, added to every bucket.
@@ -36,6 +37,7 @@ impl Reducer {
             comm,
             fp16: opts.fp16,
             f16_sum: UserOperation::commutative(f16_sum),
+            mean_of_two: UserOperation::commutative(mean_of_two),
             buffers: Default::default(),
             bucket_bytes: opts.bucket_bytes,
             delay: comm_delay(),
@@ -100,8 +102,9 @@ impl Reducer {
     /// Averages `t` (a contiguous CPU f32 bucket) over ranks straight from its memory, as
     /// a reduce-scatter (each rank sums one N-th), the division of that N-th alone, and an
     /// all-gather back into `t`: an all-reduce's own two halves, with a mean's pass over
-    /// 1/N of the bytes instead of all of them. Elements past the last whole N-th go
-    /// through a plain all-reduce.
+    /// 1/N of the bytes instead of all of them; with two ranks the halving happens in the
+    /// sum itself (`mean_of_two`), so there is no extra pass. Elements past the last whole
+    /// N-th go through a plain all-reduce.
     fn reduce_from(&self, b: usize, t: &Tensor, n: f64) -> Result<()> {
         let t = t.view([-1]);
         let world = self.comm.size() as usize;
@@ -109,13 +112,14 @@ impl Reducer {
         let (mine, _) = self.bucket_buffers(b, share);
         if share > 0 {
             let body = t.narrow(0, 0, (share * world) as i64);
-            unsafe {
-                self.comm.reduce_scatter_block_into(
-                    as_slice::<f32>(&body),
-                    as_mut_slice::<f32>(&mine),
-                    SystemOperation::sum(),
-                );
+            let (send, recv) = unsafe { (as_slice::<f32>(&body), as_mut_slice::<f32>(&mine)) };
+            if world == 2 {
+                self.comm.reduce_scatter_block_into(send, recv, &self.mean_of_two);
+            } else {
+                self.comm.reduce_scatter_block_into(send, recv, SystemOperation::sum());
                 let _ = mine.shallow_clone().f_div_scalar_(n)?;
+            }
+            unsafe {
                 self.comm.all_gather_into(as_slice::<f32>(&mine), as_mut_slice::<f32>(&body));
             }
         }
@@ -145,6 +149,17 @@ fn f16_sum(x: mpi::datatype::DynBuffer, y: mpi::datatype::DynBufferMut) {
     };
     for (a, b) in x.iter().zip(y.iter_mut()) {
         *b = f16::from_f32(f16::from_bits(*a).to_f32() + f16::from_bits(*b).to_f32()).to_bits();
+    }
+}
+
+/// Two ranks' f32 values to their mean in one pass: a sum of two is one application of
+/// the operation, so halving there gives `(a + b) / 2` to the bit (halving is exact).
+fn mean_of_two(x: mpi::datatype::DynBuffer, y: mpi::datatype::DynBufferMut) {
+    let (Some(x), Some(y)) = (x.downcast::<f32>(), y.downcast::<f32>()) else {
+        panic!("the mean of two got a non-f32 buffer");
+    };
+    for (a, b) in x.iter().zip(y.iter_mut()) {
+        *b = (*a + *b) * 0.5;
     }
 }
 
