@@ -58,15 +58,21 @@ fn the_scan_finds_a_read_outside_unit_tests_only() {
 }
 
 /// Also under `--amp` (fp16's loss scaling runs on the CPU): its finite check, skip and
-/// scale update stay on the device, and its state comes back in the same one read.
+/// scale update stay on the device, and its state comes back in the same one read. And
+/// with `--clip-grad-norm`, whose norm and coefficient stay on the device.
 #[test]
 fn one_process_reads_the_device_once_per_log_interval() {
     let dir = tempfile::tempdir().unwrap();
     let train = packed_synth(dir.path(), "train", 6, 4, 1, 1);
     let out = dir.path().join("Model");
-    for (run, amp) in [("syncs", false), ("amp", true)] {
+    for (run, flag) in [("syncs", None), ("amp", Some(("--amp", "fp16"))), ("clip", Some(("--clip-grad-norm", "0.5")))]
+    {
+        let amp = run == "amp";
         let args = tiny_train("FR", &out, run).set("--train-sets", s(&train)).set("--max-steps", "20");
-        let args = if amp { args.set("--amp", "fp16") } else { args };
+        let args = match flag {
+            Some((f, v)) => args.set(f, v),
+            None => args,
+        };
         run_ok(&args.args());
         let log = log_lines(&out.join(run));
         let counts: Vec<u64> = log.iter().filter_map(|e| e.get("host_syncs").and_then(|v| v.as_u64())).collect();

@@ -234,8 +234,9 @@ impl Optimizer {
 
     /// Scales the named group's gradients so their global L2 norm is at most `max_norm`,
     /// as `torch.nn.utils.clip_grad_norm_` (coefficient `max_norm / (norm + 1e-6)`, at
-    /// most 1). Returns the norm before clipping; None when the group has no gradient.
-    pub fn clip_grad_norm(&mut self, name: &str, max_norm: f64) -> Option<f64> {
+    /// most 1), on the device: nothing is read. Returns the norm before clipping (a 0-dim
+    /// f64 tensor); None when the group has no gradient.
+    pub fn clip_grad_norm(&mut self, name: &str, max_norm: f64) -> Option<Tensor> {
         let group = self.groups.iter().find(|g| g.name == name)?;
         let grads: Vec<Tensor> = group.params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
         if grads.is_empty() {
@@ -244,12 +245,11 @@ impl Optimizer {
         tch::no_grad(|| {
             let squares: Vec<Tensor> =
                 grads.iter().map(|g| g.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double)).collect();
-            let norm = crate::host_sync::f64_of(&Tensor::stack(&squares, 0).sum(tch::Kind::Double).sqrt());
-            let coef = max_norm / (norm + 1e-6);
-            if coef < 1.0 {
-                for g in &grads {
-                    let _ = g.shallow_clone().g_mul_scalar_(coef);
-                }
+            let norm = Tensor::stack(&squares, 0).sum(tch::Kind::Double).sqrt();
+            // Times exactly 1 below the limit: the gradients keep their bits.
+            let coef = (norm.full_like(max_norm) / (&norm + 1e-6)).clamp_max(1.0).to_kind(grads[0].kind());
+            for g in &grads {
+                let _ = g.shallow_clone().g_mul_(&coef);
             }
             Some(norm)
         })
@@ -449,12 +449,13 @@ mod tests {
         let p = param(&[0.0, 0.0]);
         let mut opt = sgd(&p, 0.1, 0.0);
         backward_linear(&p, &[3.0, 4.0]);
-        assert_eq!(opt.clip_grad_norm("g", 10.0), Some(5.0));
+        let mut clip = |max| opt.clip_grad_norm("g", max).map(|n| n.double_value(&[]));
+        assert_eq!(clip(10.0), Some(5.0));
         assert_eq!(values(&p.grad()), vec![3.0, 4.0]);
-        assert_eq!(opt.clip_grad_norm("g", 1.0), Some(5.0));
+        assert_eq!(clip(1.0), Some(5.0));
         let g = values(&p.grad());
         assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
-        assert_eq!(opt.clip_grad_norm("other", 1.0), None);
+        assert!(opt.clip_grad_norm("other", 1.0).is_none());
     }
 
     #[test]

@@ -218,7 +218,7 @@ impl Replica {
     }
 
     /// `--clip-grad-norm`: the backbone's gradients (all-reduced already) to a global norm.
-    pub fn clip_backbone(&mut self, max_norm: f64) -> Option<f64> {
+    pub fn clip_backbone(&mut self, max_norm: f64) -> Option<tch::Tensor> {
         self.opt.clip_grad_norm(BACKBONE, max_norm)
     }
 
