@@ -10,6 +10,9 @@ use std::ffi::{c_int, c_uint, c_void};
 
 type Event = *mut c_void;
 
+/// `cudaErrorNotReady`: what a query of unfinished work returns.
+pub const NOT_READY: c_int = 600;
+
 /// A CUDA runtime entry point that libtorch_cuda already loaded.
 pub fn cuda_symbol<T: Copy>(name: &[u8]) -> Result<T> {
     let this = libloading::os::unix::Library::this();
@@ -96,13 +99,17 @@ impl Drop for SideStream {
 
 /// An event recorded on the default stream: done once everything enqueued there before
 /// it has run (the step's all-reduces and the divisions after them).
-pub struct DefaultStreamMark(Event);
+pub struct DefaultStreamMark {
+    event: Event,
+    /// `cudaEventQuery`, looked up once per mark rather than at every poll.
+    query: unsafe extern "C" fn(Event) -> c_int,
+}
 
 impl DefaultStreamMark {
     pub fn record() -> Result<DefaultStreamMark> {
         let record: unsafe extern "C" fn(Event, cudaStream_t) -> c_int = cuda_symbol(b"cudaEventRecord\0")?;
-        let mark = DefaultStreamMark(new_event()?);
-        check(unsafe { record(mark.0, std::ptr::null_mut()) }, "cudaEventRecord")?;
+        let mark = DefaultStreamMark { event: new_event()?, query: cuda_symbol(b"cudaEventQuery\0")? };
+        check(unsafe { record(mark.event, std::ptr::null_mut()) }, "cudaEventRecord")?;
         Ok(mark)
     }
 }
@@ -112,9 +119,7 @@ unsafe impl Send for DefaultStreamMark {}
 
 impl Pending for DefaultStreamMark {
     fn poll(&mut self) -> Result<bool> {
-        const NOT_READY: c_int = 600;
-        let query: unsafe extern "C" fn(Event) -> c_int = cuda_symbol(b"cudaEventQuery\0")?;
-        match unsafe { query(self.0) } {
+        match unsafe { (self.query)(self.event) } {
             0 => Ok(true),
             NOT_READY => Ok(false),
             code => bail!("CUDA error {code} on the stream the all-reduce ran on"),
@@ -125,7 +130,7 @@ impl Pending for DefaultStreamMark {
 impl Drop for DefaultStreamMark {
     fn drop(&mut self) {
         if let Ok(destroy) = cuda_symbol::<unsafe extern "C" fn(Event) -> c_int>(b"cudaEventDestroy\0") {
-            unsafe { destroy(self.0) };
+            unsafe { destroy(self.event) };
         }
     }
 }

@@ -15,7 +15,7 @@
 pub use super::nccl_library::{candidates, library, probe_from, Library};
 
 use super::completion::Completions;
-use super::cuda_stream::{cuda_symbol, DefaultStreamMark, SideStream};
+use super::cuda_stream::{cuda_symbol, DefaultStreamMark, SideStream, NOT_READY};
 use super::watchdog::{Op, Watchdog};
 use super::{bucket, Comm, CommOptions, ReduceOp};
 use anyhow::{bail, ensure, Context, Result};
@@ -362,12 +362,11 @@ impl Nccl {
 
     fn poll_until_done(&self) -> Result<()> {
         type StreamQuery = unsafe extern "C" fn(cudaStream_t) -> c_int;
-        const CUDA_ERROR_NOT_READY: c_int = 600;
         let query: StreamQuery = cuda_symbol(b"cudaStreamQuery\0")?;
         loop {
             match unsafe { query(std::ptr::null_mut()) } {
                 0 => return Ok(()),
-                CUDA_ERROR_NOT_READY => {}
+                NOT_READY => {}
                 code => bail!("rank {}: CUDA error {code} while waiting for an NCCL collective", self.rank()),
             }
             let mut async_err = ncclResult_t::ncclSuccess;

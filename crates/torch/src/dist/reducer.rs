@@ -61,10 +61,10 @@ impl Reducer {
     }
 
     fn reduce(&self, slot: usize, group: &[Tensor]) -> Result<()> {
-        let n = self.comm.size() as f64;
         if let Some(t) = bucket::in_place(group).filter(|t| !self.fp16 && t.device() == Device::Cpu) {
-            return self.reduce_from(slot, t, n);
+            return self.reduce_from(slot, t);
         }
+        let n = self.comm.size() as f64;
         let (send, recv) = self.bucket_buffers(slot, group.iter().map(|t| t.numel()).sum());
         // f16 divides before the sum (see `pack_divided_into`), f32 after it.
         let after = if self.fp16 {
@@ -105,9 +105,10 @@ impl Reducer {
     /// 1/N of the bytes instead of all of them; with two ranks the halving happens in the
     /// sum itself (`mean_of_two`), so there is no extra pass. Elements past the last whole
     /// N-th go through a plain all-reduce.
-    fn reduce_from(&self, b: usize, t: &Tensor, n: f64) -> Result<()> {
+    fn reduce_from(&self, b: usize, t: &Tensor) -> Result<()> {
         let t = t.view([-1]);
         let world = self.comm.size() as usize;
+        let n = world as f64;
         let (numel, share) = (t.numel(), t.numel() / world);
         let (mine, _) = self.bucket_buffers(b, share);
         if share > 0 {

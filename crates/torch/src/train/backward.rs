@@ -43,6 +43,7 @@ pub fn can_overlap(overlap: bool, comm: &dyn Comm, replica: &Replica, frozen_bac
 /// overlapped when `cuts` came from a staged forward, after the backward otherwise.
 pub fn backward_and_reduce(loss: &Tensor, cuts: &[Cut], replica: &mut Replica, comm: &dyn Comm) -> Result<Reduced> {
     if cuts.is_empty() {
+        // After the backward: a step's first gradients are what the flat buffer adopts.
         loss.backward();
         let groups = dropped_for_fault(replica.grad_groups());
         for group in groups.iter().rev() {

@@ -141,7 +141,7 @@ impl Replica {
     /// `--alternate`).
     pub fn grad_groups(&mut self) -> Vec<Vec<Tensor>> {
         let params = self.reduced_params();
-        if !self.flat_ready() {
+        if !self.flat.as_ref().is_some_and(|f| f.holds(&params)) {
             // Gradients that cannot share an f32 buffer stay apart.
             self.flat = FlatGrads::adopt(&params, &self.stages_of(&params)).ok();
             let flat = &self.flat;

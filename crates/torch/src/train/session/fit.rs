@@ -1,6 +1,6 @@
 //! The training loop: step, decide (the plateau rule and rollback guard, judged alike on
-//! every rank), log, validate, checkpoint; and always a final validation and checkpoint, whatever
-//! stopped it.
+//! every rank), log, validate, checkpoint; and always a final validation and checkpoint,
+//! whatever stopped it.
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
